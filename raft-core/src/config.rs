@@ -1,0 +1,99 @@
+//! How a core is set up. Start from [`Config::new`] and change what you need.
+
+use crate::error::ConfigError;
+use crate::types::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's id; must be one of `voters`, and never 0.
+    pub id: NodeId,
+    /// Every voting member, this node included. Fixed for the life of the cluster (for now).
+    pub voters: Vec<NodeId>,
+    /// A follower campaigns after a randomized timeout in `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u32,
+    /// The leader sends heartbeats every `heartbeat_ticks`; must be below `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Seeds the election-timeout RNG. Give each node a different seed.
+    pub seed: u64,
+    /// Ask for pre-votes before raising the term, so that a node rejoining from a partition does
+    /// not depose a healthy leader.
+    pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election timeout steps down, and
+    /// followers ignore vote requests while they still hear from a leader.
+    pub check_quorum: bool,
+    /// At most this many bytes of entries in one append message (at least one entry is sent).
+    pub max_msg_bytes: u64,
+    /// At most this many append messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// At most this many entry bytes in flight to one follower.
+    pub max_inflight_bytes: u64,
+    /// A leader refuses proposals while it holds more than this many uncommitted entry bytes
+    /// (a single proposal is always accepted when nothing is uncommitted).
+    pub max_uncommitted_bytes: u64,
+    /// On a follower, forward proposals and read requests to the leader instead of refusing them.
+    pub forward_to_leader: bool,
+    /// Deliberately broken behaviour, only for proving that tests catch it.
+    #[cfg(any(test, feature = "test-support"))]
+    pub bugs: crate::bugs::Bugs,
+}
+
+impl Config {
+    /// Defaults suited to a tick of about 100 ms on a LAN: elections after 1–2 s, heartbeats every
+    /// 100 ms, 1 MiB messages, 256 messages or 16 MiB in flight per follower, 64 MiB uncommitted.
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
+        Self {
+            id,
+            voters,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            seed: id,
+            pre_vote: true,
+            check_quorum: true,
+            max_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            max_inflight_bytes: 16 << 20,
+            max_uncommitted_bytes: 64 << 20,
+            forward_to_leader: true,
+            #[cfg(any(test, feature = "test-support"))]
+            bugs: crate::bugs::Bugs::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |why: String| Err(ConfigError(why));
+        if self.id == 0 {
+            return fail("node id 0 is reserved".into());
+        }
+        if !self.voters.contains(&self.id) {
+            return fail(format!(
+                "node {} is not among the voters {:?}",
+                self.id, self.voters
+            ));
+        }
+        if self.voters.contains(&0) {
+            return fail("node id 0 is reserved".into());
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() {
+            return fail(format!("duplicate voter ids in {:?}", self.voters));
+        }
+        if self.heartbeat_ticks == 0 {
+            return fail("heartbeat_ticks must be at least 1".into());
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return fail(format!(
+                "election_ticks ({}) must exceed heartbeat_ticks ({})",
+                self.election_ticks, self.heartbeat_ticks
+            ));
+        }
+        if self.max_inflight_msgs == 0 {
+            return fail("max_inflight_msgs must be at least 1".into());
+        }
+        if self.max_msg_bytes == 0 || self.max_inflight_bytes == 0 {
+            return fail("max_msg_bytes and max_inflight_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}

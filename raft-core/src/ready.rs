@@ -1,0 +1,77 @@
+//! What the core asks its driver to do. Drain it with [`crate::RawNode::take_ready`].
+
+use bytes::Bytes;
+
+use crate::message::Message;
+use crate::types::{Entry, HardState, Index, NodeId, Role, Term};
+
+/// Names one write the core asked for, so that its completion can be reported with
+/// [`crate::RawNode::on_persisted`]. `seq` grows by one per write within one life of the core;
+/// `term` is the node's term when the write was asked for. An acknowledgement that does not name
+/// the oldest outstanding write exactly is stale (from an earlier term or an earlier life) and
+/// is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteId {
+    pub seq: u64,
+    pub term: Term,
+}
+
+/// One write to stable storage. The driver must apply writes atomically, in the order they were
+/// emitted, make each durable (fsync), and then report it with `on_persisted(write.id)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Persist {
+    pub id: WriteId,
+    /// New hard state to store, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to store. If non-empty, every stored entry with an index `>= entries[0].index`
+    /// must be removed first (they were overwritten by a new leader, or are being rewritten).
+    pub entries: Vec<Entry>,
+}
+
+impl Persist {
+    /// The index from which stored entries are replaced, if this write carries entries.
+    pub fn overwrite_from(&self) -> Option<Index> {
+        self.entries.first().map(|e| e.index)
+    }
+}
+
+/// A linearizable read that became servable: once the state machine has applied `index`, the
+/// read identified by `ctx` may be answered from local state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: Bytes,
+    pub index: Index,
+}
+
+/// Who leads, and in what role this node is; reported when any of it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
+
+/// Everything the core asks for since the last [`crate::RawNode::take_ready`]. Every part can be
+/// acted on at once and independently: messages are safe to send before `persist` completes
+/// (anything that needed durability is held back inside the core), and `committed` entries are
+/// already durable locally.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub persist: Option<Persist>,
+    pub messages: Vec<Message>,
+    /// Entries to apply to the state machine, in log order, continuing where the last batch ended.
+    pub committed: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Set when role, term or leader changed.
+    pub soft_state: Option<SoftState>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_none()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.read_states.is_empty()
+            && self.soft_state.is_none()
+    }
+}

@@ -1,0 +1,92 @@
+//! The vocabulary of Raft: ids, terms, indexes, log entries and the state that must survive a crash.
+
+use bytes::Bytes;
+
+/// A node's id inside one cluster. `0` is reserved to mean "nobody".
+pub type NodeId = u64;
+/// A Raft term. Terms only grow.
+pub type Term = u64;
+/// A position in the replicated log. The first entry has index 1; index 0 is "before the log".
+pub type Index = u64;
+
+/// What an entry means to the layers above the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKind {
+    /// Carries an application command in its payload.
+    Normal,
+    /// Appended by every new leader so that it can commit entries of earlier terms (Raft §5.4.2).
+    /// The payload is empty and the application ignores it.
+    Noop,
+}
+
+/// One log entry. An `(index, term)` pair names exactly one entry in the whole cluster: only the
+/// leader of `term` creates entries in `term`, and it creates at most one per index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub term: Term,
+    pub index: Index,
+    pub kind: EntryKind,
+    pub payload: Bytes,
+}
+
+impl Entry {
+    pub fn new(term: Term, index: Index, kind: EntryKind, payload: Bytes) -> Self {
+        Self {
+            term,
+            index,
+            kind,
+            payload,
+        }
+    }
+
+    /// Bytes this entry counts for in flow control and batching limits: the payload plus a fixed
+    /// allowance for the header, so that empty entries are not free.
+    pub fn size(&self) -> u64 {
+        self.payload.len() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The per-entry header allowance used by [`Entry::size`].
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+/// The state a node must have on stable storage before it answers anyone (Raft Figure 2:
+/// `currentTerm`, `votedFor`), plus the commit index, which is kept only as a hint to speed up
+/// restarts: losing it is safe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub commit: Index,
+}
+
+/// Where the in-memory log begins after compaction: the last entry covered by a snapshot.
+/// `SnapshotMeta::default()` (index 0, term 0) means "no snapshot, the log starts at 1".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: Index,
+    pub term: Term,
+}
+
+/// The role a node plays in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    /// Asking for pre-votes: the term has not been raised yet (Raft thesis §9.6).
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// What a driver loads from stable storage to rebuild a core after a restart. Everything in it
+/// must have been acknowledged as durable; nothing else may be assumed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestartState {
+    pub hard_state: HardState,
+    /// The last entry covered by the state machine's snapshot; the log continues after it.
+    pub snapshot: SnapshotMeta,
+    /// The stored log after `snapshot.index`, contiguous and in order.
+    pub entries: Vec<Entry>,
+    /// The highest index the state machine has durably applied (at least `snapshot.index`).
+    /// Committed entries above it are handed out again for applying.
+    pub applied: Index,
+}
