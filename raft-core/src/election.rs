@@ -1,0 +1,208 @@
+//! Leader election (Raft §5.2 and §5.4.1), pre-vote (thesis §9.6) and check-quorum (§6.2).
+
+use crate::message::MessageBody;
+use crate::node::{Held, RawNode};
+use crate::progress::Progress;
+use crate::quorum::{self, VoteResult};
+use crate::types::{Entry, EntryKind, NodeId, Role, Term};
+
+impl RawNode {
+    /// Followers and candidates: campaign when no leader was heard from for a randomized
+    /// election timeout.
+    pub(crate) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_timeout {
+            self.start_campaign();
+        }
+    }
+
+    /// Leaders: heartbeat every `heartbeat_ticks`, and with check-quorum step down when a
+    /// majority was not heard from within an election timeout.
+    pub(crate) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                if !self.quorum_recently_active() {
+                    tracing::warn!(
+                        id = self.id,
+                        term = self.term,
+                        "check-quorum: a majority is unreachable, stepping down"
+                    );
+                    self.become_follower(self.term, None);
+                    return;
+                }
+                for pr in self.progress.values_mut() {
+                    pr.recently_active = false;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            let round = self.reads.current_round();
+            self.broadcast_heartbeats(round);
+        }
+    }
+
+    fn quorum_recently_active(&self) -> bool {
+        let active = self
+            .voters
+            .iter()
+            .filter(|&&v| v == self.id || self.progress.get(&v).is_some_and(|p| p.recently_active))
+            .count();
+        active >= quorum::majority(self.voters.len())
+    }
+
+    /// With check-quorum, a node that heard from a leader within the election timeout refuses to
+    /// help unseat it.
+    pub(crate) fn in_leader_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    pub(crate) fn start_campaign(&mut self) {
+        if self.cfg.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    /// Pre-vote: ask whether we could win in the next term without raising our own, so that a
+    /// node cut off from the cluster does not force a new election when it comes back.
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.reset_role_state();
+        tracing::debug!(id = self.id, term = self.term, "starting pre-vote");
+        self.request_votes(self.term + 1, true);
+        // Our own pre-vote promises nothing, so it counts at once.
+        self.record_vote(self.id, true);
+    }
+
+    fn become_candidate(&mut self) {
+        self.term += 1;
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.reset_role_state();
+        tracing::debug!(id = self.id, term = self.term, "starting election");
+        self.request_votes(self.term, false);
+        // Our own vote counts only once it is durable: voting for ourselves and then, after a
+        // crash that lost the vote, for someone else in the same term could elect two leaders.
+        self.hold_until_durable(Held::SelfVote(self.term));
+    }
+
+    fn request_votes(&mut self, term: Term, pre: bool) {
+        let last_log_index = self.log.last_index();
+        let last_log_term = self.log.last_term();
+        let peers: Vec<NodeId> = self
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.id)
+            .collect();
+        for to in peers {
+            let body = if pre {
+                MessageBody::PreVoteRequest {
+                    last_log_index,
+                    last_log_term,
+                }
+            } else {
+                MessageBody::VoteRequest {
+                    last_log_index,
+                    last_log_term,
+                }
+            };
+            self.msgs.push(crate::message::Message {
+                from: self.id,
+                to,
+                term,
+                body,
+            });
+        }
+    }
+
+    /// RequestVote receiver (Figure 2): grant if we have not voted for someone else in this term
+    /// and the candidate's log is at least as up to date as ours (§5.4.1).
+    pub(crate) fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: Term,
+        last_log_index: u64,
+        last_log_term: Term,
+        pre: bool,
+    ) {
+        let free_to_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && term > self.term);
+        let log_ok = self.log.is_up_to_date(last_log_index, last_log_term)
+            || self.bugs().vote_without_log_check;
+        let granted = free_to_vote && log_ok;
+        tracing::debug!(
+            id = self.id,
+            term = self.term,
+            candidate = from,
+            pre,
+            granted,
+            "vote request"
+        );
+        if pre {
+            let answer_term = if granted { term } else { self.term };
+            self.msgs.push(crate::message::Message {
+                from: self.id,
+                to: from,
+                term: answer_term,
+                body: MessageBody::PreVoteResponse { granted },
+            });
+        } else if granted {
+            self.election_elapsed = 0;
+            self.vote = Some(from);
+            // The vote must be on disk before the candidate may count it.
+            self.send_when_durable(from, MessageBody::VoteResponse { granted: true });
+        } else {
+            self.send(from, MessageBody::VoteResponse { granted: false });
+        }
+    }
+
+    pub(crate) fn record_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.entry(from).or_insert(granted);
+        match quorum::vote_result(&self.voters, &self.votes) {
+            VoteResult::Pending => {}
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Won => match self.role {
+                Role::PreCandidate => self.become_candidate(),
+                Role::Candidate => self.become_leader(),
+                Role::Follower | Role::Leader => {}
+            },
+        }
+    }
+
+    /// A new leader appends a no-op of its own term: entries of earlier terms commit only
+    /// through it (§5.4.2), and ReadIndex waits for it.
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.reset_role_state();
+        let next = self.log.last_index() + 1;
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+        for &v in self.voters.iter().filter(|&&v| v != self.id) {
+            self.progress
+                .insert(v, Progress::new(next, max_msgs, max_bytes));
+        }
+        tracing::info!(
+            id = self.id,
+            term = self.term,
+            last_index = next - 1,
+            "became leader"
+        );
+        let noop = Entry::new(self.term, next, EntryKind::Noop, bytes::Bytes::new());
+        self.log.append(vec![noop]);
+        self.broadcast_pending = true;
+        if self.bug_ack_before_persist() {
+            self.maybe_commit();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The in-memory Raft log: every entry since the last snapshot, how much of it is durable
+//! locally, how much is committed, and how much has been handed out for applying.
+//!
+//! The core never reads the disk (rule 3 of the contract), so this is the whole log.
+//! Indexes relate as `applying <= committed` and `persisted <= last_index`; `committed` may run
+//! ahead of `persisted` on a follower, but nothing above `persisted` is ever handed out.
+
+use crate::types::{Entry, Index, SnapshotMeta, Term};
+
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    /// The last entry folded into a snapshot; `entries[0]` has index `snapshot.index + 1`.
+    snapshot: SnapshotMeta,
+    entries: Vec<Entry>,
+    /// Highest index known durable on local storage and matching this log.
+    persisted: Index,
+    /// Lowest index changed since the last write was asked for; `None` when nothing is pending.
+    unpersisted_from: Option<Index>,
+    committed: Index,
+    /// Highest index handed to the driver for applying.
+    applying: Index,
+}
+
+impl RaftLog {
+    /// A log rebuilt from storage: every entry given is durable.
+    pub(crate) fn restore(
+        snapshot: SnapshotMeta,
+        entries: Vec<Entry>,
+        committed: Index,
+        applied: Index,
+    ) -> Self {
+        let last = snapshot.index + entries.len() as u64;
+        let committed = committed.max(applied).max(snapshot.index).min(last);
+        Self {
+            snapshot,
+            entries,
+            persisted: last,
+            unpersisted_from: None,
+            committed,
+            applying: applied.max(snapshot.index).min(committed),
+        }
+    }
+
+    pub(crate) fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    pub(crate) fn last_index(&self) -> Index {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        self.entries.last().map_or(self.snapshot.term, |e| e.term)
+    }
+
+    pub(crate) fn committed(&self) -> Index {
+        self.committed
+    }
+
+    pub(crate) fn persisted(&self) -> Index {
+        self.persisted
+    }
+
+    pub(crate) fn applying(&self) -> Index {
+        self.applying
+    }
+
+    /// The term of the entry at `index`, or `None` if it is compacted or beyond the log.
+    pub(crate) fn term(&self, index: Index) -> Option<Term> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    pub(crate) fn entry(&self, index: Index) -> Option<&Entry> {
+        if index < self.first_index() {
+            return None;
+        }
+        self.entries.get((index - self.first_index()) as usize)
+    }
+
+    pub(crate) fn matches(&self, index: Index, term: Term) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Raft §5.4.1: a candidate's log is at least as up to date as ours if its last term is
+    /// higher, or equal with an index at least as high.
+    pub(crate) fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Entries in `[from, last_index]`, at most `max_bytes` of them but always at least one.
+    pub(crate) fn entries_from(&self, from: Index, max_bytes: u64) -> &[Entry] {
+        if from < self.first_index() || from > self.last_index() {
+            return &[];
+        }
+        let start = (from - self.first_index()) as usize;
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < self.entries.len() {
+            bytes += self.entries[end].size();
+            if end > start && bytes > max_bytes {
+                break;
+            }
+            end += 1;
+        }
+        &self.entries[start..end]
+    }
+
+    /// Appends entries that directly follow the last one (the leader's own proposals).
+    pub(crate) fn append(&mut self, new: Vec<Entry>) {
+        let Some(first) = new.first() else { return };
+        assert_eq!(
+            first.index,
+            self.last_index() + 1,
+            "leader appends must extend the log"
+        );
+        self.note_unpersisted(first.index);
+        self.entries.extend(new);
+    }
+
+    /// The index of the first entry in `new` that is not already in the log with the same term,
+    /// or `None` if every one of them is. `new` must be contiguous.
+    pub(crate) fn find_conflict(&self, new: &[Entry]) -> Option<Index> {
+        new.iter()
+            .find(|e| !self.matches(e.index, e.term))
+            .map(|e| e.index)
+    }
+
+    /// Makes the log hold `new` (contiguous, directly after an entry that matches) by dropping
+    /// every entry from the first conflict on and appending the rest. The caller has checked that
+    /// no committed entry conflicts.
+    pub(crate) fn append_after_match(&mut self, new: &[Entry]) {
+        let Some(conflict) = self.find_conflict(new) else {
+            return;
+        };
+        debug_assert!(
+            conflict > self.committed,
+            "a committed entry may never be overwritten"
+        );
+        let Some(first_new) = new.first() else { return };
+        let skip = (conflict - first_new.index) as usize;
+        if conflict <= self.last_index() {
+            self.entries
+                .truncate((conflict - self.first_index()) as usize);
+            self.persisted = self.persisted.min(conflict - 1);
+        }
+        self.note_unpersisted(conflict);
+        self.entries.extend_from_slice(&new[skip..]);
+    }
+
+    pub(crate) fn has_unpersisted(&self) -> bool {
+        self.unpersisted_from.is_some()
+    }
+
+    fn note_unpersisted(&mut self, from: Index) {
+        self.unpersisted_from = Some(self.unpersisted_from.map_or(from, |f| f.min(from)));
+    }
+
+    /// Hands out the entries that changed since the last write was asked for, and forgets them
+    /// as pending. Returns the entries to write (possibly empty).
+    pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
+        match self.unpersisted_from.take() {
+            Some(from) if from <= self.last_index() => {
+                let start = (from - self.first_index()) as usize;
+                self.entries[start..].to_vec()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A write holding entries up to `(index, term)` is durable. If that entry has since been
+    /// replaced, the write no longer says anything about this log and is ignored: an
+    /// `(index, term)` pair names one entry cluster-wide, so a match means the whole prefix matches.
+    pub(crate) fn persisted_to(&mut self, index: Index, term: Term) {
+        if index > self.persisted && self.matches(index, term) {
+            self.persisted = index;
+        }
+    }
+
+    /// Advances the commit index; never moves it back.
+    pub(crate) fn commit_to(&mut self, index: Index) -> bool {
+        if index > self.committed {
+            assert!(
+                index <= self.last_index(),
+                "commit index {index} beyond last index {}",
+                self.last_index()
+            );
+            self.committed = index;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Committed entries that are durable here and not yet handed out, marking them handed out.
+    pub(crate) fn take_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
+        let upto = self.committed.min(self.persisted);
+        if upto <= self.applying {
+            return Vec::new();
+        }
+        let out = self.entries_from(self.applying + 1, max_bytes);
+        let out: Vec<Entry> = out
+            .iter()
+            .take_while(|e| e.index <= upto)
+            .cloned()
+            .collect();
+        if let Some(last) = out.last() {
+            self.applying = last.index;
+        }
+        out
+    }
+
+    /// For fast backtracking (Raft §5.3, the optimisation in etcd-raft's `findConflictByTerm`):
+    /// the last index at or below `index` whose term is at most `term`, with its term. Every
+    /// entry between it and `index` has a higher term, so it cannot match a log whose entry at
+    /// `index` has term `term`.
+    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+        let mut i = index.min(self.last_index());
+        loop {
+            match self.term(i) {
+                Some(t) if t > term => i -= 1,
+                Some(t) => return (i, t),
+                // Below the snapshot we know nothing better than the snapshot itself.
+                None => return (self.snapshot.index, self.snapshot.term),
+            }
+        }
+    }
+
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn all_entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryKind;
+    use bytes::Bytes;
+
+    fn e(index: Index, term: Term) -> Entry {
+        Entry::new(term, index, EntryKind::Normal, Bytes::new())
+    }
+
+    fn log_of(terms: &[Term]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| e(i as u64 + 1, *t))
+            .collect();
+        RaftLog::restore(SnapshotMeta::default(), entries, 0, 0)
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_index() {
+        let log = log_of(&[1, 2, 2]);
+        assert!(log.is_up_to_date(1, 3));
+        assert!(log.is_up_to_date(3, 2));
+        assert!(log.is_up_to_date(4, 2));
+        assert!(!log.is_up_to_date(2, 2));
+        assert!(!log.is_up_to_date(10, 1));
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced_and_persisted_index_drops() {
+        let mut log = log_of(&[1, 1, 1, 1]);
+        assert_eq!(log.persisted(), 4);
+        log.append_after_match(&[e(2, 1), e(3, 2)]);
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(3), Some(2));
+        assert_eq!(log.persisted(), 2);
+        let write = log.take_unpersisted();
+        assert_eq!(write.iter().map(|e| e.index).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn matching_entries_are_not_rewritten() {
+        let mut log = log_of(&[1, 1, 1]);
+        log.append_after_match(&[e(1, 1), e(2, 1)]);
+        assert_eq!(log.last_index(), 3);
+        assert!(log.take_unpersisted().is_empty());
+    }
+
+    #[test]
+    fn persisted_ack_for_a_replaced_entry_is_ignored() {
+        let mut log = log_of(&[1]);
+        log.append(vec![e(2, 1)]);
+        let _ = log.take_unpersisted();
+        log.append_after_match(&[e(2, 2)]);
+        log.persisted_to(2, 1);
+        assert_eq!(log.persisted(), 1);
+        log.persisted_to(2, 2);
+        assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn committed_entries_wait_for_local_durability() {
+        let mut log = log_of(&[1]);
+        log.append(vec![e(2, 1), e(3, 1)]);
+        log.commit_to(3);
+        assert_eq!(log.take_committed(u64::MAX).len(), 1);
+        log.persisted_to(3, 1);
+        let rest = log.take_committed(u64::MAX);
+        assert_eq!(rest.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn conflict_by_term_skips_entries_of_higher_terms() {
+        let log = log_of(&[1, 1, 4, 4, 5]);
+        assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
+        assert_eq!(log.find_conflict_by_term(5, 5), (5, 5));
+        assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
+        assert_eq!(log.find_conflict_by_term(2, 0), (0, 0));
+    }
+
+    #[test]
+    fn batches_respect_max_bytes_but_send_at_least_one() {
+        let log = log_of(&[1, 1, 1, 1]);
+        assert_eq!(log.entries_from(1, 0).len(), 1);
+        assert_eq!(
+            log.entries_from(1, 2 * crate::ENTRY_OVERHEAD_BYTES).len(),
+            2
+        );
+        assert_eq!(log.entries_from(5, u64::MAX).len(), 0);
+    }
+}

@@ -1,0 +1,219 @@
+//! What the leader knows about each follower's log, and how much it may send it (flow control).
+//!
+//! A follower is in one of two states. In `Probe` the leader does not know where the logs
+//! diverge, so it sends one append at a time and waits for the answer (or a heartbeat
+//! response) before sending another. In `Replicate` the logs are known to match up to `matched`,
+//! so the leader streams appends optimistically, bounded by a window of in-flight messages
+//! and bytes.
+
+use std::collections::VecDeque;
+
+use crate::types::Index;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReplicationState {
+    Probe,
+    Replicate,
+}
+
+#[derive(Debug)]
+pub(crate) struct Progress {
+    /// Highest index known to be durably stored on the follower and matching our log.
+    pub(crate) matched: Index,
+    /// Next index to send.
+    pub(crate) next: Index,
+    pub(crate) state: ReplicationState,
+    /// In `Probe`: an append is outstanding, wait for an answer before sending another.
+    pub(crate) probe_sent: bool,
+    pub(crate) inflight: Inflights,
+    /// Heard from within the current check-quorum period.
+    pub(crate) recently_active: bool,
+}
+
+impl Progress {
+    pub(crate) fn new(next: Index, max_msgs: usize, max_bytes: u64) -> Self {
+        Self {
+            matched: 0,
+            next,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: Inflights::new(max_msgs, max_bytes),
+            recently_active: false,
+        }
+    }
+
+    /// Whether the leader must hold back appends to this follower for now.
+    pub(crate) fn is_paused(&self) -> bool {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent,
+            ReplicationState::Replicate => self.inflight.is_full(),
+        }
+    }
+
+    pub(crate) fn become_probe(&mut self) {
+        self.state = ReplicationState::Probe;
+        self.next = self.matched + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    pub(crate) fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.next = self.matched + 1;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Records a successful append up to `index`. Returns false for a stale acknowledgement.
+    pub(crate) fn update_matched(&mut self, index: Index) -> bool {
+        if index <= self.matched {
+            // A duplicate still shows the follower is alive and in sync; let probing resume.
+            self.probe_sent = false;
+            return false;
+        }
+        self.matched = index;
+        self.next = self.next.max(index + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Records that an append carrying entries up to `last` (with `bytes` of entries) was sent.
+    pub(crate) fn sent_entries(&mut self, last: Index, bytes: u64) {
+        match self.state {
+            ReplicationState::Replicate => {
+                self.next = last + 1;
+                self.inflight.add(last, bytes);
+            }
+            ReplicationState::Probe => self.probe_sent = true,
+        }
+    }
+
+    /// A rejection of the append that followed `rejected_prev`: back off to `retry_from`.
+    /// Returns false if the rejection is stale (answers an append we have moved past).
+    pub(crate) fn back_off(&mut self, rejected_prev: Index, retry_from: Index) -> bool {
+        match self.state {
+            ReplicationState::Replicate => {
+                if rejected_prev <= self.matched {
+                    return false;
+                }
+                self.become_probe();
+                self.next = retry_from.max(self.matched + 1);
+                true
+            }
+            ReplicationState::Probe => {
+                if rejected_prev + 1 != self.next {
+                    return false;
+                }
+                self.next = retry_from.max(self.matched + 1).min(self.next);
+                self.probe_sent = false;
+                true
+            }
+        }
+    }
+}
+
+/// The window of append messages sent to one follower and not yet acknowledged.
+#[derive(Debug)]
+pub(crate) struct Inflights {
+    /// Last index and entry bytes of each message in flight, oldest first.
+    queue: VecDeque<(Index, u64)>,
+    bytes: u64,
+    max_msgs: usize,
+    max_bytes: u64,
+}
+
+impl Inflights {
+    pub(crate) fn new(max_msgs: usize, max_bytes: u64) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            bytes: 0,
+            max_msgs,
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.queue.len() >= self.max_msgs || self.bytes >= self.max_bytes
+    }
+
+    pub(crate) fn add(&mut self, last: Index, bytes: u64) {
+        self.queue.push_back((last, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Frees every message whose entries end at or below `index`.
+    pub(crate) fn free_up_to(&mut self, index: Index) {
+        while let Some(&(last, bytes)) = self.queue.front() {
+            if last > index {
+                break;
+            }
+            self.queue.pop_front();
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Frees the oldest message: used when a heartbeat answer shows the follower is alive but
+    /// the window is full, so that a lost append cannot stall replication for good.
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.queue.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_fills_by_count_and_by_bytes() {
+        let mut w = Inflights::new(2, 100);
+        w.add(1, 10);
+        assert!(!w.is_full());
+        w.add(2, 10);
+        assert!(w.is_full());
+        w.free_up_to(1);
+        assert!(!w.is_full());
+        w.add(5, 90);
+        assert!(w.is_full());
+        w.free_first();
+        assert_eq!(w.len(), 1);
+        w.free_up_to(5);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn probe_sends_one_append_at_a_time() {
+        let mut p = Progress::new(5, 4, 1000);
+        assert!(!p.is_paused());
+        p.sent_entries(7, 10);
+        assert!(p.is_paused());
+        assert_eq!(p.next, 5, "probing does not advance next optimistically");
+        assert!(p.back_off(4, 2));
+        assert!(!p.is_paused());
+        assert_eq!(p.next, 2);
+    }
+
+    #[test]
+    fn stale_rejections_are_ignored() {
+        let mut p = Progress::new(1, 4, 1000);
+        p.update_matched(5);
+        p.become_replicate();
+        p.sent_entries(8, 10);
+        assert!(!p.back_off(3, 1), "rejects an index already matched");
+        assert_eq!(p.state, ReplicationState::Replicate);
+        assert!(p.back_off(6, 6));
+        assert_eq!(p.state, ReplicationState::Probe);
+        assert_eq!(p.next, 6);
+    }
+}

@@ -1,0 +1,280 @@
+//! Log replication (Raft §5.3): the leader's appends, heartbeats and commit rule, and the
+//! follower's side of AppendEntries.
+
+use bytes::Bytes;
+
+use crate::error::ProposeError;
+use crate::message::MessageBody;
+use crate::node::RawNode;
+use crate::progress::ReplicationState;
+use crate::quorum;
+use crate::types::{Entry, EntryKind, Index, NodeId, Role, Term};
+
+impl RawNode {
+    // ----- leader -------------------------------------------------------------------------
+
+    /// Appends client payloads to the leader's log; followers get them with the next drain, so
+    /// that proposals made between two drains travel in one message.
+    pub(crate) fn append_proposals(
+        &mut self,
+        payloads: Vec<Bytes>,
+    ) -> Result<(Index, Index), ProposeError> {
+        debug_assert_eq!(self.role, Role::Leader);
+        let first = self.log.last_index() + 1;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Entry::new(self.term, first + i as u64, EntryKind::Normal, p))
+            .collect();
+        let bytes: u64 = entries.iter().map(Entry::size).sum();
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes.saturating_add(bytes) > self.cfg.max_uncommitted_bytes
+        {
+            return Err(ProposeError::TooManyUncommittedBytes);
+        }
+        let last = first + entries.len() as u64 - 1;
+        self.uncommitted_bytes += bytes;
+        self.log.append(entries);
+        self.broadcast_pending = true;
+        if self.bug_ack_before_persist() {
+            self.maybe_commit();
+        }
+        Ok((first, last))
+    }
+
+    /// Sends every follower what it is missing (or at least the new commit index).
+    pub(crate) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.send_append(to, true);
+            while self.send_append(to, false) {}
+        }
+    }
+
+    /// Sends one append to `to` if flow control allows. An empty append (commit index only, or a
+    /// probe) is sent only if `allow_empty`. Returns whether entries were sent, so that callers
+    /// in `Replicate` can keep streaming.
+    pub(crate) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        let prev_log_index = pr.next - 1;
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            // Only after compaction, which needs snapshots (not built yet).
+            tracing::warn!(
+                id = self.id,
+                term = self.term,
+                to,
+                prev_log_index,
+                "follower needs entries this log no longer has"
+            );
+            return false;
+        };
+        let entries = self
+            .log
+            .entries_from(pr.next, self.cfg.max_msg_bytes)
+            .to_vec();
+        if entries.is_empty() && !allow_empty {
+            return false;
+        }
+        match entries.last() {
+            Some(last) => pr.sent_entries(last.index, entries.iter().map(Entry::size).sum()),
+            None if pr.state == ReplicationState::Probe => pr.probe_sent = true,
+            None => {}
+        }
+        let sent_entries = !entries.is_empty();
+        let commit = self.log.committed();
+        self.send(
+            to,
+            MessageBody::AppendRequest {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                commit,
+            },
+        );
+        sent_entries
+    }
+
+    pub(crate) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: Index,
+        hint_index: Index,
+        hint_term: Term,
+    ) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recently_active = true;
+        if !success {
+            // Fast backtracking: skip every entry of ours that cannot match the follower's log.
+            let probe = if hint_term > 0 {
+                self.log.find_conflict_by_term(hint_index, hint_term).0
+            } else {
+                hint_index
+            };
+            if pr.back_off(index, probe + 1) {
+                self.send_append(from, true);
+            }
+            return;
+        }
+        if index > self.log.last_index() {
+            tracing::warn!(
+                id = self.id,
+                term = self.term,
+                from,
+                index,
+                "append ack beyond my log; ignoring"
+            );
+            return;
+        }
+        if pr.update_matched(index) && pr.state == ReplicationState::Probe {
+            pr.become_replicate();
+        }
+        if pr.state == ReplicationState::Replicate {
+            pr.inflight.free_up_to(index);
+        }
+        self.maybe_commit();
+        while self.send_append(from, false) {}
+    }
+
+    pub(crate) fn broadcast_heartbeats(&mut self, read_round: u64) {
+        let committed = self.log.committed();
+        let peers: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(&id, pr)| (id, pr.matched))
+            .collect();
+        for (to, matched) in peers {
+            // A follower's log may not match ours beyond `matched`, so it may not commit past it.
+            let commit = committed.min(matched);
+            self.send(to, MessageBody::Heartbeat { commit, read_round });
+        }
+    }
+
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recently_active = true;
+        pr.probe_sent = false;
+        if pr.state == ReplicationState::Replicate && pr.inflight.is_full() {
+            pr.inflight.free_first();
+        }
+        if pr.matched < last {
+            self.send_append(from, true);
+        }
+        self.confirm_reads(from, read_round);
+    }
+
+    /// The commit rule (§5.3, §5.4.2): the highest index stored durably on a majority, and only
+    /// if its entry is of the current term. The leader counts itself only for what its own
+    /// storage has acknowledged.
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let own = if self.bug_ack_before_persist() {
+            self.log.last_index()
+        } else {
+            self.log.persisted()
+        };
+        let candidate = quorum::committed_index(&self.voters, |v| {
+            if v == self.id {
+                own
+            } else {
+                self.progress.get(&v).map_or(0, |p| p.matched)
+            }
+        });
+        if candidate <= self.log.committed() {
+            return false;
+        }
+        let current_term = self.log.term(candidate) == Some(self.term);
+        if !current_term && !self.bugs().commit_earlier_term_by_counting {
+            return false;
+        }
+        let old = self.log.committed();
+        self.log.commit_to(candidate);
+        let newly: u64 = (old + 1..=candidate)
+            .filter_map(|i| self.log.entry(i))
+            .filter(|e| e.term == self.term && e.kind == EntryKind::Normal)
+            .map(Entry::size)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
+        self.broadcast_pending = true;
+        self.serve_reads_awaiting_commit();
+        true
+    }
+
+    // ----- follower -----------------------------------------------------------------------
+
+    /// AppendEntries receiver (Figure 2): accept entries that follow an entry matching
+    /// `(prev_log_index, prev_log_term)`, replacing any conflicting suffix; reject otherwise
+    /// with a hint for fast backtracking.
+    pub(crate) fn handle_append_request(
+        &mut self,
+        from: NodeId,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: Vec<Entry>,
+        commit: Index,
+    ) {
+        let committed = self.log.committed();
+        if prev_log_index < committed {
+            // Everything up to our commit index already matches the leader's log.
+            self.send_when_durable(from, success_ack(committed));
+            return;
+        }
+        if !self.log.matches(prev_log_index, prev_log_term) {
+            let (hint_index, hint_term) = self
+                .log
+                .find_conflict_by_term(prev_log_index.min(self.log.last_index()), prev_log_term);
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    success: false,
+                    index: prev_log_index,
+                    hint_index,
+                    hint_term,
+                },
+            );
+            return;
+        }
+        if let Some(conflict) = self.log.find_conflict(&entries) {
+            if conflict <= committed {
+                tracing::error!(
+                    id = self.id,
+                    term = self.term,
+                    from,
+                    conflict,
+                    committed,
+                    "leader sent an entry that conflicts with a committed one; ignoring"
+                );
+                return;
+            }
+        }
+        self.log.append_after_match(&entries);
+        let last_new = prev_log_index + entries.len() as u64;
+        self.log.commit_to(commit.min(last_new));
+        self.send_when_durable(from, success_ack(last_new));
+    }
+
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_round: u64) {
+        // The leader never sends a commit index beyond what it knows we match; clamping only
+        // guards against a broken peer.
+        self.log.commit_to(commit.min(self.log.last_index()));
+        self.send(from, MessageBody::HeartbeatResponse { read_round });
+    }
+}
+
+fn success_ack(index: Index) -> MessageBody {
+    MessageBody::AppendResponse {
+        success: true,
+        index,
+        hint_index: 0,
+        hint_term: 0,
+    }
+}
