@@ -7,6 +7,8 @@ mod bugs;
 mod config;
 mod election;
 mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod harness;
 mod log;
 mod message;
 mod node;

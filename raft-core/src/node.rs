@@ -482,6 +482,16 @@ impl RawNode {
         }
     }
 
+    /// The leader's view of each follower, for diagnostics in tests.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn describe_progress(&self) -> String {
+        self.progress
+            .iter()
+            .map(|(id, p)| format!("n{id}:{:?} match {} next {} paused {}", p.state, p.matched, p.next, p.is_paused()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Every entry in the in-memory log, for invariant checks in tests.
     #[cfg(any(test, feature = "test-support"))]
     pub fn log_entries(&self) -> &[Entry] {

@@ -67,8 +67,8 @@ impl Progress {
     /// Records a successful append up to `index`. Returns false for a stale acknowledgement.
     pub(crate) fn update_matched(&mut self, index: Index) -> bool {
         if index <= self.matched {
-            // A duplicate still shows the follower is alive and in sync; let probing resume.
-            self.probe_sent = false;
+            // Stale or duplicated. Resuming a probe here would answer every duplicate with a
+            // new append, whose answer could be duplicated again: a message storm.
             return false;
         }
         self.matched = index;
@@ -202,6 +202,18 @@ mod tests {
         assert!(p.back_off(4, 2));
         assert!(!p.is_paused());
         assert_eq!(p.next, 2);
+    }
+
+    #[test]
+    fn a_stale_ack_does_not_resume_a_paused_probe() {
+        let mut p = Progress::new(1, 4, 1000);
+        assert!(p.update_matched(5));
+        p.sent_entries(8, 10);
+        assert!(p.is_paused());
+        assert!(!p.update_matched(5));
+        assert!(p.is_paused(), "a duplicate ack must not trigger another append");
+        assert!(p.update_matched(8));
+        assert!(!p.is_paused());
     }
 
     #[test]

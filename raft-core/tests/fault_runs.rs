@@ -1,0 +1,95 @@
+//! Seeded random fault runs of whole clusters of cores, checked after every event.
+//!
+//! `cargo test -p raft-core --test fault_runs` runs 2,000 seeds; `RAFT_RUNS=N` runs N;
+//! `RAFT_SEED=S` replays seed S alone (add `-- --nocapture` to see its summary).
+
+use raft_core::harness::{random_run, Failure};
+use raft_core::Config;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(v) => Some(v),
+        Err(_) => panic!("{name}={value:?} is not a number"),
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = env_u64("RAFT_SEED") {
+        return vec![seed];
+    }
+    let runs = env_u64("RAFT_RUNS").unwrap_or(2_000);
+    let base = env_u64("RAFT_SEED_BASE").unwrap_or(0);
+    (base..base + runs).collect()
+}
+
+#[test]
+fn random_fault_runs_keep_every_raft_invariant() {
+    let seeds = seeds();
+    let (mut steps, mut committed, mut reads) = (0, 0, 0);
+    for &seed in &seeds {
+        match random_run(seed, |_| {}) {
+            Ok(stats) => {
+                steps += stats.steps;
+                committed += stats.committed;
+                reads += stats.reads_served;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    println!(
+        "{} runs, {steps} steps, {committed} entries committed, {reads} reads served",
+        seeds.len()
+    );
+    assert!(committed > seeds.len() as u64, "the runs committed almost nothing");
+    assert!(reads > 0, "no read was ever served");
+}
+
+/// Runs seeds with a deliberate bug until the harness reports the expected rule broken.
+fn first_catch(max_seeds: u64, expect: &[&str], bug: impl Fn(&mut Config)) -> Failure {
+    for seed in 0..max_seeds {
+        if let Err(failure) = random_run(seed, &bug) {
+            assert!(
+                expect.contains(&failure.violation.rule),
+                "the bug was reported as an unexpected rule:\n{failure}"
+            );
+            println!("caught at seed {seed}: {}", failure.violation);
+            return failure;
+        }
+    }
+    panic!("the harness did not catch the bug in {max_seeds} seeds");
+}
+
+#[test]
+fn teeth_voting_without_the_log_check_is_caught() {
+    first_catch(
+        500,
+        &["leader completeness", "state machine safety", "log matching"],
+        |c| c.bugs.vote_without_log_check = true,
+    );
+}
+
+#[test]
+fn teeth_acknowledging_before_persisting_is_caught() {
+    first_catch(
+        500,
+        &["commit needs a durable majority", "leader completeness", "state machine safety"],
+        |c| c.bugs.ack_before_persist = true,
+    );
+}
+
+#[test]
+fn teeth_committing_earlier_terms_by_counting_is_caught() {
+    first_catch(
+        2_000,
+        &["leader completeness", "state machine safety", "log matching"],
+        |c| c.bugs.commit_earlier_term_by_counting = true,
+    );
+}
+
+#[test]
+fn teeth_reading_without_a_quorum_round_is_caught() {
+    first_catch(500, &["read index linearizability"], |c| {
+        c.bugs.read_index_without_quorum = true
+    });
+}
