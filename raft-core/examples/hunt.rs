@@ -1,12 +1,27 @@
+//! Runs many seeds of the fault harness and reports failures:
+//! `cargo run --release -p raft-core --features test-support --example hunt -- RUNS [BUG]`
+//! where BUG is one of vote, ack, commit, read (default: none).
 use raft_core::harness::random_run;
+
 fn main() {
-    let n: u64 = std::env::args().nth(1).unwrap().parse().unwrap();
-    let mut found = 0;
-    for seed in 0..n {
-        if let Err(f) = random_run(seed, |c| c.bugs.commit_earlier_term_by_counting = true) {
-            found += 1;
-            if found <= 3 { println!("seed {seed}: {}", f.violation); }
+    let mut args = std::env::args().skip(1);
+    let runs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let bug = args.next().unwrap_or_default();
+    let mut failures = 0;
+    for seed in 0..runs {
+        let result = random_run(seed, |c| match bug.as_str() {
+            "vote" => c.bugs.vote_without_log_check = true,
+            "ack" => c.bugs.ack_before_persist = true,
+            "commit" => c.bugs.commit_earlier_term_by_counting = true,
+            "read" => c.bugs.read_index_without_quorum = true,
+            _ => {}
+        });
+        if let Err(f) = result {
+            failures += 1;
+            if failures <= 3 {
+                println!("{f}");
+            }
         }
     }
-    println!("{found} of {n}");
+    println!("{failures} failures in {runs} runs");
 }

@@ -206,7 +206,11 @@ impl Cluster {
                 ) + &c.describe_progress(),
             })
             .collect();
-        out.push(format!("{} messages in flight, cut links {:?}", self.in_flight.len(), self.cut));
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, m) in &self.in_flight {
+            *kinds.entry(m.body.kind_name()).or_default() += 1;
+        }
+        out.push(format!("{} messages in flight {kinds:?}, cut links {:?}", self.in_flight.len(), self.cut));
         out
     }
 
@@ -680,8 +684,12 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     }
     let marker = Bytes::from_static(b"liveness-marker");
     let mut committed = false;
+    let verbose = std::env::var_os("RAFT_HARNESS_VERBOSE").is_some();
     for step in 0..LIVENESS_STEPS {
         stats.steps += 1;
+        if verbose && step % 500 == 0 {
+            eprintln!("liveness step {step}:\n  {}", cluster.describe().join("\n  "));
+        }
         if let Err(v) = cluster.random_step(false) {
             return Err(fail(&cluster, v, stats));
         }
@@ -725,7 +733,7 @@ impl Cluster {
         match roll {
             // Messages move much faster than clocks tick, as on a real network.
             0..=449 => {
-                for _ in 0..self.rng.gen_range(1..=3) {
+                for _ in 0..self.rng.gen_range(1..=8) {
                     let ready: Vec<usize> = self
                         .in_flight
                         .iter()

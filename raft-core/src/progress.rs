@@ -28,6 +28,12 @@ pub(crate) struct Progress {
     pub(crate) inflight: Inflights,
     /// Heard from within the current check-quorum period.
     pub(crate) recently_active: bool,
+    /// The highest commit index this follower was told that it can use (bounded by `matched`),
+    /// so that commit-only appends go out only when they let the follower apply more.
+    pub(crate) commit_sent: Index,
+    /// `matched` at the previous heartbeat answer: a follower in `Replicate` that made no
+    /// progress over a whole heartbeat interval has probably lost an append.
+    pub(crate) matched_at_last_heartbeat: Index,
 }
 
 impl Progress {
@@ -39,6 +45,8 @@ impl Progress {
             probe_sent: false,
             inflight: Inflights::new(max_msgs, max_bytes),
             recently_active: false,
+            commit_sent: 0,
+            matched_at_last_heartbeat: 0,
         }
     }
 
@@ -152,14 +160,6 @@ impl Inflights {
         }
     }
 
-    /// Frees the oldest message: used when a heartbeat answer shows the follower is alive but
-    /// the window is full, so that a lost append cannot stall replication for good.
-    pub(crate) fn free_first(&mut self) {
-        if let Some((_, bytes)) = self.queue.pop_front() {
-            self.bytes -= bytes;
-        }
-    }
-
     pub(crate) fn clear(&mut self) {
         self.queue.clear();
         self.bytes = 0;
@@ -186,7 +186,7 @@ mod tests {
         assert!(!w.is_full());
         w.add(5, 90);
         assert!(w.is_full());
-        w.free_first();
+        w.free_up_to(4);
         assert_eq!(w.len(), 1);
         w.free_up_to(5);
         assert_eq!(w.len(), 0);

@@ -42,12 +42,23 @@ impl RawNode {
         Ok((first, last))
     }
 
-    /// Sends every follower what it is missing (or at least the new commit index).
+    /// Sends every follower what it is missing, or a commit-only append where the new commit
+    /// index lets it apply entries it already holds.
     pub(crate) fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        for to in peers {
-            self.send_append(to, true);
-            while self.send_append(to, false) {}
+        let committed = self.log.committed();
+        let peers: Vec<(NodeId, bool)> = self
+            .progress
+            .iter()
+            .map(|(&id, pr)| (id, committed.min(pr.matched) > pr.commit_sent))
+            .collect();
+        for (to, commit_news) in peers {
+            let mut sent_entries = false;
+            while self.send_append(to, false) {
+                sent_entries = true;
+            }
+            if !sent_entries && commit_news {
+                self.send_append(to, true);
+            }
         }
     }
 
@@ -87,6 +98,7 @@ impl RawNode {
         }
         let sent_entries = !entries.is_empty();
         let commit = self.log.committed();
+        pr.commit_sent = pr.commit_sent.max(commit.min(pr.matched));
         self.send(
             to,
             MessageBody::AppendRequest {
@@ -163,12 +175,23 @@ impl RawNode {
             return;
         };
         pr.recently_active = true;
-        pr.probe_sent = false;
-        if pr.state == ReplicationState::Replicate && pr.inflight.is_full() {
-            pr.inflight.free_first();
-        }
+        let stalled = pr.matched == pr.matched_at_last_heartbeat;
+        pr.matched_at_last_heartbeat = pr.matched;
         if pr.matched < last {
-            self.send_append(from, true);
+            match pr.state {
+                // The follower is alive; probe again in case the last probe was lost.
+                ReplicationState::Probe => {
+                    pr.probe_sent = false;
+                    self.send_append(from, true);
+                }
+                // An append was probably lost: no progress over a whole heartbeat interval.
+                // (An empty append would overtake the ones in flight and be rejected.)
+                ReplicationState::Replicate if stalled => {
+                    pr.become_probe();
+                    self.send_append(from, true);
+                }
+                ReplicationState::Replicate => while self.send_append(from, false) {},
+            }
         }
         self.confirm_reads(from, read_round);
     }
