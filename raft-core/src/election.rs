@@ -135,9 +135,12 @@ impl RawNode {
         last_log_term: Term,
         pre: bool,
     ) {
+        // Thesis §9.6: no pre-vote for anyone while we still hear from a leader, so that a node
+        // rejoining with an up-to-date log cannot start an election the cluster does not need.
+        let hears_leader = self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks;
         let free_to_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
-            || (pre && term > self.term);
+            || (pre && term > self.term && !hears_leader);
         let log_ok = self.log.is_up_to_date(last_log_index, last_log_term)
             || self.bugs().vote_without_log_check;
         let granted = free_to_vote && log_ok;

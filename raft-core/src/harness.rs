@@ -71,7 +71,9 @@ impl SimNode {
 
     /// The durable entry at `index`, if any.
     pub fn durable_entry(&self, index: Index) -> Option<&Entry> {
-        index.checked_sub(1).and_then(|i| self.disk_log.get(i as usize))
+        index
+            .checked_sub(1)
+            .and_then(|i| self.disk_log.get(i as usize))
     }
 
     pub fn durable_log(&self) -> &[Entry] {
@@ -122,7 +124,11 @@ impl Cluster {
     }
 
     /// One node per given state (ids 1..=n), as if each had restarted from that disk.
-    pub fn with_states(states: Vec<RestartState>, seed: u64, configure: impl Fn(&mut Config)) -> Self {
+    pub fn with_states(
+        states: Vec<RestartState>,
+        seed: u64,
+        configure: impl Fn(&mut Config),
+    ) -> Self {
         let ids: Vec<NodeId> = (1..=states.len() as u64).collect();
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut nodes = BTreeMap::new();
@@ -161,7 +167,10 @@ impl Cluster {
     }
 
     pub fn core_mut(&mut self, id: NodeId) -> &mut RawNode {
-        self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()).expect("node is down")
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.core.as_mut())
+            .expect("node is down")
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -172,7 +181,11 @@ impl Cluster {
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|(&id, n)| n.core.as_ref().map(|c| (c.term(), c.role() == Role::Leader, id)))
+            .filter_map(|(&id, n)| {
+                n.core
+                    .as_ref()
+                    .map(|c| (c.term(), c.role() == Role::Leader, id))
+            })
             .filter(|&(_, leads, _)| leads)
             .max()
             .map(|(_, _, id)| id)
@@ -210,7 +223,11 @@ impl Cluster {
         for (_, m) in &self.in_flight {
             *kinds.entry(m.body.kind_name()).or_default() += 1;
         }
-        out.push(format!("{} messages in flight {kinds:?}, cut links {:?}", self.in_flight.len(), self.cut));
+        out.push(format!(
+            "{} messages in flight {kinds:?}, cut links {:?}",
+            self.in_flight.len(),
+            self.cut
+        ));
         out
     }
 
@@ -281,7 +298,9 @@ impl Cluster {
     /// Makes the oldest pending write of `id` durable and tells its core.
     pub fn complete_write(&mut self, id: NodeId) -> Result<bool, Violation> {
         let node = self.nodes.get_mut(&id).expect("unknown node");
-        let Some(write) = node.pending_writes.pop_front() else { return Ok(false) };
+        let Some(write) = node.pending_writes.pop_front() else {
+            return Ok(false);
+        };
         if let Some(hs) = write.hard_state {
             node.disk_hard_state = hs;
         }
@@ -298,7 +317,9 @@ impl Cluster {
 
     /// Delivers the in-flight message at `slot` (dropped if its link is cut or its target down).
     fn deliver_slot(&mut self, slot: usize) -> Result<(), Violation> {
-        let Some((_, msg)) = self.in_flight.remove(slot) else { return Ok(()) };
+        let Some((_, msg)) = self.in_flight.remove(slot) else {
+            return Ok(());
+        };
         let to = msg.to;
         if self.cut.contains(&(msg.from, to)) {
             return Ok(());
@@ -308,45 +329,64 @@ impl Cluster {
         }
         if self.keep_trace {
             let what = match &msg.body {
-                crate::MessageBody::AppendRequest { prev_log_index, prev_log_term, entries, commit } => {
-                    format!("AppendRequest prev {prev_log_index}@{prev_log_term} +{} commit {commit}", entries.len())
+                crate::MessageBody::AppendRequest {
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    commit,
+                } => {
+                    format!(
+                        "AppendRequest prev {prev_log_index}@{prev_log_term} +{} commit {commit}",
+                        entries.len()
+                    )
                 }
-                crate::MessageBody::AppendResponse { success, index, hint_index, hint_term } => {
-                    format!("AppendResponse ok={success} index {index} hint {hint_index}@{hint_term}")
+                crate::MessageBody::AppendResponse {
+                    success,
+                    index,
+                    hint_index,
+                    hint_term,
+                } => {
+                    format!(
+                        "AppendResponse ok={success} index {index} hint {hint_index}@{hint_term}"
+                    )
                 }
                 other => other.kind_name().to_string(),
             };
             let line = format!("deliver {what} n{}->n{} t{}", msg.from, to, msg.term);
             self.note(|| line);
         }
-        let core = self.nodes.get_mut(&to).and_then(|n| n.core.as_mut()).expect("checked above");
+        let core = self
+            .nodes
+            .get_mut(&to)
+            .and_then(|n| n.core.as_mut())
+            .expect("checked above");
         core.step(msg);
         self.process_ready(to)
     }
 
     /// Delivers every message and completes every write until the cluster is quiet.
     pub fn stabilize(&mut self) -> Result<(), Violation> {
-        for _ in 0..100_000 {
-            let writes: Vec<NodeId> = self
-                .nodes
-                .iter()
-                .filter(|(_, n)| !n.pending_writes.is_empty())
-                .map(|(&id, _)| id)
-                .collect();
-            for id in &writes {
-                while self.complete_write(*id)? {}
+        self.deliver_where(|_| true)
+    }
+
+    /// Completes every write and delivers, oldest first, the in-flight messages that match
+    /// `pred` (including the ones they cause), until none is left. Others stay in flight.
+    pub fn deliver_where(&mut self, pred: impl Fn(&Message) -> bool) -> Result<(), Violation> {
+        for _ in 0..1_000_000 {
+            for id in self.ids() {
+                while self.complete_write(id)? {}
             }
-            if self.in_flight.is_empty() {
-                if writes.is_empty() {
-                    return Ok(());
-                }
-                continue;
-            }
-            while !self.in_flight.is_empty() {
-                self.deliver_slot(0)?;
+            match self.in_flight.iter().position(|(_, m)| pred(m)) {
+                Some(slot) => self.deliver_slot(slot)?,
+                None => return Ok(()),
             }
         }
         violation("stabilize", "the cluster never went quiet".into())
+    }
+
+    /// Loses every message in flight.
+    pub fn drop_in_flight(&mut self) {
+        self.in_flight.clear();
     }
 
     /// Cuts `id` off from everyone, both ways.
@@ -405,7 +445,9 @@ impl Cluster {
     fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
         loop {
             let node = self.nodes.get_mut(&id).expect("unknown node");
-            let Some(core) = node.core.as_mut() else { return Ok(()) };
+            let Some(core) = node.core.as_mut() else {
+                return Ok(());
+            };
             if !core.has_ready() {
                 return Ok(());
             }
@@ -420,7 +462,11 @@ impl Cluster {
             }
             if let Some(write) = ready.persist {
                 self.check_written_entries(id, &write)?;
-                self.nodes.get_mut(&id).expect("exists").pending_writes.push_back(write);
+                self.nodes
+                    .get_mut(&id)
+                    .expect("exists")
+                    .pending_writes
+                    .push_back(write);
             }
             for msg in ready.messages {
                 self.send(msg);
@@ -462,7 +508,10 @@ impl Cluster {
     fn check_new_leader(&mut self, id: NodeId, term: Term) -> Result<(), Violation> {
         if let Some(&other) = self.check.leaders.get(&term) {
             if other != id {
-                return violation("election safety", format!("n{other} and n{id} both lead term {term}"));
+                return violation(
+                    "election safety",
+                    format!("n{other} and n{id} both lead term {term}"),
+                );
             }
         }
         self.check.leaders.insert(term, id);
@@ -483,17 +532,26 @@ impl Cluster {
     fn check_written_entries(&mut self, id: NodeId, write: &Persist) -> Result<(), Violation> {
         for e in &write.entries {
             let core = self.core(id);
-            let prev_term = if e.index == 1 { 0 } else { core.term_at(e.index - 1).unwrap_or(0) };
+            let prev_term = if e.index == 1 {
+                0
+            } else {
+                core.term_at(e.index - 1).unwrap_or(0)
+            };
             match self.check.entries.get(&(e.index, e.term)) {
                 Some((payload, prev)) if *payload != e.payload || *prev != prev_term => {
                     return violation(
                         "log matching",
-                        format!("n{id} wrote entry {}@{} that differs from the one other nodes hold", e.index, e.term),
+                        format!(
+                            "n{id} wrote entry {}@{} that differs from the one other nodes hold",
+                            e.index, e.term
+                        ),
                     );
                 }
                 Some(_) => {}
                 None => {
-                    self.check.entries.insert((e.index, e.term), (e.payload.clone(), prev_term));
+                    self.check
+                        .entries
+                        .insert((e.index, e.term), (e.payload.clone(), prev_term));
                 }
             }
         }
@@ -511,7 +569,10 @@ impl Cluster {
         }
         for index in node.seen_commit + 1..=commit {
             let Some(term) = core.term_at(index) else {
-                return violation("commit", format!("n{id} committed {index}, which its log does not hold"));
+                return violation(
+                    "commit",
+                    format!("n{id} committed {index}, which its log does not hold"),
+                );
             };
             match self.check.committed.get(&index) {
                 Some(&t) if t != term => {
@@ -546,17 +607,29 @@ impl Cluster {
     fn apply(&mut self, id: NodeId, entry: Entry) -> Result<(), Violation> {
         let node = self.nodes.get_mut(&id).expect("exists");
         if entry.index != node.applied + 1 {
-            return violation("apply order", format!("n{id} was handed {} after {}", entry.index, node.applied));
+            return violation(
+                "apply order",
+                format!("n{id} was handed {} after {}", entry.index, node.applied),
+            );
         }
-        if node.durable_entry(entry.index).is_none_or(|e| e.term != entry.term) {
-            return violation("apply only durable entries", format!("n{id} was handed {} before it was durable", entry.index));
+        if node
+            .durable_entry(entry.index)
+            .is_none_or(|e| e.term != entry.term)
+        {
+            return violation(
+                "apply only durable entries",
+                format!("n{id} was handed {} before it was durable", entry.index),
+            );
         }
         match self.check.committed.get(&entry.index) {
             Some(&t) if t == entry.term => {}
             other => {
                 return violation(
                     "state machine safety",
-                    format!("n{id} applies {}@{} but the committed entry there is {other:?}", entry.index, entry.term),
+                    format!(
+                        "n{id} applies {}@{} but the committed entry there is {other:?}",
+                        entry.index, entry.term
+                    ),
                 );
             }
         }
@@ -578,7 +651,8 @@ fn boot(node: &mut SimNode) {
         entries: node.disk_log.clone(),
         applied: 0,
     };
-    let core = RawNode::restart(node.cfg.clone(), state).expect("a disk the harness wrote is valid");
+    let core =
+        RawNode::restart(node.cfg.clone(), state).expect("a disk the harness wrote is valid");
     node.seen_commit = 0;
     node.applied = 0;
     node.core = Some(core);
@@ -608,9 +682,21 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "seed {} failed after {} steps: {}", self.seed, self.stats.steps, self.violation)?;
-        writeln!(f, "  {} nodes, faults {:?}", self.stats.nodes, self.stats.faults)?;
-        writeln!(f, "  replay: RAFT_SEED={} cargo test -p raft-core --test fault_runs -- --nocapture", self.seed)?;
+        writeln!(
+            f,
+            "seed {} failed after {} steps: {}",
+            self.seed, self.stats.steps, self.violation
+        )?;
+        writeln!(
+            f,
+            "  {} nodes, faults {:?}",
+            self.stats.nodes, self.stats.faults
+        )?;
+        writeln!(
+            f,
+            "  replay: RAFT_SEED={} cargo test -p raft-core --test fault_runs -- --nocapture",
+            self.seed
+        )?;
         writeln!(f, "  last events:")?;
         for e in &self.recent {
             writeln!(f, "    {e}")?;
@@ -688,7 +774,10 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     for step in 0..LIVENESS_STEPS {
         stats.steps += 1;
         if verbose && step % 500 == 0 {
-            eprintln!("liveness step {step}:\n  {}", cluster.describe().join("\n  "));
+            eprintln!(
+                "liveness step {step}:\n  {}",
+                cluster.describe().join("\n  ")
+            );
         }
         if let Err(v) = cluster.random_step(false) {
             return Err(fail(&cluster, v, stats));
@@ -702,7 +791,10 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
         }
         let marker_committed = cluster.nodes.values().any(|n| {
             n.core.as_ref().is_some_and(|c| {
-                (1..=c.commit_index()).rev().take(64).any(|i| c.entry(i).is_some_and(|e| e.payload == marker))
+                (1..=c.commit_index())
+                    .rev()
+                    .take(64)
+                    .any(|i| c.entry(i).is_some_and(|e| e.payload == marker))
             })
         });
         if marker_committed {
@@ -789,7 +881,11 @@ impl Cluster {
                 self.crash(id);
             }
             970..=989 if self.faults.crashes => {
-                let down: Vec<NodeId> = self.ids().into_iter().filter(|id| !self.nodes[id].is_up()).collect();
+                let down: Vec<NodeId> = self
+                    .ids()
+                    .into_iter()
+                    .filter(|id| !self.nodes[id].is_up())
+                    .collect();
                 if !down.is_empty() {
                     let id = down[self.rng.gen_range(0..down.len())];
                     self.restart(id)?;

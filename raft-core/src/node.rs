@@ -487,7 +487,15 @@ impl RawNode {
     pub fn describe_progress(&self) -> String {
         self.progress
             .iter()
-            .map(|(id, p)| format!("n{id}:{:?} match {} next {} paused {}", p.state, p.matched, p.next, p.is_paused()))
+            .map(|(id, p)| {
+                format!(
+                    "n{id}:{:?} match {} next {} paused {}",
+                    p.state,
+                    p.matched,
+                    p.next,
+                    p.is_paused()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }

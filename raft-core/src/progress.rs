@@ -211,7 +211,10 @@ mod tests {
         p.sent_entries(8, 10);
         assert!(p.is_paused());
         assert!(!p.update_matched(5));
-        assert!(p.is_paused(), "a duplicate ack must not trigger another append");
+        assert!(
+            p.is_paused(),
+            "a duplicate ack must not trigger another append"
+        );
         assert!(p.update_matched(8));
         assert!(!p.is_paused());
     }

@@ -41,7 +41,10 @@ fn random_fault_runs_keep_every_raft_invariant() {
         "{} runs, {steps} steps, {committed} entries committed, {reads} reads served",
         seeds.len()
     );
-    assert!(committed > seeds.len() as u64, "the runs committed almost nothing");
+    assert!(
+        committed > seeds.len() as u64,
+        "the runs committed almost nothing"
+    );
     assert!(reads > 0, "no read was ever served");
 }
 
@@ -64,7 +67,11 @@ fn first_catch(max_seeds: u64, expect: &[&str], bug: impl Fn(&mut Config)) -> Fa
 fn teeth_voting_without_the_log_check_is_caught() {
     first_catch(
         500,
-        &["leader completeness", "state machine safety", "log matching"],
+        &[
+            "leader completeness",
+            "state machine safety",
+            "log matching",
+        ],
         |c| c.bugs.vote_without_log_check = true,
     );
 }
@@ -73,7 +80,11 @@ fn teeth_voting_without_the_log_check_is_caught() {
 fn teeth_acknowledging_before_persisting_is_caught() {
     first_catch(
         500,
-        &["commit needs a durable majority", "leader completeness", "state machine safety"],
+        &[
+            "commit needs a durable majority",
+            "leader completeness",
+            "state machine safety",
+        ],
         |c| c.bugs.ack_before_persist = true,
     );
 }
@@ -82,7 +93,11 @@ fn teeth_acknowledging_before_persisting_is_caught() {
 fn teeth_committing_earlier_terms_by_counting_is_caught() {
     first_catch(
         2_000,
-        &["leader completeness", "state machine safety", "log matching"],
+        &[
+            "leader completeness",
+            "state machine safety",
+            "log matching",
+        ],
         |c| c.bugs.commit_earlier_term_by_counting = true,
     );
 }
