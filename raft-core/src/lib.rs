@@ -1,4 +1,82 @@
 //! A pure, IO-free Raft state machine.
+//!
+//! Feed events in, take actions out. A [`RawNode`] takes ticks ([`RawNode::tick`]), messages
+//! from peers ([`RawNode::step`]), client requests ([`RawNode::propose`],
+//! [`RawNode::read_index`]) and completion reports ([`RawNode::on_persisted`],
+//! [`RawNode::on_applied`]). After any of them, [`RawNode::take_ready`] returns a [`Ready`]:
+//! what to write to stable storage, what to send, what to apply, which reads became servable.
+//! It never does IO, never reads a clock, and draws randomness only from the seed in its
+//! [`Config`], so the same inputs give the same outputs.
+//!
+//! The contract is built so that a driver cannot get durability wrong by acting too early:
+//! - every message in a `Ready` is safe to send at once: vote grants and append acknowledgements
+//!   are held inside the core until the write that makes them true is reported durable;
+//! - every committed entry in a `Ready` is durable locally, so it is safe to apply at once;
+//! - writes (`Ready::persist`) must be made durable in order and reported with their [`WriteId`];
+//!   the leader writes its own log while followers replicate it, and counts itself toward a
+//!   quorum only once its write is reported.
+//!
+//! # A driver loop
+//!
+//! Three nodes on an in-memory network, committing one entry:
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use bytes::Bytes;
+//! use raft_core::{Config, Entry, RawNode};
+//!
+//! let ids = vec![1, 2, 3];
+//! let mut nodes: BTreeMap<u64, RawNode> = ids
+//!     .iter()
+//!     .map(|&id| (id, RawNode::new(Config::new(id, ids.clone())).unwrap()))
+//!     .collect();
+//! let mut disks: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+//! let mut applied: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+//! let mut network = Vec::new();
+//!
+//! nodes.get_mut(&1).unwrap().campaign();
+//! let mut proposed = false;
+//! for _round in 0..20 {
+//!     for (&id, node) in nodes.iter_mut() {
+//!         let ready = node.take_ready();
+//!         if let Some(write) = ready.persist {
+//!             // A real driver writes atomically and fsyncs here, then reports completion.
+//!             let disk = disks.entry(id).or_default();
+//!             if let Some(from) = write.overwrite_from() {
+//!                 disk.truncate(from as usize - 1);
+//!             }
+//!             disk.extend(write.entries);
+//!             node.on_persisted(write.id);
+//!         }
+//!         network.extend(ready.messages);
+//!         applied.entry(id).or_default().extend(ready.committed);
+//!     }
+//!     for msg in std::mem::take(&mut network) {
+//!         nodes.get_mut(&msg.to).unwrap().step(msg);
+//!     }
+//!     let leader = nodes.get_mut(&1).unwrap();
+//!     if !proposed && leader.role() == raft_core::Role::Leader {
+//!         leader.propose(Bytes::from_static(b"hello")).unwrap();
+//!         proposed = true;
+//!     }
+//! }
+//! // Every node applied the leader's no-op and then the proposal.
+//! for entries in applied.values() {
+//!     assert_eq!(entries.last().unwrap().payload, Bytes::from_static(b"hello"));
+//! }
+//! ```
+//!
+//! # Where the Raft rules live
+//!
+//! | rule | file |
+//! | --- | --- |
+//! | election timeout, campaign, RequestVote, pre-vote, check-quorum | `election.rs` |
+//! | AppendEntries (both sides), commit rule, heartbeats | `replication.rs` |
+//! | probe/replicate, in-flight window | `progress.rs` |
+//! | majorities | `quorum.rs` |
+//! | ReadIndex | `read_index.rs` |
+//! | the in-memory log, conflict search, up-to-date check | `log.rs` |
+//! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod bugs;
