@@ -716,7 +716,7 @@ pub const LIVENESS_STEPS: u64 = 4_000;
 
 /// One random run: a 3- or 5-node cluster under a seeded mix of faults, then healed, then a
 /// liveness check. `configure` may switch on deliberate bugs.
-pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats, Failure> {
+pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats, Box<Failure>> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
     let n = if rng.gen_bool(0.5) { 3 } else { 5 };
     // Swarm testing: each run switches each fault on or off, so that rare combinations occur.
@@ -747,12 +747,14 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
         faults,
         ..RunStats::default()
     };
-    let fail = |cluster: &Cluster, violation: Violation, stats: RunStats| Failure {
-        seed,
-        violation,
-        stats,
-        recent: cluster.recent_events(),
-        state: cluster.describe(),
+    let fail = |cluster: &Cluster, violation: Violation, stats: RunStats| {
+        Box::new(Failure {
+            seed,
+            violation,
+            stats,
+            recent: cluster.recent_events(),
+            state: cluster.describe(),
+        })
     };
     for _ in 0..FAULT_STEPS {
         stats.steps += 1;

@@ -49,7 +49,7 @@ fn random_fault_runs_keep_every_raft_invariant() {
 }
 
 /// Runs seeds with a deliberate bug until the harness reports the expected rule broken.
-fn first_catch(max_seeds: u64, expect: &[&str], bug: impl Fn(&mut Config)) -> Failure {
+fn first_catch(max_seeds: u64, expect: &[&str], bug: impl Fn(&mut Config)) -> Box<Failure> {
     for seed in 0..max_seeds {
         if let Err(failure) = random_run(seed, &bug) {
             assert!(
