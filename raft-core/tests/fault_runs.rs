@@ -89,18 +89,10 @@ fn teeth_acknowledging_before_persisting_is_caught() {
     );
 }
 
-#[test]
-fn teeth_committing_earlier_terms_by_counting_is_caught() {
-    first_catch(
-        2_000,
-        &[
-            "leader completeness",
-            "state machine safety",
-            "log matching",
-        ],
-        |c| c.bugs.commit_earlier_term_by_counting = true,
-    );
-}
+// Committing an earlier term's entry by counting replicas (Figure 8) needs an interleaving that
+// random schedules almost never produce: a new leader's no-op travels with the old entries. It is
+// caught by the scripted scenario in `paper_rules.rs` (`figure_8_committing_by_counting_is_caught`),
+// through the same checks.
 
 #[test]
 fn teeth_reading_without_a_quorum_round_is_caught() {
