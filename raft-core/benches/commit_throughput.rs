@@ -74,12 +74,18 @@ impl Cluster {
 fn commit_throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("commit_3_nodes_128B");
     for batch in [1usize, 64] {
-        let payloads: Vec<Bytes> = (0..batch).map(|i| Bytes::from(vec![i as u8; 128])).collect();
+        let payloads: Vec<Bytes> = (0..batch)
+            .map(|i| Bytes::from(vec![i as u8; 128]))
+            .collect();
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("batch", batch), &payloads, |b, payloads| {
-            let mut cluster = Cluster::new();
-            b.iter(|| cluster.commit_batch(payloads));
-        });
+        group.bench_with_input(
+            BenchmarkId::new("batch", batch),
+            &payloads,
+            |b, payloads| {
+                let mut cluster = Cluster::new();
+                b.iter(|| cluster.commit_batch(payloads));
+            },
+        );
     }
     group.finish();
 }

@@ -82,6 +82,7 @@
 pub mod bugs;
 #[cfg(not(any(test, feature = "test-support")))]
 mod bugs;
+pub mod codec;
 mod config;
 mod election;
 mod error;

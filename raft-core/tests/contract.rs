@@ -16,7 +16,12 @@ fn node(id: u64, voters: &[u64]) -> RawNode {
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message { from, to, term, body }
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
 }
 
 fn persist_all(n: &mut RawNode, rd: &Ready) {
@@ -47,7 +52,15 @@ fn single_leader() -> RawNode {
 #[test]
 fn a_vote_is_sent_only_after_it_is_durable() {
     let mut n = node(2, &[1, 2, 3]);
-    n.step(msg(1, 2, 1, MessageBody::VoteRequest { last_log_index: 0, last_log_term: 0 }));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::VoteRequest {
+            last_log_index: 0,
+            last_log_term: 0,
+        },
+    ));
     let rd = n.take_ready();
     let write = rd.persist.clone().expect("the vote must be written");
     assert_eq!(write.hard_state.map(|h| h.vote), Some(Some(1)));
@@ -60,24 +73,50 @@ fn a_vote_is_sent_only_after_it_is_durable() {
 fn an_append_is_acknowledged_only_after_it_is_durable() {
     let mut n = node(2, &[1, 2, 3]);
     let e = Entry::new(1, 1, EntryKind::Normal, Bytes::from_static(b"x"));
-    n.step(msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: 0, prev_log_term: 0, entries: vec![e], commit: 0 }));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::AppendRequest {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![e],
+            commit: 0,
+        },
+    ));
     let rd = n.take_ready();
     let write = rd.persist.clone().expect("entries must be written");
     assert_eq!(write.entries.len(), 1);
-    assert!(rd.messages.iter().all(|m| !matches!(m.body, MessageBody::AppendResponse { success: true, .. })));
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| !matches!(m.body, MessageBody::AppendResponse { success: true, .. })));
     n.on_persisted(write.id);
     let rd = n.take_ready();
-    assert!(rd.messages.iter().any(|m| matches!(m.body, MessageBody::AppendResponse { success: true, index: 1, .. })));
+    assert!(rd.messages.iter().any(|m| matches!(
+        m.body,
+        MessageBody::AppendResponse {
+            success: true,
+            index: 1,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn a_leader_counts_itself_only_after_its_own_write() {
     let mut n = single_leader();
     let commit = n.commit_index();
-    let Ok(Proposed::Appended { last, .. }) = n.propose(Bytes::from_static(b"x")) else { panic!("leader must append") };
+    let Ok(Proposed::Appended { last, .. }) = n.propose(Bytes::from_static(b"x")) else {
+        panic!("leader must append")
+    };
     let rd = n.take_ready();
     assert!(rd.committed.is_empty());
-    assert_eq!(n.commit_index(), commit, "committed before its own write was durable");
+    assert_eq!(
+        n.commit_index(),
+        commit,
+        "committed before its own write was durable"
+    );
     n.on_persisted(rd.persist.expect("a write").id);
     assert_eq!(n.commit_index(), last);
     let rd = n.take_ready();
@@ -91,8 +130,14 @@ fn a_stale_persistence_ack_is_ignored() {
     let write = n.take_ready().persist.expect("a write").id;
     let commit = n.commit_index();
     // The same sequence number from an earlier term, and one never issued: both ignored.
-    n.on_persisted(WriteId { seq: write.seq, term: write.term - 1 });
-    n.on_persisted(WriteId { seq: write.seq + 7, term: write.term });
+    n.on_persisted(WriteId {
+        seq: write.seq,
+        term: write.term - 1,
+    });
+    n.on_persisted(WriteId {
+        seq: write.seq + 7,
+        term: write.term,
+    });
     assert_eq!(n.commit_index(), commit);
     n.on_persisted(write);
     assert!(n.commit_index() > commit);
@@ -106,7 +151,11 @@ fn a_restarted_node_assumes_only_what_was_persisted() {
         Entry::new(2, 2, EntryKind::Normal, Bytes::from_static(b"a")),
     ];
     let state = RestartState {
-        hard_state: HardState { term: 3, vote: Some(1), commit: 1 },
+        hard_state: HardState {
+            term: 3,
+            vote: Some(1),
+            commit: 1,
+        },
         entries,
         applied: 0,
         ..RestartState::default()
@@ -115,41 +164,95 @@ fn a_restarted_node_assumes_only_what_was_persisted() {
     cfg.pre_vote = false;
     let mut n = RawNode::restart(cfg, state).expect("valid state");
     assert_eq!((n.term(), n.last_index(), n.commit_index()), (3, 2, 1));
-    n.step(msg(2, 3, 3, MessageBody::VoteRequest { last_log_index: 9, last_log_term: 3 }));
+    n.step(msg(
+        2,
+        3,
+        3,
+        MessageBody::VoteRequest {
+            last_log_index: 9,
+            last_log_term: 3,
+        },
+    ));
     let rd = n.take_ready();
     assert_eq!(votes_granted(&rd), 0, "voted twice in one term");
     // Entry 1 is committed and durable, so it is handed out for applying at once.
-    assert_eq!(rd.committed.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        rd.committed.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1]
+    );
 }
 
 #[test]
 fn restart_refuses_an_inconsistent_disk() {
     let cfg = Config::new(1, vec![1, 2, 3]);
     let gap = RestartState {
-        hard_state: HardState { term: 1, vote: None, commit: 0 },
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+            commit: 0,
+        },
         entries: vec![Entry::new(1, 2, EntryKind::Normal, Bytes::new())],
         ..RestartState::default()
     };
-    let err = RawNode::restart(cfg.clone(), gap).err().expect("a gap must be refused");
+    let err = RawNode::restart(cfg.clone(), gap)
+        .err()
+        .expect("a gap must be refused");
     assert!(err.to_string().contains("gap"), "{err}");
-    let bad_vote = RestartState { hard_state: HardState { term: 1, vote: Some(9), commit: 0 }, ..RestartState::default() };
+    let bad_vote = RestartState {
+        hard_state: HardState {
+            term: 1,
+            vote: Some(9),
+            commit: 0,
+        },
+        ..RestartState::default()
+    };
     assert!(RawNode::restart(cfg, bad_vote).is_err());
 }
 
 #[test]
 fn followers_forward_proposals_or_refuse_with_a_hint() {
     let mut n = node(2, &[1, 2, 3]);
-    assert_eq!(n.propose(Bytes::from_static(b"x")), Err(ProposeError::NotLeader { leader_hint: None }));
-    n.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 0, read_round: 0 }));
-    assert_eq!(n.propose(Bytes::from_static(b"x")), Ok(Proposed::Forwarded { to: 1 }));
+    assert_eq!(
+        n.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader { leader_hint: None })
+    );
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    ));
+    assert_eq!(
+        n.propose(Bytes::from_static(b"x")),
+        Ok(Proposed::Forwarded { to: 1 })
+    );
     let rd = n.take_ready();
-    assert!(rd.messages.iter().any(|m| m.to == 1 && matches!(m.body, MessageBody::Propose { .. })));
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| m.to == 1 && matches!(m.body, MessageBody::Propose { .. })));
 
     let mut cfg = Config::new(2, vec![1, 2, 3]);
     cfg.forward_to_leader = false;
     let mut n = RawNode::new(cfg).expect("valid");
-    n.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 0, read_round: 0 }));
-    assert_eq!(n.propose(Bytes::from_static(b"x")), Err(ProposeError::NotLeader { leader_hint: Some(1) }));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            commit: 0,
+            read_round: 0,
+        },
+    ));
+    assert_eq!(
+        n.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
 }
 
 #[test]
@@ -161,7 +264,12 @@ fn a_leader_refuses_proposals_past_the_uncommitted_limit() {
     let rd = n.take_ready();
     persist_all(&mut n, &rd);
     for from in [2, 3] {
-        n.step(msg(from, 1, 1, MessageBody::PreVoteResponse { granted: true }));
+        n.step(msg(
+            from,
+            1,
+            1,
+            MessageBody::PreVoteResponse { granted: true },
+        ));
     }
     let rd = n.take_ready();
     persist_all(&mut n, &rd);
@@ -170,7 +278,10 @@ fn a_leader_refuses_proposals_past_the_uncommitted_limit() {
     }
     assert_eq!(n.role(), Role::Leader);
     let big = Bytes::from(vec![0u8; 600]);
-    assert!(n.propose(big.clone()).is_ok(), "one proposal always fits an empty pipeline");
+    assert!(
+        n.propose(big.clone()).is_ok(),
+        "one proposal always fits an empty pipeline"
+    );
     assert_eq!(n.propose(big), Err(ProposeError::TooManyUncommittedBytes));
 }
 
@@ -182,16 +293,29 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
     persist_all(&mut n, &rd);
     n.step(msg(2, 1, 1, MessageBody::VoteResponse { granted: true }));
     assert_eq!(n.role(), Role::Leader);
-    n.read_index(Bytes::from_static(b"r")).expect("leader accepts reads");
+    n.read_index(Bytes::from_static(b"r"))
+        .expect("leader accepts reads");
     let rd = n.take_ready();
     assert!(rd.read_states.is_empty());
     assert!(
-        rd.messages.iter().all(|m| !matches!(m.body, MessageBody::Heartbeat { read_round: r, .. } if r > 0)),
+        rd.messages
+            .iter()
+            .all(|m| !matches!(m.body, MessageBody::Heartbeat { read_round: r, .. } if r > 0)),
         "no read round before the no-op commits"
     );
     persist_all(&mut n, &rd);
     // n2 acknowledges the no-op: it commits, and the read's heartbeat round starts.
-    n.step(msg(2, 1, 1, MessageBody::AppendResponse { success: true, index: 1, hint_index: 0, hint_term: 0 }));
+    n.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::AppendResponse {
+            success: true,
+            index: 1,
+            hint_index: 0,
+            hint_term: 0,
+        },
+    ));
     assert_eq!(n.commit_index(), 1);
     let rd = n.take_ready();
     let round = rd
@@ -202,7 +326,12 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
             _ => None,
         })
         .expect("a read round");
-    n.step(msg(3, 1, 1, MessageBody::HeartbeatResponse { read_round: round }));
+    n.step(msg(
+        3,
+        1,
+        1,
+        MessageBody::HeartbeatResponse { read_round: round },
+    ));
     let rd = n.take_ready();
     assert_eq!(rd.read_states.len(), 1);
     assert_eq!(rd.read_states[0].index, 1);
@@ -214,24 +343,121 @@ fn hostile_messages_change_nothing_and_never_panic() {
     let before = (n.term(), n.last_index(), n.commit_index());
     let e = |i, t| Entry::new(t, i, EntryKind::Normal, Bytes::new());
     let hostile = vec![
-        msg(9, 2, 5, MessageBody::Heartbeat { commit: 5, read_round: 0 }), // unknown sender
-        msg(1, 3, 5, MessageBody::Heartbeat { commit: 5, read_round: 0 }), // not for us
-        msg(2, 2, 5, MessageBody::Heartbeat { commit: 5, read_round: 0 }), // from ourselves
-        msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: 0, prev_log_term: 0, entries: vec![e(2, 1)], commit: 0 }),
-        msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: u64::MAX, prev_log_term: 0, entries: vec![e(0, 1)], commit: 0 }),
-        msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: 0, prev_log_term: 0, entries: vec![e(1, 7)], commit: 0 }),
-        msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: 0, prev_log_term: 3, entries: vec![], commit: 0 }),
+        msg(
+            9,
+            2,
+            5,
+            MessageBody::Heartbeat {
+                commit: 5,
+                read_round: 0,
+            },
+        ), // unknown sender
+        msg(
+            1,
+            3,
+            5,
+            MessageBody::Heartbeat {
+                commit: 5,
+                read_round: 0,
+            },
+        ), // not for us
+        msg(
+            2,
+            2,
+            5,
+            MessageBody::Heartbeat {
+                commit: 5,
+                read_round: 0,
+            },
+        ), // from ourselves
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::AppendRequest {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![e(2, 1)],
+                commit: 0,
+            },
+        ),
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::AppendRequest {
+                prev_log_index: u64::MAX,
+                prev_log_term: 0,
+                entries: vec![e(0, 1)],
+                commit: 0,
+            },
+        ),
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::AppendRequest {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![e(1, 7)],
+                commit: 0,
+            },
+        ),
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::AppendRequest {
+                prev_log_index: 0,
+                prev_log_term: 3,
+                entries: vec![],
+                commit: 0,
+            },
+        ),
     ];
     for m in hostile {
         n.step(m);
     }
     assert_eq!((n.term(), n.last_index(), n.commit_index()), before);
     // Well-formed but far ahead: an index beyond the log is rejected with a hint, no panic.
-    n.step(msg(1, 2, 1, MessageBody::AppendRequest { prev_log_index: 1 << 40, prev_log_term: 1, entries: vec![], commit: 1 << 41 }));
-    n.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: u64::MAX, read_round: u64::MAX }));
-    n.step(msg(1, 2, 1, MessageBody::ReadIndexResponse { ctx: Bytes::new(), index: u64::MAX }));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::AppendRequest {
+            prev_log_index: 1 << 40,
+            prev_log_term: 1,
+            entries: vec![],
+            commit: 1 << 41,
+        },
+    ));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            commit: u64::MAX,
+            read_round: u64::MAX,
+        },
+    ));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::ReadIndexResponse {
+            ctx: Bytes::new(),
+            index: u64::MAX,
+        },
+    ));
     assert_eq!(n.last_index(), 0);
     assert_eq!(n.commit_index(), 0);
     let rd = n.take_ready();
-    assert!(rd.messages.iter().any(|m| matches!(m.body, MessageBody::AppendResponse { success: false, hint_index: 0, .. })));
+    assert!(rd.messages.iter().any(|m| matches!(
+        m.body,
+        MessageBody::AppendResponse {
+            success: false,
+            hint_index: 0,
+            ..
+        }
+    )));
 }
