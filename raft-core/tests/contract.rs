@@ -461,3 +461,102 @@ fn hostile_messages_change_nothing_and_never_panic() {
         }
     )));
 }
+
+mod arbitrary_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Messages from plausible and implausible peers, with small numbers so that they often
+    /// touch real state (terms, indexes near the log) rather than being rejected outright.
+    fn message() -> impl Strategy<Value = Message> {
+        let small = 0u64..6;
+        let entry = (small.clone(), small.clone(), any::<bool>()).prop_map(|(t, i, noop)| {
+            Entry::new(
+                t,
+                i,
+                if noop {
+                    EntryKind::Noop
+                } else {
+                    EntryKind::Normal
+                },
+                Bytes::new(),
+            )
+        });
+        let body = prop_oneof![
+            (small.clone(), small.clone()).prop_map(|(i, t)| MessageBody::VoteRequest {
+                last_log_index: i,
+                last_log_term: t
+            }),
+            (small.clone(), small.clone()).prop_map(|(i, t)| MessageBody::PreVoteRequest {
+                last_log_index: i,
+                last_log_term: t
+            }),
+            any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
+            any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
+            (
+                small.clone(),
+                small.clone(),
+                proptest::collection::vec(entry, 0..4),
+                small.clone()
+            )
+                .prop_map(|(p, pt, entries, c)| {
+                    MessageBody::AppendRequest {
+                        prev_log_index: p,
+                        prev_log_term: pt,
+                        entries,
+                        commit: c,
+                    }
+                }),
+            (any::<bool>(), small.clone(), small.clone(), small.clone()).prop_map(
+                |(s, i, hi, ht)| MessageBody::AppendResponse {
+                    success: s,
+                    index: i,
+                    hint_index: hi,
+                    hint_term: ht
+                }
+            ),
+            (small.clone(), small.clone()).prop_map(|(c, r)| MessageBody::Heartbeat {
+                commit: c,
+                read_round: r
+            }),
+            small
+                .clone()
+                .prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
+            Just(MessageBody::Propose {
+                payloads: vec![Bytes::from_static(b"p")]
+            }),
+            Just(MessageBody::ReadIndexRequest {
+                ctx: Bytes::from_static(b"r")
+            }),
+            small
+                .clone()
+                .prop_map(|index| MessageBody::ReadIndexResponse {
+                    ctx: Bytes::new(),
+                    index
+                }),
+        ];
+        (0u64..5, 0u64..5, small, body).prop_map(|(from, to, term, body)| Message {
+            from,
+            to,
+            term,
+            body,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_message_sequences_never_panic_a_node(msgs in proptest::collection::vec(message(), 1..60), ticks in 0u32..3) {
+            let mut n = node(1, &[1, 2, 3]);
+            for m in msgs {
+                n.step(m);
+                for _ in 0..ticks {
+                    n.tick();
+                }
+                let rd = n.take_ready();
+                persist_all(&mut n, &rd);
+                prop_assert!(n.commit_index() <= n.last_index());
+                prop_assert!(n.persisted_index() <= n.last_index());
+            }
+        }
+    }
+}
