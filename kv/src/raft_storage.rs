@@ -445,7 +445,12 @@ mod tests {
     use raft_core::WriteId;
 
     fn ent(term: Term, index: Index, payload: &str) -> Entry {
-        Entry::new(term, index, EntryKind::Normal, Bytes::from(payload.to_owned()))
+        Entry::new(
+            term,
+            index,
+            EntryKind::Normal,
+            Bytes::from(payload.to_owned()),
+        )
     }
 
     fn persist(hs: Option<HardState>, entries: Vec<Entry>) -> Persist {
@@ -480,12 +485,16 @@ mod tests {
                 .unwrap();
             assert_eq!(s.last_index(), 3);
             // Hard state alone leaves the log as it is.
-            s.persist(&persist(Some(hs(3, Some(1), 3)), vec![])).unwrap();
+            s.persist(&persist(Some(hs(3, Some(1), 3)), vec![]))
+                .unwrap();
         }
         let mut s = RaftStorage::open(dir.path()).unwrap();
         let rs = s.load().unwrap();
         assert_eq!(rs.hard_state, hs(3, Some(1), 3));
-        assert_eq!(rs.entries, vec![ent(1, 1, "a1"), ent(1, 2, "a2"), ent(2, 3, "b3")]);
+        assert_eq!(
+            rs.entries,
+            vec![ent(1, 1, "a1"), ent(1, 2, "a2"), ent(2, 3, "b3")]
+        );
         assert_eq!(s.entry(4).unwrap(), None);
         assert_eq!(s.entry(5).unwrap(), None);
         // Appending after an overwrite continues from the new end.
@@ -528,7 +537,13 @@ mod tests {
         }
         let mut s = RaftStorage::open(dir.path()).unwrap();
         let rs = s.load().unwrap();
-        assert_eq!(rs.snapshot, SnapshotMeta { index: 2500, term: 3 });
+        assert_eq!(
+            rs.snapshot,
+            SnapshotMeta {
+                index: 2500,
+                term: 3
+            }
+        );
         assert_eq!(rs.applied, 2500);
         assert_eq!(rs.entries.first().map(|e| e.index), Some(2501));
         assert_eq!(rs.entries.len(), 500);
@@ -559,7 +574,11 @@ mod tests {
         let e = s.load().unwrap_err();
         let msg = e.to_string();
         match &e {
-            Error::Corruption { index: Some(i), path, .. } => {
+            Error::Corruption {
+                index: Some(i),
+                path,
+                ..
+            } => {
                 assert_eq!(*i, index, "{msg}");
                 assert!(path.ends_with(RAFT_LOGS_DIR), "{msg}");
             }
