@@ -4,7 +4,9 @@
 //! * `reuse_logs = false`: reusing a write-ahead log whose tail was torn by a crash appends new
 //!   records behind the garbage, where recovery stops reading, so later synced writes were lost.
 //!   `reuse_manifest = false` for the same reason on the manifest.
-//! * `get` turns read errors into `None`; every read here goes through `get_at`, which reports them.
+//! * `get` turns read errors into `None`, and so does `get_at` (its table lookup drops errors
+//!   too): a damaged table block reads as "absent". `table_check` verifies every table block when
+//!   the database is opened instead, and refuses a damaged database.
 //! * `WriteBatch::clear` corrupts the batch: callers always build a fresh batch.
 //! * Lost garbage collection: once any snapshot (every iterator takes one) has been created,
 //!   `SnapshotList::empty()` never becomes true again, and `oldest()` then returns the smallest
@@ -79,7 +81,17 @@ impl Ldb {
                 None
             }
         };
+        let env_handle = opt.env.clone();
         let db = DB::open(path, opt).map_err(|s| status_error(path, s))?;
+        // After the open, so that only live tables are checked (LevelDB has deleted obsolete
+        // ones, which a crash may have left half-written).
+        crate::table_check::verify_dir(env_handle.as_ref().as_ref(), path).map_err(|detail| {
+            Error::Corruption {
+                path: path.to_path_buf(),
+                index: None,
+                detail,
+            }
+        })?;
         let ldb = Ldb {
             db,
             path: path.to_path_buf(),
@@ -204,5 +216,105 @@ fn status_error(path: &Path, s: Status) -> Error {
             path: path.to_path_buf(),
             detail: format!("{:?}: {}", s.code, s.err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_size(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    fn churn(put: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+        let v = [b'v'; 100];
+        for i in 0..40_000u32 {
+            put(format!("k{i:06}").as_bytes(), Some(&v));
+        }
+        for i in 0..36_000u32 {
+            put(format!("k{i:06}").as_bytes(), None);
+        }
+    }
+
+    /// The pitfall itself, on a bare handle: one iterator, and compaction keeps all garbage.
+    /// The same churn through `Ldb` is collected. If a later rusty-leveldb fixes the bug, the
+    /// first assertion fails and the workaround can go.
+    #[test]
+    fn bare_handle_loses_gc_after_an_iterator_and_ldb_does_not() {
+        let bare = tempfile::tempdir().unwrap();
+        let opt = Options {
+            reuse_logs: false,
+            ..Options::default()
+        };
+        let mut db = DB::open(bare.path(), opt).unwrap();
+        drop(db.new_iter().unwrap());
+        churn(&mut |k, v| match v {
+            Some(v) => db.put(k, v).unwrap(),
+            None => db.delete(k).unwrap(),
+        });
+        db.compact_range(&[], &[0xff; 8]).unwrap();
+        let bare_size = dir_size(bare.path());
+
+        let ours = tempfile::tempdir().unwrap();
+        let mut ldb = Ldb::open(ours.path(), &StorageEnv::Disk).unwrap();
+        ldb.scan_from(b"", |_, _| Ok(false)).unwrap();
+        churn(&mut |k, v| {
+            let mut b = WriteBatch::default();
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            }
+            ldb.write(b, false).unwrap();
+        });
+        ldb.compact_all().unwrap();
+        let our_size = dir_size(ours.path());
+        let live = 4_000 * 107;
+        assert!(
+            bare_size > 5 * live,
+            "pitfall not reproduced: {bare_size} bytes"
+        );
+        assert!(our_size < 2 * live, "workaround failed: {our_size} bytes");
+    }
+
+    /// rusty-leveldb answers "absent" when a table block cannot be read, through `get` and
+    /// `get_at` alike; `Ldb::open` finds the damage first and refuses the database.
+    #[test]
+    fn damaged_table_is_refused_not_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ldb = Ldb::open(dir.path(), &StorageEnv::Disk).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"key", &[b'x'; 2000]);
+            ldb.write(b, true).unwrap();
+            ldb.compact_all().unwrap();
+        }
+        let table = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "ldb"))
+            .expect("a table file");
+        let mut bytes = std::fs::read(&table).unwrap();
+        for b in &mut bytes[10..1000] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&table, &bytes).unwrap();
+
+        let err = Ldb::open(dir.path(), &StorageEnv::Disk).err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Corruption { .. }), "{msg}");
+        assert!(msg.contains(&table.display().to_string()), "{msg}");
+        assert!(msg.contains("checksum"), "{msg}");
+
+        let mut db = DB::open(dir.path(), Options::default()).unwrap();
+        let snap = db.get_snapshot();
+        assert_eq!(
+            db.get_at(&snap, b"key"),
+            Ok(None),
+            "the pitfall: damage reads as absent"
+        );
     }
 }

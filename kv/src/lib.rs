@@ -18,6 +18,7 @@ pub mod identity;
 mod ldb;
 pub mod raft_storage;
 pub mod state_machine;
+mod table_check;
 
 pub use command::{Command, CommandResult, Op};
 pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
