@@ -230,7 +230,8 @@ mod tests {
             .sum()
     }
 
-    fn churn(put: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+    /// `put(key, None)` deletes.
+    fn churn(mut put: impl FnMut(&[u8], Option<&[u8]>)) {
         let v = [b'v'; 100];
         for i in 0..40_000u32 {
             put(format!("k{i:06}").as_bytes(), Some(&v));
@@ -252,7 +253,7 @@ mod tests {
         };
         let mut db = DB::open(bare.path(), opt).unwrap();
         drop(db.new_iter().unwrap());
-        churn(&mut |k, v| match v {
+        churn(|k, v| match v {
             Some(v) => db.put(k, v).unwrap(),
             None => db.delete(k).unwrap(),
         });
@@ -262,7 +263,7 @@ mod tests {
         let ours = tempfile::tempdir().unwrap();
         let mut ldb = Ldb::open(ours.path(), &StorageEnv::Disk).unwrap();
         ldb.scan_from(b"", |_, _| Ok(false)).unwrap();
-        churn(&mut |k, v| {
+        churn(|k, v| {
             let mut b = WriteBatch::default();
             match v {
                 Some(v) => b.put(k, v),
