@@ -517,3 +517,69 @@ impl Env for PowerCutEnv {
     }
     fn sleep_for(&self, _: u32) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(env: &dyn Env, p: &Path) -> Vec<u8> {
+        let mut r = env.open_sequential_file(p).unwrap();
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn power_cut_keeps_synced_bytes_only() {
+        let env = PowerCutEnv::new();
+        let p = Path::new("/d/f");
+        let mut w = env.open_writable_file(p).unwrap();
+        w.write_all(b"synced").unwrap();
+        w.flush().unwrap();
+        w.write_all(b"+lost").unwrap();
+        let mut other = env.open_writable_file(Path::new("/d/g")).unwrap();
+        other.write_all(b"never synced").unwrap();
+        assert_eq!(read_all(&env, p), b"synced+lost");
+        env.cut_power();
+        assert!(
+            w.write_all(b"x").is_err(),
+            "writes after the cut are refused"
+        );
+        assert!(w.flush().is_err());
+        drop(w);
+        drop(other); // the close-time sync is refused too
+        assert_eq!(read_all(&env, p), b"synced");
+        assert_eq!(read_all(&env, Path::new("/d/g")), b"");
+        assert!(env.open_writable_file(Path::new("/d/h")).is_err());
+        env.power_on();
+        let mut w = env.open_appendable_file(p).unwrap();
+        w.write_all(b"!").unwrap();
+        drop(w); // closing syncs
+        env.cut_power();
+        env.power_on();
+        assert_eq!(read_all(&env, p), b"synced!");
+    }
+
+    #[test]
+    fn disk_env_syncs_on_flush_close_and_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = SyncDiskEnv::new();
+        let st = env.stats();
+        let p = dir.path().join("f");
+        let mut w = env.open_writable_file(&p).unwrap();
+        assert_eq!(st.dir_syncs(), 1, "a new file's name is synced");
+        w.write_all(b"abc").unwrap();
+        assert_eq!(st.file_syncs(), 0);
+        w.flush().unwrap();
+        assert_eq!(st.file_syncs(), 1);
+        w.flush().unwrap();
+        assert_eq!(st.file_syncs(), 1, "nothing new, no second sync");
+        w.write_all(b"def").unwrap();
+        drop(w);
+        assert_eq!(st.file_syncs(), 2, "closing syncs unsynced bytes");
+        env.rename(&p, &dir.path().join("g")).unwrap();
+        assert_eq!(st.dir_syncs(), 2, "a rename is synced");
+        assert_eq!(std::fs::read(dir.path().join("g")).unwrap(), b"abcdef");
+        assert_eq!(st.failure(), None);
+    }
+}
