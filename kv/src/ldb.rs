@@ -1,0 +1,321 @@
+//! One owned rusty-leveldb handle, with the crate's durability options and the workarounds for
+//! the measured pitfalls of rusty-leveldb 4.0.2 (DESIGN.md §4).
+//!
+//! * `reuse_logs = false`: reusing a write-ahead log whose tail was torn by a crash appends new
+//!   records behind the garbage, where recovery stops reading, so later synced writes were lost.
+//!   `reuse_manifest = false` for the same reason on the manifest.
+//! * `get` turns read errors into `None`, and so does `get_at` (its table lookup drops errors
+//!   too): a damaged table block reads as "absent". `table_check` verifies every table block when
+//!   the database is opened instead, and refuses a damaged database.
+//! * `WriteBatch::clear` corrupts the batch: callers always build a fresh batch.
+//! * Lost garbage collection: once any snapshot (every iterator takes one) has been created,
+//!   `SnapshotList::empty()` never becomes true again, and `oldest()` then returns the smallest
+//!   live snapshot *handle number* (or 0 if none is live) instead of a sequence number. Compaction
+//!   keeps every version newer than that value, so from then on deleted and overwritten data is
+//!   never dropped. Handle numbers grow by one per snapshot, so the workaround keeps one pinned
+//!   snapshot whose handle number is at least the database's last sequence number: before every
+//!   write it creates (and at once drops) throw-away snapshots until the counter has passed the
+//!   sequence numbers that write will use, then re-pins. Compaction then sees a horizon at or above
+//!   every stored sequence number, which is what it would see with no snapshot at all. This is
+//!   sound only because no iterator or snapshot outlives a call into this type (scans collect and
+//!   drop their iterator), so nothing can observe the versions compaction drops. The cost is one
+//!   hash-map insert and remove per sequence number written; after a restart the counter starts
+//!   from zero while the sequence number does not, and the catch-up is spread over writes
+//!   ([`MAX_CATCH_UP_PER_WRITE`]) so that no single write stalls, or done at once by
+//!   [`Ldb::compact_all`].
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusty_leveldb::{LdbIterator, Options, Status, StatusCode, WriteBatch, DB};
+
+use crate::env::{PowerCutEnv, SyncDiskEnv, SyncStats};
+use crate::error::{Error, Result};
+
+/// Which environment a database runs on.
+#[derive(Clone, Default)]
+pub enum StorageEnv {
+    /// The real disk, through [`SyncDiskEnv`].
+    #[default]
+    Disk,
+    /// The in-memory power-cut environment (tests and the simulator).
+    PowerCut(PowerCutEnv),
+}
+
+/// Upper bound on throw-away snapshots created by one write while catching up after a restart.
+pub const MAX_CATCH_UP_PER_WRITE: u64 = 1 << 16;
+
+pub(crate) struct Ldb {
+    db: DB,
+    path: PathBuf,
+    stats: Option<Arc<SyncStats>>,
+    /// Snapshot handles created on this handle so far. Never more than LevelDB's own counter
+    /// (nothing else in this process creates snapshots on it), which is the safe direction.
+    handles: u64,
+    /// rusty-leveldb does not export its snapshot type, so the pin is kept type-erased; it only
+    /// has to stay alive.
+    pin: Option<Box<dyn Any>>,
+}
+
+impl Ldb {
+    pub(crate) fn open(path: &Path, env: &StorageEnv) -> Result<Ldb> {
+        let mut opt = Options {
+            create_if_missing: true,
+            reuse_logs: false,
+            reuse_manifest: false,
+            paranoid_checks: true,
+            ..Options::default()
+        };
+        let stats = match env {
+            StorageEnv::Disk => {
+                let e = SyncDiskEnv::new();
+                let stats = e.stats();
+                opt.env = Rc::new(Box::new(e));
+                Some(stats)
+            }
+            StorageEnv::PowerCut(e) => {
+                opt.env = Rc::new(Box::new(e.clone()));
+                None
+            }
+        };
+        let env_handle = opt.env.clone();
+        let db = DB::open(path, opt).map_err(|s| status_error(path, s))?;
+        // After the open, so that only live tables are checked (LevelDB has deleted obsolete
+        // ones, which a crash may have left half-written).
+        crate::table_check::verify_dir(env_handle.as_ref().as_ref(), path).map_err(|detail| {
+            Error::Corruption {
+                path: path.to_path_buf(),
+                index: None,
+                detail,
+            }
+        })?;
+        let ldb = Ldb {
+            db,
+            path: path.to_path_buf(),
+            stats,
+            handles: 0,
+            pin: None,
+        };
+        ldb.check_failure()?;
+        Ok(ldb)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn sync_stats(&self) -> Option<Arc<SyncStats>> {
+        self.stats.clone()
+    }
+
+    fn err(&self, s: Status) -> Error {
+        status_error(&self.path, s)
+    }
+
+    fn check_failure(&self) -> Result<()> {
+        if let Some(f) = self.stats.as_ref().and_then(|s| s.failure()) {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                detail: format!("an earlier sync failed, the database cannot be trusted: {f}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads one key; a read error is an error, not "absent".
+    pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.handles += 1;
+        let snap = self.db.get_snapshot();
+        let r = self.db.get_at(&snap, key).map_err(|s| self.err(s));
+        drop(snap);
+        r
+    }
+
+    /// Calls `f` on each key ≥ `start` in order until it returns `Ok(false)`.
+    pub(crate) fn scan_from(
+        &mut self,
+        start: &[u8],
+        mut f: impl FnMut(&[u8], Bytes) -> Result<bool>,
+    ) -> Result<()> {
+        self.handles += 1;
+        let snap = self.db.get_snapshot();
+        let mut it = self.db.new_iter_at(snap).map_err(|s| self.err(s))?;
+        it.seek(start);
+        // `advance` on an exhausted iterator starts over from the first key, so stop as soon as
+        // it reports the end.
+        while it.valid() {
+            let Some((k, v)) = it.current() else { break };
+            if !f(&k, v)? {
+                break;
+            }
+            if !it.advance() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write(&mut self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let ops = u64::from(batch.count());
+        self.move_gc_horizon(ops, MAX_CATCH_UP_PER_WRITE);
+        self.db.write(batch, sync).map_err(|s| self.err(s))?;
+        self.check_failure()
+    }
+
+    /// Makes every write so far durable.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        self.db.flush().map_err(|s| self.err(s))?;
+        self.check_failure()
+    }
+
+    /// Compacts the whole key space, dropping deleted and overwritten data.
+    pub(crate) fn compact_all(&mut self) -> Result<()> {
+        self.move_gc_horizon(0, u64::MAX);
+        self.db
+            .compact_range(&[], &[0xff; 8])
+            .map_err(|s| self.err(s))?;
+        self.check_failure()
+    }
+
+    /// See the module docs: keeps the pinned snapshot's handle number at or above every sequence
+    /// number the next `upcoming` operations will use.
+    fn move_gc_horizon(&mut self, upcoming: u64, budget: u64) {
+        if self.handles == 0 {
+            // No snapshot was ever taken on this handle: LevelDB's own horizon is still correct.
+            return;
+        }
+        self.handles += 1;
+        let probe = self.db.get_snapshot();
+        let target = probe.sequence().saturating_add(upcoming);
+        drop(probe);
+        let mut spent = 0;
+        while self.handles < target && spent < budget {
+            self.handles += 1;
+            drop(self.db.get_snapshot());
+            spent += 1;
+        }
+        // The new pin is created before the old one is released, so the horizon never falls to 0.
+        self.handles += 1;
+        let pin = self.db.get_snapshot();
+        self.pin = Some(Box::new(pin));
+    }
+}
+
+fn status_error(path: &Path, s: Status) -> Error {
+    if s.code == StatusCode::Corruption {
+        Error::Corruption {
+            path: path.to_path_buf(),
+            index: None,
+            detail: s.err,
+        }
+    } else {
+        Error::Io {
+            path: path.to_path_buf(),
+            detail: format!("{:?}: {}", s.code, s.err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_size(p: &Path) -> u64 {
+        std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    }
+
+    /// `put(key, None)` deletes.
+    fn churn(mut put: impl FnMut(&[u8], Option<&[u8]>)) {
+        let v = [b'v'; 100];
+        for i in 0..40_000u32 {
+            put(format!("k{i:06}").as_bytes(), Some(&v));
+        }
+        for i in 0..36_000u32 {
+            put(format!("k{i:06}").as_bytes(), None);
+        }
+    }
+
+    /// The pitfall itself, on a bare handle: one iterator, and compaction keeps all garbage.
+    /// The same churn through `Ldb` is collected. If a later rusty-leveldb fixes the bug, the
+    /// first assertion fails and the workaround can go.
+    #[test]
+    fn bare_handle_loses_gc_after_an_iterator_and_ldb_does_not() {
+        let bare = tempfile::tempdir().unwrap();
+        let opt = Options {
+            reuse_logs: false,
+            ..Options::default()
+        };
+        let mut db = DB::open(bare.path(), opt).unwrap();
+        drop(db.new_iter().unwrap());
+        churn(|k, v| match v {
+            Some(v) => db.put(k, v).unwrap(),
+            None => db.delete(k).unwrap(),
+        });
+        db.compact_range(&[], &[0xff; 8]).unwrap();
+        let bare_size = dir_size(bare.path());
+
+        let ours = tempfile::tempdir().unwrap();
+        let mut ldb = Ldb::open(ours.path(), &StorageEnv::Disk).unwrap();
+        ldb.scan_from(b"", |_, _| Ok(false)).unwrap();
+        churn(|k, v| {
+            let mut b = WriteBatch::default();
+            match v {
+                Some(v) => b.put(k, v),
+                None => b.delete(k),
+            }
+            ldb.write(b, false).unwrap();
+        });
+        ldb.compact_all().unwrap();
+        let our_size = dir_size(ours.path());
+        let live = 4_000 * 107;
+        assert!(
+            bare_size > 5 * live,
+            "pitfall not reproduced: {bare_size} bytes"
+        );
+        assert!(our_size < 2 * live, "workaround failed: {our_size} bytes");
+    }
+
+    /// rusty-leveldb answers "absent" when a table block cannot be read, through `get` and
+    /// `get_at` alike; `Ldb::open` finds the damage first and refuses the database.
+    #[test]
+    fn damaged_table_is_refused_not_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ldb = Ldb::open(dir.path(), &StorageEnv::Disk).unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"key", &[b'x'; 2000]);
+            ldb.write(b, true).unwrap();
+            ldb.compact_all().unwrap();
+        }
+        let table = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "ldb"))
+            .expect("a table file");
+        let mut bytes = std::fs::read(&table).unwrap();
+        for b in &mut bytes[10..1000] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&table, &bytes).unwrap();
+
+        let err = Ldb::open(dir.path(), &StorageEnv::Disk).err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Corruption { .. }), "{msg}");
+        assert!(msg.contains(&table.display().to_string()), "{msg}");
+        assert!(msg.contains("checksum"), "{msg}");
+
+        let mut db = DB::open(dir.path(), Options::default()).unwrap();
+        let snap = db.get_snapshot();
+        assert_eq!(
+            db.get_at(&snap, b"key"),
+            Ok(None),
+            "the pitfall: damage reads as absent"
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Durable storage for the replicated key-value store.
+//!
+//! * [`command`]: the client commands carried in Raft entries, and their results.
+//! * [`KvStateMachine`] (`<data-dir>/kv_data`): applies committed entries, exactly once per
+//!   client request.
+//! * [`RaftStorage`] (`<data-dir>/raft_logs`): hard state, log start and the log itself.
+//! * [`identity`]: which node of which cluster a data directory belongs to.
+//! * [`NodeStorage`]: all of the above for one data directory, with the checks that relate them.
+//! * [`env`]: LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
+//!   losing unsynced bytes on a power cut ([`PowerCutEnv`]).
+//!
+//! Both databases are rusty-leveldb 4.0.2; `ldb` holds the workarounds for its pitfalls.
+
+mod codec;
+pub mod command;
+pub mod env;
+mod error;
+pub mod identity;
+mod ldb;
+pub mod node;
+pub mod raft_storage;
+pub mod state_machine;
+mod table_check;
+
+pub use command::{Command, CommandResult, Op};
+pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
+pub use error::{DecodeError, Error, Result};
+pub use identity::Identity;
+pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
+pub use node::NodeStorage;
+pub use raft_storage::RaftStorage;
+pub use state_machine::KvStateMachine;

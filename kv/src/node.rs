@@ -1,0 +1,103 @@
+//! A node's whole data directory: identity, Raft log and state machine, opened together.
+//!
+//! Opening them separately is allowed, but the checks that relate them live here: the directory
+//! must belong to this node, and the state machine's applied index must lie inside what the log
+//! can replay. If the log was compacted past what the state machine applied, or the state
+//! machine is ahead of the log, entries are missing and starting would silently diverge.
+
+use std::path::Path;
+
+use raft_core::RestartState;
+
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::raft_storage::RaftStorage;
+use crate::state_machine::KvStateMachine;
+
+/// Both databases of one node.
+pub struct NodeStorage {
+    pub log: RaftStorage,
+    pub state: KvStateMachine,
+}
+
+impl NodeStorage {
+    /// Checks (or records) the identity, then opens `raft_logs` and `kv_data` under `data_dir`.
+    pub fn open(data_dir: &Path, identity: Identity) -> Result<NodeStorage> {
+        identity.ensure(data_dir)?;
+        Ok(NodeStorage {
+            log: RaftStorage::open(data_dir)?,
+            state: KvStateMachine::open(data_dir)?,
+        })
+    }
+
+    /// What the core restarts from, with `applied` taken from the state machine.
+    pub fn restart_state(&mut self) -> Result<RestartState> {
+        let mut rs = self.log.load()?;
+        let applied = self.state.applied_index();
+        let last = rs.entries.last().map_or(rs.snapshot.index, |e| e.index);
+        if applied < rs.snapshot.index {
+            return Err(Error::Corruption {
+                path: self.log.path(),
+                index: Some(applied + 1),
+                detail: format!(
+                    "the log was compacted up to {} but the state machine ({}) has only applied \
+                     up to {applied}: entries {}..={} are gone",
+                    rs.snapshot.index,
+                    self.state.path().display(),
+                    applied + 1,
+                    rs.snapshot.index
+                ),
+            });
+        }
+        if applied > last {
+            return Err(Error::Corruption {
+                path: self.log.path(),
+                index: Some(last + 1),
+                detail: format!(
+                    "the state machine ({}) has applied up to {applied} but the log ends at {last}",
+                    self.state.path().display()
+                ),
+            });
+        }
+        rs.applied = applied;
+        Ok(rs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use raft_core::{Entry, EntryKind, HardState, Persist, WriteId};
+
+    #[test]
+    fn restart_state_joins_log_and_state_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let es: Vec<Entry> = (1..=5)
+            .map(|i| Entry::new(1, i, EntryKind::Noop, Bytes::new()))
+            .collect();
+        {
+            let mut n = NodeStorage::open(dir.path(), Identity::new(1, 9)).unwrap();
+            n.log
+                .persist(&Persist {
+                    id: WriteId { seq: 1, term: 1 },
+                    hard_state: Some(HardState {
+                        term: 1,
+                        vote: None,
+                        commit: 5,
+                    }),
+                    entries: es.clone(),
+                })
+                .unwrap();
+            n.state.apply(&es[..3]).unwrap();
+            n.state.sync().unwrap();
+            let rs = n.restart_state().unwrap();
+            assert_eq!((rs.applied, rs.entries.len()), (3, 5));
+            // Compacting past the applied index loses entries the state machine still needs.
+            n.log.compact(4).unwrap();
+            let e = n.restart_state().unwrap_err();
+            assert!(e.to_string().contains("entries 4..=4 are gone"), "{e}");
+        }
+        assert!(NodeStorage::open(dir.path(), Identity::new(2, 9)).is_err());
+    }
+}
