@@ -1,0 +1,3 @@
+//! The kvstore node around `raft-core` and `kv`.
+
+pub mod resp;
