@@ -284,6 +284,20 @@ mod tests {
         assert!(our_size < 2 * live, "workaround failed: {our_size} bytes");
     }
 
+    /// The pitfall behind "always build a fresh batch": `clear` drops the batch header, and the
+    /// next `put` then indexes past the end of it. If this ever stops panicking, the rule can go.
+    #[test]
+    fn write_batch_clear_breaks_the_batch() {
+        let r = std::panic::catch_unwind(|| {
+            let mut b = WriteBatch::default();
+            b.put(b"a", b"1");
+            b.clear();
+            b.put(b"b", b"2");
+            b.count()
+        });
+        assert!(r.is_err(), "WriteBatch::clear no longer corrupts: {r:?}");
+    }
+
     /// rusty-leveldb answers "absent" when a table block cannot be read, through `get` and
     /// `get_at` alike; `Ldb::open` finds the damage first and refuses the database.
     #[test]
