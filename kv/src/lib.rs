@@ -9,7 +9,10 @@
 //! * [`env`](mod@env): LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
 //!   losing unsynced bytes on a power cut ([`PowerCutEnv`]).
 //!
-//! Both databases are rusty-leveldb 4.0.2; `ldb` holds the workarounds for its pitfalls.
+//! Both databases are rusty-leveldb 4.0.2; `ldb` holds the workarounds for its pitfalls. A
+//! rusty-leveldb handle holds `Rc`s, so [`RaftStorage`] and [`KvStateMachine`] are neither `Send`
+//! nor `Sync`: create each on the thread that owns it (in production a storage thread fed by a
+//! channel, in the simulator inline).
 
 mod codec;
 pub mod command;

@@ -277,8 +277,8 @@ impl RaftStorage {
         Ok(Some(e))
     }
 
-    /// Everything a restarting core needs, checked: each entry's CRC and index, no gaps, and the
-    /// log reaching the recorded last index. `applied` is the log start; the caller raises it
+    /// Everything a restarting core needs, checked: each entry's CRC and index, no gaps up to the
+    /// recorded last index, terms that never decrease. `applied` is the log start; the caller raises it
     /// to the state machine's applied index.
     pub fn load(&mut self) -> Result<RestartState> {
         let mut entries = Vec::new();
@@ -305,6 +305,15 @@ impl RaftStorage {
                         e.index
                     ),
                 ));
+            }
+            if let Some(prev) = entries.last().map(|p: &Entry| p.term) {
+                if e.term < prev {
+                    return Err(self.corrupt(
+                        Some(expected),
+                        "log",
+                        format!("term {} follows term {prev}: terms never decrease", e.term),
+                    ));
+                }
             }
             entries.push(e);
             expected += 1;
@@ -611,6 +620,17 @@ mod tests {
             s.raw_put(&entry_key(2), &v).unwrap();
         }
         expect_corruption(dir.path(), 2, "records index 4");
+    }
+
+    #[test]
+    fn decreasing_terms_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        five_entries(dir.path());
+        RaftStorage::open(dir.path())
+            .unwrap()
+            .raw_put(&entry_key(4), &encode_entry(&ent(0, 4, "payload")))
+            .unwrap();
+        expect_corruption(dir.path(), 4, "never decrease");
     }
 
     #[test]
