@@ -6,10 +6,13 @@
 //! * [`RaftStorage`] (`<data-dir>/raft_logs`): hard state, log start and the log itself.
 //! * [`identity`]: which node of which cluster a data directory belongs to.
 //! * [`NodeStorage`]: all of the above for one data directory, with the checks that relate them.
-//! * [`env`]: LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
+//! * [`env`](mod@env): LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
 //!   losing unsynced bytes on a power cut ([`PowerCutEnv`]).
 //!
-//! Both databases are rusty-leveldb 4.0.2; `ldb` holds the workarounds for its pitfalls.
+//! Both databases are rusty-leveldb 4.0.2; `ldb` holds the workarounds for its pitfalls. A
+//! rusty-leveldb handle holds `Rc`s, so [`RaftStorage`] and [`KvStateMachine`] are neither `Send`
+//! nor `Sync`: create each on the thread that owns it (in production a storage thread fed by a
+//! channel, in the simulator inline).
 
 mod codec;
 pub mod command;

@@ -3,13 +3,19 @@
 //! Layout, one prefix byte per kind of key so that metadata and entries never collide and
 //! entries sort by index:
 //! * `0x00 'h'` hard state, `0x00 's'` log start (the snapshot's index and term), `0x00 'l'` the
-//!   last index, so that a log whose tail disappeared is noticed rather than silently shortened;
+//!   last index, so that a log whose tail disappeared is noticed rather than silently shortened,
+//!   `0x00 'p'` the first index of an unfinished compaction;
 //! * `0x01 | index: u64 BE` one entry: `version | kind | term | index | payload | crc32`.
 //!
 //! Every [`Persist`] is one synced `WriteBatch`, so the hard state and the entries it carries are
 //! durable together or not at all. An entry records its own index and a CRC: a value moved to the
 //! wrong key, damaged on disk, or missing from the middle of the log is reported on load, naming
 //! the directory and the index, instead of being handed to Raft.
+//!
+//! This database is only ever read by key, never iterated: the metadata says where the log begins
+//! and ends, so loading is one point read per entry and finishing a compaction needs no scan.
+//! rusty-leveldb stops collecting garbage once any iterator or snapshot has been taken (see
+//! `ldb`); the log is the database with the most churn, so it never takes one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +37,8 @@ const ENTRY: u8 = 0x01;
 const KEY_HARD_STATE: &[u8] = &[META, b'h'];
 const KEY_LOG_START: &[u8] = &[META, b's'];
 const KEY_LAST_INDEX: &[u8] = &[META, b'l'];
+/// Present while a compaction's deletions are unfinished: the first index still to delete.
+const KEY_PURGE_FROM: &[u8] = &[META, b'p'];
 const FORMAT_VERSION: u8 = 1;
 /// Deletions per batch when compacting, so that compaction never builds one huge batch.
 pub const COMPACT_CHUNK: u64 = 1024;
@@ -269,68 +277,52 @@ impl RaftStorage {
         Ok(Some(e))
     }
 
-    /// Everything a restarting core needs, checked: each entry's CRC and index, no gaps, and the
-    /// log reaching the recorded last index. `applied` is the log start; the caller raises it
+    /// Everything a restarting core needs, checked: each entry's CRC and index, no gaps up to the
+    /// recorded last index, terms that never decrease. `applied` is the log start; the caller raises it
     /// to the state machine's applied index.
     pub fn load(&mut self) -> Result<RestartState> {
         let mut entries = Vec::new();
         let mut expected = self.snapshot.index + 1;
-        let mut failure = None;
-        let path = self.db.path().to_path_buf();
-        let corrupt = |index: Index, detail: String| Error::Corruption {
-            path: path.clone(),
-            index: Some(index),
-            detail,
-        };
-        self.db.scan_from(&entry_key(expected), |k, v| {
-            if k.first() != Some(&ENTRY) {
-                return Ok(false);
-            }
-            if k.len() != 9 {
-                failure = Some(corrupt(expected, format!("malformed entry key {k:02x?}")));
-                return Ok(false);
-            }
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&k[1..]);
-            let index = u64::from_be_bytes(a);
-            if index != expected {
-                failure = Some(corrupt(
-                    expected,
-                    format!("entry {expected} is missing (gap: the next stored entry is {index})"),
+        while expected <= self.last_index {
+            let Some(v) = self.db.get(&entry_key(expected))? else {
+                return Err(self.corrupt(
+                    Some(expected),
+                    "log",
+                    format!(
+                        "entry {expected} is missing (gap: the log should end at {})",
+                        self.last_index
+                    ),
                 ));
-                return Ok(false);
-            }
-            let e = match decode_entry(v) {
-                Ok(e) => e,
-                Err(e) => {
-                    failure = Some(corrupt(index, format!("entry does not decode: {e}")));
-                    return Ok(false);
-                }
             };
-            if e.index != index {
-                failure = Some(corrupt(
-                    index,
-                    format!("entry stored under index {index} records index {}", e.index),
+            let e = decode_entry(v)
+                .map_err(|e| self.corrupt(Some(expected), "entry does not decode", e))?;
+            if e.index != expected {
+                return Err(self.corrupt(
+                    Some(expected),
+                    "log",
+                    format!(
+                        "entry stored under index {expected} records index {}",
+                        e.index
+                    ),
                 ));
-                return Ok(false);
+            }
+            if let Some(prev) = entries.last().map(|p: &Entry| p.term) {
+                if e.term < prev {
+                    return Err(self.corrupt(
+                        Some(expected),
+                        "log",
+                        format!("term {} follows term {prev}: terms never decrease", e.term),
+                    ));
+                }
             }
             entries.push(e);
             expected += 1;
-            Ok(true)
-        })?;
-        if let Some(f) = failure {
-            return Err(f);
         }
-        let found_last = expected - 1;
-        if found_last != self.last_index {
-            return Err(corrupt(
-                found_last + 1,
-                format!(
-                    "the log ends at index {found_last} but index {} was recorded as its last",
-                    self.last_index
-                ),
-            ));
-        }
+        let corrupt = |index: Index, detail: String| Error::Corruption {
+            path: self.db.path().to_path_buf(),
+            index: Some(index),
+            detail,
+        };
         if let Some(first) = entries.first() {
             if first.term < self.snapshot.term {
                 return Err(corrupt(
@@ -374,9 +366,18 @@ impl RaftStorage {
         let old_first = self.first_index();
         let mut batch = WriteBatch::default();
         batch.put(KEY_LOG_START, &encode_pair(up_to, term));
+        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
         self.db.write(batch, true)?;
         self.snapshot = SnapshotMeta { index: up_to, term };
-        self.delete_range(old_first, up_to)
+        self.purge(old_first)
+    }
+
+    /// Deletes the entries from `from` up to the log start, then the marker.
+    fn purge(&mut self, from: Index) -> Result<()> {
+        self.delete_range(from, self.snapshot.index)?;
+        let mut batch = WriteBatch::default();
+        batch.delete(KEY_PURGE_FROM);
+        self.db.write(batch, false)
     }
 
     fn delete_range(&mut self, from: Index, to: Index) -> Result<()> {
@@ -395,23 +396,20 @@ impl RaftStorage {
 
     /// Finishes a compaction that a crash interrupted.
     fn purge_below_start(&mut self) -> Result<()> {
-        let start = self.snapshot.index;
-        let mut lowest = None;
-        self.db.scan_from(&entry_key(0), |k, _| {
-            if k.len() == 9 && k[0] == ENTRY {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&k[1..]);
-                let i = u64::from_be_bytes(a);
-                if i <= start {
-                    lowest = Some(i);
-                }
+        match self.db.get(KEY_PURGE_FROM)? {
+            Some(v) => {
+                let (from, _) =
+                    decode_pair(v).map_err(|e| self.corrupt(None, "compaction marker", e))?;
+                self.purge(from)
             }
-            Ok(false)
-        })?;
-        match lowest {
-            Some(lo) => self.delete_range(lo, start),
             None => Ok(()),
         }
+    }
+
+    /// Asks LevelDB to compact the whole database now, so that the space of entries dropped by
+    /// [`RaftStorage::compact`] is returned at once rather than by background compactions.
+    pub fn reclaim_space(&mut self) -> Result<()> {
+        self.db.compact_all()
     }
 
     /// Forces LevelDB's buffers to disk (writes here are synced already; used before close).
@@ -558,13 +556,17 @@ mod tests {
             let mut s = RaftStorage::open(dir.path()).unwrap();
             let es: Vec<Entry> = (1..=10).map(|i| ent(1, i, "p")).collect();
             s.persist(&persist(None, es)).unwrap();
-            // The crash window: log start durable, no entry deleted yet.
-            s.raw_put(KEY_LOG_START, &encode_pair(6, 1)).unwrap();
+            // The crash window: log start and marker durable, no entry deleted yet.
+            let mut b = WriteBatch::default();
+            b.put(KEY_LOG_START, &encode_pair(6, 1));
+            b.put(KEY_PURGE_FROM, &encode_pair(1, 0));
+            s.db.write(b, true).unwrap();
         }
         let mut s = RaftStorage::open(dir.path()).unwrap();
         for i in 1..=6 {
             assert_eq!(s.raw_get(&entry_key(i)).unwrap(), None, "entry {i}");
         }
+        assert_eq!(s.raw_get(KEY_PURGE_FROM).unwrap(), None);
         let rs = s.load().unwrap();
         assert_eq!(rs.entries.first().map(|e| e.index), Some(7));
     }
@@ -621,6 +623,17 @@ mod tests {
     }
 
     #[test]
+    fn decreasing_terms_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        five_entries(dir.path());
+        RaftStorage::open(dir.path())
+            .unwrap()
+            .raw_put(&entry_key(4), &encode_entry(&ent(0, 4, "payload")))
+            .unwrap();
+        expect_corruption(dir.path(), 4, "never decrease");
+    }
+
+    #[test]
     fn gap_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         five_entries(dir.path());
@@ -639,7 +652,7 @@ mod tests {
             .unwrap()
             .raw_delete(&entry_key(5))
             .unwrap();
-        expect_corruption(dir.path(), 5, "recorded as its last");
+        expect_corruption(dir.path(), 5, "should end at 5");
     }
 
     #[test]

@@ -97,3 +97,44 @@ fn deleted_data_is_collected_after_iterators_were_used() {
         Some(VALUE_LEN)
     );
 }
+
+#[test]
+fn compacted_raft_log_returns_its_space() {
+    use kv::raft_storage::RAFT_LOGS_DIR;
+    use kv::RaftStorage;
+    use raft_core::{Persist, WriteId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftStorage::open(dir.path()).unwrap();
+    let payload = Bytes::from(vec![b'p'; 128]);
+    let total = 200_000u64;
+    for b in 0..total / BATCH {
+        let entries = (b * BATCH + 1..=(b + 1) * BATCH)
+            .map(|i| Entry::new(1, i, EntryKind::Normal, payload.clone()))
+            .collect();
+        log.persist(&Persist {
+            id: WriteId { seq: b, term: 1 },
+            hard_state: None,
+            entries,
+        })
+        .unwrap();
+        // Raft compacts as it goes, keeping a tail of 10,000 entries.
+        if b % 20 == 19 {
+            log.compact((b + 1) * BATCH - 10_000).unwrap();
+        }
+    }
+    log.compact(total - 10_000).unwrap();
+    log.reclaim_space().unwrap();
+    let live = 10_000 * (128 + 9 + 30);
+    let size = dir_size(&dir.path().join(RAFT_LOGS_DIR));
+    eprintln!("raft_logs holds {size} bytes for {live} bytes of live entries");
+    assert!(
+        size <= 2 * live,
+        "raft_logs holds {size} bytes for {live} bytes of live entries"
+    );
+    drop(log);
+    let mut log = RaftStorage::open(dir.path()).unwrap();
+    let rs = log.load().unwrap();
+    assert_eq!(rs.entries.len(), 10_000);
+    assert_eq!(rs.snapshot.index, total - 10_000);
+}
