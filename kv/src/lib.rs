@@ -30,6 +30,6 @@ pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
 pub use error::{DecodeError, Error, Result};
 pub use identity::Identity;
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
-pub use node::NodeStorage;
+pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
 pub use state_machine::KvStateMachine;

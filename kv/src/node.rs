@@ -32,36 +32,48 @@ impl NodeStorage {
 
     /// What the core restarts from, with `applied` taken from the state machine.
     pub fn restart_state(&mut self) -> Result<RestartState> {
-        let mut rs = self.log.load()?;
-        let applied = self.state.applied_index();
-        let last = rs.entries.last().map_or(rs.snapshot.index, |e| e.index);
-        if applied < rs.snapshot.index {
-            return Err(Error::Corruption {
-                path: self.log.path(),
-                index: Some(applied + 1),
-                detail: format!(
-                    "the log was compacted up to {} but the state machine ({}) has only applied \
-                     up to {applied}: entries {}..={} are gone",
-                    rs.snapshot.index,
-                    self.state.path().display(),
-                    applied + 1,
-                    rs.snapshot.index
-                ),
-            });
-        }
-        if applied > last {
-            return Err(Error::Corruption {
-                path: self.log.path(),
-                index: Some(last + 1),
-                detail: format!(
-                    "the state machine ({}) has applied up to {applied} but the log ends at {last}",
-                    self.state.path().display()
-                ),
-            });
-        }
-        rs.applied = applied;
-        Ok(rs)
+        let logged = self.log.load()?;
+        restart_state_from(logged, &self.log.path(), self.state.applied_index(), &self.state.path())
     }
+}
+
+/// Joins what the Raft log holds with how far the state machine got, refusing a pair that cannot
+/// have come from one node: a log compacted past the applied index (entries are gone) or a state
+/// machine ahead of the log. For drivers that open the two databases on different threads
+/// (LevelDB handles cannot move between threads).
+pub fn restart_state_from(
+    mut rs: RestartState,
+    log_path: &Path,
+    applied: raft_core::Index,
+    state_path: &Path,
+) -> Result<RestartState> {
+    let last = rs.entries.last().map_or(rs.snapshot.index, |e| e.index);
+    if applied < rs.snapshot.index {
+        return Err(Error::Corruption {
+            path: log_path.to_path_buf(),
+            index: Some(applied + 1),
+            detail: format!(
+                "the log was compacted up to {} but the state machine ({}) has only applied \
+                 up to {applied}: entries {}..={} are gone",
+                rs.snapshot.index,
+                state_path.display(),
+                applied + 1,
+                rs.snapshot.index
+            ),
+        });
+    }
+    if applied > last {
+        return Err(Error::Corruption {
+            path: log_path.to_path_buf(),
+            index: Some(last + 1),
+            detail: format!(
+                "the state machine ({}) has applied up to {applied} but the log ends at {last}",
+                state_path.display()
+            ),
+        });
+    }
+    rs.applied = applied;
+    Ok(rs)
 }
 
 #[cfg(test)]

@@ -1,0 +1,344 @@
+//! Peer transport: length-delimited frames over any stream-oriented network.
+//!
+//! A frame is `u32 length | magic "KVRF" | version | cluster id (u64) | raft-core message`.
+//! Every frame carries the cluster id, so a node of another cluster (a misconfigured peer list)
+//! is refused on its first frame rather than after it has corrupted anything.
+//!
+//! Each peer gets one outbound task with a bounded queue. The node never waits for it: when the
+//! queue is full or the peer is unreachable, messages are dropped (Raft tolerates loss) and the
+//! core is told the peer is unreachable. Connections reconnect with backoff; connects, writes and
+//! idle reads time out, because a connection can stall without ever failing.
+//!
+//! The [`Net`] trait is the seam for the simulator: production uses [`TokioNet`] (TCP), the
+//! simulator a turmoil network, and everything above it is the same code.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use raft_core::codec::{self, DecodeError};
+use raft_core::{Message, NodeId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+pub const FRAME_MAGIC: u32 = 0x4B56_5246; // "KVRF"
+pub const FRAME_VERSION: u8 = 1;
+const FRAME_HEADER_LEN: usize = 4 + 1 + 8;
+/// Frames above this size are refused before their body is read.
+pub const MAX_FRAME_LEN: usize = 128 << 20;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A byte stream to a peer or client.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A listening socket.
+pub trait Listener: Send + 'static {
+    type Stream: Stream;
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Self::Stream, String)>>;
+}
+
+/// The network the node runs on.
+pub trait Net: Clone + Send + Sync + 'static {
+    type Stream: Stream;
+    type Listener: Listener<Stream = Self::Stream>;
+    fn bind(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Listener>>;
+    fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Stream>>;
+}
+
+/// Real TCP through tokio.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNet;
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(Self::Stream, String)>> {
+        Box::pin(async move {
+            let (s, addr) = tokio::net::TcpListener::accept(self).await?;
+            let _ = s.set_nodelay(true);
+            Ok((s, addr.to_string()))
+        })
+    }
+}
+
+impl Net for TokioNet {
+    type Stream = tokio::net::TcpStream;
+    type Listener = tokio::net::TcpListener;
+    fn bind(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Listener>> {
+        Box::pin(async move { tokio::net::TcpListener::bind(addr).await })
+    }
+    fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Stream>> {
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    TooLarge { len: usize, max: usize },
+    TooShort(usize),
+    BadMagic(u32),
+    UnknownVersion(u8),
+    WrongCluster { ours: u64, theirs: u64 },
+    Message(DecodeError),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLarge { len, max } => write!(f, "peer frame of {len} bytes exceeds the limit of {max}"),
+            FrameError::TooShort(len) => write!(f, "peer frame of {len} bytes is shorter than its header"),
+            FrameError::BadMagic(m) => write!(f, "not a kvstore peer frame (magic {m:#010x})"),
+            FrameError::UnknownVersion(v) => write!(f, "unknown peer frame version {v} (this node speaks {FRAME_VERSION})"),
+            FrameError::WrongCluster { ours, theirs } => {
+                write!(f, "peer belongs to cluster {theirs:#x}, this node to cluster {ours:#x}")
+            }
+            FrameError::Message(e) => write!(f, "undecodable raft message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Appends one whole frame (length prefix included) for `msg`.
+pub fn encode_frame(cluster_id: u64, msg: &Message, out: &mut BytesMut) {
+    let body_len = FRAME_HEADER_LEN + codec::encoded_len(msg);
+    out.reserve(4 + body_len);
+    out.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
+    out.put_u32(FRAME_MAGIC);
+    out.put_u8(FRAME_VERSION);
+    out.put_u64(cluster_id);
+    codec::encode(msg, out);
+}
+
+/// Checks a frame's length prefix before its body is read.
+pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+    }
+    if len < FRAME_HEADER_LEN {
+        return Err(FrameError::TooShort(len));
+    }
+    Ok(())
+}
+
+/// Decodes a frame body (everything after the length prefix).
+pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<Message, FrameError> {
+    check_frame_len(body.len())?;
+    let magic = body.get_u32();
+    if magic != FRAME_MAGIC {
+        return Err(FrameError::BadMagic(magic));
+    }
+    let version = body.get_u8();
+    if version != FRAME_VERSION {
+        return Err(FrameError::UnknownVersion(version));
+    }
+    let theirs = body.get_u64();
+    if theirs != cluster_id {
+        return Err(FrameError::WrongCluster { ours: cluster_id, theirs });
+    }
+    codec::decode(body).map_err(FrameError::Message)
+}
+
+/// For fuzzing: any bytes as a sequence of frames; never panics.
+pub fn fuzz_frames(data: &[u8]) {
+    let mut buf = Bytes::copy_from_slice(data);
+    while buf.len() >= 4 {
+        let len = buf.get_u32() as usize;
+        if check_frame_len(len).is_err() || len > buf.len() {
+            return;
+        }
+        let _ = decode_frame(7, buf.split_to(len));
+    }
+}
+
+/// Timeouts of the peer transport.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportTimeouts {
+    pub connect: Duration,
+    pub write: Duration,
+    /// A connection with nothing to read for this long is closed (heartbeats flow far more often).
+    pub idle_read: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for TransportTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            write: Duration::from_secs(2),
+            idle_read: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Sends `to`'s messages over one connection at a time, reconnecting as needed. Messages that
+/// arrive while no connection is up are dropped, and `unreachable` is told.
+pub async fn run_outbound<N: Net>(
+    net: N,
+    to: NodeId,
+    addr: String,
+    cluster_id: u64,
+    timeouts: TransportTimeouts,
+    mut queue: mpsc::Receiver<Message>,
+    unreachable: mpsc::UnboundedSender<NodeId>,
+) {
+    let mut backoff = timeouts.backoff_min;
+    let mut buf = BytesMut::new();
+    loop {
+        let stream = match tokio::time::timeout(timeouts.connect, net.connect(addr.clone())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = to, %addr, error = %e, "cannot connect to peer");
+                if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(timeouts.backoff_max);
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(peer = to, %addr, "connecting to peer timed out");
+                if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(timeouts.backoff_max);
+                continue;
+            }
+        };
+        backoff = timeouts.backoff_min;
+        tracing::debug!(peer = to, %addr, "connected to peer");
+        let mut stream = stream;
+        loop {
+            let Some(first) = queue.recv().await else { return };
+            buf.clear();
+            encode_frame(cluster_id, &first, &mut buf);
+            // Whatever else is queued goes out in the same write.
+            while buf.len() < (1 << 20) {
+                match queue.try_recv() {
+                    Ok(m) => encode_frame(cluster_id, &m, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            let write = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(timeouts.write, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = to, error = %e, "peer connection failed");
+                    let _ = unreachable.send(to);
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = to, "peer connection stalled");
+                    let _ = unreachable.send(to);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Drops queued messages for `wait` (the peer is down); false once the node has gone away.
+async fn discard_while_down(
+    queue: &mut mpsc::Receiver<Message>,
+    unreachable: &mpsc::UnboundedSender<NodeId>,
+    to: NodeId,
+    wait: Duration,
+) -> bool {
+    let _ = unreachable.send(to);
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut deadline => return true,
+            m = queue.recv() => if m.is_none() { return false },
+        }
+    }
+}
+
+/// Reads frames from one inbound peer connection into `inbox` until it closes or misbehaves.
+pub async fn run_inbound<S: Stream>(
+    mut stream: S,
+    remote: String,
+    cluster_id: u64,
+    idle_read: Duration,
+    inbox: mpsc::Sender<Message>,
+) {
+    let mut len_buf = [0u8; 4];
+    loop {
+        match tokio::time::timeout(idle_read, stream.read_exact(&mut len_buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(%remote, "idle peer connection closed");
+                return;
+            }
+        }
+        let len = u32::from_be_bytes(len_buf) as usize;
+        if let Err(e) = check_frame_len(len) {
+            tracing::warn!(%remote, error = %e, "closing peer connection");
+            return;
+        }
+        let mut body = vec![0u8; len];
+        match tokio::time::timeout(idle_read, stream.read_exact(&mut body)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        match decode_frame(cluster_id, Bytes::from(body)) {
+            Ok(msg) => {
+                if inbox.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%remote, error = %e, "closing peer connection");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_core::MessageBody;
+
+    fn msg() -> Message {
+        Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 4, read_round: 5 } }
+    }
+
+    #[test]
+    fn frames_round_trip_and_name_the_wrong_cluster() {
+        let mut buf = BytesMut::new();
+        encode_frame(42, &msg(), &mut buf);
+        let len = buf.get_u32() as usize;
+        assert_eq!(len, buf.len());
+        let body = buf.freeze();
+        assert_eq!(decode_frame(42, body.clone()), Ok(msg()));
+        assert_eq!(decode_frame(43, body), Err(FrameError::WrongCluster { ours: 43, theirs: 42 }));
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        assert!(matches!(check_frame_len(u32::MAX as usize), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(check_frame_len(3), Err(FrameError::TooShort(3))));
+        let mut garbage = BytesMut::new();
+        garbage.put_u32(0xdead_beef);
+        garbage.put_slice(&[0u8; 20]);
+        assert_eq!(decode_frame(1, garbage.freeze()), Err(FrameError::BadMagic(0xdead_beef)));
+        fuzz_frames(&[0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
+    }
+}
