@@ -1,3 +1,9 @@
-//! The kvstore node around `raft-core` and `kv`.
+//! The kvstore node around `raft-core` and `kv`: the driver loop ([`node`]), the peer
+//! transport ([`transport`]), the storage threads ([`storage`]), the Redis-protocol client port
+//! ([`server`], [`resp`]), the Rust client ([`client`]) and the command line ([`cli`]).
 
+pub mod node;
+pub mod request;
 pub mod resp;
+pub mod storage;
+pub mod transport;

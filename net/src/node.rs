@@ -1,0 +1,447 @@
+//! The node loop: one task owns the Raft core and executes what it asks.
+//!
+//! It selects over the tick timer, storage completions, peer messages, client requests and
+//! transport failures, feeds each to the core (draining whatever else is already queued, so that
+//! one `Ready` covers many inputs), and then acts on the core's `Ready`: writes go to the log
+//! thread, messages to the peers' outbound queues, committed entries and reads to the apply
+//! thread. Nothing here decides anything about Raft.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv::{CommandResult, Identity};
+use raft_core::{Config, Index, Message, NodeId, RawNode};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::request::{ClientRequest, NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
+use crate::storage::{self, ApplyRequest, StorageEvent};
+use crate::transport::{self, Listener, Net, TransportTimeouts};
+
+/// Everything one node needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    /// Peer-port address of every member, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    /// One Raft tick.
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// A client request with no outcome after this long is answered TIMEOUT (or TRYAGAIN).
+    pub request_timeout: Duration,
+    pub transport: TransportTimeouts,
+    /// Seeds the core's election timer.
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
+        let cluster_id = cluster_id_of(&peers);
+        Self {
+            id,
+            cluster_id,
+            peers,
+            data_dir,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout: Duration::from_secs(5),
+            transport: TransportTimeouts::default(),
+            seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+}
+
+/// A cluster id derived from the member list, so that nodes started with the same `--peers`
+/// agree without configuration, and a node given another list is refused by its peers.
+pub fn cluster_id_of(peers: &BTreeMap<NodeId, String>) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, addr) in peers {
+        for b in id.to_be_bytes().iter().chain(addr.as_bytes()).chain(b";") {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[derive(Debug)]
+pub enum NodeError {
+    Config(String),
+    Storage(String),
+    Bind { addr: String, error: std::io::Error },
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Config(m) => write!(f, "invalid configuration: {m}"),
+            NodeError::Storage(m) => write!(f, "storage: {m}"),
+            NodeError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+struct WriteWaiter {
+    reply: oneshot::Sender<Result<CommandResult, RequestError>>,
+    deadline: Instant,
+}
+
+struct PendingRead {
+    op: ReadOp,
+    reply: oneshot::Sender<Result<ReadResult, RequestError>>,
+    deadline: Instant,
+}
+
+struct NodeLoop {
+    cfg: NodeConfig,
+    core: RawNode,
+    outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    log_writes: mpsc::UnboundedSender<raft_core::Persist>,
+    apply: mpsc::UnboundedSender<ApplyRequest>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    writes: BTreeMap<(u64, u64), Vec<WriteWaiter>>,
+    reads: BTreeMap<u64, PendingRead>,
+    /// Confirmed reads waiting for the apply thread to be handed their index.
+    reads_waiting_for_apply: BTreeMap<Index, Vec<PendingRead>>,
+    next_read_id: u64,
+    handed_to_apply: Index,
+    applied: Index,
+    term_seen: u64,
+}
+
+/// Opens storage, binds the peer port and connects the peers. Returns the handle clients use
+/// and the future that runs the node until `shutdown` turns true (or storage fails).
+pub async fn start<N: Net>(
+    cfg: NodeConfig,
+    net: N,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(NodeHandle, impl Future<Output = Result<(), NodeError>>), NodeError> {
+    let Some(peer_addr) = cfg.peers.get(&cfg.id).cloned() else {
+        return Err(NodeError::Config(format!("node {} is not in the peer list", cfg.id)));
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| NodeError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    Identity::new(cfg.id, cfg.cluster_id)
+        .ensure(&cfg.data_dir)
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let spawn_err = |e: std::io::Error| NodeError::Storage(format!("cannot start a storage thread: {e}"));
+    let (log, loaded) = storage::spawn_log_thread(cfg.data_dir.clone(), events_tx.clone()).map_err(spawn_err)?;
+    let (apply, opened) = storage::spawn_apply_thread(cfg.data_dir.clone(), events_tx).map_err(spawn_err)?;
+    let gone = || NodeError::Storage("a storage thread stopped while opening".into());
+    let (logged, log_path) = loaded.await.map_err(|_| gone())?.map_err(NodeError::Storage)?;
+    let (applied, state_path) = opened.await.map_err(|_| gone())?.map_err(NodeError::Storage)?;
+    let restart = kv::restart_state_from(logged, &log_path, applied, &state_path)
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
+
+    let mut core_cfg = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+    core_cfg.election_ticks = cfg.election_ticks;
+    core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    core_cfg.seed = cfg.seed;
+    let core = RawNode::restart(core_cfg, restart).map_err(|e| NodeError::Config(e.to_string()))?;
+    tracing::info!(id = cfg.id, term = core.term(), last_index = core.last_index(), applied, "node starting");
+
+    let mut listener = net
+        .bind(peer_addr.clone())
+        .await
+        .map_err(|error| NodeError::Bind { addr: peer_addr.clone(), error })?;
+    let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(8192);
+    let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
+    let (cluster_id, idle) = (cfg.cluster_id, cfg.transport.idle_read);
+    let mut accept_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = accept_shutdown.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        tokio::spawn(transport::run_inbound(stream, remote, cluster_id, idle, inbox_tx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a peer connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+    let mut outbound = BTreeMap::new();
+    for (&peer, addr) in cfg.peers.iter().filter(|(&p, _)| p != cfg.id) {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(transport::run_outbound(
+            net.clone(),
+            peer,
+            addr.clone(),
+            cfg.cluster_id,
+            cfg.transport,
+            rx,
+            unreachable_tx.clone(),
+        ));
+        outbound.insert(peer, tx);
+    }
+
+    let (requests_tx, requests_rx) = mpsc::channel(65536);
+    let term_seen = core.term();
+    let node = NodeLoop {
+        cfg,
+        core,
+        outbound,
+        log_writes: log.writes,
+        apply: apply.requests,
+        threads: vec![log.handle, apply.handle],
+        writes: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        reads_waiting_for_apply: BTreeMap::new(),
+        next_read_id: 1,
+        handed_to_apply: applied,
+        applied,
+        term_seen,
+    };
+    let run = node.run(events_rx, inbox_rx, requests_rx, unreachable_rx, shutdown);
+    Ok((NodeHandle { requests: requests_tx }, run))
+}
+
+/// How many queued inputs of one kind are fed to the core before it is drained.
+const MAX_BATCH: usize = 1024;
+
+impl NodeLoop {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<StorageEvent>,
+        mut inbox: mpsc::Receiver<Message>,
+        mut requests: mpsc::Receiver<ClientRequest>,
+        mut unreachable: mpsc::UnboundedReceiver<NodeId>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            // Biased, rare inputs first: a flood of one kind must not starve ticks or storage.
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break Ok(()),
+                _ = ticker.tick() => {
+                    self.core.tick();
+                    self.expire(Instant::now());
+                }
+                Some(ev) = events.recv() => {
+                    if let Err(e) = self.on_storage(ev) {
+                        break Err(e);
+                    }
+                    let mut failed = None;
+                    for _ in 0..MAX_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => if let Err(e) = self.on_storage(ev) { failed = Some(e); break },
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                }
+                Some(peer) = unreachable.recv() => self.core.report_unreachable(peer),
+                Some(msg) = inbox.recv() => {
+                    self.core.step(msg);
+                    for _ in 0..MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(m) => self.core.step(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(req) = requests.recv() => {
+                    self.on_request(req);
+                    for _ in 0..MAX_BATCH {
+                        match requests.try_recv() {
+                            Ok(r) => self.on_request(r),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.drain_ready();
+        };
+        self.stop(result).await
+    }
+
+    fn on_storage(&mut self, ev: StorageEvent) -> Result<(), NodeError> {
+        match ev {
+            StorageEvent::Persisted(id) => self.core.on_persisted(id),
+            StorageEvent::Applied { last_index, results } => {
+                self.core.on_applied(last_index);
+                self.applied = self.applied.max(last_index);
+                for (key, result) in results {
+                    for waiter in self.writes.remove(&key).unwrap_or_default() {
+                        let _ = waiter.reply.send(Ok(result.clone()));
+                    }
+                }
+            }
+            StorageEvent::Failed(why) => {
+                tracing::error!(id = self.cfg.id, %why, "storage failed; stopping the node");
+                return Err(NodeError::Storage(why));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, req: ClientRequest) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match req {
+            ClientRequest::Write { cmd, reply } => {
+                let key = (cmd.client_id, cmd.seq);
+                match self.core.propose(cmd.encode()) {
+                    Ok(_) => self.writes.entry(key).or_default().push(WriteWaiter { reply, deadline }),
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
+                    }
+                }
+            }
+            ClientRequest::Read { op, reply } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.core.read_index(storage::read_ctx(id)) {
+                    Ok(()) => {
+                        self.reads.insert(id, PendingRead { op, reply, deadline });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
+                    }
+                }
+            }
+            ClientRequest::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+        }
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.cfg.id,
+            role: self.core.role(),
+            term: self.core.term(),
+            leader: self.core.leader(),
+            commit_index: self.core.commit_index(),
+            applied_index: self.applied,
+            last_index: self.core.last_index(),
+            last_snapshot_index: 0,
+        }
+    }
+
+    fn drain_ready(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.take_ready();
+            if let Some(soft) = ready.soft_state {
+                tracing::info!(id = self.cfg.id, term = soft.term, role = ?soft.role, leader = ?soft.leader, "role change");
+                if soft.term != self.term_seen {
+                    // Reads in flight under the old term can no longer be confirmed; they are
+                    // side-effect free, so the client may retry them at once.
+                    self.term_seen = soft.term;
+                    for (_, read) in std::mem::take(&mut self.reads) {
+                        let _ = read.reply.send(Err(RequestError::TryAgain("leadership changed".into())));
+                    }
+                }
+            }
+            if let Some(write) = ready.persist {
+                let _ = self.log_writes.send(write);
+            }
+            for msg in ready.messages {
+                if let Some(queue) = self.outbound.get(&msg.to) {
+                    let to = msg.to;
+                    if queue.try_send(msg).is_err() {
+                        // A slow or dead peer never blocks the node: drop, and stop streaming to it.
+                        self.core.report_unreachable(to);
+                    }
+                }
+            }
+            if let Some(last) = ready.committed.last().map(|e| e.index) {
+                let _ = self.apply.send(ApplyRequest::Entries(ready.committed));
+                self.handed_to_apply = last;
+                let still_waiting = self.reads_waiting_for_apply.split_off(&(last + 1));
+                for (_, reads) in std::mem::replace(&mut self.reads_waiting_for_apply, still_waiting) {
+                    for read in reads {
+                        let _ = self.apply.send(ApplyRequest::Read { op: read.op, reply: read.reply });
+                    }
+                }
+            }
+            for rs in ready.read_states {
+                let Some(id) = read_id(&rs.ctx) else { continue };
+                let Some(read) = self.reads.remove(&id) else { continue };
+                if rs.index <= self.handed_to_apply {
+                    let _ = self.apply.send(ApplyRequest::Read { op: read.op, reply: read.reply });
+                } else {
+                    self.reads_waiting_for_apply.entry(rs.index).or_default().push(read);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for waiters in self.writes.values_mut() {
+            for w in waiters.extract_if(.., |w| w.deadline <= now) {
+                let _ = w.reply.send(Err(RequestError::Timeout("no outcome within the request timeout".into())));
+            }
+        }
+        self.writes.retain(|_, w| !w.is_empty());
+        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            if let Some(r) = self.reads.remove(&id) {
+                let _ = r.reply.send(Err(RequestError::TryAgain("the read could not be confirmed in time".into())));
+            }
+        }
+    }
+
+    async fn stop(self, result: Result<(), NodeError>) -> Result<(), NodeError> {
+        for (_, waiters) in self.writes {
+            for w in waiters {
+                let _ = w.reply.send(Err(RequestError::Timeout("the node is shutting down".into())));
+            }
+        }
+        for (_, r) in self.reads {
+            let _ = r.reply.send(Err(RequestError::TryAgain("the node is shutting down".into())));
+        }
+        for r in self.reads_waiting_for_apply.into_values().flatten() {
+            let _ = r.reply.send(Err(RequestError::TryAgain("the node is shutting down".into())));
+        }
+        // Closing the queues lets the storage threads finish what is queued, flush and exit.
+        drop(self.log_writes);
+        drop(self.apply);
+        drop(self.outbound);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        tracing::info!(id = self.cfg.id, "node stopped");
+        result
+    }
+}
+
+fn read_id(ctx: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(ctx.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_differ_with_the_member_list() {
+        let a: BTreeMap<u64, String> = [(1, "h:1".into()), (2, "h:2".into())].into();
+        let mut b = a.clone();
+        b.insert(3, "h:3".into());
+        assert_eq!(cluster_id_of(&a), cluster_id_of(&a.clone()));
+        assert_ne!(cluster_id_of(&a), cluster_id_of(&b));
+    }
+}

@@ -1,0 +1,104 @@
+//! What clients ask a node, and what it answers. The client server and `KvClient` translate
+//! these to and from the Redis protocol.
+
+use std::fmt;
+
+use bytes::Bytes;
+use kv::{Command, CommandResult};
+use raft_core::{Index, NodeId, Role, Term};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadOp {
+    Get(Bytes),
+    Exists(Vec<Bytes>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadResult {
+    Value(Option<Bytes>),
+    Count(i64),
+}
+
+/// Why a request got no result. The two retryable kinds differ in what the client may assume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Certainly not applied (it never entered the log): safe to retry anywhere.
+    TryAgain(String),
+    /// The outcome is unknown: it may have been applied, or may still be.
+    Timeout(String),
+    /// The node cannot serve (a storage failure, shutting down).
+    Failed(String),
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::TryAgain(m) => write!(f, "TRYAGAIN {m}"),
+            RequestError::Timeout(m) => write!(f, "TIMEOUT {m}"),
+            RequestError::Failed(m) => write!(f, "ERR {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// A node's view of itself, for INFO and `kvstore status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub last_snapshot_index: Index,
+}
+
+pub enum ClientRequest {
+    Write {
+        cmd: Command,
+        reply: oneshot::Sender<Result<CommandResult, RequestError>>,
+    },
+    Read {
+        op: ReadOp,
+        reply: oneshot::Sender<Result<ReadResult, RequestError>>,
+    },
+    Info {
+        reply: oneshot::Sender<NodeInfo>,
+    },
+}
+
+/// A cheap, cloneable way to ask the node loop.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) requests: mpsc::Sender<ClientRequest>,
+}
+
+impl NodeHandle {
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ClientRequest::Write { cmd, reply }).await?;
+        rx.await.unwrap_or_else(|_| Err(RequestError::Timeout("the node stopped before answering".into())))
+    }
+
+    pub async fn read(&self, op: ReadOp) -> Result<ReadResult, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ClientRequest::Read { op, reply }).await?;
+        rx.await.unwrap_or_else(|_| Err(RequestError::TryAgain("the node stopped before answering".into())))
+    }
+
+    pub async fn info(&self) -> Result<NodeInfo, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ClientRequest::Info { reply }).await?;
+        rx.await.map_err(|_| RequestError::Failed("the node stopped".into()))
+    }
+
+    async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {
+        self.requests
+            .send(req)
+            .await
+            .map_err(|_| RequestError::TryAgain("the node is shutting down".into()))
+    }
+}
