@@ -91,6 +91,11 @@ fn decode_session(v: Bytes) -> Result<Session, DecodeError> {
     })
 }
 
+/// Commands from this client id are applied without a session: no deduplication, no session
+/// row written. For requests that are never retried (a plain Redis connection), whose `seq` is
+/// then only a request id that lets the node route the result back.
+pub const SESSIONLESS_CLIENT: u64 = 0;
+
 /// What [`KvStateMachine::apply`] returns per applied entry: `None` for a Raft no-op entry.
 pub type Applied = Vec<(Index, Option<CommandResult>)>;
 
@@ -332,6 +337,9 @@ impl KvStateMachine {
                 )))
             }
         };
+        if cmd.client_id == SESSIONLESS_CLIENT {
+            return self.execute(&cmd.op, overlay);
+        }
         if let Some(s) = self.sessions.get(&cmd.client_id) {
             if cmd.seq == s.last_seq {
                 return Ok(s.result.clone());
@@ -517,6 +525,20 @@ mod tests {
 
     fn results(r: Applied) -> Vec<Option<CommandResult>> {
         r.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn sessionless_commands_are_applied_every_time_and_keep_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = KvStateMachine::open(dir.path()).unwrap();
+        // The same (client, seq) twice: without a session both apply, so the counter says 2.
+        let es = vec![
+            cmd_entry(1, SESSIONLESS_CLIENT, 9, incr("n", 1)),
+            cmd_entry(2, SESSIONLESS_CLIENT, 9, incr("n", 1)),
+        ];
+        let r = results(sm.apply(&es).unwrap());
+        assert_eq!(r, vec![Some(CommandResult::Value(1)), Some(CommandResult::Value(2))]);
+        assert_eq!(sm.session_count(), 0);
     }
 
     #[test]
