@@ -33,7 +33,12 @@ impl NodeStorage {
     /// What the core restarts from, with `applied` taken from the state machine.
     pub fn restart_state(&mut self) -> Result<RestartState> {
         let logged = self.log.load()?;
-        restart_state_from(logged, &self.log.path(), self.state.applied_index(), &self.state.path())
+        restart_state_from(
+            logged,
+            &self.log.path(),
+            self.state.applied_index(),
+            &self.state.path(),
+        )
     }
 }
 

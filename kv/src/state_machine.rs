@@ -537,7 +537,10 @@ mod tests {
             cmd_entry(2, SESSIONLESS_CLIENT, 9, incr("n", 1)),
         ];
         let r = results(sm.apply(&es).unwrap());
-        assert_eq!(r, vec![Some(CommandResult::Value(1)), Some(CommandResult::Value(2))]);
+        assert_eq!(
+            r,
+            vec![Some(CommandResult::Value(1)), Some(CommandResult::Value(2))]
+        );
         assert_eq!(sm.session_count(), 0);
     }
 

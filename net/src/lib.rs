@@ -2,8 +2,12 @@
 //! transport ([`transport`]), the storage threads ([`storage`]), the Redis-protocol client port
 //! ([`server`], [`resp`]), the Rust client ([`client`]) and the command line ([`cli`]).
 
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod node;
 pub mod request;
 pub mod resp;
+pub mod server;
 pub mod storage;
 pub mod transport;

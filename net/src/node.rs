@@ -126,21 +126,34 @@ pub async fn start<N: Net>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(NodeHandle, impl Future<Output = Result<(), NodeError>>), NodeError> {
     let Some(peer_addr) = cfg.peers.get(&cfg.id).cloned() else {
-        return Err(NodeError::Config(format!("node {} is not in the peer list", cfg.id)));
+        return Err(NodeError::Config(format!(
+            "node {} is not in the peer list",
+            cfg.id
+        )));
     };
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| NodeError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        NodeError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
+    })?;
     Identity::new(cfg.id, cfg.cluster_id)
         .ensure(&cfg.data_dir)
         .map_err(|e| NodeError::Storage(e.to_string()))?;
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let spawn_err = |e: std::io::Error| NodeError::Storage(format!("cannot start a storage thread: {e}"));
-    let (log, loaded) = storage::spawn_log_thread(cfg.data_dir.clone(), events_tx.clone()).map_err(spawn_err)?;
-    let (apply, opened) = storage::spawn_apply_thread(cfg.data_dir.clone(), events_tx).map_err(spawn_err)?;
+    let spawn_err =
+        |e: std::io::Error| NodeError::Storage(format!("cannot start a storage thread: {e}"));
+    let (log, loaded) =
+        storage::spawn_log_thread(cfg.data_dir.clone(), events_tx.clone()).map_err(spawn_err)?;
+    let (apply, opened) =
+        storage::spawn_apply_thread(cfg.data_dir.clone(), events_tx).map_err(spawn_err)?;
     let gone = || NodeError::Storage("a storage thread stopped while opening".into());
-    let (logged, log_path) = loaded.await.map_err(|_| gone())?.map_err(NodeError::Storage)?;
-    let (applied, state_path) = opened.await.map_err(|_| gone())?.map_err(NodeError::Storage)?;
+    let (logged, log_path) = loaded
+        .await
+        .map_err(|_| gone())?
+        .map_err(NodeError::Storage)?;
+    let (applied, state_path) = opened
+        .await
+        .map_err(|_| gone())?
+        .map_err(NodeError::Storage)?;
     let restart = kv::restart_state_from(logged, &log_path, applied, &state_path)
         .map_err(|e| NodeError::Storage(e.to_string()))?;
 
@@ -149,12 +162,21 @@ pub async fn start<N: Net>(
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     core_cfg.seed = cfg.seed;
     let core = RawNode::restart(core_cfg, restart).map_err(|e| NodeError::Config(e.to_string()))?;
-    tracing::info!(id = cfg.id, term = core.term(), last_index = core.last_index(), applied, "node starting");
+    tracing::info!(
+        id = cfg.id,
+        term = core.term(),
+        last_index = core.last_index(),
+        applied,
+        "node starting"
+    );
 
     let mut listener = net
         .bind(peer_addr.clone())
         .await
-        .map_err(|error| NodeError::Bind { addr: peer_addr.clone(), error })?;
+        .map_err(|error| NodeError::Bind {
+            addr: peer_addr.clone(),
+            error,
+        })?;
     let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(8192);
     let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
     let (cluster_id, idle) = (cfg.cluster_id, cfg.transport.idle_read);
@@ -208,7 +230,12 @@ pub async fn start<N: Net>(
         term_seen,
     };
     let run = node.run(events_rx, inbox_rx, requests_rx, unreachable_rx, shutdown);
-    Ok((NodeHandle { requests: requests_tx }, run))
+    Ok((
+        NodeHandle {
+            requests: requests_tx,
+        },
+        run,
+    ))
 }
 
 /// How many queued inputs of one kind are fed to the core before it is drained.
@@ -277,7 +304,10 @@ impl NodeLoop {
     fn on_storage(&mut self, ev: StorageEvent) -> Result<(), NodeError> {
         match ev {
             StorageEvent::Persisted(id) => self.core.on_persisted(id),
-            StorageEvent::Applied { last_index, results } => {
+            StorageEvent::Applied {
+                last_index,
+                results,
+            } => {
                 self.core.on_applied(last_index);
                 self.applied = self.applied.max(last_index);
                 for (key, result) in results {
@@ -300,7 +330,11 @@ impl NodeLoop {
             ClientRequest::Write { cmd, reply } => {
                 let key = (cmd.client_id, cmd.seq);
                 match self.core.propose(cmd.encode()) {
-                    Ok(_) => self.writes.entry(key).or_default().push(WriteWaiter { reply, deadline }),
+                    Ok(_) => self
+                        .writes
+                        .entry(key)
+                        .or_default()
+                        .push(WriteWaiter { reply, deadline }),
                     Err(e) => {
                         let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
                     }
@@ -311,7 +345,14 @@ impl NodeLoop {
                 self.next_read_id += 1;
                 match self.core.read_index(storage::read_ctx(id)) {
                     Ok(()) => {
-                        self.reads.insert(id, PendingRead { op, reply, deadline });
+                        self.reads.insert(
+                            id,
+                            PendingRead {
+                                op,
+                                reply,
+                                deadline,
+                            },
+                        );
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
@@ -347,7 +388,9 @@ impl NodeLoop {
                     // side-effect free, so the client may retry them at once.
                     self.term_seen = soft.term;
                     for (_, read) in std::mem::take(&mut self.reads) {
-                        let _ = read.reply.send(Err(RequestError::TryAgain("leadership changed".into())));
+                        let _ = read
+                            .reply
+                            .send(Err(RequestError::TryAgain("leadership changed".into())));
                     }
                 }
             }
@@ -367,19 +410,32 @@ impl NodeLoop {
                 let _ = self.apply.send(ApplyRequest::Entries(ready.committed));
                 self.handed_to_apply = last;
                 let still_waiting = self.reads_waiting_for_apply.split_off(&(last + 1));
-                for (_, reads) in std::mem::replace(&mut self.reads_waiting_for_apply, still_waiting) {
+                for (_, reads) in
+                    std::mem::replace(&mut self.reads_waiting_for_apply, still_waiting)
+                {
                     for read in reads {
-                        let _ = self.apply.send(ApplyRequest::Read { op: read.op, reply: read.reply });
+                        let _ = self.apply.send(ApplyRequest::Read {
+                            op: read.op,
+                            reply: read.reply,
+                        });
                     }
                 }
             }
             for rs in ready.read_states {
                 let Some(id) = read_id(&rs.ctx) else { continue };
-                let Some(read) = self.reads.remove(&id) else { continue };
+                let Some(read) = self.reads.remove(&id) else {
+                    continue;
+                };
                 if rs.index <= self.handed_to_apply {
-                    let _ = self.apply.send(ApplyRequest::Read { op: read.op, reply: read.reply });
+                    let _ = self.apply.send(ApplyRequest::Read {
+                        op: read.op,
+                        reply: read.reply,
+                    });
                 } else {
-                    self.reads_waiting_for_apply.entry(rs.index).or_default().push(read);
+                    self.reads_waiting_for_apply
+                        .entry(rs.index)
+                        .or_default()
+                        .push(read);
                 }
             }
         }
@@ -388,14 +444,23 @@ impl NodeLoop {
     fn expire(&mut self, now: Instant) {
         for waiters in self.writes.values_mut() {
             for w in waiters.extract_if(.., |w| w.deadline <= now) {
-                let _ = w.reply.send(Err(RequestError::Timeout("no outcome within the request timeout".into())));
+                let _ = w.reply.send(Err(RequestError::Timeout(
+                    "no outcome within the request timeout".into(),
+                )));
             }
         }
         self.writes.retain(|_, w| !w.is_empty());
-        let expired: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(&id, _)| id).collect();
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
         for id in expired {
             if let Some(r) = self.reads.remove(&id) {
-                let _ = r.reply.send(Err(RequestError::TryAgain("the read could not be confirmed in time".into())));
+                let _ = r.reply.send(Err(RequestError::TryAgain(
+                    "the read could not be confirmed in time".into(),
+                )));
             }
         }
     }
@@ -403,14 +468,20 @@ impl NodeLoop {
     async fn stop(self, result: Result<(), NodeError>) -> Result<(), NodeError> {
         for (_, waiters) in self.writes {
             for w in waiters {
-                let _ = w.reply.send(Err(RequestError::Timeout("the node is shutting down".into())));
+                let _ = w.reply.send(Err(RequestError::Timeout(
+                    "the node is shutting down".into(),
+                )));
             }
         }
         for (_, r) in self.reads {
-            let _ = r.reply.send(Err(RequestError::TryAgain("the node is shutting down".into())));
+            let _ = r.reply.send(Err(RequestError::TryAgain(
+                "the node is shutting down".into(),
+            )));
         }
         for r in self.reads_waiting_for_apply.into_values().flatten() {
-            let _ = r.reply.send(Err(RequestError::TryAgain("the node is shutting down".into())));
+            let _ = r.reply.send(Err(RequestError::TryAgain(
+                "the node is shutting down".into(),
+            )));
         }
         // Closing the queues lets the storage threads finish what is queued, flush and exit.
         drop(self.log_writes);

@@ -80,19 +80,28 @@ impl NodeHandle {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.send(ClientRequest::Write { cmd, reply }).await?;
-        rx.await.unwrap_or_else(|_| Err(RequestError::Timeout("the node stopped before answering".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(RequestError::Timeout(
+                "the node stopped before answering".into(),
+            ))
+        })
     }
 
     pub async fn read(&self, op: ReadOp) -> Result<ReadResult, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.send(ClientRequest::Read { op, reply }).await?;
-        rx.await.unwrap_or_else(|_| Err(RequestError::TryAgain("the node stopped before answering".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(RequestError::TryAgain(
+                "the node stopped before answering".into(),
+            ))
+        })
     }
 
     pub async fn info(&self) -> Result<NodeInfo, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.send(ClientRequest::Info { reply }).await?;
-        rx.await.map_err(|_| RequestError::Failed("the node stopped".into()))
+        rx.await
+            .map_err(|_| RequestError::Failed("the node stopped".into()))
     }
 
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {

@@ -65,42 +65,52 @@ pub struct LogThread {
 pub fn spawn_log_thread(
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(LogThread, oneshot::Receiver<Result<(RestartState, PathBuf), String>>)> {
+) -> std::io::Result<(
+    LogThread,
+    oneshot::Receiver<Result<(RestartState, PathBuf), String>>,
+)> {
     let (writes, mut rx) = mpsc::unbounded_channel::<Persist>();
     let (loaded_tx, loaded_rx) = oneshot::channel();
-    let handle = std::thread::Builder::new().name("raft-log".into()).spawn(move || {
-        let mut storage = match RaftStorage::open(&data_dir).and_then(|mut s| s.load().map(|rs| (s, rs))) {
-            Ok((storage, rs)) => {
-                let _ = loaded_tx.send(Ok((rs, storage.path())));
-                storage
-            }
-            Err(e) => {
-                let _ = loaded_tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-            }
-            let Some(write) = merge_writes(batch) else { continue };
-            match storage.persist(&write) {
-                Ok(()) => {
-                    if events.send(StorageEvent::Persisted(write.id)).is_err() {
+    let handle = std::thread::Builder::new()
+        .name("raft-log".into())
+        .spawn(move || {
+            let mut storage =
+                match RaftStorage::open(&data_dir).and_then(|mut s| s.load().map(|rs| (s, rs))) {
+                    Ok((storage, rs)) => {
+                        let _ = loaded_tx.send(Ok((rs, storage.path())));
+                        storage
+                    }
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+            while let Some(first) = rx.blocking_recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let Some(write) = merge_writes(batch) else {
+                    continue;
+                };
+                match storage.persist(&write) {
+                    Ok(()) => {
+                        if events.send(StorageEvent::Persisted(write.id)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.send(StorageEvent::Failed(format!(
+                            "writing the raft log failed: {e}"
+                        )));
                         break;
                     }
                 }
-                Err(e) => {
-                    let _ = events.send(StorageEvent::Failed(format!("writing the raft log failed: {e}")));
-                    break;
-                }
             }
-        }
-        if let Err(e) = storage.flush() {
-            tracing::warn!(error = %e, "flushing the raft log on shutdown failed");
-        }
-    })?;
+            if let Err(e) = storage.flush() {
+                tracing::warn!(error = %e, "flushing the raft log on shutdown failed");
+            }
+        })?;
     Ok((LogThread { handle, writes }, loaded_rx))
 }
 
@@ -114,60 +124,71 @@ pub struct ApplyThread {
 pub fn spawn_apply_thread(
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(ApplyThread, oneshot::Receiver<Result<(Index, PathBuf), String>>)> {
+) -> std::io::Result<(
+    ApplyThread,
+    oneshot::Receiver<Result<(Index, PathBuf), String>>,
+)> {
     let (requests, mut rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
-    let handle = std::thread::Builder::new().name("kv-apply".into()).spawn(move || {
-        let mut sm = match KvStateMachine::open(&data_dir) {
-            Ok(sm) => {
-                let _ = opened_tx.send(Ok((sm.applied_index(), sm.path())));
-                sm
-            }
-            Err(e) => {
-                let _ = opened_tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            // Entries queued together are applied in one batch, and reads after them.
-            let mut entries: Vec<Entry> = Vec::new();
-            let mut reads = Vec::new();
-            while let Some(req) = next.take() {
-                match req {
-                    ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
-                    ApplyRequest::Entries(es) => {
-                        // A read waits for entries queued before it only; these came after.
-                        if !apply_batch(&mut sm, &mut entries, &events) {
-                            return;
+    let handle = std::thread::Builder::new()
+        .name("kv-apply".into())
+        .spawn(move || {
+            let mut sm = match KvStateMachine::open(&data_dir) {
+                Ok(sm) => {
+                    let _ = opened_tx.send(Ok((sm.applied_index(), sm.path())));
+                    sm
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            while let Some(first) = rx.blocking_recv() {
+                let mut next = Some(first);
+                // Entries queued together are applied in one batch, and reads after them.
+                let mut entries: Vec<Entry> = Vec::new();
+                let mut reads = Vec::new();
+                while let Some(req) = next.take() {
+                    match req {
+                        ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
+                        ApplyRequest::Entries(es) => {
+                            // A read waits for entries queued before it only; these came after.
+                            if !apply_batch(&mut sm, &mut entries, &events) {
+                                return;
+                            }
+                            serve_reads(&mut sm, &mut reads);
+                            entries.extend(es);
                         }
-                        serve_reads(&mut sm, &mut reads);
-                        entries.extend(es);
+                        ApplyRequest::Read { op, reply } => reads.push((op, reply)),
                     }
-                    ApplyRequest::Read { op, reply } => reads.push((op, reply)),
+                    if entries.len() + reads.len() < 4096 {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if entries.len() + reads.len() < 4096 {
-                    next = rx.try_recv().ok();
+                if !apply_batch(&mut sm, &mut entries, &events) {
+                    return;
                 }
+                serve_reads(&mut sm, &mut reads);
             }
-            if !apply_batch(&mut sm, &mut entries, &events) {
-                return;
+            if let Err(e) = sm.sync() {
+                tracing::warn!(error = %e, "syncing the state machine on shutdown failed");
             }
-            serve_reads(&mut sm, &mut reads);
-        }
-        if let Err(e) = sm.sync() {
-            tracing::warn!(error = %e, "syncing the state machine on shutdown failed");
-        }
-    })?;
+        })?;
     Ok((ApplyThread { handle, requests }, opened_rx))
 }
 
-fn apply_batch(sm: &mut KvStateMachine, entries: &mut Vec<Entry>, events: &mpsc::UnboundedSender<StorageEvent>) -> bool {
+fn apply_batch(
+    sm: &mut KvStateMachine,
+    entries: &mut Vec<Entry>,
+    events: &mpsc::UnboundedSender<StorageEvent>,
+) -> bool {
     if entries.is_empty() {
         return true;
     }
     let batch = std::mem::take(entries);
-    let Some(last_index) = batch.last().map(|e| e.index) else { return true };
+    let Some(last_index) = batch.last().map(|e| e.index) else {
+        return true;
+    };
     match sm.apply(&batch) {
         Ok(applied) => {
             let first = batch[0].index;
@@ -180,16 +201,26 @@ fn apply_batch(sm: &mut KvStateMachine, entries: &mut Vec<Entry>, events: &mpsc:
                     }
                 }
             }
-            events.send(StorageEvent::Applied { last_index, results }).is_ok()
+            events
+                .send(StorageEvent::Applied {
+                    last_index,
+                    results,
+                })
+                .is_ok()
         }
         Err(e) => {
-            let _ = events.send(StorageEvent::Failed(format!("applying entries up to {last_index} failed: {e}")));
+            let _ = events.send(StorageEvent::Failed(format!(
+                "applying entries up to {last_index} failed: {e}"
+            )));
             false
         }
     }
 }
 
-fn serve_reads(sm: &mut KvStateMachine, reads: &mut Vec<(ReadOp, oneshot::Sender<Result<ReadResult, RequestError>>)>) {
+fn serve_reads(
+    sm: &mut KvStateMachine,
+    reads: &mut Vec<(ReadOp, oneshot::Sender<Result<ReadResult, RequestError>>)>,
+) {
     for (op, reply) in reads.drain(..) {
         let result = match op {
             ReadOp::Get(key) => sm.get(&key).map(ReadResult::Value),
@@ -215,8 +246,15 @@ mod tests {
     fn write(seq: u64, hs_term: Option<u64>, entries: &[(u64, u64)]) -> Persist {
         Persist {
             id: WriteId { seq, term: 1 },
-            hard_state: hs_term.map(|term| HardState { term, vote: None, commit: 0 }),
-            entries: entries.iter().map(|&(i, t)| Entry::new(t, i, EntryKind::Normal, Bytes::new())).collect(),
+            hard_state: hs_term.map(|term| HardState {
+                term,
+                vote: None,
+                commit: 0,
+            }),
+            entries: entries
+                .iter()
+                .map(|&(i, t)| Entry::new(t, i, EntryKind::Normal, Bytes::new()))
+                .collect(),
         }
     }
 
@@ -233,7 +271,15 @@ mod tests {
         assert_eq!(merged.hard_state.map(|h| h.term), Some(2));
         let got: Vec<(u64, u64)> = merged.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(5, 1), (6, 1), (7, 2)]);
-        let merged = merge_writes(vec![write(1, None, &[(5, 1), (6, 1)]), write(2, None, &[(3, 2)])]).unwrap();
-        assert_eq!(merged.overwrite_from(), Some(3), "an earlier overwrite point must survive the merge");
+        let merged = merge_writes(vec![
+            write(1, None, &[(5, 1), (6, 1)]),
+            write(2, None, &[(3, 2)]),
+        ])
+        .unwrap();
+        assert_eq!(
+            merged.overwrite_from(),
+            Some(3),
+            "an earlier overwrite point must survive the merge"
+        );
     }
 }

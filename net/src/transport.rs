@@ -21,6 +21,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raft_core::codec::{self, DecodeError};
 use raft_core::{Message, NodeId};
+
+/// Re-exported for tests that craft peer frames.
+pub use raft_core::{Message as RaftMessage, MessageBody as RaftMessageBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -93,12 +96,22 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLarge { len, max } => write!(f, "peer frame of {len} bytes exceeds the limit of {max}"),
-            FrameError::TooShort(len) => write!(f, "peer frame of {len} bytes is shorter than its header"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "peer frame of {len} bytes exceeds the limit of {max}")
+            }
+            FrameError::TooShort(len) => {
+                write!(f, "peer frame of {len} bytes is shorter than its header")
+            }
             FrameError::BadMagic(m) => write!(f, "not a kvstore peer frame (magic {m:#010x})"),
-            FrameError::UnknownVersion(v) => write!(f, "unknown peer frame version {v} (this node speaks {FRAME_VERSION})"),
+            FrameError::UnknownVersion(v) => write!(
+                f,
+                "unknown peer frame version {v} (this node speaks {FRAME_VERSION})"
+            ),
             FrameError::WrongCluster { ours, theirs } => {
-                write!(f, "peer belongs to cluster {theirs:#x}, this node to cluster {ours:#x}")
+                write!(
+                    f,
+                    "peer belongs to cluster {theirs:#x}, this node to cluster {ours:#x}"
+                )
             }
             FrameError::Message(e) => write!(f, "undecodable raft message: {e}"),
         }
@@ -121,7 +134,10 @@ pub fn encode_frame(cluster_id: u64, msg: &Message, out: &mut BytesMut) {
 /// Checks a frame's length prefix before its body is read.
 pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     if len < FRAME_HEADER_LEN {
         return Err(FrameError::TooShort(len));
@@ -142,7 +158,10 @@ pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<Message, FrameEr
     }
     let theirs = body.get_u64();
     if theirs != cluster_id {
-        return Err(FrameError::WrongCluster { ours: cluster_id, theirs });
+        return Err(FrameError::WrongCluster {
+            ours: cluster_id,
+            theirs,
+        });
     }
     codec::decode(body).map_err(FrameError::Message)
 }
@@ -219,7 +238,9 @@ pub async fn run_outbound<N: Net>(
         tracing::debug!(peer = to, %addr, "connected to peer");
         let mut stream = stream;
         loop {
-            let Some(first) = queue.recv().await else { return };
+            let Some(first) = queue.recv().await else {
+                return;
+            };
             buf.clear();
             encode_frame(cluster_id, &first, &mut buf);
             // Whatever else is queued goes out in the same write.
@@ -317,7 +338,15 @@ mod tests {
     use raft_core::MessageBody;
 
     fn msg() -> Message {
-        Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 4, read_round: 5 } }
+        Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Heartbeat {
+                commit: 4,
+                read_round: 5,
+            },
+        }
     }
 
     #[test]
@@ -328,17 +357,31 @@ mod tests {
         assert_eq!(len, buf.len());
         let body = buf.freeze();
         assert_eq!(decode_frame(42, body.clone()), Ok(msg()));
-        assert_eq!(decode_frame(43, body), Err(FrameError::WrongCluster { ours: 43, theirs: 42 }));
+        assert_eq!(
+            decode_frame(43, body),
+            Err(FrameError::WrongCluster {
+                ours: 43,
+                theirs: 42
+            })
+        );
     }
 
     #[test]
     fn hostile_frames_are_refused() {
-        assert!(matches!(check_frame_len(u32::MAX as usize), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            check_frame_len(u32::MAX as usize),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(matches!(check_frame_len(3), Err(FrameError::TooShort(3))));
         let mut garbage = BytesMut::new();
         garbage.put_u32(0xdead_beef);
         garbage.put_slice(&[0u8; 20]);
-        assert_eq!(decode_frame(1, garbage.freeze()), Err(FrameError::BadMagic(0xdead_beef)));
-        fuzz_frames(&[0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            decode_frame(1, garbage.freeze()),
+            Err(FrameError::BadMagic(0xdead_beef))
+        );
+        fuzz_frames(&[
+            0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7,
+        ]);
     }
 }

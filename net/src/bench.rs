@@ -1,0 +1,160 @@
+//! `kvstore bench`: a closed-loop load generator. Each client sends one request, waits for the
+//! answer, and sends the next; clients are spread over the servers round-robin. It prints a
+//! progress bar on a terminal and one summary line in the format of the shared load generator.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use rand::{Rng, SeedableRng};
+
+use crate::cli::ServersArg;
+use crate::client::KvClient;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub servers: ServersArg,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 128)]
+    pub value_size: usize,
+    /// Share of reads (GET) among requests, from 0.0 to 1.0; the rest are SETs.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
+    /// Requests go to this many distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub ok: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub ops_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok={} errors={} seconds={:.2} ops_per_s={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2} max_ms={:.2}",
+            self.ok, self.errors, self.seconds, self.ops_per_s, self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms
+        )
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.clients == 0 || args.servers.servers.is_empty() {
+        return Err("need at least one client and one server".into());
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return Err("--read-ratio must be between 0 and 1".into());
+    }
+    let report = bench(&args).await;
+    println!("clients={} {report}", args.clients);
+    if report.ok == 0 {
+        return Err("no request succeeded".into());
+    }
+    Ok(())
+}
+
+pub async fn bench(args: &BenchArgs) -> BenchReport {
+    let claimed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let (done, total) = (done.clone(), args.ops);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let n = done.load(Ordering::Relaxed).min(total);
+                let width = 30;
+                let filled = (n * width / total.max(1)) as usize;
+                let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                eprint!(
+                    "\r[{}{}] {n}/{total} {rate:.0} ops/s ",
+                    "#".repeat(filled),
+                    " ".repeat(width as usize - filled)
+                );
+                if n >= total {
+                    eprintln!();
+                    return;
+                }
+            }
+        })
+    });
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let (claimed, done, args) = (claimed.clone(), done.clone(), args.clone());
+            tokio::spawn(async move {
+                let mut client = KvClient::new(args.servers.servers.clone()).starting_at(i);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+                let value = vec![b'v'; args.value_size];
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while claimed.fetch_add(1, Ordering::Relaxed) < args.ops {
+                    let key = format!("key:{}", rng.gen_range(0..args.keys.max(1)));
+                    let t = Instant::now();
+                    let ok = if rng.gen_bool(args.read_ratio) {
+                        client.get(key.as_bytes()).await.is_ok()
+                    } else {
+                        client.set(key.as_bytes(), &value).await.is_ok()
+                    };
+                    if ok {
+                        latencies.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        } else {
+            errors += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    all.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1;
+        all[i] as f64 / 1000.0
+    };
+    BenchReport {
+        ok: all.len() as u64,
+        errors,
+        seconds,
+        ops_per_s: all.len() as f64 / seconds.max(1e-9),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: all.last().map_or(0.0, |&m| m as f64 / 1000.0),
+    }
+}

@@ -1,0 +1,513 @@
+//! The `kvstore` command line: run a node or a local cluster, talk to a cluster, benchmark it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::client::KvClient;
+use crate::node::{self, NodeConfig};
+use crate::server::{self, parse_info};
+use crate::transport::{Net, TokioNet};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvstore",
+    version,
+    about = "A Raft-replicated key-value store that speaks the Redis protocol."
+)]
+#[command(after_help = "Start a local 3-node cluster:   kvstore cluster\n\
+Then talk to it with any Redis client:  redis-cli -p 7001 set greeting hello")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run one node of a cluster.
+    Serve(ServeArgs),
+    /// Run a local cluster in this process (client ports 7001.., peer ports 7101..).
+    Cluster(ClusterArgs),
+    /// Print the value of a key.
+    Get {
+        key: String,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Set a key.
+    Set {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Add to an integer value (default 1).
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_hyphen_values = true)]
+        by: i64,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Compare-and-set: set KEY to NEW if it holds --expected (or is absent, with --absent).
+    Cas {
+        key: String,
+        new: String,
+        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Show every node's role, term, commit and applied index.
+    Status {
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Drive a cluster with a closed-loop load and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServersArg {
+    /// Client addresses of the cluster's nodes, comma-separated.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
+    pub servers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// This node's id (a member of --peers).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Every member's peer address: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// Where clients connect (Redis protocol).
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Where this node keeps its data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A file of `key = value` lines with the same settings (flags win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Milliseconds per Raft tick.
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Ticks without a leader before an election (randomized up to twice this).
+    #[arg(long)]
+    pub election_ticks: Option<u32>,
+    /// Milliseconds before a client request without an outcome is answered TIMEOUT.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Each node keeps its data in DIR/nodeN.
+    #[arg(long, default_value = "./kvstore-data")]
+    pub data_dir: PathBuf,
+    /// Client port of node 1; node N listens on PORT+N-1 for clients and PORT+100+N-1 for peers.
+    #[arg(long, default_value_t = 7001)]
+    pub port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+}
+
+/// Settings of one node, from a file and flags.
+#[derive(Debug, Default, Clone)]
+struct ServeSettings {
+    id: Option<u64>,
+    peers: Option<String>,
+    client_addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<u32>,
+    request_timeout_ms: Option<u64>,
+}
+
+fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let mut s = ServeSettings::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let where_ = || format!("{}:{}", path.display(), n + 1);
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("{}: expected `key = value`", where_()))?;
+        let (key, value) = (key.trim(), value.trim().trim_matches('"'));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{}: `{key}` needs a number, got `{v}`", where_()))
+        };
+        match key {
+            "id" => s.id = Some(num(value)?),
+            "peers" => s.peers = Some(value.to_string()),
+            "client-addr" | "client_addr" => s.client_addr = Some(value.to_string()),
+            "data-dir" | "data_dir" => s.data_dir = Some(PathBuf::from(value)),
+            "tick-ms" | "tick_ms" => s.tick_ms = Some(num(value)?),
+            "election-ticks" | "election_ticks" => {
+                s.election_ticks = Some(
+                    u32::try_from(num(value)?)
+                        .map_err(|_| format!("{}: election-ticks too large", where_()))?,
+                )
+            }
+            "request-timeout-ms" | "request_timeout_ms" => s.request_timeout_ms = Some(num(value)?),
+            other => return Err(format!("{}: unknown setting `{other}`", where_())),
+        }
+    }
+    Ok(s)
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer `{part}` is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id `{id}` is not a number"))?;
+        if id == 0 {
+            return Err("peer id 0 is reserved".into());
+        }
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("peer address `{addr}` is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} appears twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(peers)
+}
+
+fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), String> {
+    let file = match &args.config {
+        Some(p) => read_config_file(p)?,
+        None => ServeSettings::default(),
+    };
+    let id = args.id.or(file.id).ok_or("missing --id")?;
+    let peers = parse_peers(
+        args.peers
+            .as_deref()
+            .or(file.peers.as_deref())
+            .ok_or("missing --peers")?,
+    )?;
+    if !peers.contains_key(&id) {
+        return Err(format!(
+            "--id {id} is not one of the --peers ({:?})",
+            peers.keys().collect::<Vec<_>>()
+        ));
+    }
+    let client_addr = args
+        .client_addr
+        .clone()
+        .or(file.client_addr)
+        .ok_or("missing --client-addr")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .ok_or("missing --data-dir")?;
+    let mut cfg = NodeConfig::new(id, peers, data_dir);
+    if let Some(ms) = args.tick_ms.or(file.tick_ms) {
+        if ms == 0 {
+            return Err("--tick-ms must be positive".into());
+        }
+        cfg.tick = Duration::from_millis(ms);
+    }
+    if let Some(t) = args.election_ticks.or(file.election_ticks) {
+        if t < 2 {
+            return Err("--election-ticks must be at least 2".into());
+        }
+        cfg.election_ticks = t;
+    }
+    if let Some(ms) = args.request_timeout_ms.or(file.request_timeout_ms) {
+        cfg.request_timeout = Duration::from_millis(ms);
+    }
+    cfg.seed = rand::thread_rng().gen();
+    Ok((cfg, client_addr))
+}
+
+/// Runs one node until `shutdown`; errors are for the user.
+pub async fn run_node(
+    cfg: NodeConfig,
+    client_addr: String,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let net = TokioNet;
+    let clients = net.bind(client_addr.clone()).await.map_err(|e| {
+        format!(
+            "node {}: cannot listen for clients on {client_addr}: {e}",
+            cfg.id
+        )
+    })?;
+    let id = cfg.id;
+    let (handle, run) = node::start(cfg, net, shutdown.clone())
+        .await
+        .map_err(|e| format!("node {id}: {e}"))?;
+    tokio::spawn(server::run_client_server(
+        clients,
+        handle,
+        shutdown,
+        rand::thread_rng().gen(),
+    ));
+    run.await.map_err(|e| format!("node {id}: {e}"))
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM.
+fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub async fn main(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Cmd::Serve(args) => {
+            let (cfg, client_addr) = serve_config(&args)?;
+            let shutdown = shutdown_on_signals();
+            run_node(cfg, client_addr, shutdown).await
+        }
+        Cmd::Cluster(args) => run_cluster(args).await,
+        Cmd::Get { key, servers } => {
+            let mut c = KvClient::new(servers.servers);
+            match c.get(key.as_bytes()).await.map_err(|e| e.to_string())? {
+                Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+                None => println!("(nil)"),
+            }
+            Ok(())
+        }
+        Cmd::Set {
+            key,
+            value,
+            servers,
+        } => {
+            KvClient::new(servers.servers)
+                .set(key.as_bytes(), value.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("OK");
+            Ok(())
+        }
+        Cmd::Del { key, servers } => {
+            let existed = KvClient::new(servers.servers)
+                .del(key.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("(integer) {}", i32::from(existed));
+            Ok(())
+        }
+        Cmd::Incr { key, by, servers } => {
+            let v = KvClient::new(servers.servers)
+                .incr_by(key.as_bytes(), by)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("(integer) {v}");
+            Ok(())
+        }
+        Cmd::Cas {
+            key,
+            new,
+            expected,
+            absent: _,
+            servers,
+        } => {
+            let mut c = KvClient::new(servers.servers);
+            let swapped = c
+                .cas(
+                    key.as_bytes(),
+                    expected.as_deref().map(str::as_bytes),
+                    new.as_bytes(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("(integer) {}", i32::from(swapped));
+            Ok(())
+        }
+        Cmd::Status { servers } => status(servers.servers).await,
+        Cmd::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+async fn status(servers: Vec<String>) -> Result<(), String> {
+    println!(
+        "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12}",
+        "server", "node", "role", "term", "leader", "commit", "applied", "snapshot"
+    );
+    let mut reachable = 0;
+    for addr in &servers {
+        let mut c = KvClient::with_config(
+            vec![addr.clone()],
+            crate::client::ClientConfig {
+                max_attempts: 1,
+                request_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        match c.info().await {
+            Ok(text) => {
+                reachable += 1;
+                let f = parse_info(&text);
+                let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());
+                println!(
+                    "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12}",
+                    addr,
+                    get("node_id"),
+                    get("role"),
+                    get("term"),
+                    get("leader_id"),
+                    get("commit_index"),
+                    get("applied_index"),
+                    get("last_snapshot_index")
+                );
+            }
+            Err(e) => println!("{addr:<22} down ({e})"),
+        }
+    }
+    if reachable == 0 {
+        return Err("no server answered".into());
+    }
+    Ok(())
+}
+
+async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+    if args.nodes == 0 || args.nodes > 9 {
+        return Err("--nodes must be between 1 and 9".into());
+    }
+    let peer_base = args.port.checked_add(100).ok_or("--port too high")?;
+    let peers: BTreeMap<u64, String> = (1..=args.nodes)
+        .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
+        .collect();
+    let shutdown = shutdown_on_signals();
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes {
+        let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")));
+        cfg.seed = rand::thread_rng().gen();
+        let client_addr = format!("{}:{}", args.host, args.port + id as u16 - 1);
+        nodes.push(tokio::spawn(run_node(cfg, client_addr, shutdown.clone())));
+    }
+    let client_ports: Vec<String> = (1..=args.nodes)
+        .map(|i| (args.port + i as u16 - 1).to_string())
+        .collect();
+    println!(
+        "kvstore: {} nodes on {} (client ports {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
+        args.nodes,
+        args.host,
+        client_ports.join(", "),
+        args.data_dir.display(),
+        args.port,
+        client_ports.iter().map(|p| format!("{}:{p}", args.host)).collect::<Vec<_>>().join(","),
+    );
+    let mut first_error = None;
+    for n in nodes {
+        match n.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("kvstore: {e}");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("a node task failed: {e}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_named() {
+        let p = parse_peers("1=127.0.0.1:7101, 2=127.0.0.1:7102").unwrap();
+        assert_eq!(p.get(&2).map(String::as_str), Some("127.0.0.1:7102"));
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("not a number"));
+        assert!(parse_peers("1=nohost").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_peers("0=a:1").unwrap_err().contains("reserved"));
+    }
+
+    #[test]
+    fn a_config_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.conf");
+        std::fs::write(
+            &path,
+            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\ndata-dir = /tmp/x\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            id: None,
+            peers: None,
+            client_addr: Some("h:9999".into()),
+            data_dir: None,
+            config: Some(path.clone()),
+            tick_ms: None,
+            election_ticks: None,
+            request_timeout_ms: None,
+        };
+        let (cfg, client) = serve_config(&args).unwrap();
+        assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
+        std::fs::write(&path, "colour = blue\n").unwrap();
+        assert!(serve_config(&args)
+            .unwrap_err()
+            .contains("unknown setting `colour`"));
+    }
+}

@@ -1,0 +1,286 @@
+//! `KvClient`: the Rust client. It speaks the Redis protocol to any node, rotates to the next
+//! server when one fails (`rotateServer` of the original notes), and runs every write inside an
+//! exactly-once session: a client id and a sequence number that a retry repeats, so a write
+//! whose reply was lost is applied at most once however often it is retried.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::resp::{encode_request, Limits, Reply, ReplyParser};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// No server gave an answer within the attempts allowed. For a write, the outcome is
+    /// unknown if any attempt reached a server (`maybe_applied`).
+    Unavailable {
+        attempts: u32,
+        last_error: String,
+        maybe_applied: bool,
+    },
+    /// The server refused the request (wrong type of value, bad arguments, ...).
+    Server(String),
+    /// The reply was not what the command returns.
+    Protocol(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unavailable {
+                attempts,
+                last_error,
+                maybe_applied,
+            } => write!(
+                f,
+                "no server answered after {attempts} attempts (last error: {last_error}){}",
+                if *maybe_applied {
+                    "; the write may have been applied"
+                } else {
+                    ""
+                }
+            ),
+            ClientError::Server(e) => write!(f, "server error: {e}"),
+            ClientError::Protocol(e) => write!(f, "unexpected reply: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub connect_timeout: Duration,
+    /// How long to wait for one reply; a node answers TIMEOUT itself well before this.
+    pub request_timeout: Duration,
+    /// Attempts per request across all servers.
+    pub max_attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(8),
+            max_attempts: 20,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    parser: ReplyParser,
+}
+
+pub struct KvClient {
+    servers: Vec<String>,
+    current: usize,
+    conn: Option<Conn>,
+    client_id: u64,
+    next_seq: u64,
+    cfg: ClientConfig,
+}
+
+impl KvClient {
+    /// A client for `servers` (client-port addresses), starting with the first.
+    pub fn new(servers: Vec<String>) -> Self {
+        Self::with_config(servers, ClientConfig::default())
+    }
+
+    pub fn with_config(servers: Vec<String>, cfg: ClientConfig) -> Self {
+        // Client ids must be unique across the cluster's life; 64 random bits are.
+        let client_id = rand::thread_rng().gen::<u64>() | 1;
+        Self {
+            servers,
+            current: 0,
+            conn: None,
+            client_id,
+            next_seq: 1,
+            cfg,
+        }
+    }
+
+    /// Starts with server `index` (modulo the list), to spread clients over nodes.
+    pub fn starting_at(mut self, index: usize) -> Self {
+        if !self.servers.is_empty() {
+            self.current = index % self.servers.len();
+        }
+        self
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn current_server(&self) -> Option<&str> {
+        self.servers.get(self.current).map(String::as_str)
+    }
+
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>, ClientError> {
+        match self.call(&[b"GET", key], false).await? {
+            Reply::Bulk(v) => Ok(Some(v)),
+            Reply::Nil => Ok(None),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        match self.call(&[b"SET", key, value], true).await? {
+            Reply::Simple(_) => Ok(()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Deletes `key`; true if it existed.
+    pub async fn del(&mut self, key: &[u8]) -> Result<bool, ClientError> {
+        Ok(self.integer(&[b"DEL", key], true).await? == 1)
+    }
+
+    /// Adds `by` to the integer at `key` (absent counts as 0); returns the new value.
+    pub async fn incr_by(&mut self, key: &[u8], by: i64) -> Result<i64, ClientError> {
+        let by = by.to_string();
+        self.integer(&[b"INCRBY", key, by.as_bytes()], true).await
+    }
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if it is absent); true if it did.
+    pub async fn cas(
+        &mut self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, ClientError> {
+        let n = match expected {
+            Some(e) => self.integer(&[b"CAS", key, e, new], true).await?,
+            None => self.integer(&[b"CAS", key, new], true).await?,
+        };
+        Ok(n == 1)
+    }
+
+    /// The INFO text of the server currently talked to.
+    pub async fn info(&mut self) -> Result<String, ClientError> {
+        match self.call(&[b"INFO"], false).await? {
+            Reply::Bulk(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    async fn integer(&mut self, args: &[&[u8]], write: bool) -> Result<i64, ClientError> {
+        match self.call(args, write).await? {
+            Reply::Integer(n) => Ok(n),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a request, retrying on other servers until one answers. A write carries this
+    /// client's session and a sequence number fixed before the first attempt.
+    pub async fn call(&mut self, args: &[&[u8]], write: bool) -> Result<Reply, ClientError> {
+        let seq = self.next_seq;
+        if write {
+            self.next_seq += 1;
+        }
+        let (client, seq_text) = (self.client_id.to_string(), seq.to_string());
+        let mut full: Vec<&[u8]> = Vec::with_capacity(args.len() + 3);
+        if write {
+            full.extend([b"SEQ".as_slice(), client.as_bytes(), seq_text.as_bytes()]);
+        }
+        full.extend_from_slice(args);
+
+        let mut last_error = String::from("no servers configured");
+        let mut maybe_applied = false;
+        for attempt in 0..self.cfg.max_attempts {
+            if self.servers.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.backoff.min(Duration::from_millis(20) * attempt)).await;
+            }
+            match self.attempt(&full).await {
+                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
+                    last_error = e;
+                    self.rotate();
+                }
+                Ok(Reply::Error(e)) if e.starts_with("TIMEOUT") => {
+                    maybe_applied = true;
+                    last_error = e;
+                    self.rotate();
+                }
+                Ok(Reply::Error(e)) => return Err(ClientError::Server(e)),
+                Ok(reply) => return Ok(reply),
+                Err((e, sent)) => {
+                    maybe_applied |= sent && write;
+                    last_error = e;
+                    self.conn = None;
+                    self.rotate();
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: self.cfg.max_attempts,
+            last_error,
+            maybe_applied,
+        })
+    }
+
+    /// Moves to the next server, as the original notes' `rotateServer`.
+    fn rotate(&mut self) {
+        self.conn = None;
+        if !self.servers.is_empty() {
+            self.current = (self.current + 1) % self.servers.len();
+        }
+    }
+
+    /// One try on the current server. The error says whether the request may have been sent.
+    async fn attempt(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
+        if self.conn.is_none() {
+            let addr = self.servers[self.current].clone();
+            let stream =
+                match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&addr))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err((format!("{addr}: {e}"), false)),
+                    Err(_) => return Err((format!("{addr}: connect timed out"), false)),
+                };
+            let _ = stream.set_nodelay(true);
+            self.conn = Some(Conn {
+                stream,
+                buf: BytesMut::with_capacity(4096),
+                parser: ReplyParser::new(Limits::default()),
+            });
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(("not connected".into(), false));
+        };
+        let mut out = BytesMut::new();
+        encode_request(args, &mut out);
+        if let Err(e) = conn.stream.write_all(&out).await {
+            return Err((e.to_string(), true));
+        }
+        let timeout = self.cfg.request_timeout;
+        let read = async {
+            loop {
+                match conn.parser.parse(&mut conn.buf) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("bad reply: {e}")),
+                }
+                match conn.stream.read_buf(&mut conn.buf).await {
+                    Ok(0) => return Err("connection closed".to_string()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err((e, true)),
+            Err(_) => Err(("no reply in time".into(), true)),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! The client port: the Redis protocol (RESP2) mapped onto node requests, so that redis-cli,
+//! redis-benchmark and Redis client libraries work unchanged.
+//!
+//! Commands: GET, SET, DEL, EXISTS, INCR, INCRBY, DECR, DECRBY, CAS, PING, ECHO, QUIT, INFO,
+//! plus enough of CONFIG, COMMAND, CLIENT and SELECT for tools to start. `CAS key expected new`
+//! sets `key` to `new` only if it holds `expected`; `CAS key new` only if it is absent; the reply
+//! is 1 if it swapped, 0 if not. `SEQ client-id seq <command...>` runs a write inside an
+//! exactly-once session (used by `KvClient`, whose retries reuse the pair).
+//!
+//! Errors: `-TRYAGAIN ...` means certainly not applied; `-TIMEOUT ...` means the outcome is
+//! unknown. Any other error leaves the connection usable, except a protocol error, after which
+//! the stream cannot be resynchronised and the connection is closed.
+
+use bytes::{Bytes, BytesMut};
+use kv::{Command, CommandResult, Op, SESSIONLESS_CLIENT};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::request::{NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
+use crate::resp::{Limits, Reply, Request, RequestParser};
+use crate::transport::{Listener, Stream};
+
+/// Requests parsed from one read are executed concurrently and answered in order.
+const MAX_PIPELINE: usize = 1024;
+
+/// Accepts client connections until `shutdown` turns true.
+pub async fn run_client_server<L: Listener>(
+    mut listener: L,
+    node: NodeHandle,
+    mut shutdown: watch::Receiver<bool>,
+    seed: u64,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    tracing::debug!(%remote, "client connected");
+                    tokio::spawn(serve_connection(stream, node.clone(), rng.gen(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection<S: Stream>(
+    mut stream: S,
+    node: NodeHandle,
+    conn_seed: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut parser = RequestParser::new(Limits::default());
+    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    // Sessionless writes need request ids unique cluster-wide, across restarts too.
+    let mut ids = rand::rngs::StdRng::seed_from_u64(conn_seed);
+    loop {
+        let mut batch = Vec::new();
+        let mut protocol_error = None;
+        while batch.len() < MAX_PIPELINE {
+            match parser.parse(&mut inbuf) {
+                Ok(Some(req)) => batch.push(req),
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() && protocol_error.is_none() {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                read = stream.read_buf(&mut inbuf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                },
+            }
+        }
+        let tasks: Vec<_> = batch
+            .into_iter()
+            .map(|req| {
+                let node = node.clone();
+                let request_id = ids.gen::<u64>() | 1;
+                tokio::spawn(async move { execute(req, &node, request_id).await })
+            })
+            .collect();
+        let mut quit = false;
+        for task in tasks {
+            let (reply, close) = task
+                .await
+                .unwrap_or_else(|_| (Reply::error("ERR internal error"), false));
+            reply.encode(&mut outbuf);
+            quit |= close;
+        }
+        if let Some(e) = &protocol_error {
+            tracing::debug!(error = %e, "closing a client connection after a protocol error");
+            Reply::error(format!("ERR Protocol error: {e}")).encode(&mut outbuf);
+        }
+        if stream.write_all(&outbuf).await.is_err() {
+            return;
+        }
+        outbuf.clear();
+        if quit || protocol_error.is_some() {
+            let _ = stream.flush().await;
+            return;
+        }
+    }
+}
+
+fn upper(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+fn arity_error(name: &str) -> Reply {
+    Reply::error(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
+}
+
+fn request_error(e: RequestError) -> Reply {
+    Reply::error(e.to_string())
+}
+
+fn parse_i64(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// Runs one request; the flag says to close the connection after replying (QUIT).
+pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply, bool) {
+    let Some(name) = req.args.first() else {
+        return (Reply::error("ERR empty command"), false);
+    };
+    let name = upper(name);
+    let args = &req.args[1..];
+    let session = (SESSIONLESS_CLIENT, request_id);
+    let reply = match name.as_str() {
+        "PING" => match args {
+            [] => Reply::Simple("PONG".into()),
+            [msg] => Reply::Bulk(msg.clone()),
+            _ => arity_error(&name),
+        },
+        "ECHO" => match args {
+            [msg] => Reply::Bulk(msg.clone()),
+            _ => arity_error(&name),
+        },
+        "QUIT" => return (Reply::ok(), true),
+        "SEQ" => match args {
+            [client, seq, rest @ ..] if !rest.is_empty() => {
+                match (parse_u64(client), parse_u64(seq)) {
+                    (Some(client), Some(seq)) if client != SESSIONLESS_CLIENT => {
+                        let inner = Request {
+                            args: rest.to_vec(),
+                        };
+                        write_command(&upper(&rest[0]), &inner.args[1..], node, (client, seq)).await
+                    }
+                    _ => Reply::error("ERR SEQ needs a non-zero client id and a sequence number"),
+                }
+            }
+            _ => arity_error(&name),
+        },
+        "INFO" => match node.info().await {
+            Ok(info) => Reply::Bulk(Bytes::from(info_text(&info))),
+            Err(e) => request_error(e),
+        },
+        "GET" => match args {
+            [key] => match node.read(ReadOp::Get(key.clone())).await {
+                Ok(ReadResult::Value(Some(v))) => Reply::Bulk(v),
+                Ok(ReadResult::Value(None)) => Reply::Nil,
+                Ok(ReadResult::Count(_)) => {
+                    Reply::error("ERR internal error: unexpected read result")
+                }
+                Err(e) => request_error(e),
+            },
+            _ => arity_error(&name),
+        },
+        "EXISTS" => match args {
+            [] => arity_error(&name),
+            keys => match node.read(ReadOp::Exists(keys.to_vec())).await {
+                Ok(ReadResult::Count(n)) => Reply::Integer(n),
+                Ok(ReadResult::Value(_)) => {
+                    Reply::error("ERR internal error: unexpected read result")
+                }
+                Err(e) => request_error(e),
+            },
+        },
+        "CONFIG" => config(args),
+        "COMMAND" => match args.first().map(|a| upper(a)).as_deref() {
+            Some("COUNT") => Reply::Integer(0),
+            _ => Reply::Array(Vec::new()),
+        },
+        "CLIENT" => match args.first().map(|a| upper(a)).as_deref() {
+            Some("SETNAME") | Some("SETINFO") => Reply::ok(),
+            Some("GETNAME") => Reply::Nil,
+            Some("ID") => Reply::Integer((request_id >> 1) as i64),
+            _ => Reply::error("ERR unsupported CLIENT subcommand"),
+        },
+        "SELECT" => match args {
+            [db] if db.as_ref() == b"0" => Reply::ok(),
+            [_] => Reply::error("ERR DB index is out of range (only database 0 exists)"),
+            _ => arity_error(&name),
+        },
+        _ => write_command(&name, args, node, session).await,
+    };
+    (reply, false)
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// The write commands, inside the given session.
+async fn write_command(
+    name: &str,
+    args: &[Bytes],
+    node: &NodeHandle,
+    (client_id, seq): (u64, u64),
+) -> Reply {
+    let op = match (name, args) {
+        ("SET", [key, value]) => Op::Set {
+            key: key.clone(),
+            value: value.clone(),
+        },
+        ("SET", [_, _, ..]) => {
+            return Reply::error("ERR SET options (EX, PX, NX, XX, ...) are not supported")
+        }
+        ("INCR", [key]) => Op::Incr {
+            key: key.clone(),
+            by: 1,
+        },
+        ("DECR", [key]) => Op::Incr {
+            key: key.clone(),
+            by: -1,
+        },
+        ("INCRBY", [key, by]) | ("DECRBY", [key, by]) => {
+            let Some(by) = parse_i64(by) else {
+                return Reply::error("ERR value is not an integer or out of range");
+            };
+            let by = if name == "DECRBY" {
+                by.checked_neg()
+            } else {
+                Some(by)
+            };
+            let Some(by) = by else {
+                return Reply::error("ERR decrement would overflow");
+            };
+            Op::Incr {
+                key: key.clone(),
+                by,
+            }
+        }
+        ("CAS", [key, new]) => Op::Cas {
+            key: key.clone(),
+            expected: None,
+            new: Some(new.clone()),
+        },
+        ("CAS", [key, expected, new]) => Op::Cas {
+            key: key.clone(),
+            expected: Some(expected.clone()),
+            new: Some(new.clone()),
+        },
+        ("DEL", [key]) => Op::Delete { key: key.clone() },
+        ("DEL", keys) if !keys.is_empty() && client_id == SESSIONLESS_CLIENT => {
+            return delete_many(keys, node, seq).await
+        }
+        ("SET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "CAS" | "DEL", _) => {
+            return arity_error(name)
+        }
+        _ => {
+            return Reply::error(format!(
+                "ERR unknown command '{}'",
+                name.to_ascii_lowercase()
+            ))
+        }
+    };
+    match node.write(Command::new(client_id, seq, op)).await {
+        Ok(result) => command_reply(result),
+        Err(e) => request_error(e),
+    }
+}
+
+/// DEL of several keys: one delete each, run together; the reply counts those that existed.
+async fn delete_many(keys: &[Bytes], node: &NodeHandle, first_id: u64) -> Reply {
+    let deletes: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let node = node.clone();
+            let cmd = Command::new(
+                SESSIONLESS_CLIENT,
+                first_id.wrapping_add(2 * i as u64),
+                Op::Delete { key: key.clone() },
+            );
+            tokio::spawn(async move { node.write(cmd).await })
+        })
+        .collect();
+    let mut existed = 0;
+    for d in deletes {
+        match d.await {
+            Ok(Ok(CommandResult::Deleted { existed: true })) => existed += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return request_error(e),
+            Err(_) => return Reply::error("ERR internal error"),
+        }
+    }
+    Reply::Integer(existed)
+}
+
+fn command_reply(result: CommandResult) -> Reply {
+    match result {
+        CommandResult::Ok => Reply::ok(),
+        CommandResult::Deleted { existed } => Reply::Integer(i64::from(existed)),
+        CommandResult::CasOk => Reply::Integer(1),
+        CommandResult::CasFailed { .. } => Reply::Integer(0),
+        CommandResult::Value(v) => Reply::Integer(v),
+        CommandResult::Error(e) => Reply::error(format!("ERR {e}")),
+        CommandResult::Stale { last_seq } => Reply::error(format!(
+            "ERR stale request: this session already applied sequence number {last_seq}"
+        )),
+    }
+}
+
+/// CONFIG GET answers what benchmark tools ask for; everything else is empty or refused.
+fn config(args: &[Bytes]) -> Reply {
+    match (
+        args.first().map(|a| upper(a)).as_deref(),
+        &args[1.min(args.len())..],
+    ) {
+        (Some("GET"), [param]) => {
+            let value = match upper(param).as_str() {
+                "SAVE" => Some(""),
+                "APPENDONLY" => Some("no"),
+                "DATABASES" => Some("1"),
+                _ => None,
+            };
+            match value {
+                Some(v) => Reply::Array(vec![
+                    Reply::Bulk(param.clone()),
+                    Reply::Bulk(Bytes::from(v.to_string())),
+                ]),
+                None => Reply::Array(Vec::new()),
+            }
+        }
+        (Some("RESETSTAT"), []) => Reply::ok(),
+        (Some("SET"), _) => {
+            Reply::error("ERR CONFIG SET is not supported; restart the node with new flags")
+        }
+        _ => Reply::error("ERR unsupported CONFIG subcommand"),
+    }
+}
+
+/// The INFO text, in Redis' `field:value` format.
+pub fn info_text(info: &NodeInfo) -> String {
+    let role = match info.role {
+        raft_core::Role::Leader => "leader",
+        raft_core::Role::Follower => "follower",
+        raft_core::Role::Candidate => "candidate",
+        raft_core::Role::PreCandidate => "precandidate",
+    };
+    format!(
+        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nlast_snapshot_index:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        info.id,
+        info.term,
+        info.leader.unwrap_or(0),
+        info.commit_index,
+        info.applied_index,
+        info.last_index,
+        info.last_snapshot_index,
+    )
+}
+
+/// Reads `field:value` lines of an INFO reply.
+pub fn parse_info(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -1,0 +1,207 @@
+//! Helpers for end-to-end tests: build the real `kvstore` binary, run clusters of it as child
+//! processes on loopback ports, kill and restart them, and poll their state with generous
+//! bounds (never timing assertions: the machines are shared and noisy).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use net::client::{ClientConfig, KvClient};
+use net::server::parse_info;
+
+/// The `kvstore` binary of this build profile, built once per test run.
+pub fn kvstore_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile directory")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "-q", "-p", "net", "--bin", "kvstore"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "building kvstore failed");
+        profile_dir.join("kvstore")
+    })
+    .clone()
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub client_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `kvstore serve` processes.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub peers: String,
+    pub nodes: BTreeMap<u64, TestNode>,
+}
+
+impl TestCluster {
+    pub fn start(n: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers = (1..=n)
+            .map(|i| format!("{i}=127.0.0.1:{}", peer_ports[i as usize - 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let node = TestNode {
+                id,
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node{id}")),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            };
+            nodes.insert(id, node);
+        }
+        let mut cluster = Self { dir, peers, nodes };
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn serve_command(&self, id: u64) -> Command {
+        let node = &self.nodes[&id];
+        let mut cmd = Command::new(kvstore_bin());
+        cmd.args([
+            "serve",
+            "--id",
+            &id.to_string(),
+            "--peers",
+            &self.peers,
+            "--client-addr",
+            &node.client_addr,
+        ])
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .args(["--tick-ms", "50"])
+        .env("KVSTORE_LOG", "warn,net=info");
+        cmd
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let mut cmd = self.serve_command(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning kvstore");
+        node.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn servers(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.client_addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> KvClient {
+        KvClient::new(self.servers())
+    }
+
+    /// INFO fields of one node, if it answers.
+    pub async fn info(&self, id: u64) -> Option<BTreeMap<String, String>> {
+        let cfg = ClientConfig {
+            max_attempts: 1,
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let mut c = KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg);
+        c.info().await.ok().map(|t| parse_info(&t))
+    }
+
+    /// The id of a node that says it leads, polling for up to `bound`.
+    pub async fn wait_for_leader(&self, bound: Duration) -> u64 {
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            for &id in self.nodes.keys() {
+                if self.nodes[&id].child.is_none() {
+                    continue;
+                }
+                if let Some(info) = self.info(id).await {
+                    if info.get("role").map(String::as_str) == Some("leader") {
+                        return id;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no leader within {bound:?}\n{}", self.logs());
+    }
+
+    /// Everything the nodes logged, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| {
+                format!(
+                    "--- node {} ---\n{}",
+                    n.id,
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// Polls `check` until it returns true, for up to `bound`.
+pub async fn eventually<F, Fut>(bound: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within {bound:?}");
+}

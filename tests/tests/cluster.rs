@@ -1,0 +1,196 @@
+//! A real 3-node cluster of `kvstore` processes: failover, catch-up, full restart, exactly-once
+//! retries, and the Redis tools.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use e2e::{eventually, TestCluster};
+use net::client::KvClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn write_all(
+    servers: Vec<String>,
+    prefix: &str,
+    range: std::ops::Range<u32>,
+    acked: &mut BTreeMap<String, String>,
+) {
+    // Eight clients in parallel, each writing its share.
+    let shares: Vec<_> = (0..8u32)
+        .map(|c| {
+            let servers = servers.clone();
+            let keys: Vec<u32> = range.clone().filter(|k| k % 8 == c).collect();
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                let mut client = KvClient::new(servers).starting_at(c as usize);
+                let mut done = Vec::new();
+                for k in keys {
+                    let (key, value) = (format!("{prefix}{k}"), format!("value-{k}"));
+                    client
+                        .set(key.as_bytes(), value.as_bytes())
+                        .await
+                        .unwrap_or_else(|e| panic!("write {key}: {e}"));
+                    done.push((key, value));
+                }
+                done
+            })
+        })
+        .collect();
+    for s in shares {
+        acked.extend(s.await.expect("writer task"));
+    }
+}
+
+async fn check_all(client: &mut KvClient, acked: &BTreeMap<String, String>) {
+    for (k, v) in acked {
+        let got = client
+            .get(k.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("read {k}: {e}"));
+        assert_eq!(
+            got.as_deref(),
+            Some(v.as_bytes()),
+            "acknowledged write of {k} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_survive_leader_failure_catch_up_and_full_restart() {
+    let mut cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let mut acked = BTreeMap::new();
+    write_all(cluster.servers(), "k", 0..1000, &mut acked).await;
+
+    // kill -9 the leader: writes resume on the other two.
+    cluster.kill(leader);
+    write_all(cluster.servers(), "after-kill-", 0..100, &mut acked).await;
+    let new_leader = cluster.wait_for_leader(BOUND).await;
+    assert_ne!(new_leader, leader);
+
+    // The old leader restarts and catches up.
+    cluster.start_node(leader);
+    let target = cluster
+        .info(new_leader)
+        .await
+        .and_then(|i| i["commit_index"].parse::<u64>().ok())
+        .expect("leader info");
+    let c = &cluster;
+    eventually(BOUND, "the restarted node catching up", || async move {
+        c.info(leader)
+            .await
+            .and_then(|i| i.get("applied_index")?.parse::<u64>().ok())
+            .is_some_and(|a| a >= target)
+    })
+    .await;
+
+    // Every node down at once, then up again: nothing acknowledged is lost.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(BOUND).await;
+    check_all(&mut cluster.client(), &acked).await;
+}
+
+/// Sends one request on a fresh connection and returns the raw reply bytes (or none if `read`
+/// is false: the reply is "lost").
+async fn raw(addr: &str, request: &[u8], read: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("send");
+    if !read {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("a reply in time")
+        .expect("read");
+    buf.truncate(n);
+    buf
+}
+
+fn resp(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_retried_after_its_reply_was_lost_is_applied_once() {
+    let cluster = TestCluster::start(3);
+    cluster.wait_for_leader(BOUND).await;
+    let servers = cluster.servers();
+    let client_id = "4242";
+    for seq in 1..=20u32 {
+        let req = resp(&["SEQ", client_id, &seq.to_string(), "INCR", "counter"]);
+        // The first try's reply is lost; the retry goes to another node with the same (client, seq).
+        raw(&servers[seq as usize % 3], &req, false).await;
+        let reply = raw(&servers[(seq as usize + 1) % 3], &req, true).await;
+        assert!(
+            reply.starts_with(b":"),
+            "INCR reply: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let mut c = cluster.client();
+    let v = c.get(b"counter").await.expect("read counter");
+    assert_eq!(
+        v.as_deref(),
+        Some(&b"20"[..]),
+        "each of the 20 increments must count once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cli_works_against_a_follower() {
+    if std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-cli is missing (apt-get install redis-tools)"
+        );
+        eprintln!(
+            "SKIPPED: redis-cli is not installed (apt-get install redis-tools); CI installs it"
+        );
+        return;
+    }
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let port = cluster.nodes[&follower]
+        .client_addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(cli(&["set", "tool", "redis-cli"]).0, "OK");
+    assert_eq!(cli(&["get", "tool"]).0, "redis-cli");
+    assert_eq!(cli(&["incr", "n"]).0, "1");
+    assert_eq!(cli(&["cas", "tool", "redis-cli", "swapped"]).0, "1");
+    assert_eq!(cli(&["get", "tool"]).0, "swapped");
+    let (unknown, _) = cli(&["frobnicate"]);
+    assert!(unknown.contains("unknown command"), "{unknown}");
+    let (info, stderr) = cli(&["info"]);
+    assert!(info.contains("role:follower"), "{info}\n{stderr}");
+}
