@@ -457,7 +457,7 @@ impl KvStateMachine {
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let end = end.map(user_key);
         self.scan(&user_key(start), limit, |k| {
-            k.first() == Some(&USER) && end.as_deref().map_or(true, |e| k < e)
+            k.first() == Some(&USER) && end.as_deref().is_none_or(|e| k < e)
         })
     }
 

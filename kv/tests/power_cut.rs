@@ -23,7 +23,7 @@ impl Lcg {
 
 fn command(i: Index) -> Bytes {
     // Client i % 7 with sequence i: every entry is a new request of some client.
-    let op = if i % 5 == 0 {
+    let op = if i.is_multiple_of(5) {
         Op::Incr {
             key: Bytes::from_static(b"counter"),
             by: 1,

@@ -56,6 +56,11 @@ pub fn merge_writes(writes: Vec<Persist>) -> Option<Persist> {
     Some(merged)
 }
 
+/// What the log thread found on disk (or why it could not open it), and the database's path.
+pub type LogOpened = oneshot::Receiver<Result<(RestartState, PathBuf), String>>;
+/// The state machine's applied index (or why it could not open), and the database's path.
+pub type StateOpened = oneshot::Receiver<Result<(Index, PathBuf), String>>;
+
 pub struct LogThread {
     pub handle: JoinHandle<()>,
     pub writes: mpsc::UnboundedSender<Persist>,
@@ -65,10 +70,7 @@ pub struct LogThread {
 pub fn spawn_log_thread(
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(
-    LogThread,
-    oneshot::Receiver<Result<(RestartState, PathBuf), String>>,
-)> {
+) -> std::io::Result<(LogThread, LogOpened)> {
     let (writes, mut rx) = mpsc::unbounded_channel::<Persist>();
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let handle = std::thread::Builder::new()
@@ -124,10 +126,7 @@ pub struct ApplyThread {
 pub fn spawn_apply_thread(
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(
-    ApplyThread,
-    oneshot::Receiver<Result<(Index, PathBuf), String>>,
-)> {
+) -> std::io::Result<(ApplyThread, StateOpened)> {
     let (requests, mut rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
     let handle = std::thread::Builder::new()
