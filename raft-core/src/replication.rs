@@ -57,9 +57,37 @@ impl RawNode {
                 sent_entries = true;
             }
             if !sent_entries && commit_news {
-                self.send_append(to, true);
+                self.send_commit(to);
             }
         }
+    }
+
+    /// Tells `to` the commit index up to what it is known to hold, in an empty append anchored
+    /// at its match index rather than at `next`: it cannot overtake appends in flight and be
+    /// rejected, and it takes no room in the flow-control window.
+    fn send_commit(&mut self, to: NodeId) {
+        let committed = self.log.committed();
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let commit = committed.min(pr.matched);
+        if commit <= pr.commit_sent {
+            return;
+        }
+        let Some(prev_log_term) = self.log.term(pr.matched) else {
+            return;
+        };
+        pr.commit_sent = commit;
+        let prev_log_index = pr.matched;
+        self.send(
+            to,
+            MessageBody::AppendRequest {
+                prev_log_index,
+                prev_log_term,
+                entries: Vec::new(),
+                commit,
+            },
+        );
     }
 
     /// Sends one append to `to` if flow control allows. An empty append (commit index only, or a
@@ -152,7 +180,15 @@ impl RawNode {
             pr.inflight.free_up_to(index);
         }
         self.maybe_commit();
-        while self.send_append(from, false) {}
+        let mut sent_entries = false;
+        while self.send_append(from, false) {
+            sent_entries = true;
+        }
+        if !sent_entries {
+            // A follower that acknowledged after the commit (it was the slower one) would
+            // otherwise learn it only from the next heartbeat, and so would its clients.
+            self.send_commit(from);
+        }
     }
 
     pub(crate) fn broadcast_heartbeats(&mut self, read_round: u64) {
