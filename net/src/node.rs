@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kv::{CommandResult, Identity};
-use raft_core::{Config, Index, Message, NodeId, RawNode};
+use raft_core::{Config, Index, Message, NodeId, ProposeError, RawNode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -101,6 +101,15 @@ struct PendingRead {
     deadline: Instant,
 }
 
+/// A request that arrived while no leader was known, waiting for an election to end.
+struct ParkedRequest {
+    req: ClientRequest,
+    deadline: Instant,
+}
+
+/// How many requests may wait for a leader at once; beyond that they are refused at once.
+const MAX_PARKED: usize = 65_536;
+
 struct NodeLoop {
     cfg: NodeConfig,
     core: RawNode,
@@ -112,6 +121,9 @@ struct NodeLoop {
     reads: BTreeMap<u64, PendingRead>,
     /// Confirmed reads waiting for the apply thread to be handed their index.
     reads_waiting_for_apply: BTreeMap<Index, Vec<PendingRead>>,
+    /// Requests that came while no leader was known (a cluster starting, an election): they are
+    /// submitted when one is, or refused with TRYAGAIN at their deadline.
+    waiting_for_leader: Vec<ParkedRequest>,
     next_read_id: u64,
     handed_to_apply: Index,
     applied: Index,
@@ -224,6 +236,7 @@ pub async fn start<N: Net>(
         writes: BTreeMap::new(),
         reads: BTreeMap::new(),
         reads_waiting_for_apply: BTreeMap::new(),
+        waiting_for_leader: Vec::new(),
         next_read_id: 1,
         handed_to_apply: applied,
         applied,
@@ -326,6 +339,16 @@ impl NodeLoop {
 
     fn on_request(&mut self, req: ClientRequest) {
         let deadline = Instant::now() + self.cfg.request_timeout;
+        self.submit(req, deadline);
+    }
+
+    /// Whether a request refused now may succeed once an election ends.
+    fn worth_waiting_for_leader(&self, e: &ProposeError) -> bool {
+        matches!(e, ProposeError::NotLeader { leader_hint: None })
+            && self.waiting_for_leader.len() < MAX_PARKED
+    }
+
+    fn submit(&mut self, req: ClientRequest, deadline: Instant) {
         match req {
             ClientRequest::Write { cmd, reply } => {
                 let key = (cmd.client_id, cmd.seq);
@@ -335,6 +358,12 @@ impl NodeLoop {
                         .entry(key)
                         .or_default()
                         .push(WriteWaiter { reply, deadline }),
+                    Err(e) if self.worth_waiting_for_leader(&e) => {
+                        self.waiting_for_leader.push(ParkedRequest {
+                            req: ClientRequest::Write { cmd, reply },
+                            deadline,
+                        });
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
                     }
@@ -353,6 +382,12 @@ impl NodeLoop {
                                 deadline,
                             },
                         );
+                    }
+                    Err(e) if self.worth_waiting_for_leader(&e) => {
+                        self.waiting_for_leader.push(ParkedRequest {
+                            req: ClientRequest::Read { op, reply },
+                            deadline,
+                        });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
@@ -391,6 +426,11 @@ impl NodeLoop {
                         let _ = read
                             .reply
                             .send(Err(RequestError::TryAgain("leadership changed".into())));
+                    }
+                }
+                if soft.leader.is_some() {
+                    for parked in std::mem::take(&mut self.waiting_for_leader) {
+                        self.submit(parked.req, parked.deadline);
                     }
                 }
             }
@@ -442,6 +482,14 @@ impl NodeLoop {
     }
 
     fn expire(&mut self, now: Instant) {
+        for parked in self
+            .waiting_for_leader
+            .extract_if(.., |p| p.deadline <= now)
+        {
+            parked
+                .req
+                .refuse("no leader was elected within the request timeout");
+        }
         for waiters in self.writes.values_mut() {
             for w in waiters.extract_if(.., |w| w.deadline <= now) {
                 let _ = w.reply.send(Err(RequestError::Timeout(
@@ -477,6 +525,9 @@ impl NodeLoop {
             let _ = r.reply.send(Err(RequestError::TryAgain(
                 "the node is shutting down".into(),
             )));
+        }
+        for parked in self.waiting_for_leader {
+            parked.req.refuse("the node is shutting down");
         }
         for r in self.reads_waiting_for_apply.into_values().flatten() {
             let _ = r.reply.send(Err(RequestError::TryAgain(

@@ -70,6 +70,22 @@ pub enum ClientRequest {
     },
 }
 
+impl ClientRequest {
+    /// Answers TRYAGAIN: for a request that never reached the log.
+    pub(crate) fn refuse(self, why: &str) {
+        let refused = RequestError::TryAgain(why.into());
+        match self {
+            ClientRequest::Write { reply, .. } => {
+                let _ = reply.send(Err(refused));
+            }
+            ClientRequest::Read { reply, .. } => {
+                let _ = reply.send(Err(refused));
+            }
+            ClientRequest::Info { .. } => {}
+        }
+    }
+}
+
 /// A cheap, cloneable way to ask the node loop.
 #[derive(Clone)]
 pub struct NodeHandle {

@@ -60,7 +60,17 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
+    /// An `n`-node cluster with every node started.
     pub fn start(n: u64) -> Self {
+        let mut cluster = Self::configure(n);
+        for id in 1..=n {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// An `n`-node cluster whose nodes are started one by one with [`Self::start_node`].
+    pub fn configure(n: u64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let peer_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peers = (1..=n)
@@ -78,11 +88,7 @@ impl TestCluster {
             };
             nodes.insert(id, node);
         }
-        let mut cluster = Self { dir, peers, nodes };
-        for id in 1..=n {
-            cluster.start_node(id);
-        }
-        cluster
+        Self { dir, peers, nodes }
     }
 
     pub fn serve_command(&self, id: u64) -> Command {

@@ -194,3 +194,33 @@ async fn redis_cli_works_against_a_follower() {
     let (info, stderr) = cli(&["info"]);
     assert!(info.contains("role:follower"), "{info}\n{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_sent_before_any_leader_exists_waits_for_the_election() {
+    // One node of three cannot elect a leader: its request must wait, not fail at once.
+    let mut cluster = TestCluster::configure(3);
+    cluster.start_node(1);
+    let addr = cluster.nodes[&1].client_addr.clone();
+    let probe = addr.clone();
+    eventually(BOUND, "node 1 accepting clients", || {
+        let probe = probe.clone();
+        async move { TcpStream::connect(&probe).await.is_ok() }
+    })
+    .await;
+    let early =
+        tokio::spawn(async move { raw(&addr, &resp(&["SET", "early", "bird"]), true).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.start_node(2);
+    cluster.start_node(3);
+    let reply = early.await.expect("request task");
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "+OK\r\n",
+        "a request sent during startup must be served once a leader is elected"
+    );
+    let mut c = cluster.client();
+    assert_eq!(
+        c.get(b"early").await.expect("read").as_deref(),
+        Some(&b"bird"[..])
+    );
+}
