@@ -18,6 +18,7 @@ mod codec;
 pub mod command;
 pub mod env;
 mod error;
+pub mod fuzzing;
 pub mod identity;
 mod ldb;
 pub mod node;

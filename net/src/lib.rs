@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod fuzzing;
 pub mod node;
 pub mod request;
 pub mod resp;

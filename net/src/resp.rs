@@ -89,6 +89,19 @@ fn parse_int(line: &[u8]) -> Result<i64, ParseError> {
         })
 }
 
+/// The longest length a request header can spell, `-9223372036854775808`.
+const MAX_LEN_DIGITS: usize = 20;
+
+/// Parses the length of an array or bulk header. A longer line is refused whatever it spells
+/// (`*000…001`): otherwise whether it is accepted would depend on how the bytes were split
+/// across reads, since an unterminated header is refused once it passes 32 bytes.
+fn parse_len(line: &[u8]) -> Result<i64, ParseError> {
+    if line.len() > MAX_LEN_DIGITS {
+        return Err(ParseError::InvalidLength("too long".into()));
+    }
+    parse_int(line)
+}
+
 pub struct RequestParser {
     limits: Limits,
 }
@@ -137,7 +150,7 @@ impl RequestParser {
                 Ok(Parsed::Incomplete)
             };
         };
-        let count = parse_int(&buf[1..end])?;
+        let count = parse_len(&buf[1..end])?;
         if count <= 0 {
             return Ok(Parsed::Skip(end + 2));
         }
@@ -163,7 +176,7 @@ impl RequestParser {
                     Ok(Parsed::Incomplete)
                 };
             };
-            let len = parse_int(&buf[pos + 1..end])?;
+            let len = parse_len(&buf[pos + 1..end])?;
             if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
                 return Err(ParseError::BulkTooLarge {
                     len,
