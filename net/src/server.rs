@@ -82,21 +82,18 @@ async fn serve_connection<S: Stream>(
                 },
             }
         }
-        let tasks: Vec<_> = batch
-            .into_iter()
-            .map(|req| {
-                let node = node.clone();
-                let request_id = ids.gen::<u64>() | 1;
-                tokio::spawn(async move { execute(req, &node, request_id).await })
-            })
-            .collect();
         let mut quit = false;
-        for task in tasks {
-            let (reply, close) = task
-                .await
-                .unwrap_or_else(|_| (Reply::error("ERR internal error"), false));
-            reply.encode(&mut outbuf);
-            quit |= close;
+        for run in runs_in_pipeline_order(batch) {
+            let replies = join_in_order(
+                run.into_iter()
+                    .map(|req| execute(req, &node, ids.gen::<u64>() | 1))
+                    .collect(),
+            )
+            .await;
+            for (reply, close) in replies {
+                reply.encode(&mut outbuf);
+                quit |= close;
+            }
         }
         if let Some(e) = &protocol_error {
             tracing::debug!(error = %e, "closing a client connection after a protocol error");
@@ -111,6 +108,55 @@ async fn serve_connection<S: Stream>(
             return;
         }
     }
+}
+
+/// Splits a pipeline into runs that may execute together: consecutive reads, or consecutive
+/// other requests. A run starts only when the one before it has been answered, so a read sees
+/// every write pipelined before it, as Redis clients expect.
+fn runs_in_pipeline_order(batch: Vec<Request>) -> Vec<Vec<Request>> {
+    let is_read = |r: &Request| {
+        r.args
+            .first()
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"GET") || n.eq_ignore_ascii_case(b"EXISTS"))
+    };
+    let mut runs: Vec<Vec<Request>> = Vec::new();
+    for req in batch {
+        match runs.last_mut() {
+            Some(run) if run.first().map(is_read) == Some(is_read(&req)) => run.push(req),
+            _ => runs.push(vec![req]),
+        }
+    }
+    runs
+}
+
+/// Runs the futures concurrently, polling them in index order, so that each queues its request
+/// at the node (its first await) in pipeline order; the node's queue is FIFO and fair, so writes
+/// pipelined on one connection enter the log in the order they were sent.
+async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, out) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 fn upper(b: &[u8]) -> String {

@@ -224,3 +224,39 @@ async fn a_request_sent_before_any_leader_exists_waits_for_the_election() {
         Some(&b"bird"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_requests_take_effect_in_the_order_they_were_sent() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    for id in 1..=3 {
+        // One pipeline: many writes to one key, then a read of it. Redis clients expect the
+        // read to see the last write, on a follower (forwarding) as on the leader.
+        let key = format!("pipelined-{id}");
+        let mut pipeline = Vec::new();
+        for v in 1..=64 {
+            pipeline.extend(resp(&["SET", &key, &v.to_string()]));
+        }
+        pipeline.extend(resp(&["GET", &key]));
+        let mut s = TcpStream::connect(&cluster.nodes[&id].client_addr)
+            .await
+            .expect("connect");
+        s.write_all(&pipeline).await.expect("send");
+        let expected = format!("{}$2\r\n64\r\n", "+OK\r\n".repeat(64));
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < expected.len() {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("replies in time")
+                .expect("read");
+            assert!(n > 0, "connection closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            expected,
+            "node {id} (leader {leader})"
+        );
+    }
+}
