@@ -494,30 +494,3 @@ impl ReplyParser {
         }
     }
 }
-
-/// For fuzzing: feeds `data` in two chunks and parses until it stops; never panics.
-pub fn fuzz_request_parser(data: &[u8]) {
-    let split = data.first().map_or(0, |&b| b as usize % (data.len() + 1));
-    let mut parser = RequestParser::new(Limits {
-        max_bulk_len: 1 << 16,
-        max_array_len: 1 << 10,
-        max_inline_len: 1 << 12,
-    });
-    let mut buf = BytesMut::from(&data[..split]);
-    for chunk in [&data[split..], &[][..]] {
-        while let Ok(Some(_)) = parser.parse(&mut buf) {}
-        buf.extend_from_slice(chunk);
-    }
-    while let Ok(Some(_)) = parser.parse(&mut buf) {}
-}
-
-/// For fuzzing: the same for replies.
-pub fn fuzz_reply_parser(data: &[u8]) {
-    let mut parser = ReplyParser::new(Limits {
-        max_bulk_len: 1 << 16,
-        max_array_len: 1 << 10,
-        max_inline_len: 1 << 12,
-    });
-    let mut buf = BytesMut::from(data);
-    while let Ok(Some(_)) = parser.parse(&mut buf) {}
-}

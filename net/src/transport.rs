@@ -166,18 +166,6 @@ pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<Message, FrameEr
     codec::decode(body).map_err(FrameError::Message)
 }
 
-/// For fuzzing: any bytes as a sequence of frames; never panics.
-pub fn fuzz_frames(data: &[u8]) {
-    let mut buf = Bytes::copy_from_slice(data);
-    while buf.len() >= 4 {
-        let len = buf.get_u32() as usize;
-        if check_frame_len(len).is_err() || len > buf.len() {
-            return;
-        }
-        let _ = decode_frame(7, buf.split_to(len));
-    }
-}
-
 /// Timeouts of the peer transport.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportTimeouts {
@@ -380,7 +368,7 @@ mod tests {
             decode_frame(1, garbage.freeze()),
             Err(FrameError::BadMagic(0xdead_beef))
         );
-        fuzz_frames(&[
+        crate::fuzzing::peer_frame(&[
             0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7,
         ]);
     }
