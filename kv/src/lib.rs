@@ -33,4 +33,4 @@ pub use identity::Identity;
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
-pub use state_machine::{KvStateMachine, SESSIONLESS_CLIENT};
+pub use state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS, SESSIONLESS_CLIENT};

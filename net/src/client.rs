@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::resp::{encode_request, Limits, Reply, ReplyParser};
+use crate::transport::{Net, TokioNet};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
@@ -72,16 +72,18 @@ impl Default for ClientConfig {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<S> {
+    stream: S,
     buf: BytesMut,
     parser: ReplyParser,
 }
 
-pub struct KvClient {
+/// The client, over real TCP by default or over any [`Net`] (the simulator's).
+pub struct KvClient<N: Net = TokioNet> {
+    net: N,
     servers: Vec<String>,
     current: usize,
-    conn: Option<Conn>,
+    conn: Option<Conn<N::Stream>>,
     client_id: u64,
     next_seq: u64,
     cfg: ClientConfig,
@@ -96,7 +98,16 @@ impl KvClient {
     pub fn with_config(servers: Vec<String>, cfg: ClientConfig) -> Self {
         // Client ids must be unique across the cluster's life; 64 random bits are.
         let client_id = rand::thread_rng().gen::<u64>() | 1;
+        KvClient::over(TokioNet, servers, cfg, client_id)
+    }
+}
+
+impl<N: Net> KvClient<N> {
+    /// A client on `net` with a given session id, which must be unique across the cluster's
+    /// life and non-zero (the simulator derives it from its seed).
+    pub fn over(net: N, servers: Vec<String>, cfg: ClientConfig, client_id: u64) -> Self {
         Self {
+            net,
             servers,
             current: 0,
             conn: None,
@@ -239,15 +250,16 @@ impl KvClient {
     async fn attempt(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
         if self.conn.is_none() {
             let addr = self.servers[self.current].clone();
-            let stream =
-                match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&addr))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Err((format!("{addr}: {e}"), false)),
-                    Err(_) => return Err((format!("{addr}: connect timed out"), false)),
-                };
-            let _ = stream.set_nodelay(true);
+            let stream = match tokio::time::timeout(
+                self.cfg.connect_timeout,
+                self.net.connect(addr.clone()),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err((format!("{addr}: {e}"), false)),
+                Err(_) => return Err((format!("{addr}: connect timed out"), false)),
+            };
             self.conn = Some(Conn {
                 stream,
                 buf: BytesMut::with_capacity(4096),

@@ -9,19 +9,20 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv::{CommandResult, Identity};
-use raft_core::{Config, Index, Message, NodeId, ProposeError, RawNode};
+use raft_core::{Config, Entry, Index, Message, NodeId, ProposeError, RawNode, Role, Term};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::request::{ClientRequest, NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
-use crate::storage::{self, ApplyRequest, StorageEvent};
+use crate::storage::{self, ApplyRequest, StorageEvent, StorageMode};
 use crate::transport::{self, Listener, Net, TransportTimeouts};
 
 /// Everything one node needs to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
     pub cluster_id: u64,
@@ -37,6 +38,56 @@ pub struct NodeConfig {
     pub transport: TransportTimeouts,
     /// Seeds the core's election timer.
     pub seed: u64,
+    /// The real disk, or the simulator's.
+    pub storage: StorageMode,
+    /// Told of role changes and committed entries (the simulator's checks and trace).
+    pub observer: Option<Arc<dyn NodeObserver>>,
+    /// Deliberately broken behaviour, for the simulator to show that it catches each.
+    #[cfg(feature = "test-switches")]
+    pub unsafe_switches: UnsafeSwitches,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("cluster_id", &self.cluster_id)
+            .field("peers", &self.peers)
+            .field("data_dir", &self.data_dir)
+            .field("tick", &self.tick)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("request_timeout", &self.request_timeout)
+            .field("seed", &self.seed)
+            .field(
+                "storage",
+                &match self.storage {
+                    StorageMode::Disk => "disk",
+                    StorageMode::Simulated(_) => "simulated",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hooks for whoever watches a node from outside: the simulator's invariant checks and trace.
+pub trait NodeObserver: Send + Sync {
+    /// The node's role, term or leader changed.
+    fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>);
+    /// These committed entries go to the state machine now, in log order.
+    fn committed(&self, node: NodeId, entries: &[Entry]);
+}
+
+/// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).
+#[cfg(feature = "test-switches")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnsafeSwitches {
+    /// Serve reads from the local state machine, without ReadIndex.
+    pub local_reads: bool,
+    /// Report a log write durable before it is written.
+    pub ack_before_fsync: bool,
+    /// Broken Raft rules inside the core.
+    pub raft: raft_core::bugs::Bugs,
 }
 
 impl NodeConfig {
@@ -53,7 +104,25 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             transport: TransportTimeouts::default(),
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            storage: StorageMode::Disk,
+            observer: None,
+            #[cfg(feature = "test-switches")]
+            unsafe_switches: UnsafeSwitches::default(),
         }
+    }
+
+    fn serve_reads_locally(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.local_reads;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    fn acknowledge_before_fsync(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.ack_before_fsync;
+        #[cfg(not(feature = "test-switches"))]
+        false
     }
 }
 
@@ -116,7 +185,7 @@ struct NodeLoop {
     outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
     log_writes: mpsc::UnboundedSender<raft_core::Persist>,
     apply: mpsc::UnboundedSender<ApplyRequest>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    workers: Vec<storage::Worker>,
     writes: BTreeMap<(u64, u64), Vec<WriteWaiter>>,
     reads: BTreeMap<u64, PendingRead>,
     /// Confirmed reads waiting for the apply thread to be handed their index.
@@ -143,20 +212,28 @@ pub async fn start<N: Net>(
             cfg.id
         )));
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-        NodeError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
-    })?;
-    Identity::new(cfg.id, cfg.cluster_id)
-        .ensure(&cfg.data_dir)
-        .map_err(|e| NodeError::Storage(e.to_string()))?;
+    if let StorageMode::Disk = cfg.storage {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            NodeError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
+        })?;
+        Identity::new(cfg.id, cfg.cluster_id)
+            .ensure(&cfg.data_dir)
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+    }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let spawn_err =
         |e: std::io::Error| NodeError::Storage(format!("cannot start a storage thread: {e}"));
-    let (log, loaded) =
-        storage::spawn_log_thread(cfg.data_dir.clone(), events_tx.clone()).map_err(spawn_err)?;
+    let (log, loaded) = storage::spawn_log_worker(
+        &cfg.storage,
+        cfg.data_dir.clone(),
+        events_tx.clone(),
+        cfg.acknowledge_before_fsync(),
+    )
+    .map_err(spawn_err)?;
     let (apply, opened) =
-        storage::spawn_apply_thread(cfg.data_dir.clone(), events_tx).map_err(spawn_err)?;
+        storage::spawn_apply_worker(&cfg.storage, cfg.data_dir.clone(), events_tx)
+            .map_err(spawn_err)?;
     let gone = || NodeError::Storage("a storage thread stopped while opening".into());
     let (logged, log_path) = loaded
         .await
@@ -173,6 +250,10 @@ pub async fn start<N: Net>(
     core_cfg.election_ticks = cfg.election_ticks;
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     core_cfg.seed = cfg.seed;
+    #[cfg(feature = "test-switches")]
+    {
+        core_cfg.bugs = cfg.unsafe_switches.raft;
+    }
     let core = RawNode::restart(core_cfg, restart).map_err(|e| NodeError::Config(e.to_string()))?;
     tracing::info!(
         id = cfg.id,
@@ -196,6 +277,7 @@ pub async fn start<N: Net>(
     tokio::spawn(async move {
         loop {
             tokio::select! {
+                biased;
                 _ = accept_shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
@@ -232,7 +314,7 @@ pub async fn start<N: Net>(
         outbound,
         log_writes: log.writes,
         apply: apply.requests,
-        threads: vec![log.handle, apply.handle],
+        workers: vec![log.worker, apply.worker],
         writes: BTreeMap::new(),
         reads: BTreeMap::new(),
         reads_waiting_for_apply: BTreeMap::new(),
@@ -369,6 +451,9 @@ impl NodeLoop {
                     }
                 }
             }
+            ClientRequest::Read { op, reply } if self.cfg.serve_reads_locally() => {
+                let _ = self.apply.send(ApplyRequest::Read { op, reply });
+            }
             ClientRequest::Read { op, reply } => {
                 let id = self.next_read_id;
                 self.next_read_id += 1;
@@ -418,6 +503,9 @@ impl NodeLoop {
             let ready = self.core.take_ready();
             if let Some(soft) = ready.soft_state {
                 tracing::info!(id = self.cfg.id, term = soft.term, role = ?soft.role, leader = ?soft.leader, "role change");
+                if let Some(observer) = &self.cfg.observer {
+                    observer.role_changed(self.cfg.id, soft.term, soft.role, soft.leader);
+                }
                 if soft.term != self.term_seen {
                     // Reads in flight under the old term can no longer be confirmed; they are
                     // side-effect free, so the client may retry them at once.
@@ -447,6 +535,9 @@ impl NodeLoop {
                 }
             }
             if let Some(last) = ready.committed.last().map(|e| e.index) {
+                if let Some(observer) = &self.cfg.observer {
+                    observer.committed(self.cfg.id, &ready.committed);
+                }
                 let _ = self.apply.send(ApplyRequest::Entries(ready.committed));
                 self.handed_to_apply = last;
                 let still_waiting = self.reads_waiting_for_apply.split_off(&(last + 1));
@@ -538,13 +629,9 @@ impl NodeLoop {
         drop(self.log_writes);
         drop(self.apply);
         drop(self.outbound);
-        let threads = self.threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        for worker in self.workers {
+            worker.join().await;
+        }
         tracing::info!(id = self.cfg.id, "node stopped");
         result
     }

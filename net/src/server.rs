@@ -34,6 +34,7 @@ pub async fn run_client_server<L: Listener>(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
@@ -75,6 +76,7 @@ async fn serve_connection<S: Stream>(
         }
         if batch.is_empty() && protocol_error.is_none() {
             tokio::select! {
+                biased;
                 _ = shutdown.changed() => return,
                 read = stream.read_buf(&mut inbuf) => match read {
                     Ok(0) | Err(_) => return,

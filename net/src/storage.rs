@@ -1,17 +1,17 @@
-//! The node's two storage threads. LevelDB handles cannot move between threads, so each thread
-//! opens its own database and owns it for life.
+//! The node's two storage workers: threads on a real disk, local tasks in the simulator.
+//! LevelDB handles cannot move between threads, so each worker opens its own database and owns
+//! it for life.
 //!
-//! - The log thread writes what the core asks to persist. Writes that queue up while one is
+//! - The log worker writes what the core asks to persist. Writes that queue up while one is
 //!   being synced are merged into one batch and one fsync (group commit); completing the last
 //!   of them reports all of them, since the core's writes complete in order.
-//! - The apply thread applies committed entries to the key-value state machine and serves
+//! - The apply worker applies committed entries to the key-value state machine and serves
 //!   reads. Both arrive on one queue, so a read queued after entries up to `i` sees them.
 
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use kv::{Command, CommandResult, KvStateMachine, RaftStorage};
+use kv::{Command, CommandResult, KvStateMachine, RaftStorage, StorageEnv};
 use raft_core::{Entry, Index, Persist, RestartState, WriteId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,124 +56,201 @@ pub fn merge_writes(writes: Vec<Persist>) -> Option<Persist> {
     Some(merged)
 }
 
-/// What the log thread found on disk (or why it could not open it), and the database's path.
+/// Where a node keeps its data, and so how its storage runs.
+#[derive(Clone, Default)]
+pub enum StorageMode {
+    /// The real disk (fsync for real). Storage runs on two threads of its own, so that an fsync
+    /// never stalls the node loop.
+    #[default]
+    Disk,
+    /// The simulator's in-memory disk, which keeps synced bytes and drops the rest when the
+    /// power is cut. Storage runs as local tasks of the node's own (simulated) runtime, so that
+    /// a run is deterministic.
+    Simulated(kv::PowerCutEnv),
+}
+
+impl StorageMode {
+    fn env(&self) -> StorageEnv {
+        match self {
+            StorageMode::Disk => StorageEnv::Disk,
+            StorageMode::Simulated(env) => StorageEnv::PowerCut(env.clone()),
+        }
+    }
+}
+
+/// What the log worker found on disk (or why it could not open it), and the database's path.
 pub type LogOpened = oneshot::Receiver<Result<(RestartState, PathBuf), String>>;
 /// The state machine's applied index (or why it could not open), and the database's path.
 pub type StateOpened = oneshot::Receiver<Result<(Index, PathBuf), String>>;
 
-pub struct LogThread {
-    pub handle: JoinHandle<()>,
+/// A storage thread or task; joining it waits until it has flushed and closed its database.
+pub enum Worker {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl Worker {
+    pub async fn join(self) {
+        match self {
+            Worker::Thread(t) => {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+            Worker::Task(t) => {
+                let _ = t.await;
+            }
+        }
+    }
+}
+
+/// Runs `body` on a thread named `name`, or as a local task of the current runtime.
+fn spawn_worker<F, Fut>(mode: &StorageMode, name: &str, body: F) -> std::io::Result<Worker>
+where
+    F: FnOnce(bool) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    match mode {
+        StorageMode::Disk => std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || block_on_own_runtime(body(true)))
+            .map(Worker::Thread),
+        StorageMode::Simulated(_) => Ok(Worker::Task(tokio::task::spawn_local(body(false)))),
+    }
+}
+
+/// Runs a storage worker's future on the calling thread (its own thread), which it may block.
+fn block_on_own_runtime<F: std::future::Future<Output = ()>>(f: F) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => tracing::error!(error = %e, "cannot start a storage thread's runtime"),
+    }
+}
+
+pub struct LogWorker {
+    pub worker: Worker,
     pub writes: mpsc::UnboundedSender<Persist>,
 }
 
-/// Opens `raft_logs` on a new thread, sends back what it holds, then serves writes.
-pub fn spawn_log_thread(
+/// Opens `raft_logs`, sends back what it holds, then serves writes: the writes queued while one
+/// is being synced are merged into one batch and one fsync (group commit).
+pub fn spawn_log_worker(
+    mode: &StorageMode,
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(LogThread, LogOpened)> {
+    acknowledge_before_writing: bool,
+) -> std::io::Result<(LogWorker, LogOpened)> {
     let (writes, mut rx) = mpsc::unbounded_channel::<Persist>();
     let (loaded_tx, loaded_rx) = oneshot::channel();
-    let handle = std::thread::Builder::new()
-        .name("raft-log".into())
-        .spawn(move || {
-            let mut storage =
-                match RaftStorage::open(&data_dir).and_then(|mut s| s.load().map(|rs| (s, rs))) {
-                    Ok((storage, rs)) => {
-                        let _ = loaded_tx.send(Ok((rs, storage.path())));
-                        storage
-                    }
-                    Err(e) => {
-                        let _ = loaded_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-            while let Some(first) = rx.blocking_recv() {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let Some(write) = merge_writes(batch) else {
-                    continue;
-                };
-                match storage.persist(&write) {
-                    Ok(()) => {
-                        if events.send(StorageEvent::Persisted(write.id)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = events.send(StorageEvent::Failed(format!(
-                            "writing the raft log failed: {e}"
-                        )));
+    let env = mode.env();
+    let worker = spawn_worker(mode, "raft-log", move |_on_thread| async move {
+        let opened =
+            RaftStorage::open_with(&data_dir, &env).and_then(|mut s| s.load().map(|rs| (s, rs)));
+        let mut storage = match opened {
+            Ok((storage, rs)) => {
+                let _ = loaded_tx.send(Ok((rs, storage.path())));
+                storage
+            }
+            Err(e) => {
+                let _ = loaded_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let Some(write) = merge_writes(batch) else {
+                continue;
+            };
+            if acknowledge_before_writing {
+                // The deliberate bug: the write is reported durable, then left unwritten for a
+                // while, so that a crash in between loses an acknowledged write.
+                let _ = events.send(StorageEvent::Persisted(write.id));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            match storage.persist(&write) {
+                Ok(()) if acknowledge_before_writing => {}
+                Ok(()) => {
+                    if events.send(StorageEvent::Persisted(write.id)).is_err() {
                         break;
                     }
                 }
+                Err(e) => {
+                    let _ = events.send(StorageEvent::Failed(format!(
+                        "writing the raft log failed: {e}"
+                    )));
+                    break;
+                }
             }
-            if let Err(e) = storage.flush() {
-                tracing::warn!(error = %e, "flushing the raft log on shutdown failed");
-            }
-        })?;
-    Ok((LogThread { handle, writes }, loaded_rx))
+        }
+        if let Err(e) = storage.flush() {
+            tracing::warn!(error = %e, "flushing the raft log on shutdown failed");
+        }
+    })?;
+    Ok((LogWorker { worker, writes }, loaded_rx))
 }
 
-pub struct ApplyThread {
-    pub handle: JoinHandle<()>,
+pub struct ApplyWorker {
+    pub worker: Worker,
     pub requests: mpsc::UnboundedSender<ApplyRequest>,
 }
 
-/// Opens `kv_data` on a new thread, sends back its applied index and path, then applies entries
-/// and serves reads in queue order.
-pub fn spawn_apply_thread(
+/// Opens `kv_data`, sends back its applied index and path, then applies entries and serves
+/// reads in queue order.
+pub fn spawn_apply_worker(
+    mode: &StorageMode,
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
-) -> std::io::Result<(ApplyThread, StateOpened)> {
+) -> std::io::Result<(ApplyWorker, StateOpened)> {
     let (requests, mut rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
-    let handle = std::thread::Builder::new()
-        .name("kv-apply".into())
-        .spawn(move || {
-            let mut sm = match KvStateMachine::open(&data_dir) {
-                Ok(sm) => {
-                    let _ = opened_tx.send(Ok((sm.applied_index(), sm.path())));
-                    sm
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            while let Some(first) = rx.blocking_recv() {
-                let mut next = Some(first);
-                // Entries queued together are applied in one batch, and reads after them.
-                let mut entries: Vec<Entry> = Vec::new();
-                let mut reads = Vec::new();
-                while let Some(req) = next.take() {
-                    match req {
-                        ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
-                        ApplyRequest::Entries(es) => {
-                            // A read waits for entries queued before it only; these came after.
-                            if !apply_batch(&mut sm, &mut entries, &events) {
-                                return;
-                            }
-                            serve_reads(&mut sm, &mut reads);
-                            entries.extend(es);
+    let env = mode.env();
+    let worker = spawn_worker(mode, "kv-apply", move |_on_thread| async move {
+        let mut sm = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS) {
+            Ok(sm) => {
+                let _ = opened_tx.send(Ok((sm.applied_index(), sm.path())));
+                sm
+            }
+            Err(e) => {
+                let _ = opened_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            // Entries queued together are applied in one batch, and reads after them.
+            let mut entries: Vec<Entry> = Vec::new();
+            let mut reads = Vec::new();
+            while let Some(req) = next.take() {
+                match req {
+                    ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
+                    ApplyRequest::Entries(es) => {
+                        // A read waits for entries queued before it only; these came after.
+                        if !apply_batch(&mut sm, &mut entries, &events) {
+                            return;
                         }
-                        ApplyRequest::Read { op, reply } => reads.push((op, reply)),
+                        serve_reads(&mut sm, &mut reads);
+                        entries.extend(es);
                     }
-                    if entries.len() + reads.len() < 4096 {
-                        next = rx.try_recv().ok();
-                    }
+                    ApplyRequest::Read { op, reply } => reads.push((op, reply)),
                 }
-                if !apply_batch(&mut sm, &mut entries, &events) {
-                    return;
+                if entries.len() + reads.len() < 4096 {
+                    next = rx.try_recv().ok();
                 }
-                serve_reads(&mut sm, &mut reads);
             }
-            if let Err(e) = sm.sync() {
-                tracing::warn!(error = %e, "syncing the state machine on shutdown failed");
+            if !apply_batch(&mut sm, &mut entries, &events) {
+                return;
             }
-        })?;
-    Ok((ApplyThread { handle, requests }, opened_rx))
+            serve_reads(&mut sm, &mut reads);
+        }
+        if let Err(e) = sm.sync() {
+            tracing::warn!(error = %e, "syncing the state machine on shutdown failed");
+        }
+    })?;
+    Ok((ApplyWorker { worker, requests }, opened_rx))
 }
 
 fn apply_batch(
