@@ -22,5 +22,9 @@
 //! assert!(check(&h).is_err());
 //! ```
 
+pub mod cluster;
+pub mod faults;
 pub mod history;
 pub mod linearizability;
+pub mod net;
+pub mod observe;

@@ -1,0 +1,137 @@
+//! Whole-cluster fault runs: the production node, transport, storage and client on turmoil's
+//! simulated network and the power-cut disk, each run checked for Raft's invariants while it
+//! goes, for progress once the faults stop, and for linearizability of every key's history.
+//!
+//! `cargo test -p sim --test random_runs` runs 200 seeds; `SIM_SEEDS=N` runs N (from
+//! `SIM_SEED_BASE`, default 0); `SIM_SEED=S` replays seed S alone (add `-- --nocapture` to see
+//! its summary). A failure prints its seed, its faults, the replay command and the smallest
+//! failing key history, and writes a trace under `target/sim-traces/`.
+
+use net::node::UnsafeSwitches;
+use sim::cluster::{run, Failure, RunConfig};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(v) => Some(v),
+        Err(_) => panic!("{name}={value:?} is not a number"),
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        return vec![seed];
+    }
+    let runs = env_u64("SIM_SEEDS").unwrap_or(200);
+    let base = env_u64("SIM_SEED_BASE").unwrap_or(0);
+    (base..base + runs).collect()
+}
+
+#[test]
+fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
+    let seeds = seeds();
+    let (mut ops, mut ok, mut unknown, mut elections, mut simulated) = (0, 0, 0, 0, 0.0);
+    let started = std::time::Instant::now();
+    for &seed in &seeds {
+        let cfg = RunConfig::from_seed(seed);
+        match run(&cfg) {
+            Ok(report) => {
+                if seeds.len() == 1 {
+                    println!(
+                        "seed {seed}: {} nodes, faults {}, {} ops ({} ok, {} unknown, {} failed), {} elections, applied up to {}, {:.1}s simulated, trace {:016x}",
+                        report.nodes,
+                        report.kinds,
+                        report.ops,
+                        report.ok,
+                        report.unknown,
+                        report.failed,
+                        report.elections,
+                        report.max_applied,
+                        report.simulated.as_secs_f64(),
+                        report.trace_hash
+                    );
+                    for line in &report.faults {
+                        println!("  {line}");
+                    }
+                }
+                ops += report.ops;
+                ok += report.ok;
+                unknown += report.unknown;
+                elections += report.elections;
+                simulated += report.simulated.as_secs_f64();
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    println!(
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        ok > 10 * seeds.len(),
+        "the runs did almost nothing: {ok} successful operations"
+    );
+}
+
+#[test]
+fn the_same_seed_runs_the_same_way_twice() {
+    let cfg = RunConfig::from_seed(11);
+    let first = run(&cfg).unwrap_or_else(|f| panic!("{f}"));
+    let second = run(&cfg).unwrap_or_else(|f| panic!("{f}"));
+    assert!(first.ops > 0);
+    assert_eq!(first.trace_hash, second.trace_hash, "trace hashes differ");
+    assert_eq!(first.history, second.history, "client histories differ");
+}
+
+/// Runs seeds with a known-unsafe switch until the simulator reports one of the expected rules.
+fn first_catch(max_seeds: u64, expect: &[&str], switches: UnsafeSwitches) -> Box<Failure> {
+    for seed in 0..max_seeds {
+        let mut cfg = RunConfig::from_seed(seed);
+        cfg.switches = switches;
+        if let Err(failure) = run(&cfg) {
+            assert!(
+                expect.contains(&failure.kind.rule()),
+                "the bug was reported as an unexpected rule:\n{failure}"
+            );
+            println!("caught at seed {seed}: {}", failure.kind.rule());
+            return failure;
+        }
+    }
+    panic!("the simulator did not catch the bug in {max_seeds} seeds");
+}
+
+#[test]
+fn teeth_reads_served_without_read_index_are_caught() {
+    first_catch(
+        500,
+        &["linearizability"],
+        UnsafeSwitches {
+            local_reads: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn teeth_acknowledging_a_write_before_fsync_is_caught() {
+    first_catch(
+        500,
+        &["linearizability", "state machine safety"],
+        UnsafeSwitches {
+            ack_before_fsync: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn teeth_voting_without_the_log_check_is_caught() {
+    let mut switches = UnsafeSwitches::default();
+    switches.raft.vote_without_log_check = true;
+    first_catch(
+        500,
+        &["linearizability", "state machine safety", "election safety"],
+        switches,
+    );
+}
