@@ -45,6 +45,8 @@ pub struct NodeConfig {
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
     #[cfg(feature = "test-switches")]
     pub unsafe_switches: UnsafeSwitches,
+    #[cfg(feature = "test-switches")]
+    pub pause: PauseSwitch,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -90,6 +92,22 @@ pub struct UnsafeSwitches {
     pub raft: raft_core::bugs::Bugs,
 }
 
+/// A switch the simulator flips to freeze a node's loop, as a paused process (SIGSTOP, a long
+/// GC pause, a VM migration): no ticks, no messages handled, no requests taken, until released.
+#[cfg(feature = "test-switches")]
+#[derive(Clone, Debug, Default)]
+pub struct PauseSwitch(pub Arc<std::sync::atomic::AtomicBool>);
+
+#[cfg(feature = "test-switches")]
+impl PauseSwitch {
+    pub fn set(&self, paused: bool) {
+        self.0.store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn is_paused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl NodeConfig {
     pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
         let cluster_id = cluster_id_of(&peers);
@@ -108,6 +126,8 @@ impl NodeConfig {
             observer: None,
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),
+            #[cfg(feature = "test-switches")]
+            pause: PauseSwitch::default(),
         }
     }
 
@@ -348,6 +368,10 @@ impl NodeLoop {
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
+            #[cfg(feature = "test-switches")]
+            while self.cfg.pause.is_paused() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             // Biased, rare inputs first: a flood of one kind must not starve ticks or storage.
             tokio::select! {
                 biased;

@@ -9,6 +9,9 @@
 //!   reads. Both arrive on one queue, so a read queued after entries up to `i` sees them.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kv::{Command, CommandResult, KvStateMachine, RaftStorage, StorageEnv};
@@ -66,14 +69,31 @@ pub enum StorageMode {
     /// The simulator's in-memory disk, which keeps synced bytes and drops the rest when the
     /// power is cut. Storage runs as local tasks of the node's own (simulated) runtime, so that
     /// a run is deterministic.
-    Simulated(kv::PowerCutEnv),
+    Simulated(SimulatedDisk),
+}
+
+/// The simulator's disk: the power-cut environment, and how long each log write takes (the
+/// simulator raises it to model a slow fsync).
+#[derive(Clone, Default)]
+pub struct SimulatedDisk {
+    pub env: kv::PowerCutEnv,
+    pub write_latency_micros: Arc<AtomicU64>,
+}
+
+impl SimulatedDisk {
+    fn write_latency(&self) -> Option<Duration> {
+        match self.write_latency_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
 }
 
 impl StorageMode {
     fn env(&self) -> StorageEnv {
         match self {
             StorageMode::Disk => StorageEnv::Disk,
-            StorageMode::Simulated(env) => StorageEnv::PowerCut(env.clone()),
+            StorageMode::Simulated(disk) => StorageEnv::PowerCut(disk.env.clone()),
         }
     }
 }
@@ -144,6 +164,10 @@ pub fn spawn_log_worker(
     let (writes, mut rx) = mpsc::unbounded_channel::<Persist>();
     let (loaded_tx, loaded_rx) = oneshot::channel();
     let env = mode.env();
+    let disk = match mode {
+        StorageMode::Simulated(disk) => Some(disk.clone()),
+        StorageMode::Disk => None,
+    };
     let worker = spawn_worker(mode, "raft-log", move |_on_thread| async move {
         let opened =
             RaftStorage::open_with(&data_dir, &env).and_then(|mut s| s.load().map(|rs| (s, rs)));
@@ -169,7 +193,10 @@ pub fn spawn_log_worker(
                 // The deliberate bug: the write is reported durable, then left unwritten for a
                 // while, so that a crash in between loses an acknowledged write.
                 let _ = events.send(StorageEvent::Persisted(write.id));
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(latency) = disk.as_ref().and_then(SimulatedDisk::write_latency) {
+                tokio::time::sleep(latency).await;
             }
             match storage.persist(&write) {
                 Ok(()) if acknowledge_before_writing => {}

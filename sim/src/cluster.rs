@@ -7,12 +7,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
-use kv::PowerCutEnv;
 use net::client::{ClientConfig, ClientError, KvClient};
-use net::node::{self, NodeConfig, UnsafeSwitches};
-use net::storage::StorageMode;
+use net::node::{self, NodeConfig, PauseSwitch, UnsafeSwitches};
+use net::storage::{SimulatedDisk, StorageMode};
 use net::transport::{Net, TransportTimeouts};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -180,21 +180,34 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
     let servers: Vec<String> = (1..=cfg.nodes)
         .map(|i| format!("{}:{CLIENT_PORT}", node_name(i)))
         .collect();
-    let mut envs = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
     for id in 1..=cfg.nodes {
-        let env = PowerCutEnv::new();
-        envs.insert(id, env.clone());
+        let disk = SimulatedDisk::default();
+        let pause = PauseSwitch::default();
+        nodes.insert(
+            id,
+            NodeControls {
+                disk: disk.clone(),
+                pause: pause.clone(),
+            },
+        );
         let skew = if cfg.kinds.clock_skew {
             rng.gen_range(0.8..1.25)
         } else {
             1.0
         };
         let tick = Duration::from_micros((100_000.0 * skew) as u64);
+        // The clock's offset: each node's ticks start at their own phase.
+        let offset = if cfg.kinds.clock_skew {
+            Duration::from_micros(rng.gen_range(0..100_000))
+        } else {
+            Duration::ZERO
+        };
         let (peers, observer, switches, seed) =
             (peers.clone(), observer.clone(), cfg.switches, cfg.seed);
         let boots = Rc::new(Cell::new(0u64));
         sim.host(node_name(id), move || {
-            env.power_on();
+            disk.env.power_on();
             boots.set(boots.get() + 1);
             let mut nc = NodeConfig::new(id, peers.clone(), format!("/n{id}").into());
             nc.tick = tick;
@@ -207,10 +220,14 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
                 backoff_max: Duration::from_millis(500),
             };
             nc.seed = seed ^ (id << 48) ^ (boots.get() << 32);
-            nc.storage = StorageMode::Simulated(env.clone());
+            nc.storage = StorageMode::Simulated(disk.clone());
+            nc.pause = pause.clone();
             nc.observer = Some(std::sync::Arc::new(observer.clone()));
             nc.unsafe_switches = switches;
-            async move { serve(nc).await }
+            async move {
+                tokio::time::sleep(offset).await;
+                serve(nc).await
+            }
         });
     }
 
@@ -273,7 +290,7 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         let elapsed = sim.elapsed();
         while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
             trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
-            apply(&mut sim, action, &node_names, &envs, &mut crashed);
+            apply(&mut sim, action, &node_names, &nodes, &mut crashed);
         }
         if let Some(v) = observer.violations().into_iter().next() {
             return Err(FailureKind::Invariant(v));
@@ -347,7 +364,7 @@ fn apply(
     sim: &mut turmoil::Sim<'_>,
     action: &FaultAction,
     names: &[String],
-    envs: &BTreeMap<u64, PowerCutEnv>,
+    nodes: &BTreeMap<u64, NodeControls>,
     crashed: &mut Vec<u64>,
 ) {
     let name = |id: &u64| node_name(*id);
@@ -383,7 +400,7 @@ fn apply(
                 }
                 // Cut the power first: the host's destructors (LevelDB flushes on drop) must
                 // not reach the disk.
-                envs[id].cut_power();
+                nodes[id].disk.env.cut_power();
                 sim.crash(name(id));
                 crashed.push(*id);
             }
@@ -397,11 +414,13 @@ fn apply(
             }
         }
         FaultAction::Pause(id) => {
+            nodes[id].pause.set(true);
             for other in names.iter().filter(|n| **n != name(id)) {
                 sim.hold(name(id), other.as_str());
             }
         }
         FaultAction::Resume(id) => {
+            nodes[id].pause.set(false);
             for other in names.iter().filter(|n| **n != name(id)) {
                 sim.release(name(id), other.as_str());
             }
@@ -416,7 +435,17 @@ fn apply(
                 sim.set_link_fail_rate(name(id), other.as_str(), *rate);
             }
         }
+        FaultAction::SlowDisk(id, latency) => {
+            let micros = latency.as_micros() as u64;
+            nodes[id]
+                .disk
+                .write_latency_micros
+                .store(micros, Ordering::Relaxed);
+        }
         FaultAction::Calm => {
+            for node in nodes.values() {
+                node.disk.write_latency_micros.store(0, Ordering::Relaxed);
+            }
             for (i, x) in names.iter().enumerate() {
                 for y in &names[i + 1..] {
                     sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
@@ -429,6 +458,12 @@ fn apply(
             }
         }
     }
+}
+
+/// What the fault schedule holds of each node, outside the node's (crashable) host.
+struct NodeControls {
+    disk: SimulatedDisk,
+    pause: PauseSwitch,
 }
 
 /// One simulated client: random operations on a few hot keys until the workload ends.

@@ -24,6 +24,8 @@ pub struct FaultKinds {
     pub latency: bool,
     /// Links that lose messages, so connections stall and must be replaced.
     pub flaky_links: bool,
+    /// A node's log writes (fsync) become slow for a while.
+    pub slow_disk: bool,
 }
 
 impl FaultKinds {
@@ -36,6 +38,7 @@ impl FaultKinds {
             clock_skew: true,
             latency: true,
             flaky_links: true,
+            slow_disk: true,
         }
     }
 
@@ -49,6 +52,7 @@ impl FaultKinds {
             clock_skew: rng.gen_bool(0.5),
             latency: rng.gen_bool(0.5),
             flaky_links: rng.gen_bool(0.3),
+            slow_disk: rng.gen_bool(0.3),
         }
     }
 
@@ -67,6 +71,7 @@ impl fmt::Display for FaultKinds {
             (self.clock_skew, "clock-skew"),
             (self.latency, "latency"),
             (self.flaky_links, "flaky-links"),
+            (self.slow_disk, "slow-disk"),
         ];
         let on: Vec<&str> = names
             .iter()
@@ -94,7 +99,7 @@ pub enum FaultAction {
     Crash(Vec<u64>),
     /// Start crashed nodes again.
     Restart(Vec<u64>),
-    /// Hold every link of the node (a paused process); messages wait.
+    /// Freeze the node (no ticks, nothing handled) and hold its links; messages wait.
     Pause(u64),
     /// Release the held links.
     Resume(u64),
@@ -102,7 +107,9 @@ pub enum FaultAction {
     LatencySpike(u64, Duration),
     /// Links of the node lose this share of their messages.
     Flaky(u64, f64),
-    /// Every link back to normal latency and no loss.
+    /// Each log write of the node takes this long.
+    SlowDisk(u64, Duration),
+    /// Every link back to normal latency and no loss, every disk back to full speed.
     Calm,
 }
 
@@ -127,6 +134,7 @@ impl Schedule {
             (kinds.pauses, 3),
             (kinds.latency, 4),
             (kinds.flaky_links, 5),
+            (kinds.slow_disk, 6),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -187,6 +195,12 @@ impl Schedule {
                 5 => {
                     let rate = rng.gen_range(0.01..0.2);
                     actions.push((t, FaultAction::Flaky(node, rate)));
+                    t += Duration::from_millis(rng.gen_range(500..3_000));
+                    actions.push((t, FaultAction::Calm));
+                }
+                6 => {
+                    let latency = Duration::from_millis(rng.gen_range(5..300));
+                    actions.push((t, FaultAction::SlowDisk(node, latency)));
                     t += Duration::from_millis(rng.gen_range(500..3_000));
                     actions.push((t, FaultAction::Calm));
                 }
