@@ -281,7 +281,8 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
                 let text = e.to_string();
                 if text.contains("Ran for duration") {
                     return Err(FailureKind::Liveness(format!(
-                        "clients still running at the end of the simulation ({text})"
+                        "clients still running at the end of the simulation ({text})\n{}",
+                        observer.summary()
                     )));
                 }
                 return Err(FailureKind::Simulation(text));
@@ -300,7 +301,10 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         }
     }
 
-    liveness.borrow().clone().map_err(FailureKind::Liveness)?;
+    liveness
+        .borrow()
+        .clone()
+        .map_err(|e| FailureKind::Liveness(format!("{e}\n{}", observer.summary())))?;
     let faults = trace.clone();
     let history = history.borrow().clone();
     for op in history.iter() {
@@ -561,16 +565,26 @@ async fn probe(
     keys: u64,
     deadline: u64,
 ) -> Result<(), String> {
-    let write = client.set(b"liveness", b"1").await;
-    let read = client.get(b"liveness").await;
-    let done = now();
-    match (write, read) {
-        (Ok(()), Ok(Some(_))) if done <= deadline => {}
-        (w, r) => {
+    let started = now();
+    let write_and_read = async {
+        let write = client.set(b"liveness", b"1").await;
+        let read = client.get(b"liveness").await;
+        (write, read)
+    };
+    let limit = Duration::from_nanos(deadline.saturating_sub(started));
+    match tokio::time::timeout(limit, write_and_read).await {
+        Ok((Ok(()), Ok(Some(_)))) => {}
+        Ok((w, r)) => {
             return Err(format!(
-                "write {w:?}, read {r:?}, {:.1}s after the faults stopped (bound {:.1}s)",
-                done as f64 / 1e9,
-                deadline as f64 / 1e9
+                "after the faults stopped at {:.1}s: write {w:?}, read {r:?}",
+                started as f64 / 1e9
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "no write and read succeeded within {:.1}s of the faults stopping at {:.1}s",
+                limit.as_secs_f64(),
+                started as f64 / 1e9
             ))
         }
     }

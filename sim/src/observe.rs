@@ -25,6 +25,8 @@ struct State {
     elections: u64,
     /// Highest index each node handed to its state machine.
     applied: BTreeMap<NodeId, u64>,
+    /// Each node's last role change: term, role, leader.
+    roles: BTreeMap<NodeId, (Term, Role, Option<NodeId>)>,
 }
 
 /// Shared by every node of a run (and kept across crashes, since it lives outside the hosts).
@@ -61,6 +63,21 @@ impl Observer {
         self.state().elections
     }
 
+    /// Each node's last known term, role, leader and applied index, one line per node.
+    pub fn summary(&self) -> String {
+        let st = self.state();
+        st.roles
+            .iter()
+            .map(|(id, (term, role, leader))| {
+                format!(
+                    "n{id}: term {term} {role:?} (leader {leader:?}), applied up to {}",
+                    st.applied.get(id).copied().unwrap_or(0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Highest index handed to the state machine on any node.
     pub fn max_applied(&self) -> u64 {
         self.state().applied.values().copied().max().unwrap_or(0)
@@ -71,6 +88,7 @@ impl NodeObserver for Observer {
     fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>) {
         let mut st = self.state();
         st.events += 1;
+        st.roles.insert(node, (term, role, leader));
         let role_code = match role {
             Role::Follower => 0u8,
             Role::PreCandidate => 1,

@@ -115,9 +115,12 @@ fn teeth_reads_served_without_read_index_are_caught() {
 
 #[test]
 fn teeth_acknowledging_a_write_before_fsync_is_caught() {
+    // A follower that loses entries it acknowledged leaves the leader believing it holds them:
+    // the leader ignores its rejections below the match index, and the cluster can stall
+    // (liveness) before anything inconsistent is ever applied.
     first_catch(
         500,
-        &["linearizability", "state machine safety"],
+        &["linearizability", "state machine safety", "liveness"],
         UnsafeSwitches {
             ack_before_fsync: true,
             ..Default::default()
