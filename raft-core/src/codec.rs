@@ -14,8 +14,12 @@
 //! 1); `AppendRequest` carries `prev_log_index, prev_log_term, commit`, an entry count (u32) and
 //! entries (`term, index, kind byte, payload length u32, payload`); `AppendResponse` carries
 //! `success, index, hint_index, hint_term`; heartbeats `commit, read_round` and `read_round`;
-//! `Propose` a count and length-prefixed payloads; read-index messages a length-prefixed context
-//! (and the index, for the response).
+//! `InstallSnapshot` the snapshot's `index, term`; `Propose` a count and length-prefixed
+//! payloads; read-index messages a length-prefixed context (and the index, for the response).
+//!
+//! New message types get new tags under the same version: an older node refuses an unknown tag
+//! as `UnknownMessageType` (`InstallSnapshot`, tag 12, was added so), while a changed layout of
+//! an existing type needs a new version.
 //!
 //! Decoding never trusts a length: every count and length is checked against the bytes actually
 //! left before anything is allocated, so a hostile frame costs at most its own size. Payloads
@@ -27,7 +31,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{Message, MessageBody};
-use crate::types::{Entry, EntryKind};
+use crate::types::{Entry, EntryKind, SnapshotMeta};
 
 pub const WIRE_VERSION: u8 = 1;
 
@@ -47,6 +51,7 @@ mod tag {
     pub const PROPOSE: u8 = 9;
     pub const READ_INDEX_REQUEST: u8 = 10;
     pub const READ_INDEX_RESPONSE: u8 = 11;
+    pub const INSTALL_SNAPSHOT: u8 = 12;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +124,7 @@ pub fn encoded_len(msg: &Message) -> usize {
             MessageBody::AppendResponse { .. } => 1 + 24,
             MessageBody::Heartbeat { .. } => 16,
             MessageBody::HeartbeatResponse { .. } => 8,
+            MessageBody::InstallSnapshot { .. } => 16,
             MessageBody::Propose { payloads } => {
                 4 + payloads.iter().map(|p| 4 + p.len()).sum::<usize>()
             }
@@ -140,6 +146,7 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
         MessageBody::AppendResponse { .. } => tag::APPEND_RESPONSE,
         MessageBody::Heartbeat { .. } => tag::HEARTBEAT,
         MessageBody::HeartbeatResponse { .. } => tag::HEARTBEAT_RESPONSE,
+        MessageBody::InstallSnapshot { .. } => tag::INSTALL_SNAPSHOT,
         MessageBody::Propose { .. } => tag::PROPOSE,
         MessageBody::ReadIndexRequest { .. } => tag::READ_INDEX_REQUEST,
         MessageBody::ReadIndexResponse { .. } => tag::READ_INDEX_RESPONSE,
@@ -199,6 +206,10 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
             buf.put_u64(*read_round);
         }
         MessageBody::HeartbeatResponse { read_round } => buf.put_u64(*read_round),
+        MessageBody::InstallSnapshot { snapshot } => {
+            buf.put_u64(snapshot.index);
+            buf.put_u64(snapshot.term);
+        }
         MessageBody::Propose { payloads } => {
             put_len(buf, payloads.len());
             for p in payloads {
@@ -293,6 +304,12 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
         },
         tag::HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse {
             read_round: r.u64()?,
+        },
+        tag::INSTALL_SNAPSHOT => MessageBody::InstallSnapshot {
+            snapshot: SnapshotMeta {
+                index: r.u64()?,
+                term: r.u64()?,
+            },
         },
         tag::PROPOSE => {
             let count = r.count("proposal count", 4)?;
@@ -468,6 +485,9 @@ mod tests {
             (any::<u64>(), any::<u64>())
                 .prop_map(|(commit, read_round)| MessageBody::Heartbeat { commit, read_round }),
             any::<u64>().prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
+            (any::<u64>(), any::<u64>()).prop_map(|(index, term)| MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta { index, term }
+            }),
             proptest::collection::vec(payload(), 0..8)
                 .prop_map(|payloads| MessageBody::Propose { payloads }),
             payload().prop_map(|ctx| MessageBody::ReadIndexRequest { ctx }),

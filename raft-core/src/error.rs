@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::types::NodeId;
+use crate::types::{Index, NodeId};
 
 /// Why a proposal or read request was not accepted. None of these means the request was
 /// applied: the caller may retry it elsewhere.
@@ -46,3 +46,33 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Why [`crate::RawNode::compact`] refused; nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactError {
+    /// The state machine has not applied `up_to` (as reported by `on_applied`): a snapshot up
+    /// to it cannot exist yet, and the entries may still be needed for applying.
+    NotApplied { up_to: Index, applied: Index },
+    /// The log already starts after `up_to`.
+    AlreadyCompacted { up_to: Index, snapshot_index: Index },
+}
+
+impl fmt::Display for CompactError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompactError::NotApplied { up_to, applied } => write!(
+                f,
+                "cannot compact up to {up_to}: the state machine applied only up to {applied}"
+            ),
+            CompactError::AlreadyCompacted {
+                up_to,
+                snapshot_index,
+            } => write!(
+                f,
+                "cannot compact up to {up_to}: the log is already compacted up to {snapshot_index}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CompactError {}

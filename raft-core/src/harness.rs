@@ -6,6 +6,12 @@
 //! disk only), and how the network is partitioned. After every event the [`Checker`] verifies
 //! Raft's safety properties; a broken one is returned as a [`Violation`].
 //!
+//! Snapshots: a node's "state machine" is the list of entries it applied, and a snapshot is a
+//! prefix of that list, kept on its disk beside the log. A test compacts a node with
+//! [`Cluster::compact`] (random runs do it on their own for some seeds); the harness plays the
+//! driver for snapshot transfers: it fetches the leader's durable prefix, stages it, and
+//! installs it when the core asks for the write.
+//!
 //! Everything is drawn from one seeded RNG and kept in ordered maps, so a seed replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -15,8 +21,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::{
-    Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState, Role,
-    SnapshotMeta, Term,
+    CompactError, Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState,
+    Role, SnapshotMeta, SnapshotToFetch, SnapshotWrite, Term,
 };
 
 /// A safety or liveness property that did not hold.
@@ -49,15 +55,29 @@ pub struct Faults {
     pub partitions: bool,
 }
 
+/// A write handed out by a core: a snapshot install or hard state and entries.
+enum QueuedWrite {
+    Snapshot(SnapshotWrite),
+    Persist(Persist),
+}
+
 /// One node of the simulated cluster: its core (absent while crashed) and its disk.
 pub struct SimNode {
     pub core: Option<RawNode>,
     cfg: Config,
     disk_hard_state: HardState,
-    /// Durable entries; `disk_log[i]` has index `i + 1`.
+    /// Where the durable log starts: the last entry the durable snapshot covers.
+    disk_snapshot: SnapshotMeta,
+    /// The durable snapshot's data: the applied entries it covers, `[i]` with index `i + 1`.
+    disk_snapshot_data: Vec<Entry>,
+    /// Durable entries after the snapshot; `disk_log[i]` has index `disk_snapshot.index + i + 1`.
     disk_log: Vec<Entry>,
     /// Writes handed out by the core and not yet durable: a crash loses them.
-    pending_writes: VecDeque<Persist>,
+    pending_writes: VecDeque<QueuedWrite>,
+    /// The snapshot the core asked to fetch, not fetched yet (a crash forgets it).
+    fetch: Option<SnapshotToFetch>,
+    /// Fetched snapshot data waiting for the core's install write (a crash loses it).
+    staged: Option<(SnapshotMeta, Vec<Entry>)>,
     /// Highest index applied in this life of the node.
     applied: Index,
     /// Commit index last seen, to check what each advance commits.
@@ -69,15 +89,30 @@ impl SimNode {
         self.core.is_some()
     }
 
-    /// The durable entry at `index`, if any.
+    /// The durable entry at `index`, in the snapshot's data or in the log, if any.
     pub fn durable_entry(&self, index: Index) -> Option<&Entry> {
-        index
-            .checked_sub(1)
-            .and_then(|i| self.disk_log.get(i as usize))
+        let i = index.checked_sub(1)? as usize;
+        if index <= self.disk_snapshot.index {
+            self.disk_snapshot_data.get(i)
+        } else {
+            self.disk_log
+                .get((index - self.disk_snapshot.index - 1) as usize)
+        }
     }
 
+    /// The durable log after the snapshot.
     pub fn durable_log(&self) -> &[Entry] {
         &self.disk_log
+    }
+
+    /// The durable snapshot's metadata.
+    pub fn durable_snapshot(&self) -> SnapshotMeta {
+        self.disk_snapshot
+    }
+
+    /// The applied entries the durable snapshot covers.
+    pub fn durable_snapshot_data(&self) -> &[Entry] {
+        &self.disk_snapshot_data
     }
 }
 
@@ -114,6 +149,18 @@ pub struct Cluster {
     /// Recent events, printed when a check fails.
     recent: VecDeque<String>,
     pub keep_trace: bool,
+    /// Random steps compact a node whose log since its snapshot passes this many entries.
+    pub compaction: Option<Compaction>,
+    /// Snapshots installed by followers, for reporting.
+    pub snapshots_installed: u64,
+}
+
+/// When random steps compact: once a node's applied entries since its snapshot pass
+/// `max_log`, it compacts, keeping a random tail of up to `max_tail` applied entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    pub max_log: u64,
+    pub max_tail: u64,
 }
 
 impl Cluster {
@@ -140,8 +187,13 @@ impl Cluster {
                 core: None,
                 cfg,
                 disk_hard_state: state.hard_state,
+                // A given state starts with no snapshot; tests compact once it runs.
+                disk_snapshot: SnapshotMeta::default(),
+                disk_snapshot_data: Vec::new(),
                 disk_log: state.entries,
                 pending_writes: VecDeque::new(),
+                fetch: None,
+                staged: None,
                 applied: 0,
                 seen_commit: 0,
             };
@@ -159,6 +211,8 @@ impl Cluster {
             next_payload: 0,
             recent: VecDeque::new(),
             keep_trace: true,
+            compaction: None,
+            snapshots_installed: 0,
         }
     }
 
@@ -213,9 +267,9 @@ impl Cluster {
             .map(|(id, n)| match &n.core {
                 None => format!("n{id}: down, disk holds {} entries", n.disk_log.len()),
                 Some(c) => format!(
-                    "n{id}: {:?} term {} leader {:?} last {}@{} persisted {} commit {} applied {} pending writes {}",
-                    c.role(), c.term(), c.leader(), c.last_index(), c.last_term(), c.persisted_index(),
-                    c.commit_index(), n.applied, n.pending_writes.len()
+                    "n{id}: {:?} term {} leader {:?} snapshot {} last {}@{} persisted {} commit {} applied {} pending writes {} fetch {:?} ",
+                    c.role(), c.term(), c.leader(), c.snapshot().index, c.last_index(), c.last_term(), c.persisted_index(),
+                    c.commit_index(), n.applied, n.pending_writes.len(), n.fetch.map(|f| f.snapshot.index)
                 ) + &c.describe_progress(),
             })
             .collect();
@@ -301,18 +355,153 @@ impl Cluster {
         let Some(write) = node.pending_writes.pop_front() else {
             return Ok(false);
         };
-        if let Some(hs) = write.hard_state {
-            node.disk_hard_state = hs;
-        }
-        if let Some(from) = write.overwrite_from() {
-            node.disk_log.truncate((from - 1) as usize);
-            node.disk_log.extend(write.entries.iter().cloned());
-        }
+        let write_id = match write {
+            QueuedWrite::Snapshot(w) => {
+                self.install_snapshot(id, w.snapshot)?;
+                w.id
+            }
+            QueuedWrite::Persist(write) => {
+                if let Some(hs) = write.hard_state {
+                    node.disk_hard_state = hs;
+                }
+                if let Some(from) = write.overwrite_from() {
+                    let Some(keep) = from.checked_sub(node.disk_snapshot.index + 1) else {
+                        return Err(Violation {
+                            rule: "writes stay after the snapshot",
+                            detail: format!(
+                                "n{id} was asked to write from {from}, inside its snapshot up to {}",
+                                node.disk_snapshot.index
+                            ),
+                        });
+                    };
+                    node.disk_log.truncate(keep as usize);
+                    node.disk_log.extend(write.entries.iter().cloned());
+                }
+                write.id
+            }
+        };
+        let node = self.nodes.get_mut(&id).expect("unknown node");
         if let Some(core) = node.core.as_mut() {
-            core.on_persisted(write.id);
+            core.on_persisted(write_id);
         }
         self.process_ready(id)?;
         Ok(true)
+    }
+
+    /// Installs the staged snapshot data as the disk's snapshot and empties the log, as one
+    /// atomic write. The data must be what every node committed at each index.
+    fn install_snapshot(&mut self, id: NodeId, snapshot: SnapshotMeta) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).expect("unknown node");
+        let data = match node.staged.take() {
+            Some((meta, data)) if meta == snapshot => data,
+            other => {
+                return violation(
+                    "snapshot install",
+                    format!(
+                        "n{id} was asked to install {snapshot:?} but staged {:?}",
+                        other.map(|(m, _)| m)
+                    ),
+                );
+            }
+        };
+        for e in &data {
+            if self.check.committed.get(&e.index) != Some(&e.term) {
+                return violation(
+                    "state machine safety",
+                    format!(
+                        "n{id} installs a snapshot holding {}@{}, but the entry committed there is {:?}",
+                        e.index,
+                        e.term,
+                        self.check.committed.get(&e.index)
+                    ),
+                );
+            }
+        }
+        node.disk_snapshot = snapshot;
+        node.disk_snapshot_data = data;
+        node.disk_log.clear();
+        self.snapshots_installed += 1;
+        self.note(|| {
+            format!(
+                "n{id} installed snapshot {}@{}",
+                snapshot.index, snapshot.term
+            )
+        });
+        Ok(())
+    }
+
+    /// Plays `id`'s driver fetching the snapshot its core asked for: copies the durable data of
+    /// the node it came from, stages it, and reports it fetched; the sender's core hears how
+    /// the transfer went. Returns whether a fetch was pending.
+    pub fn complete_fetch(&mut self, id: NodeId, succeed: bool) -> Result<bool, Violation> {
+        let node = self.nodes.get_mut(&id).expect("unknown node");
+        let Some(fetch) = node.fetch.take() else {
+            return Ok(false);
+        };
+        let s = fetch.snapshot;
+        let source = &self.nodes[&fetch.from];
+        let data: Option<Vec<Entry>> = succeed
+            .then(|| {
+                (1..=s.index)
+                    .map(|i| source.durable_entry(i).cloned())
+                    .collect::<Option<Vec<Entry>>>()
+            })
+            .flatten()
+            .filter(|d| d.last().is_some_and(|e| e.term == s.term));
+        let ok = data.is_some();
+        self.note(|| {
+            format!(
+                "n{id} fetches snapshot {}@{} from n{}: ok={ok}",
+                s.index, s.term, fetch.from
+            )
+        });
+        if let Some(data) = data {
+            let node = self.nodes.get_mut(&id).expect("unknown node");
+            node.staged = Some((s, data));
+            if let Some(core) = node.core.as_mut() {
+                core.on_snapshot_fetched(s);
+            }
+            // The core asked for the install (a write) or dropped the request; forget staged
+            // data no write will use.
+            self.process_ready(id)?;
+            let node = self.nodes.get_mut(&id).expect("unknown node");
+            let asked = node
+                .pending_writes
+                .iter()
+                .any(|w| matches!(w, QueuedWrite::Snapshot(w) if w.snapshot == s));
+            if !asked {
+                node.staged = None;
+            }
+        }
+        if let Some(core) = self
+            .nodes
+            .get_mut(&fetch.from)
+            .and_then(|n| n.core.as_mut())
+        {
+            core.report_snapshot(id, ok);
+        }
+        self.process_ready(fetch.from)?;
+        Ok(true)
+    }
+
+    /// `id`'s state machine has a durable snapshot up to `up_to`: its disk keeps the applied
+    /// prefix as snapshot data, and its core compacts.
+    pub fn compact(&mut self, id: NodeId, up_to: Index) -> Result<(), CompactError> {
+        let node = self.nodes.get_mut(&id).expect("unknown node");
+        let core = node.core.as_mut().expect("node is down");
+        core.compact(up_to)?;
+        let term = core.term_at(up_to).expect("compacted up to a known entry");
+        let start = node.disk_snapshot.index;
+        let moved: Vec<Entry> = node.disk_log.drain(..(up_to - start) as usize).collect();
+        assert_eq!(
+            moved.last().map(|e| (e.index, e.term)),
+            Some((up_to, term)),
+            "applied entries are durable"
+        );
+        node.disk_snapshot_data.extend(moved);
+        node.disk_snapshot = SnapshotMeta { index: up_to, term };
+        self.note(|| format!("n{id} compacted up to {up_to}"));
+        Ok(())
     }
 
     /// Delivers the in-flight message at `slot` (dropped if its link is cut or its target down).
@@ -375,6 +564,9 @@ impl Cluster {
         for _ in 0..1_000_000 {
             for id in self.ids() {
                 while self.complete_write(id)? {}
+                if self.complete_fetch(id, true)? {
+                    while self.complete_write(id)? {}
+                }
             }
             match self.in_flight.iter().position(|(_, m)| pred(m)) {
                 Some(slot) => self.deliver_slot(slot)?,
@@ -427,6 +619,8 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("unknown node");
         node.core = None;
         node.pending_writes.clear();
+        node.fetch = None;
+        node.staged = None;
     }
 
     /// Restarts a crashed node from its disk alone.
@@ -460,13 +654,27 @@ impl Cluster {
                     self.check_new_leader(id, soft.term)?;
                 }
             }
+            if let Some(fetch) = ready.snapshot_to_fetch {
+                self.note(|| {
+                    format!(
+                        "n{id} asks for snapshot {}@{} from n{}",
+                        fetch.snapshot.index, fetch.snapshot.term, fetch.from
+                    )
+                });
+                self.nodes.get_mut(&id).expect("exists").fetch = Some(fetch);
+            }
+            if let Some(write) = ready.snapshot_write {
+                let node = self.nodes.get_mut(&id).expect("exists");
+                node.applied = write.snapshot.index;
+                node.pending_writes.push_back(QueuedWrite::Snapshot(write));
+            }
             if let Some(write) = ready.persist {
                 self.check_written_entries(id, &write)?;
                 self.nodes
                     .get_mut(&id)
                     .expect("exists")
                     .pending_writes
-                    .push_back(write);
+                    .push_back(QueuedWrite::Persist(write));
             }
             for msg in ready.messages {
                 self.send(msg);
@@ -516,8 +724,14 @@ impl Cluster {
         }
         self.check.leaders.insert(term, id);
         let core = self.core(id);
+        let node = &self.nodes[&id];
         for (&index, &committed_term) in &self.check.committed {
-            if core.term_at(index) != Some(committed_term) {
+            let held = if index < core.snapshot().index {
+                node.durable_entry(index).map(|e| e.term)
+            } else {
+                core.term_at(index)
+            };
+            if held != Some(committed_term) {
                 return violation(
                     "leader completeness",
                     format!("n{id} leads term {term} without the entry committed at {index} (term {committed_term}); it has {:?}", core.term_at(index)),
@@ -567,7 +781,9 @@ impl Cluster {
         if commit <= node.seen_commit {
             return Ok(());
         }
-        for index in node.seen_commit + 1..=commit {
+        // Below the snapshot the log is gone; an installed snapshot's data is checked on install.
+        let from = node.seen_commit.max(core.snapshot().index);
+        for index in from + 1..=commit {
             let Some(term) = core.term_at(index) else {
                 return violation(
                     "commit",
@@ -645,16 +861,17 @@ impl Cluster {
 
 /// Builds a node's core from its disk alone, as a real restart would.
 fn boot(node: &mut SimNode) {
+    // The state machine restarts as the durable snapshot; entries after it are applied again.
     let state = RestartState {
         hard_state: node.disk_hard_state,
-        snapshot: SnapshotMeta::default(),
+        snapshot: node.disk_snapshot,
         entries: node.disk_log.clone(),
-        applied: 0,
+        applied: node.disk_snapshot.index,
     };
     let core =
         RawNode::restart(node.cfg.clone(), state).expect("a disk the harness wrote is valid");
-    node.seen_commit = 0;
-    node.applied = 0;
+    node.seen_commit = node.disk_snapshot.index;
+    node.applied = node.disk_snapshot.index;
     node.core = Some(core);
 }
 
@@ -667,7 +884,9 @@ pub struct RunStats {
     pub steps: u64,
     pub committed: u64,
     pub reads_served: u64,
+    pub snapshots_installed: u64,
     pub faults: Faults,
+    pub compaction: Option<Compaction>,
 }
 
 /// A failed run: the seed, what broke, and the events just before.
@@ -689,8 +908,8 @@ impl std::fmt::Display for Failure {
         )?;
         writeln!(
             f,
-            "  {} nodes, faults {:?}",
-            self.stats.nodes, self.stats.faults
+            "  {} nodes, faults {:?}, compaction {:?}",
+            self.stats.nodes, self.stats.faults, self.stats.compaction
         )?;
         writeln!(
             f,
@@ -730,6 +949,12 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     let pre_vote = rng.gen_bool(0.7);
     let check_quorum = rng.gen_bool(0.7);
     let small_windows = rng.gen_bool(0.5);
+    // Half the runs compact, some keeping no tail at all, so that followers cut off by
+    // partitions or crashes fall behind the leader's log start and need snapshots.
+    let compaction = rng.gen_bool(0.5).then(|| Compaction {
+        max_log: [4, 16, 64][rng.gen_range(0..3)],
+        max_tail: [0, 2, 8][rng.gen_range(0..3)],
+    });
     let mut cluster = Cluster::new(n, seed, |cfg| {
         cfg.pre_vote = pre_vote;
         cfg.check_quorum = check_quorum;
@@ -742,9 +967,11 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
         configure(cfg);
     });
     cluster.faults = faults;
+    cluster.compaction = compaction;
     let mut stats = RunStats {
         nodes: n,
         faults,
+        compaction,
         ..RunStats::default()
     };
     let fail = |cluster: &Cluster, violation: Violation, stats: RunStats| {
@@ -806,6 +1033,7 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     }
     stats.committed = cluster.check.committed.len() as u64;
     stats.reads_served = cluster.check.reads_served;
+    stats.snapshots_installed = cluster.snapshots_installed;
     if !committed {
         let v = Violation {
             rule: "liveness",
@@ -852,18 +1080,24 @@ impl Cluster {
                 self.tick(id)?;
             }
             570..=829 => {
-                // A disk finishes some of its queued writes together, as with group commit.
+                // A disk finishes some of its queued writes together, as with group commit; or
+                // a snapshot transfer ends (under faults, sometimes in failure).
                 let busy: Vec<NodeId> = self
                     .nodes
                     .iter()
-                    .filter(|(_, n)| !n.pending_writes.is_empty())
+                    .filter(|(_, n)| !n.pending_writes.is_empty() || n.fetch.is_some())
                     .map(|(&id, _)| id)
                     .collect();
                 if !busy.is_empty() {
                     let id = busy[self.rng.gen_range(0..busy.len())];
                     let queued = self.nodes[&id].pending_writes.len();
-                    for _ in 0..self.rng.gen_range(1..=queued) {
-                        self.complete_write(id)?;
+                    if queued > 0 {
+                        for _ in 0..self.rng.gen_range(1..=queued) {
+                            self.complete_write(id)?;
+                        }
+                    } else {
+                        let succeed = !faults || self.rng.gen_bool(0.8);
+                        self.complete_fetch(id, succeed)?;
                     }
                 }
             }
@@ -915,6 +1149,29 @@ impl Cluster {
             995..=999 if self.faults.partitions => self.heal(),
             _ => {}
         }
+        self.maybe_compact();
         Ok(())
+    }
+
+    /// Compacts every live node whose applied log since its snapshot passed the limit,
+    /// keeping a random tail (see [`Compaction`]).
+    fn maybe_compact(&mut self) {
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        for id in self.ids() {
+            let Some(core) = self.nodes[&id].core.as_ref() else {
+                continue;
+            };
+            let (applied, start) = (core.applied_index(), core.snapshot().index);
+            if applied.saturating_sub(start) <= policy.max_log {
+                continue;
+            }
+            let up_to = applied.saturating_sub(self.rng.gen_range(0..=policy.max_tail));
+            if up_to > start {
+                self.compact(id, up_to)
+                    .expect("compacting applied entries above the snapshot is allowed");
+            }
+        }
     }
 }

@@ -75,6 +75,7 @@
 //! | probe/replicate, in-flight window | `progress.rs` |
 //! | majorities | `quorum.rs` |
 //! | ReadIndex | `read_index.rs` |
+//! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
 //! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
 
@@ -96,13 +97,14 @@ mod quorum;
 mod read_index;
 mod ready;
 mod replication;
+mod snapshot;
 mod types;
 
 pub use config::Config;
-pub use error::{ConfigError, ProposeError};
+pub use error::{CompactError, ConfigError, ProposeError};
 pub use message::{Message, MessageBody};
 pub use node::{Proposed, RawNode};
-pub use ready::{Persist, ReadState, Ready, SoftState, WriteId};
+pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
 pub use types::{
     Entry, EntryKind, HardState, Index, NodeId, RestartState, Role, SnapshotMeta, Term,
     ENTRY_OVERHEAD_BYTES,

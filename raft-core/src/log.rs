@@ -19,6 +19,8 @@ pub(crate) struct RaftLog {
     committed: Index,
     /// Highest index handed to the driver for applying.
     applying: Index,
+    /// A fetched snapshot that replaced this log in memory and is not yet asked to be written.
+    unwritten_snapshot: Option<SnapshotMeta>,
 }
 
 impl RaftLog {
@@ -38,7 +40,49 @@ impl RaftLog {
             unpersisted_from: None,
             committed,
             applying: applied.max(snapshot.index).min(committed),
+            unwritten_snapshot: None,
         }
+    }
+
+    /// The last entry folded into a snapshot (index 0 if none).
+    pub(crate) fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+
+    /// Drops every entry up to `up_to`, which a durable snapshot of the state machine covers.
+    /// The caller checked that `up_to` is applied and above the current snapshot; applied
+    /// entries are durable and committed, so no pending write or conflict can touch them.
+    pub(crate) fn compact(&mut self, up_to: Index) {
+        let term = self
+            .term(up_to)
+            .expect("the caller checked up_to is in the log");
+        self.entries.drain(..(up_to - self.snapshot.index) as usize);
+        self.snapshot = SnapshotMeta { index: up_to, term };
+        if let Some(from) = self.unpersisted_from {
+            self.unpersisted_from = Some(from.max(up_to + 1));
+        }
+    }
+
+    /// Replaces the whole log by `snapshot` (fetched from the leader): nothing follows it, and
+    /// everything up to it is committed and applied. The caller checked that the log does not
+    /// hold `(snapshot.index, snapshot.term)` and that the snapshot is above the commit index,
+    /// so every entry dropped here conflicts with the leader's log and can never commit.
+    pub(crate) fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
+        debug_assert!(snapshot.index > self.committed);
+        self.snapshot = snapshot;
+        self.entries.clear();
+        // Nothing in memory is older than the write that installs it; acknowledgements of that
+        // write are held until it is durable.
+        self.persisted = snapshot.index;
+        self.unpersisted_from = None;
+        self.committed = snapshot.index;
+        self.applying = snapshot.index;
+        self.unwritten_snapshot = Some(snapshot);
+    }
+
+    /// The snapshot to install in the next write, forgetting it as pending.
+    pub(crate) fn take_unwritten_snapshot(&mut self) -> Option<SnapshotMeta> {
+        self.unwritten_snapshot.take()
     }
 
     pub(crate) fn first_index(&self) -> Index {
@@ -152,7 +196,7 @@ impl RaftLog {
     }
 
     pub(crate) fn has_unpersisted(&self) -> bool {
-        self.unpersisted_from.is_some()
+        self.unpersisted_from.is_some() || self.unwritten_snapshot.is_some()
     }
 
     fn note_unpersisted(&mut self, from: Index) {
@@ -216,15 +260,15 @@ impl RaftLog {
     /// For fast backtracking (Raft §5.3, the optimisation in etcd-raft's `findConflictByTerm`):
     /// the last index at or below `index` whose term is at most `term`, with its term. Every
     /// entry between it and `index` has a higher term, so it cannot match a log whose entry at
-    /// `index` has term `term`.
-    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> (Index, Term) {
+    /// `index` has term `term`. `None` if the search runs below the snapshot: the answer is in
+    /// the compacted part, of which only the snapshot's last entry is known.
+    pub(crate) fn find_conflict_by_term(&self, index: Index, term: Term) -> Option<(Index, Term)> {
         let mut i = index.min(self.last_index());
         loop {
             match self.term(i) {
                 Some(t) if t > term => i -= 1,
-                Some(t) => return (i, t),
-                // Below the snapshot we know nothing better than the snapshot itself.
-                None => return (self.snapshot.index, self.snapshot.term),
+                Some(t) => return Some((i, t)),
+                None => return None,
             }
         }
     }
@@ -310,10 +354,51 @@ mod tests {
     #[test]
     fn conflict_by_term_skips_entries_of_higher_terms() {
         let log = log_of(&[1, 1, 4, 4, 5]);
-        assert_eq!(log.find_conflict_by_term(5, 3), (2, 1));
-        assert_eq!(log.find_conflict_by_term(5, 5), (5, 5));
-        assert_eq!(log.find_conflict_by_term(9, 4), (4, 4));
-        assert_eq!(log.find_conflict_by_term(2, 0), (0, 0));
+        assert_eq!(log.find_conflict_by_term(5, 3), Some((2, 1)));
+        assert_eq!(log.find_conflict_by_term(5, 5), Some((5, 5)));
+        assert_eq!(log.find_conflict_by_term(9, 4), Some((4, 4)));
+        assert_eq!(log.find_conflict_by_term(2, 0), Some((0, 0)));
+    }
+
+    #[test]
+    fn conflict_by_term_below_the_snapshot_is_unknown() {
+        let mut log = log_of(&[1, 2, 3, 3]);
+        log.commit_to(4);
+        log.compact(2);
+        assert_eq!(log.find_conflict_by_term(4, 3), Some((4, 3)));
+        assert_eq!(log.find_conflict_by_term(4, 2), Some((2, 2)));
+        assert_eq!(log.find_conflict_by_term(4, 1), None);
+    }
+
+    #[test]
+    fn compaction_keeps_the_tail_and_the_last_compacted_term() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.commit_to(4);
+        log.compact(3);
+        assert_eq!(log.first_index(), 4);
+        assert_eq!(log.snapshot(), SnapshotMeta { index: 3, term: 2 });
+        assert_eq!(log.term(3), Some(2));
+        assert_eq!(log.term(2), None);
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.entries_from(4, u64::MAX).len(), 1);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_log_and_is_written_once() {
+        let mut log = log_of(&[1, 1, 1]);
+        log.install_snapshot(SnapshotMeta { index: 9, term: 4 });
+        assert_eq!((log.last_index(), log.last_term()), (9, 4));
+        assert_eq!(
+            (log.committed(), log.applying(), log.persisted()),
+            (9, 9, 9)
+        );
+        assert!(log.has_unpersisted());
+        assert_eq!(
+            log.take_unwritten_snapshot(),
+            Some(SnapshotMeta { index: 9, term: 4 })
+        );
+        assert!(log.take_unpersisted().is_empty());
+        assert!(!log.has_unpersisted());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::types::{Entry, Index, NodeId, Term};
+use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 
 /// One message from `from` to `to`, sent in `term` (the sender's term, or for a pre-vote request
 /// the term the sender would campaign in).
@@ -58,6 +58,13 @@ pub enum MessageBody {
     HeartbeatResponse {
         read_round: u64,
     },
+    /// The leader no longer holds the entries the follower needs (they are compacted): it names
+    /// its snapshot, and the follower's driver fetches the data out of band from the sender.
+    /// Answered with an `AppendResponse`: success at the follower's commit index if it already
+    /// holds the snapshot, else success at `snapshot.index` once the snapshot is installed.
+    InstallSnapshot {
+        snapshot: SnapshotMeta,
+    },
     /// Proposals a follower forwards to its leader.
     Propose {
         payloads: Vec<Bytes>,
@@ -85,6 +92,7 @@ impl MessageBody {
             MessageBody::AppendResponse { .. } => "AppendResponse",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
             MessageBody::Propose { .. } => "Propose",
             MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",

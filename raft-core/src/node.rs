@@ -1,7 +1,7 @@
 //! The Raft node: its state, the public API, the term rules that apply to every message, and
 //! the plumbing that turns state changes into a [`Ready`] and durability acks into released
 //! messages. Elections live in `election.rs`, log replication in `replication.rs`, reads in
-//! `read_index.rs`.
+//! `read_index.rs`, snapshots in `snapshot.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,7 +15,8 @@ use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::read_index::ReadIndexTracker;
-use crate::ready::{Persist, ReadState, Ready, SoftState, WriteId};
+use crate::ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
+use crate::snapshot::PendingFetch;
 use crate::types::{Entry, HardState, Index, NodeId, RestartState, Role, Term};
 
 /// At most this many bytes of committed entries are handed out in one [`Ready`]; the rest
@@ -85,8 +86,12 @@ pub struct RawNode {
     pub(crate) uncommitted_bytes: u64,
     /// The leader owes followers an append (new entries or a new commit index).
     pub(crate) broadcast_pending: bool,
-    applied: Index,
+    pub(crate) applied: Index,
     last_soft_state: SoftState,
+    /// The snapshot this follower waits for its driver to fetch.
+    pub(crate) pending_fetch: Option<PendingFetch>,
+    /// A fetch request for the next `Ready`.
+    pub(crate) fetch_request: Option<SnapshotToFetch>,
 }
 
 impl RawNode {
@@ -135,6 +140,8 @@ impl RawNode {
                 term: hs.term,
                 leader: None,
             },
+            pending_fetch: None,
+            fetch_request: None,
             cfg,
         };
         node.reset_election_timer();
@@ -194,9 +201,9 @@ impl RawNode {
                 // pre-campaign for the next term.
                 MessageBody::PreVoteRequest { .. } => {}
                 MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. } => {
-                    self.become_follower(m.term, Some(m.from))
-                }
+                MessageBody::AppendRequest { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, Some(m.from)),
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
@@ -223,7 +230,9 @@ impl RawNode {
                     self.record_vote(m.from, granted);
                 }
             }
-            body @ (MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. }) => {
+            body @ (MessageBody::AppendRequest { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }) => {
                 if self.role == Role::Leader {
                     tracing::error!(
                         id = self.id,
@@ -253,6 +262,9 @@ impl RawNode {
                     ),
                     MessageBody::Heartbeat { commit, read_round } => {
                         self.handle_heartbeat(m.from, commit, read_round)
+                    }
+                    MessageBody::InstallSnapshot { snapshot } => {
+                        self.handle_install_snapshot(m.from, snapshot)
                     }
                     _ => unreachable!("matched above"),
                 }
@@ -377,12 +389,17 @@ impl RawNode {
         self.applied = self.applied.max(index);
     }
 
-    /// The transport could not reach `to`: stop streaming to it optimistically.
+    /// The transport could not reach `to`: stop streaming to it optimistically. A follower
+    /// waiting for a snapshot is treated as a failed transfer (see `report_snapshot`).
     pub fn report_unreachable(&mut self, to: NodeId) {
-        if let Some(pr) = self.progress.get_mut(&to) {
-            if pr.state == crate::progress::ReplicationState::Replicate {
-                pr.become_probe();
-            }
+        use crate::progress::ReplicationState;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        match pr.state {
+            ReplicationState::Replicate => pr.become_probe(),
+            ReplicationState::Snapshot { .. } => self.report_snapshot(to, false),
+            ReplicationState::Probe => {}
         }
     }
 
@@ -396,6 +413,7 @@ impl RawNode {
             || self.soft_state() != self.last_soft_state
             || self.hard_state_changed()
             || self.log.has_unpersisted()
+            || self.fetch_request.is_some()
             || self.log.committed().min(self.log.persisted()) > self.log.applying()
             || (self.role == Role::Leader && self.reads.round_needed())
     }
@@ -411,7 +429,7 @@ impl RawNode {
                 self.broadcast_append();
             }
         }
-        let persist = self.next_write();
+        let (snapshot_write, persist) = self.next_write();
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft_state).then(|| {
             self.last_soft_state = soft;
@@ -423,6 +441,8 @@ impl RawNode {
             committed: self.log.take_committed(MAX_COMMITTED_BYTES_PER_READY),
             read_states: std::mem::take(&mut self.read_states),
             soft_state,
+            snapshot_to_fetch: self.fetch_request.take(),
+            snapshot_write,
         }
     }
 
@@ -558,37 +578,54 @@ impl RawNode {
         (self.term, self.vote) != (self.written_hard_state.term, self.written_hard_state.vote)
     }
 
-    /// Turns the changes since the last write into the next one.
-    fn next_write(&mut self) -> Option<Persist> {
-        let entries = self.log.take_unpersisted();
-        if entries.is_empty() && !self.hard_state_changed() {
-            debug_assert!(
-                self.held_for_next_write.is_empty(),
-                "held messages with nothing to write"
-            );
-            for held in std::mem::take(&mut self.held_for_next_write) {
-                self.hold_until_durable(held);
-            }
-            return None;
-        }
-        let hs = self.hard_state();
-        let hard_state = (hs != self.written_hard_state).then_some(hs);
-        self.written_hard_state = hs;
+    fn next_write_id(&mut self) -> WriteId {
         let id = WriteId {
             seq: self.next_write_seq,
             term: self.term,
         };
         self.next_write_seq += 1;
+        id
+    }
+
+    /// Turns the changes since the last write into the next writes: a snapshot install, if one
+    /// was fetched, then hard state and entries. Held messages go with the last of them.
+    fn next_write(&mut self) -> (Option<SnapshotWrite>, Option<Persist>) {
+        let snapshot_write = self.log.take_unwritten_snapshot().map(|snapshot| {
+            let id = self.next_write_id();
+            self.writes.push_back(OutstandingWrite {
+                id,
+                last_entry: Some((snapshot.index, snapshot.term)),
+                held: Vec::new(),
+            });
+            SnapshotWrite { id, snapshot }
+        });
+        let entries = self.log.take_unpersisted();
+        if entries.is_empty() && !self.hard_state_changed() {
+            debug_assert!(
+                snapshot_write.is_some() || self.held_for_next_write.is_empty(),
+                "held messages with nothing to write"
+            );
+            // With a snapshot write they join it (the last outstanding write).
+            for held in std::mem::take(&mut self.held_for_next_write) {
+                self.hold_until_durable(held);
+            }
+            return (snapshot_write, None);
+        }
+        let hs = self.hard_state();
+        let hard_state = (hs != self.written_hard_state).then_some(hs);
+        self.written_hard_state = hs;
+        let id = self.next_write_id();
         self.writes.push_back(OutstandingWrite {
             id,
             last_entry: entries.last().map(|e| (e.index, e.term)),
             held: std::mem::take(&mut self.held_for_next_write),
         });
-        Some(Persist {
+        let persist = Persist {
             id,
             hard_state,
             entries,
-        })
+        };
+        (snapshot_write, Some(persist))
     }
 
     fn forward_target(&self) -> Result<NodeId, ProposeError> {
@@ -633,7 +670,9 @@ impl RawNode {
     /// ignore) learns our term from the answer, so that it steps down instead of lingering.
     fn answer_stale_term(&mut self, m: &Message) {
         match m.body {
-            MessageBody::AppendRequest { .. } | MessageBody::Heartbeat { .. }
+            MessageBody::AppendRequest { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
                 if self.cfg.check_quorum || self.cfg.pre_vote =>
             {
                 self.send(
@@ -699,11 +738,35 @@ fn validate_message(m: &Message) -> Result<(), &'static str> {
             return Err("prev_log_term beyond the message term");
         }
     }
+    if let MessageBody::InstallSnapshot { snapshot } = &m.body {
+        if snapshot.index == 0 || snapshot.term == 0 {
+            return Err("a snapshot must cover at least one entry");
+        }
+        if snapshot.term > m.term {
+            return Err("snapshot term beyond the message term");
+        }
+    }
     Ok(())
 }
 
 fn check_restart_state(cfg: &Config, state: &RestartState) -> Result<(), ConfigError> {
     let fail = |why: String| Err(ConfigError(why));
+    let snapshot = state.snapshot;
+    if snapshot.index > 0 && snapshot.term == 0 {
+        return fail(format!("snapshot at index {} has term 0", snapshot.index));
+    }
+    if snapshot.term > state.hard_state.term {
+        return fail(format!(
+            "snapshot term {} exceeds the stored current term {}",
+            snapshot.term, state.hard_state.term
+        ));
+    }
+    if state.applied < snapshot.index {
+        return fail(format!(
+            "state machine applied {} but it holds the snapshot up to {}",
+            state.applied, snapshot.index
+        ));
+    }
     let mut expected = state.snapshot.index + 1;
     let mut prev_term = state.snapshot.term;
     for e in &state.entries {

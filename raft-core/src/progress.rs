@@ -1,10 +1,12 @@
 //! What the leader knows about each follower's log, and how much it may send it (flow control).
 //!
-//! A follower is in one of two states. In `Probe` the leader does not know where the logs
+//! A follower is in one of three states. In `Probe` the leader does not know where the logs
 //! diverge, so it sends one append at a time and waits for the answer (or a heartbeat
 //! response) before sending another. In `Replicate` the logs are known to match up to `matched`,
 //! so the leader streams appends optimistically, bounded by a window of in-flight messages
-//! and bytes.
+//! and bytes. In `Snapshot` the follower needs entries the leader has compacted: it was sent the
+//! leader's snapshot, and gets no appends until it acknowledges an index at or past it (or the
+//! driver reports that the transfer failed, which sends it back to `Probe`).
 
 use std::collections::VecDeque;
 
@@ -14,6 +16,10 @@ use crate::types::Index;
 pub(crate) enum ReplicationState {
     Probe,
     Replicate,
+    /// Waiting for the follower to install the snapshot that ends at `pending`.
+    Snapshot {
+        pending: Index,
+    },
 }
 
 #[derive(Debug)]
@@ -34,6 +40,9 @@ pub(crate) struct Progress {
     /// `matched` at the previous heartbeat answer: a follower in `Replicate` that made no
     /// progress over a whole heartbeat interval has probably lost an append.
     pub(crate) matched_at_last_heartbeat: Index,
+    /// In `Snapshot`: heartbeat answers since the snapshot was last offered. The offer (metadata
+    /// only) is repeated now and then, since it or the follower's acknowledgement may be lost.
+    pub(crate) heartbeats_since_snapshot_offer: u32,
 }
 
 impl Progress {
@@ -47,6 +56,7 @@ impl Progress {
             recently_active: false,
             commit_sent: 0,
             matched_at_last_heartbeat: 0,
+            heartbeats_since_snapshot_offer: 0,
         }
     }
 
@@ -55,7 +65,16 @@ impl Progress {
         match self.state {
             ReplicationState::Probe => self.probe_sent,
             ReplicationState::Replicate => self.inflight.is_full(),
+            ReplicationState::Snapshot { .. } => true,
         }
+    }
+
+    /// The follower needs entries up to and including `pending`, which only a snapshot holds.
+    pub(crate) fn become_snapshot(&mut self, pending: Index) {
+        self.state = ReplicationState::Snapshot { pending };
+        self.probe_sent = false;
+        self.inflight.clear();
+        self.heartbeats_since_snapshot_offer = 0;
     }
 
     pub(crate) fn become_probe(&mut self) {
@@ -93,6 +112,8 @@ impl Progress {
                 self.inflight.add(last, bytes);
             }
             ReplicationState::Probe => self.probe_sent = true,
+            // Paused: nothing is sent while a snapshot is pending.
+            ReplicationState::Snapshot { .. } => {}
         }
     }
 
@@ -116,6 +137,8 @@ impl Progress {
                 self.probe_sent = false;
                 true
             }
+            // No append was sent since the snapshot: the rejection answers an older one.
+            ReplicationState::Snapshot { .. } => false,
         }
     }
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::message::Message;
-use crate::types::{Entry, HardState, Index, NodeId, Role, Term};
+use crate::types::{Entry, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 /// Names one write the core asked for, so that its completion can be reported with
 /// [`crate::RawNode::on_persisted`]. `seq` grows by one per write within one life of the core;
@@ -35,6 +35,35 @@ impl Persist {
     }
 }
 
+/// The core asks its driver to fetch the data of the leader's snapshot `snapshot` from `from`
+/// (out of band: the core only knows the snapshot's metadata). When it has the data, staged but
+/// not installed, the driver reports [`crate::RawNode::on_snapshot_fetched`]; the core then asks
+/// for the install as a [`SnapshotWrite`], ordered with its other writes.
+///
+/// The same request may be handed out again (the leader offers the snapshot again after a lost
+/// message or a failed transfer): a driver already fetching it carries on; one that failed
+/// starts again. A request for a different snapshot supersedes the earlier one, whose report
+/// would be ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotToFetch {
+    pub from: NodeId,
+    pub snapshot: SnapshotMeta,
+}
+
+/// One write that installs a fetched snapshot. It comes before the `persist` of the same
+/// [`Ready`] (and after every earlier write) and, like a [`Persist`], must be made durable
+/// atomically and reported with `on_persisted(write.id)`. Atomically: the state machine
+/// becomes the snapshot's data, every stored log entry is removed, and the log start (snapshot
+/// metadata) becomes `snapshot`, so that a restart finds `RestartState { snapshot, entries:
+/// [], applied: snapshot.index, .. }` or the state from before the write, never a mix.
+/// Entries already handed out for applying with an index at or below `snapshot.index` must
+/// not be applied on top of the installed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub id: WriteId,
+    pub snapshot: SnapshotMeta,
+}
+
 /// A linearizable read that became servable: once the state machine has applied `index`, the
 /// read identified by `ctx` may be answered from local state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +93,10 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Set when role, term or leader changed.
     pub soft_state: Option<SoftState>,
+    /// Fetch a snapshot from the leader (see [`SnapshotToFetch`]).
+    pub snapshot_to_fetch: Option<SnapshotToFetch>,
+    /// Install a fetched snapshot, before `persist` (see [`SnapshotWrite`]).
+    pub snapshot_write: Option<SnapshotWrite>,
 }
 
 impl Ready {
@@ -73,5 +106,7 @@ impl Ready {
             && self.committed.is_empty()
             && self.read_states.is_empty()
             && self.soft_state.is_none()
+            && self.snapshot_to_fetch.is_none()
+            && self.snapshot_write.is_none()
     }
 }

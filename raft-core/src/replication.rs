@@ -70,6 +70,10 @@ impl RawNode {
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
+        if matches!(pr.state, ReplicationState::Snapshot { .. }) {
+            // Nothing but heartbeats goes to a follower waiting for a snapshot.
+            return;
+        }
         let commit = committed.min(pr.matched);
         if commit <= pr.commit_sent {
             return;
@@ -94,28 +98,31 @@ impl RawNode {
     /// probe) is sent only if `allow_empty`. Returns whether entries were sent, so that callers
     /// in `Replicate` can keep streaming.
     pub(crate) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
-        let Some(pr) = self.progress.get_mut(&to) else {
+        let Some(pr) = self.progress.get(&to) else {
             return false;
         };
         if pr.is_paused() {
             return false;
         }
-        let prev_log_index = pr.next - 1;
+        let (next, prev_log_index) = (pr.next, pr.next - 1);
+        if prev_log_index < self.log.snapshot().index {
+            // The follower needs entries we compacted.
+            self.send_snapshot(to);
+            return false;
+        }
         let Some(prev_log_term) = self.log.term(prev_log_index) else {
-            // Only after compaction, which needs snapshots (not built yet).
+            // Beyond our log: only a hostile acknowledgement could have put `next` there.
             tracing::warn!(
                 id = self.id,
                 term = self.term,
                 to,
                 prev_log_index,
-                "follower needs entries this log no longer has"
+                "follower's next index is beyond this log"
             );
             return false;
         };
-        let entries = self
-            .log
-            .entries_from(pr.next, self.cfg.max_msg_bytes)
-            .to_vec();
+        let entries = self.log.entries_from(next, self.cfg.max_msg_bytes).to_vec();
+        let pr = self.progress.get_mut(&to).expect("checked above");
         if entries.is_empty() && !allow_empty {
             return false;
         }
@@ -153,12 +160,16 @@ impl RawNode {
         pr.recently_active = true;
         if !success {
             // Fast backtracking: skip every entry of ours that cannot match the follower's log.
-            let probe = if hint_term > 0 {
-                self.log.find_conflict_by_term(hint_index, hint_term).0
+            let retry_from = if hint_term > 0 {
+                match self.log.find_conflict_by_term(hint_index, hint_term) {
+                    Some((probe, _)) => probe + 1,
+                    // Any match lies in what we compacted: the follower needs the snapshot.
+                    None => self.log.snapshot().index,
+                }
             } else {
-                hint_index
+                hint_index.saturating_add(1)
             };
-            if pr.back_off(index, probe + 1) {
+            if pr.back_off(index, retry_from) {
                 self.send_append(from, true);
             }
             return;
@@ -173,9 +184,14 @@ impl RawNode {
             );
             return;
         }
-        if pr.update_matched(index) && pr.state == ReplicationState::Probe {
+        if let ReplicationState::Snapshot { .. } = pr.state {
+            if !self.snapshot_acknowledged(from, index) {
+                return;
+            }
+        } else if pr.update_matched(index) && pr.state == ReplicationState::Probe {
             pr.become_replicate();
         }
+        let pr = self.progress.get_mut(&from).expect("checked above");
         if pr.state == ReplicationState::Replicate {
             pr.inflight.free_up_to(index);
         }
@@ -227,6 +243,8 @@ impl RawNode {
                     self.send_append(from, true);
                 }
                 ReplicationState::Replicate => while self.send_append(from, false) {},
+                // No appends until the snapshot is installed (or reported failed).
+                ReplicationState::Snapshot { .. } => self.snapshot_heartbeat_answered(from),
             }
         }
         self.confirm_reads(from, read_round);
@@ -288,9 +306,13 @@ impl RawNode {
             return;
         }
         if !self.log.matches(prev_log_index, prev_log_term) {
+            let snapshot = self.log.snapshot();
+            // Below our snapshot, its last entry is the best hint: it is committed, so the
+            // leader holds it (or has compacted it, and will send its own snapshot).
             let (hint_index, hint_term) = self
                 .log
-                .find_conflict_by_term(prev_log_index.min(self.log.last_index()), prev_log_term);
+                .find_conflict_by_term(prev_log_index.min(self.log.last_index()), prev_log_term)
+                .unwrap_or((snapshot.index, snapshot.term));
             self.send(
                 from,
                 MessageBody::AppendResponse {
@@ -329,7 +351,7 @@ impl RawNode {
     }
 }
 
-fn success_ack(index: Index) -> MessageBody {
+pub(crate) fn success_ack(index: Index) -> MessageBody {
     MessageBody::AppendResponse {
         success: true,
         index,

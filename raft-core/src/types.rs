@@ -79,6 +79,11 @@ pub enum Role {
 
 /// What a driver loads from stable storage to rebuild a core after a restart. Everything in it
 /// must have been acknowledged as durable; nothing else may be assumed.
+///
+/// With a snapshot: `snapshot` is the log start the driver stored with its last compaction or
+/// snapshot install, `entries` the stored log after it (possibly none), and `applied` at least
+/// `snapshot.index` (the state machine holds the snapshot). `hard_state.commit` below
+/// `snapshot.index` is lifted to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestartState {
     pub hard_state: HardState,

@@ -522,6 +522,11 @@ mod arbitrary_input {
             small
                 .clone()
                 .prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
+            (small.clone(), small.clone()).prop_map(|(index, term)| {
+                MessageBody::InstallSnapshot {
+                    snapshot: raft_core::SnapshotMeta { index, term },
+                }
+            }),
             Just(MessageBody::Propose {
                 payloads: vec![Bytes::from_static(b"p")]
             }),

@@ -26,19 +26,20 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn random_fault_runs_keep_every_raft_invariant() {
     let seeds = seeds();
-    let (mut steps, mut committed, mut reads) = (0, 0, 0);
+    let (mut steps, mut committed, mut reads, mut snapshots) = (0, 0, 0, 0);
     for &seed in &seeds {
         match random_run(seed, |_| {}) {
             Ok(stats) => {
                 steps += stats.steps;
                 committed += stats.committed;
                 reads += stats.reads_served;
+                snapshots += stats.snapshots_installed;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     println!(
-        "{} runs, {steps} steps, {committed} entries committed, {reads} reads served",
+        "{} runs, {steps} steps, {committed} entries committed, {reads} reads served, {snapshots} snapshots installed",
         seeds.len()
     );
     assert!(
@@ -46,6 +47,9 @@ fn random_fault_runs_keep_every_raft_invariant() {
         "the runs committed almost nothing"
     );
     assert!(reads > 0, "no read was ever served");
+    if seeds.len() >= 100 {
+        assert!(snapshots > 0, "no follower ever needed a snapshot");
+    }
 }
 
 /// Runs seeds with a deliberate bug until the harness reports the expected rule broken.
