@@ -546,6 +546,13 @@ impl NodeLoop {
                     }
                 }
             }
+            if ready.snapshot_to_fetch.is_some() || ready.snapshot_write.is_some() {
+                // No node compacts its log yet (issue 6), so no leader offers a snapshot.
+                tracing::warn!(
+                    id = self.cfg.id,
+                    "a snapshot was offered, but this build cannot transfer snapshots; ignoring"
+                );
+            }
             if let Some(write) = ready.persist {
                 let _ = self.log_writes.send(write);
             }
