@@ -481,6 +481,38 @@ impl Env for PowerCutEnv {
     fn rename(&self, old: &Path, new: &Path) -> LResult<()> {
         self.check_power("rename", old)?;
         let mut st = self.state();
+        if st.dirs.contains(old) {
+            // A directory: every name under it moves (one atomic step, as rename(2) is).
+            if st.dirs.contains(new) || st.files.keys().any(|f| f.starts_with(new)) {
+                return Err(Status::new(
+                    StatusCode::IOError,
+                    &format!("rename {}: {} exists", old.display(), new.display()),
+                ));
+            }
+            let moved = |p: &Path| new.join(p.strip_prefix(old).unwrap_or(p));
+            let dirs: Vec<PathBuf> = st
+                .dirs
+                .iter()
+                .filter(|d| d.starts_with(old))
+                .cloned()
+                .collect();
+            for d in dirs {
+                st.dirs.remove(&d);
+                st.dirs.insert(moved(&d));
+            }
+            let files: Vec<PathBuf> = st
+                .files
+                .keys()
+                .filter(|f| f.starts_with(old))
+                .cloned()
+                .collect();
+            for f in files {
+                if let Some(h) = st.files.remove(&f) {
+                    st.files.insert(moved(&f), h);
+                }
+            }
+            return Ok(());
+        }
         match st.files.remove(old) {
             Some(f) => {
                 st.files.insert(new.to_path_buf(), f);

@@ -47,6 +47,17 @@ pub enum StorageEnv {
     PowerCut(PowerCutEnv),
 }
 
+impl StorageEnv {
+    /// A file-system handle on this environment, for the files kv keeps beside its databases
+    /// (snapshot images, install markers): the same durability rules as the databases.
+    pub(crate) fn files(&self) -> Box<dyn rusty_leveldb::env::Env> {
+        match self {
+            StorageEnv::Disk => Box::new(SyncDiskEnv::new()),
+            StorageEnv::PowerCut(e) => Box::new(e.clone()),
+        }
+    }
+}
+
 /// Upper bound on throw-away snapshots created by one write while catching up after a restart.
 pub const MAX_CATCH_UP_PER_WRITE: u64 = 1 << 16;
 

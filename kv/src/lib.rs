@@ -5,6 +5,7 @@
 //!   client request.
 //! * [`RaftStorage`] (`<data-dir>/raft_logs`): hard state, log start and the log itself.
 //! * [`identity`]: which node of which cluster a data directory belongs to.
+//! * [`snapshot`]: images of the state machine, streamed in chunks and installed atomically.
 //! * [`NodeStorage`]: all of the above for one data directory, with the checks that relate them.
 //! * [`env`](mod@env): LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
 //!   losing unsynced bytes on a power cut ([`PowerCutEnv`]).
@@ -23,6 +24,7 @@ pub mod identity;
 mod ldb;
 pub mod node;
 pub mod raft_storage;
+pub mod snapshot;
 pub mod state_machine;
 mod table_check;
 
@@ -33,4 +35,5 @@ pub use identity::Identity;
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
+pub use snapshot::{SnapshotBuilder, SnapshotReader, StagedSnapshot};
 pub use state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS, SESSIONLESS_CLIENT};

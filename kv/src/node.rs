@@ -11,8 +11,10 @@ use raft_core::RestartState;
 
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::ldb::StorageEnv;
 use crate::raft_storage::RaftStorage;
-use crate::state_machine::KvStateMachine;
+use crate::snapshot::{InstallStep, StagedSnapshot};
+use crate::state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS};
 
 /// Both databases of one node.
 pub struct NodeStorage {
@@ -22,12 +24,62 @@ pub struct NodeStorage {
 
 impl NodeStorage {
     /// Checks (or records) the identity, then opens `raft_logs` and `kv_data` under `data_dir`.
+    ///
+    /// A snapshot install that a crash interrupted after its commit point is finished here (its
+    /// log part is installed), so the two databases always describe one state.
     pub fn open(data_dir: &Path, identity: Identity) -> Result<NodeStorage> {
-        identity.ensure(data_dir)?;
-        Ok(NodeStorage {
-            log: RaftStorage::open(data_dir)?,
-            state: KvStateMachine::open(data_dir)?,
-        })
+        Self::open_with(data_dir, identity, &StorageEnv::Disk, DEFAULT_MAX_SESSIONS)
+    }
+
+    /// [`NodeStorage::open`] on any environment. The identity file is kept (and checked) on the
+    /// real disk only; the power-cut environment is for tests and the simulator.
+    pub fn open_with(
+        data_dir: &Path,
+        identity: Identity,
+        env: &StorageEnv,
+        max_sessions: usize,
+    ) -> Result<NodeStorage> {
+        if matches!(env, StorageEnv::Disk) {
+            identity.ensure(data_dir)?;
+        }
+        let mut n = NodeStorage {
+            log: RaftStorage::open_with(data_dir, env)?,
+            state: KvStateMachine::open_with(data_dir, env, max_sessions)?,
+        };
+        n.finish_pending_install(&mut |_| {})?;
+        Ok(n)
+    }
+
+    fn finish_pending_install(&mut self, hook: &mut dyn FnMut(InstallStep)) -> Result<()> {
+        if let Some(meta) = self.state.pending_install() {
+            self.log.install_snapshot(meta)?;
+            hook(InstallStep::LogInstalled);
+            let dir = self.state.data_dir().to_path_buf();
+            let env = self.state.env().clone();
+            crate::snapshot::finish(&dir, &env, hook)?;
+            self.state.finish_install()?;
+        }
+        Ok(())
+    }
+
+    /// Installs a received snapshot: the state machine becomes it, the log becomes empty after
+    /// it (`SnapshotWrite`'s contract). Atomic across a crash: reopening gives the old state or
+    /// the new one. On error the storage must be reopened (which finishes or drops the install).
+    pub fn install_snapshot(self, staged: StagedSnapshot) -> Result<NodeStorage> {
+        self.install_snapshot_with_hook(staged, &mut |_| {})
+    }
+
+    #[doc(hidden)]
+    pub fn install_snapshot_with_hook(
+        self,
+        staged: StagedSnapshot,
+        hook: &mut dyn FnMut(InstallStep),
+    ) -> Result<NodeStorage> {
+        let NodeStorage { log, state } = self;
+        let state = state.install_with_hook(staged, hook)?;
+        let mut n = NodeStorage { log, state };
+        n.finish_pending_install(hook)?;
+        Ok(n)
     }
 
     /// What the core restarts from, with `applied` taken from the state machine.

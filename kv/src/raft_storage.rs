@@ -369,12 +369,53 @@ impl RaftStorage {
         batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
         self.db.write(batch, true)?;
         self.snapshot = SnapshotMeta { index: up_to, term };
-        self.purge(old_first)
+        self.purge(old_first, 0)
     }
 
-    /// Deletes the entries from `from` up to the log start, then the marker.
-    fn purge(&mut self, from: Index) -> Result<()> {
-        self.delete_range(from, self.snapshot.index)?;
+    /// Installs a snapshot's log part (the state machine's part is the caller's): in one synced
+    /// `WriteBatch`, the log start becomes `meta`, the log becomes empty after it, and the hard
+    /// state's commit is raised to at least `meta.index` (term and vote are kept). Then every
+    /// stored entry is deleted in chunks of [`COMPACT_CHUNK`], as [`RaftStorage::compact`] does;
+    /// a crash in between leaves entries that the next open deletes, and that `load` never
+    /// reads (they lie outside the recorded log).
+    ///
+    /// Installing the current log start again does nothing (a restart finishing an interrupted
+    /// install repeats it). A snapshot below the current log start is refused.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
+        if meta == self.snapshot {
+            return self.purge_below_start();
+        }
+        if meta.index <= self.snapshot.index {
+            return Err(Error::InvalidRequest(format!(
+                "cannot install snapshot {}/{} in {}: the log already starts after {}/{}",
+                meta.index,
+                meta.term,
+                self.db.path().display(),
+                self.snapshot.index,
+                self.snapshot.term
+            )));
+        }
+        let (old_first, old_last) = (self.first_index(), self.last_index);
+        let hs = HardState {
+            commit: self.hard_state.commit.max(meta.index),
+            ..self.hard_state
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_LOG_START, &encode_pair(meta.index, meta.term));
+        batch.put(KEY_LAST_INDEX, &encode_pair(meta.index, 0));
+        batch.put(KEY_HARD_STATE, &encode_hard_state(&hs));
+        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, old_last));
+        self.db.write(batch, true)?;
+        self.snapshot = meta;
+        self.last_index = meta.index;
+        self.hard_state = hs;
+        self.purge(old_first, old_last)
+    }
+
+    /// Deletes the entries from `from` up to the log start (or up to `to` if that is further:
+    /// an install drops the whole old log), then the marker.
+    fn purge(&mut self, from: Index, to: Index) -> Result<()> {
+        self.delete_range(from, self.snapshot.index.max(to))?;
         let mut batch = WriteBatch::default();
         batch.delete(KEY_PURGE_FROM);
         self.db.write(batch, false)
@@ -398,9 +439,9 @@ impl RaftStorage {
     fn purge_below_start(&mut self) -> Result<()> {
         match self.db.get(KEY_PURGE_FROM)? {
             Some(v) => {
-                let (from, _) =
+                let (from, to) =
                     decode_pair(v).map_err(|e| self.corrupt(None, "compaction marker", e))?;
-                self.purge(from)
+                self.purge(from, to)
             }
             None => Ok(()),
         }

@@ -37,9 +37,9 @@ pub const KV_DATA_DIR: &str = "kv_data";
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 
 const META: u8 = 0x00;
-const USER: u8 = 0x01;
-const KEY_APPLIED: &[u8] = &[META, b'a'];
-const SESSION_PREFIX: &[u8] = &[META, b's'];
+pub(crate) const USER: u8 = 0x01;
+pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
+pub(crate) const SESSION_PREFIX: &[u8] = &[META, b's'];
 const FORMAT_VERSION: u8 = 1;
 
 fn user_key(key: &[u8]) -> Vec<u8> {
@@ -57,7 +57,7 @@ fn session_key(client: u64) -> [u8; 10] {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Session {
+pub(crate) struct Session {
     last_seq: u64,
     /// Log index of the client's last applied command; the eviction order.
     last_index: Index,
@@ -73,7 +73,7 @@ fn encode_session(s: &Session) -> Vec<u8> {
     b
 }
 
-fn decode_session(v: Bytes) -> Result<Session, DecodeError> {
+pub(crate) fn decode_session(v: Bytes) -> Result<Session, DecodeError> {
     codec::unseal(&v)?;
     let mut r = Reader::new(v.slice(..v.len() - 4));
     let version = r.u8()?;
@@ -112,6 +112,11 @@ pub struct KvStateMachine {
     sync_writes: bool,
     /// Set when a failure left memory and disk possibly out of step; the owner must reopen.
     poisoned: Option<String>,
+    data_dir: PathBuf,
+    env: StorageEnv,
+    /// A snapshot install whose state-machine part is done but whose log part may not be: see
+    /// [`KvStateMachine::pending_install`].
+    pending_install: Option<raft_core::SnapshotMeta>,
 }
 
 impl KvStateMachine {
@@ -125,6 +130,7 @@ impl KvStateMachine {
         env: &StorageEnv,
         max_sessions: usize,
     ) -> Result<KvStateMachine> {
+        let pending_install = crate::snapshot::recover(data_dir, env)?;
         let db = Ldb::open(&data_dir.join(KV_DATA_DIR), env)?;
         let mut sm = KvStateMachine {
             db,
@@ -136,6 +142,9 @@ impl KvStateMachine {
             max_sessions: max_sessions.max(1),
             sync_writes: false,
             poisoned: None,
+            data_dir: data_dir.to_path_buf(),
+            env: env.clone(),
+            pending_install,
         };
         if let Some(v) = sm.db.get(KEY_APPLIED)? {
             let decoded = codec::unseal(&v).and_then(|body| {
@@ -152,6 +161,18 @@ impl KvStateMachine {
             sm.applied = i;
             sm.applied_term = t;
             sm.durable_applied = i;
+        }
+        if let Some(m) = sm.pending_install {
+            if (sm.applied, sm.applied_term) != (m.index, m.term) {
+                return Err(sm.corrupt(
+                    Some(sm.applied),
+                    format!(
+                        "a snapshot install of {}/{} is marked as committed, but the state \
+                         machine is at {}/{}",
+                        m.index, m.term, sm.applied, sm.applied_term
+                    ),
+                ));
+            }
         }
         let mut loaded = Vec::new();
         let mut bad = None;
@@ -212,6 +233,42 @@ impl KvStateMachine {
         self.db.path().to_path_buf()
     }
 
+    /// The data directory this state machine lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn env(&self) -> &StorageEnv {
+        &self.env
+    }
+
+    pub(crate) fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    pub(crate) fn ldb(&mut self) -> &mut Ldb {
+        &mut self.db
+    }
+
+    /// A snapshot install that reached the state machine but is not yet known to have reached the
+    /// Raft log (a crash between the two, or [`KvStateMachine::install`] just returned). Until
+    /// the owner has called `RaftStorage::install_snapshot(meta)` and then
+    /// [`KvStateMachine::finish_install`], `apply` is refused: the log may still hold entries
+    /// that conflict with the installed state. `NodeStorage::open` does both.
+    pub fn pending_install(&self) -> Option<raft_core::SnapshotMeta> {
+        self.pending_install
+    }
+
+    /// Records that the log part of a pending install is durable: removes the install marker
+    /// and the previous state machine.
+    pub fn finish_install(&mut self) -> Result<()> {
+        if self.pending_install.is_some() {
+            crate::snapshot::finish(&self.data_dir, &self.env, &mut |_| {})?;
+            self.pending_install = None;
+        }
+        Ok(())
+    }
+
     pub fn applied_index(&self) -> Index {
         self.applied
     }
@@ -251,6 +308,15 @@ impl KvStateMachine {
     /// each applied entry. All of it is one `WriteBatch`.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Applied> {
         self.check_poison()?;
+        if let Some(m) = self.pending_install {
+            return Err(Error::InvalidRequest(format!(
+                "{}: the install of snapshot {}/{} is unfinished: install it in the Raft log \
+                 and call finish_install before applying entries",
+                self.db.path().display(),
+                m.index,
+                m.term
+            )));
+        }
         let fresh: Vec<&Entry> = entries.iter().filter(|e| e.index > self.applied).collect();
         for (k, e) in fresh.iter().enumerate() {
             let want = self.applied + 1 + k as u64;
