@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// Where clients connect (Redis protocol).
     #[arg(long)]
     pub client_addr: Option<String>,
+    /// Every member's client address, 1=HOST:PORT,...: lets clients find the leader (optional).
+    #[arg(long)]
+    pub client_addrs: Option<String>,
     /// Where this node keeps its data.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -139,6 +142,7 @@ struct ServeSettings {
     id: Option<u64>,
     peers: Option<String>,
     client_addr: Option<String>,
+    client_addrs: Option<String>,
     data_dir: Option<PathBuf>,
     tick_ms: Option<u64>,
     election_ticks: Option<u32>,
@@ -167,6 +171,7 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
             "id" => s.id = Some(num(value)?),
             "peers" => s.peers = Some(value.to_string()),
             "client-addr" | "client_addr" => s.client_addr = Some(value.to_string()),
+            "client-addrs" | "client_addrs" => s.client_addrs = Some(value.to_string()),
             "data-dir" | "data_dir" => s.data_dir = Some(PathBuf::from(value)),
             "tick-ms" | "tick_ms" => s.tick_ms = Some(num(value)?),
             "election-ticks" | "election_ticks" => {
@@ -243,6 +248,13 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), String> {
         .or(file.data_dir)
         .ok_or("missing --data-dir")?;
     let mut cfg = NodeConfig::new(id, peers, data_dir);
+    if let Some(text) = args
+        .client_addrs
+        .as_deref()
+        .or(file.client_addrs.as_deref())
+    {
+        cfg.client_addrs = parse_peers(text).map_err(|e| format!("--client-addrs: {e}"))?;
+    }
     if let Some(ms) = args.tick_ms.or(file.tick_ms) {
         if ms == 0 {
             return Err("--tick-ms must be positive".into());
@@ -397,6 +409,8 @@ async fn status(servers: Vec<String>) -> Result<(), String> {
             crate::client::ClientConfig {
                 max_attempts: 1,
                 request_timeout: Duration::from_secs(2),
+                // Each row is about the server asked, not the leader.
+                follow_leader: false,
                 ..Default::default()
             },
         );
@@ -434,12 +448,16 @@ async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
         .collect();
+    let client_addrs: BTreeMap<u64, String> = (1..=args.nodes)
+        .map(|i| (i, format!("{}:{}", args.host, args.port + i as u16 - 1)))
+        .collect();
     let shutdown = shutdown_on_signals();
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
         let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")));
         cfg.seed = rand::thread_rng().gen();
-        let client_addr = format!("{}:{}", args.host, args.port + id as u16 - 1);
+        cfg.client_addrs = client_addrs.clone();
+        let client_addr = client_addrs[&id].clone();
         nodes.push(tokio::spawn(run_node(cfg, client_addr, shutdown.clone())));
     }
     let client_ports: Vec<String> = (1..=args.nodes)
@@ -490,13 +508,14 @@ mod tests {
         let path = dir.path().join("node.conf");
         std::fs::write(
             &path,
-            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\ndata-dir = /tmp/x\n",
+            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\n",
         )
         .unwrap();
         let args = ServeArgs {
             id: None,
             peers: None,
             client_addr: Some("h:9999".into()),
+            client_addrs: None,
             data_dir: None,
             config: Some(path.clone()),
             tick_ms: None,
@@ -505,6 +524,7 @@ mod tests {
         };
         let (cfg, client) = serve_config(&args).unwrap();
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
+        assert_eq!(cfg.client_addrs.get(&1).map(String::as_str), Some("h:7001"));
         std::fs::write(&path, "colour = blue\n").unwrap();
         assert!(serve_config(&args)
             .unwrap_err()

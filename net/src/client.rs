@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::resp::{encode_request, Limits, Reply, ReplyParser};
 use crate::transport::{Net, TokioNet};
 
+/// How many servers a client keeps at most (leader addresses it learns are added).
+const MAX_SERVERS: usize = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
     /// No server gave an answer within the attempts allowed. For a write, the outcome is
@@ -59,6 +62,10 @@ pub struct ClientConfig {
     /// Attempts per request across all servers.
     pub max_attempts: u32,
     pub backoff: Duration,
+    /// On each new connection, ask the node where the leader takes requests (`LEADER`) and go
+    /// there: one hop less per request. Off, requests stay on the node the client picked
+    /// (followers forward), which spreads the client-protocol work over every node.
+    pub follow_leader: bool,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +75,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(8),
             max_attempts: 20,
             backoff: Duration::from_millis(100),
+            follow_leader: true,
         }
     }
 }
@@ -238,6 +246,30 @@ impl<N: Net> KvClient<N> {
         })
     }
 
+    /// Asks the connected node for the leader's client address and, if it is another server,
+    /// makes it the current one (added to the list if new). True if the client moved.
+    async fn move_to_leader(&mut self) -> bool {
+        let Ok(Reply::Bulk(addr)) = self.exchange(&[b"LEADER"]).await else {
+            return false;
+        };
+        let Ok(addr) = String::from_utf8(addr.to_vec()) else {
+            return false;
+        };
+        if self.servers.get(self.current) == Some(&addr) {
+            return false;
+        }
+        self.current = match self.servers.iter().position(|s| *s == addr) {
+            Some(i) => i,
+            // A bounded list, whatever a server answers.
+            None if self.servers.len() < MAX_SERVERS => {
+                self.servers.push(addr);
+                self.servers.len() - 1
+            }
+            None => return false,
+        };
+        true
+    }
+
     /// Moves to the next server, as the original notes' `rotateServer`.
     fn rotate(&mut self) {
         self.conn = None;
@@ -249,23 +281,41 @@ impl<N: Net> KvClient<N> {
     /// One try on the current server. The error says whether the request may have been sent.
     async fn attempt(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
         if self.conn.is_none() {
-            let addr = self.servers[self.current].clone();
-            let stream = match tokio::time::timeout(
-                self.cfg.connect_timeout,
-                self.net.connect(addr.clone()),
-            )
-            .await
+            self.connect_current().await.map_err(|e| (e, false))?;
+            if self.cfg.follow_leader {
+                let origin = self.current;
+                if self.move_to_leader().await && self.connect_current().await.is_err() {
+                    // The leader it named is out of reach from here: stay where we were (it
+                    // forwards).
+                    self.current = origin;
+                    self.connect_current().await.map_err(|e| (e, false))?;
+                }
+            }
+        }
+        self.exchange(args).await
+    }
+
+    async fn connect_current(&mut self) -> Result<(), String> {
+        self.conn = None;
+        let addr = self.servers[self.current].clone();
+        let stream =
+            match tokio::time::timeout(self.cfg.connect_timeout, self.net.connect(addr.clone()))
+                .await
             {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err((format!("{addr}: {e}"), false)),
-                Err(_) => return Err((format!("{addr}: connect timed out"), false)),
+                Ok(Err(e)) => return Err(format!("{addr}: {e}")),
+                Err(_) => return Err(format!("{addr}: connect timed out")),
             };
-            self.conn = Some(Conn {
-                stream,
-                buf: BytesMut::with_capacity(4096),
-                parser: ReplyParser::new(Limits::default()),
-            });
-        }
+        self.conn = Some(Conn {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            parser: ReplyParser::new(Limits::default()),
+        });
+        Ok(())
+    }
+
+    /// Sends one request on the open connection and reads its reply.
+    async fn exchange(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(("not connected".into(), false));
         };

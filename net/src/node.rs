@@ -38,6 +38,9 @@ pub struct NodeConfig {
     pub transport: TransportTimeouts,
     /// Seeds the core's election timer.
     pub seed: u64,
+    /// Client-port address of every member, where known: a node tells clients where the
+    /// leader takes requests (`LEADER`, INFO's `leader_client_addr`).
+    pub client_addrs: BTreeMap<NodeId, String>,
     /// The real disk, or the simulator's.
     pub storage: StorageMode,
     /// Told of role changes and committed entries (the simulator's checks and trace).
@@ -122,6 +125,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(5),
             transport: TransportTimeouts::default(),
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            client_addrs: BTreeMap::new(),
             storage: StorageMode::Disk,
             observer: None,
             #[cfg(feature = "test-switches")]
@@ -519,6 +523,10 @@ impl NodeLoop {
             applied_index: self.applied,
             last_index: self.core.last_index(),
             last_snapshot_index: 0,
+            leader_client_addr: self
+                .core
+                .leader()
+                .and_then(|l| self.cfg.client_addrs.get(&l).cloned()),
         }
     }
 

@@ -54,6 +54,8 @@ pub struct NodeInfo {
     pub applied_index: Index,
     pub last_index: Index,
     pub last_snapshot_index: Index,
+    /// Where the leader takes client requests, if a leader is known and its address configured.
+    pub leader_client_addr: Option<String>,
 }
 
 pub enum ClientRequest {

@@ -2,6 +2,7 @@
 //! redis-benchmark and Redis client libraries work unchanged.
 //!
 //! Commands: GET, SET, DEL, EXISTS, INCR, INCRBY, DECR, DECRBY, CAS, PING, ECHO, QUIT, INFO,
+//! LEADER (the leader's client address, or nil if unknown),
 //! plus enough of CONFIG, COMMAND, CLIENT and SELECT for tools to start. `CAS key expected new`
 //! sets `key` to `new` only if it holds `expected`; `CAS key new` only if it is absent; the reply
 //! is 1 if it swapped, 0 if not. `SEQ client-id seq <command...>` runs a write inside an
@@ -213,6 +214,15 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             }
             _ => arity_error(&name),
         },
+        "LEADER" => match args {
+            [] => match node.info().await {
+                Ok(info) => info
+                    .leader_client_addr
+                    .map_or(Reply::Nil, |a| Reply::Bulk(Bytes::from(a))),
+                Err(e) => request_error(e),
+            },
+            _ => arity_error(&name),
+        },
         "INFO" => match node.info().await {
             Ok(info) => Reply::Bulk(Bytes::from(info_text(&info))),
             Err(e) => request_error(e),
@@ -412,7 +422,7 @@ pub fn info_text(info: &NodeInfo) -> String {
         raft_core::Role::PreCandidate => "precandidate",
     };
     format!(
-        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nlast_snapshot_index:{}\r\n",
+        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nlast_snapshot_index:{}\r\nleader_client_addr:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         info.id,
         info.term,
@@ -421,6 +431,7 @@ pub fn info_text(info: &NodeInfo) -> String {
         info.applied_index,
         info.last_index,
         info.last_snapshot_index,
+        info.leader_client_addr.as_deref().unwrap_or(""),
     )
 }
 

@@ -205,6 +205,11 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         };
         let (peers, observer, switches, seed) =
             (peers.clone(), observer.clone(), cfg.switches, cfg.seed);
+        let client_addrs: BTreeMap<u64, String> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .collect();
         let boots = Rc::new(Cell::new(0u64));
         sim.host(node_name(id), move || {
             disk.env.power_on();
@@ -220,6 +225,7 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
                 backoff_max: Duration::from_millis(500),
             };
             nc.seed = seed ^ (id << 48) ^ (boots.get() << 32);
+            nc.client_addrs = client_addrs.clone();
             nc.storage = StorageMode::Simulated(disk.clone());
             nc.pause = pause.clone();
             nc.observer = Some(std::sync::Arc::new(observer.clone()));
@@ -361,6 +367,7 @@ fn client_config(max_attempts: u32) -> ClientConfig {
         request_timeout: Duration::from_secs(3),
         max_attempts,
         backoff: Duration::from_millis(100),
+        follow_leader: true,
     }
 }
 

@@ -130,11 +130,18 @@ fn teeth_acknowledging_a_write_before_fsync_is_caught() {
 
 #[test]
 fn teeth_voting_without_the_log_check_is_caught() {
+    // A leader elected without the committed entries either makes nodes apply different
+    // entries, or meets followers that refuse to overwrite what they committed: a stall.
     let mut switches = UnsafeSwitches::default();
     switches.raft.vote_without_log_check = true;
     first_catch(
         500,
-        &["linearizability", "state machine safety", "election safety"],
+        &[
+            "linearizability",
+            "state machine safety",
+            "election safety",
+            "liveness",
+        ],
         switches,
     );
 }

@@ -102,6 +102,8 @@ impl TestCluster {
             &self.peers,
             "--client-addr",
             &node.client_addr,
+            "--client-addrs",
+            &self.client_addrs(),
         ])
         .arg("--data-dir")
         .arg(&node.data_dir)
@@ -134,6 +136,15 @@ impl TestCluster {
         }
     }
 
+    /// `1=HOST:PORT,...` of every node's client port.
+    pub fn client_addrs(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.client_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn servers(&self) -> Vec<String> {
         self.nodes.values().map(|n| n.client_addr.clone()).collect()
     }
@@ -147,6 +158,7 @@ impl TestCluster {
         let cfg = ClientConfig {
             max_attempts: 1,
             request_timeout: Duration::from_secs(2),
+            follow_leader: false,
             ..Default::default()
         };
         let mut c = KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg);

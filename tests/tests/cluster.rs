@@ -260,3 +260,28 @@ async fn pipelined_requests_take_effect_in_the_order_they_were_sent() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_starts_at_a_follower_moves_to_the_leader() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let leader_addr = cluster.nodes[&leader].client_addr.clone();
+    let info = cluster.info(follower).await.expect("follower info");
+    assert_eq!(
+        info["leader_client_addr"], leader_addr,
+        "INFO names the leader"
+    );
+
+    let mut c = KvClient::new(cluster.servers()).starting_at(follower as usize - 1);
+    assert_eq!(
+        c.current_server(),
+        Some(cluster.nodes[&follower].client_addr.as_str())
+    );
+    c.set(b"hint", b"followed").await.expect("write");
+    assert_eq!(c.current_server(), Some(leader_addr.as_str()));
+    assert_eq!(
+        c.get(b"hint").await.expect("read").as_deref(),
+        Some(&b"followed"[..])
+    );
+}
