@@ -72,6 +72,8 @@ pub struct RunReport {
     pub elections: u64,
     pub max_applied: u64,
     pub trace_hash: u64,
+    /// The checker ran out of budget on some key: linearizability was not decided.
+    pub inconclusive: bool,
     pub simulated: Duration,
     pub history: History,
     /// The fault actions taken, with their simulated times.
@@ -316,13 +318,13 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
     for op in history.iter() {
         trace.push(op.to_string());
     }
-    match linearizability::check(&history) {
-        Ok(()) => {}
-        Err(CheckError::Inconclusive { .. }) => {
-            // A history too tangled to decide within the budget proves nothing either way.
-        }
+    let inconclusive = match linearizability::check(&history) {
+        Ok(()) => false,
+        // A history too tangled to decide within the budget proves nothing either way; the
+        // report says so, so that a run of seeds can count them.
+        Err(CheckError::Inconclusive { .. }) => true,
         Err(e) => return Err(FailureKind::Linearizability(e.to_string())),
-    }
+    };
     let count = |f: fn(&Outcome) -> bool| history.iter().filter(|o| f(&o.outcome)).count();
     Ok(RunReport {
         seed: cfg.seed,
@@ -335,6 +337,7 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         elections: observer.elections(),
         max_applied: observer.max_applied(),
         trace_hash: observer.trace_hash(),
+        inconclusive,
         simulated: sim.elapsed(),
         history,
         faults,

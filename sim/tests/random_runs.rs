@@ -31,6 +31,7 @@ fn seeds() -> Vec<u64> {
 fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
     let seeds = seeds();
     let (mut ops, mut ok, mut unknown, mut elections, mut simulated) = (0, 0, 0, 0, 0.0);
+    let mut undecided = Vec::new();
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let cfg = RunConfig::from_seed(seed);
@@ -54,6 +55,9 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
                         println!("  {line}");
                     }
                 }
+                if report.inconclusive {
+                    undecided.push(seed);
+                }
                 ops += report.ops;
                 ok += report.ok;
                 unknown += report.unknown;
@@ -64,9 +68,10 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
         }
     }
     println!(
-        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s",
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; linearizability undecided (checker budget) in {} seeds {undecided:?}",
         seeds.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        undecided.len()
     );
     assert!(
         ok > 10 * seeds.len(),
