@@ -125,15 +125,15 @@ impl Worker {
 /// Runs `body` on a thread named `name`, or as a local task of the current runtime.
 fn spawn_worker<F, Fut>(mode: &StorageMode, name: &str, body: F) -> std::io::Result<Worker>
 where
-    F: FnOnce(bool) -> Fut + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     match mode {
         StorageMode::Disk => std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || block_on_own_runtime(body(true)))
+            .spawn(move || block_on_own_runtime(body()))
             .map(Worker::Thread),
-        StorageMode::Simulated(_) => Ok(Worker::Task(tokio::task::spawn_local(body(false)))),
+        StorageMode::Simulated(_) => Ok(Worker::Task(tokio::task::spawn_local(body()))),
     }
 }
 
@@ -168,7 +168,7 @@ pub fn spawn_log_worker(
         StorageMode::Simulated(disk) => Some(disk.clone()),
         StorageMode::Disk => None,
     };
-    let worker = spawn_worker(mode, "raft-log", move |_on_thread| async move {
+    let worker = spawn_worker(mode, "raft-log", move || async move {
         let opened =
             RaftStorage::open_with(&data_dir, &env).and_then(|mut s| s.load().map(|rs| (s, rs)));
         let mut storage = match opened {
@@ -235,7 +235,7 @@ pub fn spawn_apply_worker(
     let (requests, mut rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
     let env = mode.env();
-    let worker = spawn_worker(mode, "kv-apply", move |_on_thread| async move {
+    let worker = spawn_worker(mode, "kv-apply", move || async move {
         let mut sm = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS) {
             Ok(sm) => {
                 let _ = opened_tx.send(Ok((sm.applied_index(), sm.path())));

@@ -94,14 +94,7 @@ fn a_follower_behind_the_log_start_gets_a_snapshot_then_catches_up_by_appends(
 fn a_follower_whose_log_holds_the_snapshots_last_entry_keeps_its_log() {
     let mut n = follower(2);
     append(&mut n, 1, 0, 0, &[1, 1, 1], 0);
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(2, 1),
-        },
-    ));
+    offer(&mut n, meta(2, 1));
     let rd = n.take_ready();
     assert!(rd.snapshot_to_fetch.is_none(), "nothing to fetch");
     assert_eq!(n.commit_index(), 2);
@@ -165,14 +158,7 @@ fn a_fetched_snapshot_that_was_not_asked_for_is_ignored() {
     n.on_snapshot_fetched(meta(5, 1));
     assert!(n.take_ready().snapshot_write.is_none());
     // Asked for one snapshot, a different (older) one reported.
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(7, 1),
-        },
-    ));
+    offer(&mut n, meta(7, 1));
     let rd = n.take_ready();
     assert_eq!(
         rd.snapshot_to_fetch.map(|f| (f.from, f.snapshot)),
@@ -203,23 +189,9 @@ fn a_fetched_snapshot_that_was_not_asked_for_is_ignored() {
 #[test]
 fn a_newer_offer_replaces_the_pending_one() {
     let mut n = follower(2);
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(5, 1),
-        },
-    ));
+    offer(&mut n, meta(5, 1));
     n.take_ready();
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(9, 1),
-        },
-    ));
+    offer(&mut n, meta(9, 1));
     assert_eq!(
         n.take_ready().snapshot_to_fetch.map(|f| f.snapshot),
         Some(meta(9, 1))
@@ -239,14 +211,7 @@ fn a_newer_offer_replaces_the_pending_one() {
 #[test]
 fn an_install_acknowledgement_goes_only_to_the_leader_of_the_same_term() {
     let mut n = follower(2);
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(5, 1),
-        },
-    ));
+    offer(&mut n, meta(5, 1));
     n.take_ready();
     // A new term begins (n3 asks for votes) before the fetch completes.
     n.step(msg(
@@ -276,14 +241,7 @@ fn an_install_acknowledgement_goes_only_to_the_leader_of_the_same_term() {
 #[test]
 fn a_follower_that_caught_up_by_appends_meanwhile_does_not_install() {
     let mut n = follower(2);
-    n.step(msg(
-        1,
-        2,
-        1,
-        MessageBody::InstallSnapshot {
-            snapshot: meta(2, 1),
-        },
-    ));
+    offer(&mut n, meta(2, 1));
     n.take_ready();
     // A leader's appends bring entries 1..=3 before the fetch completes (and are acknowledged).
     append(&mut n, 1, 0, 0, &[1, 1, 1], 0);
@@ -464,7 +422,7 @@ fn restart_accepts_a_snapshot_and_refuses_an_inconsistent_one() {
 fn a_malformed_install_snapshot_is_dropped() {
     let mut n = follower(2);
     for snapshot in [meta(0, 0), meta(3, 0), meta(3, 9)] {
-        n.step(msg(1, 2, 1, MessageBody::InstallSnapshot { snapshot }));
+        offer(&mut n, snapshot);
     }
     let rd = n.take_ready();
     assert!(rd.snapshot_to_fetch.is_none());
@@ -488,6 +446,11 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
         term,
         body,
     }
+}
+
+/// n1, leader of term 1, offers `snapshot` to follower n2.
+fn offer(n: &mut RawNode, snapshot: SnapshotMeta) {
+    n.step(msg(1, 2, 1, MessageBody::InstallSnapshot { snapshot }));
 }
 
 fn follower(id: u64) -> RawNode {
