@@ -438,8 +438,18 @@ impl Cluster {
         let Some(fetch) = node.fetch.take() else {
             return Ok(false);
         };
-        let s = fetch.snapshot;
         let source = &self.nodes[&fetch.from];
+        // Every other fetch gets the sender's state as it is now, later than the snapshot it
+        // offered (a driver that keeps one image serves its newest); the rest get the offer.
+        let applied_now = source.core.as_ref().map_or(0, RawNode::applied_index);
+        let later = self.snapshots_installed % 2 == 1 && applied_now > fetch.snapshot.index;
+        let s = match source.durable_entry(applied_now) {
+            Some(e) if later => SnapshotMeta {
+                index: e.index,
+                term: e.term,
+            },
+            _ => fetch.snapshot,
+        };
         let data: Option<Vec<Entry>> = succeed
             .then(|| {
                 (1..=s.index)

@@ -37,8 +37,9 @@ impl Persist {
 
 /// The core asks its driver to fetch the data of the leader's snapshot `snapshot` from `from`
 /// (out of band: the core only knows the snapshot's metadata). When it has the data, staged but
-/// not installed, the driver reports [`crate::RawNode::on_snapshot_fetched`]; the core then asks
-/// for the install as a [`SnapshotWrite`], ordered with its other writes.
+/// not installed, the driver reports [`crate::RawNode::on_snapshot_fetched`] with the snapshot it
+/// got (this one, or a later one the leader took meanwhile); the core then asks for the install
+/// as a [`SnapshotWrite`], ordered with its other writes.
 ///
 /// The same request may be handed out again (the leader offers the snapshot again after a lost
 /// message or a failed transfer): a driver already fetching it carries on; one that failed

@@ -184,8 +184,14 @@ impl RawNode {
 
     /// The driver has fetched (and staged, not installed) the data of `snapshot`. If the core
     /// still needs it, it replaces its log with it at once and asks for the install in the next
-    /// `Ready::snapshot_write`; otherwise (not the snapshot asked for, or caught up by appends
-    /// meanwhile) the report is ignored and the driver drops the staged data.
+    /// `Ready::snapshot_write`; otherwise (older than the snapshot asked for, or caught up by
+    /// appends meanwhile) the report is ignored and the driver drops the staged data.
+    ///
+    /// The fetched snapshot may be *later* than the one asked for: the leader may have taken a
+    /// newer snapshot since it made the offer, and serves that. It must come from a state
+    /// machine's applied state, so it is committed, and installing it is as safe as installing
+    /// the one offered. This is what lets a driver keep a log tail after its snapshot and still
+    /// keep only one snapshot image.
     pub fn on_snapshot_fetched(&mut self, snapshot: SnapshotMeta) {
         let Some(pending) = self.pending_fetch else {
             tracing::debug!(
@@ -196,12 +202,20 @@ impl RawNode {
             );
             return;
         };
-        if pending.snapshot != snapshot {
-            tracing::debug!(id = self.id, term = self.term, ?snapshot, asked = ?pending.snapshot, "ignoring a snapshot other than the one asked for");
+        let asked = pending.snapshot;
+        let older = snapshot.index < asked.index;
+        if older || (snapshot.index == asked.index && snapshot.term != asked.term) {
+            tracing::debug!(
+                id = self.id,
+                term = self.term,
+                ?snapshot,
+                ?asked,
+                "ignoring a snapshot older than the one asked for"
+            );
             return;
         }
         self.pending_fetch = None;
-        if self.fetch_request.is_some_and(|r| r.snapshot == snapshot) {
+        if self.fetch_request.is_some_and(|r| r.snapshot == asked) {
             self.fetch_request = None;
         }
         if self.role == Role::Leader || snapshot.index <= self.log.committed() {

@@ -187,6 +187,33 @@ fn a_fetched_snapshot_that_was_not_asked_for_is_ignored() {
 }
 
 #[test]
+fn a_fetched_snapshot_later_than_the_one_asked_for_is_installed() {
+    // The leader took a newer snapshot between its offer and the fetch, and served that one.
+    let mut n = follower(2);
+    offer(&mut n, meta(5, 1));
+    n.take_ready();
+    n.on_snapshot_fetched(meta(5, 2));
+    assert!(
+        n.take_ready().snapshot_write.is_none(),
+        "same index, another term: not the leader's log"
+    );
+    n.on_snapshot_fetched(meta(9, 1));
+    let rd = n.take_ready();
+    let write = rd.snapshot_write.expect("install write");
+    assert_eq!(write.snapshot, meta(9, 1));
+    assert_eq!(
+        (n.commit_index(), n.last_index(), n.applied_index()),
+        (9, 9, 9)
+    );
+    n.on_persisted(write.id);
+    assert_eq!(
+        acks(&n.take_ready()),
+        vec![9],
+        "acknowledges what it installed"
+    );
+}
+
+#[test]
 fn a_newer_offer_replaces_the_pending_one() {
     let mut n = follower(2);
     offer(&mut n, meta(5, 1));
