@@ -540,13 +540,14 @@ pub struct SnapshotBuilder {
 }
 
 impl SnapshotBuilder {
-    /// Starts receiving the snapshot `expected` (the one the core asked for). `cluster_id`
-    /// (0: unchecked) must match the image's if the image names one. Removes the leftovers of
-    /// an earlier unfinished receive.
+    /// Starts receiving a snapshot at or after `at_least` (the one the core asked for; the
+    /// sender may serve a newer one, which the core accepts too). `cluster_id` (0: unchecked)
+    /// must match the image's if the image names one. Removes the leftovers of an earlier
+    /// unfinished receive.
     pub fn new(
         data_dir: &Path,
         env: &StorageEnv,
-        expected: SnapshotMeta,
+        at_least: SnapshotMeta,
         cluster_id: u64,
     ) -> Result<SnapshotBuilder> {
         let files = env.files();
@@ -569,7 +570,7 @@ impl SnapshotBuilder {
             env: env.clone(),
             data_dir: data_dir.to_path_buf(),
             dir,
-            expected,
+            expected: at_least,
             cluster_id,
             db: Some(db),
             image: Some(image),
@@ -633,12 +634,15 @@ impl SnapshotBuilder {
                 if c.seq != 0 {
                     return Err(self.bad("a second header".into()));
                 }
-                if h.meta() != self.expected {
+                let (got, asked) = (h.meta(), self.expected);
+                if got.index < asked.index || (got.index == asked.index && got.term != asked.term) {
                     return Err(self.bad(format!(
-                        "the image is snapshot {}/{}, but {}/{} was asked for",
-                        h.applied_index, h.applied_term, self.expected.index, self.expected.term
+                        "the image is snapshot {}/{}, but {}/{} or later was asked for",
+                        got.index, got.term, asked.index, asked.term
                     )));
                 }
+                // From here on, the records must describe the snapshot the header names.
+                self.expected = got;
                 if h.cluster_id != 0 && self.cluster_id != 0 && h.cluster_id != self.cluster_id {
                     return Err(self.bad(format!(
                         "the image comes from cluster {}, this node is in cluster {}",

@@ -330,7 +330,12 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
         index: f.meta.index,
         term: f.meta.term + 1,
     };
-    refused_as(&f, other, 7, &f.chunks, "but ");
+    refused_as(&f, other, 7, &f.chunks, "or later was asked for");
+    let newer = SnapshotMeta {
+        index: f.meta.index + 1,
+        term: f.meta.term,
+    };
+    refused_as(&f, newer, 7, &f.chunks, "or later was asked for");
     refused_as(&f, f.meta, 8, &f.chunks, "cluster 7");
     refused(&f, &f.chunks[1..], "chunk 0: out of order");
     let mut extra = f.chunks.clone();
@@ -346,9 +351,15 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     assert!(e.contains("receive it again"), "{e}");
     assert_old_state(f.dst.path(), &env);
 
-    // The good stream still installs after all these failures.
+    // The good stream still installs after all these failures, also when an older snapshot
+    // was asked for (the sender serves its newest image).
     let n = NodeStorage::open(f.dst.path(), Identity::new(2, 7)).unwrap();
-    let staged = receive(f.dst.path(), &env, f.meta, &f.chunks).unwrap();
+    let older = SnapshotMeta {
+        index: f.meta.index - 10,
+        term: 1,
+    };
+    let staged = receive(f.dst.path(), &env, older, &f.chunks).unwrap();
+    assert_eq!(staged.meta(), f.meta, "staged as the image's own snapshot");
     let n = n.install_snapshot(staged).unwrap();
     assert_eq!(n.state.applied_index(), f.meta.index);
 }
