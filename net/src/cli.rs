@@ -119,6 +119,21 @@ pub struct ServeArgs {
     /// Milliseconds before a client request without an outcome is answered TIMEOUT.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+}
+
+/// When nodes take snapshots and compact their logs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SnapshotArgs {
+    /// Take a snapshot after this many entries since the last one, then compact the log
+    /// (0: never; the log then grows without bound) [default: 100000]
+    #[arg(long)]
+    pub snapshot_threshold: Option<u64>,
+    /// Entries the log keeps before the applied index when compacting, for followers a little
+    /// behind [default: 5000]
+    #[arg(long)]
+    pub snapshot_tail: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +149,8 @@ pub struct ClusterArgs {
     pub port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
 }
 
 /// Settings of one node, from a file and flags.
@@ -147,6 +164,8 @@ struct ServeSettings {
     tick_ms: Option<u64>,
     election_ticks: Option<u32>,
     request_timeout_ms: Option<u64>,
+    snapshot_threshold: Option<u64>,
+    snapshot_tail: Option<u64>,
 }
 
 fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
@@ -181,6 +200,8 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
                 )
             }
             "request-timeout-ms" | "request_timeout_ms" => s.request_timeout_ms = Some(num(value)?),
+            "snapshot-threshold" | "snapshot_threshold" => s.snapshot_threshold = Some(num(value)?),
+            "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
             other => return Err(format!("{}: unknown setting `{other}`", where_())),
         }
     }
@@ -270,8 +291,27 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), String> {
     if let Some(ms) = args.request_timeout_ms.or(file.request_timeout_ms) {
         cfg.request_timeout = Duration::from_millis(ms);
     }
+    let snapshots = SnapshotArgs {
+        snapshot_threshold: args
+            .snapshots
+            .snapshot_threshold
+            .or(file.snapshot_threshold),
+        snapshot_tail: args.snapshots.snapshot_tail.or(file.snapshot_tail),
+    };
+    cfg.snapshots = snapshot_policy(&snapshots);
     cfg.seed = rand::thread_rng().gen();
     Ok((cfg, client_addr))
+}
+
+fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
+    let mut policy = node::SnapshotPolicy::default();
+    if let Some(n) = args.snapshot_threshold {
+        policy.threshold = n;
+    }
+    if let Some(n) = args.snapshot_tail {
+        policy.tail = n;
+    }
+    policy
 }
 
 /// Runs one node until `shutdown`; errors are for the user.
@@ -399,8 +439,17 @@ pub async fn main(cli: Cli) -> Result<(), String> {
 
 async fn status(servers: Vec<String>) -> Result<(), String> {
     println!(
-        "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12}",
-        "server", "node", "role", "term", "leader", "commit", "applied", "snapshot"
+        "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
+        "server",
+        "node",
+        "role",
+        "term",
+        "leader",
+        "commit",
+        "applied",
+        "snapshot",
+        "taken",
+        "installed"
     );
     let mut reachable = 0;
     for addr in &servers {
@@ -420,7 +469,7 @@ async fn status(servers: Vec<String>) -> Result<(), String> {
                 let f = parse_info(&text);
                 let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());
                 println!(
-                    "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12}",
+                    "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
                     addr,
                     get("node_id"),
                     get("role"),
@@ -428,7 +477,9 @@ async fn status(servers: Vec<String>) -> Result<(), String> {
                     get("leader_id"),
                     get("commit_index"),
                     get("applied_index"),
-                    get("last_snapshot_index")
+                    get("last_snapshot_index"),
+                    get("snapshot_count"),
+                    get("snapshots_installed")
                 );
             }
             Err(e) => println!("{addr:<22} down ({e})"),
@@ -457,6 +508,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
         let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")));
         cfg.seed = rand::thread_rng().gen();
         cfg.client_addrs = client_addrs.clone();
+        cfg.snapshots = snapshot_policy(&args.snapshots);
         let client_addr = client_addrs[&id].clone();
         nodes.push(tokio::spawn(run_node(cfg, client_addr, shutdown.clone())));
     }
@@ -521,6 +573,7 @@ mod tests {
             tick_ms: None,
             election_ticks: None,
             request_timeout_ms: None,
+            snapshots: SnapshotArgs::default(),
         };
         let (cfg, client) = serve_config(&args).unwrap();
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));

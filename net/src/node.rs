@@ -13,12 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv::{CommandResult, Identity};
-use raft_core::{Config, Entry, Index, Message, NodeId, ProposeError, RawNode, Role, Term};
-use tokio::sync::{mpsc, oneshot, watch};
+use raft_core::{
+    Config, Entry, Index, Message, NodeId, ProposeError, RawNode, Role, SnapshotMeta,
+    SnapshotToFetch, SnapshotWrite, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::request::{ClientRequest, NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
-use crate::storage::{self, ApplyRequest, StorageEvent, StorageMode};
+use crate::snapshot_transfer::{self, FetchJob, FetchRequest, ServeRequest};
+pub use crate::storage::SnapshotPolicy;
+use crate::storage::{self, ApplyRequest, LogRequest, StorageEvent, StorageMode};
 use crate::transport::{self, Listener, Net, TransportTimeouts};
 
 /// Everything one node needs to run.
@@ -43,6 +49,8 @@ pub struct NodeConfig {
     pub client_addrs: BTreeMap<NodeId, String>,
     /// The real disk, or the simulator's.
     pub storage: StorageMode,
+    /// When to take snapshots and compact the log.
+    pub snapshots: SnapshotPolicy,
     /// Told of role changes and committed entries (the simulator's checks and trace).
     pub observer: Option<Arc<dyn NodeObserver>>,
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
@@ -64,6 +72,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("heartbeat_ticks", &self.heartbeat_ticks)
             .field("request_timeout", &self.request_timeout)
             .field("seed", &self.seed)
+            .field("snapshots", &self.snapshots)
             .field(
                 "storage",
                 &match self.storage {
@@ -81,6 +90,8 @@ pub trait NodeObserver: Send + Sync {
     fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>);
     /// These committed entries go to the state machine now, in log order.
     fn committed(&self, node: NodeId, entries: &[Entry]);
+    /// The state machine is being replaced by a snapshot received from another node.
+    fn snapshot_installed(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
 }
 
 /// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).
@@ -127,6 +138,7 @@ impl NodeConfig {
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             client_addrs: BTreeMap::new(),
             storage: StorageMode::Disk,
+            snapshots: SnapshotPolicy::default(),
             observer: None,
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),
@@ -203,13 +215,41 @@ struct ParkedRequest {
 /// How many requests may wait for a leader at once; beyond that they are refused at once.
 const MAX_PARKED: usize = 65_536;
 
+/// Starts the task that fetches a snapshot (it needs the network, which the loop does not know).
+type Fetcher = Box<dyn Fn(FetchJob) -> JoinHandle<()> + Send + Sync>;
+
+/// A snapshot fetch in progress (or failed, until the core asks again).
+struct Fetch {
+    job: u64,
+    asked: SnapshotToFetch,
+    task: JoinHandle<()>,
+    failed: bool,
+}
+
+/// The node's snapshots: the images its state machine took, compaction, transfers.
+struct Snapshots {
+    policy: SnapshotPolicy,
+    /// Images taken and not yet compacted to, in index order. The log is compacted to one
+    /// once `policy.tail` entries have been applied after it.
+    uncompacted: Vec<Index>,
+    /// The newest image in the data directory (taken here or installed).
+    newest_image: Index,
+    /// Since this process started.
+    taken: u64,
+    installed: u64,
+    fetch: Option<Fetch>,
+    next_job: u64,
+    fetcher: Fetcher,
+}
+
 struct NodeLoop {
     cfg: NodeConfig,
     core: RawNode,
     outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    log_writes: mpsc::UnboundedSender<raft_core::Persist>,
+    log_writes: mpsc::UnboundedSender<LogRequest>,
     apply: mpsc::UnboundedSender<ApplyRequest>,
     workers: Vec<storage::Worker>,
+    snapshots: Snapshots,
     writes: BTreeMap<(u64, u64), Vec<WriteWaiter>>,
     reads: BTreeMap<u64, PendingRead>,
     /// Confirmed reads waiting for the apply thread to be handed their index.
@@ -255,19 +295,48 @@ pub async fn start<N: Net>(
         cfg.acknowledge_before_fsync(),
     )
     .map_err(spawn_err)?;
-    let (apply, opened) =
-        storage::spawn_apply_worker(&cfg.storage, cfg.data_dir.clone(), events_tx)
-            .map_err(spawn_err)?;
+    let (apply, opened) = storage::spawn_apply_worker(
+        &cfg.storage,
+        cfg.data_dir.clone(),
+        cfg.cluster_id,
+        cfg.snapshots,
+        events_tx.clone(),
+    )
+    .map_err(spawn_err)?;
     let gone = || NodeError::Storage("a storage thread stopped while opening".into());
-    let (logged, log_path) = loaded
+    let (mut logged, log_path) = loaded
         .await
         .map_err(|_| gone())?
         .map_err(NodeError::Storage)?;
-    let (applied, state_path) = opened
+    let state = opened
         .await
         .map_err(|_| gone())?
         .map_err(NodeError::Storage)?;
-    let restart = kv::restart_state_from(logged, &log_path, applied, &state_path)
+    let mut applied = state.applied;
+    if let Some(snapshot) = state.pending_install {
+        // A crash interrupted a snapshot install after its commit point: finish the log half,
+        // then the state machine's.
+        tracing::info!(
+            id = cfg.id,
+            index = snapshot.index,
+            "finishing an interrupted snapshot install"
+        );
+        let (reply, done) = oneshot::channel();
+        let _ = log
+            .writes
+            .send(LogRequest::FinishPendingInstall { snapshot, reply });
+        logged = done
+            .await
+            .map_err(|_| gone())?
+            .map_err(NodeError::Storage)?;
+        let (reply, done) = oneshot::channel();
+        let _ = apply.requests.send(ApplyRequest::FinishInstall { reply });
+        applied = done
+            .await
+            .map_err(|_| gone())?
+            .map_err(NodeError::Storage)?;
+    }
+    let restart = kv::restart_state_from(logged, &log_path, applied, &state.path)
         .map_err(|e| NodeError::Storage(e.to_string()))?;
 
     let mut core_cfg = Config::new(cfg.id, cfg.peers.keys().copied().collect());
@@ -296,6 +365,12 @@ pub async fn start<N: Net>(
         })?;
     let (inbox_tx, inbox_rx) = mpsc::channel::<Message>(8192);
     let (unreachable_tx, unreachable_rx) = mpsc::unbounded_channel();
+    let (serve_tx, serve_rx) = mpsc::channel::<ServeRequest>(64);
+    let snapshot_service = transport::SnapshotService {
+        serve: serve_tx,
+        events: events_tx,
+        write_timeout: cfg.transport.write,
+    };
     let (cluster_id, idle) = (cfg.cluster_id, cfg.transport.idle_read);
     let mut accept_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -305,7 +380,7 @@ pub async fn start<N: Net>(
                 _ = accept_shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        tokio::spawn(transport::run_inbound(stream, remote, cluster_id, idle, inbox_tx.clone()));
+                        tokio::spawn(transport::run_inbound(stream, remote, cluster_id, idle, inbox_tx.clone(), snapshot_service.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a peer connection failed");
@@ -332,7 +407,42 @@ pub async fn start<N: Net>(
 
     let (requests_tx, requests_rx) = mpsc::channel(65536);
     let term_seen = core.term();
+    let fetcher: Fetcher = {
+        let (net, apply, cluster_id, timeouts) = (
+            net.clone(),
+            apply.requests.clone(),
+            cfg.cluster_id,
+            cfg.transport,
+        );
+        let window = Arc::new(Semaphore::new(snapshot_transfer::RECEIVE_WINDOW));
+        Box::new(move |job| {
+            tokio::spawn(snapshot_transfer::fetch(
+                net.clone(),
+                job,
+                cluster_id,
+                timeouts,
+                apply.clone(),
+                window.clone(),
+            ))
+        })
+    };
+    // An image newer than the log start (taken before a restart) is a compaction point too.
+    let uncompacted = if state.image.index > core.snapshot().index {
+        vec![state.image.index]
+    } else {
+        Vec::new()
+    };
     let node = NodeLoop {
+        snapshots: Snapshots {
+            policy: cfg.snapshots,
+            uncompacted,
+            newest_image: state.image.index,
+            taken: 0,
+            installed: 0,
+            fetch: None,
+            next_job: 1,
+            fetcher,
+        },
         cfg,
         core,
         outbound,
@@ -348,7 +458,14 @@ pub async fn start<N: Net>(
         applied,
         term_seen,
     };
-    let run = node.run(events_rx, inbox_rx, requests_rx, unreachable_rx, shutdown);
+    let run = node.run(
+        events_rx,
+        inbox_rx,
+        requests_rx,
+        unreachable_rx,
+        serve_rx,
+        shutdown,
+    );
     Ok((
         NodeHandle {
             requests: requests_tx,
@@ -367,6 +484,7 @@ impl NodeLoop {
         mut inbox: mpsc::Receiver<Message>,
         mut requests: mpsc::Receiver<ClientRequest>,
         mut unreachable: mpsc::UnboundedReceiver<NodeId>,
+        mut serve: mpsc::Receiver<ServeRequest>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(self.cfg.tick);
@@ -400,6 +518,7 @@ impl NodeLoop {
                     }
                 }
                 Some(peer) = unreachable.recv() => self.core.report_unreachable(peer),
+                Some(req) = serve.recv() => self.serve_snapshot(req),
                 Some(msg) = inbox.recv() => {
                     self.core.step(msg);
                     for _ in 0..MAX_BATCH {
@@ -443,8 +562,170 @@ impl NodeLoop {
                 tracing::error!(id = self.cfg.id, %why, "storage failed; stopping the node");
                 return Err(NodeError::Storage(why));
             }
+            StorageEvent::SnapshotBuilt(meta) => {
+                self.snapshots.taken += 1;
+                self.snapshots.newest_image = self.snapshots.newest_image.max(meta.index);
+                self.snapshots.uncompacted.push(meta.index);
+            }
+            StorageEvent::SnapshotStaged { job, snapshot } => {
+                if self.snapshots.fetch.as_ref().is_some_and(|f| f.job == job) {
+                    self.snapshots.fetch = None;
+                    self.core.on_snapshot_fetched(snapshot);
+                }
+            }
+            StorageEvent::SnapshotFetchFailed { job, why } => {
+                if let Some(f) = self.snapshots.fetch.as_mut().filter(|f| f.job == job) {
+                    tracing::warn!(id = self.cfg.id, from = f.asked.from, %why, "fetching a snapshot failed; fetching again when asked");
+                    f.failed = true;
+                }
+            }
+            StorageEvent::SnapshotInstalled(meta) => {
+                self.snapshots.installed += 1;
+                self.snapshots.newest_image = meta.index;
+            }
+            StorageEvent::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
         }
+        self.maybe_compact();
         Ok(())
+    }
+
+    /// Compacts the log up to the newest image taken that the applied index has passed by
+    /// the policy's tail. Only images are compaction points: a follower that needs the
+    /// compacted entries gets the newest image, which is at or after the log start.
+    fn maybe_compact(&mut self) {
+        let applied = self.core.applied_index();
+        let tail = self.snapshots.policy.tail;
+        let Some(&up_to) = self
+            .snapshots
+            .uncompacted
+            .iter()
+            .rev()
+            .find(|&&i| i.saturating_add(tail) <= applied)
+        else {
+            return;
+        };
+        self.snapshots.uncompacted.retain(|&i| i > up_to);
+        match self.core.compact(up_to) {
+            Ok(()) => {
+                tracing::debug!(id = self.cfg.id, up_to, "compacting the log");
+                let _ = self.log_writes.send(LogRequest::Compact(up_to));
+            }
+            // Already past it: a snapshot from the leader was installed meanwhile.
+            Err(e) => tracing::debug!(id = self.cfg.id, error = %e, "not compacting"),
+        }
+    }
+
+    /// A peer asks for our snapshot image: a reader streams it to the peer's connection.
+    fn serve_snapshot(&mut self, req: ServeRequest) {
+        tracing::info!(
+            id = self.cfg.id,
+            to = req.request.from,
+            at_least = req.request.at_least.index,
+            "serving a snapshot"
+        );
+        match storage::spawn_snapshot_reader(
+            &self.cfg.storage,
+            self.cfg.data_dir.clone(),
+            req.request.at_least,
+            req.chunks.clone(),
+        ) {
+            // Detached: it ends with the transfer.
+            Ok(_reader) => {}
+            Err(e) => {
+                let _ = req
+                    .chunks
+                    .try_send(Err(format!("cannot start a snapshot reader: {e}")));
+            }
+        }
+    }
+
+    /// The core asks for the data of a leader's snapshot. A fetch of the same snapshot from the
+    /// same node carries on; a failed one, or one of another snapshot, is replaced.
+    fn start_fetch(&mut self, asked: SnapshotToFetch) {
+        if let Some(f) = &self.snapshots.fetch {
+            if f.asked == asked && !f.failed {
+                return;
+            }
+        }
+        if let Some(old) = self.snapshots.fetch.take() {
+            old.task.abort();
+            let _ = self.apply.send(ApplyRequest::EndReceive {
+                job: old.job,
+                outcome: Err("superseded".into()),
+            });
+        }
+        let Some(addr) = self.cfg.peers.get(&asked.from).cloned() else {
+            return;
+        };
+        let job = self.snapshots.next_job;
+        self.snapshots.next_job += 1;
+        tracing::info!(
+            id = self.cfg.id,
+            from = asked.from,
+            index = asked.snapshot.index,
+            "fetching a snapshot"
+        );
+        let _ = self.apply.send(ApplyRequest::BeginReceive {
+            job,
+            at_least: asked.snapshot,
+        });
+        let task = (self.snapshots.fetcher)(FetchJob {
+            job,
+            from: asked.from,
+            addr,
+            request: FetchRequest {
+                from: self.cfg.id,
+                at_least: asked.snapshot,
+            },
+        });
+        self.snapshots.fetch = Some(Fetch {
+            job,
+            asked,
+            task,
+            failed: false,
+        });
+    }
+
+    /// The core asks to install the fetched snapshot, before this `Ready`'s write: the apply
+    /// worker replaces the state machine, then the log worker the log (queued before the
+    /// writes that follow), then the apply worker finishes the install.
+    fn install_snapshot(&mut self, write: SnapshotWrite) {
+        let snapshot = write.snapshot;
+        if let Some(observer) = &self.cfg.observer {
+            observer.snapshot_installed(self.cfg.id, snapshot);
+        }
+        let (state_tx, state_rx) = oneshot::channel();
+        let (log_tx, log_rx) = oneshot::channel();
+        let _ = self.apply.send(ApplyRequest::Install {
+            snapshot,
+            state_installed: state_tx,
+            log_installed: log_rx,
+        });
+        let _ = self.log_writes.send(LogRequest::InstallSnapshot {
+            id: write.id,
+            snapshot,
+            state_installed: state_rx,
+            log_installed: log_tx,
+        });
+        self.snapshots.uncompacted.retain(|&i| i > snapshot.index);
+        if snapshot.index > self.handed_to_apply {
+            self.handed_to_apply = snapshot.index;
+            self.release_reads_up_to(snapshot.index);
+        }
+    }
+
+    /// Hands the confirmed reads waiting for entries up to `index` to the apply worker, which
+    /// has been handed those entries.
+    fn release_reads_up_to(&mut self, index: Index) {
+        let still_waiting = self.reads_waiting_for_apply.split_off(&(index + 1));
+        for (_, reads) in std::mem::replace(&mut self.reads_waiting_for_apply, still_waiting) {
+            for read in reads {
+                let _ = self.apply.send(ApplyRequest::Read {
+                    op: read.op,
+                    reply: read.reply,
+                });
+            }
+        }
     }
 
     fn on_request(&mut self, req: ClientRequest) {
@@ -522,7 +803,10 @@ impl NodeLoop {
             commit_index: self.core.commit_index(),
             applied_index: self.applied,
             last_index: self.core.last_index(),
-            last_snapshot_index: 0,
+            last_snapshot_index: self.snapshots.newest_image,
+            log_start_index: self.core.snapshot().index,
+            snapshot_count: self.snapshots.taken,
+            snapshots_installed: self.snapshots.installed,
             leader_client_addr: self
                 .core
                 .leader()
@@ -554,15 +838,14 @@ impl NodeLoop {
                     }
                 }
             }
-            if ready.snapshot_to_fetch.is_some() || ready.snapshot_write.is_some() {
-                // No node compacts its log yet (issue 6), so no leader offers a snapshot.
-                tracing::warn!(
-                    id = self.cfg.id,
-                    "a snapshot was offered, but this build cannot transfer snapshots; ignoring"
-                );
+            if let Some(asked) = ready.snapshot_to_fetch {
+                self.start_fetch(asked);
+            }
+            if let Some(write) = ready.snapshot_write {
+                self.install_snapshot(write);
             }
             if let Some(write) = ready.persist {
-                let _ = self.log_writes.send(write);
+                let _ = self.log_writes.send(LogRequest::Persist(write));
             }
             for msg in ready.messages {
                 if let Some(queue) = self.outbound.get(&msg.to) {
@@ -579,17 +862,7 @@ impl NodeLoop {
                 }
                 let _ = self.apply.send(ApplyRequest::Entries(ready.committed));
                 self.handed_to_apply = last;
-                let still_waiting = self.reads_waiting_for_apply.split_off(&(last + 1));
-                for (_, reads) in
-                    std::mem::replace(&mut self.reads_waiting_for_apply, still_waiting)
-                {
-                    for read in reads {
-                        let _ = self.apply.send(ApplyRequest::Read {
-                            op: read.op,
-                            reply: read.reply,
-                        });
-                    }
-                }
+                self.release_reads_up_to(last);
             }
             for rs in ready.read_states {
                 let Some(id) = read_id(&rs.ctx) else { continue };
@@ -664,6 +937,12 @@ impl NodeLoop {
                 "the node is shutting down".into(),
             )));
         }
+        // The fetcher holds a sender of the apply queue: drop it, or the apply worker waits on.
+        let Snapshots { fetch, fetcher, .. } = self.snapshots;
+        if let Some(f) = fetch {
+            f.task.abort();
+        }
+        drop(fetcher);
         // Closing the queues lets the storage threads finish what is queued, flush and exit.
         drop(self.log_writes);
         drop(self.apply);

@@ -53,7 +53,14 @@ pub struct NodeInfo {
     pub commit_index: Index,
     pub applied_index: Index,
     pub last_index: Index,
+    /// The newest snapshot image this node holds (taken or installed); 0: none.
     pub last_snapshot_index: Index,
+    /// The log starts after this index (it was compacted up to here).
+    pub log_start_index: Index,
+    /// Snapshots this node has taken since it started.
+    pub snapshot_count: u64,
+    /// Snapshots this node has installed from a leader since it started.
+    pub snapshots_installed: u64,
     /// Where the leader takes client requests, if a leader is known and its address configured.
     pub leader_client_addr: Option<String>,
 }

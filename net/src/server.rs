@@ -422,7 +422,7 @@ pub fn info_text(info: &NodeInfo) -> String {
         raft_core::Role::PreCandidate => "precandidate",
     };
     format!(
-        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nlast_snapshot_index:{}\r\nleader_client_addr:{}\r\n",
+        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         info.id,
         info.term,
@@ -430,8 +430,11 @@ pub fn info_text(info: &NodeInfo) -> String {
         info.commit_index,
         info.applied_index,
         info.last_index,
-        info.last_snapshot_index,
         info.leader_client_addr.as_deref().unwrap_or(""),
+        info.last_snapshot_index,
+        info.log_start_index,
+        info.snapshot_count,
+        info.snapshots_installed,
     )
 }
 

@@ -278,15 +278,27 @@ async fn discard_while_down(
     }
 }
 
+/// Where an inbound connection that asks for a snapshot is handed (`snapshot_transfer`).
+#[derive(Clone)]
+pub struct SnapshotService {
+    pub serve: mpsc::Sender<crate::snapshot_transfer::ServeRequest>,
+    pub events: mpsc::UnboundedSender<crate::storage::StorageEvent>,
+    pub write_timeout: Duration,
+}
+
 /// Reads frames from one inbound peer connection into `inbox` until it closes or misbehaves.
+/// A connection whose first frame asks for a snapshot is handed to `snapshots` instead.
 pub async fn run_inbound<S: Stream>(
     mut stream: S,
     remote: String,
     cluster_id: u64,
     idle_read: Duration,
     inbox: mpsc::Sender<Message>,
+    snapshots: SnapshotService,
 ) {
+    use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN, SNAPSHOT_MAGIC};
     let mut len_buf = [0u8; 4];
+    let mut first = true;
     loop {
         match tokio::time::timeout(idle_read, stream.read_exact(&mut len_buf)).await {
             Ok(Ok(_)) => {}
@@ -305,6 +317,25 @@ pub async fn run_inbound<S: Stream>(
         match tokio::time::timeout(idle_read, stream.read_exact(&mut body)).await {
             Ok(Ok(_)) => {}
             _ => return,
+        }
+        if std::mem::take(&mut first)
+            && len == REQUEST_LEN
+            && body[..4] == SNAPSHOT_MAGIC.to_be_bytes()
+        {
+            match decode_request(cluster_id, Bytes::from(body)) {
+                Ok(request) => {
+                    serve(
+                        stream,
+                        request,
+                        snapshots.serve,
+                        snapshots.events,
+                        snapshots.write_timeout,
+                    )
+                    .await
+                }
+                Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+            }
+            return;
         }
         match decode_frame(cluster_id, Bytes::from(body)) {
             Ok(msg) => {

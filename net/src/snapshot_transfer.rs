@@ -1,0 +1,387 @@
+//! Moving a snapshot image from one node to another, out of band from the Raft messages.
+//!
+//! The core only tells a follower *which* snapshot to fetch and from whom
+//! (`Ready::snapshot_to_fetch`); the data travels here, on a connection of its own to the
+//! sender's peer port, so that a transfer of many megabytes never delays heartbeats and appends
+//! queued on the message connection.
+//!
+//! **Wire.** The follower opens a connection and sends one request frame,
+//! `u32 length | magic "KVSN" | version | cluster id (u64) | follower id (u64) | index (u64) | term (u64)`:
+//! "your snapshot image, at or after index/term". The sender answers with reply frames
+//! `u32 length | kind (u8) | payload`: `CHUNK` (one chunk of the image, as `kv::snapshot` cuts
+//! and checksums it), then `END`; or `REFUSED` with a reason (no image that recent, a damaged
+//! image file). Every length is checked against its limit before anything is allocated.
+//!
+//! **Flow control.** Each side holds at most a few chunks: the sender reads the image through
+//! a bounded queue that TCP back-pressure fills only as fast as the follower takes chunks, and
+//! the follower acquires one of [`RECEIVE_WINDOW`] permits per chunk, released when its state
+//! machine thread has verified and stored it. Memory per transfer is bounded by a few chunks,
+//! whatever the snapshot's size.
+//!
+//! **Failure.** A broken or stalled connection (every read and write has a timeout) ends the
+//! transfer on both sides: the sender tells its core (`report_snapshot(to, false)`, which offers
+//! again later), the follower drops what it received and fetches again from scratch when its
+//! core repeats the request. A transfer superseded by a new leader's offer is cancelled.
+//! Restarting is simpler than resuming and costs at most one more transfer; the image is read
+//! from a file, so serving it again is cheap for the sender.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use raft_core::{NodeId, SnapshotMeta};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::storage::{ApplyRequest, StorageEvent};
+use crate::transport::{Net, Stream, TransportTimeouts, FRAME_VERSION};
+
+/// "KVSN": the first frame of a snapshot connection (the message connection's is "KVRF").
+pub const SNAPSHOT_MAGIC: u32 = 0x4B56_534E;
+/// The request frame's body: magic, version, cluster id, follower id, index, term.
+pub const REQUEST_LEN: usize = 4 + 1 + 8 + 8 + 8 + 8;
+/// Chunks a follower may have in flight to its state machine thread.
+pub const RECEIVE_WINDOW: usize = 4;
+/// Chunks the sender reads ahead of the connection.
+pub const SEND_WINDOW: usize = 4;
+/// The largest reply frame body: a kind byte and the largest chunk `kv` produces.
+pub const MAX_REPLY_LEN: usize = 1 + kv::snapshot::MAX_CHUNK_LEN;
+
+const KIND_CHUNK: u8 = 1;
+const KIND_END: u8 = 2;
+const KIND_REFUSED: u8 = 3;
+/// Refusal reasons are cut to this many bytes.
+const MAX_REASON: usize = 512;
+
+/// A follower's request for a snapshot image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// The follower asking (the sender reports the transfer's outcome for it to its core).
+    pub from: NodeId,
+    /// The snapshot its core asked for; the sender may serve a later one.
+    pub at_least: SnapshotMeta,
+}
+
+/// One reply frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Chunk(Bytes),
+    End,
+    Refused(String),
+}
+
+/// Appends the whole request frame, length prefix included.
+pub fn encode_request(cluster_id: u64, req: &FetchRequest, out: &mut BytesMut) {
+    out.put_u32(REQUEST_LEN as u32);
+    out.put_u32(SNAPSHOT_MAGIC);
+    out.put_u8(FRAME_VERSION);
+    out.put_u64(cluster_id);
+    out.put_u64(req.from);
+    out.put_u64(req.at_least.index);
+    out.put_u64(req.at_least.term);
+}
+
+/// Decodes a request frame body (after the length prefix); the error names what is wrong.
+pub fn decode_request(cluster_id: u64, mut body: Bytes) -> Result<FetchRequest, String> {
+    if body.len() != REQUEST_LEN {
+        return Err(format!(
+            "snapshot request of {} bytes, expected {REQUEST_LEN}",
+            body.len()
+        ));
+    }
+    let magic = body.get_u32();
+    if magic != SNAPSHOT_MAGIC {
+        return Err(format!("not a snapshot request (magic {magic:#010x})"));
+    }
+    let version = body.get_u8();
+    if version != FRAME_VERSION {
+        return Err(format!("unknown snapshot request version {version}"));
+    }
+    let theirs = body.get_u64();
+    if theirs != cluster_id {
+        return Err(format!(
+            "snapshot request from cluster {theirs:#x}, this node is in cluster {cluster_id:#x}"
+        ));
+    }
+    let from = body.get_u64();
+    let (index, term) = (body.get_u64(), body.get_u64());
+    Ok(FetchRequest {
+        from,
+        at_least: SnapshotMeta { index, term },
+    })
+}
+
+/// Appends one reply frame, length prefix included.
+pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
+    let (kind, payload): (u8, &[u8]) = match reply {
+        Reply::Chunk(c) => (KIND_CHUNK, c),
+        Reply::End => (KIND_END, &[]),
+        Reply::Refused(why) => {
+            let mut end = why.len().min(MAX_REASON);
+            while !why.is_char_boundary(end) {
+                end -= 1;
+            }
+            (KIND_REFUSED, &why.as_bytes()[..end])
+        }
+    };
+    out.put_u32((1 + payload.len()) as u32);
+    out.put_u8(kind);
+    out.put_slice(payload);
+}
+
+/// Decodes a reply frame body (after the length prefix).
+pub fn decode_reply(mut body: Bytes) -> Result<Reply, String> {
+    if body.is_empty() {
+        return Err("empty snapshot reply frame".into());
+    }
+    match body.get_u8() {
+        KIND_CHUNK => Ok(Reply::Chunk(body)),
+        KIND_END if body.is_empty() => Ok(Reply::End),
+        KIND_REFUSED => Ok(Reply::Refused(String::from_utf8_lossy(&body).into_owned())),
+        kind => Err(format!(
+            "unknown snapshot reply kind {kind} ({} bytes)",
+            body.len()
+        )),
+    }
+}
+
+/// Checks a reply frame's length prefix before its body is read.
+pub fn check_reply_len(len: usize) -> Result<(), String> {
+    if len == 0 || len > MAX_REPLY_LEN {
+        return Err(format!(
+            "snapshot reply frame of {len} bytes (limit {MAX_REPLY_LEN})"
+        ));
+    }
+    Ok(())
+}
+
+/// Asks the node loop to open the image for one transfer: it starts a reader on the storage
+/// side that sends the chunks (or why it cannot) into `chunks`.
+pub struct ServeRequest {
+    pub request: FetchRequest,
+    pub chunks: mpsc::Sender<Result<Bytes, String>>,
+}
+
+/// The sender's side of one transfer, on the connection the request came on. Reports the
+/// outcome for the follower to the node loop (`StorageEvent::SnapshotSent`).
+pub async fn serve<S: Stream>(
+    mut stream: S,
+    request: FetchRequest,
+    serve: mpsc::Sender<ServeRequest>,
+    events: mpsc::UnboundedSender<StorageEvent>,
+    write_timeout: Duration,
+) {
+    let (tx, mut chunks) = mpsc::channel(SEND_WINDOW);
+    let ok = if serve
+        .send(ServeRequest {
+            request,
+            chunks: tx,
+        })
+        .await
+        .is_err()
+    {
+        false
+    } else {
+        let mut buf = BytesMut::new();
+        let mut sent = 0u64;
+        loop {
+            buf.clear();
+            let (reply, last) = match chunks.recv().await {
+                Some(Ok(chunk)) => (Reply::Chunk(chunk), false),
+                Some(Err(why)) => (Reply::Refused(why), true),
+                None => (Reply::End, true),
+            };
+            let refused = matches!(reply, Reply::Refused(_));
+            if let Reply::Refused(why) = &reply {
+                tracing::warn!(to = request.from, %why, "cannot serve a snapshot");
+            }
+            encode_reply(&reply, &mut buf);
+            let write = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::info!(to = request.from, error = %e, sent, "snapshot transfer broken");
+                    break false;
+                }
+                Err(_) => {
+                    tracing::info!(to = request.from, sent, "snapshot transfer stalled");
+                    break false;
+                }
+            }
+            sent += 1;
+            if last {
+                if !refused {
+                    tracing::info!(to = request.from, chunks = sent - 1, "snapshot sent");
+                }
+                break !refused;
+            }
+        }
+    };
+    let _ = events.send(StorageEvent::SnapshotSent {
+        to: request.from,
+        ok,
+    });
+}
+
+/// A fetch the node loop started: what to fetch, from where, and as which receive job.
+#[derive(Clone, Debug)]
+pub struct FetchJob {
+    pub job: u64,
+    pub from: NodeId,
+    pub addr: String,
+    pub request: FetchRequest,
+}
+
+/// The follower's side of one transfer: fetches the image and feeds it, chunk by chunk, to the
+/// state machine thread's receive job `job.job`, then ends that job with the outcome. The
+/// state machine thread reports the result (`SnapshotStaged` or `SnapshotFetchFailed`).
+pub async fn fetch<N: Net>(
+    net: N,
+    job: FetchJob,
+    cluster_id: u64,
+    timeouts: TransportTimeouts,
+    apply: mpsc::UnboundedSender<ApplyRequest>,
+    window: Arc<Semaphore>,
+) {
+    let id = job.job;
+    let outcome = fetch_into(&net, &job, cluster_id, timeouts, &apply, window).await;
+    if let Err(why) = &outcome {
+        tracing::info!(from = job.from, %why, "snapshot fetch failed");
+    }
+    let _ = apply.send(ApplyRequest::EndReceive {
+        job: id,
+        outcome: outcome.map(|_| ()),
+    });
+}
+
+async fn fetch_into<N: Net>(
+    net: &N,
+    job: &FetchJob,
+    cluster_id: u64,
+    timeouts: TransportTimeouts,
+    apply: &mpsc::UnboundedSender<ApplyRequest>,
+    window: Arc<Semaphore>,
+) -> Result<u64, String> {
+    let mut stream =
+        match tokio::time::timeout(timeouts.connect, net.connect(job.addr.clone())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", job.addr)),
+            Err(_) => return Err(format!("connecting to {} timed out", job.addr)),
+        };
+    let mut buf = BytesMut::new();
+    encode_request(cluster_id, &job.request, &mut buf);
+    let write = async {
+        stream.write_all(&buf).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(timeouts.write, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("sending the request failed: {e}")),
+        Err(_) => return Err("sending the request timed out".into()),
+    }
+    let mut chunks = 0u64;
+    loop {
+        let body = read_reply_frame(&mut stream, timeouts.idle_read)
+            .await
+            .map_err(|e| format!("after {chunks} chunks: {e}"))?;
+        match decode_reply(body)? {
+            Reply::Chunk(chunk) => {
+                let permit = window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "the node is shutting down".to_string())?;
+                apply
+                    .send(ApplyRequest::ReceiveChunk {
+                        job: job.job,
+                        chunk,
+                        _permit: permit,
+                    })
+                    .map_err(|_| "the state machine thread stopped".to_string())?;
+                chunks += 1;
+            }
+            Reply::End => return Ok(chunks),
+            Reply::Refused(why) => return Err(format!("node {} refused: {why}", job.from)),
+        }
+    }
+}
+
+async fn read_reply_frame<S: Stream>(stream: &mut S, idle: Duration) -> Result<Bytes, String> {
+    let mut len_buf = [0u8; 4];
+    read_exact_within(stream, &mut len_buf, idle).await?;
+    let len = u32::from_be_bytes(len_buf) as usize;
+    check_reply_len(len)?;
+    let mut body = vec![0u8; len];
+    read_exact_within(stream, &mut body, idle).await?;
+    Ok(Bytes::from(body))
+}
+
+async fn read_exact_within<S: Stream>(
+    stream: &mut S,
+    buf: &mut [u8],
+    idle: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(idle, stream.read_exact(buf)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err("the sender closed the connection".into())
+        }
+        Ok(Err(e)) => Err(format!("reading failed: {e}")),
+        Err(_) => Err("the sender went silent".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let req = FetchRequest {
+            from: 3,
+            at_least: SnapshotMeta {
+                index: 900,
+                term: 4,
+            },
+        };
+        let mut buf = BytesMut::new();
+        encode_request(77, &req, &mut buf);
+        let len = buf.get_u32() as usize;
+        assert_eq!(len, buf.len());
+        let body = buf.freeze();
+        assert_eq!(decode_request(77, body.clone()), Ok(req));
+        assert!(decode_request(78, body.clone())
+            .unwrap_err()
+            .contains("cluster"));
+        assert!(decode_request(77, body.slice(1..))
+            .unwrap_err()
+            .contains("expected"));
+        for reply in [
+            Reply::Chunk(Bytes::from_static(b"chunk bytes")),
+            Reply::End,
+            Reply::Refused("no image at or after 900".into()),
+        ] {
+            let mut buf = BytesMut::new();
+            encode_reply(&reply, &mut buf);
+            let len = buf.get_u32() as usize;
+            check_reply_len(len).unwrap();
+            assert_eq!(decode_reply(buf.freeze()), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn hostile_replies_are_refused_before_allocating() {
+        assert!(check_reply_len(u32::MAX as usize).is_err());
+        assert!(check_reply_len(0).is_err());
+        assert!(decode_reply(Bytes::from_static(&[9, 1, 2])).is_err());
+        assert!(decode_reply(Bytes::from_static(&[KIND_END, 1])).is_err());
+        let long = "é".repeat(1000);
+        let mut buf = BytesMut::new();
+        encode_reply(&Reply::Refused(long), &mut buf);
+        assert!(buf.len() <= 4 + 1 + MAX_REASON);
+    }
+}
