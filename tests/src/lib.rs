@@ -57,6 +57,8 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub peers: String,
     pub nodes: BTreeMap<u64, TestNode>,
+    /// Appended to every node's `kvstore serve` command line.
+    pub extra_args: Vec<String>,
 }
 
 impl TestCluster {
@@ -88,7 +90,12 @@ impl TestCluster {
             };
             nodes.insert(id, node);
         }
-        Self { dir, peers, nodes }
+        Self {
+            dir,
+            peers,
+            nodes,
+            extra_args: Vec::new(),
+        }
     }
 
     pub fn serve_command(&self, id: u64) -> Command {
@@ -108,6 +115,7 @@ impl TestCluster {
         .arg("--data-dir")
         .arg(&node.data_dir)
         .args(["--tick-ms", "50"])
+        .args(&self.extra_args)
         .env("KVSTORE_LOG", "warn,net=info");
         cmd
     }
@@ -126,6 +134,14 @@ impl TestCluster {
             .spawn()
             .expect("spawning kvstore");
         node.child = Some(child);
+    }
+
+    /// Whether node `id`'s process is running (started and not killed or exited).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.child.as_mut())
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// kill -9.
@@ -151,6 +167,20 @@ impl TestCluster {
 
     pub fn client(&self) -> KvClient {
         KvClient::new(self.servers())
+    }
+
+    /// A client that talks to node `id` only (reads are served from its own state machine).
+    pub fn client_of(&self, id: u64) -> KvClient {
+        let cfg = ClientConfig {
+            follow_leader: false,
+            ..Default::default()
+        };
+        KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg)
+    }
+
+    /// One INFO field of node `id` as a number, if it answers.
+    pub async fn info_number(&self, id: u64, field: &str) -> Option<u64> {
+        self.info(id).await?.get(field)?.parse().ok()
     }
 
     /// INFO fields of one node, if it answers.
@@ -222,4 +252,67 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what} did not happen within {bound:?}");
+}
+
+/// Writes `prefix{k}` = `value-{k}` for every k in `range` with eight clients in parallel, and
+/// adds each acknowledged write to `acked`.
+pub async fn write_all(
+    servers: Vec<String>,
+    prefix: &str,
+    range: std::ops::Range<u32>,
+    acked: &mut BTreeMap<String, String>,
+) {
+    let shares: Vec<_> = (0..8u32)
+        .map(|c| {
+            let servers = servers.clone();
+            let keys: Vec<u32> = range.clone().filter(|k| k % 8 == c).collect();
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                let mut client = KvClient::new(servers).starting_at(c as usize);
+                let mut done = Vec::new();
+                for k in keys {
+                    let (key, value) = (format!("{prefix}{k}"), format!("value-{k}"));
+                    client
+                        .set(key.as_bytes(), value.as_bytes())
+                        .await
+                        .unwrap_or_else(|e| panic!("write {key}: {e}"));
+                    done.push((key, value));
+                }
+                done
+            })
+        })
+        .collect();
+    for s in shares {
+        acked.extend(s.await.expect("writer task"));
+    }
+}
+
+/// Reads every acknowledged key back (eight clients made by `client` in parallel) and checks
+/// its value.
+pub async fn check_all<F: Fn() -> KvClient>(client: F, acked: &BTreeMap<String, String>) {
+    let all: Vec<(String, String)> = acked.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let readers: Vec<_> = (0..8usize)
+        .map(|c| {
+            let mut client = client();
+            let mine: Vec<(String, String)> = all.iter().skip(c).step_by(8).cloned().collect();
+            tokio::spawn(async move {
+                for (k, v) in mine {
+                    let got = client
+                        .get(k.as_bytes())
+                        .await
+                        .unwrap_or_else(|e| panic!("read {k}: {e}"));
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(v.as_bytes()),
+                        "acknowledged write of {k} lost"
+                    );
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        if let Err(e) = r.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
 }

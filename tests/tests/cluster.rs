@@ -4,58 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{eventually, TestCluster};
+use e2e::{check_all, eventually, write_all, TestCluster};
 use net::client::KvClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BOUND: Duration = Duration::from_secs(60);
-
-async fn write_all(
-    servers: Vec<String>,
-    prefix: &str,
-    range: std::ops::Range<u32>,
-    acked: &mut BTreeMap<String, String>,
-) {
-    // Eight clients in parallel, each writing its share.
-    let shares: Vec<_> = (0..8u32)
-        .map(|c| {
-            let servers = servers.clone();
-            let keys: Vec<u32> = range.clone().filter(|k| k % 8 == c).collect();
-            let prefix = prefix.to_string();
-            tokio::spawn(async move {
-                let mut client = KvClient::new(servers).starting_at(c as usize);
-                let mut done = Vec::new();
-                for k in keys {
-                    let (key, value) = (format!("{prefix}{k}"), format!("value-{k}"));
-                    client
-                        .set(key.as_bytes(), value.as_bytes())
-                        .await
-                        .unwrap_or_else(|e| panic!("write {key}: {e}"));
-                    done.push((key, value));
-                }
-                done
-            })
-        })
-        .collect();
-    for s in shares {
-        acked.extend(s.await.expect("writer task"));
-    }
-}
-
-async fn check_all(client: &mut KvClient, acked: &BTreeMap<String, String>) {
-    for (k, v) in acked {
-        let got = client
-            .get(k.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("read {k}: {e}"));
-        assert_eq!(
-            got.as_deref(),
-            Some(v.as_bytes()),
-            "acknowledged write of {k} lost"
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_survive_leader_failure_catch_up_and_full_restart() {
@@ -94,7 +48,7 @@ async fn writes_survive_leader_failure_catch_up_and_full_restart() {
         cluster.start_node(id);
     }
     cluster.wait_for_leader(BOUND).await;
-    check_all(&mut cluster.client(), &acked).await;
+    check_all(|| cluster.client(), &acked).await;
 }
 
 /// Sends one request on a fresh connection and returns the raw reply bytes (or none if `read`
