@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Requests go to this many distinct keys.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Take keys in order (request n uses key n mod --keys) rather than at random: with
+    /// `--ops` equal to `--keys`, every key is written exactly once.
+    #[arg(long)]
+    pub sequential_keys: bool,
 }
 
 /// What a run measured.
@@ -113,8 +117,17 @@ pub async fn bench(args: &BenchArgs) -> BenchReport {
                 let value = vec![b'v'; args.value_size];
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
-                while claimed.fetch_add(1, Ordering::Relaxed) < args.ops {
-                    let key = format!("key:{}", rng.gen_range(0..args.keys.max(1)));
+                loop {
+                    let n = claimed.fetch_add(1, Ordering::Relaxed);
+                    if n >= args.ops {
+                        break;
+                    }
+                    let k = if args.sequential_keys {
+                        n % args.keys.max(1)
+                    } else {
+                        rng.gen_range(0..args.keys.max(1))
+                    };
+                    let key = format!("key:{k}");
                     let t = Instant::now();
                     let ok = if rng.gen_bool(args.read_ratio) {
                         client.get(key.as_bytes()).await.is_ok()
