@@ -2,24 +2,26 @@
 //! receiving it beside the live database, and installing it atomically (DESIGN.md §4, the
 //! snapshot contract in ARCHITECTURE.md).
 //!
-//! **Building: the whole image in one call, into a file.** rusty-leveldb's garbage-collection
+//! **Building: in steps between applies, into a file.** rusty-leveldb's garbage-collection
 //! workaround (`ldb`) is sound only if no iterator or snapshot outlives a call into `Ldb`, so a
-//! LevelDB snapshot cannot be kept pinned while the image is streamed over the network for
-//! seconds or minutes. [`KvStateMachine::build_snapshot`] therefore scans the whole key space
-//! with one iterator (one LevelDB snapshot: a consistent image at the applied index, since every
-//! `apply` is one batch and the owner is blocked meanwhile) and writes it, already cut into
-//! chunks, to `<data-dir>/kv_snapshot` (written as `kv_snapshot.tmp`, synced, renamed). Writes
-//! are blocked only for that scan (100k keys, 12.7 MiB: about 0.1 s; `measure_100k_keys` in
-//! `kv/tests/snapshots.rs`);
-//! streaming then reads the file with no hold on the database, and any number of readers may
-//! stream it at once. Scanning key ranges with fresh iterators would not block writes at all,
-//! but the pieces would come from different points in time, and making them consistent would
-//! need the very pinned snapshot we must not keep.
+//! LevelDB snapshot cannot be kept pinned while an image is written (or streamed over the
+//! network for seconds or minutes). Instead, [`KvStateMachine::start_snapshot`] fixes the
+//! image's index (the applied index, made durable) and [`KvStateMachine::snapshot_step`] scans
+//! the key space a few thousand keys at a time, each step with a fresh iterator from where the
+//! last one stopped. Between steps the owner goes on applying; `apply` keeps the value, at the
+//! image's index, of every key the scan has not reached yet, the first time it overwrites or
+//! deletes it (one point read per such key), and the steps write those kept values instead of
+//! the stored ones. The image is therefore exactly the state at its index, while applies and
+//! reads wait for one step at most, never for a whole scan (a fuzzy checkpoint with
+//! before-images). [`KvStateMachine::build_snapshot`] does all steps in one call. The image
+//! goes to `<data-dir>/kv_snapshot` (written as `kv_snapshot.tmp`, synced, renamed); streaming
+//! then reads the file with no hold on the database, and any number of readers may stream it
+//! at once.
 //!
-//! The image must be exactly at the index the Raft core compacts to, because that is the
-//! snapshot it offers to followers: build it, then `compact` the core and the log up to
-//! [`SnapshotMeta`] it returns. The image is durable (a restarted leader serves it again) and
-//! stays until the next build or install replaces it.
+//! The log may be compacted up to the [`SnapshotMeta`] a finished image returns (never further:
+//! a follower that needs the compacted entries is served the newest image, which must cover
+//! them). The image is durable (a restarted leader serves it again) and stays until the next
+//! build or install replaces it.
 //!
 //! **Format.** The image is a sequence of chunks; each chunk is one frame
 //! `version: u8 | kind: u8 | seq: u64 | body_len: u32 | body | crc32(everything before): u32`
@@ -64,7 +66,9 @@
 //! the new one. Until the log part is done, `apply` is refused: the old log may still hold
 //! entries that conflict with the installed state.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -320,24 +324,69 @@ impl ImageWriter {
     }
 }
 
+/// An image being written in steps, consistent at the applied index where it began: keys are
+/// scanned in order, a few thousand per step, and `apply` keeps the value at that index of
+/// every key after the scan's cursor before overwriting it. A step writes, for each key in its
+/// range, the kept value if there is one (`None`: the key did not exist then) and the stored
+/// value otherwise, so the image never sees a write made after it began.
+pub(crate) struct ImageInProgress {
+    writer: ImageWriter,
+    meta: SnapshotMeta,
+    /// The last key written to the image; the keys after it are still to come.
+    cursor: Option<Vec<u8>>,
+    /// The value, at the image's index, of keys after the cursor written since it began.
+    before: BTreeMap<Vec<u8>, Option<Bytes>>,
+}
+
+impl ImageInProgress {
+    fn is_ahead(&self, key: &[u8]) -> bool {
+        self.cursor.as_deref().is_none_or(|c| key > c)
+    }
+}
+
+/// Keys scanned per step of [`KvStateMachine::build_snapshot`]'s loop: one step at a time
+/// bounds how long a caller that interleaves steps with applies blocks them.
+pub const DEFAULT_SNAPSHOT_STEP: usize = 4096;
+
 impl KvStateMachine {
     /// Writes an image of the state machine at its applied index to `<data-dir>/kv_snapshot`,
     /// cut into chunks of about `chunk_bytes` (see the module docs), and makes it durable,
-    /// together with everything applied so far. Blocks the owner for one scan of the database.
-    /// Returns the snapshot's index and term: the point up to which the log may now be
-    /// compacted.
+    /// together with everything applied so far. Blocks the owner for one scan of the database;
+    /// [`KvStateMachine::start_snapshot`] and [`KvStateMachine::snapshot_step`] do the same in
+    /// steps between applies. Returns the snapshot's index and term: the point up to which the
+    /// log may now be compacted.
     pub fn build_snapshot(&mut self, cluster_id: u64, chunk_bytes: usize) -> Result<SnapshotMeta> {
+        self.start_snapshot(cluster_id, chunk_bytes)?;
+        loop {
+            if let Some(meta) = self.snapshot_step(DEFAULT_SNAPSHOT_STEP)? {
+                return Ok(meta);
+            }
+        }
+    }
+
+    /// Begins an image of the state machine at its applied index, to be written by
+    /// [`KvStateMachine::snapshot_step`] calls interleaved with `apply` (reads and applies go on
+    /// meanwhile; the image stays exactly at this index). Makes everything applied so far
+    /// durable first, so that once the image is finished the log may be compacted up to it.
+    /// Returns the snapshot the image will be.
+    pub fn start_snapshot(&mut self, cluster_id: u64, chunk_bytes: usize) -> Result<SnapshotMeta> {
         if let Some(m) = self.pending_install() {
             return Err(Error::InvalidRequest(format!(
                 "cannot build a snapshot while the install of {}/{} is unfinished",
                 m.index, m.term
             )));
         }
+        if let Some(img) = &self.image_in_progress {
+            return Err(Error::InvalidRequest(format!(
+                "a snapshot at {}/{} is being built already",
+                img.meta.index, img.meta.term
+            )));
+        }
         self.sync()?;
-        let files = self.env().files();
-        let dir = self.data_dir().to_path_buf();
-        let tmp = dir.join(IMAGE_TMP);
-        let out = files
+        let tmp = self.data_dir().join(IMAGE_TMP);
+        let out = self
+            .env()
+            .files()
             .open_writable_file(&tmp)
             .map_err(|e| io_err(&tmp, e))?;
         let header = SnapshotHeader {
@@ -345,9 +394,9 @@ impl KvStateMachine {
             applied_term: self.applied_term(),
             cluster_id,
         };
-        let mut w = ImageWriter {
+        let mut writer = ImageWriter {
             out,
-            path: tmp.clone(),
+            path: tmp,
             chunk_bytes: chunk_bytes.clamp(64, MAX_CHUNK_LEN),
             seq: 0,
             crc: crc32fast::Hasher::new(),
@@ -359,22 +408,141 @@ impl KvStateMachine {
         codec::put_u64(&mut hb, header.applied_index);
         codec::put_u64(&mut hb, header.applied_term);
         codec::put_u64(&mut hb, header.cluster_id);
-        w.emit(KIND_HEADER, &hb)?;
-        self.ldb().scan_from(b"", |k, v| {
-            w.record(k, &v)?;
+        writer.emit(KIND_HEADER, &hb)?;
+        self.image_in_progress = Some(Box::new(ImageInProgress {
+            writer,
+            meta: header.meta(),
+            cursor: None,
+            before: BTreeMap::new(),
+        }));
+        Ok(header.meta())
+    }
+
+    /// Whether an image begun with [`KvStateMachine::start_snapshot`] is still being written.
+    pub fn snapshot_in_progress(&self) -> Option<SnapshotMeta> {
+        self.image_in_progress.as_ref().map(|img| img.meta)
+    }
+
+    /// Writes the next `max_keys` keys of the image in progress. Returns its snapshot once the
+    /// image is complete and durable (`<data-dir>/kv_snapshot`), `None` while keys remain or if
+    /// none is in progress. After an error the image is abandoned.
+    pub fn snapshot_step(&mut self, max_keys: usize) -> Result<Option<SnapshotMeta>> {
+        let Some(mut img) = self.image_in_progress.take() else {
+            return Ok(None);
+        };
+        self.check_poison()?;
+        let max_keys = max_keys.max(1);
+        let start = img.cursor.clone().unwrap_or_default();
+        let mut scanned: Vec<(Vec<u8>, Bytes)> = Vec::new();
+        let mut at_end = true;
+        self.ldb().scan_from(&start, |k, v| {
+            if img.cursor.as_deref() == Some(k) {
+                return Ok(true);
+            }
+            if scanned.len() == max_keys {
+                at_end = false;
+                return Ok(false);
+            }
+            scanned.push((k.to_vec(), v));
             Ok(true)
         })?;
+        let upper = match (at_end, scanned.last()) {
+            (false, Some((k, _))) => Bound::Included(k.clone()),
+            _ => Bound::Unbounded,
+        };
+        let lower = match &img.cursor {
+            Some(c) => Bound::Excluded(c.clone()),
+            None => Bound::Unbounded,
+        };
+        let kept: Vec<(Vec<u8>, Option<Bytes>)> = img
+            .before
+            .range((lower, upper.clone()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Merge the stored keys with the kept ones (a kept value wins: it is the one at the
+        // image's index; a kept key missing from the scan was deleted since).
+        let mut kept_iter = kept.into_iter().peekable();
+        for (k, v) in scanned {
+            while let Some((kk, kv)) = kept_iter.next_if(|(kk, _)| *kk < k) {
+                if let Some(kv) = kv {
+                    img.writer.record(&kk, &kv)?;
+                }
+            }
+            match kept_iter.next_if(|(kk, _)| *kk == k) {
+                Some((_, Some(kv))) => img.writer.record(&k, &kv)?,
+                Some((_, None)) => {}
+                None => img.writer.record(&k, &v)?,
+            }
+        }
+        for (kk, kv) in kept_iter {
+            if let Some(kv) = kv {
+                img.writer.record(&kk, &kv)?;
+            }
+        }
+        match upper {
+            Bound::Included(k) => {
+                img.before = img.before.split_off(&k);
+                img.before.remove(&k);
+                img.cursor = Some(k);
+                self.image_in_progress = Some(img);
+                Ok(None)
+            }
+            _ => self.finish_image(*img).map(Some),
+        }
+    }
+
+    fn finish_image(&mut self, img: ImageInProgress) -> Result<SnapshotMeta> {
+        let ImageInProgress {
+            writer: mut w,
+            meta,
+            ..
+        } = img;
         w.flush_records()?;
         let mut tb = Vec::with_capacity(TRAILER_LEN);
         codec::put_u64(&mut tb, w.seq);
         codec::put_u64(&mut tb, w.records);
         tb.extend_from_slice(&w.crc.clone().finalize().to_le_bytes());
         w.emit(KIND_TRAILER, &tb)?;
+        let tmp = w.path.clone();
         w.out.flush().map_err(|e| io_err(&tmp, e))?;
         drop(w);
-        let image = dir.join(IMAGE_FILE);
-        files.rename(&tmp, &image).map_err(|e| io_err(&image, e))?;
-        Ok(header.meta())
+        let image = self.data_dir().join(IMAGE_FILE);
+        self.env()
+            .files()
+            .rename(&tmp, &image)
+            .map_err(|e| io_err(&image, e))?;
+        Ok(meta)
+    }
+
+    /// Called by `apply` with every key its batch is about to write, while an image is in
+    /// progress: keeps the current value of each key the image has not reached yet, the first
+    /// time it is overwritten.
+    pub(crate) fn keep_images_before_overwriting(
+        &mut self,
+        keys: impl Iterator<Item = Vec<u8>>,
+    ) -> Result<()> {
+        let Some(mut img) = self.image_in_progress.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for k in keys {
+            if img.is_ahead(&k) && !img.before.contains_key(&k) {
+                match self.ldb().get(&k) {
+                    Ok(v) => {
+                        img.before.insert(k, v);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        // A failed read abandons the image (the caller's apply fails and poisons anyway).
+        if result.is_ok() {
+            self.image_in_progress = Some(img);
+        }
+        result
     }
 
     /// Opens the last image built or installed in this data directory, for streaming.

@@ -117,6 +117,8 @@ pub struct KvStateMachine {
     /// A snapshot install whose state-machine part is done but whose log part may not be: see
     /// [`KvStateMachine::pending_install`].
     pending_install: Option<raft_core::SnapshotMeta>,
+    /// A snapshot image being written in steps between applies (see `snapshot.rs`).
+    pub(crate) image_in_progress: Option<Box<crate::snapshot::ImageInProgress>>,
 }
 
 impl KvStateMachine {
@@ -145,6 +147,7 @@ impl KvStateMachine {
             data_dir: data_dir.to_path_buf(),
             env: env.clone(),
             pending_install,
+            image_in_progress: None,
         };
         if let Some(v) = sm.db.get(KEY_APPLIED)? {
             let decoded = codec::unseal(&v).and_then(|body| {
@@ -219,7 +222,7 @@ impl KvStateMachine {
         }
     }
 
-    fn check_poison(&self) -> Result<()> {
+    pub(crate) fn check_poison(&self) -> Result<()> {
         match &self.poisoned {
             Some(p) => Err(Error::Io {
                 path: self.db.path().to_path_buf(),
@@ -377,6 +380,14 @@ impl KvStateMachine {
         codec::put_u64(&mut applied, last_term);
         codec::seal(&mut applied);
         batch.put(KEY_APPLIED, &applied);
+        if self.image_in_progress.is_some() {
+            let written = overlay
+                .keys()
+                .map(|k| user_key(k))
+                .chain(dirty.iter().map(|c| session_key(*c).to_vec()))
+                .chain(std::iter::once(KEY_APPLIED.to_vec()));
+            self.keep_images_before_overwriting(written)?;
+        }
         self.db.write(batch, self.sync_writes)?;
         self.applied = last_index;
         self.applied_term = last_term;

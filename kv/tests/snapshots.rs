@@ -229,6 +229,68 @@ fn snapshot_round_trips_into_a_new_node_with_sessions() {
     assert_eq!(everything(&mut dst.state), everything(&mut src));
 }
 
+#[test]
+fn an_image_built_in_steps_while_entries_apply_is_the_state_where_it_began() {
+    for seed in 1..=6u64 {
+        let src_dir = tempfile::tempdir().unwrap();
+        let dst_dir = tempfile::tempdir().unwrap();
+        let env = StorageEnv::Disk;
+        // Few sessions, so that new clients evict old sessions while the image is written.
+        let mut src = KvStateMachine::open_with(src_dir.path(), &env, 60).unwrap();
+        let mut index = fill(&mut src, 3000, 2, seed);
+        let want = everything(&mut src);
+        let want_sessions = src.session_clients();
+        let meta = src.start_snapshot(7, 4096).unwrap();
+        assert_eq!(meta.index, index);
+        assert_eq!(src.snapshot_in_progress(), Some(meta));
+
+        // Steps of random sizes, and between them batches that overwrite, delete and create
+        // keys on both sides of the image's cursor, and open new sessions.
+        let mut rng = Lcg(seed);
+        let mut next_client = 5000;
+        let done = loop {
+            if let Some(done) = src.snapshot_step(1 + rng.next() as usize % 300).unwrap() {
+                break done;
+            }
+            let mut batch = Vec::new();
+            for _ in 0..1 + rng.next() % 20 {
+                index += 1;
+                let existing = want[rng.next() as usize % want.len()].0.clone();
+                let op = match rng.next() % 4 {
+                    0 => Op::Set {
+                        key: existing,
+                        value: Bytes::from(rng.bytes(50)),
+                    },
+                    1 => Op::Delete { key: existing },
+                    2 => Op::Set {
+                        key: Bytes::from(rng.bytes(30)),
+                        value: Bytes::from_static(b"new"),
+                    },
+                    _ => incr("counter", 1),
+                };
+                next_client += 1;
+                batch.push(entry(3, index, next_client, 1, op));
+            }
+            src.apply(&batch).unwrap();
+        };
+        assert_eq!(done, meta);
+        assert_eq!(src.snapshot_in_progress(), None);
+        assert_ne!(everything(&mut src), want, "the source moved on meanwhile");
+
+        let dst = old_node(dst_dir.path(), &env);
+        let chunks = chunks_of(src_dir.path(), &env);
+        let staged = receive(dst_dir.path(), &env, meta, &chunks).unwrap();
+        let mut dst = dst.install_snapshot(staged).unwrap();
+        assert_eq!(
+            everything(&mut dst.state),
+            want,
+            "seed {seed}: the image holds writes made after it began"
+        );
+        assert_eq!(dst.state.session_clients(), want_sessions, "seed {seed}");
+        assert_eq!(dst.state.applied_index(), meta.index);
+    }
+}
+
 struct Fixture {
     _src: tempfile::TempDir,
     dst: tempfile::TempDir,
