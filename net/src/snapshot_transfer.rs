@@ -384,4 +384,34 @@ mod tests {
         encode_reply(&Reply::Refused(long), &mut buf);
         assert!(buf.len() <= 4 + 1 + MAX_REASON);
     }
+
+    proptest::proptest! {
+        /// Any bytes from the network: decoding never panics, and what decodes re-encodes to
+        /// the same bytes (nothing is silently dropped or invented).
+        #[test]
+        fn arbitrary_frames_decode_faithfully_or_not_at_all(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            magic_prefix in proptest::prelude::any::<bool>(),
+        ) {
+            let mut body = body;
+            if magic_prefix && body.len() >= 5 {
+                body[..4].copy_from_slice(&SNAPSHOT_MAGIC.to_be_bytes());
+                body[4] = FRAME_VERSION;
+            }
+            if let Ok(req) = decode_request(9, Bytes::from(body.clone())) {
+                let mut buf = BytesMut::new();
+                encode_request(9, &req, &mut buf);
+                proptest::prop_assert_eq!(&buf[4..], &body[..]);
+            }
+            if let Ok(reply) = decode_reply(Bytes::from(body.clone())) {
+                let mut buf = BytesMut::new();
+                encode_reply(&reply, &mut buf);
+                let lossless = !matches!(reply, Reply::Refused(_))
+                    || std::str::from_utf8(&body[1..]).is_ok_and(|t| t.len() <= MAX_REASON);
+                if lossless {
+                    proptest::prop_assert_eq!(&buf[4..], &body[..]);
+                }
+            }
+        }
+    }
 }
