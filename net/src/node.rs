@@ -92,6 +92,8 @@ pub trait NodeObserver: Send + Sync {
     fn committed(&self, node: NodeId, entries: &[Entry]);
     /// The state machine is being replaced by a snapshot received from another node.
     fn snapshot_installed(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
+    /// The state machine took a snapshot image of everything applied up to `snapshot.index`.
+    fn snapshot_taken(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
 }
 
 /// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).
@@ -102,6 +104,8 @@ pub struct UnsafeSwitches {
     pub local_reads: bool,
     /// Report a log write durable before it is written.
     pub ack_before_fsync: bool,
+    /// Report a snapshot install done while keeping the old state machine.
+    pub install_without_data: bool,
     /// Broken Raft rules inside the core.
     pub raft: raft_core::bugs::Bugs,
 }
@@ -157,6 +161,13 @@ impl NodeConfig {
     fn acknowledge_before_fsync(&self) -> bool {
         #[cfg(feature = "test-switches")]
         return self.unsafe_switches.ack_before_fsync;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    fn install_without_data(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.install_without_data;
         #[cfg(not(feature = "test-switches"))]
         false
     }
@@ -301,6 +312,7 @@ pub async fn start<N: Net>(
         cfg.cluster_id,
         cfg.snapshots,
         events_tx.clone(),
+        cfg.install_without_data(),
     )
     .map_err(spawn_err)?;
     let gone = || NodeError::Storage("a storage thread stopped while opening".into());
@@ -563,6 +575,9 @@ impl NodeLoop {
                 return Err(NodeError::Storage(why));
             }
             StorageEvent::SnapshotBuilt(meta) => {
+                if let Some(observer) = &self.cfg.observer {
+                    observer.snapshot_taken(self.cfg.id, meta);
+                }
                 self.snapshots.taken += 1;
                 self.snapshots.newest_image = self.snapshots.newest_image.max(meta.index);
                 self.snapshots.uncompacted.push(meta.index);

@@ -425,6 +425,7 @@ pub fn spawn_apply_worker(
     cluster_id: u64,
     policy: SnapshotPolicy,
     events: mpsc::UnboundedSender<StorageEvent>,
+    install_without_data: bool,
 ) -> std::io::Result<(ApplyWorker, StateOpened)> {
     let (requests, mut rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
@@ -459,6 +460,7 @@ pub fn spawn_apply_worker(
             env,
             receiving: None,
             staged: None,
+            install_without_data,
         };
         'serve: while let Some(first) = rx.recv().await {
             let mut next = Some(first);
@@ -516,6 +518,8 @@ struct ApplyState {
     /// The receive job in progress, and its builder (`None` once it failed).
     receiving: Option<(u64, Option<SnapshotBuilder>)>,
     staged: Option<StagedSnapshot>,
+    /// The deliberate bug (`UnsafeSwitches::install_without_data`).
+    install_without_data: bool,
 }
 
 impl ApplyState {
@@ -658,7 +662,21 @@ impl ApplyState {
             let _ = state_installed.send(false);
             return false;
         };
-        match sm.install(staged) {
+        let installed = if self.install_without_data {
+            // The deliberate bug: the old state machine stays, moved up to the snapshot's
+            // index with empty entries, and the install is reported done.
+            let mut sm = sm;
+            let filler: Vec<Entry> = (sm.applied_index() + 1..=snapshot.index)
+                .map(|i| Entry::new(snapshot.term, i, raft_core::EntryKind::Noop, Bytes::new()))
+                .collect();
+            match sm.apply(&filler).and_then(|_| sm.sync()) {
+                Ok(_) => Ok(sm),
+                Err(e) => Err(e),
+            }
+        } else {
+            sm.install(staged)
+        };
+        match installed {
             Ok(sm) => self.sm = Some(sm),
             Err(e) => {
                 let _ = state_installed.send(false);
