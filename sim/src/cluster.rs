@@ -4,16 +4,19 @@
 //! faults stop, and linearizability of every key's history at the end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use net::client::{ClientConfig, ClientError, KvClient};
-use net::node::{self, NodeConfig, PauseSwitch, UnsafeSwitches};
+use net::node::{self, NodeConfig, PauseSwitch, SnapshotPolicy, UnsafeSwitches};
 use net::storage::{SimulatedDisk, StorageMode};
 use net::transport::{Net, TransportTimeouts};
+use raft_core::{NodeId, SnapshotMeta};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,7 +24,7 @@ use crate::faults::{FaultAction, FaultKinds, Schedule};
 use crate::history::{History, Observed, Op, Operation, Outcome};
 use crate::linearizability::{self, CheckError};
 use crate::net::TurmoilNet;
-use crate::observe::{InvariantViolation, Observer};
+use crate::observe::{InvariantViolation, Observer, SnapshotEvent, SnapshotHook};
 
 const PEER_PORT: u16 = 7100;
 const CLIENT_PORT: u16 = 6379;
@@ -39,23 +42,90 @@ pub struct RunConfig {
     pub clients: u64,
     pub keys: u64,
     pub switches: UnsafeSwitches,
+    /// When nodes take snapshots and compact their logs (`threshold` 0: never).
+    pub snapshots: SnapshotPolicy,
+    /// Each node loses its power right after its first snapshot image, and restarts (a test's
+    /// scenario; never drawn).
+    pub crash_after_first_snapshot: bool,
+    /// Fault actions added to the drawn schedule (a test's scenario; never drawn). Times must
+    /// fall within the workload.
+    pub extra_faults: Vec<(Duration, FaultAction)>,
 }
 
 impl RunConfig {
     /// The configuration a seed stands for: 3 or 5 nodes, a random mix of faults (swarm testing),
-    /// 10 to 20 simulated seconds of workload.
+    /// 10 to 20 simulated seconds of workload; in half of the seeds, snapshots every 20 to 300
+    /// entries with a log tail of up to as many, and then in half of those, crashes during
+    /// snapshot installs.
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
+        let nodes = if rng.gen_bool(0.7) { 3 } else { 5 };
+        let mut kinds = FaultKinds::from_rng(&mut rng);
+        let workload = Duration::from_secs(rng.gen_range(10..=20));
+        let clients = rng.gen_range(3..=5);
+        let keys = rng.gen_range(2..=5);
+        // Drawn after everything else, so that the rest of a seed's configuration stayed what
+        // it was before snapshots were drawn.
+        let snapshots = if rng.gen_bool(0.5) {
+            let threshold = rng.gen_range(20..=300);
+            SnapshotPolicy {
+                threshold,
+                tail: rng.gen_range(0..=threshold),
+                chunk_bytes: rng.gen_range(64..=4096),
+            }
+        } else {
+            snapshots_off()
+        };
+        kinds.install_crashes = snapshots.threshold > 0 && rng.gen_bool(0.5);
         Self {
             seed,
-            nodes: if rng.gen_bool(0.7) { 3 } else { 5 },
-            kinds: FaultKinds::from_rng(&mut rng),
-            workload: Duration::from_secs(rng.gen_range(10..=20)),
+            nodes,
+            kinds,
+            workload,
             liveness_bound: Duration::from_secs(30),
-            clients: rng.gen_range(3..=5),
-            keys: rng.gen_range(2..=5),
+            clients,
+            keys,
             switches: UnsafeSwitches::default(),
+            snapshots,
+            crash_after_first_snapshot: false,
+            extra_faults: Vec::new(),
         }
+    }
+}
+
+/// A snapshot policy that never takes one.
+pub fn snapshots_off() -> SnapshotPolicy {
+    SnapshotPolicy {
+        threshold: 0,
+        ..SnapshotPolicy::default()
+    }
+}
+
+/// A snapshot policy, as the summaries print it.
+pub fn describe_snapshots(p: &SnapshotPolicy) -> String {
+    if p.threshold == 0 {
+        "off".into()
+    } else {
+        format!(
+            "every {} entries, tail {}, {}-byte chunks",
+            p.threshold, p.tail, p.chunk_bytes
+        )
+    }
+}
+
+/// Where the power cuts of the install-crash fault landed, judged from the node's disk at the
+/// moment of the cut: before the install began (the staged snapshot still aside), inside it
+/// (its marker on disk: the state machine swapped, the log maybe not yet), or after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InstallCrashes {
+    pub before: u64,
+    pub inside: u64,
+    pub after: u64,
+}
+
+impl InstallCrashes {
+    pub fn total(&self) -> u64 {
+        self.before + self.inside + self.after
     }
 }
 
@@ -78,6 +148,15 @@ pub struct RunReport {
     pub history: History,
     /// The fault actions taken, with their simulated times.
     pub faults: Vec<String>,
+    pub snapshot_policy: SnapshotPolicy,
+    /// Snapshot images taken, on every node: (node, simulated ns, snapshot), in time order.
+    pub snapshots_taken: Vec<(NodeId, u64, SnapshotMeta)>,
+    /// Snapshot installs begun, on every node: (node, simulated ns, snapshot), in time order.
+    pub snapshots_installed: Vec<(NodeId, u64, SnapshotMeta)>,
+    /// Power cuts of the install-crash fault.
+    pub install_crashes: InstallCrashes,
+    /// Power cuts right after a node's first snapshot (`crash_after_first_snapshot`).
+    pub first_snapshot_crashes: u64,
 }
 
 /// Why a run failed.
@@ -114,8 +193,13 @@ impl fmt::Display for Failure {
         let c = &self.config;
         writeln!(
             f,
-            "simulation failed: seed {} ({} nodes, faults: {}, {} clients on {} keys)",
-            c.seed, c.nodes, c.kinds, c.clients, c.keys
+            "simulation failed: seed {} ({} nodes, faults: {}, snapshots: {}, {} clients on {} keys)",
+            c.seed,
+            c.nodes,
+            c.kinds,
+            describe_snapshots(&c.snapshots),
+            c.clients,
+            c.keys
         )?;
         match &self.kind {
             FailureKind::Invariant(v) => writeln!(f, "invariant broken: {}: {}", v.rule, v.detail)?,
@@ -140,7 +224,7 @@ fn node_name(id: u64) -> String {
 }
 
 /// Simulated nanoseconds since the start, on the simulator's global clock.
-fn now() -> u64 {
+pub fn now() -> u64 {
     turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
 }
 
@@ -163,7 +247,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunReport, Box<Failure>> {
 }
 
 fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, FailureKind> {
-    let schedule = Schedule::draw(cfg.seed, cfg.nodes, cfg.kinds, cfg.workload);
+    let mut schedule = Schedule::draw(cfg.seed, cfg.nodes, cfg.kinds, cfg.workload);
+    if !cfg.extra_faults.is_empty() {
+        schedule.actions.extend(cfg.extra_faults.iter().cloned());
+        // Stable: the drawn actions keep their order among themselves.
+        schedule.actions.sort_by_key(|(at, _)| *at);
+    }
     let mut rng = SmallRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut builder = turmoil::Builder::new();
     builder
@@ -175,7 +264,12 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         .simulation_duration(schedule.heal_at + cfg.liveness_bound + Duration::from_secs(30));
     let mut sim = builder.build();
 
-    let observer = Observer::default();
+    let triggers = Triggers::new(cfg);
+    let hook: SnapshotHook = {
+        let triggers = triggers.clone();
+        Arc::new(move |node, event, snapshot| triggers.on_snapshot(node, event, snapshot))
+    };
+    let observer = Observer::with_hook(hook);
     let peers: BTreeMap<u64, String> = (1..=cfg.nodes)
         .map(|i| (i, format!("{}:{PEER_PORT}", node_name(i))))
         .collect();
@@ -186,6 +280,7 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
     for id in 1..=cfg.nodes {
         let disk = SimulatedDisk::default();
         let pause = PauseSwitch::default();
+        let fuse = triggers.add_node(id, &disk);
         nodes.insert(
             id,
             NodeControls {
@@ -205,8 +300,13 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         } else {
             Duration::ZERO
         };
-        let (peers, observer, switches, seed) =
-            (peers.clone(), observer.clone(), cfg.switches, cfg.seed);
+        let (peers, observer, switches, seed, snapshots) = (
+            peers.clone(),
+            observer.clone(),
+            cfg.switches,
+            cfg.seed,
+            cfg.snapshots,
+        );
         let client_addrs: BTreeMap<u64, String> = servers
             .iter()
             .enumerate()
@@ -215,6 +315,7 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         let boots = Rc::new(Cell::new(0u64));
         sim.host(node_name(id), move || {
             disk.env.power_on();
+            fuse.reset();
             boots.set(boots.get() + 1);
             let mut nc = NodeConfig::new(id, peers.clone(), format!("/n{id}").into());
             nc.tick = tick;
@@ -232,9 +333,17 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
             nc.pause = pause.clone();
             nc.observer = Some(std::sync::Arc::new(observer.clone()));
             nc.unsafe_switches = switches;
+            nc.snapshots = snapshots;
+            let fuse = fuse.clone();
             async move {
                 tokio::time::sleep(offset).await;
-                serve(nc).await
+                match serve(nc).await {
+                    // The power was cut from inside the host (a snapshot-driven fault): the
+                    // node stops on its storage errors, and the fault loop crashes the host
+                    // at the end of this step. Until then it is as dead as it will be.
+                    Err(_) if fuse.blown() => std::future::pending().await,
+                    result => result,
+                }
             }
         });
     }
@@ -271,10 +380,23 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         let bound = cfg.liveness_bound.as_nanos() as u64;
         let client_id = rng.gen::<u64>() | 1;
         let client = KvClient::over(TurmoilNet, servers.clone(), client_config(1_000), client_id);
+        // One client per node that stays on it: the last reads of every key on every node
+        // show a replica whose state machine went astray.
+        let replicas: Vec<(u64, KvClient<TurmoilNet>)> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                let mut config = client_config(3);
+                config.follow_leader = false;
+                let id = rng.gen::<u64>() | 1;
+                let client = KvClient::over(TurmoilNet, vec![server.clone()], config, id);
+                (i as u64 + 1, client)
+            })
+            .collect();
         let (liveness, history, keys) = (liveness.clone(), history.clone(), cfg.keys);
         sim.client("probe", async move {
             tokio::time::sleep(Duration::from_nanos(heal.saturating_sub(now()))).await;
-            *liveness.borrow_mut() = probe(client, history, keys, heal + bound).await;
+            *liveness.borrow_mut() = probe(client, replicas, history, keys, heal + bound).await;
             Ok(())
         });
     }
@@ -282,6 +404,8 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
     let mut actions = schedule.actions.iter().peekable();
     let node_names: Vec<String> = (1..=cfg.nodes).map(node_name).collect();
     let mut crashed: Vec<u64> = Vec::new();
+    // Restarts due for the hosts crashed by snapshot-driven faults: (when, node).
+    let mut restarts: Vec<(Duration, u64)> = Vec::new();
     loop {
         let finished = match sim.step() {
             Ok(done) => done,
@@ -297,6 +421,32 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
             }
         };
         let elapsed = sim.elapsed();
+        for cut in triggers.take_cuts() {
+            if crashed.contains(&cut.node) {
+                continue;
+            }
+            trace.push(format!(
+                "{:>10.3}s {} on n{}",
+                elapsed.as_secs_f64(),
+                cut.what,
+                cut.node
+            ));
+            sim.crash(node_name(cut.node));
+            crashed.push(cut.node);
+            restarts.push((elapsed + cut.downtime, cut.node));
+        }
+        while let Some(k) = restarts.iter().position(|(at, _)| *at <= elapsed) {
+            let (_, id) = restarts.remove(k);
+            // Unless a scheduled restart or a heal was first.
+            if let Some(pos) = crashed.iter().position(|c| *c == id) {
+                crashed.remove(pos);
+                trace.push(format!("{:>10.3}s Restart([{id}])", elapsed.as_secs_f64()));
+                sim.bounce(node_name(id));
+            }
+        }
+        if elapsed >= schedule.heal_at {
+            triggers.disarm();
+        }
         while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
             trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
             apply(&mut sim, action, &node_names, &nodes, &mut crashed);
@@ -341,7 +491,230 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
         simulated: sim.elapsed(),
         history,
         faults,
+        snapshot_policy: cfg.snapshots,
+        snapshots_taken: observer.snapshots_taken(),
+        snapshots_installed: observer.snapshots_installed(),
+        install_crashes: triggers.install_crashes(),
+        first_snapshot_crashes: triggers.first_snapshot_crashes(),
     })
+}
+
+/// A node's power as the snapshot-driven faults see it: a cut drawn and not yet made
+/// (`pending`), or made (`blown`: the host is crashed after this step; its storage errors are
+/// the power cut's, not a failure).
+#[derive(Default)]
+struct Fuse {
+    pending: AtomicBool,
+    blown: AtomicBool,
+}
+
+impl Fuse {
+    fn reset(&self) {
+        self.pending.store(false, Ordering::Relaxed);
+        self.blown.store(false, Ordering::Relaxed);
+    }
+
+    fn blown(&self) -> bool {
+        self.blown.load(Ordering::Relaxed)
+    }
+}
+
+/// A power cut made from inside a host, for the fault loop to turn into a crash.
+struct Cut {
+    node: u64,
+    downtime: Duration,
+    what: String,
+}
+
+/// The faults that snapshot events set off: the observer's hook calls them on the node's own
+/// host, they cut the power there (at a drawn point), and the fault loop crashes the host after
+/// the step and restarts it later, as for the scheduled crashes.
+#[derive(Clone)]
+struct Triggers {
+    state: Arc<Mutex<TriggerState>>,
+}
+
+struct TriggerState {
+    rng: SmallRng,
+    /// Off once the faults stop.
+    armed: bool,
+    install_crashes: bool,
+    after_first_snapshot: bool,
+    took_first: BTreeSet<u64>,
+    nodes: BTreeMap<u64, (kv::PowerCutEnv, Arc<Fuse>)>,
+    cuts: Vec<Cut>,
+    install_stats: InstallCrashes,
+    first_snapshot_crashes: u64,
+}
+
+impl Triggers {
+    fn new(cfg: &RunConfig) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(TriggerState {
+                rng: SmallRng::seed_from_u64(cfg.seed ^ 0x01a5_7a11_u64.rotate_left(24)),
+                armed: true,
+                install_crashes: cfg.kinds.install_crashes,
+                after_first_snapshot: cfg.crash_after_first_snapshot,
+                took_first: BTreeSet::new(),
+                nodes: BTreeMap::new(),
+                cuts: Vec::new(),
+                install_stats: InstallCrashes::default(),
+                first_snapshot_crashes: 0,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, TriggerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_node(&self, id: u64, disk: &SimulatedDisk) -> Arc<Fuse> {
+        let fuse = Arc::new(Fuse::default());
+        self.state()
+            .nodes
+            .insert(id, (disk.env.clone(), fuse.clone()));
+        fuse
+    }
+
+    fn disarm(&self) {
+        self.state().armed = false;
+    }
+
+    fn take_cuts(&self) -> Vec<Cut> {
+        std::mem::take(&mut self.state().cuts)
+    }
+
+    fn install_crashes(&self) -> InstallCrashes {
+        self.state().install_stats
+    }
+
+    fn first_snapshot_crashes(&self) -> u64 {
+        self.state().first_snapshot_crashes
+    }
+
+    /// Called on the node's host by the observer, before the node acts on the event.
+    fn on_snapshot(&self, node: NodeId, event: SnapshotEvent, snapshot: SnapshotMeta) {
+        let mut st = self.state();
+        if !st.armed {
+            return;
+        }
+        let fire = match event {
+            SnapshotEvent::Installing => st.install_crashes && st.rng.gen_bool(0.5),
+            SnapshotEvent::Taken => st.after_first_snapshot && st.took_first.insert(node),
+        };
+        if !fire {
+            return;
+        }
+        let Some((env, fuse)) = st.nodes.get(&node).cloned() else {
+            return;
+        };
+        if fuse.pending.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Where the cut lands: after a few turns of the host's other tasks, or a few simulated
+        // milliseconds later. The install runs on the two storage workers in turns; with one
+        // turn, the cut lands between the state machine's half and the end.
+        let (turns, delay) = if st.rng.gen_bool(0.75) {
+            let turns = if st.rng.gen_bool(0.7) {
+                1
+            } else {
+                st.rng.gen_range(0..4u32)
+            };
+            (turns, Duration::ZERO)
+        } else {
+            (0, Duration::from_millis(st.rng.gen_range(0..=4)))
+        };
+        let downtime = Duration::from_millis(st.rng.gen_range(100..2_000));
+        drop(st);
+        let triggers = self.clone();
+        tokio::task::spawn_local(async move {
+            for _ in 0..turns {
+                next_turn().await;
+            }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let phase = install_phase(&env.files(), &PathBuf::from(format!("/n{node}")));
+            env.cut_power();
+            fuse.blown.store(true, Ordering::Relaxed);
+            let mut st = triggers.state();
+            let what = match event {
+                SnapshotEvent::Installing => {
+                    let stats = &mut st.install_stats;
+                    match phase {
+                        InstallPhase::Before => stats.before += 1,
+                        InstallPhase::Inside => stats.inside += 1,
+                        InstallPhase::After => stats.after += 1,
+                    }
+                    let when = match phase {
+                        InstallPhase::Before => "before",
+                        InstallPhase::Inside => "inside",
+                        InstallPhase::After => "after",
+                    };
+                    format!(
+                        "power cut {when} the install of snapshot {}/{}",
+                        snapshot.index, snapshot.term
+                    )
+                }
+                SnapshotEvent::Taken => {
+                    st.first_snapshot_crashes += 1;
+                    format!(
+                        "power cut after the first snapshot {}/{}",
+                        snapshot.index, snapshot.term
+                    )
+                }
+            };
+            st.cuts.push(Cut {
+                node,
+                downtime,
+                what,
+            });
+        });
+    }
+}
+
+/// Lets every task already runnable on this host run first: the task goes to the back of the
+/// run queue at once (`tokio::task::yield_now` instead waits until the runtime has nothing
+/// else to do, which is after a whole install).
+async fn next_turn() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InstallPhase {
+    Before,
+    Inside,
+    After,
+}
+
+/// Where a node's install stands, from the files in its data directory `dir`: the install
+/// marker (or its temporary) is there from the commit point to the end; before it, the staged
+/// snapshot waits aside.
+fn install_phase(files: &[PathBuf], dir: &Path) -> InstallPhase {
+    let marker = files.iter().any(|f| {
+        f.parent() == Some(dir)
+            && f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(kv::snapshot::INSTALL_MARKER))
+    });
+    let incoming = dir.join(kv::snapshot::INCOMING_DIR);
+    if marker {
+        InstallPhase::Inside
+    } else if files.iter().any(|f| f.starts_with(&incoming)) {
+        InstallPhase::Before
+    } else {
+        InstallPhase::After
+    }
 }
 
 /// One node's software, as a host runs it after each (re)start.
@@ -480,7 +853,21 @@ struct NodeControls {
     pause: PauseSwitch,
 }
 
-/// One simulated client: random operations on a few hot keys until the workload ends.
+/// Keys written rarely (`w0`, `w1`, ...), besides the hot ones: a replica whose state machine
+/// went astray keeps the difference on them long enough for a read to see it, where the hot
+/// keys are overwritten within milliseconds.
+const COLD_KEYS: u64 = 16;
+
+/// Every key the workload touches: the hot keys `k0..k{hot}`, then the cold ones.
+fn all_keys(hot: u64) -> Vec<Vec<u8>> {
+    (0..hot)
+        .map(|k| format!("k{k}").into_bytes())
+        .chain((0..COLD_KEYS).map(|k| format!("w{k}").into_bytes()))
+        .collect()
+}
+
+/// One simulated client: random operations on a few hot keys, and now and then on one of the
+/// cold keys, until the workload ends.
 struct Workload {
     client: KvClient<TurmoilNet>,
     history: Rc<RefCell<History>>,
@@ -496,7 +883,11 @@ struct Workload {
 impl Workload {
     async fn run(mut self, until: u64) {
         while now() < until {
-            let key = format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes();
+            let key = if self.rng.gen_bool(0.1) {
+                format!("w{}", self.rng.gen_range(0..COLD_KEYS)).into_bytes()
+            } else {
+                format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes()
+            };
             let op = self.pick(&key);
             let invoke = now();
             let outcome = execute(&mut self.client, &key, &op).await;
@@ -568,9 +959,11 @@ async fn execute(client: &mut KvClient<TurmoilNet>, key: &[u8], op: &Op) -> Outc
 }
 
 /// After the faults stop: a write and a read succeed before `deadline`, then every key is read
-/// once more into the history.
+/// once more into the history, and once on each node (`replicas`: a client for each, by node
+/// id; a follower serves a read from its own state machine once the leader confirms the index).
 async fn probe(
     mut client: KvClient<TurmoilNet>,
+    replicas: Vec<(u64, KvClient<TurmoilNet>)>,
     history: Rc<RefCell<History>>,
     keys: u64,
     deadline: u64,
@@ -598,8 +991,7 @@ async fn probe(
             ))
         }
     }
-    for k in 0..keys {
-        let key = format!("k{k}").into_bytes();
+    for key in all_keys(keys) {
         let invoke = now();
         let outcome = execute(&mut client, &key, &Op::Get).await;
         history.borrow_mut().push(Operation::new(
@@ -611,6 +1003,25 @@ async fn probe(
             outcome,
         ));
     }
+    // Bounded: a replica that cannot serve reads is not what liveness asks (one write and one
+    // read), and reads left unfinished take no effect.
+    let per_replica = async {
+        for (node, mut client) in replicas {
+            for key in all_keys(keys) {
+                let invoke = now();
+                let outcome = execute(&mut client, &key, &Op::Get).await;
+                history.borrow_mut().push(Operation::new(
+                    100 + node,
+                    key,
+                    Op::Get,
+                    invoke,
+                    now(),
+                    outcome,
+                ));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), per_replica).await;
     Ok(())
 }
 

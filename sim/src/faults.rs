@@ -26,6 +26,10 @@ pub struct FaultKinds {
     pub flaky_links: bool,
     /// A node's log writes (fsync) become slow for a while.
     pub slow_disk: bool,
+    /// A node that begins installing a snapshot from the leader loses its power a moment later
+    /// (inside the install or just after it), and restarts later. Meaningful only with
+    /// snapshots on; drawn apart from the others (see `RunConfig::from_seed`).
+    pub install_crashes: bool,
 }
 
 impl FaultKinds {
@@ -39,10 +43,17 @@ impl FaultKinds {
             latency: true,
             flaky_links: true,
             slow_disk: true,
+            install_crashes: true,
         }
     }
 
-    /// Each kind on with probability one half.
+    /// No faults at all (a test turns on the ones it names).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Each kind on with probability one half (`install_crashes` stays off: it depends on the
+    /// snapshot policy, drawn after these).
     pub fn from_rng(rng: &mut SmallRng) -> Self {
         Self {
             partitions: rng.gen_bool(0.5),
@@ -53,6 +64,7 @@ impl FaultKinds {
             latency: rng.gen_bool(0.5),
             flaky_links: rng.gen_bool(0.3),
             slow_disk: rng.gen_bool(0.3),
+            install_crashes: false,
         }
     }
 
@@ -72,6 +84,7 @@ impl fmt::Display for FaultKinds {
             (self.latency, "latency"),
             (self.flaky_links, "flaky-links"),
             (self.slow_disk, "slow-disk"),
+            (self.install_crashes, "install-crashes"),
         ];
         let on: Vec<&str> = names
             .iter()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use net::node::NodeObserver;
-use raft_core::{Entry, NodeId, Role, Term};
+use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
 
 /// A broken invariant, with what showed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,21 +23,115 @@ struct State {
     trace: TraceHash,
     events: u64,
     elections: u64,
-    /// Highest index each node handed to its state machine.
+    /// Highest index each node handed to its state machine (an installed snapshot counts).
     applied: BTreeMap<NodeId, u64>,
     /// Each node's last role change: term, role, leader.
     roles: BTreeMap<NodeId, (Term, Role, Option<NodeId>)>,
+    /// Snapshot images taken, by node: (simulated time in ns, snapshot).
+    taken: BTreeMap<NodeId, Vec<(u64, SnapshotMeta)>>,
+    /// Snapshot installs begun, by node: (simulated time in ns, snapshot).
+    installed: BTreeMap<NodeId, Vec<(u64, SnapshotMeta)>>,
 }
+
+/// What a snapshot event is, for [`SnapshotHook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotEvent {
+    Taken,
+    Installing,
+}
+
+/// Told of each snapshot event as it happens, on the node's own host (the simulator's
+/// snapshot-driven faults hang here).
+pub type SnapshotHook = Arc<dyn Fn(NodeId, SnapshotEvent, SnapshotMeta) + Send + Sync>;
 
 /// Shared by every node of a run (and kept across crashes, since it lives outside the hosts).
 #[derive(Clone, Default)]
 pub struct Observer {
     state: Arc<Mutex<State>>,
+    hook: Option<SnapshotHook>,
 }
 
 impl Observer {
+    /// An observer that also calls `hook` on every snapshot event.
+    pub fn with_hook(hook: SnapshotHook) -> Self {
+        Self {
+            state: Arc::default(),
+            hook: Some(hook),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Snapshot images taken on every node, in the order taken: (node, time in ns, snapshot).
+    pub fn snapshots_taken(&self) -> Vec<(NodeId, u64, SnapshotMeta)> {
+        flatten(&self.state().taken)
+    }
+
+    /// Snapshot installs begun on every node: (node, time in ns, snapshot).
+    pub fn snapshots_installed(&self) -> Vec<(NodeId, u64, SnapshotMeta)> {
+        flatten(&self.state().installed)
+    }
+
+    /// A snapshot at `snapshot.index` must hold exactly the committed entries up to there: that
+    /// index was handed to some state machine (the image of a state machine, or an image of
+    /// one), with the same term. `what` names the event for the report.
+    fn check_snapshot(st: &mut State, node: NodeId, snapshot: SnapshotMeta, what: &str) {
+        match st.committed.get(&snapshot.index) {
+            Some(&(term, _, first)) if term != snapshot.term => {
+                st.violations.push(InvariantViolation {
+                    rule: "state machine safety",
+                    detail: format!(
+                        "node {node} {what} a snapshot at index {} of term {}, but node {first} applied an entry of term {term} there",
+                        snapshot.index, snapshot.term
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => st.violations.push(InvariantViolation {
+                rule: "state machine safety",
+                detail: format!(
+                    "node {node} {what} a snapshot at index {} (term {}), which no node has applied",
+                    snapshot.index, snapshot.term
+                ),
+            }),
+        }
+    }
+
+    fn snapshot_event(&self, node: NodeId, event: SnapshotEvent, snapshot: SnapshotMeta) {
+        {
+            let mut st = self.state();
+            st.events += 1;
+            let code = match event {
+                SnapshotEvent::Taken => b't',
+                SnapshotEvent::Installing => b'i',
+            };
+            let mut bytes = vec![b's', code];
+            bytes.extend(node.to_be_bytes());
+            bytes.extend(snapshot.index.to_be_bytes());
+            bytes.extend(snapshot.term.to_be_bytes());
+            st.trace.add(&bytes);
+            let at = crate::cluster::now();
+            match event {
+                SnapshotEvent::Taken => {
+                    Self::check_snapshot(&mut st, node, snapshot, "took");
+                    st.taken.entry(node).or_default().push((at, snapshot));
+                }
+                SnapshotEvent::Installing => {
+                    Self::check_snapshot(&mut st, node, snapshot, "installs");
+                    st.installed.entry(node).or_default().push((at, snapshot));
+                    // The state machine jumps to the snapshot: the entries in between are never
+                    // handed to it one by one.
+                    let applied = st.applied.entry(node).or_insert(0);
+                    *applied = (*applied).max(snapshot.index);
+                }
+            }
+        }
+        // Outside the lock: the hook may act on the cluster.
+        if let Some(hook) = &self.hook {
+            hook(node, event, snapshot);
+        }
     }
 
     pub fn violations(&self) -> Vec<InvariantViolation> {
@@ -143,6 +237,25 @@ impl NodeObserver for Observer {
             *applied = (*applied).max(e.index);
         }
     }
+
+    fn snapshot_installed(&self, node: NodeId, snapshot: SnapshotMeta) {
+        self.snapshot_event(node, SnapshotEvent::Installing, snapshot);
+    }
+
+    fn snapshot_taken(&self, node: NodeId, snapshot: SnapshotMeta) {
+        self.snapshot_event(node, SnapshotEvent::Taken, snapshot);
+    }
+}
+
+fn flatten(
+    by_node: &BTreeMap<NodeId, Vec<(u64, SnapshotMeta)>>,
+) -> Vec<(NodeId, u64, SnapshotMeta)> {
+    let mut all: Vec<(NodeId, u64, SnapshotMeta)> = by_node
+        .iter()
+        .flat_map(|(&n, v)| v.iter().map(move |&(t, s)| (n, t, s)))
+        .collect();
+    all.sort_by_key(|&(n, t, s)| (t, n, s.index));
+    all
 }
 
 /// FNV-1a over a sequence of events: stable across runs, builds and platforms.

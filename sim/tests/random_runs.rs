@@ -8,7 +8,7 @@
 //! failing key history, and writes a trace under `target/sim-traces/`.
 
 use net::node::UnsafeSwitches;
-use sim::cluster::{run, Failure, RunConfig};
+use sim::cluster::{describe_snapshots, run, Failure, InstallCrashes, RunConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -31,6 +31,8 @@ fn seeds() -> Vec<u64> {
 fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
     let seeds = seeds();
     let (mut ops, mut ok, mut unknown, mut elections, mut simulated) = (0, 0, 0, 0, 0.0);
+    let (mut with_snapshots, mut taken, mut installed) = (0, 0, 0);
+    let mut install_crashes = InstallCrashes::default();
     let mut undecided = Vec::new();
     let started = std::time::Instant::now();
     for &seed in &seeds {
@@ -39,15 +41,20 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
             Ok(report) => {
                 if seeds.len() == 1 {
                     println!(
-                        "seed {seed}: {} nodes, faults {}, {} ops ({} ok, {} unknown, {} failed), {} elections, applied up to {}, {:.1}s simulated, trace {:016x}",
+                        "seed {seed}: {} nodes, faults {}, snapshots {}, {} ops ({} ok, {} unknown, {} failed), {} elections, applied up to {}, {} snapshots taken, {} installed, {} power cuts in installs ({} inside), {:.1}s simulated, trace {:016x}",
                         report.nodes,
                         report.kinds,
+                        describe_snapshots(&report.snapshot_policy),
                         report.ops,
                         report.ok,
                         report.unknown,
                         report.failed,
                         report.elections,
                         report.max_applied,
+                        report.snapshots_taken.len(),
+                        report.snapshots_installed.len(),
+                        report.install_crashes.total(),
+                        report.install_crashes.inside,
                         report.simulated.as_secs_f64(),
                         report.trace_hash
                     );
@@ -63,14 +70,24 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
                 unknown += report.unknown;
                 elections += report.elections;
                 simulated += report.simulated.as_secs_f64();
+                with_snapshots += usize::from(report.snapshot_policy.threshold > 0);
+                taken += report.snapshots_taken.len();
+                installed += report.snapshots_installed.len();
+                install_crashes.before += report.install_crashes.before;
+                install_crashes.inside += report.install_crashes.inside;
+                install_crashes.after += report.install_crashes.after;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     println!(
-        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; linearizability undecided (checker budget) in {} seeds {undecided:?}",
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); linearizability undecided (checker budget) in {} seeds {undecided:?}",
         seeds.len(),
         started.elapsed().as_secs_f64(),
+        install_crashes.total(),
+        install_crashes.before,
+        install_crashes.inside,
+        install_crashes.after,
         undecided.len()
     );
     assert!(
@@ -91,9 +108,18 @@ fn the_same_seed_runs_the_same_way_twice() {
 
 /// Runs seeds with a known-unsafe switch until the simulator reports one of the expected rules.
 fn first_catch(max_seeds: u64, expect: &[&str], switches: UnsafeSwitches) -> Box<Failure> {
+    first_catch_with(max_seeds, expect, |cfg| cfg.switches = switches)
+}
+
+/// As [`first_catch`], with each seed's configuration changed by `adjust`.
+fn first_catch_with(
+    max_seeds: u64,
+    expect: &[&str],
+    adjust: impl Fn(&mut RunConfig),
+) -> Box<Failure> {
     for seed in 0..max_seeds {
         let mut cfg = RunConfig::from_seed(seed);
-        cfg.switches = switches;
+        adjust(&mut cfg);
         if let Err(failure) = run(&cfg) {
             assert!(
                 expect.contains(&failure.kind.rule()),
@@ -149,4 +175,15 @@ fn teeth_voting_without_the_log_check_is_caught() {
         ],
         switches,
     );
+}
+
+#[test]
+fn teeth_installing_a_snapshot_without_its_data_is_caught() {
+    // A follower that reports a snapshot installed but keeps its old state machine applies the
+    // entries after the snapshot on top of the wrong state, and serves reads from it. The hot
+    // keys are overwritten within milliseconds; the cold keys, read on every node at the end,
+    // keep the difference.
+    first_catch_with(200, &["linearizability", "state machine safety"], |cfg| {
+        cfg.switches.install_without_data = true
+    });
 }
