@@ -251,7 +251,14 @@ struct Snapshots {
     fetch: Option<Fetch>,
     next_job: u64,
     fetcher: Fetcher,
+    /// Transfers this node may serve at once; a request beyond them is refused (the follower
+    /// asks again later), so that no peer can make it open readers without bound.
+    serving: Arc<Semaphore>,
 }
+
+/// Images kept as compaction points at most (a tail far longer than the threshold would
+/// otherwise collect one per threshold entries); the oldest are forgotten first.
+const MAX_UNCOMPACTED_IMAGES: usize = 64;
 
 struct NodeLoop {
     cfg: NodeConfig,
@@ -454,6 +461,7 @@ pub async fn start<N: Net>(
             fetch: None,
             next_job: 1,
             fetcher,
+            serving: Arc::new(Semaphore::new(cfg.peers.len().max(2))),
         },
         cfg,
         core,
@@ -581,6 +589,9 @@ impl NodeLoop {
                 self.snapshots.taken += 1;
                 self.snapshots.newest_image = self.snapshots.newest_image.max(meta.index);
                 self.snapshots.uncompacted.push(meta.index);
+                if self.snapshots.uncompacted.len() > MAX_UNCOMPACTED_IMAGES {
+                    self.snapshots.uncompacted.remove(0);
+                }
             }
             StorageEvent::SnapshotStaged { job, snapshot } => {
                 if self.snapshots.fetch.as_ref().is_some_and(|f| f.job == job) {
@@ -632,6 +643,12 @@ impl NodeLoop {
 
     /// A peer asks for our snapshot image: a reader streams it to the peer's connection.
     fn serve_snapshot(&mut self, req: ServeRequest) {
+        let Ok(permit) = self.snapshots.serving.clone().try_acquire_owned() else {
+            let _ = req.chunks.try_send(Err(
+                "serving too many snapshots at once; ask again later".into()
+            ));
+            return;
+        };
         tracing::info!(
             id = self.cfg.id,
             to = req.request.from,
@@ -643,6 +660,7 @@ impl NodeLoop {
             self.cfg.data_dir.clone(),
             req.request.at_least,
             req.chunks.clone(),
+            permit,
         ) {
             // Detached: it ends with the transfer.
             Ok(_reader) => {}

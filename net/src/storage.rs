@@ -462,7 +462,25 @@ pub fn spawn_apply_worker(
             staged: None,
             install_without_data,
         };
-        'serve: while let Some(first) = rx.recv().await {
+        'serve: loop {
+            // While an image is being written, a step runs whenever the queue is empty (as well
+            // as after every batch), so that it also progresses on an idle node.
+            let first = if w.building() {
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        w.snapshot_step();
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(r) => r,
+                    None => break,
+                }
+            };
             let mut next = Some(first);
             // Entries queued together are applied in one batch, and reads after them.
             let mut entries: Vec<Entry> = Vec::new();
@@ -492,6 +510,7 @@ pub fn spawn_apply_worker(
                 break;
             }
             w.maybe_take_snapshot();
+            w.snapshot_step();
         }
         if let Some(sm) = w.sm.as_mut() {
             if let Err(e) = sm.sync() {
@@ -539,29 +558,46 @@ impl ApplyState {
         true
     }
 
-    /// Takes a snapshot if `policy.threshold` entries were applied since the last one. The
-    /// scan blocks applies and reads for its duration (see `kv::snapshot`); a failure is
-    /// logged and retried after another threshold of entries, since the log is then simply not
-    /// compacted.
+    /// Starts a snapshot image if `policy.threshold` entries were applied since the last one
+    /// began. It is written in steps between batches ([`ApplyState::snapshot_step`]), so
+    /// applies and reads wait for one step at most. A failure is logged and retried after
+    /// another threshold of entries, since the log is then simply not compacted.
     fn maybe_take_snapshot(&mut self) {
         let Some(sm) = self.sm.as_mut() else { return };
         let threshold = self.policy.threshold;
         if threshold == 0 || sm.applied_index() < self.last_image.saturating_add(threshold) {
             return;
         }
-        if sm.pending_install().is_some() {
+        if sm.pending_install().is_some() || sm.snapshot_in_progress().is_some() {
             return;
         }
         let applied = sm.applied_index();
-        match sm.build_snapshot(self.cluster_id, self.policy.chunk_bytes) {
-            Ok(meta) => {
-                self.last_image = meta.index;
+        self.last_image = applied;
+        match sm.start_snapshot(self.cluster_id, self.policy.chunk_bytes) {
+            Ok(meta) => tracing::debug!(index = meta.index, "snapshot started"),
+            Err(e) => {
+                tracing::error!(error = %e, applied, "taking a snapshot failed; the log is not compacted")
+            }
+        }
+    }
+
+    fn building(&self) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.snapshot_in_progress().is_some())
+    }
+
+    /// Writes the next step of the image in progress, if any, and reports it once complete.
+    fn snapshot_step(&mut self) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        match sm.snapshot_step(kv::snapshot::DEFAULT_SNAPSHOT_STEP) {
+            Ok(Some(meta)) => {
                 tracing::info!(index = meta.index, term = meta.term, "snapshot taken");
                 let _ = self.events.send(StorageEvent::SnapshotBuilt(meta));
             }
+            Ok(None) => {}
             Err(e) => {
-                self.last_image = applied;
-                tracing::error!(error = %e, applied, "taking a snapshot failed; the log is not compacted");
+                tracing::error!(error = %e, "writing a snapshot failed; the log is not compacted")
             }
         }
     }
@@ -725,9 +761,12 @@ pub fn spawn_snapshot_reader(
     data_dir: PathBuf,
     at_least: SnapshotMeta,
     chunks: mpsc::Sender<Result<Bytes, String>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<Worker> {
     let env = mode.env();
     spawn_worker(mode, "snapshot-send", move || async move {
+        // Held for the transfer: the node serves a bounded number at once.
+        let _permit = permit;
         let mut reader = match SnapshotReader::open(&data_dir, &env) {
             Ok(r) => r,
             Err(e) => {
