@@ -40,6 +40,10 @@ pub struct RunConfig {
     /// How long after the faults stop a write and a read must succeed.
     pub liveness_bound: Duration,
     pub clients: u64,
+    /// The workload clients (numbered from 1) that stay on the node they start at, as clients
+    /// spread over the followers do in production: they do not ask for the leader, and the node
+    /// forwards their requests. The others go to the leader.
+    pub sticky_clients: BTreeSet<u64>,
     pub keys: u64,
     pub switches: UnsafeSwitches,
     /// When nodes take snapshots and compact their logs (`threshold` 0: never).
@@ -56,7 +60,8 @@ impl RunConfig {
     /// The configuration a seed stands for: 3 or 5 nodes, a random mix of faults (swarm testing),
     /// 10 to 20 simulated seconds of workload; in half of the seeds, snapshots every 20 to 300
     /// entries with a log tail of up to as many, and then in half of those, crashes during
-    /// snapshot installs.
+    /// snapshot installs. Half of the clients stay on their starting node (see
+    /// [`RunConfig::sticky_clients`]).
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         let nodes = if rng.gen_bool(0.7) { 3 } else { 5 };
@@ -77,6 +82,7 @@ impl RunConfig {
             snapshots_off()
         };
         kinds.install_crashes = snapshots.threshold > 0 && rng.gen_bool(0.5);
+        let sticky_clients = draw_sticky_clients(seed, clients);
         Self {
             seed,
             nodes,
@@ -84,6 +90,7 @@ impl RunConfig {
             workload,
             liveness_bound: Duration::from_secs(30),
             clients,
+            sticky_clients,
             keys,
             switches: UnsafeSwitches::default(),
             snapshots,
@@ -91,6 +98,20 @@ impl RunConfig {
             extra_faults: Vec::new(),
         }
     }
+}
+
+/// Half of the clients (rounded down), chosen per seed, stay on their starting node. Drawn from
+/// a generator of their own, so that every other draw of a seed (configuration, schedule,
+/// workload) is what it was before sticky clients were added.
+fn draw_sticky_clients(seed: u64, clients: u64) -> BTreeSet<u64> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5717_C4C1_1E47_5EED);
+    let mut ids: Vec<u64> = (1..=clients).collect();
+    for i in 0..ids.len() {
+        let j = rng.gen_range(i..ids.len());
+        ids.swap(i, j);
+    }
+    ids.truncate((clients / 2) as usize);
+    ids.into_iter().collect()
 }
 
 /// A snapshot policy that never takes one.
@@ -193,12 +214,13 @@ impl fmt::Display for Failure {
         let c = &self.config;
         writeln!(
             f,
-            "simulation failed: seed {} ({} nodes, faults: {}, snapshots: {}, {} clients on {} keys)",
+            "simulation failed: seed {} ({} nodes, faults: {}, snapshots: {}, {} clients ({} staying on their node) on {} keys)",
             c.seed,
             c.nodes,
             c.kinds,
             describe_snapshots(&c.snapshots),
             c.clients,
+            c.sticky_clients.len(),
             c.keys
         )?;
         match &self.kind {
@@ -352,8 +374,10 @@ fn run_inner(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, Fail
     let workload_end = cfg.workload.as_nanos() as u64;
     for c in 1..=cfg.clients {
         let client_id = rng.gen::<u64>() | 1;
-        let client = KvClient::over(TurmoilNet, servers.clone(), client_config(4), client_id)
-            .starting_at(c as usize);
+        let mut config = client_config(4);
+        config.follow_leader = !cfg.sticky_clients.contains(&c);
+        let client =
+            KvClient::over(TurmoilNet, servers.clone(), config, client_id).starting_at(c as usize);
         let w = Workload {
             client,
             history: history.clone(),
