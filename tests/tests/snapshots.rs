@@ -88,6 +88,40 @@ async fn a_node_behind_the_log_start_catches_up_by_snapshot_and_serves_every_key
     check_all(|| cluster.client_of(lagging), &acked).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_less_than_the_tail_behind_catches_up_by_appends() {
+    // Snapshots every 100 entries, but 1,000 entries kept behind the applied index.
+    let mut cluster = cluster_with_snapshots(100, 1000);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let lagging = if leader == 1 { 2 } else { 1 };
+    let mut acked = BTreeMap::new();
+    write_all(cluster.servers(), "before-", 0..1500, &mut acked).await;
+    cluster.kill(lagging);
+    let up: Vec<String> = cluster
+        .nodes
+        .values()
+        .filter(|n| n.id != lagging)
+        .map(|n| n.client_addr.clone())
+        .collect();
+    write_all(up, "while-down-", 0..600, &mut acked).await;
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let log_start = cluster
+        .info_number(leader, "log_start_index")
+        .await
+        .expect("leader info");
+    assert!(log_start > 0, "the leader should have compacted its log");
+
+    cluster.start_node(lagging);
+    wait_until_caught_up(&cluster, leader, lagging).await;
+    assert_eq!(
+        cluster.info_number(lagging, "snapshots_installed").await,
+        Some(0),
+        "600 entries behind, within the tail of 1,000: appends, not a snapshot\n{}",
+        cluster.logs()
+    );
+    check_all(|| cluster.client_of(lagging), &acked).await;
+}
+
 /// Which step of a snapshot install a kill should land in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
