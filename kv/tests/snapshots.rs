@@ -651,3 +651,43 @@ fn measure_100k_keys() {
         bytes as f64 / (1 << 20) as f64
     );
 }
+
+/// What a read of an absent key costs now that a miss is confirmed with an iterator (the
+/// rusty-leveldb `get` workaround in `ldb.rs`), against a read of a present key. Not a test:
+/// `cargo test --release -p kv --test snapshots measure_reads -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_reads_of_present_and_absent_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = KvStateMachine::open(dir.path()).unwrap();
+    let mut index = 0;
+    for chunk in 0..200u64 {
+        let batch: Vec<Entry> = (0..1000u64)
+            .map(|i| {
+                index += 1;
+                let key = format!("key:{:08}", chunk * 1000 + i);
+                let op = Op::Set {
+                    key: Bytes::from(key),
+                    value: Bytes::from(vec![b'v'; 100]),
+                };
+                entry(1, index, 0, 0, op)
+            })
+            .collect();
+        sm.apply(&batch).unwrap();
+    }
+    sm.sync().unwrap();
+    drop(sm);
+    // Reopened, the data lives in tables (the recovered log is written into one).
+    let mut sm = KvStateMachine::open(dir.path()).unwrap();
+    // Absent keys sort between present ones ("key:00001234x"), inside every table's range.
+    for (what, suffix) in [("present", ""), ("absent", "x")] {
+        let t = Instant::now();
+        let mut found = 0;
+        for k in 0..100_000u64 {
+            let key = format!("key:{:08}{suffix}", (k * 7919) % 200_000);
+            found += usize::from(sm.get(key.as_bytes()).unwrap().is_some());
+        }
+        let per = t.elapsed() / 100_000;
+        println!("{what}: {per:?} per get ({found} found)");
+    }
+}
