@@ -20,9 +20,16 @@
 //!   memtable flush. It is a read bug, nothing is lost on disk, and it is the same on a real
 //!   disk as on the power-cut one.
 //!   The simulator found it as a Raft log whose last-index record was "missing" after a reboot
-//!   (a compaction's deletions of the marker and the entries lay right after it). The
-//!   workaround: [`Ldb::get`] trusts a value, and answers "absent" only once an iterator, which
-//!   merges every level with the right rules, agrees. Only misses pay for the iterator.
+//!   (a compaction's deletions of the marker and the entries lay right after it).
+//! * Keys read with an *old* value: the simulator then found (seed 70200) a Raft log whose
+//!   last-index record `DB::get` read as 20 after a reboot while an iterator read 161, the value
+//!   written last. Its root cause in rusty-leveldb is not found yet (a one-line suspect,
+//!   `overlap_in_level` using the disjoint-files search for level 0, was patched and did not
+//!   change the outcome).
+//!
+//! The workaround for both: [`Ldb::get`] never uses `DB::get`; it seeks an iterator, which
+//! merges the memtables and every level by sequence number and has been right in every case.
+//! A read costs about a third more (9.0 us against 6.8 us with 200k keys in tables).
 //! * Lost garbage collection: once any snapshot (every iterator takes one) has been created,
 //!   `SnapshotList::empty()` never becomes true again, and `oldest()` then returns the smallest
 //!   live snapshot *handle number* (or 0 if none is live) instead of a sequence number. Compaction
@@ -30,9 +37,9 @@
 //!   never dropped. Handle numbers grow by one per snapshot, so the workaround keeps one pinned
 //!   snapshot whose handle number is at least the database's last sequence number: before every
 //!   write it creates (and at once drops) throw-away snapshots until the counter has passed the
-//!   sequence numbers that write will use, then re-pins. A point read that finds the key takes
-//!   no snapshot; one that misses does (the iterator of the previous workaround), so every
-//!   database, the Raft log included, runs with this. Compaction then sees a horizon at or above
+//!   sequence numbers that write will use, then re-pins. Every point read takes a snapshot
+//!   (the iterator of the previous workaround), so every database, the Raft log included,
+//!   runs with this. Compaction then sees a horizon at or above
 //!   every stored sequence number, which is what it would see with no snapshot at all. This is
 //!   sound only because no iterator or snapshot outlives a call into this type (scans collect and
 //!   drop their iterator), so nothing can observe the versions compaction drops. The cost is one
@@ -161,11 +168,8 @@ impl Ldb {
     /// confirmed with an iterator, which takes a snapshot (handled like a scan's).
     pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
         self.check_failure()?;
-        if let Some(v) = self.db.get(key) {
-            return Ok(Some(v));
-        }
-        // "Absent" may be the lookup bug (module docs): ask an iterator, which merges every
-        // level with the right rules. Only misses pay for it.
+        // Not `DB::get`: it can read a key as absent, or with an older value (module docs). An
+        // iterator merges every level with the right rules.
         let mut found = None;
         self.scan_from(key, |k, v| {
             if k == key {

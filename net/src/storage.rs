@@ -125,6 +125,8 @@ pub struct SnapshotPolicy {
     pub tail: u64,
     /// Bytes per snapshot chunk (on disk and on the wire).
     pub chunk_bytes: usize,
+    /// Keys an image step writes; applies and reads wait for one step at most.
+    pub step_keys: usize,
 }
 
 impl Default for SnapshotPolicy {
@@ -134,6 +136,7 @@ impl Default for SnapshotPolicy {
             threshold: 100_000,
             tail: 5_000,
             chunk_bytes: kv::snapshot::DEFAULT_CHUNK_BYTES,
+            step_keys: kv::snapshot::DEFAULT_SNAPSHOT_STEP,
         }
     }
 }
@@ -590,7 +593,7 @@ impl ApplyState {
     /// Writes the next step of the image in progress, if any, and reports it once complete.
     fn snapshot_step(&mut self) {
         let Some(sm) = self.sm.as_mut() else { return };
-        match sm.snapshot_step(kv::snapshot::DEFAULT_SNAPSHOT_STEP) {
+        match sm.snapshot_step(self.policy.step_keys) {
             Ok(Some(meta)) => {
                 tracing::info!(index = meta.index, term = meta.term, "snapshot taken");
                 let _ = self.events.send(StorageEvent::SnapshotBuilt(meta));

@@ -77,6 +77,7 @@ impl RunConfig {
                 threshold,
                 tail: rng.gen_range(0..=threshold),
                 chunk_bytes: rng.gen_range(64..=4096),
+                step_keys: draw_step_keys(seed),
             }
         } else {
             snapshots_off()
@@ -114,6 +115,14 @@ fn draw_sticky_clients(seed: u64, clients: u64) -> BTreeSet<u64> {
     ids.into_iter().collect()
 }
 
+/// How many keys each step of an image writes: mostly a few, so that an image spans many apply
+/// batches and its kept values are exercised (the workload has a few dozen keys). From a
+/// generator of its own, so that the rest of the seed's draws stay what they were.
+fn draw_step_keys(seed: u64) -> usize {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x57E9_4E75_0F1A_6E5A);
+    [1, 2, 3, 5, 8, 4096][rng.gen_range(0..6)]
+}
+
 /// A snapshot policy that never takes one.
 pub fn snapshots_off() -> SnapshotPolicy {
     SnapshotPolicy {
@@ -128,8 +137,8 @@ pub fn describe_snapshots(p: &SnapshotPolicy) -> String {
         "off".into()
     } else {
         format!(
-            "every {} entries, tail {}, {}-byte chunks",
-            p.threshold, p.tail, p.chunk_bytes
+            "every {} entries, tail {}, {}-byte chunks, {} keys per image step",
+            p.threshold, p.tail, p.chunk_bytes, p.step_keys
         )
     }
 }
