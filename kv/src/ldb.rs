@@ -23,9 +23,12 @@
 //!   (a compaction's deletions of the marker and the entries lay right after it).
 //! * Keys read with an *old* value: the simulator then found (seed 70200) a Raft log whose
 //!   last-index record `DB::get` read as 20 after a reboot while an iterator read 161, the value
-//!   written last. Its root cause in rusty-leveldb is not found yet (a one-line suspect,
-//!   `overlap_in_level` using the disjoint-files search for level 0, was patched and did not
-//!   change the outcome).
+//!   written last. `Table::get` (table_reader.rs) seeks the index block and uses the block
+//!   only if the lookup key is strictly below the block's index key, which may equal the
+//!   block's last entry (C++ LevelDB's `Table::InternalGet` has no such test). A lookup at the
+//!   database's last sequence number of the key written last equals it when that version ends
+//!   a block, so the table is skipped and an older table's version is returned (or nothing).
+//!   After a reboot the recovered log becomes a table and the last write is exactly that.
 //!
 //! The workaround for both: [`Ldb::get`] never uses `DB::get`; it seeks an iterator, which
 //! merges the memtables and every level by sequence number and has been right in every case.
@@ -456,5 +459,55 @@ mod tests {
         assert_eq!(ldb.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
         assert_eq!(ldb.get(b"c").unwrap(), None, "a real deletion stays one");
         assert_eq!(ldb.get(b"bb").unwrap(), None, "so does a real absence");
+    }
+
+    /// The old-value read (sim seed 70200). `Table::get` (table_reader.rs) seeks the index
+    /// block and accepts the block only if the lookup key is *strictly* below the block's index
+    /// key; the index key may equal the block's last entry. A lookup at the database's last
+    /// sequence number of the key written last equals that index key when that version ends a
+    /// block, so the table is skipped and an older table's version (or nothing) is returned.
+    /// Here every block holds one entry (values larger than a block), the recovered log becomes
+    /// one table, and the newest version of `k` reads as absent; with an older table holding
+    /// `k`, it reads as that table's value. If a later rusty-leveldb fixes `Table::get`, the
+    /// first assertion fails.
+    #[test]
+    fn bare_get_skips_a_table_whose_block_ends_with_the_newest_version() {
+        let env = PowerCutEnv::new();
+        let path = Path::new("/db");
+        let open = || {
+            let opt = Options {
+                reuse_logs: false,
+                env: Rc::new(Box::new(env.clone())),
+                ..Options::default()
+            };
+            DB::open(path, opt).unwrap()
+        };
+        let big = |c: u8| vec![c; 5000];
+        {
+            let mut db = open();
+            db.put(b"k", &big(b'1')).unwrap();
+        }
+        // Reopened, the first version sits in an older table; the next three are written last.
+        {
+            let mut db = open();
+            for c in [b'2', b'3', b'4'] {
+                db.put(b"k", &big(c)).unwrap();
+            }
+        }
+        let mut db = open();
+        assert_eq!(
+            db.get(b"k").map(|v| v[0]),
+            Some(b'1'),
+            "the pitfall is not reproduced"
+        );
+        drop(db);
+        let mut ldb = Ldb {
+            db: open(),
+            path: path.to_path_buf(),
+            stats: None,
+            handles: 0,
+            pin: None,
+        };
+        assert_eq!(ldb.get(b"k").unwrap().map(|v| v[0]), Some(b'4'));
     }
 }
