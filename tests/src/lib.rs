@@ -165,6 +165,15 @@ impl TestCluster {
         self.nodes.values().map(|n| n.client_addr.clone()).collect()
     }
 
+    /// The client addresses of every node but `id`.
+    pub fn servers_except(&self, id: u64) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| n.id != id)
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
     pub fn client(&self) -> KvClient {
         KvClient::new(self.servers())
     }

@@ -48,12 +48,7 @@ async fn a_node_behind_the_log_start_catches_up_by_snapshot_and_serves_every_key
     write_all(cluster.servers(), "early-", 0..100, &mut acked).await;
 
     cluster.kill(lagging);
-    let up: Vec<String> = cluster
-        .nodes
-        .values()
-        .filter(|n| n.id != lagging)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let up = cluster.servers_except(lagging);
     write_all(up, "k", 0..20_000, &mut acked).await;
     let leader = cluster.wait_for_leader(BOUND).await;
     let log_start = cluster
@@ -97,12 +92,7 @@ async fn a_node_less_than_the_tail_behind_catches_up_by_appends() {
     let mut acked = BTreeMap::new();
     write_all(cluster.servers(), "before-", 0..1500, &mut acked).await;
     cluster.kill(lagging);
-    let up: Vec<String> = cluster
-        .nodes
-        .values()
-        .filter(|n| n.id != lagging)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let up = cluster.servers_except(lagging);
     write_all(up, "while-down-", 0..600, &mut acked).await;
     let leader = cluster.wait_for_leader(BOUND).await;
     let log_start = cluster
@@ -163,12 +153,7 @@ async fn a_node_killed_while_receiving_or_installing_a_snapshot_still_converges(
     let mut cluster = cluster_with_snapshots(500, 50);
     let leader = cluster.wait_for_leader(BOUND).await;
     let lagging = if leader == 1 { 2 } else { 1 };
-    let up: Vec<String> = cluster
-        .nodes
-        .values()
-        .filter(|n| n.id != lagging)
-        .map(|n| n.client_addr.clone())
-        .collect();
+    let up = cluster.servers_except(lagging);
     let data_dir = cluster.nodes[&lagging].data_dir.clone();
     let mut acked = BTreeMap::new();
     let mut hits = Vec::new();
