@@ -958,6 +958,13 @@ impl StagedSnapshot {
     pub fn meta(&self) -> SnapshotMeta {
         self.meta
     }
+
+    /// Removes the received data without installing it (the core no longer wants it).
+    pub fn discard(self) -> Result<()> {
+        let files = self.env.files();
+        remove_dir(files.as_ref(), &self.data_dir.join(INCOMING_DIR))?;
+        remove_file(files.as_ref(), &self.data_dir.join(INCOMING_IMAGE))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -413,6 +413,14 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     assert!(e.contains("receive it again"), "{e}");
     assert_old_state(f.dst.path(), &env);
 
+    // A staged snapshot that is not wanted any more can be removed.
+    let staged = receive(f.dst.path(), &env, f.meta, &f.chunks).unwrap();
+    assert!(f.dst.path().join(INCOMING_DIR).exists());
+    staged.discard().unwrap();
+    assert!(!f.dst.path().join(INCOMING_DIR).exists());
+    assert!(!f.dst.path().join("kv_snapshot.incoming").exists());
+    assert_old_state(f.dst.path(), &env);
+
     // The good stream still installs after all these failures, also when an older snapshot
     // was asked for (the sender serves its newest image).
     let n = NodeStorage::open(f.dst.path(), Identity::new(2, 7)).unwrap();

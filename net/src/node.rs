@@ -249,6 +249,9 @@ struct Snapshots {
     taken: u64,
     installed: u64,
     fetch: Option<Fetch>,
+    /// A snapshot the apply worker has staged and the core was told of; if the core does not
+    /// ask to install it in the next drain, it is discarded.
+    staged: Option<SnapshotMeta>,
     next_job: u64,
     fetcher: Fetcher,
     /// Transfers this node may serve at once; a request beyond them is refused (the follower
@@ -459,6 +462,7 @@ pub async fn start<N: Net>(
             taken: 0,
             installed: 0,
             fetch: None,
+            staged: None,
             next_job: 1,
             fetcher,
             serving: Arc::new(Semaphore::new(cfg.peers.len().max(2))),
@@ -596,6 +600,7 @@ impl NodeLoop {
             StorageEvent::SnapshotStaged { job, snapshot } => {
                 if self.snapshots.fetch.as_ref().is_some_and(|f| f.job == job) {
                     self.snapshots.fetch = None;
+                    self.snapshots.staged = Some(snapshot);
                     self.core.on_snapshot_fetched(snapshot);
                 }
             }
@@ -724,6 +729,7 @@ impl NodeLoop {
     /// writes that follow), then the apply worker finishes the install.
     fn install_snapshot(&mut self, write: SnapshotWrite) {
         let snapshot = write.snapshot;
+        self.snapshots.staged = None;
         if let Some(observer) = &self.cfg.observer {
             observer.snapshot_installed(self.cfg.id, snapshot);
         }
@@ -914,6 +920,10 @@ impl NodeLoop {
                         .push(read);
                 }
             }
+        }
+        if self.snapshots.staged.take().is_some() {
+            // The core was told of it and did not ask to install it (caught up meanwhile).
+            let _ = self.apply.send(ApplyRequest::DiscardStaged);
         }
     }
 

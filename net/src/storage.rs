@@ -87,6 +87,8 @@ pub enum ApplyRequest {
         state_installed: oneshot::Sender<bool>,
         log_installed: oneshot::Receiver<bool>,
     },
+    /// The staged snapshot will not be installed (the core no longer needed it): remove it.
+    DiscardStaged,
     /// Startup: the log half of an interrupted install is done; finish it.
     FinishInstall {
         reply: oneshot::Sender<Result<Index, String>>,
@@ -660,6 +662,14 @@ impl ApplyState {
                 state_installed,
                 log_installed,
             } => self.install(snapshot, state_installed, log_installed).await,
+            ApplyRequest::DiscardStaged => {
+                if let Some(staged) = self.staged.take() {
+                    if let Err(e) = staged.discard() {
+                        tracing::warn!(error = %e, "removing an unused staged snapshot failed");
+                    }
+                }
+                true
+            }
             ApplyRequest::FinishInstall { reply } => {
                 let done = match self.sm.as_mut() {
                     Some(sm) => sm
