@@ -390,6 +390,36 @@ mod tests {
 
     /// A filter that lets every lookup into every table, which is what a Bloom filter's false
     /// positive does for one lookup; without it the pitfall below needs a hash collision.
+    /// A rusty-leveldb handle without this module's workarounds, on the power-cut disk.
+    fn bare_db(
+        env: &PowerCutEnv,
+        path: &Path,
+        filter: Option<Box<dyn rusty_leveldb::FilterPolicy>>,
+    ) -> DB {
+        let mut opt = Options {
+            reuse_logs: false,
+            env: Rc::new(Box::new(env.clone())),
+            ..Options::default()
+        };
+        if let Some(f) = filter {
+            opt.filter_policy = Rc::new(f);
+        }
+        DB::open(path, opt).unwrap()
+    }
+
+    impl Ldb {
+        /// This module's wrapper around a handle opened by a test.
+        fn over(db: DB, path: &Path) -> Ldb {
+            Ldb {
+                db,
+                path: path.to_path_buf(),
+                stats: None,
+                handles: 0,
+                pin: None,
+            }
+        }
+    }
+
     struct MatchAll;
 
     impl rusty_leveldb::FilterPolicy for MatchAll {
@@ -414,15 +444,7 @@ mod tests {
     fn bare_get_takes_a_deletion_of_the_next_key_for_one_of_the_key() {
         let env = PowerCutEnv::new();
         let path = Path::new("/db");
-        let open = || {
-            let opt = Options {
-                reuse_logs: false,
-                env: Rc::new(Box::new(env.clone())),
-                filter_policy: Rc::new(Box::new(MatchAll)),
-                ..Options::default()
-            };
-            DB::open(path, opt).unwrap()
-        };
+        let open = || bare_db(&env, path, Some(Box::new(MatchAll)));
         {
             let mut db = open();
             db.put(b"b", b"kept").unwrap();
@@ -447,13 +469,7 @@ mod tests {
         drop(it);
         drop(db);
 
-        let mut ldb = Ldb {
-            db: open(),
-            path: path.to_path_buf(),
-            stats: None,
-            handles: 0,
-            pin: None,
-        };
+        let mut ldb = Ldb::over(open(), path);
         assert_eq!(ldb.upstream_get(b"b"), None);
         assert_eq!(ldb.get(b"b").unwrap(), Some(Bytes::from_static(b"kept")));
         assert_eq!(ldb.get(b"a").unwrap(), Some(Bytes::from_static(b"1")));
@@ -474,14 +490,7 @@ mod tests {
     fn bare_get_skips_a_table_whose_block_ends_with_the_newest_version() {
         let env = PowerCutEnv::new();
         let path = Path::new("/db");
-        let open = || {
-            let opt = Options {
-                reuse_logs: false,
-                env: Rc::new(Box::new(env.clone())),
-                ..Options::default()
-            };
-            DB::open(path, opt).unwrap()
-        };
+        let open = || bare_db(&env, path, None);
         let big = |c: u8| vec![c; 5000];
         {
             let mut db = open();
@@ -501,13 +510,7 @@ mod tests {
             "the pitfall is not reproduced"
         );
         drop(db);
-        let mut ldb = Ldb {
-            db: open(),
-            path: path.to_path_buf(),
-            stats: None,
-            handles: 0,
-            pin: None,
-        };
+        let mut ldb = Ldb::over(open(), path);
         assert_eq!(ldb.get(b"k").unwrap().map(|v| v[0]), Some(b'4'));
     }
 }

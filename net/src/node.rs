@@ -576,6 +576,8 @@ impl NodeLoop {
             } => {
                 self.core.on_applied(last_index);
                 self.applied = self.applied.max(last_index);
+                // Applying moves the compaction point into reach (images taken earlier).
+                self.maybe_compact();
                 for (key, result) in results {
                     for waiter in self.writes.remove(&key).unwrap_or_default() {
                         let _ = waiter.reply.send(Ok(result.clone()));
@@ -596,6 +598,7 @@ impl NodeLoop {
                 if self.snapshots.uncompacted.len() > MAX_UNCOMPACTED_IMAGES {
                     self.snapshots.uncompacted.remove(0);
                 }
+                self.maybe_compact();
             }
             StorageEvent::SnapshotStaged { job, snapshot } => {
                 if self.snapshots.fetch.as_ref().is_some_and(|f| f.job == job) {
@@ -616,7 +619,6 @@ impl NodeLoop {
             }
             StorageEvent::SnapshotSent { to, ok } => self.core.report_snapshot(to, ok),
         }
-        self.maybe_compact();
         Ok(())
     }
 

@@ -436,7 +436,8 @@ pub fn spawn_apply_worker(
     let (opened_tx, opened_rx) = oneshot::channel();
     let env = mode.env();
     let worker = spawn_worker(mode, "kv-apply", move || async move {
-        let sm = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS) {
+        let (sm, image) = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
+        {
             Ok(sm) => {
                 let image = sm
                     .snapshot_reader()
@@ -448,7 +449,7 @@ pub fn spawn_apply_worker(
                     pending_install: sm.pending_install(),
                     image,
                 }));
-                sm
+                (sm, image)
             }
             Err(e) => {
                 let _ = opened_tx.send(Err(e.to_string()));
@@ -456,7 +457,7 @@ pub fn spawn_apply_worker(
             }
         };
         let mut w = ApplyState {
-            last_image: sm.snapshot_reader().map_or(0, |r| r.meta().index),
+            last_image: image.index,
             sm: Some(sm),
             events,
             cluster_id,
