@@ -1,5 +1,5 @@
 //! Deliberately broken Raft variants. They exist so that tests can show the invariant checks
-//! catch each bug; a product build cannot turn them on (they need the `test-support` feature).
+//! catch each bug; a product build cannot turn them on (they need the `deliberate-bugs` feature).
 
 /// Each switch breaks one Raft rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

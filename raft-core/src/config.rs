@@ -33,7 +33,7 @@ pub struct Config {
     /// On a follower, forward proposals and read requests to the leader instead of refusing them.
     pub forward_to_leader: bool,
     /// Deliberately broken behaviour, only for proving that tests catch it.
-    #[cfg(any(test, feature = "test-support"))]
+    #[cfg(feature = "deliberate-bugs")]
     pub bugs: crate::bugs::Bugs,
 }
 
@@ -54,7 +54,7 @@ impl Config {
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
             forward_to_leader: true,
-            #[cfg(any(test, feature = "test-support"))]
+            #[cfg(feature = "deliberate-bugs")]
             bugs: crate::bugs::Bugs::default(),
         }
     }

@@ -79,16 +79,14 @@
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
 //! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
 
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(feature = "deliberate-bugs")]
 pub mod bugs;
-#[cfg(not(any(test, feature = "test-support")))]
+#[cfg(not(feature = "deliberate-bugs"))]
 mod bugs;
 pub mod codec;
 mod config;
 mod election;
 mod error;
-#[cfg(any(test, feature = "test-support"))]
-pub mod harness;
 mod log;
 mod message;
 mod node;

@@ -273,7 +273,6 @@ impl RaftLog {
         }
     }
 
-    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn all_entries(&self) -> &[Entry] {
         &self.entries
     }

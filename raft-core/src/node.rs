@@ -502,8 +502,8 @@ impl RawNode {
         }
     }
 
-    /// The leader's view of each follower, for diagnostics in tests.
-    #[cfg(any(test, feature = "test-support"))]
+    /// The leader's view of each follower (match and next index, probe or replicate, paused),
+    /// one line for diagnostics.
     pub fn describe_progress(&self) -> String {
         self.progress
             .iter()
@@ -520,8 +520,8 @@ impl RawNode {
             .join(", ")
     }
 
-    /// Every entry in the in-memory log, for invariant checks in tests.
-    #[cfg(any(test, feature = "test-support"))]
+    /// Every entry held in memory: those after the last snapshot, for diagnostics and
+    /// invariant checks.
     pub fn log_entries(&self) -> &[Entry] {
         self.log.all_entries()
     }
@@ -692,13 +692,13 @@ impl RawNode {
         }
     }
 
-    #[cfg(any(test, feature = "test-support"))]
+    #[cfg(feature = "deliberate-bugs")]
     pub(crate) fn bugs(&self) -> crate::bugs::Bugs {
         self.cfg.bugs
     }
 
     /// In product builds the switches cannot be set, so every check folds to `false`.
-    #[cfg(not(any(test, feature = "test-support")))]
+    #[cfg(not(feature = "deliberate-bugs"))]
     #[inline(always)]
     pub(crate) fn bugs(&self) -> crate::bugs::Bugs {
         crate::bugs::Bugs::default()

@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use raft_core::harness::{Cluster, Violation};
 use raft_core::{Config, Entry, EntryKind, HardState, Message, MessageBody, RestartState, Role};
+use raft_harness::{Cluster, Violation};
 
 fn plain(cfg: &mut Config) {
     cfg.pre_vote = false;

@@ -1,18 +1,5 @@
-//! A seeded cluster of cores on an in-memory network and simulated disks, for tests.
-//!
-//! The test (or the random schedule of [`random_run`]) decides every event: which node ticks,
-//! which message is delivered (in any order, dropped, duplicated or delayed), which write
-//! reaches the disk, who crashes (losing every write not yet durable) and who restarts (from its
-//! disk only), and how the network is partitioned. After every event the [`Checker`] verifies
-//! Raft's safety properties; a broken one is returned as a [`Violation`].
-//!
-//! Snapshots: a node's "state machine" is the list of entries it applied, and a snapshot is a
-//! prefix of that list, kept on its disk beside the log. A test compacts a node with
-//! [`Cluster::compact`] (random runs do it on their own for some seeds); the harness plays the
-//! driver for snapshot transfers: it fetches the leader's durable prefix, stages it, and
-//! installs it when the core asks for the write.
-//!
-//! Everything is drawn from one seeded RNG and kept in ordered maps, so a seed replays exactly.
+//! The simulated cluster: cores, their disks and the network between them, and the events a
+//! test drives (ticks, deliveries, completed writes and fetches, crashes, partitions).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,7 +7,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{
+use raft_core::{
     CompactError, Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState,
     Role, SnapshotMeta, SnapshotToFetch, SnapshotWrite, Term,
 };
@@ -38,7 +25,7 @@ impl std::fmt::Display for Violation {
     }
 }
 
-fn violation(rule: &'static str, detail: String) -> Result<(), Violation> {
+pub(crate) fn violation(rule: &'static str, detail: String) -> Result<(), Violation> {
     Err(Violation { rule, detail })
 }
 
@@ -56,7 +43,7 @@ pub struct Faults {
 }
 
 /// A write handed out by a core: a snapshot install or hard state and entries.
-enum QueuedWrite {
+pub(crate) enum QueuedWrite {
     Snapshot(SnapshotWrite),
     Persist(Persist),
 }
@@ -64,24 +51,24 @@ enum QueuedWrite {
 /// One node of the simulated cluster: its core (absent while crashed) and its disk.
 pub struct SimNode {
     pub core: Option<RawNode>,
-    cfg: Config,
-    disk_hard_state: HardState,
+    pub(crate) cfg: Config,
+    pub(crate) disk_hard_state: HardState,
     /// Where the durable log starts: the last entry the durable snapshot covers.
-    disk_snapshot: SnapshotMeta,
+    pub(crate) disk_snapshot: SnapshotMeta,
     /// The durable snapshot's data: the applied entries it covers, `[i]` with index `i + 1`.
-    disk_snapshot_data: Vec<Entry>,
+    pub(crate) disk_snapshot_data: Vec<Entry>,
     /// Durable entries after the snapshot; `disk_log[i]` has index `disk_snapshot.index + i + 1`.
-    disk_log: Vec<Entry>,
+    pub(crate) disk_log: Vec<Entry>,
     /// Writes handed out by the core and not yet durable: a crash loses them.
-    pending_writes: VecDeque<QueuedWrite>,
+    pub(crate) pending_writes: VecDeque<QueuedWrite>,
     /// The snapshot the core asked to fetch, not fetched yet (a crash forgets it).
-    fetch: Option<SnapshotToFetch>,
+    pub(crate) fetch: Option<SnapshotToFetch>,
     /// Fetched snapshot data waiting for the core's install write (a crash loses it).
-    staged: Option<(SnapshotMeta, Vec<Entry>)>,
+    pub(crate) staged: Option<(SnapshotMeta, Vec<Entry>)>,
     /// Highest index applied in this life of the node.
-    applied: Index,
+    pub(crate) applied: Index,
     /// Commit index last seen, to check what each advance commits.
-    seen_commit: Index,
+    pub(crate) seen_commit: Index,
 }
 
 impl SimNode {
@@ -120,17 +107,17 @@ impl SimNode {
 #[derive(Default)]
 pub struct Checker {
     /// The leader of each term (election safety).
-    leaders: BTreeMap<Term, NodeId>,
+    pub(crate) leaders: BTreeMap<Term, NodeId>,
     /// Every entry ever written anywhere, by (index, term): its payload and the term of its
     /// predecessor. One (index, term) must always name the same entry after the same prefix,
     /// which by induction is the Log Matching property.
-    entries: BTreeMap<(Index, Term), (Bytes, Term)>,
+    pub(crate) entries: BTreeMap<(Index, Term), (Bytes, Term)>,
     /// The term of the entry committed at each index (state machine safety).
-    committed: BTreeMap<Index, Term>,
+    pub(crate) committed: BTreeMap<Index, Term>,
     /// The highest index applied on any node: a client may have been told about it.
-    acknowledged: Index,
+    pub(crate) acknowledged: Index,
     /// Reads in flight: the acknowledged index when each was asked for.
-    read_floors: BTreeMap<Bytes, Index>,
+    pub(crate) read_floors: BTreeMap<Bytes, Index>,
     pub reads_served: u64,
     pub entries_applied: u64,
 }
@@ -138,16 +125,16 @@ pub struct Checker {
 /// A cluster of cores under the test's control.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, SimNode>,
-    in_flight: VecDeque<(u64, Message)>,
+    pub(crate) in_flight: VecDeque<(u64, Message)>,
     /// Directed links that lose every message.
-    cut: BTreeSet<(NodeId, NodeId)>,
+    pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
     pub faults: Faults,
     pub check: Checker,
-    rng: SmallRng,
-    now: u64,
-    next_payload: u64,
+    pub(crate) rng: SmallRng,
+    pub(crate) now: u64,
+    pub(crate) next_payload: u64,
     /// Recent events, printed when a check fails.
-    recent: VecDeque<String>,
+    pub(crate) recent: VecDeque<String>,
     pub keep_trace: bool,
     /// Random steps compact a node whose log since its snapshot passes this many entries.
     pub compaction: Option<Compaction>,
@@ -249,7 +236,7 @@ impl Cluster {
         self.in_flight.len()
     }
 
-    fn note(&mut self, what: impl FnOnce() -> String) {
+    pub(crate) fn note(&mut self, what: impl FnOnce() -> String) {
         if self.keep_trace {
             if self.recent.len() == 64 {
                 self.recent.pop_front();
@@ -390,7 +377,11 @@ impl Cluster {
 
     /// Installs the staged snapshot data as the disk's snapshot and empties the log, as one
     /// atomic write. The data must be what every node committed at each index.
-    fn install_snapshot(&mut self, id: NodeId, snapshot: SnapshotMeta) -> Result<(), Violation> {
+    pub(crate) fn install_snapshot(
+        &mut self,
+        id: NodeId,
+        snapshot: SnapshotMeta,
+    ) -> Result<(), Violation> {
         let node = self.nodes.get_mut(&id).expect("unknown node");
         let data = match node.staged.take() {
             Some((meta, data)) if meta == snapshot => data,
@@ -515,7 +506,7 @@ impl Cluster {
     }
 
     /// Delivers the in-flight message at `slot` (dropped if its link is cut or its target down).
-    fn deliver_slot(&mut self, slot: usize) -> Result<(), Violation> {
+    pub(crate) fn deliver_slot(&mut self, slot: usize) -> Result<(), Violation> {
         let Some((_, msg)) = self.in_flight.remove(slot) else {
             return Ok(());
         };
@@ -528,7 +519,7 @@ impl Cluster {
         }
         if self.keep_trace {
             let what = match &msg.body {
-                crate::MessageBody::AppendRequest {
+                raft_core::MessageBody::AppendRequest {
                     prev_log_index,
                     prev_log_term,
                     entries,
@@ -539,7 +530,7 @@ impl Cluster {
                         entries.len()
                     )
                 }
-                crate::MessageBody::AppendResponse {
+                raft_core::MessageBody::AppendResponse {
                     success,
                     index,
                     hint_index,
@@ -642,235 +633,10 @@ impl Cluster {
         }
         self.process_ready(id)
     }
-
-    // ----- the checks ---------------------------------------------------------------------
-
-    /// Drains `id`'s ready, routes its output, and checks every property its output touches.
-    fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
-        loop {
-            let node = self.nodes.get_mut(&id).expect("unknown node");
-            let Some(core) = node.core.as_mut() else {
-                return Ok(());
-            };
-            if !core.has_ready() {
-                return Ok(());
-            }
-            let ready = core.take_ready();
-            let (term, role) = (core.term(), core.role());
-
-            if let Some(soft) = ready.soft_state {
-                if soft.role == Role::Leader {
-                    self.note(|| format!("n{id} leads term {}", soft.term));
-                    self.check_new_leader(id, soft.term)?;
-                }
-            }
-            if let Some(fetch) = ready.snapshot_to_fetch {
-                self.note(|| {
-                    format!(
-                        "n{id} asks for snapshot {}@{} from n{}",
-                        fetch.snapshot.index, fetch.snapshot.term, fetch.from
-                    )
-                });
-                self.nodes.get_mut(&id).expect("exists").fetch = Some(fetch);
-            }
-            if let Some(write) = ready.snapshot_write {
-                let node = self.nodes.get_mut(&id).expect("exists");
-                node.applied = write.snapshot.index;
-                node.pending_writes.push_back(QueuedWrite::Snapshot(write));
-            }
-            if let Some(write) = ready.persist {
-                self.check_written_entries(id, &write)?;
-                self.nodes
-                    .get_mut(&id)
-                    .expect("exists")
-                    .pending_writes
-                    .push_back(QueuedWrite::Persist(write));
-            }
-            for msg in ready.messages {
-                self.send(msg);
-            }
-            self.check_commit_advance(id)?;
-            for entry in ready.committed {
-                self.apply(id, entry)?;
-            }
-            for rs in ready.read_states {
-                let floor = self.check.read_floors.remove(&rs.ctx).unwrap_or(0);
-                if rs.index < floor {
-                    return violation(
-                        "read index linearizability",
-                        format!("n{id} (term {term}, {role:?}) served a read at index {} but index {floor} was already acknowledged", rs.index),
-                    );
-                }
-                self.check.reads_served += 1;
-            }
-        }
-    }
-
-    fn send(&mut self, msg: Message) {
-        if self.faults.drop > 0.0 && self.rng.gen_bool(self.faults.drop) {
-            return;
-        }
-        let delay = if self.faults.max_delay > 0 {
-            self.rng.gen_range(0..=self.faults.max_delay)
-        } else {
-            0
-        };
-        if self.faults.duplicate > 0.0 && self.rng.gen_bool(self.faults.duplicate) {
-            let again = self.rng.gen_range(0..=self.faults.max_delay.max(1));
-            self.in_flight.push_back((self.now + again, msg.clone()));
-        }
-        self.in_flight.push_back((self.now + delay, msg));
-    }
-
-    /// Election safety, and leader completeness: a new leader holds every committed entry.
-    fn check_new_leader(&mut self, id: NodeId, term: Term) -> Result<(), Violation> {
-        if let Some(&other) = self.check.leaders.get(&term) {
-            if other != id {
-                return violation(
-                    "election safety",
-                    format!("n{other} and n{id} both lead term {term}"),
-                );
-            }
-        }
-        self.check.leaders.insert(term, id);
-        let core = self.core(id);
-        let node = &self.nodes[&id];
-        for (&index, &committed_term) in &self.check.committed {
-            let held = if index < core.snapshot().index {
-                node.durable_entry(index).map(|e| e.term)
-            } else {
-                core.term_at(index)
-            };
-            if held != Some(committed_term) {
-                return violation(
-                    "leader completeness",
-                    format!("n{id} leads term {term} without the entry committed at {index} (term {committed_term}); it has {:?}", core.term_at(index)),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Log matching: an (index, term) pair always names the same payload after the same
-    /// predecessor term, whoever writes it.
-    fn check_written_entries(&mut self, id: NodeId, write: &Persist) -> Result<(), Violation> {
-        for e in &write.entries {
-            let core = self.core(id);
-            let prev_term = if e.index == 1 {
-                0
-            } else {
-                core.term_at(e.index - 1).unwrap_or(0)
-            };
-            match self.check.entries.get(&(e.index, e.term)) {
-                Some((payload, prev)) if *payload != e.payload || *prev != prev_term => {
-                    return violation(
-                        "log matching",
-                        format!(
-                            "n{id} wrote entry {}@{} that differs from the one other nodes hold",
-                            e.index, e.term
-                        ),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.check
-                        .entries
-                        .insert((e.index, e.term), (e.payload.clone(), prev_term));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whatever a node's commit index passes is the same entry everywhere, and durable on a
-    /// majority of disks.
-    fn check_commit_advance(&mut self, id: NodeId) -> Result<(), Violation> {
-        let node = &self.nodes[&id];
-        let core = node.core.as_ref().expect("checked by caller");
-        let commit = core.commit_index();
-        if commit <= node.seen_commit {
-            return Ok(());
-        }
-        // Below the snapshot the log is gone; an installed snapshot's data is checked on install.
-        let from = node.seen_commit.max(core.snapshot().index);
-        for index in from + 1..=commit {
-            let Some(term) = core.term_at(index) else {
-                return violation(
-                    "commit",
-                    format!("n{id} committed {index}, which its log does not hold"),
-                );
-            };
-            match self.check.committed.get(&index) {
-                Some(&t) if t != term => {
-                    return violation(
-                        "state machine safety",
-                        format!("n{id} committed term {term} at index {index}, another node committed term {t}"),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.check.committed.insert(index, term);
-                }
-            }
-        }
-        let term = core.term_at(commit).expect("checked above");
-        let durable = self
-            .nodes
-            .values()
-            .filter(|n| n.durable_entry(commit).is_some_and(|e| e.term == term))
-            .count();
-        if durable < self.nodes.len() / 2 + 1 {
-            return violation(
-                "commit needs a durable majority",
-                format!("n{id} committed index {commit} (term {term}) but only {durable} of {} disks hold it", self.nodes.len()),
-            );
-        }
-        self.nodes.get_mut(&id).expect("exists").seen_commit = commit;
-        Ok(())
-    }
-
-    /// Applies in order only durable, committed entries (contract rule 2).
-    fn apply(&mut self, id: NodeId, entry: Entry) -> Result<(), Violation> {
-        let node = self.nodes.get_mut(&id).expect("exists");
-        if entry.index != node.applied + 1 {
-            return violation(
-                "apply order",
-                format!("n{id} was handed {} after {}", entry.index, node.applied),
-            );
-        }
-        if node
-            .durable_entry(entry.index)
-            .is_none_or(|e| e.term != entry.term)
-        {
-            return violation(
-                "apply only durable entries",
-                format!("n{id} was handed {} before it was durable", entry.index),
-            );
-        }
-        match self.check.committed.get(&entry.index) {
-            Some(&t) if t == entry.term => {}
-            other => {
-                return violation(
-                    "state machine safety",
-                    format!(
-                        "n{id} applies {}@{} but the committed entry there is {other:?}",
-                        entry.index, entry.term
-                    ),
-                );
-            }
-        }
-        node.applied = entry.index;
-        if let Some(core) = node.core.as_mut() {
-            core.on_applied(entry.index);
-        }
-        self.check.acknowledged = self.check.acknowledged.max(entry.index);
-        self.check.entries_applied += 1;
-        Ok(())
-    }
 }
 
 /// Builds a node's core from its disk alone, as a real restart would.
-fn boot(node: &mut SimNode) {
+pub(crate) fn boot(node: &mut SimNode) {
     // The state machine restarts as the durable snapshot; entries after it are applied again.
     let state = RestartState {
         hard_state: node.disk_hard_state,
@@ -883,305 +649,4 @@ fn boot(node: &mut SimNode) {
     node.seen_commit = node.disk_snapshot.index;
     node.applied = node.disk_snapshot.index;
     node.core = Some(core);
-}
-
-// ----- random runs --------------------------------------------------------------------------
-
-/// What a random run did, for reporting.
-#[derive(Clone, Debug, Default)]
-pub struct RunStats {
-    pub nodes: u64,
-    pub steps: u64,
-    pub committed: u64,
-    pub reads_served: u64,
-    pub snapshots_installed: u64,
-    pub faults: Faults,
-    pub compaction: Option<Compaction>,
-}
-
-/// A failed run: the seed, what broke, and the events just before.
-#[derive(Debug)]
-pub struct Failure {
-    pub seed: u64,
-    pub violation: Violation,
-    pub stats: RunStats,
-    pub recent: Vec<String>,
-    pub state: Vec<String>,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "seed {} failed after {} steps: {}",
-            self.seed, self.stats.steps, self.violation
-        )?;
-        writeln!(
-            f,
-            "  {} nodes, faults {:?}, compaction {:?}",
-            self.stats.nodes, self.stats.faults, self.stats.compaction
-        )?;
-        writeln!(
-            f,
-            "  replay: RAFT_SEED={} cargo test -p raft-core --test fault_runs -- --nocapture",
-            self.seed
-        )?;
-        writeln!(f, "  last events:")?;
-        for e in &self.recent {
-            writeln!(f, "    {e}")?;
-        }
-        writeln!(f, "  state at the end:")?;
-        for line in &self.state {
-            writeln!(f, "    {line}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Steps of fault injection before the network heals.
-pub const FAULT_STEPS: u64 = 3_000;
-/// After healing, a proposal must commit within this many steps (liveness).
-pub const LIVENESS_STEPS: u64 = 4_000;
-
-/// One random run: a 3- or 5-node cluster under a seeded mix of faults, then healed, then a
-/// liveness check. `configure` may switch on deliberate bugs.
-pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats, Box<Failure>> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
-    let n = if rng.gen_bool(0.5) { 3 } else { 5 };
-    // Swarm testing: each run switches each fault on or off, so that rare combinations occur.
-    let faults = Faults {
-        drop: [0.0, 0.02, 0.1, 0.3][rng.gen_range(0..4)],
-        duplicate: [0.0, 0.0, 0.05][rng.gen_range(0..3)],
-        max_delay: [0, 3, 20][rng.gen_range(0..3)],
-        crashes: rng.gen_bool(0.6),
-        partitions: rng.gen_bool(0.6),
-    };
-    let pre_vote = rng.gen_bool(0.7);
-    let check_quorum = rng.gen_bool(0.7);
-    let small_windows = rng.gen_bool(0.5);
-    // Half the runs compact, some keeping no tail at all, so that followers cut off by
-    // partitions or crashes fall behind the leader's log start and need snapshots.
-    let compaction = rng.gen_bool(0.5).then(|| Compaction {
-        max_log: [4, 16, 64][rng.gen_range(0..3)],
-        max_tail: [0, 2, 8][rng.gen_range(0..3)],
-    });
-    let mut cluster = Cluster::new(n, seed, |cfg| {
-        cfg.pre_vote = pre_vote;
-        cfg.check_quorum = check_quorum;
-        if small_windows {
-            cfg.max_msg_bytes = 100;
-            cfg.max_inflight_msgs = 2;
-        }
-        // Back-pressure keeps the backlog, and so the time to catch up after healing, bounded.
-        cfg.max_uncommitted_bytes = 2048;
-        configure(cfg);
-    });
-    cluster.faults = faults;
-    cluster.compaction = compaction;
-    let mut stats = RunStats {
-        nodes: n,
-        faults,
-        compaction,
-        ..RunStats::default()
-    };
-    let fail = |cluster: &Cluster, violation: Violation, stats: RunStats| {
-        Box::new(Failure {
-            seed,
-            violation,
-            stats,
-            recent: cluster.recent_events(),
-            state: cluster.describe(),
-        })
-    };
-    for _ in 0..FAULT_STEPS {
-        stats.steps += 1;
-        if let Err(v) = cluster.random_step(true) {
-            return Err(fail(&cluster, v, stats));
-        }
-    }
-    // Heal everything and require progress.
-    cluster.heal();
-    cluster.faults = Faults::default();
-    for id in cluster.ids() {
-        if let Err(v) = cluster.restart(id) {
-            return Err(fail(&cluster, v, stats));
-        }
-    }
-    let marker = Bytes::from_static(b"liveness-marker");
-    let mut committed = false;
-    let verbose = std::env::var_os("RAFT_HARNESS_VERBOSE").is_some();
-    for step in 0..LIVENESS_STEPS {
-        stats.steps += 1;
-        if verbose && step % 500 == 0 {
-            eprintln!(
-                "liveness step {step}:\n  {}",
-                cluster.describe().join("\n  ")
-            );
-        }
-        if let Err(v) = cluster.random_step(false) {
-            return Err(fail(&cluster, v, stats));
-        }
-        if step % 50 == 0 {
-            if let Some(leader) = cluster.leader() {
-                if let Err(v) = cluster.propose(leader, marker.clone()) {
-                    return Err(fail(&cluster, v, stats));
-                }
-            }
-        }
-        let marker_committed = cluster.nodes.values().any(|n| {
-            n.core.as_ref().is_some_and(|c| {
-                (1..=c.commit_index())
-                    .rev()
-                    .take(64)
-                    .any(|i| c.entry(i).is_some_and(|e| e.payload == marker))
-            })
-        });
-        if marker_committed {
-            committed = true;
-            break;
-        }
-    }
-    stats.committed = cluster.check.committed.len() as u64;
-    stats.reads_served = cluster.check.reads_served;
-    stats.snapshots_installed = cluster.snapshots_installed;
-    if !committed {
-        let v = Violation {
-            rule: "liveness",
-            detail: format!("no proposal committed within {LIVENESS_STEPS} steps after healing"),
-        };
-        return Err(fail(&cluster, v, stats));
-    }
-    Ok(stats)
-}
-
-impl Cluster {
-    /// One random event. With `faults` off only ticks, deliveries and writes happen: no faults
-    /// and no client load.
-    pub fn random_step(&mut self, faults: bool) -> Result<(), Violation> {
-        self.now += 1;
-        let ids = self.ids();
-        let pick = |rng: &mut SmallRng| ids[rng.gen_range(0..ids.len())];
-        let roll: u32 = self.rng.gen_range(0..1000);
-        match roll {
-            // Messages move much faster than clocks tick, as on a real network.
-            0..=449 => {
-                for _ in 0..self.rng.gen_range(1..=8) {
-                    let ready: Vec<usize> = self
-                        .in_flight
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (at, _))| *at <= self.now)
-                        .map(|(i, _)| i)
-                        .collect();
-                    if ready.is_empty() {
-                        break;
-                    }
-                    // Mostly oldest first, as links are; sometimes any message (reordering).
-                    let slot = if self.rng.gen_bool(0.8) {
-                        ready[0]
-                    } else {
-                        ready[self.rng.gen_range(0..ready.len())]
-                    };
-                    self.deliver_slot(slot)?;
-                }
-            }
-            450..=569 => {
-                let id = pick(&mut self.rng);
-                self.tick(id)?;
-            }
-            570..=829 => {
-                // A disk finishes some of its queued writes together, as with group commit; or
-                // a snapshot transfer ends (under faults, sometimes in failure).
-                let busy: Vec<NodeId> = self
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| !n.pending_writes.is_empty() || n.fetch.is_some())
-                    .map(|(&id, _)| id)
-                    .collect();
-                if !busy.is_empty() {
-                    let id = busy[self.rng.gen_range(0..busy.len())];
-                    let queued = self.nodes[&id].pending_writes.len();
-                    if queued > 0 {
-                        for _ in 0..self.rng.gen_range(1..=queued) {
-                            self.complete_write(id)?;
-                        }
-                    } else {
-                        let succeed = !faults || self.rng.gen_bool(0.8);
-                        self.complete_fetch(id, succeed)?;
-                    }
-                }
-            }
-            830..=919 if faults => {
-                let id = pick(&mut self.rng);
-                let payload = self.unique_payload();
-                self.note(|| format!("propose on n{id}"));
-                self.propose(id, payload)?;
-            }
-            920..=959 if faults => {
-                let id = pick(&mut self.rng);
-                self.read(id)?;
-            }
-            _ if !faults => {}
-            960..=969 if self.faults.crashes => {
-                let id = pick(&mut self.rng);
-                self.crash(id);
-            }
-            970..=989 if self.faults.crashes => {
-                let down: Vec<NodeId> = self
-                    .ids()
-                    .into_iter()
-                    .filter(|id| !self.nodes[id].is_up())
-                    .collect();
-                if !down.is_empty() {
-                    let id = down[self.rng.gen_range(0..down.len())];
-                    self.restart(id)?;
-                }
-            }
-            990..=994 if self.faults.partitions => {
-                self.heal();
-                match self.rng.gen_range(0..3) {
-                    0 => {
-                        let id = pick(&mut self.rng);
-                        self.isolate(id);
-                    }
-                    1 => {
-                        let mut group: Vec<NodeId> = ids.clone();
-                        group.retain(|_| self.rng.gen_bool(0.5));
-                        self.partition(&group);
-                    }
-                    _ => {
-                        let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
-                        self.note(|| format!("cut n{a}->n{b}"));
-                        self.cut_link(a, b);
-                    }
-                }
-            }
-            995..=999 if self.faults.partitions => self.heal(),
-            _ => {}
-        }
-        self.maybe_compact();
-        Ok(())
-    }
-
-    /// Compacts every live node whose applied log since its snapshot passed the limit,
-    /// keeping a random tail (see [`Compaction`]).
-    fn maybe_compact(&mut self) {
-        let Some(policy) = self.compaction else {
-            return;
-        };
-        for id in self.ids() {
-            let Some(core) = self.nodes[&id].core.as_ref() else {
-                continue;
-            };
-            let (applied, start) = (core.applied_index(), core.snapshot().index);
-            if applied.saturating_sub(start) <= policy.max_log {
-                continue;
-            }
-            let up_to = applied.saturating_sub(self.rng.gen_range(0..=policy.max_tail));
-            if up_to > start {
-                self.compact(id, up_to)
-                    .expect("compacting applied entries above the snapshot is allowed");
-            }
-        }
-    }
 }

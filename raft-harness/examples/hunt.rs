@@ -1,7 +1,7 @@
 //! Runs many seeds of the fault harness and reports failures:
-//! `cargo run --release -p raft-core --features test-support --example hunt -- RUNS [BUG]`
+//! `cargo run --release -p raft-harness --example hunt -- RUNS [BUG]`
 //! where BUG is one of vote, ack, commit, read (default: none).
-use raft_core::harness::random_run;
+use raft_harness::random_run;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -4,10 +4,10 @@
 use std::cell::Cell;
 
 use bytes::Bytes;
-use raft_core::harness::{Cluster, Violation};
 use raft_core::{
     CompactError, Config, Message, MessageBody, RawNode, Ready, RestartState, Role, SnapshotMeta,
 };
+use raft_harness::{Cluster, Violation};
 
 fn plain(cfg: &mut Config) {
     cfg.pre_vote = false;

@@ -1,10 +1,10 @@
 //! Seeded random fault runs of whole clusters of cores, checked after every event.
 //!
-//! `cargo test -p raft-core --test fault_runs` runs 2,000 seeds; `RAFT_RUNS=N` runs N;
+//! `cargo test -p raft-harness --test fault_runs` runs 2,000 seeds; `RAFT_RUNS=N` runs N;
 //! `RAFT_SEED=S` replays seed S alone (add `-- --nocapture` to see its summary).
 
-use raft_core::harness::{random_run, Failure};
 use raft_core::Config;
+use raft_harness::{random_run, Failure};
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

@@ -1,0 +1,236 @@
+//! What the harness does with a node's output: route it (disk queue, network, state machine)
+//! and check every Raft property the output touches.
+
+use rand::Rng;
+
+use crate::cluster::{violation, Cluster, QueuedWrite, Violation};
+use raft_core::{Entry, Message, NodeId, Persist, Role, Term};
+
+impl Cluster {
+    /// Drains `id`'s ready, routes its output, and checks every property its output touches.
+    pub(crate) fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
+        loop {
+            let node = self.nodes.get_mut(&id).expect("unknown node");
+            let Some(core) = node.core.as_mut() else {
+                return Ok(());
+            };
+            if !core.has_ready() {
+                return Ok(());
+            }
+            let ready = core.take_ready();
+            let (term, role) = (core.term(), core.role());
+
+            if let Some(soft) = ready.soft_state {
+                if soft.role == Role::Leader {
+                    self.note(|| format!("n{id} leads term {}", soft.term));
+                    self.check_new_leader(id, soft.term)?;
+                }
+            }
+            if let Some(fetch) = ready.snapshot_to_fetch {
+                self.note(|| {
+                    format!(
+                        "n{id} asks for snapshot {}@{} from n{}",
+                        fetch.snapshot.index, fetch.snapshot.term, fetch.from
+                    )
+                });
+                self.nodes.get_mut(&id).expect("exists").fetch = Some(fetch);
+            }
+            if let Some(write) = ready.snapshot_write {
+                let node = self.nodes.get_mut(&id).expect("exists");
+                node.applied = write.snapshot.index;
+                node.pending_writes.push_back(QueuedWrite::Snapshot(write));
+            }
+            if let Some(write) = ready.persist {
+                self.check_written_entries(id, &write)?;
+                self.nodes
+                    .get_mut(&id)
+                    .expect("exists")
+                    .pending_writes
+                    .push_back(QueuedWrite::Persist(write));
+            }
+            for msg in ready.messages {
+                self.send(msg);
+            }
+            self.check_commit_advance(id)?;
+            for entry in ready.committed {
+                self.apply(id, entry)?;
+            }
+            for rs in ready.read_states {
+                let floor = self.check.read_floors.remove(&rs.ctx).unwrap_or(0);
+                if rs.index < floor {
+                    return violation(
+                        "read index linearizability",
+                        format!("n{id} (term {term}, {role:?}) served a read at index {} but index {floor} was already acknowledged", rs.index),
+                    );
+                }
+                self.check.reads_served += 1;
+            }
+        }
+    }
+
+    pub(crate) fn send(&mut self, msg: Message) {
+        if self.faults.drop > 0.0 && self.rng.gen_bool(self.faults.drop) {
+            return;
+        }
+        let delay = if self.faults.max_delay > 0 {
+            self.rng.gen_range(0..=self.faults.max_delay)
+        } else {
+            0
+        };
+        if self.faults.duplicate > 0.0 && self.rng.gen_bool(self.faults.duplicate) {
+            let again = self.rng.gen_range(0..=self.faults.max_delay.max(1));
+            self.in_flight.push_back((self.now + again, msg.clone()));
+        }
+        self.in_flight.push_back((self.now + delay, msg));
+    }
+
+    /// Election safety, and leader completeness: a new leader holds every committed entry.
+    pub(crate) fn check_new_leader(&mut self, id: NodeId, term: Term) -> Result<(), Violation> {
+        if let Some(&other) = self.check.leaders.get(&term) {
+            if other != id {
+                return violation(
+                    "election safety",
+                    format!("n{other} and n{id} both lead term {term}"),
+                );
+            }
+        }
+        self.check.leaders.insert(term, id);
+        let core = self.core(id);
+        let node = &self.nodes[&id];
+        for (&index, &committed_term) in &self.check.committed {
+            let held = if index < core.snapshot().index {
+                node.durable_entry(index).map(|e| e.term)
+            } else {
+                core.term_at(index)
+            };
+            if held != Some(committed_term) {
+                return violation(
+                    "leader completeness",
+                    format!("n{id} leads term {term} without the entry committed at {index} (term {committed_term}); it has {:?}", core.term_at(index)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Log matching: an (index, term) pair always names the same payload after the same
+    /// predecessor term, whoever writes it.
+    pub(crate) fn check_written_entries(
+        &mut self,
+        id: NodeId,
+        write: &Persist,
+    ) -> Result<(), Violation> {
+        for e in &write.entries {
+            let core = self.core(id);
+            let prev_term = if e.index == 1 {
+                0
+            } else {
+                core.term_at(e.index - 1).unwrap_or(0)
+            };
+            match self.check.entries.get(&(e.index, e.term)) {
+                Some((payload, prev)) if *payload != e.payload || *prev != prev_term => {
+                    return violation(
+                        "log matching",
+                        format!(
+                            "n{id} wrote entry {}@{} that differs from the one other nodes hold",
+                            e.index, e.term
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.check
+                        .entries
+                        .insert((e.index, e.term), (e.payload.clone(), prev_term));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whatever a node's commit index passes is the same entry everywhere, and durable on a
+    /// majority of disks.
+    pub(crate) fn check_commit_advance(&mut self, id: NodeId) -> Result<(), Violation> {
+        let node = &self.nodes[&id];
+        let core = node.core.as_ref().expect("checked by caller");
+        let commit = core.commit_index();
+        if commit <= node.seen_commit {
+            return Ok(());
+        }
+        // Below the snapshot the log is gone; an installed snapshot's data is checked on install.
+        let from = node.seen_commit.max(core.snapshot().index);
+        for index in from + 1..=commit {
+            let Some(term) = core.term_at(index) else {
+                return violation(
+                    "commit",
+                    format!("n{id} committed {index}, which its log does not hold"),
+                );
+            };
+            match self.check.committed.get(&index) {
+                Some(&t) if t != term => {
+                    return violation(
+                        "state machine safety",
+                        format!("n{id} committed term {term} at index {index}, another node committed term {t}"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.check.committed.insert(index, term);
+                }
+            }
+        }
+        let term = core.term_at(commit).expect("checked above");
+        let durable = self
+            .nodes
+            .values()
+            .filter(|n| n.durable_entry(commit).is_some_and(|e| e.term == term))
+            .count();
+        if durable < self.nodes.len() / 2 + 1 {
+            return violation(
+                "commit needs a durable majority",
+                format!("n{id} committed index {commit} (term {term}) but only {durable} of {} disks hold it", self.nodes.len()),
+            );
+        }
+        self.nodes.get_mut(&id).expect("exists").seen_commit = commit;
+        Ok(())
+    }
+
+    /// Applies in order only durable, committed entries (contract rule 2).
+    pub(crate) fn apply(&mut self, id: NodeId, entry: Entry) -> Result<(), Violation> {
+        let node = self.nodes.get_mut(&id).expect("exists");
+        if entry.index != node.applied + 1 {
+            return violation(
+                "apply order",
+                format!("n{id} was handed {} after {}", entry.index, node.applied),
+            );
+        }
+        if node
+            .durable_entry(entry.index)
+            .is_none_or(|e| e.term != entry.term)
+        {
+            return violation(
+                "apply only durable entries",
+                format!("n{id} was handed {} before it was durable", entry.index),
+            );
+        }
+        match self.check.committed.get(&entry.index) {
+            Some(&t) if t == entry.term => {}
+            other => {
+                return violation(
+                    "state machine safety",
+                    format!(
+                        "n{id} applies {}@{} but the committed entry there is {other:?}",
+                        entry.index, entry.term
+                    ),
+                );
+            }
+        }
+        node.applied = entry.index;
+        if let Some(core) = node.core.as_mut() {
+            core.on_applied(entry.index);
+        }
+        self.check.acknowledged = self.check.acknowledged.max(entry.index);
+        self.check.entries_applied += 1;
+        Ok(())
+    }
+}

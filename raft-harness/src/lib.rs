@@ -1,0 +1,25 @@
+//! A seeded cluster of `raft-core` nodes on an in-memory network and simulated disks, for tests.
+//!
+//! The test (or the random schedule of [`random_run`]) decides every event: which node ticks,
+//! which message is delivered (in any order, dropped, duplicated or delayed), which write
+//! reaches the disk, who crashes (losing every write not yet durable) and who restarts (from its
+//! disk only), and how the network is partitioned. After every event the [`Checker`] verifies
+//! Raft's safety properties; a broken one is returned as a [`Violation`].
+//!
+//! Snapshots: a node's "state machine" is the list of entries it applied, and a snapshot is a
+//! prefix of that list, kept on its disk beside the log. A test compacts a node with
+//! [`Cluster::compact`] (random runs do it on their own for some seeds); the harness plays the
+//! driver for snapshot transfers: it fetches the leader's durable prefix, stages it, and
+//! installs it when the core asks for the write.
+//!
+//! Everything is drawn from one seeded RNG and kept in ordered maps, so a seed replays exactly.
+//!
+//! This crate turns on raft-core's `deliberate-bugs` feature, so that tests can show each
+//! deliberate bug caught; it is never a dependency of a product.
+
+mod checks;
+mod cluster;
+mod random_run;
+
+pub use cluster::{Checker, Cluster, Compaction, Faults, SimNode, Violation};
+pub use random_run::{random_run, Failure, RunStats, FAULT_STEPS, LIVENESS_STEPS};

@@ -1,0 +1,308 @@
+//! Seeded random runs: a cluster under a random mix of faults, healed, then checked for
+//! liveness.
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::{Cluster, Compaction, Faults, Violation};
+use raft_core::{Config, NodeId};
+
+/// What a random run did, for reporting.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub nodes: u64,
+    pub steps: u64,
+    pub committed: u64,
+    pub reads_served: u64,
+    pub snapshots_installed: u64,
+    pub faults: Faults,
+    pub compaction: Option<Compaction>,
+}
+
+/// A failed run: the seed, what broke, and the events just before.
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub violation: Violation,
+    pub stats: RunStats,
+    pub recent: Vec<String>,
+    pub state: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} failed after {} steps: {}",
+            self.seed, self.stats.steps, self.violation
+        )?;
+        writeln!(
+            f,
+            "  {} nodes, faults {:?}, compaction {:?}",
+            self.stats.nodes, self.stats.faults, self.stats.compaction
+        )?;
+        writeln!(
+            f,
+            "  replay: RAFT_SEED={} cargo test -p raft-harness --test fault_runs -- --nocapture",
+            self.seed
+        )?;
+        writeln!(f, "  last events:")?;
+        for e in &self.recent {
+            writeln!(f, "    {e}")?;
+        }
+        writeln!(f, "  state at the end:")?;
+        for line in &self.state {
+            writeln!(f, "    {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Steps of fault injection before the network heals.
+pub const FAULT_STEPS: u64 = 3_000;
+/// After healing, a proposal must commit within this many steps (liveness).
+pub const LIVENESS_STEPS: u64 = 4_000;
+
+/// One random run: a 3- or 5-node cluster under a seeded mix of faults, then healed, then a
+/// liveness check. `configure` may switch on deliberate bugs.
+pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats, Box<Failure>> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
+    let n = if rng.gen_bool(0.5) { 3 } else { 5 };
+    // Swarm testing: each run switches each fault on or off, so that rare combinations occur.
+    let faults = Faults {
+        drop: [0.0, 0.02, 0.1, 0.3][rng.gen_range(0..4)],
+        duplicate: [0.0, 0.0, 0.05][rng.gen_range(0..3)],
+        max_delay: [0, 3, 20][rng.gen_range(0..3)],
+        crashes: rng.gen_bool(0.6),
+        partitions: rng.gen_bool(0.6),
+    };
+    let pre_vote = rng.gen_bool(0.7);
+    let check_quorum = rng.gen_bool(0.7);
+    let small_windows = rng.gen_bool(0.5);
+    // Half the runs compact, some keeping no tail at all, so that followers cut off by
+    // partitions or crashes fall behind the leader's log start and need snapshots.
+    let compaction = rng.gen_bool(0.5).then(|| Compaction {
+        max_log: [4, 16, 64][rng.gen_range(0..3)],
+        max_tail: [0, 2, 8][rng.gen_range(0..3)],
+    });
+    let mut cluster = Cluster::new(n, seed, |cfg| {
+        cfg.pre_vote = pre_vote;
+        cfg.check_quorum = check_quorum;
+        if small_windows {
+            cfg.max_msg_bytes = 100;
+            cfg.max_inflight_msgs = 2;
+        }
+        // Back-pressure keeps the backlog, and so the time to catch up after healing, bounded.
+        cfg.max_uncommitted_bytes = 2048;
+        configure(cfg);
+    });
+    cluster.faults = faults;
+    cluster.compaction = compaction;
+    let mut stats = RunStats {
+        nodes: n,
+        faults,
+        compaction,
+        ..RunStats::default()
+    };
+    let fail = |cluster: &Cluster, violation: Violation, stats: RunStats| {
+        Box::new(Failure {
+            seed,
+            violation,
+            stats,
+            recent: cluster.recent_events(),
+            state: cluster.describe(),
+        })
+    };
+    for _ in 0..FAULT_STEPS {
+        stats.steps += 1;
+        if let Err(v) = cluster.random_step(true) {
+            return Err(fail(&cluster, v, stats));
+        }
+    }
+    // Heal everything and require progress.
+    cluster.heal();
+    cluster.faults = Faults::default();
+    for id in cluster.ids() {
+        if let Err(v) = cluster.restart(id) {
+            return Err(fail(&cluster, v, stats));
+        }
+    }
+    let marker = Bytes::from_static(b"liveness-marker");
+    let mut committed = false;
+    let verbose = std::env::var_os("RAFT_HARNESS_VERBOSE").is_some();
+    for step in 0..LIVENESS_STEPS {
+        stats.steps += 1;
+        if verbose && step % 500 == 0 {
+            eprintln!(
+                "liveness step {step}:\n  {}",
+                cluster.describe().join("\n  ")
+            );
+        }
+        if let Err(v) = cluster.random_step(false) {
+            return Err(fail(&cluster, v, stats));
+        }
+        if step % 50 == 0 {
+            if let Some(leader) = cluster.leader() {
+                if let Err(v) = cluster.propose(leader, marker.clone()) {
+                    return Err(fail(&cluster, v, stats));
+                }
+            }
+        }
+        let marker_committed = cluster.nodes.values().any(|n| {
+            n.core.as_ref().is_some_and(|c| {
+                (1..=c.commit_index())
+                    .rev()
+                    .take(64)
+                    .any(|i| c.entry(i).is_some_and(|e| e.payload == marker))
+            })
+        });
+        if marker_committed {
+            committed = true;
+            break;
+        }
+    }
+    stats.committed = cluster.check.committed.len() as u64;
+    stats.reads_served = cluster.check.reads_served;
+    stats.snapshots_installed = cluster.snapshots_installed;
+    if !committed {
+        let v = Violation {
+            rule: "liveness",
+            detail: format!("no proposal committed within {LIVENESS_STEPS} steps after healing"),
+        };
+        return Err(fail(&cluster, v, stats));
+    }
+    Ok(stats)
+}
+
+impl Cluster {
+    /// One random event. With `faults` off only ticks, deliveries and writes happen: no faults
+    /// and no client load.
+    pub fn random_step(&mut self, faults: bool) -> Result<(), Violation> {
+        self.now += 1;
+        let ids = self.ids();
+        let pick = |rng: &mut SmallRng| ids[rng.gen_range(0..ids.len())];
+        let roll: u32 = self.rng.gen_range(0..1000);
+        match roll {
+            // Messages move much faster than clocks tick, as on a real network.
+            0..=449 => {
+                for _ in 0..self.rng.gen_range(1..=8) {
+                    let ready: Vec<usize> = self
+                        .in_flight
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (at, _))| *at <= self.now)
+                        .map(|(i, _)| i)
+                        .collect();
+                    if ready.is_empty() {
+                        break;
+                    }
+                    // Mostly oldest first, as links are; sometimes any message (reordering).
+                    let slot = if self.rng.gen_bool(0.8) {
+                        ready[0]
+                    } else {
+                        ready[self.rng.gen_range(0..ready.len())]
+                    };
+                    self.deliver_slot(slot)?;
+                }
+            }
+            450..=569 => {
+                let id = pick(&mut self.rng);
+                self.tick(id)?;
+            }
+            570..=829 => {
+                // A disk finishes some of its queued writes together, as with group commit; or
+                // a snapshot transfer ends (under faults, sometimes in failure).
+                let busy: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| !n.pending_writes.is_empty() || n.fetch.is_some())
+                    .map(|(&id, _)| id)
+                    .collect();
+                if !busy.is_empty() {
+                    let id = busy[self.rng.gen_range(0..busy.len())];
+                    let queued = self.nodes[&id].pending_writes.len();
+                    if queued > 0 {
+                        for _ in 0..self.rng.gen_range(1..=queued) {
+                            self.complete_write(id)?;
+                        }
+                    } else {
+                        let succeed = !faults || self.rng.gen_bool(0.8);
+                        self.complete_fetch(id, succeed)?;
+                    }
+                }
+            }
+            830..=919 if faults => {
+                let id = pick(&mut self.rng);
+                let payload = self.unique_payload();
+                self.note(|| format!("propose on n{id}"));
+                self.propose(id, payload)?;
+            }
+            920..=959 if faults => {
+                let id = pick(&mut self.rng);
+                self.read(id)?;
+            }
+            _ if !faults => {}
+            960..=969 if self.faults.crashes => {
+                let id = pick(&mut self.rng);
+                self.crash(id);
+            }
+            970..=989 if self.faults.crashes => {
+                let down: Vec<NodeId> = self
+                    .ids()
+                    .into_iter()
+                    .filter(|id| !self.nodes[id].is_up())
+                    .collect();
+                if !down.is_empty() {
+                    let id = down[self.rng.gen_range(0..down.len())];
+                    self.restart(id)?;
+                }
+            }
+            990..=994 if self.faults.partitions => {
+                self.heal();
+                match self.rng.gen_range(0..3) {
+                    0 => {
+                        let id = pick(&mut self.rng);
+                        self.isolate(id);
+                    }
+                    1 => {
+                        let mut group: Vec<NodeId> = ids.clone();
+                        group.retain(|_| self.rng.gen_bool(0.5));
+                        self.partition(&group);
+                    }
+                    _ => {
+                        let (a, b) = (pick(&mut self.rng), pick(&mut self.rng));
+                        self.note(|| format!("cut n{a}->n{b}"));
+                        self.cut_link(a, b);
+                    }
+                }
+            }
+            995..=999 if self.faults.partitions => self.heal(),
+            _ => {}
+        }
+        self.maybe_compact();
+        Ok(())
+    }
+
+    /// Compacts every live node whose applied log since its snapshot passed the limit,
+    /// keeping a random tail (see [`Compaction`]).
+    pub(crate) fn maybe_compact(&mut self) {
+        let Some(policy) = self.compaction else {
+            return;
+        };
+        for id in self.ids() {
+            let Some(core) = self.nodes[&id].core.as_ref() else {
+                continue;
+            };
+            let (applied, start) = (core.applied_index(), core.snapshot().index);
+            if applied.saturating_sub(start) <= policy.max_log {
+                continue;
+            }
+            let up_to = applied.saturating_sub(self.rng.gen_range(0..=policy.max_tail));
+            if up_to > start {
+                self.compact(id, up_to)
+                    .expect("compacting applied entries above the snapshot is allowed");
+            }
+        }
+    }
+}
