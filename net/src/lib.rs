@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod fuzzing;
 pub mod node;
+pub mod peer_header;
 pub mod request;
 pub mod resp;
 pub mod server;

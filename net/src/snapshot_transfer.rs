@@ -34,13 +34,13 @@ use raft_core::{NodeId, SnapshotMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+pub use crate::peer_header::SNAPSHOT_MAGIC;
+use crate::peer_header::{self, HEADER_LEN};
 use crate::storage::{ApplyRequest, StorageEvent};
-use crate::transport::{Net, Stream, TransportTimeouts, FRAME_VERSION};
+use crate::transport::{Net, Stream, TransportTimeouts};
 
-/// "KVSN": the first frame of a snapshot connection (the message connection's is "KVRF").
-pub const SNAPSHOT_MAGIC: u32 = 0x4B56_534E;
-/// The request frame's body: magic, version, cluster id, follower id, index, term.
-pub const REQUEST_LEN: usize = 4 + 1 + 8 + 8 + 8 + 8;
+/// The request frame's body: the peer header, then follower id, index, term.
+pub const REQUEST_LEN: usize = HEADER_LEN + 8 + 8 + 8;
 /// Chunks a follower may have in flight to its state machine thread.
 pub const RECEIVE_WINDOW: usize = 4;
 /// Chunks the sender reads ahead of the connection.
@@ -74,9 +74,7 @@ pub enum Reply {
 /// Appends the whole request frame, length prefix included.
 pub fn encode_request(cluster_id: u64, req: &FetchRequest, out: &mut BytesMut) {
     out.put_u32(REQUEST_LEN as u32);
-    out.put_u32(SNAPSHOT_MAGIC);
-    out.put_u8(FRAME_VERSION);
-    out.put_u64(cluster_id);
+    peer_header::put_header(SNAPSHOT_MAGIC, cluster_id, out);
     out.put_u64(req.from);
     out.put_u64(req.at_least.index);
     out.put_u64(req.at_least.term);
@@ -90,20 +88,8 @@ pub fn decode_request(cluster_id: u64, mut body: Bytes) -> Result<FetchRequest, 
             body.len()
         ));
     }
-    let magic = body.get_u32();
-    if magic != SNAPSHOT_MAGIC {
-        return Err(format!("not a snapshot request (magic {magic:#010x})"));
-    }
-    let version = body.get_u8();
-    if version != FRAME_VERSION {
-        return Err(format!("unknown snapshot request version {version}"));
-    }
-    let theirs = body.get_u64();
-    if theirs != cluster_id {
-        return Err(format!(
-            "snapshot request from cluster {theirs:#x}, this node is in cluster {cluster_id:#x}"
-        ));
-    }
+    peer_header::take_header(SNAPSHOT_MAGIC, cluster_id, &mut body)
+        .map_err(|e| format!("snapshot request: {e}"))?;
     let from = body.get_u64();
     let (index, term) = (body.get_u64(), body.get_u64());
     Ok(FetchRequest {
@@ -396,7 +382,7 @@ mod tests {
             let mut body = body;
             if magic_prefix && body.len() >= 5 {
                 body[..4].copy_from_slice(&SNAPSHOT_MAGIC.to_be_bytes());
-                body[4] = FRAME_VERSION;
+                body[4] = peer_header::VERSION;
             }
             if let Ok(req) = decode_request(9, Bytes::from(body.clone())) {
                 let mut buf = BytesMut::new();

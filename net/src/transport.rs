@@ -18,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft_core::codec::{self, DecodeError};
 use raft_core::{Message, NodeId};
 
@@ -27,9 +27,8 @@ pub use raft_core::{Message as RaftMessage, MessageBody as RaftMessageBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-pub const FRAME_MAGIC: u32 = 0x4B56_5246; // "KVRF"
-pub const FRAME_VERSION: u8 = 1;
-const FRAME_HEADER_LEN: usize = 4 + 1 + 8;
+use crate::peer_header::{self, HeaderError, HEADER_LEN as FRAME_HEADER_LEN};
+pub use crate::peer_header::{MESSAGE_MAGIC as FRAME_MAGIC, VERSION as FRAME_VERSION};
 /// Frames above this size are refused before their body is read.
 pub const MAX_FRAME_LEN: usize = 128 << 20;
 
@@ -99,21 +98,24 @@ impl fmt::Display for FrameError {
             FrameError::TooLarge { len, max } => {
                 write!(f, "peer frame of {len} bytes exceeds the limit of {max}")
             }
-            FrameError::TooShort(len) => {
-                write!(f, "peer frame of {len} bytes is shorter than its header")
-            }
-            FrameError::BadMagic(m) => write!(f, "not a kvstore peer frame (magic {m:#010x})"),
-            FrameError::UnknownVersion(v) => write!(
-                f,
-                "unknown peer frame version {v} (this node speaks {FRAME_VERSION})"
-            ),
-            FrameError::WrongCluster { ours, theirs } => {
-                write!(
-                    f,
-                    "peer belongs to cluster {theirs:#x}, this node to cluster {ours:#x}"
-                )
+            FrameError::TooShort(len) => HeaderError::TooShort(*len).fmt(f),
+            FrameError::BadMagic(m) => HeaderError::BadMagic(*m).fmt(f),
+            FrameError::UnknownVersion(v) => HeaderError::UnknownVersion(*v).fmt(f),
+            &FrameError::WrongCluster { ours, theirs } => {
+                HeaderError::WrongCluster { ours, theirs }.fmt(f)
             }
             FrameError::Message(e) => write!(f, "undecodable raft message: {e}"),
+        }
+    }
+}
+
+impl From<HeaderError> for FrameError {
+    fn from(e: HeaderError) -> Self {
+        match e {
+            HeaderError::TooShort(len) => FrameError::TooShort(len),
+            HeaderError::BadMagic(m) => FrameError::BadMagic(m),
+            HeaderError::UnknownVersion(v) => FrameError::UnknownVersion(v),
+            HeaderError::WrongCluster { ours, theirs } => FrameError::WrongCluster { ours, theirs },
         }
     }
 }
@@ -125,9 +127,7 @@ pub fn encode_frame(cluster_id: u64, msg: &Message, out: &mut BytesMut) {
     let body_len = FRAME_HEADER_LEN + codec::encoded_len(msg);
     out.reserve(4 + body_len);
     out.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
-    out.put_u32(FRAME_MAGIC);
-    out.put_u8(FRAME_VERSION);
-    out.put_u64(cluster_id);
+    peer_header::put_header(FRAME_MAGIC, cluster_id, out);
     codec::encode(msg, out);
 }
 
@@ -148,21 +148,7 @@ pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
 /// Decodes a frame body (everything after the length prefix).
 pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<Message, FrameError> {
     check_frame_len(body.len())?;
-    let magic = body.get_u32();
-    if magic != FRAME_MAGIC {
-        return Err(FrameError::BadMagic(magic));
-    }
-    let version = body.get_u8();
-    if version != FRAME_VERSION {
-        return Err(FrameError::UnknownVersion(version));
-    }
-    let theirs = body.get_u64();
-    if theirs != cluster_id {
-        return Err(FrameError::WrongCluster {
-            ours: cluster_id,
-            theirs,
-        });
-    }
+    peer_header::take_header(FRAME_MAGIC, cluster_id, &mut body)?;
     codec::decode(body).map_err(FrameError::Message)
 }
 
@@ -296,7 +282,7 @@ pub async fn run_inbound<S: Stream>(
     inbox: mpsc::Sender<Message>,
     snapshots: SnapshotService,
 ) {
-    use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN, SNAPSHOT_MAGIC};
+    use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN};
     let mut len_buf = [0u8; 4];
     let mut first = true;
     loop {
@@ -320,7 +306,7 @@ pub async fn run_inbound<S: Stream>(
         }
         if std::mem::take(&mut first)
             && len == REQUEST_LEN
-            && body[..4] == SNAPSHOT_MAGIC.to_be_bytes()
+            && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &body)
         {
             match decode_request(cluster_id, Bytes::from(body)) {
                 Ok(request) => {
@@ -354,6 +340,7 @@ pub async fn run_inbound<S: Stream>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
     use raft_core::MessageBody;
 
     fn msg() -> Message {
