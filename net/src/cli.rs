@@ -13,10 +13,25 @@ use crate::node::{self, NodeConfig};
 use crate::server::{self, parse_info};
 use crate::transport::{Net, TokioNet};
 
+/// Printed after the version by a build that has the unsafe test switches compiled in.
+macro_rules! test_switches_marker {
+    () => {
+        "[TEST SWITCHES COMPILED IN: not for production]"
+    };
+}
+pub const TEST_SWITCHES_MARKER: &str = test_switches_marker!();
+
+/// What `kvstore --version` prints. A build with the simulator's unsafe switches compiled in
+/// says so, so that `scripts/check-release-build` can refuse it.
+#[cfg(not(feature = "test-switches"))]
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "test-switches")]
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " ", test_switches_marker!());
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kvstore",
-    version,
+    version = VERSION,
     about = "A Raft-replicated key-value store that speaks the Redis protocol."
 )]
 #[command(after_help = "Start a local 3-node cluster:   kvstore cluster\n\
