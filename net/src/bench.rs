@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::cli::ServersArg;
 use crate::client::{ClientConfig, KvClient};
+use crate::error::CliError;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -61,17 +62,17 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), String> {
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if args.clients == 0 || args.servers.servers.is_empty() {
-        return Err("need at least one client and one server".into());
+        return Err(CliError::Bench("need at least one client and one server"));
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
-        return Err("--read-ratio must be between 0 and 1".into());
+        return Err(CliError::Bench("--read-ratio must be between 0 and 1"));
     }
     let report = bench(&args).await;
     println!("clients={} {report}", args.clients);
     if report.ok == 0 {
-        return Err("no request succeeded".into());
+        return Err(CliError::Bench("no request succeeded"));
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::client::KvClient;
+use crate::error::{CliError, ConfigError};
 use crate::node::{self, NodeConfig};
 use crate::server::{self, parse_info};
 use crate::transport::{Net, TokioNet};
@@ -183,23 +184,29 @@ struct ServeSettings {
     snapshot_tail: Option<u64>,
 }
 
-fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut s = ServeSettings::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let where_ = || format!("{}:{}", path.display(), n + 1);
+        let at_line = |problem: String| ConfigError::FileLine {
+            path: path.to_path_buf(),
+            line: n + 1,
+            problem,
+        };
         let (key, value) = line
             .split_once('=')
-            .ok_or_else(|| format!("{}: expected `key = value`", where_()))?;
+            .ok_or_else(|| at_line("expected `key = value`".into()))?;
         let (key, value) = (key.trim(), value.trim().trim_matches('"'));
         let num = |v: &str| {
             v.parse::<u64>()
-                .map_err(|_| format!("{}: `{key}` needs a number, got `{v}`", where_()))
+                .map_err(|_| at_line(format!("`{key}` needs a number, got `{v}`")))
         };
         match key {
             "id" => s.id = Some(num(value)?),
@@ -211,31 +218,32 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, String> {
             "election-ticks" | "election_ticks" => {
                 s.election_ticks = Some(
                     u32::try_from(num(value)?)
-                        .map_err(|_| format!("{}: election-ticks too large", where_()))?,
+                        .map_err(|_| at_line("election-ticks too large".into()))?,
                 )
             }
             "request-timeout-ms" | "request_timeout_ms" => s.request_timeout_ms = Some(num(value)?),
             "snapshot-threshold" | "snapshot_threshold" => s.snapshot_threshold = Some(num(value)?),
             "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
-            other => return Err(format!("{}: unknown setting `{other}`", where_())),
+            other => return Err(at_line(format!("unknown setting `{other}`"))),
         }
     }
     Ok(s)
 }
 
 /// Parses `1=host:port,2=host:port`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let invalid = ConfigError::Invalid;
     let mut peers = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| format!("peer `{part}` is not ID=HOST:PORT"))?;
+            .ok_or_else(|| invalid(format!("peer `{part}` is not ID=HOST:PORT")))?;
         let id: u64 = id
             .trim()
             .parse()
-            .map_err(|_| format!("peer id `{id}` is not a number"))?;
+            .map_err(|_| invalid(format!("peer id `{id}` is not a number")))?;
         if id == 0 {
-            return Err("peer id 0 is reserved".into());
+            return Err(invalid("peer id 0 is reserved".into()));
         }
         let addr = addr.trim();
         if addr
@@ -243,63 +251,66 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .is_none()
         {
-            return Err(format!("peer address `{addr}` is not HOST:PORT"));
+            return Err(invalid(format!("peer address `{addr}` is not HOST:PORT")));
         }
         if peers.insert(id, addr.to_string()).is_some() {
-            return Err(format!("peer id {id} appears twice"));
+            return Err(invalid(format!("peer id {id} appears twice")));
         }
     }
     if peers.is_empty() {
-        return Err("--peers is empty".into());
+        return Err(invalid("--peers is empty".into()));
     }
     Ok(peers)
 }
 
-fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), String> {
+fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
     let file = match &args.config {
         Some(p) => read_config_file(p)?,
         None => ServeSettings::default(),
     };
-    let id = args.id.or(file.id).ok_or("missing --id")?;
+    let id = args.id.or(file.id).ok_or(ConfigError::Missing("--id"))?;
     let peers = parse_peers(
         args.peers
             .as_deref()
             .or(file.peers.as_deref())
-            .ok_or("missing --peers")?,
+            .ok_or(ConfigError::Missing("--peers"))?,
     )?;
     if !peers.contains_key(&id) {
-        return Err(format!(
+        return Err(ConfigError::Invalid(format!(
             "--id {id} is not one of the --peers ({:?})",
             peers.keys().collect::<Vec<_>>()
-        ));
+        )));
     }
     let client_addr = args
         .client_addr
         .clone()
         .or(file.client_addr)
-        .ok_or("missing --client-addr")?;
+        .ok_or(ConfigError::Missing("--client-addr"))?;
     let data_dir = args
         .data_dir
         .clone()
         .or(file.data_dir)
-        .ok_or("missing --data-dir")?;
+        .ok_or(ConfigError::Missing("--data-dir"))?;
     let mut cfg = NodeConfig::new(id, peers, data_dir);
     if let Some(text) = args
         .client_addrs
         .as_deref()
         .or(file.client_addrs.as_deref())
     {
-        cfg.client_addrs = parse_peers(text).map_err(|e| format!("--client-addrs: {e}"))?;
+        cfg.client_addrs =
+            parse_peers(text).map_err(|e| ConfigError::Invalid(format!("--client-addrs: {e}")))?;
     }
     if let Some(ms) = args.tick_ms.or(file.tick_ms) {
         if ms == 0 {
-            return Err("--tick-ms must be positive".into());
+            return Err(ConfigError::Invalid("--tick-ms must be positive".into()));
         }
         cfg.tick = Duration::from_millis(ms);
     }
     if let Some(t) = args.election_ticks.or(file.election_ticks) {
         if t < 2 {
-            return Err("--election-ticks must be at least 2".into());
+            return Err(ConfigError::Invalid(
+                "--election-ticks must be at least 2".into(),
+            ));
         }
         cfg.election_ticks = t;
     }
@@ -334,25 +345,27 @@ pub async fn run_node(
     cfg: NodeConfig,
     client_addr: String,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let net = TokioNet;
-    let clients = net.bind(client_addr.clone()).await.map_err(|e| {
-        format!(
-            "node {}: cannot listen for clients on {client_addr}: {e}",
-            cfg.id
-        )
-    })?;
     let id = cfg.id;
+    let clients = net
+        .bind(client_addr.clone())
+        .await
+        .map_err(|source| CliError::ClientPort {
+            id,
+            addr: client_addr,
+            source,
+        })?;
     let (handle, run) = node::start(cfg, net, shutdown.clone())
         .await
-        .map_err(|e| format!("node {id}: {e}"))?;
+        .map_err(|source| CliError::Node { id, source })?;
     tokio::spawn(server::run_client_server(
         clients,
         handle,
         shutdown,
         rand::thread_rng().gen(),
     ));
-    run.await.map_err(|e| format!("node {id}: {e}"))
+    run.await.map_err(|source| CliError::Node { id, source })
 }
 
 /// A watch that turns true on Ctrl-C or SIGTERM.
@@ -384,7 +397,7 @@ fn shutdown_on_signals() -> watch::Receiver<bool> {
     rx
 }
 
-pub async fn main(cli: Cli) -> Result<(), String> {
+pub async fn main(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Cmd::Serve(args) => {
             let (cfg, client_addr) = serve_config(&args)?;
@@ -394,7 +407,7 @@ pub async fn main(cli: Cli) -> Result<(), String> {
         Cmd::Cluster(args) => run_cluster(args).await,
         Cmd::Get { key, servers } => {
             let mut c = KvClient::new(servers.servers);
-            match c.get(key.as_bytes()).await.map_err(|e| e.to_string())? {
+            match c.get(key.as_bytes()).await? {
                 Some(v) => println!("{}", String::from_utf8_lossy(&v)),
                 None => println!("(nil)"),
             }
@@ -407,24 +420,19 @@ pub async fn main(cli: Cli) -> Result<(), String> {
         } => {
             KvClient::new(servers.servers)
                 .set(key.as_bytes(), value.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             println!("OK");
             Ok(())
         }
         Cmd::Del { key, servers } => {
-            let existed = KvClient::new(servers.servers)
-                .del(key.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
+            let existed = KvClient::new(servers.servers).del(key.as_bytes()).await?;
             println!("(integer) {}", i32::from(existed));
             Ok(())
         }
         Cmd::Incr { key, by, servers } => {
             let v = KvClient::new(servers.servers)
                 .incr_by(key.as_bytes(), by)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             println!("(integer) {v}");
             Ok(())
         }
@@ -442,8 +450,7 @@ pub async fn main(cli: Cli) -> Result<(), String> {
                     expected.as_deref().map(str::as_bytes),
                     new.as_bytes(),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             println!("(integer) {}", i32::from(swapped));
             Ok(())
         }
@@ -452,7 +459,7 @@ pub async fn main(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn status(servers: Vec<String>) -> Result<(), String> {
+async fn status(servers: Vec<String>) -> Result<(), CliError> {
     println!(
         "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
         "server",
@@ -501,16 +508,19 @@ async fn status(servers: Vec<String>) -> Result<(), String> {
         }
     }
     if reachable == 0 {
-        return Err("no server answered".into());
+        return Err(CliError::NoServerAnswered);
     }
     Ok(())
 }
 
-async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
+async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
     if args.nodes == 0 || args.nodes > 9 {
-        return Err("--nodes must be between 1 and 9".into());
+        return Err(ConfigError::Invalid("--nodes must be between 1 and 9".into()).into());
     }
-    let peer_base = args.port.checked_add(100).ok_or("--port too high")?;
+    let peer_base = args
+        .port
+        .checked_add(100)
+        .ok_or_else(|| ConfigError::Invalid("--port too high".into()))?;
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
         .collect();
@@ -548,7 +558,7 @@ async fn run_cluster(args: ClusterArgs) -> Result<(), String> {
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(format!("a node task failed: {e}"));
+                first_error.get_or_insert(CliError::Task(e));
             }
         }
     }
@@ -563,10 +573,11 @@ mod tests {
     fn peers_parse_and_bad_ones_are_named() {
         let p = parse_peers("1=127.0.0.1:7101, 2=127.0.0.1:7102").unwrap();
         assert_eq!(p.get(&2).map(String::as_str), Some("127.0.0.1:7102"));
-        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
-        assert!(parse_peers("x=a:1").unwrap_err().contains("not a number"));
-        assert!(parse_peers("1=nohost").unwrap_err().contains("HOST:PORT"));
-        assert!(parse_peers("0=a:1").unwrap_err().contains("reserved"));
+        let error = |text: &str| parse_peers(text).unwrap_err().to_string();
+        assert!(error("1=a:1,1=b:2").contains("twice"));
+        assert!(error("x=a:1").contains("not a number"));
+        assert!(error("1=nohost").contains("HOST:PORT"));
+        assert!(error("0=a:1").contains("reserved"));
     }
 
     #[test]
@@ -594,8 +605,9 @@ mod tests {
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
         assert_eq!(cfg.client_addrs.get(&1).map(String::as_str), Some("h:7001"));
         std::fs::write(&path, "colour = blue\n").unwrap();
-        assert!(serve_config(&args)
-            .unwrap_err()
-            .contains("unknown setting `colour`"));
+        assert_eq!(
+            serve_config(&args).unwrap_err().to_string(),
+            format!("{}:1: unknown setting `colour`", path.display())
+        );
     }
 }

@@ -1,11 +1,13 @@
-//! The kvstore node around `raft-core` and `kv`: the driver loop ([`node`]), the peer
-//! transport ([`transport`]) and snapshot transfers ([`snapshot_transfer`]), the storage
-//! threads ([`storage`]), the Redis-protocol client port
-//! ([`server`], [`resp`]), the Rust client ([`client`]) and the command line ([`cli`]).
+//! The kvstore node around `raft-core` and `kv`: the node ([`node`]: its start, its Raft group
+//! and the loop that feeds it), the peer transport ([`transport`], frames headed by
+//! [`peer_header`]) and snapshot transfers ([`snapshot_transfer`]), the storage threads
+//! ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
+//! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod error;
 pub mod fuzzing;
 pub mod node;
 pub mod peer_header;

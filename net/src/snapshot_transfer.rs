@@ -34,9 +34,11 @@ use raft_core::{NodeId, SnapshotMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::error::{ServeError, TransferError};
+use crate::node::snapshot_install::SnapshotEvent;
 pub use crate::peer_header::SNAPSHOT_MAGIC;
 use crate::peer_header::{self, HEADER_LEN};
-use crate::storage::{ApplyRequest, StorageEvent};
+use crate::storage::ApplyRequest;
 use crate::transport::{Net, Stream, TransportTimeouts};
 
 /// The request frame's body: the peer header, then follower id, index, term.
@@ -81,15 +83,15 @@ pub fn encode_request(cluster_id: u64, req: &FetchRequest, out: &mut BytesMut) {
 }
 
 /// Decodes a request frame body (after the length prefix); the error names what is wrong.
-pub fn decode_request(cluster_id: u64, mut body: Bytes) -> Result<FetchRequest, String> {
+pub fn decode_request(cluster_id: u64, mut body: Bytes) -> Result<FetchRequest, TransferError> {
     if body.len() != REQUEST_LEN {
-        return Err(format!(
+        return Err(TransferError::BadFrame(format!(
             "snapshot request of {} bytes, expected {REQUEST_LEN}",
             body.len()
-        ));
+        )));
     }
     peer_header::take_header(SNAPSHOT_MAGIC, cluster_id, &mut body)
-        .map_err(|e| format!("snapshot request: {e}"))?;
+        .map_err(|e| TransferError::BadFrame(format!("snapshot request: {e}")))?;
     let from = body.get_u64();
     let (index, term) = (body.get_u64(), body.get_u64());
     Ok(FetchRequest {
@@ -117,27 +119,27 @@ pub fn encode_reply(reply: &Reply, out: &mut BytesMut) {
 }
 
 /// Decodes a reply frame body (after the length prefix).
-pub fn decode_reply(mut body: Bytes) -> Result<Reply, String> {
+pub fn decode_reply(mut body: Bytes) -> Result<Reply, TransferError> {
     if body.is_empty() {
-        return Err("empty snapshot reply frame".into());
+        return Err(TransferError::BadFrame("empty snapshot reply frame".into()));
     }
     match body.get_u8() {
         KIND_CHUNK => Ok(Reply::Chunk(body)),
         KIND_END if body.is_empty() => Ok(Reply::End),
         KIND_REFUSED => Ok(Reply::Refused(String::from_utf8_lossy(&body).into_owned())),
-        kind => Err(format!(
+        kind => Err(TransferError::BadFrame(format!(
             "unknown snapshot reply kind {kind} ({} bytes)",
             body.len()
-        )),
+        ))),
     }
 }
 
 /// Checks a reply frame's length prefix before its body is read.
-pub fn check_reply_len(len: usize) -> Result<(), String> {
+pub fn check_reply_len(len: usize) -> Result<(), TransferError> {
     if len == 0 || len > MAX_REPLY_LEN {
-        return Err(format!(
+        return Err(TransferError::BadFrame(format!(
             "snapshot reply frame of {len} bytes (limit {MAX_REPLY_LEN})"
-        ));
+        )));
     }
     Ok(())
 }
@@ -146,16 +148,16 @@ pub fn check_reply_len(len: usize) -> Result<(), String> {
 /// side that sends the chunks (or why it cannot) into `chunks`.
 pub struct ServeRequest {
     pub request: FetchRequest,
-    pub chunks: mpsc::Sender<Result<Bytes, String>>,
+    pub chunks: mpsc::Sender<Result<Bytes, ServeError>>,
 }
 
 /// The sender's side of one transfer, on the connection the request came on. Reports the
-/// outcome for the follower to the node loop (`StorageEvent::SnapshotSent`).
+/// outcome for the follower to the node loop (`SnapshotEvent::Sent`).
 pub async fn serve<S: Stream>(
     mut stream: S,
     request: FetchRequest,
     serve: mpsc::Sender<ServeRequest>,
-    events: mpsc::UnboundedSender<StorageEvent>,
+    events: mpsc::UnboundedSender<SnapshotEvent>,
     write_timeout: Duration,
 ) {
     let (tx, mut chunks) = mpsc::channel(SEND_WINDOW);
@@ -175,7 +177,7 @@ pub async fn serve<S: Stream>(
             buf.clear();
             let (reply, last) = match chunks.recv().await {
                 Some(Ok(chunk)) => (Reply::Chunk(chunk), false),
-                Some(Err(why)) => (Reply::Refused(why), true),
+                Some(Err(why)) => (Reply::Refused(why.to_string()), true),
                 None => (Reply::End, true),
             };
             let refused = matches!(reply, Reply::Refused(_));
@@ -207,7 +209,7 @@ pub async fn serve<S: Stream>(
             }
         }
     };
-    let _ = events.send(StorageEvent::SnapshotSent {
+    let _ = events.send(SnapshotEvent::Sent {
         to: request.from,
         ok,
     });
@@ -224,7 +226,7 @@ pub struct FetchJob {
 
 /// The follower's side of one transfer: fetches the image and feeds it, chunk by chunk, to the
 /// state machine thread's receive job `job.job`, then ends that job with the outcome. The
-/// state machine thread reports the result (`SnapshotStaged` or `SnapshotFetchFailed`).
+/// state machine thread reports the result (`SnapshotEvent::Staged` or `FetchFailed`).
 pub async fn fetch<N: Net>(
     net: N,
     job: FetchJob,
@@ -235,8 +237,8 @@ pub async fn fetch<N: Net>(
 ) {
     let id = job.job;
     let outcome = fetch_into(&net, &job, cluster_id, timeouts, &apply, window).await;
-    if let Err(why) = &outcome {
-        tracing::info!(from = job.from, %why, "snapshot fetch failed");
+    if let Err(error) = &outcome {
+        tracing::info!(from = job.from, %error, "snapshot fetch failed");
     }
     let _ = apply.send(ApplyRequest::EndReceive {
         job: id,
@@ -251,12 +253,17 @@ async fn fetch_into<N: Net>(
     timeouts: TransportTimeouts,
     apply: &mpsc::UnboundedSender<ApplyRequest>,
     window: Arc<Semaphore>,
-) -> Result<u64, String> {
+) -> Result<u64, TransferError> {
     let mut stream =
         match tokio::time::timeout(timeouts.connect, net.connect(job.addr.clone())).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", job.addr)),
-            Err(_) => return Err(format!("connecting to {} timed out", job.addr)),
+            Ok(Err(source)) => {
+                return Err(TransferError::Connect {
+                    addr: job.addr.clone(),
+                    source,
+                })
+            }
+            Err(_) => return Err(TransferError::TimedOut("connecting to the sender")),
         };
     let mut buf = BytesMut::new();
     encode_request(cluster_id, &job.request, &mut buf);
@@ -266,37 +273,48 @@ async fn fetch_into<N: Net>(
     };
     match tokio::time::timeout(timeouts.write, write).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("sending the request failed: {e}")),
-        Err(_) => return Err("sending the request timed out".into()),
+        Ok(Err(source)) => {
+            return Err(TransferError::Io {
+                doing: "sending the request",
+                source,
+            })
+        }
+        Err(_) => return Err(TransferError::TimedOut("sending the request")),
     }
     let mut chunks = 0u64;
     loop {
-        let body = read_reply_frame(&mut stream, timeouts.idle_read)
-            .await
-            .map_err(|e| format!("after {chunks} chunks: {e}"))?;
+        let body = read_reply_frame(&mut stream, timeouts.idle_read).await?;
         match decode_reply(body)? {
             Reply::Chunk(chunk) => {
                 let permit = window
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| "the node is shutting down".to_string())?;
+                    .map_err(|_| TransferError::ShuttingDown)?;
                 apply
                     .send(ApplyRequest::ReceiveChunk {
                         job: job.job,
                         chunk,
                         _permit: permit,
                     })
-                    .map_err(|_| "the state machine thread stopped".to_string())?;
+                    .map_err(|_| TransferError::ShuttingDown)?;
                 chunks += 1;
             }
             Reply::End => return Ok(chunks),
-            Reply::Refused(why) => return Err(format!("node {} refused: {why}", job.from)),
+            Reply::Refused(reason) => {
+                return Err(TransferError::Refused {
+                    by: job.from,
+                    reason,
+                })
+            }
         }
     }
 }
 
-async fn read_reply_frame<S: Stream>(stream: &mut S, idle: Duration) -> Result<Bytes, String> {
+async fn read_reply_frame<S: Stream>(
+    stream: &mut S,
+    idle: Duration,
+) -> Result<Bytes, TransferError> {
     let mut len_buf = [0u8; 4];
     read_exact_within(stream, &mut len_buf, idle).await?;
     let len = u32::from_be_bytes(len_buf) as usize;
@@ -310,14 +328,15 @@ async fn read_exact_within<S: Stream>(
     stream: &mut S,
     buf: &mut [u8],
     idle: Duration,
-) -> Result<(), String> {
+) -> Result<(), TransferError> {
     match tokio::time::timeout(idle, stream.read_exact(buf)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Err("the sender closed the connection".into())
-        }
-        Ok(Err(e)) => Err(format!("reading failed: {e}")),
-        Err(_) => Err("the sender went silent".into()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(TransferError::Closed),
+        Ok(Err(source)) => Err(TransferError::Io {
+            doing: "reading from the sender",
+            source,
+        }),
+        Err(_) => Err(TransferError::TimedOut("waiting for the sender")),
     }
 }
 
@@ -339,12 +358,14 @@ mod tests {
         let len = buf.get_u32() as usize;
         assert_eq!(len, buf.len());
         let body = buf.freeze();
-        assert_eq!(decode_request(77, body.clone()), Ok(req));
+        assert_eq!(decode_request(77, body.clone()).unwrap(), req);
         assert!(decode_request(78, body.clone())
             .unwrap_err()
+            .to_string()
             .contains("cluster"));
         assert!(decode_request(77, body.slice(1..))
             .unwrap_err()
+            .to_string()
             .contains("expected"));
         for reply in [
             Reply::Chunk(Bytes::from_static(b"chunk bytes")),
@@ -355,7 +376,7 @@ mod tests {
             encode_reply(&reply, &mut buf);
             let len = buf.get_u32() as usize;
             check_reply_len(len).unwrap();
-            assert_eq!(decode_reply(buf.freeze()), Ok(reply));
+            assert_eq!(decode_reply(buf.freeze()).unwrap(), reply);
         }
     }
 

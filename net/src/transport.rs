@@ -268,7 +268,7 @@ async fn discard_while_down(
 #[derive(Clone)]
 pub struct SnapshotService {
     pub serve: mpsc::Sender<crate::snapshot_transfer::ServeRequest>,
-    pub events: mpsc::UnboundedSender<crate::storage::StorageEvent>,
+    pub events: mpsc::UnboundedSender<crate::node::snapshot_install::SnapshotEvent>,
     pub write_timeout: Duration,
 }
 

@@ -1,0 +1,186 @@
+//! A node's configuration, the observer hooks the simulator watches it through, and the test
+//! switches (compiled in only with the feature `test-switches`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
+
+use crate::storage::{SnapshotPolicy, StorageMode};
+use crate::transport::TransportTimeouts;
+
+/// Everything one node needs to run.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    /// Peer-port address of every member, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    /// One Raft tick.
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// A client request with no outcome after this long is answered TIMEOUT (or TRYAGAIN).
+    pub request_timeout: Duration,
+    pub transport: TransportTimeouts,
+    /// Seeds the core's election timer.
+    pub seed: u64,
+    /// Client-port address of every member, where known: a node tells clients where the
+    /// leader takes requests (`LEADER`, INFO's `leader_client_addr`).
+    pub client_addrs: BTreeMap<NodeId, String>,
+    /// The real disk, or the simulator's.
+    pub storage: StorageMode,
+    /// When to take snapshots and compact the log.
+    pub snapshots: SnapshotPolicy,
+    /// Told of role changes and committed entries (the simulator's checks and trace).
+    pub observer: Option<Arc<dyn NodeObserver>>,
+    /// Deliberately broken behaviour, for the simulator to show that it catches each.
+    #[cfg(feature = "test-switches")]
+    pub unsafe_switches: UnsafeSwitches,
+    #[cfg(feature = "test-switches")]
+    pub pause: PauseSwitch,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("cluster_id", &self.cluster_id)
+            .field("peers", &self.peers)
+            .field("data_dir", &self.data_dir)
+            .field("tick", &self.tick)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("request_timeout", &self.request_timeout)
+            .field("seed", &self.seed)
+            .field("snapshots", &self.snapshots)
+            .field(
+                "storage",
+                &match self.storage {
+                    StorageMode::Disk => "disk",
+                    StorageMode::Simulated(_) => "simulated",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hooks for whoever watches a node from outside: the simulator's invariant checks and trace.
+pub trait NodeObserver: Send + Sync {
+    /// The node's role, term or leader changed.
+    fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>);
+    /// These committed entries go to the state machine now, in log order.
+    fn committed(&self, node: NodeId, entries: &[Entry]);
+    /// The state machine is being replaced by a snapshot received from another node.
+    fn snapshot_installed(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
+    /// The state machine took a snapshot image of everything applied up to `snapshot.index`.
+    fn snapshot_taken(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
+}
+
+/// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).
+#[cfg(feature = "test-switches")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnsafeSwitches {
+    /// Serve reads from the local state machine, without ReadIndex.
+    pub local_reads: bool,
+    /// Report a log write durable before it is written.
+    pub ack_before_fsync: bool,
+    /// Report a snapshot install done while keeping the old state machine.
+    pub install_without_data: bool,
+    /// Broken Raft rules inside the core.
+    pub raft: raft_core::bugs::Bugs,
+}
+
+/// A switch the simulator flips to freeze a node's loop, as a paused process (SIGSTOP, a long
+/// GC pause, a VM migration): no ticks, no messages handled, no requests taken, until released.
+#[cfg(feature = "test-switches")]
+#[derive(Clone, Debug, Default)]
+pub struct PauseSwitch(pub Arc<std::sync::atomic::AtomicBool>);
+
+#[cfg(feature = "test-switches")]
+impl PauseSwitch {
+    pub fn set(&self, paused: bool) {
+        self.0.store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(super) fn is_paused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
+        let cluster_id = cluster_id_of(&peers);
+        Self {
+            id,
+            cluster_id,
+            peers,
+            data_dir,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout: Duration::from_secs(5),
+            transport: TransportTimeouts::default(),
+            seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            client_addrs: BTreeMap::new(),
+            storage: StorageMode::Disk,
+            snapshots: SnapshotPolicy::default(),
+            observer: None,
+            #[cfg(feature = "test-switches")]
+            unsafe_switches: UnsafeSwitches::default(),
+            #[cfg(feature = "test-switches")]
+            pause: PauseSwitch::default(),
+        }
+    }
+
+    pub(super) fn serve_reads_locally(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.local_reads;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    pub(super) fn acknowledge_before_fsync(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.ack_before_fsync;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    pub(super) fn install_without_data(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.install_without_data;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+}
+
+/// A cluster id derived from the member list, so that nodes started with the same `--peers`
+/// agree without configuration, and a node given another list is refused by its peers.
+pub fn cluster_id_of(peers: &BTreeMap<NodeId, String>) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (id, addr) in peers {
+        for b in id.to_be_bytes().iter().chain(addr.as_bytes()).chain(b";") {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_differ_with_the_member_list() {
+        let a: BTreeMap<u64, String> = [(1, "h:1".into()), (2, "h:2".into())].into();
+        let mut b = a.clone();
+        b.insert(3, "h:3".into());
+        assert_eq!(cluster_id_of(&a), cluster_id_of(&a.clone()));
+        assert_ne!(cluster_id_of(&a), cluster_id_of(&b));
+    }
+}

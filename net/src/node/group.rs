@@ -1,0 +1,296 @@
+//! One Raft group: the core and what belongs to it alone: its client requests, its apply
+//! progress, its snapshot images and install. It feeds the core and acts on its `Ready`s; the
+//! loop ([`super::run`]) hands it the inputs. Nothing here decides anything about Raft.
+
+use std::collections::BTreeMap;
+
+use raft_core::{Index, Message, NodeId, RawNode, SnapshotMeta, Term};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::config::NodeConfig;
+use super::images::Images;
+use super::requests::{ConfirmedRead, PendingRead, Requests};
+use super::snapshot_install::SnapshotInstall;
+use crate::error::NodeError;
+use crate::request::{ClientRequest, NodeInfo, RequestError};
+use crate::snapshot_transfer::FetchJob;
+use crate::storage::{ApplyRequest, LogRequest, StorageEvent};
+
+/// Starts the task that fetches a snapshot (it needs the network, which the group does not know).
+pub type Fetcher = Box<dyn Fn(FetchJob) -> JoinHandle<()> + Send + Sync>;
+
+/// The group's queues to the storage threads.
+pub struct StorageQueues {
+    pub log: mpsc::UnboundedSender<LogRequest>,
+    pub apply: mpsc::UnboundedSender<ApplyRequest>,
+}
+
+pub struct Group {
+    pub(super) cfg: NodeConfig,
+    pub(super) core: RawNode,
+    pub(super) queues: StorageQueues,
+    /// Each peer's bounded outbound queue.
+    outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    requests: Requests,
+    pub(super) images: Images,
+    pub(super) install: SnapshotInstall,
+    pub(super) fetcher: Fetcher,
+    /// The fetch task of the current receive job.
+    pub(super) fetch_task: Option<(u64, JoinHandle<()>)>,
+    /// Committed entries up to here are queued to the apply worker.
+    pub(super) handed_to_apply: Index,
+    /// The apply worker applied entries up to here.
+    applied_index: Index,
+    term_seen: Term,
+}
+
+impl Group {
+    pub fn new(
+        cfg: NodeConfig,
+        core: RawNode,
+        queues: StorageQueues,
+        outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
+        fetcher: Fetcher,
+        applied_index: Index,
+        image: SnapshotMeta,
+    ) -> Self {
+        let images = Images::new(cfg.snapshots, image.index, core.snapshot().index);
+        Self {
+            term_seen: core.term(),
+            cfg,
+            core,
+            queues,
+            outbound,
+            requests: Requests::default(),
+            images,
+            install: SnapshotInstall::new(),
+            fetcher,
+            fetch_task: None,
+            handed_to_apply: applied_index,
+            applied_index,
+        }
+    }
+
+    pub fn tick(&mut self, now: Instant) {
+        self.core.tick();
+        self.requests.expire(now);
+    }
+
+    pub fn step(&mut self, msg: Message) {
+        self.core.step(msg);
+    }
+
+    pub fn report_unreachable(&mut self, peer: NodeId) {
+        self.core.report_unreachable(peer);
+    }
+
+    /// A storage thread reports. An error stops the node.
+    pub fn on_storage_event(&mut self, event: StorageEvent) -> Result<(), NodeError> {
+        match event {
+            StorageEvent::Persisted(id) => self.core.on_persisted(id),
+            StorageEvent::Applied {
+                applied_index,
+                results,
+            } => {
+                self.core.on_applied(applied_index);
+                self.applied_index = self.applied_index.max(applied_index);
+                // Applying moves the compaction point into reach (images taken earlier).
+                self.maybe_compact();
+                self.requests.writes_applied(results);
+            }
+            StorageEvent::Failed(error) => {
+                tracing::error!(id = self.cfg.id, %error, "storage failed; stopping the node");
+                return Err(NodeError::Storage(error));
+            }
+            StorageEvent::SnapshotBuilt(meta) => {
+                if let Some(observer) = &self.cfg.observer {
+                    observer.snapshot_taken(self.cfg.id, meta);
+                }
+                self.images.taken(meta.index);
+                self.maybe_compact();
+            }
+        }
+        Ok(())
+    }
+
+    /// Compacts the core and the log up to the newest image the applied index has passed by the
+    /// policy's tail.
+    fn maybe_compact(&mut self) {
+        let Some(up_to) = self.images.compaction_point(self.core.applied_index()) else {
+            return;
+        };
+        match self.core.compact(up_to) {
+            Ok(()) => {
+                tracing::debug!(id = self.cfg.id, up_to, "compacting the log");
+                let _ = self.queues.log.send(LogRequest::Compact(up_to));
+            }
+            // Already past it: a snapshot from the leader was installed meanwhile.
+            Err(e) => tracing::debug!(id = self.cfg.id, error = %e, "not compacting"),
+        }
+    }
+
+    /// A client request arrived.
+    pub fn on_request(&mut self, req: ClientRequest) {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        self.submit(req, deadline);
+    }
+
+    fn submit(&mut self, req: ClientRequest, deadline: Instant) {
+        match req {
+            ClientRequest::Write { cmd, reply } => {
+                let key = (cmd.client_id, cmd.seq);
+                match self.core.propose(cmd.encode()) {
+                    Ok(_) => self.requests.track_write(key, reply, deadline),
+                    Err(e) if self.requests.worth_parking(&e) => self
+                        .requests
+                        .park(ClientRequest::Write { cmd, reply }, deadline),
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
+                    }
+                }
+            }
+            ClientRequest::Read { op, reply } if self.cfg.serve_reads_locally() => {
+                let _ = self.queues.apply.send(ApplyRequest::Read { op, reply });
+            }
+            ClientRequest::Read { op, reply } => {
+                let (id, ctx) = self.requests.next_read();
+                match self.core.read_index(ctx) {
+                    Ok(()) => self.requests.track_read(id, op, reply, deadline),
+                    Err(e) if self.requests.worth_parking(&e) => self
+                        .requests
+                        .park(ClientRequest::Read { op, reply }, deadline),
+                    Err(e) => {
+                        let _ = reply.send(Err(RequestError::TryAgain(e.to_string())));
+                    }
+                }
+            }
+            ClientRequest::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+        }
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.cfg.id,
+            role: self.core.role(),
+            term: self.core.term(),
+            leader: self.core.leader(),
+            commit_index: self.core.commit_index(),
+            applied_index: self.applied_index,
+            last_index: self.core.last_index(),
+            last_snapshot_index: self.images.newest(),
+            log_start_index: self.core.snapshot().index,
+            snapshot_count: self.images.taken_count(),
+            snapshots_installed: self.install.installed(),
+            leader_client_addr: self
+                .core
+                .leader()
+                .and_then(|l| self.cfg.client_addrs.get(&l).cloned()),
+        }
+    }
+
+    /// Acts on every `Ready` the core has: the snapshot steps first (an install comes before
+    /// the write of the same `Ready`), then the write, messages, committed entries and reads.
+    pub fn drain_ready(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.take_ready();
+            if let Some(soft) = ready.soft_state {
+                self.role_changed(soft);
+            }
+            if let Some(asked) = ready.snapshot_to_fetch {
+                self.install.handle_fetch_asked(asked);
+                self.perform_snapshot_actions();
+            }
+            if let Some(write) = ready.snapshot_write {
+                self.install.handle_install_asked(write);
+                self.perform_snapshot_actions();
+            }
+            if let Some(write) = ready.persist {
+                let _ = self.queues.log.send(LogRequest::Persist(write));
+            }
+            self.send_messages(ready.messages);
+            self.hand_to_apply(ready.committed);
+            for rs in ready.read_states {
+                match self
+                    .requests
+                    .read_confirmed(&rs.ctx, rs.index, self.handed_to_apply)
+                {
+                    ConfirmedRead::Serve(read) => self.serve_read(read),
+                    ConfirmedRead::Waiting | ConfirmedRead::Gone => {}
+                }
+            }
+        }
+        self.install.handle_ready_drained();
+        self.perform_snapshot_actions();
+    }
+
+    fn role_changed(&mut self, soft: raft_core::SoftState) {
+        tracing::info!(id = self.cfg.id, term = soft.term, role = ?soft.role, leader = ?soft.leader, "role change");
+        if let Some(observer) = &self.cfg.observer {
+            observer.role_changed(self.cfg.id, soft.term, soft.role, soft.leader);
+        }
+        if soft.term != self.term_seen {
+            self.term_seen = soft.term;
+            self.requests.leadership_changed();
+        }
+        if soft.leader.is_some() {
+            for parked in self.requests.take_parked() {
+                self.submit(parked.req, parked.deadline);
+            }
+        }
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for msg in messages {
+            if let Some(queue) = self.outbound.get(&msg.to) {
+                let to = msg.to;
+                if queue.try_send(msg).is_err() {
+                    // A slow or dead peer never blocks the node: drop, and stop streaming to it.
+                    self.core.report_unreachable(to);
+                }
+            }
+        }
+    }
+
+    fn hand_to_apply(&mut self, committed: Vec<raft_core::Entry>) {
+        let Some(last) = committed.last().map(|e| e.index) else {
+            return;
+        };
+        if let Some(observer) = &self.cfg.observer {
+            observer.committed(self.cfg.id, &committed);
+        }
+        let _ = self.queues.apply.send(ApplyRequest::Entries(committed));
+        self.handed_to_apply = last;
+        self.release_reads_up_to(last);
+    }
+
+    /// Hands the confirmed reads waiting for entries up to `index` to the apply worker, which
+    /// has been handed those entries.
+    pub(super) fn release_reads_up_to(&mut self, index: Index) {
+        let released: Vec<PendingRead> = self.requests.release_reads_up_to(index).collect();
+        for read in released {
+            self.serve_read(read);
+        }
+    }
+
+    fn serve_read(&self, read: PendingRead) {
+        let _ = self.queues.apply.send(ApplyRequest::Read {
+            op: read.op,
+            reply: read.reply,
+        });
+    }
+
+    /// Answers every request still waiting and closes the queues to the storage threads, so
+    /// that they finish what is queued and exit.
+    pub fn stop(self) {
+        self.requests.shut_down();
+        if let Some((_, task)) = self.fetch_task {
+            task.abort();
+        }
+        // The fetcher holds a sender of the apply queue: dropping it (with the group) lets the
+        // apply worker see its queue close.
+    }
+}

@@ -1,0 +1,32 @@
+//! The node: the process-level parts ([`start`], [`store`]: storage threads, peer listener and
+//! outbound queues, snapshot serving) and one Raft group ([`group`]: the core, its client
+//! requests, apply progress, snapshot images and install), fed by one loop ([`run`]).
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | [`config`] | `NodeConfig`, the observer hooks, the test switches |
+//! | [`start`] | identity check, storage threads, interrupted-install recovery, listeners, peers |
+//! | [`store`] | process-level parts the group runs on: storage threads, serving snapshots |
+//! | [`run`] | the loop: select over inputs, feed the group, drain the core's `Ready`s |
+//! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
+//! | [`requests`] | client writes by `(client_id, seq)`, reads and their read context, parked requests |
+//! | [`images`] | snapshot images taken, compaction points |
+//! | [`snapshot_install`] | fetch, stage, offer, install or discard: a state machine without IO |
+//! | [`group_snapshots`] | the group carrying out the install state machine's actions |
+
+pub mod config;
+mod group;
+mod group_snapshots;
+mod images;
+mod requests;
+mod run;
+pub mod snapshot_install;
+mod start;
+mod store;
+
+pub use crate::error::NodeError;
+pub use crate::storage::SnapshotPolicy;
+pub use config::{cluster_id_of, NodeConfig, NodeObserver};
+#[cfg(feature = "test-switches")]
+pub use config::{PauseSwitch, UnsafeSwitches};
+pub use start::start;

@@ -1,0 +1,99 @@
+//! The node loop: one task selects over the tick timer, storage completions, snapshot news,
+//! peer messages, client requests and transport failures, feeds each to the group (draining
+//! whatever else is already queued, so that one `Ready` covers many inputs), then lets the
+//! group act on the core's `Ready`s.
+
+use raft_core::{Message, NodeId};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::group::Group;
+use super::snapshot_install::SnapshotEvent;
+use super::store::Store;
+use crate::error::NodeError;
+use crate::request::ClientRequest;
+use crate::snapshot_transfer::ServeRequest;
+use crate::storage::StorageEvent;
+
+/// How many queued inputs of one kind are fed to the core before it is drained.
+const MAX_BATCH: usize = 1024;
+
+/// Everything the loop listens to.
+pub struct Inputs {
+    pub events: mpsc::UnboundedReceiver<StorageEvent>,
+    pub snapshot_events: mpsc::UnboundedReceiver<SnapshotEvent>,
+    pub inbox: mpsc::Receiver<Message>,
+    pub requests: mpsc::Receiver<ClientRequest>,
+    pub unreachable: mpsc::UnboundedReceiver<NodeId>,
+    pub serve: mpsc::Receiver<ServeRequest>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the group until shutdown or a storage failure, then stops it and the store.
+pub async fn run(store: Store, mut group: Group, mut inputs: Inputs) -> Result<(), NodeError> {
+    let mut ticker = tokio::time::interval(group.cfg.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        #[cfg(feature = "test-switches")]
+        while group.cfg.pause.is_paused() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Biased, rare inputs first: a flood of one kind must not starve ticks or storage.
+        tokio::select! {
+            biased;
+            _ = inputs.shutdown.changed() => break Ok(()),
+            _ = ticker.tick() => group.tick(Instant::now()),
+            Some(ev) = inputs.events.recv() => {
+                if let Err(e) = on_storage_events(&mut group, ev, &mut inputs.events) {
+                    break Err(e);
+                }
+            }
+            Some(ev) = inputs.snapshot_events.recv() => group.on_snapshot_event(ev),
+            Some(peer) = inputs.unreachable.recv() => group.report_unreachable(peer),
+            Some(req) = inputs.serve.recv() => store.serve_snapshot(req),
+            Some(msg) = inputs.inbox.recv() => {
+                group.step(msg);
+                for _ in 0..MAX_BATCH {
+                    match inputs.inbox.try_recv() {
+                        Ok(m) => group.step(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(req) = inputs.requests.recv() => {
+                group.on_request(req);
+                for _ in 0..MAX_BATCH {
+                    match inputs.requests.try_recv() {
+                        Ok(r) => group.on_request(r),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        group.drain_ready();
+    };
+    let id = group.cfg.id;
+    group.stop();
+    // The inputs stay open until the storage threads are done, so that they finish what is
+    // queued rather than stop at their first report.
+    store.stop().await;
+    drop(inputs);
+    tracing::info!(id, "node stopped");
+    result
+}
+
+/// Feeds `first` and what else is queued (up to [`MAX_BATCH`]) to the group.
+fn on_storage_events(
+    group: &mut Group,
+    first: StorageEvent,
+    events: &mut mpsc::UnboundedReceiver<StorageEvent>,
+) -> Result<(), NodeError> {
+    group.on_storage_event(first)?;
+    for _ in 0..MAX_BATCH {
+        match events.try_recv() {
+            Ok(ev) => group.on_storage_event(ev)?,
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}

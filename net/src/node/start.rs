@@ -1,0 +1,290 @@
+//! Starting a node: first the process-level parts (identity check, storage threads, finishing
+//! an interrupted snapshot install, the peer listener and outbound queues, the snapshot fetcher),
+//! then the group that runs on them, and the loop that feeds it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv::Identity;
+use raft_core::{Config, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::config::NodeConfig;
+use super::group::{Fetcher, Group, StorageQueues};
+use super::run::{run, Inputs};
+use super::snapshot_install::SnapshotEvent;
+use super::store::Store;
+use crate::error::{NodeError, StorageError};
+use crate::request::NodeHandle;
+use crate::snapshot_transfer;
+use crate::storage::{
+    self, ApplyReports, ApplyRequest, ApplyWorker, LogRequest, LogWorker, StorageEvent, StorageMode,
+};
+use crate::transport::{self, Listener, Net, SnapshotService};
+
+/// Opens storage, binds the peer port and connects the peers. Returns the handle clients use
+/// and the future that runs the node until `shutdown` turns true (or storage fails).
+pub async fn start<N: Net>(
+    cfg: NodeConfig,
+    net: N,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(NodeHandle, impl Future<Output = Result<(), NodeError>>), NodeError> {
+    let Some(peer_addr) = cfg.peers.get(&cfg.id).cloned() else {
+        return Err(NodeError::NotAMember(cfg.id));
+    };
+    check_identity(&cfg)?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (snapshot_events_tx, snapshot_events) = mpsc::unbounded_channel();
+    let storage = open_storage(&cfg, events_tx, snapshot_events_tx.clone()).await?;
+    let core = restart_core(&cfg, storage.restart)?;
+    tracing::info!(
+        id = cfg.id,
+        term = core.term(),
+        last_index = core.last_index(),
+        applied_index = storage.applied_index,
+        "node starting"
+    );
+
+    let listener = net
+        .bind(peer_addr.clone())
+        .await
+        .map_err(|source| NodeError::Bind {
+            addr: peer_addr,
+            source,
+        })?;
+    let (inbox_tx, inbox) = mpsc::channel::<Message>(8192);
+    let (serve_tx, serve) = mpsc::channel(64);
+    spawn_peer_listener(
+        listener,
+        &cfg,
+        inbox_tx,
+        SnapshotService {
+            serve: serve_tx,
+            events: snapshot_events_tx,
+            write_timeout: cfg.transport.write,
+        },
+        shutdown.clone(),
+    );
+    let (outbound, unreachable) = spawn_outbound(&net, &cfg);
+    let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
+
+    let store = Store::new(
+        &cfg,
+        vec![storage.log.worker, storage.apply.worker],
+        Arc::new(Semaphore::new(cfg.peers.len().max(2))),
+    );
+    let queues = StorageQueues {
+        log: storage.log.writes,
+        apply: storage.apply.requests,
+    };
+    let group = Group::new(
+        cfg,
+        core,
+        queues,
+        outbound,
+        fetcher,
+        storage.applied_index,
+        storage.image,
+    );
+    let (requests_tx, requests) = mpsc::channel(65536);
+    let inputs = Inputs {
+        events,
+        snapshot_events,
+        inbox,
+        requests,
+        unreachable,
+        serve,
+        shutdown,
+    };
+    Ok((
+        NodeHandle {
+            requests: requests_tx,
+        },
+        run(store, group, inputs),
+    ))
+}
+
+/// A data directory belongs to one node of one cluster: refuse another's.
+fn check_identity(cfg: &NodeConfig) -> Result<(), NodeError> {
+    if let StorageMode::Disk = cfg.storage {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| StorageError::Kv {
+                doing: format!("creating {}", cfg.data_dir.display()),
+                source: kv::Error::Io {
+                    path: cfg.data_dir.clone(),
+                    detail: e.to_string(),
+                },
+            })
+            .and_then(|()| {
+                Identity::new(cfg.id, cfg.cluster_id)
+                    .ensure(&cfg.data_dir)
+                    .map_err(StorageError::kv("checking the data directory's identity"))
+            })?;
+    }
+    Ok(())
+}
+
+/// The storage threads, and what they found on disk.
+struct OpenedStorage {
+    log: LogWorker,
+    apply: ApplyWorker,
+    restart: RestartState,
+    applied_index: Index,
+    /// The newest snapshot image in the data directory (index 0: none).
+    image: SnapshotMeta,
+}
+
+/// Starts the log and apply workers and waits for what they found. A crash that interrupted a
+/// snapshot install after its commit point is finished here: the log half, then the state
+/// machine's.
+async fn open_storage(
+    cfg: &NodeConfig,
+    events: mpsc::UnboundedSender<StorageEvent>,
+    snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
+) -> Result<OpenedStorage, StorageError> {
+    let (log, loaded) = storage::spawn_log_worker(
+        &cfg.storage,
+        cfg.data_dir.clone(),
+        events.clone(),
+        cfg.acknowledge_before_fsync(),
+    )
+    .map_err(StorageError::Spawn)?;
+    let reports = ApplyReports {
+        events,
+        snapshots: snapshot_events,
+    };
+    let (apply, opened) = storage::spawn_apply_worker(
+        &cfg.storage,
+        cfg.data_dir.clone(),
+        cfg.cluster_id,
+        cfg.snapshots,
+        reports,
+        cfg.install_without_data(),
+    )
+    .map_err(StorageError::Spawn)?;
+    let gone = |_| StorageError::WorkerStopped;
+    let (mut logged, log_path) = loaded.await.map_err(gone)??;
+    let state = opened.await.map_err(gone)??;
+    let mut applied_index = state.applied_index;
+    if let Some(snapshot) = state.pending_install {
+        tracing::info!(
+            id = cfg.id,
+            index = snapshot.index,
+            "finishing an interrupted snapshot install"
+        );
+        let (reply, done) = oneshot::channel();
+        let _ = log
+            .writes
+            .send(LogRequest::FinishPendingInstall { snapshot, reply });
+        logged = done.await.map_err(gone)??;
+        let (reply, done) = oneshot::channel();
+        let _ = apply.requests.send(ApplyRequest::FinishInstall { reply });
+        applied_index = done.await.map_err(gone)??;
+    }
+    let restart = kv::restart_state_from(logged, &log_path, applied_index, &state.path)
+        .map_err(StorageError::kv("reading the state to restart from"))?;
+    Ok(OpenedStorage {
+        log,
+        apply,
+        restart,
+        applied_index,
+        image: state.image,
+    })
+}
+
+/// The core, from the configuration and what storage found.
+fn restart_core(cfg: &NodeConfig, restart: RestartState) -> Result<RawNode, NodeError> {
+    let mut core_cfg = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+    core_cfg.election_ticks = cfg.election_ticks;
+    core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    core_cfg.seed = cfg.seed;
+    #[cfg(feature = "test-switches")]
+    {
+        core_cfg.bugs = cfg.unsafe_switches.raft;
+    }
+    RawNode::restart(core_cfg, restart).map_err(NodeError::Core)
+}
+
+/// Accepts peer connections until `shutdown`: each reads Raft messages into `inbox`, or serves
+/// a snapshot if that is what its first frame asks for.
+fn spawn_peer_listener<L: Listener>(
+    mut listener: L,
+    cfg: &NodeConfig,
+    inbox: mpsc::Sender<Message>,
+    snapshots: SnapshotService,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (cluster_id, idle) = (cfg.cluster_id, cfg.transport.idle_read);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        tokio::spawn(transport::run_inbound(
+                            stream,
+                            remote,
+                            cluster_id,
+                            idle,
+                            inbox.clone(),
+                            snapshots.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a peer connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    });
+}
+
+/// One outbound task and bounded queue per peer; the receiver hears of unreachable peers.
+fn spawn_outbound<N: Net>(
+    net: &N,
+    cfg: &NodeConfig,
+) -> (
+    BTreeMap<NodeId, mpsc::Sender<Message>>,
+    mpsc::UnboundedReceiver<NodeId>,
+) {
+    let (unreachable_tx, unreachable) = mpsc::unbounded_channel();
+    let mut outbound = BTreeMap::new();
+    for (&peer, addr) in cfg.peers.iter().filter(|(&p, _)| p != cfg.id) {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(transport::run_outbound(
+            net.clone(),
+            peer,
+            addr.clone(),
+            cfg.cluster_id,
+            cfg.transport,
+            rx,
+            unreachable_tx.clone(),
+        ));
+        outbound.insert(peer, tx);
+    }
+    (outbound, unreachable)
+}
+
+/// Starts fetch tasks: they need the network, which the group does not know.
+fn fetcher<N: Net>(
+    net: &N,
+    cfg: &NodeConfig,
+    apply: mpsc::UnboundedSender<ApplyRequest>,
+) -> Fetcher {
+    let (net, cluster_id, timeouts) = (net.clone(), cfg.cluster_id, cfg.transport);
+    let window = Arc::new(Semaphore::new(snapshot_transfer::RECEIVE_WINDOW));
+    Box::new(move |job| {
+        tokio::spawn(snapshot_transfer::fetch(
+            net.clone(),
+            job,
+            cluster_id,
+            timeouts,
+            apply.clone(),
+            window.clone(),
+        ))
+    })
+}

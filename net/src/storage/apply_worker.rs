@@ -1,0 +1,286 @@
+//! The apply worker: applies committed entries to the key-value state machine and serves reads
+//! in queue order, takes a snapshot image every `policy.threshold` entries (in steps, between
+//! batches), and receives and installs snapshots from other nodes
+//! ([`snapshot_receive`](super::snapshot_receive)).
+
+use std::path::PathBuf;
+
+use kv::{Command, KvStateMachine, SnapshotBuilder, StagedSnapshot, StorageEnv};
+use raft_core::{Entry, Index, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    spawn_worker, ApplyRequest, SnapshotPolicy, StateOnDisk, StateOpened, StorageEvent,
+    StorageMode, Worker,
+};
+use crate::error::StorageError;
+use crate::node::snapshot_install::SnapshotEvent;
+use crate::request::{ReadOp, ReadResult, RequestError};
+
+pub struct ApplyWorker {
+    pub worker: Worker,
+    pub requests: mpsc::UnboundedSender<ApplyRequest>,
+}
+
+/// Where the apply worker reports.
+pub struct ApplyReports {
+    pub events: mpsc::UnboundedSender<StorageEvent>,
+    pub snapshots: mpsc::UnboundedSender<SnapshotEvent>,
+}
+
+/// Opens `kv_data`, sends back what it found, then serves the node loop's requests in order.
+pub fn spawn_apply_worker(
+    mode: &StorageMode,
+    data_dir: PathBuf,
+    cluster_id: u64,
+    policy: SnapshotPolicy,
+    reports: ApplyReports,
+    install_without_data: bool,
+) -> std::io::Result<(ApplyWorker, StateOpened)> {
+    let (requests, rx) = mpsc::unbounded_channel::<ApplyRequest>();
+    let (opened_tx, opened_rx) = oneshot::channel();
+    let env = mode.env();
+    let worker = spawn_worker(mode, "kv-apply", move || async move {
+        let (sm, image) = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
+        {
+            Ok(sm) => {
+                let image = sm
+                    .snapshot_reader()
+                    .map(|r| r.meta())
+                    .unwrap_or(SnapshotMeta { index: 0, term: 0 });
+                let _ = opened_tx.send(Ok(StateOnDisk {
+                    applied_index: sm.applied_index(),
+                    path: sm.path(),
+                    pending_install: sm.pending_install(),
+                    image,
+                }));
+                (sm, image)
+            }
+            Err(e) => {
+                let _ = opened_tx.send(Err(StorageError::kv("opening the state machine")(e)));
+                return;
+            }
+        };
+        let mut w = ApplyState {
+            last_image: image.index,
+            sm: Some(sm),
+            events: reports.events,
+            snapshot_events: reports.snapshots,
+            cluster_id,
+            policy,
+            data_dir,
+            env,
+            receiving: None,
+            staged: None,
+            install_without_data,
+        };
+        w.serve(rx).await;
+        if let Some(sm) = w.sm.as_mut() {
+            if let Err(e) = sm.sync() {
+                tracing::warn!(error = %e, "syncing the state machine on shutdown failed");
+            }
+        }
+    })?;
+    Ok((ApplyWorker { worker, requests }, opened_rx))
+}
+
+pub(super) type PendingReads = Vec<(ReadOp, oneshot::Sender<Result<ReadResult, RequestError>>)>;
+
+/// The apply worker's state while it serves requests.
+pub(super) struct ApplyState {
+    /// `None` only after an install failed half-way (the worker then stops).
+    pub(super) sm: Option<KvStateMachine>,
+    pub(super) events: mpsc::UnboundedSender<StorageEvent>,
+    pub(super) snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
+    pub(super) cluster_id: u64,
+    policy: SnapshotPolicy,
+    pub(super) data_dir: PathBuf,
+    pub(super) env: StorageEnv,
+    /// The index of the newest image in the data directory (0: none).
+    pub(super) last_image: Index,
+    /// The receive job in progress, and its builder (`None` once it failed).
+    pub(super) receiving: Option<(u64, Option<SnapshotBuilder>)>,
+    pub(super) staged: Option<StagedSnapshot>,
+    /// The deliberate bug (`UnsafeSwitches::install_without_data`).
+    pub(super) install_without_data: bool,
+}
+
+impl ApplyState {
+    pub(super) fn fail(&self, error: StorageError) -> bool {
+        let _ = self.events.send(StorageEvent::Failed(error));
+        false
+    }
+
+    /// Serves requests until the queue closes or the worker must stop. While an image is being
+    /// written, a step runs whenever the queue is empty (as well as after every batch), so that
+    /// it also progresses on an idle node.
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<ApplyRequest>) {
+        loop {
+            let first = if self.building() {
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.snapshot_step();
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(r) => r,
+                    None => return,
+                }
+            };
+            if !self.serve_batch(first, &mut rx).await {
+                return;
+            }
+            self.maybe_take_snapshot();
+            self.snapshot_step();
+        }
+    }
+
+    /// Serves `first` and what is queued behind it: entries queued together are applied in one
+    /// batch, and reads after them. False when the worker must stop.
+    async fn serve_batch(
+        &mut self,
+        first: ApplyRequest,
+        rx: &mut mpsc::UnboundedReceiver<ApplyRequest>,
+    ) -> bool {
+        let mut next = Some(first);
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut reads = Vec::new();
+        while let Some(req) = next.take() {
+            match req {
+                ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
+                ApplyRequest::Entries(es) => {
+                    // A read waits for entries queued before it only; these came after.
+                    if !self.apply_and_serve(&mut entries, &mut reads) {
+                        return false;
+                    }
+                    entries.extend(es);
+                }
+                ApplyRequest::Read { op, reply } => reads.push((op, reply)),
+                other => {
+                    if !self.apply_and_serve(&mut entries, &mut reads)
+                        || !self.handle_snapshot_request(other).await
+                    {
+                        return false;
+                    }
+                }
+            }
+            if entries.len() + reads.len() < 4096 {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.apply_and_serve(&mut entries, &mut reads)
+    }
+
+    fn apply_and_serve(&mut self, entries: &mut Vec<Entry>, reads: &mut PendingReads) -> bool {
+        let Some(sm) = self.sm.as_mut() else {
+            return false;
+        };
+        if !apply_batch(sm, entries, &self.events) {
+            return false;
+        }
+        serve_reads(sm, reads);
+        true
+    }
+
+    /// Starts a snapshot image if `policy.threshold` entries were applied since the last one
+    /// began. It is written in steps between batches ([`ApplyState::snapshot_step`]), so
+    /// applies and reads wait for one step at most. A failure is logged and retried after
+    /// another threshold of entries, since the log is then simply not compacted.
+    fn maybe_take_snapshot(&mut self) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        let threshold = self.policy.threshold;
+        if threshold == 0 || sm.applied_index() < self.last_image.saturating_add(threshold) {
+            return;
+        }
+        if sm.pending_install().is_some() || sm.snapshot_in_progress().is_some() {
+            return;
+        }
+        let applied = sm.applied_index();
+        self.last_image = applied;
+        match sm.start_snapshot(self.cluster_id, self.policy.chunk_bytes) {
+            Ok(meta) => tracing::debug!(index = meta.index, "snapshot started"),
+            Err(e) => {
+                tracing::error!(error = %e, applied, "taking a snapshot failed; the log is not compacted")
+            }
+        }
+    }
+
+    fn building(&self) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.snapshot_in_progress().is_some())
+    }
+
+    /// Writes the next step of the image in progress, if any, and reports it once complete.
+    fn snapshot_step(&mut self) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        match sm.snapshot_step(self.policy.step_keys) {
+            Ok(Some(meta)) => {
+                tracing::info!(index = meta.index, term = meta.term, "snapshot taken");
+                let _ = self.events.send(StorageEvent::SnapshotBuilt(meta));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "writing a snapshot failed; the log is not compacted")
+            }
+        }
+    }
+}
+
+fn apply_batch(
+    sm: &mut KvStateMachine,
+    entries: &mut Vec<Entry>,
+    events: &mpsc::UnboundedSender<StorageEvent>,
+) -> bool {
+    if entries.is_empty() {
+        return true;
+    }
+    let batch = std::mem::take(entries);
+    let Some(applied_index) = batch.last().map(|e| e.index) else {
+        return true;
+    };
+    match sm.apply(&batch) {
+        Ok(applied) => {
+            let first = batch[0].index;
+            let mut results = Vec::with_capacity(applied.len());
+            for (index, result) in applied {
+                let entry = index.checked_sub(first).and_then(|k| batch.get(k as usize));
+                if let (Some(result), Some(entry)) = (result, entry) {
+                    if let Ok(cmd) = Command::decode(&entry.payload) {
+                        results.push(((cmd.client_id, cmd.seq), result));
+                    }
+                }
+            }
+            events
+                .send(StorageEvent::Applied {
+                    applied_index,
+                    results,
+                })
+                .is_ok()
+        }
+        Err(e) => {
+            let _ = events.send(StorageEvent::Failed(StorageError::kv(format!(
+                "applying entries up to {applied_index}"
+            ))(e)));
+            false
+        }
+    }
+}
+
+fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads) {
+    for (op, reply) in reads.drain(..) {
+        let result = match op {
+            ReadOp::Get(key) => sm.get(&key).map(ReadResult::Value),
+            ReadOp::Exists(keys) => keys
+                .iter()
+                .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
+                .map(ReadResult::Count),
+        };
+        let _ = reply.send(result.map_err(|e| RequestError::Failed(format!("read failed: {e}"))));
+    }
+}
