@@ -77,31 +77,39 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Draws `done` of `total` on stderr every 250 ms until all are done.
+fn spawn_progress_bar(
+    done: Arc<AtomicU64>,
+    total: u64,
+    start: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let n = done.load(Ordering::Relaxed).min(total);
+            let width = 30;
+            let filled = (n * width / total.max(1)) as usize;
+            let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            eprint!(
+                "\r[{}{}] {n}/{total} {rate:.0} ops/s ",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled)
+            );
+            if n >= total {
+                eprintln!();
+                return;
+            }
+        }
+    })
+}
+
 pub async fn bench(args: &BenchArgs) -> BenchReport {
     let claimed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let progress = std::io::stderr().is_terminal().then(|| {
-        let (done, total) = (done.clone(), args.ops);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let n = done.load(Ordering::Relaxed).min(total);
-                let width = 30;
-                let filled = (n * width / total.max(1)) as usize;
-                let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                eprint!(
-                    "\r[{}{}] {n}/{total} {rate:.0} ops/s ",
-                    "#".repeat(filled),
-                    " ".repeat(width as usize - filled)
-                );
-                if n >= total {
-                    eprintln!();
-                    return;
-                }
-            }
-        })
-    });
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| spawn_progress_bar(done.clone(), args.ops, start));
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             let (claimed, done, args) = (claimed.clone(), done.clone(), args.clone());
