@@ -95,6 +95,7 @@ mod quorum;
 mod read_index;
 mod ready;
 mod replication;
+pub mod rng;
 mod snapshot;
 mod types;
 
@@ -103,6 +104,7 @@ pub use error::{CompactError, ConfigError, ProposeError};
 pub use message::{Message, MessageBody};
 pub use node::{Proposed, RawNode};
 pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
+pub use rng::SeededRng;
 pub use types::{
     Entry, EntryKind, HardState, Index, NodeId, RestartState, Role, SnapshotMeta, Term,
     ENTRY_OVERHEAD_BYTES,

@@ -6,8 +6,6 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::error::{ConfigError, ProposeError};
@@ -16,6 +14,7 @@ use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::read_index::ReadIndexTracker;
 use crate::ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
+use crate::rng::SeededRng;
 use crate::snapshot::PendingFetch;
 use crate::types::{Entry, HardState, Index, NodeId, RestartState, Role, Term};
 
@@ -71,7 +70,7 @@ pub struct RawNode {
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
     pub(crate) randomized_election_timeout: u32,
-    rng: SmallRng,
+    rng: SeededRng,
     pub(crate) msgs: Vec<Message>,
     held_for_next_write: Vec<Held>,
     writes: VecDeque<OutstandingWrite>,
@@ -123,7 +122,7 @@ impl RawNode {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_ticks,
-            rng: SmallRng::seed_from_u64(cfg.seed),
+            rng: SeededRng::new(cfg.seed),
             msgs: Vec::new(),
             held_for_next_write: Vec::new(),
             writes: VecDeque::new(),

@@ -1,8 +1,6 @@
 //! What the harness does with a node's output: route it (disk queue, network, state machine)
 //! and check every Raft property the output touches.
 
-use rand::Rng;
-
 use crate::cluster::{violation, Cluster, QueuedWrite, Violation};
 use raft_core::{Entry, Message, NodeId, Persist, Role, Term};
 

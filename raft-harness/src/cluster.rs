@@ -4,12 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use raft_core::{
     CompactError, Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState,
-    Role, SnapshotMeta, SnapshotToFetch, SnapshotWrite, Term,
+    Role, SeededRng, SnapshotMeta, SnapshotToFetch, SnapshotWrite, Term,
 };
 
 /// A safety or liveness property that did not hold.
@@ -130,7 +128,7 @@ pub struct Cluster {
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
     pub faults: Faults,
     pub check: Checker,
-    pub(crate) rng: SmallRng,
+    pub(crate) rng: SeededRng,
     pub(crate) now: u64,
     pub(crate) next_payload: u64,
     /// Recent events, printed when a check fails.
@@ -164,11 +162,11 @@ impl Cluster {
         configure: impl Fn(&mut Config),
     ) -> Self {
         let ids: Vec<NodeId> = (1..=states.len() as u64).collect();
-        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut rng = SeededRng::new(seed);
         let mut nodes = BTreeMap::new();
         for (id, state) in ids.iter().copied().zip(states) {
             let mut cfg = Config::new(id, ids.clone());
-            cfg.seed = rng.gen();
+            cfg.seed = rng.next_u64();
             configure(&mut cfg);
             let mut node = SimNode {
                 core: None,

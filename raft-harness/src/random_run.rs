@@ -2,11 +2,9 @@
 //! liveness.
 
 use bytes::Bytes;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 use crate::cluster::{Cluster, Compaction, Faults, Violation};
-use raft_core::{Config, NodeId};
+use raft_core::{Config, NodeId, SeededRng};
 
 /// What a random run did, for reporting.
 #[derive(Clone, Debug, Default)]
@@ -67,13 +65,13 @@ pub const LIVENESS_STEPS: u64 = 4_000;
 /// One random run: a 3- or 5-node cluster under a seeded mix of faults, then healed, then a
 /// liveness check. `configure` may switch on deliberate bugs.
 pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats, Box<Failure>> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
+    let mut rng = SeededRng::new(seed ^ 0x5eed_5eed_5eed_5eed);
     let n = if rng.gen_bool(0.5) { 3 } else { 5 };
     // Swarm testing: each run switches each fault on or off, so that rare combinations occur.
     let faults = Faults {
-        drop: [0.0, 0.02, 0.1, 0.3][rng.gen_range(0..4)],
-        duplicate: [0.0, 0.0, 0.05][rng.gen_range(0..3)],
-        max_delay: [0, 3, 20][rng.gen_range(0..3)],
+        drop: [0.0, 0.02, 0.1, 0.3][rng.gen_range(0..4usize)],
+        duplicate: [0.0, 0.0, 0.05][rng.gen_range(0..3usize)],
+        max_delay: [0, 3, 20][rng.gen_range(0..3usize)],
         crashes: rng.gen_bool(0.6),
         partitions: rng.gen_bool(0.6),
     };
@@ -83,8 +81,8 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     // Half the runs compact, some keeping no tail at all, so that followers cut off by
     // partitions or crashes fall behind the leader's log start and need snapshots.
     let compaction = rng.gen_bool(0.5).then(|| Compaction {
-        max_log: [4, 16, 64][rng.gen_range(0..3)],
-        max_tail: [0, 2, 8][rng.gen_range(0..3)],
+        max_log: [4, 16, 64][rng.gen_range(0..3usize)],
+        max_tail: [0, 2, 8][rng.gen_range(0..3usize)],
     });
     let mut cluster = Cluster::new(n, seed, |cfg| {
         cfg.pre_vote = pre_vote;
@@ -181,12 +179,12 @@ impl Cluster {
     pub fn random_step(&mut self, faults: bool) -> Result<(), Violation> {
         self.now += 1;
         let ids = self.ids();
-        let pick = |rng: &mut SmallRng| ids[rng.gen_range(0..ids.len())];
-        let roll: u32 = self.rng.gen_range(0..1000);
+        let pick = |rng: &mut SeededRng| ids[rng.gen_range(0..ids.len())];
+        let roll: u32 = self.rng.gen_range(0..1000u32);
         match roll {
             // Messages move much faster than clocks tick, as on a real network.
             0..=449 => {
-                for _ in 0..self.rng.gen_range(1..=8) {
+                for _ in 0..self.rng.gen_range(1..=8u32) {
                     let ready: Vec<usize> = self
                         .in_flight
                         .iter()
@@ -260,7 +258,7 @@ impl Cluster {
             }
             990..=994 if self.faults.partitions => {
                 self.heal();
-                match self.rng.gen_range(0..3) {
+                match self.rng.gen_range(0..3u32) {
                     0 => {
                         let id = pick(&mut self.rng);
                         self.isolate(id);

@@ -98,9 +98,13 @@ fn teeth_acknowledging_before_persisting_is_caught() {
 // caught by the scripted scenario in `paper_rules.rs` (`figure_8_committing_by_counting_is_caught`),
 // through the same checks.
 
+/// A deposed leader serves a stale read only while it still believes it leads; without
+/// check-quorum it keeps believing so for as long as it is partitioned, which makes the bug
+/// visible in far fewer seeds (with check-quorum, about one seed in 800 shows it).
 #[test]
 fn teeth_reading_without_a_quorum_round_is_caught() {
     first_catch(500, &["read index linearizability"], |c| {
+        c.check_quorum = false;
         c.bugs.read_index_without_quorum = true
     });
 }
