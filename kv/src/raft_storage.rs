@@ -58,10 +58,7 @@ fn entry_key(index: Index) -> [u8; 9] {
 fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut b = Vec::with_capacity(e.payload.len() + 30);
     b.push(FORMAT_VERSION);
-    b.push(match e.kind {
-        EntryKind::Normal => 0,
-        EntryKind::Noop => 1,
-    });
+    b.push(e.kind.code());
     codec::put_u64(&mut b, e.term);
     codec::put_u64(&mut b, e.index);
     codec::put_bytes(&mut b, &e.payload);
@@ -77,16 +74,11 @@ fn decode_entry(v: Bytes) -> Result<Entry, DecodeError> {
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let kind = match r.u8()? {
-        0 => EntryKind::Normal,
-        1 => EntryKind::Noop,
-        tag => {
-            return Err(DecodeError::UnknownTag {
-                what: "entry kind",
-                tag,
-            })
-        }
-    };
+    let tag = r.u8()?;
+    let kind = EntryKind::from_code(tag).ok_or(DecodeError::UnknownTag {
+        what: "entry kind",
+        tag,
+    })?;
     let term = r.u64()?;
     let index = r.u64()?;
     let payload = r.bytes("payload", MAX_PAYLOAD)?;

@@ -357,8 +357,9 @@ impl KvStateMachine {
         let mut results = Vec::with_capacity(fresh.len());
         for e in fresh {
             let r = match e.kind {
-                EntryKind::Noop => None,
                 EntryKind::Normal => Some(self.apply_entry(e, &mut overlay, &mut dirty)?),
+                // No-ops, and kinds that carry no command for the state machine.
+                _ => None,
             };
             results.push((e.index, r));
         }

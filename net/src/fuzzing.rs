@@ -159,6 +159,7 @@ fn check_message(data: &[u8]) {
             codec::DecodeError::UnknownMessageType(_)
             | codec::DecodeError::UnknownEntryKind(_)
             | codec::DecodeError::BadBool(_) => {}
+            other => panic!("a decode error this check does not know: {other:?}"),
         },
     }
 }

@@ -420,6 +420,7 @@ pub fn info_text(info: &NodeInfo) -> String {
         raft_core::Role::Follower => "follower",
         raft_core::Role::Candidate => "candidate",
         raft_core::Role::PreCandidate => "precandidate",
+        _ => "unknown",
     };
     format!(
         "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n",

@@ -33,6 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::message::{Message, MessageBody};
 use crate::types::{Entry, EntryKind, SnapshotMeta};
 
+/// The layout version written as every message's first byte.
 pub const WIRE_VERSION: u8 = 1;
 
 const HEADER_LEN: usize = 1 + 1 + 8 * 3;
@@ -54,22 +55,36 @@ mod tag {
     pub const INSTALL_SNAPSHOT: u8 = 12;
 }
 
+/// Why bytes did not decode to a [`Message`]. The input came from outside the process, so the
+/// caller drops it (and perhaps the connection); nothing panics.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
+    /// The input ended inside a field.
     Truncated {
+        /// Bytes the field needs.
         needed: usize,
+        /// Bytes that were left.
         remaining: usize,
     },
+    /// The first byte names a layout version this build does not speak.
     UnknownVersion(u8),
+    /// The message type tag is not one this build knows.
     UnknownMessageType(u8),
+    /// An entry's kind byte is not one this build knows.
     UnknownEntryKind(u8),
+    /// A boolean byte other than 0 or 1.
     BadBool(u8),
     /// A count or length that cannot fit in the bytes left.
     LengthTooLarge {
+        /// Which count or length.
         what: &'static str,
+        /// Its value.
         len: u64,
+        /// Bytes that were left.
         remaining: usize,
     },
+    /// Bytes left over after a complete message (their count).
     TrailingBytes(usize),
 }
 
@@ -183,10 +198,7 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
             for e in entries {
                 buf.put_u64(e.term);
                 buf.put_u64(e.index);
-                buf.put_u8(match e.kind {
-                    EntryKind::Normal => 0,
-                    EntryKind::Noop => 1,
-                });
+                buf.put_u8(e.kind.code());
                 put_bytes(buf, &e.payload);
             }
         }
@@ -224,6 +236,7 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
     }
 }
 
+/// Encodes `msg` into a new buffer of exactly [`encoded_len`] bytes.
 pub fn encode_to_bytes(msg: &Message) -> Bytes {
     let mut buf = BytesMut::with_capacity(encoded_len(msg));
     encode(msg, &mut buf);
@@ -272,11 +285,8 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
             for _ in 0..count {
                 let term = r.u64()?;
                 let index = r.u64()?;
-                let kind = match r.u8()? {
-                    0 => EntryKind::Normal,
-                    1 => EntryKind::Noop,
-                    other => return Err(DecodeError::UnknownEntryKind(other)),
-                };
+                let code = r.u8()?;
+                let kind = EntryKind::from_code(code).ok_or(DecodeError::UnknownEntryKind(code))?;
                 let payload = r.bytes("entry payload")?;
                 entries.push(Entry {
                     term,

@@ -3,6 +3,8 @@
 use crate::error::ConfigError;
 use crate::types::NodeId;
 
+/// The settings of one core. Every node of a cluster should use the same timing settings;
+/// `seed` should differ between nodes (the default, the node's id, does).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This node's id; must be one of `voters`, and never 0.
@@ -59,40 +61,39 @@ impl Config {
         }
     }
 
+    /// Checks the settings [`crate::RawNode::new`] and [`crate::RawNode::restart`] rely on.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |why: String| Err(ConfigError(why));
-        if self.id == 0 {
-            return fail("node id 0 is reserved".into());
+        if self.id == 0 || self.voters.contains(&0) {
+            return Err(ConfigError::ReservedNodeId);
         }
         if !self.voters.contains(&self.id) {
-            return fail(format!(
-                "node {} is not among the voters {:?}",
-                self.id, self.voters
-            ));
-        }
-        if self.voters.contains(&0) {
-            return fail("node id 0 is reserved".into());
+            return Err(ConfigError::NotAVoter {
+                id: self.id,
+                voters: self.voters.clone(),
+            });
         }
         let mut sorted = self.voters.clone();
         sorted.sort_unstable();
         sorted.dedup();
         if sorted.len() != self.voters.len() {
-            return fail(format!("duplicate voter ids in {:?}", self.voters));
+            return Err(ConfigError::DuplicateVoters {
+                voters: self.voters.clone(),
+            });
         }
         if self.heartbeat_ticks == 0 {
-            return fail("heartbeat_ticks must be at least 1".into());
+            return Err(ConfigError::ZeroHeartbeatTicks);
         }
         if self.election_ticks <= self.heartbeat_ticks {
-            return fail(format!(
-                "election_ticks ({}) must exceed heartbeat_ticks ({})",
-                self.election_ticks, self.heartbeat_ticks
-            ));
+            return Err(ConfigError::ElectionTicksNotAboveHeartbeat {
+                election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
         }
         if self.max_inflight_msgs == 0 {
-            return fail("max_inflight_msgs must be at least 1".into());
+            return Err(ConfigError::ZeroInflightMessages);
         }
         if self.max_msg_bytes == 0 || self.max_inflight_bytes == 0 {
-            return fail("max_msg_bytes and max_inflight_bytes must be positive".into());
+            return Err(ConfigError::ZeroByteLimit);
         }
         Ok(())
     }

@@ -12,18 +12,23 @@
 //! - every message in a `Ready` is safe to send at once: vote grants and append acknowledgements
 //!   are held inside the core until the write that makes them true is reported durable;
 //! - every committed entry in a `Ready` is durable locally, so it is safe to apply at once;
-//! - writes (`Ready::persist`) must be made durable in order and reported with their [`WriteId`];
+//! - writes (`Ready::snapshot_write`, then `Ready::persist`) must be made durable in order and
+//!   reported with their [`WriteId`];
 //!   the leader writes its own log while followers replicate it, and counts itself toward a
 //!   quorum only once its write is reported.
 //!
 //! # A driver loop
 //!
-//! Three nodes on an in-memory network, committing one entry:
+//! Three nodes on an in-memory network, committing one entry. Each round, each node hands out
+//! its `Ready`s until it has none left: acting on one (reporting a write durable, above all)
+//! often makes the next one ready at once, for example the acknowledgement the write was
+//! holding back. A driver that took one `Ready` per round would send every acknowledgement a
+//! round late.
 //!
 //! ```
 //! use std::collections::BTreeMap;
 //! use bytes::Bytes;
-//! use raft_core::{Config, Entry, RawNode};
+//! use raft_core::{Config, Entry, RawNode, Role};
 //!
 //! let ids = vec![1, 2, 3];
 //! let mut nodes: BTreeMap<u64, RawNode> = ids
@@ -38,24 +43,33 @@
 //! let mut proposed = false;
 //! for _round in 0..20 {
 //!     for (&id, node) in nodes.iter_mut() {
-//!         let ready = node.take_ready();
-//!         if let Some(write) = ready.persist {
-//!             // A real driver writes atomically and fsyncs here, then reports completion.
-//!             let disk = disks.entry(id).or_default();
-//!             if let Some(from) = write.overwrite_from() {
-//!                 disk.truncate(from as usize - 1);
+//!         while node.has_ready() {
+//!             let ready = node.take_ready();
+//!             // No snapshots in this example; a driver installs `ready.snapshot_write` here,
+//!             // before `ready.persist`.
+//!             if let Some(write) = ready.persist {
+//!                 // A real driver writes atomically and fsyncs here, then reports completion.
+//!                 let disk = disks.entry(id).or_default();
+//!                 if let Some(from) = write.overwrite_from() {
+//!                     disk.truncate(from as usize - 1);
+//!                 }
+//!                 disk.extend(write.entries);
+//!                 node.on_persisted(write.id);
 //!             }
-//!             disk.extend(write.entries);
-//!             node.on_persisted(write.id);
+//!             network.extend(ready.messages);
+//!             let state_machine = applied.entry(id).or_default();
+//!             if let Some(last) = ready.committed.last() {
+//!                 let last = last.index;
+//!                 state_machine.extend(ready.committed);
+//!                 node.on_applied(last);
+//!             }
 //!         }
-//!         network.extend(ready.messages);
-//!         applied.entry(id).or_default().extend(ready.committed);
 //!     }
 //!     for msg in std::mem::take(&mut network) {
 //!         nodes.get_mut(&msg.to).unwrap().step(msg);
 //!     }
 //!     let leader = nodes.get_mut(&1).unwrap();
-//!     if !proposed && leader.role() == raft_core::Role::Leader {
+//!     if !proposed && leader.role() == Role::Leader {
 //!         leader.propose(Bytes::from_static(b"hello")).unwrap();
 //!         proposed = true;
 //!     }
@@ -65,6 +79,20 @@
 //!     assert_eq!(entries.last().unwrap().payload, Bytes::from_static(b"hello"));
 //! }
 //! ```
+//!
+//! `examples/three_mem_nodes.rs` is a longer version that also serves a linearizable read.
+//!
+//! # Memory: the log since the last snapshot
+//!
+//! The core keeps every entry after its last snapshot in memory (the leader serves followers
+//! from it, and committed entries are handed out from it), so its memory grows by each entry's
+//! payload plus about [`ENTRY_OVERHEAD_BYTES`] and a `Vec` slot until the log is compacted. The
+//! driver bounds it: once the state machine has applied (and durably snapshotted) up to some
+//! index, it calls [`RawNode::compact`] with that index, dropping the entries up to it from
+//! memory (and drops them from its own storage too). A follower that then needs them gets the
+//! snapshot instead. A typical policy compacts once the log since the snapshot passes a byte or
+//! entry count, keeping a short tail so that slightly lagging followers still catch up from the
+//! log. `Config::max_uncommitted_bytes` bounds the part of the log that is not committed yet.
 //!
 //! # Where the Raft rules live
 //!
@@ -78,6 +106,8 @@
 //! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
 //! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
+
+#![deny(missing_docs)]
 
 #[cfg(feature = "deliberate-bugs")]
 pub mod bugs;

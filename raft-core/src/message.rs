@@ -8,35 +8,54 @@ use crate::types::{Entry, Index, NodeId, SnapshotMeta, Term};
 /// the term the sender would campaign in).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The sender.
     pub from: NodeId,
+    /// The recipient.
     pub to: NodeId,
+    /// The sender's term (see above for pre-votes).
     pub term: Term,
+    /// What the message says.
     pub body: MessageBody,
 }
 
+/// The kinds of message Raft nodes exchange. New kinds may be added (membership change), so a
+/// driver matching on it keeps a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MessageBody {
     /// "Would you vote for me in `term` if I campaigned?" Raises nobody's term.
     PreVoteRequest {
+        /// The index of the candidate's last entry.
         last_log_index: Index,
+        /// The term of the candidate's last entry.
         last_log_term: Term,
     },
+    /// The answer to a pre-vote request.
     PreVoteResponse {
+        /// Whether the sender would vote for the candidate.
         granted: bool,
     },
     /// RequestVote RPC (Raft Figure 2).
     VoteRequest {
+        /// The index of the candidate's last entry.
         last_log_index: Index,
+        /// The term of the candidate's last entry.
         last_log_term: Term,
     },
+    /// The answer to a vote request; a grant is sent only once the vote is durable.
     VoteResponse {
+        /// Whether the sender voted for the candidate.
         granted: bool,
     },
     /// AppendEntries RPC with entries; `commit` is the leader's commit index.
     AppendRequest {
+        /// The index of the entry just before `entries`.
         prev_log_index: Index,
+        /// The term of the entry at `prev_log_index`.
         prev_log_term: Term,
+        /// The entries to store, in index order (empty for a probe).
         entries: Vec<Entry>,
+        /// The leader's commit index.
         commit: Index,
     },
     /// On success `index` is the last index the follower now durably holds that matches the
@@ -44,18 +63,27 @@ pub enum MessageBody {
     /// (`hint_index`, `hint_term`) point at the follower's last entry that may match, for fast
     /// backtracking.
     AppendResponse {
+        /// Whether the follower's log matched at `prev_log_index`.
         success: bool,
+        /// See above: the durable matching index, or the rejected `prev_log_index`.
         index: Index,
+        /// On rejection, the follower's last index that may match the leader's log.
         hint_index: Index,
+        /// On rejection, the term of the follower's entry at `hint_index`.
         hint_term: Term,
     },
     /// Keeps followers from campaigning and carries the commit index. `read_round` is the
-    /// leader's read-confirmation round (see [`crate::read_index`]); 0 means none.
+    /// leader's read-confirmation round (see [`RawNode::read_index`](crate::RawNode::read_index));
+    /// 0 means none.
     Heartbeat {
+        /// The leader's commit index, capped at what the follower is known to hold.
         commit: Index,
+        /// The leader's read-confirmation round, echoed in the response.
         read_round: u64,
     },
+    /// The answer to a heartbeat: the follower still accepts this leader.
     HeartbeatResponse {
+        /// The heartbeat's `read_round`, echoed.
         read_round: u64,
     },
     /// The leader no longer holds the entries the follower needs (they are compacted): it names
@@ -63,19 +91,24 @@ pub enum MessageBody {
     /// Answered with an `AppendResponse`: success at the follower's commit index if it already
     /// holds the snapshot, else success at `snapshot.index` once the snapshot is installed.
     InstallSnapshot {
+        /// The snapshot the follower should fetch from the sender.
         snapshot: SnapshotMeta,
     },
     /// Proposals a follower forwards to its leader.
     Propose {
+        /// The proposals' payloads, in the order they were made.
         payloads: Vec<Bytes>,
     },
     /// A follower asks the leader for a read index on behalf of a client request `ctx`.
     ReadIndexRequest {
+        /// The request's context, returned in the response and in the [`crate::ReadState`].
         ctx: Bytes,
     },
     /// The leader's answer: once the follower has applied `index`, reading its state is linearizable.
     ReadIndexResponse {
+        /// The request's context.
         ctx: Bytes,
+        /// The read index: the leader's commit index when it confirmed its leadership.
         index: Index,
     },
 }

@@ -28,12 +28,21 @@ pub enum Proposed {
     /// Appended to this leader's log at `first..=last` in `term`. The proposal took effect if
     /// and only if the entry committed at `last` has this term.
     Appended {
+        /// The first proposal's index.
         first: Index,
+        /// The last proposal's index.
         last: Index,
+        /// The leader's term.
         term: Term,
     },
-    /// Forwarded to the leader `to`; it may be lost on the way.
-    Forwarded { to: NodeId },
+    /// Forwarded to the leader `to` (only with `Config::forward_to_leader`). This is not an
+    /// acceptance: the message may be lost, or the leader may refuse it, and nothing tells the
+    /// caller. A caller that must know watches for its payload among the committed entries and
+    /// retries on a timeout.
+    Forwarded {
+        /// The leader the proposal was sent to.
+        to: NodeId,
+    },
 }
 
 /// Something that must wait until everything written so far is durable.
@@ -418,6 +427,10 @@ impl RawNode {
     }
 
     /// Everything to do since the last call. See [`Ready`] for what the driver must do with it.
+    ///
+    /// Acting on a `Ready` (reporting a write, delivering a message) often makes a new one ready
+    /// at once, so a driver loops `while node.has_ready()` rather than taking one per round.
+    /// (`Ready` is `#[must_use]`: dropping one loses its work and stalls the node.)
     pub fn take_ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             if let Some(round) = self.reads.start_round() {
@@ -447,27 +460,35 @@ impl RawNode {
 
     // ----- read-only views ----------------------------------------------------------------
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
+    /// This node's current term.
     pub fn term(&self) -> Term {
         self.term
     }
+    /// This node's role in its current term.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// The leader of the current term, if known.
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+    /// The candidate this node voted for in its current term, if any.
     pub fn voted_for(&self) -> Option<NodeId> {
         self.vote
     }
+    /// The highest index known committed.
     pub fn commit_index(&self) -> Index {
         self.log.committed()
     }
+    /// The index of the last entry in the log (written or not).
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// The term of the last entry in the log.
     pub fn last_term(&self) -> Term {
         self.log.last_term()
     }
@@ -483,9 +504,11 @@ impl RawNode {
     pub fn term_at(&self, index: Index) -> Option<Term> {
         self.log.term(index)
     }
+    /// The entry at `index`, if the log still holds it in memory (not compacted away).
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.entry(index)
     }
+    /// Role, term and leader as they are now.
     pub fn soft_state(&self) -> SoftState {
         SoftState {
             role: self.role,
@@ -493,6 +516,7 @@ impl RawNode {
             leader: self.leader,
         }
     }
+    /// Term, vote and commit index as they are now (not necessarily durable yet).
     pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
@@ -749,58 +773,65 @@ fn validate_message(m: &Message) -> Result<(), &'static str> {
 }
 
 fn check_restart_state(cfg: &Config, state: &RestartState) -> Result<(), ConfigError> {
-    let fail = |why: String| Err(ConfigError(why));
     let snapshot = state.snapshot;
+    let current_term = state.hard_state.term;
     if snapshot.index > 0 && snapshot.term == 0 {
-        return fail(format!("snapshot at index {} has term 0", snapshot.index));
+        return Err(ConfigError::SnapshotWithoutTerm {
+            index: snapshot.index,
+        });
     }
-    if snapshot.term > state.hard_state.term {
-        return fail(format!(
-            "snapshot term {} exceeds the stored current term {}",
-            snapshot.term, state.hard_state.term
-        ));
+    if snapshot.term > current_term {
+        return Err(ConfigError::TermAboveCurrentTerm {
+            term: snapshot.term,
+            current_term,
+        });
     }
     if state.applied < snapshot.index {
-        return fail(format!(
-            "state machine applied {} but it holds the snapshot up to {}",
-            state.applied, snapshot.index
-        ));
+        return Err(ConfigError::AppliedBelowSnapshot {
+            applied: state.applied,
+            snapshot_index: snapshot.index,
+        });
     }
-    let mut expected = state.snapshot.index + 1;
-    let mut prev_term = state.snapshot.term;
+    if let Some(first) = state.entries.first() {
+        if first.index <= snapshot.index {
+            return Err(ConfigError::EntriesOverlapSnapshot {
+                first: first.index,
+                snapshot_index: snapshot.index,
+            });
+        }
+    }
+    let mut expected = snapshot.index + 1;
+    let mut prev_term = snapshot.term;
     for e in &state.entries {
         if e.index != expected {
-            return fail(format!(
-                "stored log has a gap: expected index {expected}, found {}",
-                e.index
-            ));
+            return Err(ConfigError::LogGap {
+                expected,
+                found: e.index,
+            });
         }
         if e.term < prev_term {
-            return fail(format!(
-                "stored entry {} has a term lower than its predecessor",
-                e.index
-            ));
+            return Err(ConfigError::TermDecreases { index: e.index });
         }
         prev_term = e.term;
         expected += 1;
     }
-    let last = expected - 1;
-    if prev_term > state.hard_state.term {
-        return fail(format!(
-            "stored entry term {prev_term} exceeds the stored current term {}",
-            state.hard_state.term
-        ));
+    let last_index = expected - 1;
+    if prev_term > current_term {
+        return Err(ConfigError::TermAboveCurrentTerm {
+            term: prev_term,
+            current_term,
+        });
     }
-    if let Some(v) = state.hard_state.vote {
-        if !cfg.voters.contains(&v) {
-            return fail(format!("stored vote for {v}, who is not a voter"));
+    if let Some(vote) = state.hard_state.vote {
+        if !cfg.voters.contains(&vote) {
+            return Err(ConfigError::VoteForNonVoter { vote });
         }
     }
-    if state.applied > last {
-        return fail(format!(
-            "state machine applied {} but the log ends at {last}",
-            state.applied
-        ));
+    if state.applied > last_index {
+        return Err(ConfigError::AppliedBeyondLog {
+            applied: state.applied,
+            last_index,
+        });
     }
     Ok(())
 }

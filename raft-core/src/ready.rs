@@ -7,19 +7,24 @@ use crate::types::{Entry, HardState, Index, NodeId, Role, SnapshotMeta, Term};
 
 /// Names one write the core asked for, so that its completion can be reported with
 /// [`crate::RawNode::on_persisted`]. `seq` grows by one per write within one life of the core;
-/// `term` is the node's term when the write was asked for. An acknowledgement that does not name
-/// the oldest outstanding write exactly is stale (from an earlier term or an earlier life) and
-/// is ignored.
+/// `term` is the node's term when the write was asked for. Reporting a write completes it and
+/// every write asked for before it (writes are durable in order, so those are durable too); a
+/// report naming no outstanding write exactly is stale (from an earlier term or an earlier life
+/// of the core) and is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WriteId {
+    /// The write's position among this core's writes.
     pub seq: u64,
+    /// The node's term when the write was asked for.
     pub term: Term,
 }
 
 /// One write to stable storage. The driver must apply writes atomically, in the order they were
 /// emitted, make each durable (fsync), and then report it with `on_persisted(write.id)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a write that is never made durable and reported stalls the node"]
 pub struct Persist {
+    /// The name to report the write's completion with.
     pub id: WriteId,
     /// New hard state to store, if it changed.
     pub hard_state: Option<HardState>,
@@ -47,7 +52,9 @@ impl Persist {
 /// would be ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotToFetch {
+    /// The node to fetch from (the leader that offered the snapshot).
     pub from: NodeId,
+    /// The snapshot the leader offered.
     pub snapshot: SnapshotMeta,
 }
 
@@ -58,10 +65,18 @@ pub struct SnapshotToFetch {
 /// metadata) becomes `snapshot`, so that a restart finds `RestartState { snapshot, entries:
 /// [], applied: snapshot.index, .. }` or the state from before the write, never a mix.
 /// Entries already handed out for applying with an index at or below `snapshot.index` must
-/// not be applied on top of the installed state.
+/// not be applied on top of the installed state: an asynchronous applier compares each entry's
+/// index with the index of the last snapshot it installed and skips those at or below it.
+///
+/// For the core, the state machine is the snapshot from the moment this write is handed out:
+/// entries after `snapshot.index` come next in `Ready::committed`, and `on_applied` reports
+/// count from `snapshot.index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a snapshot install that is never made durable and reported stalls the node"]
 pub struct SnapshotWrite {
+    /// The name to report the write's completion with.
     pub id: WriteId,
+    /// The snapshot to install: the one the driver reported fetched.
     pub snapshot: SnapshotMeta,
 }
 
@@ -69,28 +84,42 @@ pub struct SnapshotWrite {
 /// read identified by `ctx` may be answered from local state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadState {
+    /// The context the read was requested with.
     pub ctx: Bytes,
+    /// The index the state machine must have applied before the read is answered.
     pub index: Index,
 }
 
 /// Who leads, and in what role this node is; reported when any of it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftState {
+    /// This node's role.
     pub role: Role,
+    /// This node's term.
     pub term: Term,
+    /// The leader of `term`, if this node knows it.
     pub leader: Option<NodeId>,
 }
 
-/// Everything the core asks for since the last [`crate::RawNode::take_ready`]. Every part can be
-/// acted on at once and independently: messages are safe to send before `persist` completes
-/// (anything that needed durability is held back inside the core), and `committed` entries are
-/// already durable locally.
+/// Everything the core asks for since the last [`crate::RawNode::take_ready`].
+///
+/// One ordering rule binds the driver: the writes (`snapshot_write`, then `persist`) are made
+/// durable in that order, after every write of earlier `Ready`s, since a later write may build
+/// on an earlier one. Everything else can be acted on at once, in any order and concurrently with
+/// the writes: messages are safe to send before any write completes (anything that needed
+/// durability is held back inside the core until its write is reported), and `committed` entries
+/// are already durable locally. Dropping a `Ready` loses its work: the core hands nothing out
+/// twice, so a lost write is never reported and the node stalls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use = "a dropped Ready loses writes, messages and committed entries; the node stalls"]
 pub struct Ready {
+    /// Hard state and entries to make durable, after `snapshot_write` (see [`Persist`]).
     pub persist: Option<Persist>,
+    /// Messages to send; each is safe to send at once.
     pub messages: Vec<Message>,
     /// Entries to apply to the state machine, in log order, continuing where the last batch ended.
     pub committed: Vec<Entry>,
+    /// Reads that became servable (see [`ReadState`]).
     pub read_states: Vec<ReadState>,
     /// Set when role, term or leader changed.
     pub soft_state: Option<SoftState>,
@@ -101,6 +130,7 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.persist.is_none()
             && self.messages.is_empty()

@@ -48,6 +48,11 @@ impl RawNode {
     /// `up_to` must be applied (reported with `on_applied`, hence committed) and above the
     /// current snapshot; otherwise nothing changes and the error says why. The core never
     /// compacts on its own: when to, and how long a tail to keep, is the driver's choice.
+    ///
+    /// The driver drops its stored entries up to `up_to` as well and stores `(up_to, term)` as
+    /// its log start, so that a later [`RestartState`](crate::RestartState) has `entries`
+    /// starting at `up_to + 1` (entries at or below the snapshot are refused as
+    /// [`ConfigError::EntriesOverlapSnapshot`](crate::ConfigError::EntriesOverlapSnapshot)).
     pub fn compact(&mut self, up_to: Index) -> Result<(), CompactError> {
         let snapshot_index = self.log.snapshot().index;
         if up_to <= snapshot_index {
@@ -115,7 +120,9 @@ impl RawNode {
     /// or `to` is unreachable): the follower goes back to `Probe`, and at the next heartbeat
     /// answer it is probed again, which offers the snapshot again if it still needs it.
     /// `ok = true`: nothing changes until the follower acknowledges the install, which moves it
-    /// on. A report for a follower not waiting for a snapshot is stale and ignored.
+    /// on, so `ok = true` may be reported when the data was sent or when the follower confirmed
+    /// it arrived; either is correct. A report for a follower not waiting for a snapshot is
+    /// stale and ignored.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
         let Some(pr) = self.progress.get_mut(&to) else {
             return;

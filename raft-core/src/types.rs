@@ -10,7 +10,11 @@ pub type Term = u64;
 pub type Index = u64;
 
 /// What an entry means to the layers above the core.
+///
+/// Raft indexes count every entry, the leaders' no-ops included: an application that numbers
+/// its own commands counts the `Normal` entries it applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum EntryKind {
     /// Carries an application command in its payload.
     Normal,
@@ -19,17 +23,42 @@ pub enum EntryKind {
     Noop,
 }
 
+impl EntryKind {
+    /// The kind's one-byte code, as the wire format writes it (stable across versions; storage
+    /// formats may use it too).
+    pub fn code(self) -> u8 {
+        match self {
+            EntryKind::Normal => 0,
+            EntryKind::Noop => 1,
+        }
+    }
+
+    /// The kind a code names, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(EntryKind::Normal),
+            1 => Some(EntryKind::Noop),
+            _ => None,
+        }
+    }
+}
+
 /// One log entry. An `(index, term)` pair names exactly one entry in the whole cluster: only the
 /// leader of `term` creates entries in `term`, and it creates at most one per index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The term of the leader that created the entry.
     pub term: Term,
+    /// The entry's position in the log.
     pub index: Index,
+    /// What the entry means to the application.
     pub kind: EntryKind,
+    /// The application's command, opaque to the core (empty for a no-op).
     pub payload: Bytes,
 }
 
 impl Entry {
+    /// An entry with these parts.
     pub fn new(term: Term, index: Index, kind: EntryKind, payload: Bytes) -> Self {
         Self {
             term,
@@ -54,8 +83,11 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
 /// restarts: losing it is safe.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
+    /// The latest term this node has seen.
     pub term: Term,
+    /// The candidate this node voted for in `term`, if any.
     pub vote: Option<NodeId>,
+    /// The highest index known committed when the state was written (a hint).
     pub commit: Index,
 }
 
@@ -63,17 +95,24 @@ pub struct HardState {
 /// `SnapshotMeta::default()` (index 0, term 0) means "no snapshot, the log starts at 1".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
+    /// The last index the snapshot covers.
     pub index: Index,
+    /// The term of the entry at `index`.
     pub term: Term,
 }
 
 /// The role a node plays in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
+    /// Accepts entries from the leader of its term and votes; campaigns when it hears from no
+    /// leader for an election timeout.
     Follower,
     /// Asking for pre-votes: the term has not been raised yet (Raft thesis §9.6).
     PreCandidate,
+    /// Asking for votes in a term it raised.
     Candidate,
+    /// Won its term's election: accepts proposals, replicates and commits.
     Leader,
 }
 
@@ -86,6 +125,7 @@ pub enum Role {
 /// `snapshot.index` is lifted to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestartState {
+    /// The last durably written hard state.
     pub hard_state: HardState,
     /// The last entry covered by the state machine's snapshot; the log continues after it.
     pub snapshot: SnapshotMeta,

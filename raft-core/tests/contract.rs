@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use raft_core::{
-    Config, Entry, EntryKind, HardState, Message, MessageBody, ProposeError, Proposed, RawNode,
-    Ready, RestartState, Role, WriteId,
+    Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, ProposeError, Proposed,
+    RawNode, Ready, RestartState, Role, SnapshotMeta, WriteId,
 };
 
 fn node(id: u64, voters: &[u64]) -> RawNode {
@@ -197,7 +197,13 @@ fn restart_refuses_an_inconsistent_disk() {
     let err = RawNode::restart(cfg.clone(), gap)
         .err()
         .expect("a gap must be refused");
-    assert!(err.to_string().contains("gap"), "{err}");
+    assert_eq!(
+        err,
+        ConfigError::LogGap {
+            expected: 1,
+            found: 2
+        }
+    );
     let bad_vote = RestartState {
         hard_state: HardState {
             term: 1,
@@ -206,7 +212,33 @@ fn restart_refuses_an_inconsistent_disk() {
         },
         ..RestartState::default()
     };
-    assert!(RawNode::restart(cfg, bad_vote).is_err());
+    assert_eq!(
+        RawNode::restart(cfg.clone(), bad_vote).err(),
+        Some(ConfigError::VoteForNonVoter { vote: 9 })
+    );
+    // A driver that compacted its core but kept its stored entries gets the overlap named,
+    // with what to do about it, rather than "a gap".
+    let overlap = RestartState {
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+            commit: 3,
+        },
+        snapshot: SnapshotMeta { index: 3, term: 1 },
+        entries: (1..=4)
+            .map(|i| Entry::new(1, i, EntryKind::Normal, Bytes::new()))
+            .collect(),
+        applied: 3,
+    };
+    let err = RawNode::restart(cfg, overlap).err().expect("an overlap");
+    assert_eq!(
+        err,
+        ConfigError::EntriesOverlapSnapshot {
+            first: 1,
+            snapshot_index: 3
+        }
+    );
+    assert!(err.to_string().contains("drop stored entries"), "{err}");
 }
 
 #[test]

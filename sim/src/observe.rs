@@ -188,6 +188,7 @@ impl NodeObserver for Observer {
             Role::PreCandidate => 1,
             Role::Candidate => 2,
             Role::Leader => 3,
+            _ => 255,
         };
         let mut event = vec![b'r', role_code];
         event.extend(node.to_be_bytes());
