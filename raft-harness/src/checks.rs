@@ -1,7 +1,8 @@
 //! What the harness does with a node's output: route it (disk queue, network, state machine)
 //! and check every Raft property the output touches.
 
-use crate::cluster::{violation, Cluster, QueuedWrite, Violation};
+use crate::cluster::{Cluster, QueuedWrite};
+use crate::invariants::{violation, Violation};
 use raft_core::{Entry, Message, NodeId, Persist, Role, Term};
 
 impl Cluster {
@@ -54,14 +55,12 @@ impl Cluster {
                 self.apply(id, entry)?;
             }
             for rs in ready.read_states {
-                let floor = self.check.read_floors.remove(&rs.ctx).unwrap_or(0);
-                if rs.index < floor {
-                    return violation(
-                        "read index linearizability",
-                        format!("n{id} (term {term}, {role:?}) served a read at index {} but index {floor} was already acknowledged", rs.index),
-                    );
-                }
-                self.check.reads_served += 1;
+                self.check
+                    .read_served(id, &rs.ctx, rs.index)
+                    .map_err(|v| Violation {
+                        detail: format!("{} (n{id} in term {term}, {role:?})", v.detail),
+                        ..v
+                    })?;
             }
         }
     }
@@ -84,64 +83,33 @@ impl Cluster {
 
     /// Election safety, and leader completeness: a new leader holds every committed entry.
     pub(crate) fn check_new_leader(&mut self, id: NodeId, term: Term) -> Result<(), Violation> {
-        if let Some(&other) = self.check.leaders.get(&term) {
-            if other != id {
-                return violation(
-                    "election safety",
-                    format!("n{other} and n{id} both lead term {term}"),
-                );
-            }
-        }
-        self.check.leaders.insert(term, id);
-        let core = self.core(id);
+        self.check.leader_elected(id, term)?;
         let node = &self.nodes[&id];
-        for (&index, &committed_term) in &self.check.committed {
-            let held = if index < core.snapshot().index {
+        let core = node.core.as_ref().expect("a leader is up");
+        let snapshot_index = core.snapshot().index;
+        self.check.leader_holds_committed(id, term, |index| {
+            if index < snapshot_index {
                 node.durable_entry(index).map(|e| e.term)
             } else {
                 core.term_at(index)
-            };
-            if held != Some(committed_term) {
-                return violation(
-                    "leader completeness",
-                    format!("n{id} leads term {term} without the entry committed at {index} (term {committed_term}); it has {:?}", core.term_at(index)),
-                );
             }
-        }
-        Ok(())
+        })
     }
 
-    /// Log matching: an (index, term) pair always names the same payload after the same
-    /// predecessor term, whoever writes it.
+    /// Log matching, for every entry `id` is asked to write.
     pub(crate) fn check_written_entries(
         &mut self,
         id: NodeId,
         write: &Persist,
     ) -> Result<(), Violation> {
+        let core = self.nodes[&id].core.as_ref().expect("a writer is up");
         for e in &write.entries {
-            let core = self.core(id);
             let prev_term = if e.index == 1 {
                 0
             } else {
                 core.term_at(e.index - 1).unwrap_or(0)
             };
-            match self.check.entries.get(&(e.index, e.term)) {
-                Some((payload, prev)) if *payload != e.payload || *prev != prev_term => {
-                    return violation(
-                        "log matching",
-                        format!(
-                            "n{id} wrote entry {}@{} that differs from the one other nodes hold",
-                            e.index, e.term
-                        ),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.check
-                        .entries
-                        .insert((e.index, e.term), (e.payload.clone(), prev_term));
-                }
-            }
+            self.check.entry_written(id, e, prev_term)?;
         }
         Ok(())
     }
@@ -164,18 +132,7 @@ impl Cluster {
                     format!("n{id} committed {index}, which its log does not hold"),
                 );
             };
-            match self.check.committed.get(&index) {
-                Some(&t) if t != term => {
-                    return violation(
-                        "state machine safety",
-                        format!("n{id} committed term {term} at index {index}, another node committed term {t}"),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.check.committed.insert(index, term);
-                }
-            }
+            self.check.committed(id, index, term)?;
         }
         let term = core.term_at(commit).expect("checked above");
         let durable = self
@@ -183,12 +140,8 @@ impl Cluster {
             .values()
             .filter(|n| n.durable_entry(commit).is_some_and(|e| e.term == term))
             .count();
-        if durable < self.nodes.len() / 2 + 1 {
-            return violation(
-                "commit needs a durable majority",
-                format!("n{id} committed index {commit} (term {term}) but only {durable} of {} disks hold it", self.nodes.len()),
-            );
-        }
+        self.check
+            .commit_durable_on(id, commit, term, durable, self.nodes.len())?;
         self.nodes.get_mut(&id).expect("exists").seen_commit = commit;
         Ok(())
     }
@@ -211,24 +164,12 @@ impl Cluster {
                 format!("n{id} was handed {} before it was durable", entry.index),
             );
         }
-        match self.check.committed.get(&entry.index) {
-            Some(&t) if t == entry.term => {}
-            other => {
-                return violation(
-                    "state machine safety",
-                    format!(
-                        "n{id} applies {}@{} but the committed entry there is {other:?}",
-                        entry.index, entry.term
-                    ),
-                );
-            }
-        }
+        self.check.applied(id, &entry)?;
+        let node = self.nodes.get_mut(&id).expect("exists");
         node.applied = entry.index;
         if let Some(core) = node.core.as_mut() {
             core.on_applied(entry.index);
         }
-        self.check.acknowledged = self.check.acknowledged.max(entry.index);
-        self.check.entries_applied += 1;
         Ok(())
     }
 }

@@ -5,27 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
+use crate::invariants::{violation, InvariantChecker, Violation};
 use raft_core::{
     CompactError, Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState,
-    Role, SeededRng, SnapshotMeta, SnapshotToFetch, SnapshotWrite, Term,
+    Role, SeededRng, SnapshotMeta, SnapshotToFetch, SnapshotWrite,
 };
-
-/// A safety or liveness property that did not hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    pub rule: &'static str,
-    pub detail: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.rule, self.detail)
-    }
-}
-
-pub(crate) fn violation(rule: &'static str, detail: String) -> Result<(), Violation> {
-    Err(Violation { rule, detail })
-}
 
 /// How hostile the network and the nodes are.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -101,25 +85,6 @@ impl SimNode {
     }
 }
 
-/// Safety properties checked after every event.
-#[derive(Default)]
-pub struct Checker {
-    /// The leader of each term (election safety).
-    pub(crate) leaders: BTreeMap<Term, NodeId>,
-    /// Every entry ever written anywhere, by (index, term): its payload and the term of its
-    /// predecessor. One (index, term) must always name the same entry after the same prefix,
-    /// which by induction is the Log Matching property.
-    pub(crate) entries: BTreeMap<(Index, Term), (Bytes, Term)>,
-    /// The term of the entry committed at each index (state machine safety).
-    pub(crate) committed: BTreeMap<Index, Term>,
-    /// The highest index applied on any node: a client may have been told about it.
-    pub(crate) acknowledged: Index,
-    /// Reads in flight: the acknowledged index when each was asked for.
-    pub(crate) read_floors: BTreeMap<Bytes, Index>,
-    pub reads_served: u64,
-    pub entries_applied: u64,
-}
-
 /// A cluster of cores under the test's control.
 pub struct Cluster {
     pub nodes: BTreeMap<NodeId, SimNode>,
@@ -127,7 +92,8 @@ pub struct Cluster {
     /// Directed links that lose every message.
     pub(crate) cut: BTreeSet<(NodeId, NodeId)>,
     pub faults: Faults,
-    pub check: Checker,
+    /// Raft's invariants, fed with everything the cluster does.
+    pub check: InvariantChecker,
     pub(crate) rng: SeededRng,
     pub(crate) now: u64,
     pub(crate) next_payload: u64,
@@ -190,7 +156,7 @@ impl Cluster {
             in_flight: VecDeque::new(),
             cut: BTreeSet::new(),
             faults: Faults::default(),
-            check: Checker::default(),
+            check: InvariantChecker::new(),
             rng,
             now: 0,
             next_payload: 0,
@@ -322,14 +288,13 @@ impl Cluster {
     /// Asks `id` for a linearizable read; the check remembers what it must at least see.
     pub fn read(&mut self, id: NodeId) -> Result<Option<Bytes>, Violation> {
         let ctx = self.unique_payload();
-        let floor = self.check.acknowledged;
         let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) else {
             return Ok(None);
         };
         if core.read_index(ctx.clone()).is_err() {
             return Ok(None);
         }
-        self.check.read_floors.insert(ctx.clone(), floor);
+        self.check.read_requested(ctx.clone());
         self.process_ready(id)?;
         Ok(Some(ctx))
     }
@@ -394,14 +359,14 @@ impl Cluster {
             }
         };
         for e in &data {
-            if self.check.committed.get(&e.index) != Some(&e.term) {
+            if self.check.committed_term(e.index) != Some(e.term) {
                 return violation(
                     "state machine safety",
                     format!(
                         "n{id} installs a snapshot holding {}@{}, but the entry committed there is {:?}",
                         e.index,
                         e.term,
-                        self.check.committed.get(&e.index)
+                        self.check.committed_term(e.index)
                     ),
                 );
             }

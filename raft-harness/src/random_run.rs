@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 
-use crate::cluster::{Cluster, Compaction, Faults, Violation};
+use crate::cluster::{Cluster, Compaction, Faults};
+use crate::invariants::Violation;
 use raft_core::{Config, NodeId, SeededRng};
 
 /// What a random run did, for reporting.
@@ -160,7 +161,7 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
             break;
         }
     }
-    stats.committed = cluster.check.committed.len() as u64;
+    stats.committed = cluster.check.committed_count();
     stats.reads_served = cluster.check.reads_served;
     stats.snapshots_installed = cluster.snapshots_installed;
     if !committed {

@@ -1,24 +1,23 @@
 //! What the simulator sees of the nodes while a run goes on: the Raft invariants that must hold
-//! at every moment, and a hash of every event, so that two runs of one seed can be compared.
+//! at every moment (checked by raft-harness's [`InvariantChecker`], the same checker the core
+//! harness uses, fed with what the real nodes report), and a hash of every event, so that two
+//! runs of one seed can be compared.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use net::node::NodeObserver;
 use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
+use raft_harness::InvariantChecker;
 
 /// A broken invariant, with what showed it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InvariantViolation {
-    pub rule: &'static str,
-    pub detail: String,
-}
+pub use raft_harness::Violation as InvariantViolation;
 
 #[derive(Default)]
 struct State {
-    leaders: BTreeMap<Term, NodeId>,
-    /// The first entry any node handed to its state machine at each index: (term, payload hash).
-    committed: BTreeMap<u64, (Term, u64, NodeId)>,
+    /// Election safety, from role changes; state machine safety, from the entries each node
+    /// hands to its state machine and the snapshots it takes and installs.
+    checker: InvariantChecker,
     violations: Vec<InvariantViolation>,
     trace: TraceHash,
     events: u64,
@@ -74,28 +73,11 @@ impl Observer {
         flatten(&self.state().installed)
     }
 
-    /// A snapshot at `snapshot.index` must hold exactly the committed entries up to there: that
-    /// index was handed to some state machine (the image of a state machine, or an image of
-    /// one), with the same term. `what` names the event for the report.
+    /// A snapshot at `snapshot.index` must end at an entry some node applied there, with the
+    /// same term. `what` names the event for the report.
     fn check_snapshot(st: &mut State, node: NodeId, snapshot: SnapshotMeta, what: &str) {
-        match st.committed.get(&snapshot.index) {
-            Some(&(term, _, first)) if term != snapshot.term => {
-                st.violations.push(InvariantViolation {
-                    rule: "state machine safety",
-                    detail: format!(
-                        "node {node} {what} a snapshot at index {} of term {}, but node {first} applied an entry of term {term} there",
-                        snapshot.index, snapshot.term
-                    ),
-                });
-            }
-            Some(_) => {}
-            None => st.violations.push(InvariantViolation {
-                rule: "state machine safety",
-                detail: format!(
-                    "node {node} {what} a snapshot at index {} (term {}), which no node has applied",
-                    snapshot.index, snapshot.term
-                ),
-            }),
+        if let Err(v) = st.checker.snapshot(node, snapshot, what) {
+            st.violations.push(v);
         }
     }
 
@@ -197,14 +179,8 @@ impl NodeObserver for Observer {
         st.trace.add(&event);
         if role == Role::Leader {
             st.elections += 1;
-            match st.leaders.get(&term) {
-                Some(&other) if other != node => st.violations.push(InvariantViolation {
-                    rule: "election safety",
-                    detail: format!("nodes {other} and {node} both lead term {term}"),
-                }),
-                _ => {
-                    st.leaders.insert(term, node);
-                }
+            if let Err(v) = st.checker.leader_elected(node, term) {
+                st.violations.push(v);
             }
         }
     }
@@ -213,26 +189,13 @@ impl NodeObserver for Observer {
         let mut st = self.state();
         st.events += 1;
         for e in entries {
-            let hash = fnv(&e.payload);
             let mut event = vec![b'c'];
             event.extend(node.to_be_bytes());
             event.extend(e.index.to_be_bytes());
             event.extend(e.term.to_be_bytes());
             st.trace.add(&event);
-            match st.committed.get(&e.index) {
-                Some(&(term, h, first)) if (term, h) != (e.term, hash) => {
-                    st.violations.push(InvariantViolation {
-                        rule: "state machine safety",
-                        detail: format!(
-                            "index {}: node {first} applied an entry of term {term}, node {node} one of term {}",
-                            e.index, e.term
-                        ),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    st.committed.insert(e.index, (e.term, hash, node));
-                }
+            if let Err(v) = st.checker.applied(node, e) {
+                st.violations.push(v);
             }
             let applied = st.applied.entry(node).or_insert(0);
             *applied = (*applied).max(e.index);
@@ -276,10 +239,4 @@ impl TraceHash {
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h = TraceHash::default();
-    h.add(bytes);
-    h.0
 }
