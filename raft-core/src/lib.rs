@@ -106,6 +106,7 @@
 //! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
 //! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
+//! | the seeded PRNG (randomized election timeouts), its output specified | `rng.rs` |
 
 #![deny(missing_docs)]
 
