@@ -20,9 +20,20 @@ pub struct Config {
     /// Ask for pre-votes before raising the term, so that a node rejoining from a partition does
     /// not depose a healthy leader.
     pub pre_vote: bool,
-    /// A leader that has not heard from a majority within an election timeout steps down, and
-    /// followers ignore vote requests while they still hear from a leader.
+    /// A leader that has not heard from a majority within a check-quorum window
+    /// ([`check_quorum_ticks`](Self::check_quorum_ticks)) steps down, and followers ignore vote
+    /// requests while they still hear from a leader.
     pub check_quorum: bool,
+    /// The check-quorum window in ticks; `None` means `2 * election_ticks`, the longest
+    /// randomized election timeout. Any message a follower sends in the leader's term counts it
+    /// as active for the window in which it arrives, however late it is (a reply to a heartbeat
+    /// of an earlier window included), as in etcd. The window only bounds how long a leader cut
+    /// off from a majority keeps believing it leads, which costs clients time, never safety
+    /// (reads are confirmed by a quorum round, not by a lease). Too short a window deposes
+    /// healthy leaders whenever replies take longer than it: with a window equal to the
+    /// minimum election timeout and replies delayed beyond it, a leader is deposed one window
+    /// after it wins and nothing commits. Must exceed `heartbeat_ticks`.
+    pub check_quorum_ticks: Option<u32>,
     /// At most this many bytes of entries in one append message (at least one entry is sent).
     pub max_msg_bytes: u64,
     /// At most this many append messages in flight to one follower.
@@ -32,7 +43,15 @@ pub struct Config {
     /// A leader refuses proposals while it holds more than this many uncommitted entry bytes
     /// (a single proposal is always accepted when nothing is uncommitted).
     pub max_uncommitted_bytes: u64,
-    /// On a follower, forward proposals and read requests to the leader instead of refusing them.
+    /// On a follower, forward proposals and read requests to the leader instead of refusing
+    /// them. Off by default.
+    ///
+    /// **A forwarded request may be lost without a trace**: `propose` then returns
+    /// `Ok(Proposed::Forwarded { .. })`, but the message may be dropped, the leader may refuse
+    /// it (too many uncommitted bytes) or lose leadership before appending it, and nobody is
+    /// told. Turn it on only if the driver recognises its commands when they commit (by an id in
+    /// the payload) and times them out and retries; otherwise keep it off and send clients to
+    /// the leader named in [`ProposeError::NotLeader`](crate::ProposeError::NotLeader).
     pub forward_to_leader: bool,
     /// Deliberately broken behaviour, only for proving that tests catch it.
     #[cfg(feature = "deliberate-bugs")]
@@ -41,7 +60,8 @@ pub struct Config {
 
 impl Config {
     /// Defaults suited to a tick of about 100 ms on a LAN: elections after 1–2 s, heartbeats every
-    /// 100 ms, 1 MiB messages, 256 messages or 16 MiB in flight per follower, 64 MiB uncommitted.
+    /// 100 ms, pre-vote and check-quorum on (a 2 s window), no forwarding, 1 MiB messages, 256
+    /// messages or 16 MiB in flight per follower, 64 MiB uncommitted.
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> Self {
         Self {
             id,
@@ -51,14 +71,21 @@ impl Config {
             seed: id,
             pre_vote: true,
             check_quorum: true,
+            check_quorum_ticks: None,
             max_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
-            forward_to_leader: true,
+            forward_to_leader: false,
             #[cfg(feature = "deliberate-bugs")]
             bugs: crate::bugs::Bugs::default(),
         }
+    }
+
+    /// The check-quorum window in ticks (see [`check_quorum_ticks`](Self::check_quorum_ticks)).
+    pub fn check_quorum_window(&self) -> u32 {
+        self.check_quorum_ticks
+            .unwrap_or_else(|| self.election_ticks.saturating_mul(2))
     }
 
     /// Checks the settings [`crate::RawNode::new`] and [`crate::RawNode::restart`] rely on.
@@ -86,6 +113,12 @@ impl Config {
         if self.election_ticks <= self.heartbeat_ticks {
             return Err(ConfigError::ElectionTicksNotAboveHeartbeat {
                 election_ticks: self.election_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
+        }
+        if self.check_quorum_window() <= self.heartbeat_ticks {
+            return Err(ConfigError::CheckQuorumWindowNotAboveHeartbeat {
+                check_quorum_ticks: self.check_quorum_window(),
                 heartbeat_ticks: self.heartbeat_ticks,
             });
         }

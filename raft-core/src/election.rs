@@ -1,7 +1,8 @@
 //! Leader election (Raft §5.2 and §5.4.1), pre-vote (thesis §9.6) and check-quorum (§6.2).
 
+use crate::durability::Held;
 use crate::message::MessageBody;
-use crate::node::{Held, RawNode};
+use crate::node::RawNode;
 use crate::progress::Progress;
 use crate::quorum::{self, VoteResult};
 use crate::types::{Entry, EntryKind, NodeId, Role, Term};
@@ -17,11 +18,12 @@ impl RawNode {
     }
 
     /// Leaders: heartbeat every `heartbeat_ticks`, and with check-quorum step down when a
-    /// majority was not heard from within an election timeout.
+    /// majority was not heard from within a check-quorum window (`election_elapsed` counts
+    /// the window on a leader).
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.cfg.election_ticks {
+        if self.election_elapsed >= self.cfg.check_quorum_window() {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 if !self.quorum_recently_active() {
@@ -75,6 +77,7 @@ impl RawNode {
     fn become_pre_candidate(&mut self) {
         self.role = Role::PreCandidate;
         self.leader = None;
+        self.reset_election_timer();
         self.reset_role_state();
         tracing::debug!(id = self.id, term = self.term, "starting pre-vote");
         self.request_votes(self.term + 1, true);
@@ -87,6 +90,7 @@ impl RawNode {
         self.vote = Some(self.id);
         self.role = Role::Candidate;
         self.leader = None;
+        self.reset_election_timer();
         self.reset_role_state();
         tracing::debug!(id = self.id, term = self.term, "starting election");
         self.request_votes(self.term, false);
@@ -188,6 +192,7 @@ impl RawNode {
     fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader = Some(self.id);
+        self.reset_election_timer();
         self.reset_role_state();
         let next = self.log.last_index() + 1;
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);

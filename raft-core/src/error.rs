@@ -67,6 +67,14 @@ pub enum ConfigError {
         /// The configured heartbeat interval.
         heartbeat_ticks: u32,
     },
+    /// The check-quorum window must exceed `heartbeat_ticks`, or no heartbeat answer could
+    /// arrive within it.
+    CheckQuorumWindowNotAboveHeartbeat {
+        /// The check-quorum window in effect (`Config::check_quorum_window`).
+        check_quorum_ticks: u32,
+        /// The configured heartbeat interval.
+        heartbeat_ticks: u32,
+    },
     /// `max_inflight_msgs` is 0: nothing could ever be sent.
     ZeroInflightMessages,
     /// `max_msg_bytes` or `max_inflight_bytes` is 0.
@@ -142,6 +150,14 @@ impl fmt::Display for ConfigError {
             } => write!(
                 f,
                 "election_ticks ({election_ticks}) must exceed heartbeat_ticks ({heartbeat_ticks})"
+            ),
+            ConfigError::CheckQuorumWindowNotAboveHeartbeat {
+                check_quorum_ticks,
+                heartbeat_ticks,
+            } => write!(
+                f,
+                "the check-quorum window ({check_quorum_ticks} ticks) must exceed heartbeat_ticks \
+                 ({heartbeat_ticks})"
             ),
             ConfigError::ZeroInflightMessages => write!(f, "max_inflight_msgs must be at least 1"),
             ConfigError::ZeroByteLimit => {

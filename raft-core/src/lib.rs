@@ -105,7 +105,11 @@
 //! | ReadIndex | `read_index.rs` |
 //! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
-//! | term rules for every message, durability-held messages, `Ready` | `node.rs` |
+//! | term rules for every message, when the election timer restarts | `step.rs` |
+//! | writes in order, messages held until durable | `durability.rs` |
+//! | the node's state, inputs other than messages, `Ready` | `node.rs` |
+//! | breaches caused by peers or the driver, asserted invariants | `safety.rs` |
+//! | checks on peers' messages and on restart states | `validate.rs` |
 //! | the seeded PRNG (randomized election timeouts), its output specified | `rng.rs` |
 
 #![deny(missing_docs)]
@@ -116,6 +120,7 @@ pub mod bugs;
 mod bugs;
 pub mod codec;
 mod config;
+mod durability;
 mod election;
 mod error;
 mod log;
@@ -127,8 +132,11 @@ mod read_index;
 mod ready;
 mod replication;
 pub mod rng;
+mod safety;
 mod snapshot;
+mod step;
 mod types;
+mod validate;
 
 pub use config::Config;
 pub use error::{CompactError, ConfigError, ProposeError};
@@ -136,6 +144,7 @@ pub use message::{Message, MessageBody};
 pub use node::{Proposed, RawNode};
 pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
 pub use rng::SeededRng;
+pub use safety::SafetyViolation;
 pub use types::{
     Entry, EntryKind, HardState, Index, NodeId, RestartState, Role, SnapshotMeta, Term,
     ENTRY_OVERHEAD_BYTES,

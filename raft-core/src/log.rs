@@ -273,6 +273,51 @@ impl RaftLog {
         }
     }
 
+    /// Panics if the log's indexes are inconsistent (called after every change in debug
+    /// builds, through `RawNode::debug_assert_invariants`).
+    pub(crate) fn assert_invariants(&self) {
+        let snapshot = self.snapshot.index;
+        let last = self.last_index();
+        if let (Some(first), Some(tail)) = (self.entries.first(), self.entries.last()) {
+            assert_eq!(
+                first.index,
+                snapshot + 1,
+                "the log starts right after the snapshot"
+            );
+            assert_eq!(tail.index, last, "the log is contiguous");
+            assert!(
+                first.term >= self.snapshot.term && tail.term >= first.term,
+                "terms never decrease along the log"
+            );
+        }
+        assert!(
+            snapshot <= self.applying && self.applying <= self.committed && self.committed <= last,
+            "need snapshot {snapshot} <= applying {} <= committed {} <= last index {last}",
+            self.applying,
+            self.committed
+        );
+        assert!(
+            self.applying <= self.persisted && self.persisted <= last,
+            "need applying {} <= persisted {} <= last index {last}",
+            self.applying,
+            self.persisted
+        );
+        if let Some(from) = self.unpersisted_from {
+            assert!(
+                from > snapshot && from > self.persisted,
+                "unwritten entries from {from} must follow the snapshot {snapshot} and the \
+                 durable prefix {}",
+                self.persisted
+            );
+        }
+        if let Some(unwritten) = self.unwritten_snapshot {
+            assert_eq!(
+                unwritten, self.snapshot,
+                "an unwritten snapshot is the log start"
+            );
+        }
+    }
+
     pub(crate) fn all_entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -409,5 +454,40 @@ mod tests {
             2
         );
         assert_eq!(log.entries_from(5, u64::MAX).len(), 0);
+    }
+
+    #[test]
+    fn the_invariants_hold_through_appends_commits_and_compaction() {
+        let mut log = log_of(&[1, 1, 2]);
+        log.assert_invariants();
+        log.append(vec![e(4, 2)]);
+        log.commit_to(3);
+        let _ = log.take_committed(u64::MAX);
+        log.compact(2);
+        log.assert_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "applying")]
+    fn handing_out_beyond_the_commit_index_is_caught() {
+        let mut log = log_of(&[1, 1]);
+        log.applying = 2;
+        log.assert_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "persisted")]
+    fn a_durable_index_beyond_the_log_is_caught() {
+        let mut log = log_of(&[1]);
+        log.persisted = 2;
+        log.assert_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "the log starts right after the snapshot")]
+    fn a_log_not_starting_after_its_snapshot_is_caught() {
+        let mut log = log_of(&[1, 1]);
+        log.snapshot = SnapshotMeta { index: 1, term: 1 };
+        log.assert_invariants();
     }
 }

@@ -143,6 +143,40 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Panics if this follower's record is inconsistent; `last_index` is the leader's.
+    pub(crate) fn assert_invariants(&self, peer: u64, last_index: Index) {
+        assert!(
+            self.matched < self.next && self.next <= last_index + 1,
+            "n{peer}: need match {} < next {} <= last index + 1 ({})",
+            self.matched,
+            self.next,
+            last_index + 1
+        );
+        assert!(
+            self.commit_sent <= self.matched,
+            "n{peer}: told commit {} beyond its match {}",
+            self.commit_sent,
+            self.matched
+        );
+        assert!(
+            !self.probe_sent || self.state == ReplicationState::Probe,
+            "n{peer}: probe_sent outside Probe ({:?})",
+            self.state
+        );
+        if self.state == ReplicationState::Replicate {
+            self.inflight
+                .assert_invariants(peer, self.matched, self.next);
+        } else {
+            assert!(
+                self.inflight.queue.is_empty() && self.inflight.bytes == 0,
+                "n{peer}: messages in flight outside Replicate ({:?})",
+                self.state
+            );
+        }
+    }
+}
+
 /// The window of append messages sent to one follower and not yet acknowledged.
 #[derive(Debug)]
 pub(crate) struct Inflights {
@@ -186,6 +220,22 @@ impl Inflights {
     pub(crate) fn clear(&mut self) {
         self.queue.clear();
         self.bytes = 0;
+    }
+
+    /// In-flight messages end in increasing order, below `next`; their bytes add up. (They may
+    /// end at or below `matched`: acknowledgements free them only up to what they name.)
+    fn assert_invariants(&self, peer: u64, matched: Index, next: Index) {
+        let mut prev = 0;
+        for &(last, _) in &self.queue {
+            assert!(
+                last > prev && last < next,
+                "n{peer}: in-flight ends {:?} out of order or not below next {next} (match {matched})",
+                self.queue
+            );
+            prev = last;
+        }
+        let sum: u64 = self.queue.iter().map(|&(_, b)| b).sum();
+        assert_eq!(sum, self.bytes, "n{peer}: in-flight bytes do not add up");
     }
 
     #[cfg(test)]
@@ -253,5 +303,21 @@ mod tests {
         assert!(p.back_off(6, 6));
         assert_eq!(p.state, ReplicationState::Probe);
         assert_eq!(p.next, 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "need match")]
+    fn a_next_index_at_or_below_the_match_is_caught() {
+        let mut p = Progress::new(3, 4, 1000);
+        p.matched = 3;
+        p.assert_invariants(2, 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "in flight outside Replicate")]
+    fn messages_in_flight_while_probing_are_caught() {
+        let mut p = Progress::new(1, 4, 1000);
+        p.inflight.add(1, 10);
+        p.assert_invariants(2, 5);
     }
 }

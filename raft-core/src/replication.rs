@@ -8,6 +8,7 @@ use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::progress::ReplicationState;
 use crate::quorum;
+use crate::safety::SafetyViolation;
 use crate::types::{Entry, EntryKind, Index, NodeId, Role, Term};
 
 impl RawNode {
@@ -157,7 +158,6 @@ impl RawNode {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        pr.recently_active = true;
         if !success {
             // Fast backtracking: skip every entry of ours that cannot match the follower's log.
             let retry_from = if hint_term > 0 {
@@ -169,19 +169,20 @@ impl RawNode {
             } else {
                 hint_index.saturating_add(1)
             };
+            // A hint beyond our log can only come from a broken peer.
+            let retry_from = retry_from.min(self.log.last_index() + 1);
             if pr.back_off(index, retry_from) {
                 self.send_append(from, true);
             }
             return;
         }
-        if index > self.log.last_index() {
-            tracing::warn!(
-                id = self.id,
-                term = self.term,
+        let last_index = self.log.last_index();
+        if index > last_index {
+            self.record_violation(SafetyViolation::AckBeyondLog {
                 from,
                 index,
-                "append ack beyond my log; ignoring"
-            );
+                last_index,
+            });
             return;
         }
         if let ReplicationState::Snapshot { .. } = pr.state {
@@ -226,7 +227,6 @@ impl RawNode {
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        pr.recently_active = true;
         let stalled = pr.matched == pr.matched_at_last_heartbeat;
         pr.matched_at_last_heartbeat = pr.matched;
         if pr.matched < last {
@@ -300,6 +300,15 @@ impl RawNode {
         commit: Index,
     ) {
         let committed = self.log.committed();
+        if let Some(index) = self.conflict_with_committed(prev_log_index, prev_log_term, &entries) {
+            self.record_violation(SafetyViolation::CommittedEntryConflict {
+                term: self.term,
+                leader: from,
+                index,
+                committed,
+            });
+            return;
+        }
         if prev_log_index < committed {
             // Everything up to our commit index already matches the leader's log.
             self.send_when_durable(from, success_ack(committed));
@@ -324,23 +333,28 @@ impl RawNode {
             );
             return;
         }
-        if let Some(conflict) = self.log.find_conflict(&entries) {
-            if conflict <= committed {
-                tracing::error!(
-                    id = self.id,
-                    term = self.term,
-                    from,
-                    conflict,
-                    committed,
-                    "leader sent an entry that conflicts with a committed one; ignoring"
-                );
-                return;
-            }
-        }
         self.log.append_after_match(&entries);
         let last_new = prev_log_index + entries.len() as u64;
         self.log.commit_to(commit.min(last_new));
         self.send_when_durable(from, success_ack(last_new));
+    }
+
+    /// The first index at or below our commit index where the append (its `prev` entry or its
+    /// entries) names a different term than our log: by Leader Completeness a leader holds
+    /// every committed entry, so this is a breach. Compacted indexes are not checked.
+    fn conflict_with_committed(
+        &self,
+        prev_log_index: Index,
+        prev_log_term: Term,
+        entries: &[Entry],
+    ) -> Option<Index> {
+        let committed = self.log.committed();
+        std::iter::once((prev_log_index, prev_log_term))
+            .filter(|&(index, _)| index > 0)
+            .chain(entries.iter().map(|e| (e.index, e.term)))
+            .take_while(|&(index, _)| index <= committed)
+            .find(|&(index, term)| self.log.term(index).is_some_and(|ours| ours != term))
+            .map(|(index, _)| index)
     }
 
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: Index, read_round: u64) {

@@ -37,6 +37,8 @@ pub(crate) struct PendingFetch {
     /// The term in which the leader offered it: the acknowledgement goes to that leader only
     /// if the term has not moved on.
     pub(crate) term: Term,
+    /// The driver reported the fetch failed: ask again at the next message from the leader.
+    pub(crate) failed: bool,
 }
 
 impl RawNode {
@@ -54,6 +56,12 @@ impl RawNode {
     /// starting at `up_to + 1` (entries at or below the snapshot are refused as
     /// [`ConfigError::EntriesOverlapSnapshot`](crate::ConfigError::EntriesOverlapSnapshot)).
     pub fn compact(&mut self, up_to: Index) -> Result<(), CompactError> {
+        let result = self.compact_inner(up_to);
+        self.debug_assert_invariants();
+        result
+    }
+
+    fn compact_inner(&mut self, up_to: Index) -> Result<(), CompactError> {
         let snapshot_index = self.log.snapshot().index;
         if up_to <= snapshot_index {
             return Err(CompactError::AlreadyCompacted {
@@ -124,6 +132,11 @@ impl RawNode {
     /// it arrived; either is correct. A report for a follower not waiting for a snapshot is
     /// stale and ignored.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        self.snapshot_transfer_reported(to, ok);
+        self.debug_assert_invariants();
+    }
+
+    fn snapshot_transfer_reported(&mut self, to: NodeId, ok: bool) {
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
@@ -185,21 +198,66 @@ impl RawNode {
             from,
             snapshot,
             term: self.term,
+            failed: false,
         });
         self.fetch_request = Some(SnapshotToFetch { from, snapshot });
     }
 
-    /// The driver has fetched (and staged, not installed) the data of `snapshot`. If the core
-    /// still needs it, it replaces its log with it at once and asks for the install in the next
-    /// `Ready::snapshot_write`; otherwise (older than the snapshot asked for, or caught up by
-    /// appends meanwhile) the report is ignored and the driver drops the staged data.
+    /// The driver has fetched (and staged, not installed) the data of `snapshot`. Returns
+    /// whether the core took it: `true` when it replaced its log with it at once and asks for
+    /// the install in the next `Ready::snapshot_write`; `false` when the report is ignored (not
+    /// asked for, older than the snapshot asked for, or caught up by appends meanwhile), and
+    /// the driver drops the staged data.
+    ///
+    /// From `true` on, the core counts the state machine as the snapshot: `applied_index()` is
+    /// `snapshot.index`, and the next committed entries it hands out start at
+    /// `snapshot.index + 1`. The driver's state machine becomes the snapshot's data when the
+    /// [`SnapshotWrite`](crate::SnapshotWrite) is carried out, before any entry handed out
+    /// after it is applied. Every entry handed out before it has an index below
+    /// `snapshot.index` (the core installs only snapshots beyond its commit index): an
+    /// asynchronous applier that has not applied them yet must drop them, telling them apart
+    /// by index alone (an entry at or below the installed snapshot's index is covered by it).
     ///
     /// The fetched snapshot may be *later* than the one asked for: the leader may have taken a
     /// newer snapshot since it made the offer, and serves that. It must come from a state
     /// machine's applied state, so it is committed, and installing it is as safe as installing
     /// the one offered. This is what lets a driver keep a log tail after its snapshot and still
     /// keep only one snapshot image.
-    pub fn on_snapshot_fetched(&mut self, snapshot: SnapshotMeta) {
+    pub fn on_snapshot_fetched(&mut self, snapshot: SnapshotMeta) -> bool {
+        let taken = self.take_fetched_snapshot(snapshot);
+        self.debug_assert_invariants();
+        taken
+    }
+
+    /// The driver could not fetch the snapshot it was asked for (`snapshot`, as in the
+    /// request). The core asks again, with the same request in a `Ready`, as soon as it next
+    /// hears from the leader (a heartbeat interval), rather than at the leader's next offer,
+    /// about an election timeout later; so the driver keeps no state per fetch and just
+    /// reports. A report for a snapshot no longer asked for is ignored.
+    pub fn on_snapshot_fetch_failed(&mut self, snapshot: SnapshotMeta) {
+        if let Some(pending) = self.pending_fetch.as_mut() {
+            if pending.snapshot == snapshot {
+                pending.failed = true;
+            }
+        }
+        self.debug_assert_invariants();
+    }
+
+    /// A message from the leader `from`: if its snapshot could not be fetched, ask again.
+    pub(crate) fn retry_failed_fetch(&mut self, from: NodeId) {
+        let Some(pending) = self.pending_fetch.as_mut() else {
+            return;
+        };
+        if pending.failed && pending.from == from {
+            pending.failed = false;
+            self.fetch_request = Some(SnapshotToFetch {
+                from,
+                snapshot: pending.snapshot,
+            });
+        }
+    }
+
+    fn take_fetched_snapshot(&mut self, snapshot: SnapshotMeta) -> bool {
         let Some(pending) = self.pending_fetch else {
             tracing::debug!(
                 id = self.id,
@@ -207,7 +265,7 @@ impl RawNode {
                 ?snapshot,
                 "ignoring a snapshot not asked for"
             );
-            return;
+            return false;
         };
         let asked = pending.snapshot;
         let older = snapshot.index < asked.index;
@@ -219,7 +277,7 @@ impl RawNode {
                 ?asked,
                 "ignoring a snapshot older than the one asked for"
             );
-            return;
+            return false;
         }
         self.pending_fetch = None;
         if self.fetch_request.is_some_and(|r| r.snapshot == asked) {
@@ -227,13 +285,13 @@ impl RawNode {
         }
         if self.role == Role::Leader || snapshot.index <= self.log.committed() {
             // Caught up meanwhile (a leader holds every committed entry).
-            return;
+            return false;
         }
         if self.log.matches(snapshot.index, snapshot.term) {
             // Appends from a new leader brought the snapshot's last entry meanwhile; installing
             // would drop entries after it that may have been acknowledged.
             self.log.commit_to(snapshot.index);
-            return;
+            return false;
         }
         // Every entry of ours that the install drops conflicts with the leader's log (our entry
         // at `snapshot.index` differs or is missing), so none of them can ever commit.
@@ -249,5 +307,6 @@ impl RawNode {
         if pending.term == self.term {
             self.send_when_durable(pending.from, success_ack(snapshot.index));
         }
+        true
     }
 }

@@ -243,7 +243,13 @@ fn restart_refuses_an_inconsistent_disk() {
 
 #[test]
 fn followers_forward_proposals_or_refuse_with_a_hint() {
-    let mut n = node(2, &[1, 2, 3]);
+    assert!(
+        !Config::new(2, vec![1, 2, 3]).forward_to_leader,
+        "a forwarded proposal may be lost silently, so forwarding is opt-in"
+    );
+    let mut cfg = Config::new(2, vec![1, 2, 3]);
+    cfg.forward_to_leader = true;
+    let mut n = RawNode::new(cfg).expect("valid");
     assert_eq!(
         n.propose(Bytes::from_static(b"x")),
         Err(ProposeError::NotLeader { leader_hint: None })

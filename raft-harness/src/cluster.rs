@@ -133,6 +133,8 @@ impl Cluster {
         for (id, state) in ids.iter().copied().zip(states) {
             let mut cfg = Config::new(id, ids.clone());
             cfg.seed = rng.next_u64();
+            // The harness proposes on any node and recognises its payloads when they commit.
+            cfg.forward_to_leader = true;
             configure(&mut cfg);
             let mut node = SimNode {
                 core: None,

@@ -372,7 +372,9 @@ fn isolated_leader_after_ticks(check_quorum: bool) -> Result<Role, Violation> {
     });
     elect(&mut c, 1)?;
     c.isolate(1);
-    for _ in 0..25 {
+    // The window in which it last heard from the others ends, then a whole window without them.
+    let window = Config::new(1, vec![1, 2, 3]).check_quorum_window();
+    for _ in 0..=2 * window {
         c.tick(1)?;
     }
     Ok(c.core(1).role())

@@ -46,7 +46,10 @@ impl Group {
                         outcome: Err(TransferError::Superseded),
                     });
                 }
-                Action::OfferToCore(snapshot) => self.core.on_snapshot_fetched(snapshot),
+                Action::OfferToCore(snapshot) => {
+                    // Whether the core took it shows in the next Ready (an install write).
+                    let _taken = self.core.on_snapshot_fetched(snapshot);
+                }
                 Action::Install(write) => self.install_snapshot(write),
                 Action::DiscardStaged => {
                     let _ = self.queues.apply.send(ApplyRequest::DiscardStaged);

@@ -200,6 +200,9 @@ fn restart_core(cfg: &NodeConfig, restart: RestartState) -> Result<RawNode, Node
     core_cfg.election_ticks = cfg.election_ticks;
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     core_cfg.seed = cfg.seed;
+    // Clients reach any node; their writes are recognised by (client id, seq) when they commit,
+    // and time out and retry, so a forwarded proposal that is lost costs only a retry.
+    core_cfg.forward_to_leader = true;
     #[cfg(feature = "test-switches")]
     {
         core_cfg.bugs = cfg.unsafe_switches.raft;

@@ -1,0 +1,119 @@
+//! What a driver learns from the calls it makes: whether a fetched snapshot was taken, that a
+//! failed fetch is asked for again at the next word from the leader, and why a restart state
+//! is refused.
+
+use bytes::Bytes;
+use raft_core::{
+    Config, Entry, EntryKind, HardState, Message, MessageBody, RawNode, RestartState, SnapshotMeta,
+    SnapshotToFetch,
+};
+
+fn follower() -> RawNode {
+    let mut cfg = Config::new(2, vec![1, 2, 3]);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    RawNode::new(cfg).expect("valid config")
+}
+
+fn from_leader(body: MessageBody) -> Message {
+    Message {
+        from: 1,
+        to: 2,
+        term: 1,
+        body,
+    }
+}
+
+fn heartbeat() -> Message {
+    from_leader(MessageBody::Heartbeat {
+        commit: 0,
+        read_round: 0,
+    })
+}
+
+fn fetch_requests(n: &mut RawNode) -> Vec<SnapshotToFetch> {
+    let mut out = Vec::new();
+    while n.has_ready() {
+        let rd = n.take_ready();
+        if let Some(p) = &rd.persist {
+            n.on_persisted(p.id);
+        }
+        if let Some(w) = &rd.snapshot_write {
+            n.on_persisted(w.id);
+        }
+        out.extend(rd.snapshot_to_fetch);
+    }
+    out
+}
+
+const SNAPSHOT: SnapshotMeta = SnapshotMeta { index: 5, term: 1 };
+
+#[test]
+fn a_failed_fetch_is_asked_for_again_at_the_next_heartbeat() {
+    let mut n = follower();
+    n.step(from_leader(MessageBody::InstallSnapshot {
+        snapshot: SNAPSHOT,
+    }));
+    let asked = fetch_requests(&mut n);
+    assert_eq!(asked.len(), 1);
+    n.step(heartbeat());
+    assert!(
+        fetch_requests(&mut n).is_empty(),
+        "a fetch in progress is not asked for again"
+    );
+    n.on_snapshot_fetch_failed(SNAPSHOT);
+    assert!(fetch_requests(&mut n).is_empty(), "not in a tight loop");
+    n.step(heartbeat());
+    assert_eq!(
+        fetch_requests(&mut n),
+        asked,
+        "asked again once the leader is heard"
+    );
+    n.step(heartbeat());
+    assert!(fetch_requests(&mut n).is_empty(), "once per failure");
+}
+
+#[test]
+fn on_snapshot_fetched_says_whether_the_core_took_the_snapshot() {
+    let mut n = follower();
+    assert!(!n.on_snapshot_fetched(SNAPSHOT), "not asked for");
+    n.step(from_leader(MessageBody::InstallSnapshot {
+        snapshot: SNAPSHOT,
+    }));
+    fetch_requests(&mut n);
+    assert!(
+        !n.on_snapshot_fetched(SnapshotMeta { index: 4, term: 1 }),
+        "older than asked for"
+    );
+    assert!(n.on_snapshot_fetched(SNAPSHOT));
+    assert_eq!(
+        n.applied_index(),
+        5,
+        "the core counts the snapshot as applied at once"
+    );
+    assert!(
+        !n.on_snapshot_fetched(SNAPSHOT),
+        "a second report is not asked for"
+    );
+}
+
+#[test]
+fn a_restart_state_overlapping_its_snapshot_is_refused_as_an_overlap() {
+    let entries = (4..=6)
+        .map(|i| Entry::new(1, i, EntryKind::Normal, Bytes::new()))
+        .collect();
+    let state = RestartState {
+        hard_state: HardState {
+            term: 1,
+            vote: None,
+            commit: 5,
+        },
+        snapshot: SNAPSHOT,
+        entries,
+        applied: 5,
+    };
+    let err = RawNode::restart(Config::new(2, vec![1, 2, 3]), state)
+        .err()
+        .expect("entries up to the snapshot must have been dropped");
+    assert!(err.to_string().contains("overlap"), "{err}");
+}
