@@ -3,7 +3,7 @@
 
 use crate::cluster::{Cluster, QueuedWrite};
 use crate::invariants::{violation, Violation};
-use raft_core::{Entry, Message, NodeId, Persist, Role, Term};
+use raft_core::{Entry, Message, MessageBody, NodeId, Persist, Role, SafetyViolation, Term};
 
 impl Cluster {
     /// Drains `id`'s ready, routes its output, and checks every property its output touches.
@@ -13,6 +13,11 @@ impl Cluster {
             let Some(core) = node.core.as_mut() else {
                 return Ok(());
             };
+            if let Some(breach) = core.safety_violation() {
+                // The core saw a peer or the harness break a rule; with every node correct,
+                // that is a bug this run found.
+                return violation(rule_of(breach), format!("n{id} detected: {breach}"));
+            }
             if !core.has_ready() {
                 return Ok(());
             }
@@ -69,11 +74,16 @@ impl Cluster {
         if self.faults.drop > 0.0 && self.rng.gen_bool(self.faults.drop) {
             return;
         }
-        let delay = if self.faults.max_delay > 0 {
+        let mut delay = if self.faults.max_delay > 0 {
             self.rng.gen_range(0..=self.faults.max_delay)
         } else {
             0
         };
+        if let Some(slow) = self.slow_replies {
+            if is_reply(&msg.body) && self.rng.gen_bool(slow.share) {
+                delay = self.rng.gen_range(slow.min_steps..=slow.max_steps);
+            }
+        }
         if self.faults.duplicate > 0.0 && self.rng.gen_bool(self.faults.duplicate) {
             let again = self.rng.gen_range(0..=self.faults.max_delay.max(1));
             self.in_flight.push_back((self.now + again, msg.clone()));
@@ -135,6 +145,17 @@ impl Cluster {
             self.check.committed(id, index, term)?;
         }
         let term = core.term_at(commit).expect("checked above");
+        if core.role() == Role::Leader && term != core.term() {
+            // §5.4.2: a leader counts replicas only for entries of its own term; earlier ones
+            // commit with them. Counting an earlier term's entry is what Figure 8 breaks.
+            return violation(
+                "leader commits only entries of its term",
+                format!(
+                    "n{id}, leader of term {}, advanced its commit index to {commit} of term {term}",
+                    core.term()
+                ),
+            );
+        }
         let durable = self
             .nodes
             .values()
@@ -171,5 +192,27 @@ impl Cluster {
             core.on_applied(entry.index);
         }
         Ok(())
+    }
+}
+
+fn is_reply(body: &MessageBody) -> bool {
+    matches!(
+        body,
+        MessageBody::PreVoteResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::AppendResponse { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::ReadIndexResponse { .. }
+    )
+}
+
+/// The property a breach detected by a core belongs to, named as the harness's own checks.
+fn rule_of(breach: SafetyViolation) -> &'static str {
+    match breach {
+        SafetyViolation::TwoLeadersInOneTerm { .. } => "election safety",
+        SafetyViolation::CommittedEntryConflict { .. } => "state machine safety",
+        SafetyViolation::AckBeyondLog { .. } => "log matching",
+        SafetyViolation::AppliedBeyondHandedOut { .. } => "driver contract",
+        _ => "core-detected breach",
     }
 }

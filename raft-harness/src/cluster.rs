@@ -104,6 +104,17 @@ pub struct Cluster {
     pub compaction: Option<Compaction>,
     /// Snapshots installed by followers, for reporting.
     pub snapshots_installed: u64,
+    /// Replies delayed far longer than the other faults delay messages, if set.
+    pub slow_replies: Option<SlowReplies>,
+}
+
+/// Replies (every response message) delayed past election timeouts: with probability `share`
+/// a reply is delivered between `min_steps` and `max_steps` steps after it was sent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlowReplies {
+    pub share: f64,
+    pub min_steps: u64,
+    pub max_steps: u64,
 }
 
 /// When random steps compact: once a node's applied entries since its snapshot pass
@@ -166,6 +177,7 @@ impl Cluster {
             keep_trace: true,
             compaction: None,
             snapshots_installed: 0,
+            slow_replies: None,
         }
     }
 
@@ -424,9 +436,10 @@ impl Cluster {
         if let Some(data) = data {
             let node = self.nodes.get_mut(&id).expect("unknown node");
             node.staged = Some((s, data));
-            if let Some(core) = node.core.as_mut() {
-                core.on_snapshot_fetched(s);
-            }
+            let taken = node
+                .core
+                .as_mut()
+                .is_some_and(|core| core.on_snapshot_fetched(s));
             // The core asked for the install (a write) or dropped the request; forget staged
             // data no write will use.
             self.process_ready(id)?;
@@ -438,6 +451,18 @@ impl Cluster {
             if !asked {
                 node.staged = None;
             }
+            if taken != asked {
+                return Err(Violation {
+                    rule: "driver contract",
+                    detail: format!(
+                        "n{id}: on_snapshot_fetched returned {taken} but the core asked for the \
+                         install: {asked}"
+                    ),
+                });
+            }
+        } else if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            // The core asks again at the leader's next heartbeat.
+            core.on_snapshot_fetch_failed(fetch.snapshot);
         }
         if let Some(core) = self
             .nodes

@@ -25,7 +25,9 @@ mod checks;
 mod cluster;
 pub mod invariants;
 mod random_run;
+mod slow_replies;
 
-pub use cluster::{Cluster, Compaction, Faults, SimNode};
+pub use cluster::{Cluster, Compaction, Faults, SimNode, SlowReplies};
 pub use invariants::{InvariantChecker, Violation};
 pub use random_run::{random_run, Failure, RunStats, FAULT_STEPS, LIVENESS_STEPS};
+pub use slow_replies::{slow_reply_run, steps_per_election_timeout};

@@ -266,7 +266,8 @@ fn figure_8_a_leader_never_commits_an_earlier_term_entry_by_counting() -> Result
 #[test]
 fn figure_8_committing_by_counting_is_caught() {
     let err = figure_8(true).expect_err("the broken commit rule must be reported");
-    assert_eq!(err.rule, "leader completeness", "{err}");
+    // The rule check fires at (c), when n1 counts 2@1; without it, leader completeness at (d).
+    assert_eq!(err.rule, "leader commits only entries of its term", "{err}");
 }
 
 // ----- §5.3 Leader append-only, log matching -----------------------------------------------------
