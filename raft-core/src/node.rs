@@ -30,7 +30,9 @@ const MAX_COMMITTED_BYTES_PER_READY: u64 = 64 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proposed {
     /// Appended to this leader's log at `first..=last` in `term`. The proposal took effect if
-    /// and only if the entry committed at `last` has this term.
+    /// and only if the entry committed at `last` has this term. Raft indexes count every entry,
+    /// each new leader's no-op ([`EntryKind::Noop`](crate::EntryKind::Noop)) included, so they
+    /// skip: an application that numbers its own commands counts `Normal` entries itself.
     Appended {
         /// The first proposal's index.
         first: Index,
