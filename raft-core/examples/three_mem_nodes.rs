@@ -34,7 +34,11 @@ impl MemCluster {
         let nodes = ids
             .iter()
             .map(|&id| {
-                let core = RawNode::new(Config::new(id, ids.to_vec())).expect("valid config");
+                let mut cfg = Config::new(id, ids.to_vec());
+                // The read below is asked on a follower, which forwards it to the leader; a
+                // forwarded request may be lost, so forwarding is opt-in.
+                cfg.forward_to_leader = true;
+                let core = RawNode::new(cfg).expect("valid config");
                 let node = MemNode {
                     core,
                     disk: Vec::new(),

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use raft_core::{
-    Config, Entry, EntryKind, HardState, Message, MessageBody, RawNode, RestartState, SnapshotMeta,
-    SnapshotToFetch,
+    Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, RawNode, RestartState,
+    SnapshotMeta, SnapshotToFetch,
 };
 
 fn follower() -> RawNode {
@@ -115,5 +115,12 @@ fn a_restart_state_overlapping_its_snapshot_is_refused_as_an_overlap() {
     let err = RawNode::restart(Config::new(2, vec![1, 2, 3]), state)
         .err()
         .expect("entries up to the snapshot must have been dropped");
-    assert!(err.to_string().contains("overlap"), "{err}");
+    assert_eq!(
+        err,
+        ConfigError::EntriesOverlapSnapshot {
+            first: 4,
+            snapshot_index: 5
+        },
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ const SEEDS: u64 = 200;
 /// As in the lab: an election timeout of three heartbeats.
 const ELECTION_TICKS: u32 = 3;
 /// A proposal must commit within this many election timeouts.
-const BOUND_IN_TIMEOUTS: u64 = 100;
+const BOUND_IN_TIMEOUTS: u64 = 70;
 
 /// How many of the seeds failed to commit within the bound.
 fn failures(configure: impl Fn(&mut Config)) -> u64 {
