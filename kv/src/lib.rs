@@ -35,5 +35,5 @@ pub use identity::Identity;
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
-pub use snapshot::{SnapshotBuilder, SnapshotReader, StagedSnapshot};
+pub use snapshot::{SnapshotReader, SnapshotReceiver, StagedSnapshot};
 pub use state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS, SESSIONLESS_CLIENT};

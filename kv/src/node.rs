@@ -101,35 +101,35 @@ impl NodeStorage {
 pub fn restart_state_from(
     mut rs: RestartState,
     log_path: &Path,
-    applied: raft_core::Index,
+    applied_index: raft_core::Index,
     state_path: &Path,
 ) -> Result<RestartState> {
     let last = rs.entries.last().map_or(rs.snapshot.index, |e| e.index);
-    if applied < rs.snapshot.index {
+    if applied_index < rs.snapshot.index {
         return Err(Error::Corruption {
             path: log_path.to_path_buf(),
-            index: Some(applied + 1),
+            index: Some(applied_index + 1),
             detail: format!(
                 "the log was compacted up to {} but the state machine ({}) has only applied \
-                 up to {applied}: entries {}..={} are gone",
+                 up to {applied_index}: entries {}..={} are gone",
                 rs.snapshot.index,
                 state_path.display(),
-                applied + 1,
+                applied_index + 1,
                 rs.snapshot.index
             ),
         });
     }
-    if applied > last {
+    if applied_index > last {
         return Err(Error::Corruption {
             path: log_path.to_path_buf(),
             index: Some(last + 1),
             detail: format!(
-                "the state machine ({}) has applied up to {applied} but the log ends at {last}",
+                "the state machine ({}) has applied up to {applied_index} but the log ends at {last}",
                 state_path.display()
             ),
         });
     }
-    rs.applied = applied;
+    rs.applied = applied_index;
     Ok(rs)
 }
 

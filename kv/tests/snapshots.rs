@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kv::snapshot::{InstallStep, DEFAULT_CHUNK_BYTES, INCOMING_DIR};
 use kv::{
     Command, CommandResult, Identity, KvStateMachine, NodeStorage, Op, PowerCutEnv, RaftStorage,
-    SnapshotBuilder, SnapshotReader, StorageEnv,
+    SnapshotReader, SnapshotReceiver, StorageEnv,
 };
 use raft_core::{Entry, EntryKind, HardState, Index, Persist, SnapshotMeta, WriteId};
 
@@ -127,7 +127,7 @@ fn receive(
     meta: SnapshotMeta,
     chunks: &[Bytes],
 ) -> kv::Result<kv::StagedSnapshot> {
-    let mut b = SnapshotBuilder::new(dir, env, meta, 7)?;
+    let mut b = SnapshotReceiver::new(dir, env, meta, 7)?;
     for c in chunks {
         b.push(c)?;
     }
@@ -320,7 +320,7 @@ fn refused(f: &Fixture, chunks: &[Bytes], needle: &str) {
 
 fn refused_as(f: &Fixture, meta: SnapshotMeta, cluster: u64, chunks: &[Bytes], needle: &str) {
     let env = StorageEnv::Disk;
-    let mut b = SnapshotBuilder::new(f.dst.path(), &env, meta, cluster).unwrap();
+    let mut b = SnapshotReceiver::new(f.dst.path(), &env, meta, cluster).unwrap();
     let mut err = None;
     for c in chunks {
         if let Err(e) = b.push(c) {
@@ -482,7 +482,7 @@ fn power_cut_at_every_step_of_an_install_leaves_old_or_new() {
         };
         let node = NodeStorage::open_with(dir, Identity::new(2, 7), &env, 1000).unwrap();
         let result = (|| -> kv::Result<()> {
-            let mut b = SnapshotBuilder::new(dir, &env, meta, 7)?;
+            let mut b = SnapshotReceiver::new(dir, &env, meta, 7)?;
             for c in &chunks {
                 b.push(c)?;
                 cut(&pc);
@@ -614,7 +614,7 @@ mod hostile {
         #[test]
         fn builder_refuses_arbitrary_chunks(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..4)) {
             let env = StorageEnv::PowerCut(PowerCutEnv::new());
-            let mut b = SnapshotBuilder::new(Path::new("/p"), &env, SnapshotMeta { index: 3, term: 1 }, 0).unwrap();
+            let mut b = SnapshotReceiver::new(Path::new("/p"), &env, SnapshotMeta { index: 3, term: 1 }, 0).unwrap();
             let mut ok = true;
             for c in &chunks {
                 ok &= b.push(c).is_ok();

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use kv::{Command, KvStateMachine, SnapshotBuilder, StagedSnapshot, StorageEnv};
+use kv::{Command, KvStateMachine, SnapshotReceiver, StagedSnapshot, StorageEnv};
 use raft_core::{Entry, Index, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot};
 
@@ -99,7 +99,7 @@ pub(super) struct ApplyState {
     /// The index of the newest image in the data directory (0: none).
     pub(super) last_image: Index,
     /// The receive job in progress, and its builder (`None` once it failed).
-    pub(super) receiving: Option<(u64, Option<SnapshotBuilder>)>,
+    pub(super) receiving: Option<(u64, Option<SnapshotReceiver>)>,
     pub(super) staged: Option<StagedSnapshot>,
     /// The deliberate bug (`UnsafeSwitches::install_without_data`).
     pub(super) install_without_data: bool,

@@ -3,7 +3,7 @@
 //! to the group's snapshot channel ([`SnapshotEvent`]).
 
 use bytes::Bytes;
-use kv::SnapshotBuilder;
+use kv::SnapshotReceiver;
 use raft_core::{Entry, SnapshotMeta};
 use tokio::sync::oneshot;
 
@@ -61,7 +61,7 @@ impl ApplyState {
     fn begin_receive(&mut self, job: u64, at_least: SnapshotMeta) {
         self.staged = None;
         self.receiving = None;
-        match SnapshotBuilder::new(&self.data_dir, &self.env, at_least, self.cluster_id) {
+        match SnapshotReceiver::new(&self.data_dir, &self.env, at_least, self.cluster_id) {
             Ok(b) => self.receiving = Some((job, Some(b))),
             Err(e) => self.receive_failed(job, TransferError::Stage(e)),
         }

@@ -1,0 +1,384 @@
+//! The Raft log and hard state on LevelDB (`<data-dir>/raft_logs`).
+//!
+//! Layout, one prefix byte per kind of key so that metadata and entries never collide and
+//! entries sort by index:
+//! * `0x00 'h'` hard state, `0x00 's'` log start (the snapshot's index and term), `0x00 'l'` the
+//!   last index, so that a log whose tail disappeared is noticed rather than silently shortened,
+//!   `0x00 'p'` the first index of an unfinished compaction;
+//! * `0x01 | index: u64 BE` one entry: `version | kind | term | index | payload | crc32`.
+//!
+//! Every [`Persist`] is one synced `WriteBatch`, so the hard state and the entries it carries are
+//! durable together or not at all. An entry records its own index and a CRC: a value moved to the
+//! wrong key, damaged on disk, or missing from the middle of the log is reported on load, naming
+//! the directory and the index, instead of being handed to Raft.
+//!
+//! This database is only ever read by key: the metadata says where the log begins and ends, so
+//! loading is one point read per entry and finishing a compaction needs no scan. A point read
+//! that misses (the compaction marker, usually, at open) is confirmed by an iterator in `ldb`,
+//! because rusty-leveldb's `get` can answer "absent" for a stored key; that once read the last
+//! index as missing after a compaction and a reboot, and the log looked as if it ended at the
+//! log start. The iterator's snapshot would stop garbage collection, which `ldb`'s pinned
+//! snapshot keeps going.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[cfg(test)]
+use bytes::Bytes;
+use raft_core::{Entry, HardState, Index, Persist, RestartState, SnapshotMeta, Term};
+use rusty_leveldb::WriteBatch;
+
+use crate::env::SyncStats;
+use crate::error::{Error, Result};
+use crate::ldb::{Ldb, StorageEnv};
+
+mod records;
+pub use records::COMPACT_CHUNK;
+use records::{
+    decode_entry, decode_hard_state, decode_pair, encode_entry, encode_hard_state, encode_pair,
+    entry_key, KEY_HARD_STATE, KEY_LAST_INDEX, KEY_LOG_START, KEY_PURGE_FROM,
+};
+
+/// Subdirectory of the data directory that holds the log.
+pub const RAFT_LOGS_DIR: &str = "raft_logs";
+
+/// The durable Raft state of one node. One owner; every method takes `&mut self`.
+pub struct RaftStorage {
+    db: Ldb,
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    /// Index of the last stored entry (`snapshot.index` when the log is empty).
+    last_index: Index,
+}
+
+impl RaftStorage {
+    /// Opens (creating if needed) `<data_dir>/raft_logs` on the real disk.
+    pub fn open(data_dir: &Path) -> Result<RaftStorage> {
+        Self::open_with(data_dir, &StorageEnv::Disk)
+    }
+
+    pub fn open_with(data_dir: &Path, env: &StorageEnv) -> Result<RaftStorage> {
+        let db = Ldb::open(&data_dir.join(RAFT_LOGS_DIR), env)?;
+        let mut s = RaftStorage {
+            db,
+            hard_state: HardState::default(),
+            snapshot: SnapshotMeta::default(),
+            last_index: 0,
+        };
+        if let Some(v) = s.db.get(KEY_HARD_STATE)? {
+            s.hard_state = decode_hard_state(v).map_err(|e| s.corrupt(None, "hard state", e))?;
+        }
+        if let Some(v) = s.db.get(KEY_LOG_START)? {
+            let (index, term) = decode_pair(v).map_err(|e| s.corrupt(None, "log start", e))?;
+            s.snapshot = SnapshotMeta { index, term };
+        }
+        s.last_index = match s.db.get(KEY_LAST_INDEX)? {
+            Some(v) => decode_pair(v)
+                .map_err(|e| s.corrupt(None, "last index", e))?
+                .0
+                .max(s.snapshot.index),
+            None => s.snapshot.index,
+        };
+        s.purge_below_start()?;
+        Ok(s)
+    }
+
+    fn corrupt(&self, index: Option<Index>, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Corruption {
+            path: self.db.path().to_path_buf(),
+            index,
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.db.path().to_path_buf()
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The last entry covered by the snapshot; the log continues after it.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+
+    pub fn first_index(&self) -> Index {
+        self.snapshot.index + 1
+    }
+
+    pub fn last_index(&self) -> Index {
+        self.last_index
+    }
+
+    /// Sync counters of the disk environment (`None` on a simulated one).
+    pub fn sync_stats(&self) -> Option<Arc<SyncStats>> {
+        self.db.sync_stats()
+    }
+
+    /// Stores one write of the core atomically and durably (one synced `WriteBatch`). If it
+    /// carries entries, every stored entry from the first one's index on is replaced.
+    pub fn persist(&mut self, p: &Persist) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let mut new_last = self.last_index;
+        if let Some(first) = p.overwrite_from() {
+            if first <= self.snapshot.index || first > self.last_index + 1 {
+                return Err(Error::InvalidRequest(format!(
+                    "entries from index {first} cannot be stored in {}: the log holds {}..={}",
+                    self.db.path().display(),
+                    self.first_index(),
+                    self.last_index
+                )));
+            }
+            for (k, e) in p.entries.iter().enumerate() {
+                if e.index != first + k as u64 {
+                    return Err(Error::InvalidRequest(format!(
+                        "entries to persist are not contiguous: index {} follows {}",
+                        e.index,
+                        first + k as u64 - 1
+                    )));
+                }
+            }
+            for i in first..=self.last_index {
+                batch.delete(&entry_key(i));
+            }
+            for e in &p.entries {
+                batch.put(&entry_key(e.index), &encode_entry(e));
+            }
+            new_last = first + p.entries.len() as u64 - 1;
+            batch.put(KEY_LAST_INDEX, &encode_pair(new_last, 0));
+        }
+        if let Some(hs) = &p.hard_state {
+            batch.put(KEY_HARD_STATE, &encode_hard_state(hs));
+        }
+        if batch.count() == 0 {
+            return Ok(());
+        }
+        self.db.write(batch, true)?;
+        self.last_index = new_last;
+        if let Some(hs) = p.hard_state {
+            self.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    /// Reads one stored entry.
+    pub fn entry(&mut self, index: Index) -> Result<Option<Entry>> {
+        let Some(v) = self.db.get(&entry_key(index))? else {
+            return Ok(None);
+        };
+        let e = decode_entry(v).map_err(|e| self.corrupt(Some(index), "entry", e))?;
+        if e.index != index {
+            return Err(self.corrupt(
+                Some(index),
+                "entry",
+                format!("stored under index {index} but records index {}", e.index),
+            ));
+        }
+        Ok(Some(e))
+    }
+
+    /// Everything a restarting core needs, checked: each entry's CRC and index, no gaps up to the
+    /// recorded last index, terms that never decrease. `applied` is the log start; the caller raises it
+    /// to the state machine's applied index.
+    pub fn load(&mut self) -> Result<RestartState> {
+        let mut entries = Vec::new();
+        let mut expected = self.snapshot.index + 1;
+        while expected <= self.last_index {
+            let Some(v) = self.db.get(&entry_key(expected))? else {
+                return Err(self.corrupt(
+                    Some(expected),
+                    "log",
+                    format!(
+                        "entry {expected} is missing (gap: the log should end at {})",
+                        self.last_index
+                    ),
+                ));
+            };
+            let e = decode_entry(v)
+                .map_err(|e| self.corrupt(Some(expected), "entry does not decode", e))?;
+            if e.index != expected {
+                return Err(self.corrupt(
+                    Some(expected),
+                    "log",
+                    format!(
+                        "entry stored under index {expected} records index {}",
+                        e.index
+                    ),
+                ));
+            }
+            if let Some(prev) = entries.last().map(|p: &Entry| p.term) {
+                if e.term < prev {
+                    return Err(self.corrupt(
+                        Some(expected),
+                        "log",
+                        format!("term {} follows term {prev}: terms never decrease", e.term),
+                    ));
+                }
+            }
+            entries.push(e);
+            expected += 1;
+        }
+        let corrupt = |index: Index, detail: String| Error::Corruption {
+            path: self.db.path().to_path_buf(),
+            index: Some(index),
+            detail,
+        };
+        if let Some(first) = entries.first() {
+            if first.term < self.snapshot.term {
+                return Err(corrupt(
+                    first.index,
+                    format!(
+                        "term {} is below the snapshot's term {}",
+                        first.term, self.snapshot.term
+                    ),
+                ));
+            }
+        }
+        Ok(RestartState {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot,
+            entries,
+            applied: self.snapshot.index,
+        })
+    }
+
+    /// Drops the log up to and including `up_to`, which must be stored. The new log start is
+    /// made durable first, then the entries are deleted in chunks of [`COMPACT_CHUNK`]; a crash
+    /// in between leaves entries below the start, which the next open deletes. The caller must
+    /// not compact past what the state machine has durably applied.
+    pub fn compact(&mut self, up_to: Index) -> Result<()> {
+        if up_to <= self.snapshot.index {
+            return Ok(());
+        }
+        if up_to > self.last_index {
+            return Err(Error::InvalidRequest(format!(
+                "cannot compact {} up to {up_to}: the log ends at {}",
+                self.db.path().display(),
+                self.last_index
+            )));
+        }
+        let term: Term = match self.entry(up_to)? {
+            Some(e) => e.term,
+            None => {
+                return Err(self.corrupt(Some(up_to), "compaction", "entry is missing"));
+            }
+        };
+        let old_first = self.first_index();
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_LOG_START, &encode_pair(up_to, term));
+        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
+        self.db.write(batch, true)?;
+        self.snapshot = SnapshotMeta { index: up_to, term };
+        self.purge(old_first, 0)
+    }
+
+    /// Installs a snapshot's log part (the state machine's part is the caller's): in one synced
+    /// `WriteBatch`, the log start becomes `meta`, the log becomes empty after it, and the hard
+    /// state's commit is raised to at least `meta.index` (term and vote are kept). Then every
+    /// stored entry is deleted in chunks of [`COMPACT_CHUNK`], as [`RaftStorage::compact`] does;
+    /// a crash in between leaves entries that the next open deletes, and that `load` never
+    /// reads (they lie outside the recorded log).
+    ///
+    /// Installing the current log start again does nothing (a restart finishing an interrupted
+    /// install repeats it). A snapshot below the current log start is refused.
+    pub fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<()> {
+        if meta == self.snapshot {
+            return self.purge_below_start();
+        }
+        if meta.index <= self.snapshot.index {
+            return Err(Error::InvalidRequest(format!(
+                "cannot install snapshot {}/{} in {}: the log already starts after {}/{}",
+                meta.index,
+                meta.term,
+                self.db.path().display(),
+                self.snapshot.index,
+                self.snapshot.term
+            )));
+        }
+        let (old_first, old_last) = (self.first_index(), self.last_index);
+        let hs = HardState {
+            commit: self.hard_state.commit.max(meta.index),
+            ..self.hard_state
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_LOG_START, &encode_pair(meta.index, meta.term));
+        batch.put(KEY_LAST_INDEX, &encode_pair(meta.index, 0));
+        batch.put(KEY_HARD_STATE, &encode_hard_state(&hs));
+        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, old_last));
+        self.db.write(batch, true)?;
+        self.snapshot = meta;
+        self.last_index = meta.index;
+        self.hard_state = hs;
+        self.purge(old_first, old_last)
+    }
+
+    /// Deletes the entries from `from` up to the log start (or up to `to` if that is further:
+    /// an install drops the whole old log), then the marker.
+    fn purge(&mut self, from: Index, to: Index) -> Result<()> {
+        self.delete_range(from, self.snapshot.index.max(to))?;
+        let mut batch = WriteBatch::default();
+        batch.delete(KEY_PURGE_FROM);
+        self.db.write(batch, false)
+    }
+
+    fn delete_range(&mut self, from: Index, to: Index) -> Result<()> {
+        let mut lo = from;
+        while lo <= to {
+            let hi = to.min(lo.saturating_add(COMPACT_CHUNK - 1));
+            let mut batch = WriteBatch::default();
+            for i in lo..=hi {
+                batch.delete(&entry_key(i));
+            }
+            self.db.write(batch, false)?;
+            lo = hi + 1;
+        }
+        Ok(())
+    }
+
+    /// Finishes a compaction that a crash interrupted.
+    fn purge_below_start(&mut self) -> Result<()> {
+        match self.db.get(KEY_PURGE_FROM)? {
+            Some(v) => {
+                let (from, to) =
+                    decode_pair(v).map_err(|e| self.corrupt(None, "compaction marker", e))?;
+                self.purge(from, to)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Asks LevelDB to compact the whole database now, so that the space of entries dropped by
+    /// [`RaftStorage::compact`] is returned at once rather than by background compactions.
+    pub fn reclaim_space(&mut self) -> Result<()> {
+        self.db.compact_all()
+    }
+
+    /// Forces LevelDB's buffers to disk (writes here are synced already; used before close).
+    pub fn flush(&mut self) -> Result<()> {
+        self.db.flush()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.db.get(key)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.put(key, value);
+        self.db.write(b, true)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_delete(&mut self, key: &[u8]) -> Result<()> {
+        let mut b = WriteBatch::default();
+        b.delete(key);
+        self.db.write(b, true)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+//! The log database's key layout and value encodings (see the parent module's docs): every
+//! value carries a format version and a CRC, and an entry also its own index.
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryKind, HardState, Index};
+
+use crate::codec::{self, Reader};
+use crate::error::DecodeError;
+
+const META: u8 = 0x00;
+const ENTRY: u8 = 0x01;
+pub(super) const KEY_HARD_STATE: &[u8] = &[META, b'h'];
+pub(super) const KEY_LOG_START: &[u8] = &[META, b's'];
+pub(super) const KEY_LAST_INDEX: &[u8] = &[META, b'l'];
+/// Present while a compaction's deletions are unfinished: the first index still to delete.
+pub(super) const KEY_PURGE_FROM: &[u8] = &[META, b'p'];
+const FORMAT_VERSION: u8 = 1;
+/// Deletions per batch when compacting, so that compaction never builds one huge batch.
+pub const COMPACT_CHUNK: u64 = 1024;
+/// Bound on a stored payload; larger lengths can only come from damage.
+const MAX_PAYLOAD: usize = 256 << 20;
+
+pub(super) fn entry_key(index: Index) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = ENTRY;
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub(super) fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut b = Vec::with_capacity(e.payload.len() + 30);
+    b.push(FORMAT_VERSION);
+    b.push(e.kind.code());
+    codec::put_u64(&mut b, e.term);
+    codec::put_u64(&mut b, e.index);
+    codec::put_bytes(&mut b, &e.payload);
+    codec::seal(&mut b);
+    b
+}
+
+pub(super) fn decode_entry(v: Bytes) -> Result<Entry, DecodeError> {
+    codec::unseal(&v)?;
+    let body = v.slice(..v.len() - 4);
+    let mut r = Reader::new(body);
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let tag = r.u8()?;
+    let kind = EntryKind::from_code(tag).ok_or(DecodeError::UnknownTag {
+        what: "entry kind",
+        tag,
+    })?;
+    let term = r.u64()?;
+    let index = r.u64()?;
+    let payload = r.bytes("payload", MAX_PAYLOAD)?;
+    r.finish()?;
+    Ok(Entry::new(term, index, kind, payload))
+}
+
+pub(super) fn encode_hard_state(hs: &HardState) -> Vec<u8> {
+    let mut b = vec![FORMAT_VERSION];
+    codec::put_u64(&mut b, hs.term);
+    // Node id 0 is reserved for "nobody", so it can stand for "no vote".
+    codec::put_u64(&mut b, hs.vote.unwrap_or(0));
+    codec::put_u64(&mut b, hs.commit);
+    codec::seal(&mut b);
+    b
+}
+
+pub(super) fn decode_hard_state(v: Bytes) -> Result<HardState, DecodeError> {
+    let mut r = versioned(v)?;
+    let term = r.u64()?;
+    let vote = r.u64()?;
+    let commit = r.u64()?;
+    r.finish()?;
+    Ok(HardState {
+        term,
+        vote: (vote != 0).then_some(vote),
+        commit,
+    })
+}
+
+pub(super) fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_u64(&mut out, a);
+    codec::put_u64(&mut out, b);
+    codec::seal(&mut out);
+    out
+}
+
+pub(super) fn decode_pair(v: Bytes) -> Result<(u64, u64), DecodeError> {
+    let mut r = versioned(v)?;
+    let a = r.u64()?;
+    let b = r.u64()?;
+    r.finish()?;
+    Ok((a, b))
+}
+
+fn versioned(v: Bytes) -> Result<Reader, DecodeError> {
+    codec::unseal(&v)?;
+    let mut r = Reader::new(v.slice(..v.len() - 4));
+    let version = r.u8()?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    Ok(r)
+}

@@ -1,0 +1,412 @@
+//! The key-value state machine on LevelDB (`<data-dir>/kv_data`).
+//!
+//! Each call to [`KvStateMachine::apply`] is one `WriteBatch` holding the user writes of its
+//! entries, the applied index and the changed client sessions. LevelDB applies a batch entirely or
+//! not at all, so after any crash the stored state is exactly "every entry up to the applied
+//! index", and restarting replays the log from there. The batch need not be synced: the log keeps
+//! every entry above [`KvStateMachine::durable_applied_index`], and replaying them is harmless
+//! because of the session table.
+//!
+//! Exactly-once: each client keeps its last sequence number and result. A command whose sequence
+//! number equals the client's last is a retry and gets the cached result without being applied
+//! again; a lower one is an old retry overtaken by a newer request ([`CommandResult::Stale`]).
+//! The table is bounded: past `max_sessions` clients, the one whose last command sits earliest in
+//! the log is evicted. Log position is the same on every replica, so every replica evicts the same
+//! clients; wall-clock expiry would let replicas disagree.
+//!
+//! The key layout and the metadata encodings are in `records.rs`; what each command does, and
+//! the session table's bookkeeping, in `commands.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use raft_core::{Entry, EntryKind, Index, Term};
+use rusty_leveldb::WriteBatch;
+
+use crate::command::CommandResult;
+use crate::env::SyncStats;
+use crate::error::{Error, Result};
+use crate::ldb::{Ldb, StorageEnv};
+
+mod commands;
+mod records;
+
+pub(crate) use records::{
+    decode_applied, decode_session, Session, KEY_APPLIED, SESSION_PREFIX, USER,
+};
+use records::{encode_applied, encode_session, session_key, user_key};
+
+/// Subdirectory of the data directory that holds the state machine.
+pub const KV_DATA_DIR: &str = "kv_data";
+/// Default bound on the session table.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+
+/// Commands from this client id are applied without a session: no deduplication, no session
+/// row written. For requests that are never retried (a plain Redis connection), whose `seq` is
+/// then only a request id that lets the node route the result back.
+pub const SESSIONLESS_CLIENT: u64 = 0;
+
+/// What [`KvStateMachine::apply`] returns per applied entry: `None` for a Raft no-op entry.
+pub type Applied = Vec<(Index, Option<CommandResult>)>;
+
+/// The replicated key-value map. One owner; every method takes `&mut self`.
+pub struct KvStateMachine {
+    db: Ldb,
+    applied_index: Index,
+    applied_term: Term,
+    durable_applied_index: Index,
+    sessions: BTreeMap<u64, Session>,
+    /// `(last_index, client)` of every session: the first element is the next to evict.
+    lru: BTreeSet<(Index, u64)>,
+    max_sessions: usize,
+    sync_writes: bool,
+    /// Set when a failure left memory and disk possibly out of step; the owner must reopen.
+    poisoned: Option<String>,
+    data_dir: PathBuf,
+    env: StorageEnv,
+    /// A snapshot install whose state-machine part is done but whose log part may not be: see
+    /// [`KvStateMachine::pending_install`].
+    pending_install: Option<raft_core::SnapshotMeta>,
+    /// A snapshot image being written in steps between applies (see `snapshot/build.rs`).
+    pub(crate) image_in_progress: Option<Box<crate::snapshot::ImageInProgress>>,
+}
+
+impl KvStateMachine {
+    /// Opens (creating if needed) `<data_dir>/kv_data` on the real disk.
+    pub fn open(data_dir: &Path) -> Result<KvStateMachine> {
+        Self::open_with(data_dir, &StorageEnv::Disk, DEFAULT_MAX_SESSIONS)
+    }
+
+    pub fn open_with(
+        data_dir: &Path,
+        env: &StorageEnv,
+        max_sessions: usize,
+    ) -> Result<KvStateMachine> {
+        let pending_install = crate::snapshot::recover(data_dir, env)?;
+        let db = Ldb::open(&data_dir.join(KV_DATA_DIR), env)?;
+        let mut sm = KvStateMachine {
+            db,
+            applied_index: 0,
+            applied_term: 0,
+            durable_applied_index: 0,
+            sessions: BTreeMap::new(),
+            lru: BTreeSet::new(),
+            max_sessions: max_sessions.max(1),
+            sync_writes: false,
+            poisoned: None,
+            data_dir: data_dir.to_path_buf(),
+            env: env.clone(),
+            pending_install,
+            image_in_progress: None,
+        };
+        sm.load_applied()?;
+        sm.load_sessions()?;
+        Ok(sm)
+    }
+
+    fn load_applied(&mut self) -> Result<()> {
+        if let Some(v) = self.db.get(KEY_APPLIED)? {
+            let (i, t) = decode_applied(&v)
+                .map_err(|e| self.corrupt(None, format!("applied index: {e}")))?;
+            self.applied_index = i;
+            self.applied_term = t;
+            self.durable_applied_index = i;
+        }
+        if let Some(m) = self.pending_install {
+            if (self.applied_index, self.applied_term) != (m.index, m.term) {
+                return Err(self.corrupt(
+                    Some(self.applied_index),
+                    format!(
+                        "a snapshot install of {}/{} is marked as committed, but the state \
+                         machine is at {}/{}",
+                        m.index, m.term, self.applied_index, self.applied_term
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn load_sessions(&mut self) -> Result<()> {
+        let mut loaded = Vec::new();
+        let mut bad = None;
+        self.db.scan_from(SESSION_PREFIX, |k, v| {
+            if !k.starts_with(SESSION_PREFIX) {
+                return Ok(false);
+            }
+            if k.len() != 10 {
+                bad = Some(format!("malformed session key {k:02x?}"));
+                return Ok(false);
+            }
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&k[2..]);
+            let client = u64::from_be_bytes(a);
+            match decode_session(v) {
+                Ok(s) => loaded.push((client, s)),
+                Err(e) => {
+                    bad = Some(format!("session of client {client}: {e}"));
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if let Some(b) = bad {
+            return Err(self.corrupt(None, b));
+        }
+        for (client, s) in loaded {
+            self.lru.insert((s.last_index, client));
+            self.sessions.insert(client, s);
+        }
+        Ok(())
+    }
+
+    /// Sync every apply batch (slower; makes `durable_applied_index() == applied_index()`).
+    pub fn set_sync_writes(&mut self, sync: bool) {
+        self.sync_writes = sync;
+    }
+
+    fn corrupt(&self, index: Option<Index>, detail: String) -> Error {
+        Error::Corruption {
+            path: self.db.path().to_path_buf(),
+            index,
+            detail,
+        }
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(p) => Err(Error::Io {
+                path: self.db.path().to_path_buf(),
+                detail: format!("state machine unusable after an earlier failure, reopen it: {p}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.db.path().to_path_buf()
+    }
+
+    /// The data directory this state machine lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn env(&self) -> &StorageEnv {
+        &self.env
+    }
+
+    pub(crate) fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    pub(crate) fn ldb(&mut self) -> &mut Ldb {
+        &mut self.db
+    }
+
+    /// A snapshot install that reached the state machine but is not yet known to have reached the
+    /// Raft log (a crash between the two, or [`KvStateMachine::install`] just returned). Until
+    /// the owner has called `RaftStorage::install_snapshot(meta)` and then
+    /// [`KvStateMachine::finish_install`], `apply` is refused: the log may still hold entries
+    /// that conflict with the installed state. `NodeStorage::open` does both.
+    pub fn pending_install(&self) -> Option<raft_core::SnapshotMeta> {
+        self.pending_install
+    }
+
+    /// Records that the log part of a pending install is durable: removes the install marker
+    /// and the previous state machine.
+    pub fn finish_install(&mut self) -> Result<()> {
+        if self.pending_install.is_some() {
+            crate::snapshot::finish(&self.data_dir, &self.env, &mut |_| {})?;
+            self.pending_install = None;
+        }
+        Ok(())
+    }
+
+    pub fn applied_index(&self) -> Index {
+        self.applied_index
+    }
+
+    pub fn applied_term(&self) -> Term {
+        self.applied_term
+    }
+
+    /// Applied index known to be on stable storage: the log must keep every entry above it.
+    pub fn durable_applied_index(&self) -> Index {
+        self.durable_applied_index
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The clients that have a session, in id order.
+    pub fn session_clients(&self) -> Vec<u64> {
+        self.sessions.keys().copied().collect()
+    }
+
+    pub fn sync_stats(&self) -> Option<Arc<SyncStats>> {
+        self.db.sync_stats()
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn sync(&mut self) -> Result<Index> {
+        self.check_poison()?;
+        self.db.flush()?;
+        self.durable_applied_index = self.applied_index;
+        Ok(self.applied_index)
+    }
+
+    /// Applies committed entries in log order. Entries at or below the applied index are skipped
+    /// (a replay after restart); the rest must continue it without a gap. Returns the result of
+    /// each applied entry. All of it is one `WriteBatch`.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Applied> {
+        self.check_poison()?;
+        if let Some(m) = self.pending_install {
+            return Err(Error::InvalidRequest(format!(
+                "{}: the install of snapshot {}/{} is unfinished: install it in the Raft log \
+                 and call finish_install before applying entries",
+                self.db.path().display(),
+                m.index,
+                m.term
+            )));
+        }
+        let fresh: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > self.applied_index)
+            .collect();
+        for (k, e) in fresh.iter().enumerate() {
+            let want = self.applied_index + 1 + k as u64;
+            if e.index != want {
+                return Err(Error::InvalidRequest(format!(
+                    "cannot apply entry {} to {}: expected index {want} (applied index {})",
+                    e.index,
+                    self.db.path().display(),
+                    self.applied_index
+                )));
+            }
+        }
+        let Some(last) = fresh.last() else {
+            return Ok(Vec::new());
+        };
+        let (last_index, last_term) = (last.index, last.term);
+        match self.apply_fresh(&fresh, last_index, last_term) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // Sessions in memory may already reflect entries that did not reach the disk.
+                self.poisoned = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_fresh(
+        &mut self,
+        fresh: &[&Entry],
+        last_index: Index,
+        last_term: Term,
+    ) -> Result<Applied> {
+        let mut overlay: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        let mut dirty: BTreeSet<u64> = BTreeSet::new();
+        let mut results = Vec::with_capacity(fresh.len());
+        for e in fresh {
+            let r = match e.kind {
+                EntryKind::Normal => Some(self.apply_entry(e, &mut overlay, &mut dirty)?),
+                // No-ops, and kinds that carry no command for the state machine.
+                _ => None,
+            };
+            results.push((e.index, r));
+        }
+        let mut batch = WriteBatch::default();
+        for (k, v) in &overlay {
+            match v {
+                Some(v) => batch.put(&user_key(k), v),
+                None => batch.delete(&user_key(k)),
+            }
+        }
+        for c in &dirty {
+            match self.sessions.get(c) {
+                Some(s) => batch.put(&session_key(*c), &encode_session(s)),
+                None => batch.delete(&session_key(*c)),
+            }
+        }
+        batch.put(KEY_APPLIED, &encode_applied(last_index, last_term));
+        if self.image_in_progress.is_some() {
+            let written = overlay
+                .keys()
+                .map(|k| user_key(k))
+                .chain(dirty.iter().map(|c| session_key(*c).to_vec()))
+                .chain(std::iter::once(KEY_APPLIED.to_vec()));
+            self.keep_images_before_overwriting(written)?;
+        }
+        self.db.write(batch, self.sync_writes)?;
+        self.applied_index = last_index;
+        self.applied_term = last_term;
+        if self.sync_writes {
+            self.durable_applied_index = last_index;
+        }
+        Ok(results)
+    }
+
+    /// The value of a user key; a read error is an error, never "absent".
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.check_poison()?;
+        self.db.get(&user_key(key))
+    }
+
+    /// Up to `limit` user keys starting with `prefix`, in key order.
+    pub fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let start = user_key(prefix);
+        self.scan(&start, limit, |k| k.starts_with(&start))
+    }
+
+    /// Up to `limit` user keys in `[start, end)` (`end = None`: to the last key), in key order.
+    pub fn scan_range(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let end = end.map(user_key);
+        self.scan(&user_key(start), limit, |k| {
+            k.first() == Some(&USER) && end.as_deref().is_none_or(|e| k < e)
+        })
+    }
+
+    fn scan(
+        &mut self,
+        start: &[u8],
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        self.check_poison()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.db.scan_from(start, |k, v| {
+            if !keep(k) {
+                return Ok(false);
+            }
+            out.push((Bytes::copy_from_slice(&k[1..]), v));
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Compacts the whole database, dropping deleted and overwritten data.
+    pub fn compact(&mut self) -> Result<()> {
+        self.check_poison()?;
+        self.db.compact_all()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.db.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests;
