@@ -4,8 +4,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
+
+use crate::rng::{self, SimRng};
 
 /// The kinds of fault a run may inject.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl FaultKinds {
 
     /// Each kind on with probability one half (`install_crashes` stays off: it depends on the
     /// snapshot policy, drawn after these).
-    pub fn from_rng(rng: &mut SmallRng) -> Self {
+    pub fn from_rng(rng: &mut SimRng) -> Self {
         Self {
             partitions: rng.gen_bool(0.5),
             crashes: rng.gen_bool(0.5),
@@ -136,7 +137,7 @@ pub struct Schedule {
 impl Schedule {
     /// Draws a schedule for `nodes` nodes over `duration` from `seed`.
     pub fn draw(seed: u64, nodes: u64, kinds: FaultKinds, duration: Duration) -> Schedule {
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5ced_u64.rotate_left(40));
+        let mut rng = rng::seeded(seed ^ 0x5ced_u64.rotate_left(40));
         let ids: Vec<u64> = (1..=nodes).collect();
         let mut actions = Vec::new();
         let mut t = Duration::from_millis(rng.gen_range(1_000..3_000));
@@ -154,15 +155,13 @@ impl Schedule {
         .map(|&(_, k)| k)
         .collect();
         while t < duration && !menu.is_empty() {
-            let pick = menu[rng.gen_range(0..menu.len())];
-            let node = ids[rng.gen_range(0..ids.len())];
+            let pick = menu[rng::index(&mut rng, menu.len())];
+            let node = ids[rng::index(&mut rng, ids.len())];
             match pick {
                 0 => {
                     let mut shuffled = ids.clone();
-                    for i in (1..shuffled.len()).rev() {
-                        shuffled.swap(i, rng.gen_range(0..=i));
-                    }
-                    let split = rng.gen_range(1..shuffled.len());
+                    rng::shuffle(&mut rng, &mut shuffled);
+                    let split = 1 + rng::index(&mut rng, shuffled.len() - 1);
                     let (a, b) = shuffled.split_at(split);
                     let action = match rng.gen_range(0..4) {
                         0 => FaultAction::Partition(vec![node], others(&ids, &[node])),
@@ -185,9 +184,7 @@ impl Schedule {
                         vec![node]
                     } else {
                         let mut shuffled = ids.clone();
-                        for i in (1..shuffled.len()).rev() {
-                            shuffled.swap(i, rng.gen_range(0..=i));
-                        }
+                        rng::shuffle(&mut rng, &mut shuffled);
                         shuffled[..ids.len() / 2 + 1].to_vec()
                     };
                     actions.push((t, FaultAction::Crash(victims.clone())));

@@ -1,0 +1,283 @@
+//! The cluster's clients: the workload clients, and the probe that checks liveness once the
+//! faults stop and reads every key on every node at the end.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use net::client::{ClientConfig, ClientError, KvClient};
+use rand::Rng;
+
+use super::config::RunConfig;
+use super::now;
+use crate::history::{History, Observed, Op, Operation, Outcome};
+use crate::net::TurmoilNet;
+use crate::observe::Observer;
+use crate::rng::{self, SimRng};
+
+/// The run's client history, shared by every client task.
+pub(super) type SharedHistory = Rc<RefCell<History>>;
+
+/// The liveness probe's verdict, once it has finished.
+pub(super) type ProbeResult = Rc<RefCell<Result<(), String>>>;
+
+/// Adds the workload clients to `sim`: each runs random operations until the workload ends.
+pub(super) fn start_workload(
+    sim: &mut turmoil::Sim<'_>,
+    cfg: &RunConfig,
+    servers: &[String],
+    history: &SharedHistory,
+    observer: &Observer,
+    rng: &mut SimRng,
+) {
+    let workload_end = cfg.workload.as_nanos() as u64;
+    for c in 1..=cfg.clients {
+        let client_id = rng.gen::<u64>() | 1;
+        let mut config = client_config(4);
+        config.follow_leader = !cfg.sticky_clients.contains(&c);
+        let client =
+            KvClient::over(TurmoilNet, servers.to_vec(), config, client_id).starting_at(c as usize);
+        let w = Workload {
+            client,
+            history: history.clone(),
+            observer: observer.clone(),
+            rng: rng::seeded(rng.gen()),
+            keys: cfg.keys,
+            id: c,
+            last_seen: BTreeMap::new(),
+            next_value: 0,
+        };
+        sim.client(format!("c{c}"), async move {
+            w.run(workload_end).await;
+            Ok(())
+        });
+    }
+}
+
+/// Adds the probe to `sim`: from `heal` on, a write and a read must succeed within the
+/// liveness bound, then a final read of every key joins the history (so a lost acknowledged
+/// write shows up there), and every key is read on every node.
+pub(super) fn start_probe(
+    sim: &mut turmoil::Sim<'_>,
+    cfg: &RunConfig,
+    heal: Duration,
+    servers: &[String],
+    history: &SharedHistory,
+    rng: &mut SimRng,
+) -> ProbeResult {
+    let liveness: ProbeResult = Rc::new(RefCell::new(Err(
+        "the liveness probe never finished".into()
+    )));
+    let heal = heal.as_nanos() as u64;
+    let bound = cfg.liveness_bound.as_nanos() as u64;
+    let client_id = rng.gen::<u64>() | 1;
+    let client = KvClient::over(
+        TurmoilNet,
+        servers.to_vec(),
+        client_config(1_000),
+        client_id,
+    );
+    // One client per node that stays on it: the last reads of every key on every node show a
+    // replica whose state machine went astray.
+    let replicas: Vec<(u64, KvClient<TurmoilNet>)> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let mut config = client_config(3);
+            config.follow_leader = false;
+            let id = rng.gen::<u64>() | 1;
+            let client = KvClient::over(TurmoilNet, vec![server.clone()], config, id);
+            (i as u64 + 1, client)
+        })
+        .collect();
+    let (verdict, history, keys) = (liveness.clone(), history.clone(), cfg.keys);
+    sim.client("probe", async move {
+        tokio::time::sleep(Duration::from_nanos(heal.saturating_sub(now()))).await;
+        *verdict.borrow_mut() = probe(client, replicas, history, keys, heal + bound).await;
+        Ok(())
+    });
+    liveness
+}
+
+fn client_config(max_attempts: u32) -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(3),
+        max_attempts,
+        backoff: Duration::from_millis(100),
+        follow_leader: true,
+    }
+}
+
+/// Keys written rarely (`w0`, `w1`, ...), besides the hot ones: a replica whose state machine
+/// went astray keeps the difference on them long enough for a read to see it, where the hot
+/// keys are overwritten within milliseconds.
+const COLD_KEYS: u64 = 16;
+
+/// Every key the workload touches: the hot keys `k0..k{hot}`, then the cold ones.
+fn all_keys(hot: u64) -> Vec<Vec<u8>> {
+    (0..hot)
+        .map(|k| format!("k{k}").into_bytes())
+        .chain((0..COLD_KEYS).map(|k| format!("w{k}").into_bytes()))
+        .collect()
+}
+
+/// One simulated client: random operations on a few hot keys, and now and then on one of the
+/// cold keys, until the workload ends.
+struct Workload {
+    client: KvClient<TurmoilNet>,
+    history: SharedHistory,
+    observer: Observer,
+    rng: SimRng,
+    keys: u64,
+    id: u64,
+    /// The value this client last saw at each key, for compare-and-set.
+    last_seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    next_value: u64,
+}
+
+impl Workload {
+    async fn run(mut self, until: u64) {
+        while now() < until {
+            let key = if self.rng.gen_bool(0.1) {
+                format!("w{}", self.rng.gen_range(0..COLD_KEYS)).into_bytes()
+            } else {
+                format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes()
+            };
+            let op = self.pick(&key);
+            let invoke = now();
+            let outcome = execute(&mut self.client, &key, &op).await;
+            let complete = now();
+            if let Outcome::Ok(Observed::Value(v)) = &outcome {
+                self.last_seen.insert(key.clone(), v.clone());
+            }
+            let mut event = format!("{} {:?} {:?}", self.id, op, outcome).into_bytes();
+            event.extend(complete.to_be_bytes());
+            self.observer.record(&event);
+            self.history
+                .borrow_mut()
+                .push(Operation::new(self.id, key, op, invoke, complete, outcome));
+            let think = self.rng.gen_range(0..20);
+            tokio::time::sleep(Duration::from_millis(think)).await;
+        }
+    }
+
+    fn pick(&mut self, key: &[u8]) -> Op {
+        // Values are integers, unique per write, so that INCR always applies and every read
+        // names the write it saw.
+        self.next_value += 1;
+        let unique = (self.id * 1_000_000 + self.next_value)
+            .to_string()
+            .into_bytes();
+        match self.rng.gen_range(0..100) {
+            0..=34 => Op::Get,
+            35..=59 => Op::Set(unique),
+            60..=74 => Op::Cas {
+                expected: self.last_seen.get(key).cloned().flatten(),
+                new: Some(unique),
+            },
+            75..=89 => Op::Incr(self.rng.gen_range(1..=5)),
+            _ => Op::Delete,
+        }
+    }
+}
+
+/// Runs `op` and turns the client's answer into a history outcome.
+async fn execute(client: &mut KvClient<TurmoilNet>, key: &[u8], op: &Op) -> Outcome {
+    let is_write = !matches!(op, Op::Get);
+    let result = match op {
+        Op::Get => client
+            .get(key)
+            .await
+            .map(|v| Observed::Value(v.map(|b| b.to_vec()))),
+        Op::Set(v) => client.set(key, v).await.map(|()| Observed::Done),
+        Op::Delete => client.del(key).await.map(Observed::Existed),
+        Op::Cas { expected, new } => match new {
+            Some(new) => client
+                .cas(key, expected.as_deref(), new)
+                .await
+                .map(Observed::Swapped),
+            None => return Outcome::Failed,
+        },
+        Op::Incr(by) => client.incr_by(key, *by).await.map(Observed::Int),
+    };
+    match result {
+        Ok(observed) => Outcome::Ok(observed),
+        Err(ClientError::Unavailable { maybe_applied, .. }) if is_write && maybe_applied => {
+            Outcome::Unknown
+        }
+        Err(ClientError::Unavailable { .. }) => Outcome::Failed,
+        // The server refused the command (it took no effect) or answered oddly.
+        Err(ClientError::Server(_)) => Outcome::Failed,
+        Err(ClientError::Protocol(_)) if is_write => Outcome::Unknown,
+        Err(ClientError::Protocol(_)) => Outcome::Failed,
+    }
+}
+
+/// After the faults stop: a write and a read succeed before `deadline`, then every key is read
+/// once more into the history, and once on each node (`replicas`: a client for each, by node
+/// id; a follower serves a read from its own state machine once the leader confirms the index).
+async fn probe(
+    mut client: KvClient<TurmoilNet>,
+    replicas: Vec<(u64, KvClient<TurmoilNet>)>,
+    history: SharedHistory,
+    keys: u64,
+    deadline: u64,
+) -> Result<(), String> {
+    let started = now();
+    let write_and_read = async {
+        let write = client.set(b"liveness", b"1").await;
+        let read = client.get(b"liveness").await;
+        (write, read)
+    };
+    let limit = Duration::from_nanos(deadline.saturating_sub(started));
+    match tokio::time::timeout(limit, write_and_read).await {
+        Ok((Ok(()), Ok(Some(_)))) => {}
+        Ok((w, r)) => {
+            return Err(format!(
+                "after the faults stopped at {:.1}s: write {w:?}, read {r:?}",
+                started as f64 / 1e9
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "no write and read succeeded within {:.1}s of the faults stopping at {:.1}s",
+                limit.as_secs_f64(),
+                started as f64 / 1e9
+            ))
+        }
+    }
+    for key in all_keys(keys) {
+        let invoke = now();
+        let outcome = execute(&mut client, &key, &Op::Get).await;
+        history.borrow_mut().push(Operation::new(
+            u64::MAX,
+            key,
+            Op::Get,
+            invoke,
+            now(),
+            outcome,
+        ));
+    }
+    // Bounded: a replica that cannot serve reads is not what liveness asks (one write and one
+    // read), and reads left unfinished take no effect.
+    let per_replica = async {
+        for (node, mut client) in replicas {
+            for key in all_keys(keys) {
+                let invoke = now();
+                let outcome = execute(&mut client, &key, &Op::Get).await;
+                history.borrow_mut().push(Operation::new(
+                    100 + node,
+                    key,
+                    Op::Get,
+                    invoke,
+                    now(),
+                    outcome,
+                ));
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), per_replica).await;
+    Ok(())
+}

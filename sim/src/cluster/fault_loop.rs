@@ -1,0 +1,225 @@
+//! The fault loop: steps the simulation, and between steps makes the scheduled fault actions,
+//! turns the power cuts set off by snapshot events into crashes and restarts, and stops at the
+//! first invariant the observer saw broken.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use net::node::PauseSwitch;
+use net::storage::SimulatedDisk;
+
+use super::node_name;
+use super::triggers::Triggers;
+use super::verdict::FailureKind;
+use crate::faults::{FaultAction, Schedule};
+use crate::observe::Observer;
+
+/// What the fault schedule holds of each node, outside the node's (crashable) host.
+#[derive(Clone)]
+pub(super) struct NodeControls {
+    pub(super) disk: SimulatedDisk,
+    pub(super) pause: PauseSwitch,
+}
+
+/// Runs the simulation to its end (every client finished), making `schedule`'s actions as their
+/// times come, and writing each action to `trace`.
+pub(super) fn run(
+    sim: &mut turmoil::Sim<'_>,
+    schedule: &Schedule,
+    nodes: &BTreeMap<u64, NodeControls>,
+    triggers: &Triggers,
+    observer: &Observer,
+    trace: &mut Vec<String>,
+) -> Result<(), FailureKind> {
+    let mut actions = schedule.actions.iter().peekable();
+    let names: Vec<String> = nodes.keys().copied().map(node_name).collect();
+    let mut crashed = Crashed::default();
+    loop {
+        let finished = step(sim, observer)?;
+        let elapsed = sim.elapsed();
+        crashed.cut_power(sim, triggers, elapsed, trace);
+        crashed.restart_due(sim, elapsed, trace);
+        if elapsed >= schedule.heal_at {
+            triggers.disarm();
+        }
+        while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
+            trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
+            apply(sim, action, &names, nodes, &mut crashed.hosts);
+        }
+        if let Some(v) = observer.violations().into_iter().next() {
+            return Err(FailureKind::Invariant(v));
+        }
+        if finished {
+            return Ok(());
+        }
+    }
+}
+
+/// One step of the simulation: whether every client has finished.
+fn step(sim: &mut turmoil::Sim<'_>, observer: &Observer) -> Result<bool, FailureKind> {
+    sim.step().map_err(|e| {
+        let text = e.to_string();
+        if text.contains("Ran for duration") {
+            FailureKind::Liveness(format!(
+                "clients still running at the end of the simulation ({text})\n{}",
+                observer.summary()
+            ))
+        } else {
+            FailureKind::Simulation(text)
+        }
+    })
+}
+
+/// The hosts that are down, and when those crashed by snapshot-driven faults come back.
+#[derive(Default)]
+struct Crashed {
+    hosts: Vec<u64>,
+    /// Restarts due for the hosts crashed by snapshot-driven faults: (when, node).
+    restarts: Vec<(Duration, u64)>,
+}
+
+impl Crashed {
+    /// Crashes the hosts whose power a snapshot event cut during the last step.
+    fn cut_power(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        triggers: &Triggers,
+        elapsed: Duration,
+        trace: &mut Vec<String>,
+    ) {
+        for cut in triggers.take_cuts() {
+            if self.hosts.contains(&cut.node) {
+                continue;
+            }
+            trace.push(format!(
+                "{:>10.3}s {} on n{}",
+                elapsed.as_secs_f64(),
+                cut.what,
+                cut.node
+            ));
+            sim.crash(node_name(cut.node));
+            self.hosts.push(cut.node);
+            self.restarts.push((elapsed + cut.downtime, cut.node));
+        }
+    }
+
+    /// Restarts the hosts whose downtime is over.
+    fn restart_due(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        elapsed: Duration,
+        trace: &mut Vec<String>,
+    ) {
+        while let Some(k) = self.restarts.iter().position(|(at, _)| *at <= elapsed) {
+            let (_, id) = self.restarts.remove(k);
+            // Unless a scheduled restart or a heal was first.
+            if let Some(pos) = self.hosts.iter().position(|c| *c == id) {
+                self.hosts.remove(pos);
+                trace.push(format!("{:>10.3}s Restart([{id}])", elapsed.as_secs_f64()));
+                sim.bounce(node_name(id));
+            }
+        }
+    }
+}
+
+/// Makes one fault action on the cluster.
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    action: &FaultAction,
+    names: &[String],
+    nodes: &BTreeMap<u64, NodeControls>,
+    crashed: &mut Vec<u64>,
+) {
+    let name = |id: &u64| node_name(*id);
+    match action {
+        FaultAction::Partition(a, b) => {
+            for x in a.iter().map(name) {
+                for y in b.iter().map(name) {
+                    sim.partition(x.as_str(), y.as_str());
+                }
+            }
+        }
+        FaultAction::PartitionOneWay(a, b) => {
+            for x in a.iter().map(name) {
+                for y in b.iter().map(name) {
+                    sim.partition_oneway(x.as_str(), y.as_str());
+                }
+            }
+        }
+        FaultAction::Heal => {
+            for (i, x) in names.iter().enumerate() {
+                for y in &names[i + 1..] {
+                    sim.repair(x.as_str(), y.as_str());
+                }
+            }
+            for id in std::mem::take(crashed) {
+                sim.bounce(name(&id));
+            }
+        }
+        FaultAction::Crash(ids) => {
+            for id in ids {
+                if crashed.contains(id) {
+                    continue;
+                }
+                // Cut the power first: the host's destructors (LevelDB flushes on drop) must
+                // not reach the disk.
+                nodes[id].disk.env.cut_power();
+                sim.crash(name(id));
+                crashed.push(*id);
+            }
+        }
+        FaultAction::Restart(ids) => {
+            for id in ids {
+                if let Some(pos) = crashed.iter().position(|c| c == id) {
+                    crashed.remove(pos);
+                    sim.bounce(name(id));
+                }
+            }
+        }
+        FaultAction::Pause(id) => {
+            nodes[id].pause.set(true);
+            for other in names.iter().filter(|n| **n != name(id)) {
+                sim.hold(name(id), other.as_str());
+            }
+        }
+        FaultAction::Resume(id) => {
+            nodes[id].pause.set(false);
+            for other in names.iter().filter(|n| **n != name(id)) {
+                sim.release(name(id), other.as_str());
+            }
+        }
+        FaultAction::LatencySpike(id, max) => {
+            for other in names.iter().filter(|n| **n != name(id)) {
+                sim.set_link_max_message_latency(name(id), other.as_str(), *max);
+            }
+        }
+        FaultAction::Flaky(id, rate) => {
+            for other in names.iter().filter(|n| **n != name(id)) {
+                sim.set_link_fail_rate(name(id), other.as_str(), *rate);
+            }
+        }
+        FaultAction::SlowDisk(id, latency) => {
+            let micros = latency.as_micros() as u64;
+            nodes[id]
+                .disk
+                .write_latency_micros
+                .store(micros, Ordering::Relaxed);
+        }
+        FaultAction::Calm => {
+            for node in nodes.values() {
+                node.disk.write_latency_micros.store(0, Ordering::Relaxed);
+            }
+            for (i, x) in names.iter().enumerate() {
+                for y in &names[i + 1..] {
+                    sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
+                    sim.set_link_max_message_latency(
+                        x.as_str(),
+                        y.as_str(),
+                        Duration::from_millis(20),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! One seeded run: a cluster of real nodes (the production driver, transport and storage) on
+//! turmoil's simulated network and the power-cut disk, clients running a mixed workload on a
+//! few hot keys, a fault schedule, and the checks: invariants while running, liveness once the
+//! faults stop, and linearizability of every key's history at the end.
+//!
+//! * `config.rs`: what a run is ([`RunConfig`], drawn from the seed);
+//! * `hosts.rs`: each node's configuration and software, as turmoil (re)starts its host;
+//! * `clients.rs`: the workload clients and the liveness probe;
+//! * `fault_loop.rs`: stepping the simulation and making the fault actions between steps;
+//! * `triggers.rs`: the power cuts that snapshot events set off;
+//! * `verdict.rs`: judging the end of a run ([`RunReport`], [`Failure`]) and the trace file.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rand::Rng;
+
+use crate::faults::Schedule;
+use crate::history::History;
+use crate::observe::Observer;
+use crate::rng;
+
+mod clients;
+mod config;
+mod fault_loop;
+mod hosts;
+mod triggers;
+mod verdict;
+
+pub use config::{describe_snapshots, snapshots_off, RunConfig};
+pub use verdict::{Failure, FailureKind, InstallCrashes, RunReport};
+
+const PEER_PORT: u16 = 7100;
+const CLIENT_PORT: u16 = 6379;
+
+fn node_name(id: u64) -> String {
+    format!("n{id}")
+}
+
+/// Simulated nanoseconds since the start, on the simulator's global clock.
+pub fn now() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Runs one seed to the end and judges it. A failure's trace (fault actions, then the client
+/// history) is written under `target/sim-traces/` (see [`RunConfig::expect_failure`]).
+pub fn run(cfg: &RunConfig) -> Result<RunReport, Box<Failure>> {
+    let mut trace = Vec::<String>::new();
+    run_and_judge(cfg, &mut trace).map_err(|kind| Failure::new(cfg, kind, &trace))
+}
+
+fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, FailureKind> {
+    let schedule = schedule(cfg);
+    let mut rng = rng::seeded(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut sim = new_sim(cfg, &schedule, &mut rng);
+    let triggers = triggers::Triggers::new(cfg);
+    let observer = Observer::with_hook(triggers.hook());
+    let nodes = hosts::start_nodes(&mut sim, cfg, &observer, &triggers, &mut rng);
+    let servers = hosts::client_addresses(cfg.nodes);
+    let history: clients::SharedHistory = Rc::new(RefCell::new(History::new()));
+    clients::start_workload(&mut sim, cfg, &servers, &history, &observer, &mut rng);
+    let liveness = clients::start_probe(
+        &mut sim,
+        cfg,
+        schedule.heal_at,
+        &servers,
+        &history,
+        &mut rng,
+    );
+    fault_loop::run(&mut sim, &schedule, &nodes, &triggers, &observer, trace)?;
+    let liveness = liveness.borrow().clone();
+    let history = history.borrow().clone();
+    verdict::judge(
+        cfg,
+        sim.elapsed(),
+        liveness,
+        history,
+        &observer,
+        &triggers,
+        trace,
+    )
+}
+
+/// The seed's fault schedule, with a test's extra actions merged in.
+fn schedule(cfg: &RunConfig) -> Schedule {
+    let mut schedule = Schedule::draw(cfg.seed, cfg.nodes, cfg.kinds, cfg.workload);
+    if !cfg.extra_faults.is_empty() {
+        schedule.actions.extend(cfg.extra_faults.iter().cloned());
+        // Stable: the drawn actions keep their order among themselves.
+        schedule.actions.sort_by_key(|(at, _)| *at);
+    }
+    schedule
+}
+
+/// The simulation: turmoil seeded with the run's seed (see `rng.rs` for what turmoil draws),
+/// network latency up to a drawn bound, and time enough for the liveness probe after healing.
+fn new_sim<'a>(cfg: &RunConfig, schedule: &Schedule, rng: &mut rng::SimRng) -> turmoil::Sim<'a> {
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(cfg.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(Duration::from_millis(rng.gen_range(1..20)))
+        .simulation_duration(schedule.heal_at + cfg.liveness_bound + Duration::from_secs(30));
+    builder.build()
+}

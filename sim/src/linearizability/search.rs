@@ -1,0 +1,646 @@
+//! The search for a linearization of one key's operations (see the parent module's docs):
+//! the problem laid out as lists, the memo of explored and failed states, and the walk.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::model::{Interner, Step, Val};
+use crate::history::{show_value, Observed, Op, Operation, Outcome, Time};
+
+/// One key's operations, ready to search. Search ids: completed operations `0..n_ok` and then the
+/// unknown ones, each group in invoke order.
+pub(super) struct Problem {
+    steps: Vec<Step>,
+    /// Search id -> index in the sorted operations of the key.
+    pub(super) orig: Vec<usize>,
+    invoke: Vec<Time>,
+    /// Return times of the completed operations.
+    complete: Vec<Time>,
+    /// For an unknown operation, the previous unknown one with the very same step, if any.
+    twin: Vec<Option<u32>>,
+    /// A completed read of a value that nothing invoked before it returned could have written.
+    impossible_read: Option<u32>,
+    n_ok: usize,
+    pub(super) interner: Interner,
+    /// The completed operations' calls and returns in time order: node `1 + 2 id` is the call of
+    /// `id`, `2 + 2 id` its return; node 0 is the head and `2 n_ok + 1` the tail.
+    order: Vec<u32>,
+}
+
+const HEAD: u32 = 0;
+
+pub(super) enum Search {
+    Linearizable { steps: u64 },
+    Violation(Found),
+    Inconclusive { steps: u64 },
+}
+
+pub(super) struct Found {
+    pub(super) explanation: String,
+    pub(super) prefix: Vec<u32>,
+    pub(super) state: Val,
+    pub(super) stuck: Option<u32>,
+    pub(super) candidates: Vec<u32>,
+    pub(super) steps: u64,
+}
+
+impl Problem {
+    /// `ops` sorted by invoke time and valid.
+    pub(super) fn new(ops: &[Operation]) -> Self {
+        let mut interner = Interner::default();
+        let mut ok = Vec::new();
+        let mut unknown = Vec::new();
+        for (i, o) in ops.iter().enumerate() {
+            let observed = match &o.outcome {
+                Outcome::Failed => continue,
+                Outcome::Unknown if o.op == Op::Get => continue,
+                Outcome::Unknown => None,
+                Outcome::Ok(observed) => Some(observed),
+            };
+            let step = match (&o.op, observed) {
+                (Op::Get, Some(Observed::Value(v))) => Step::Get(interner.val(v.as_deref())),
+                (Op::Set(v), _) => Step::Set(interner.val(Some(v))),
+                (Op::Delete, Some(Observed::Existed(e))) => Step::Delete(Some(*e)),
+                (Op::Delete, _) => Step::Delete(None),
+                (Op::Cas { expected, new }, observed) => Step::Cas {
+                    expected: interner.val(expected.as_deref()),
+                    new: interner.val(new.as_deref()),
+                    swapped: match observed {
+                        Some(Observed::Swapped(s)) => Some(*s),
+                        _ => None,
+                    },
+                },
+                (Op::Incr(by), observed) => Step::Incr {
+                    by: *by,
+                    result: match observed {
+                        Some(Observed::Int(n)) => Some(*n),
+                        _ => None,
+                    },
+                },
+                (Op::Get, _) => unreachable!("validated"),
+            };
+            if observed.is_some() {
+                ok.push((i, step));
+            } else {
+                unknown.push((i, step));
+            }
+        }
+        let n_ok = ok.len();
+        let mut events: Vec<(Time, bool, u32)> = Vec::with_capacity(2 * n_ok);
+        for (id, &(i, _)) in ok.iter().enumerate() {
+            events.push((ops[i].invoke, false, id as u32));
+            events.push((ops[i].complete, true, id as u32));
+        }
+        events.sort_unstable();
+        let order = events
+            .iter()
+            .map(|&(_, ret, id)| 1 + 2 * id + u32::from(ret))
+            .collect();
+        let all = ok.into_iter().chain(unknown);
+        let (orig, steps): (Vec<usize>, Vec<Step>) = all.unzip();
+        let invoke: Vec<Time> = orig.iter().map(|&i| ops[i].invoke).collect();
+        let complete: Vec<Time> = orig[..n_ok].iter().map(|&i| ops[i].complete).collect();
+        let mut seen: HashMap<Step, u32> = HashMap::new();
+        let twin = (n_ok..steps.len())
+            .map(|id| seen.insert(steps[id], id as u32))
+            .collect();
+        let impossible_read = impossible_read(&steps, &invoke, &complete, n_ok);
+        Self {
+            steps,
+            orig,
+            invoke,
+            complete,
+            twin,
+            impossible_read,
+            n_ok,
+            interner,
+            order,
+        }
+    }
+}
+
+/// A quick necessary condition: every completed read sees the initial absence or a value that some
+/// operation invoked before the read returned may have written. It finds at once what the search
+/// could only prove by exhausting every placement of the unknown operations.
+fn impossible_read(steps: &[Step], invoke: &[Time], complete: &[Time], n_ok: usize) -> Option<u32> {
+    // The earliest invocation that may write each value; `any_int`: that of an unknown Incr, which
+    // may write any integer.
+    let mut earliest: HashMap<Val, Time> = HashMap::new();
+    let mut any_int = Time::MAX;
+    for (id, step) in steps.iter().enumerate() {
+        let written = match *step {
+            Step::Set(v) => Some(v),
+            Step::Delete(_) => Some(Val::Absent),
+            Step::Cas {
+                swapped: Some(false),
+                ..
+            } => None,
+            Step::Cas { new, .. } => Some(new),
+            Step::Incr {
+                result: Some(n), ..
+            } => Some(Val::Int(n)),
+            Step::Incr { result: None, .. } => {
+                any_int = any_int.min(invoke[id]);
+                None
+            }
+            Step::Get(_) => None,
+        };
+        if let Some(v) = written {
+            let t = earliest.entry(v).or_insert(Time::MAX);
+            *t = (*t).min(invoke[id]);
+        }
+    }
+    (0..n_ok).find_map(|id| {
+        let Step::Get(v) = steps[id] else {
+            return None;
+        };
+        let by = complete[id];
+        let possible = v == Val::Absent
+            || earliest.get(&v).is_some_and(|&t| t <= by)
+            || (matches!(v, Val::Int(_)) && any_int <= by);
+        (!possible).then_some(id as u32)
+    })
+}
+
+/// A set of search ids as a bitset that knows its leading full words and (roughly) its last
+/// non-zero word, so that its compact form costs the width of its "ragged" middle only.
+struct Bits {
+    words: Vec<u64>,
+    /// `words[..full]` are all ones.
+    full: usize,
+    /// `words[hi..]` are all zero; `hi >= full`.
+    hi: usize,
+}
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Self {
+            words: vec![0; n.div_ceil(64)],
+            full: 0,
+            hi: 0,
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize) {
+        let w = i / 64;
+        self.words[w] |= 1 << (i % 64);
+        self.hi = self.hi.max(w + 1);
+        while self.full < self.words.len() && self.words[self.full] == u64::MAX {
+            self.full += 1;
+        }
+    }
+
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.words[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    fn clear(&mut self, i: usize) {
+        let w = i / 64;
+        self.words[w] &= !(1 << (i % 64));
+        self.full = self.full.min(w);
+    }
+
+    /// The words up to the trailing zero ones.
+    #[inline]
+    fn prefix(&mut self) -> &[u64] {
+        self.middle();
+        &self.words[..self.hi]
+    }
+
+    /// The words between the full ones and the trailing zero ones.
+    #[inline]
+    fn middle(&mut self) -> &[u64] {
+        while self.hi > self.full && self.words[self.hi - 1] == 0 {
+            self.hi -= 1;
+        }
+        &self.words[self.full..self.hi]
+    }
+}
+
+/// Where the search stands, but for which unknown operations are linearized.
+#[derive(PartialEq, Eq, Hash)]
+struct Position {
+    state: Val,
+    /// Whether the last operation linearized is an unknown one (which restricts the next moves).
+    in_run: bool,
+    ok_full: u32,
+    /// The completed operations linearized, past the `ok_full` full words.
+    ok: Box<[u64]>,
+}
+
+/// A memoised search node: the position and the unknown operations linearized.
+#[derive(PartialEq, Eq, Hash)]
+struct MemoKey {
+    pos: Position,
+    /// Trailing zero words trimmed.
+    unknown: Box<[u64]>,
+}
+
+impl MemoKey {
+    fn new(state: Val, in_run: bool, ok: &mut Bits, unknown: &mut Bits) -> Self {
+        let ok_full = ok.full as u32;
+        Self {
+            pos: Position {
+                state,
+                in_run,
+                ok_full,
+                ok: ok.middle().into(),
+            },
+            unknown: unknown.prefix().into(),
+        }
+    }
+}
+
+/// Positions known to fail, each with the sets of unknown operations it failed with. A node whose
+/// unknown set contains one of those fails too: it has the same moves but fewer unknown ones
+/// (which a linearization may always leave out), so the search skips it.
+#[derive(Default)]
+struct Failed(HashMap<Position, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>);
+
+impl Failed {
+    fn subsumes(&self, key: &MemoKey) -> bool {
+        self.0.get(&key.pos).is_some_and(|sets| {
+            sets.iter().any(|failed| {
+                failed.len() <= key.unknown.len()
+                    && failed
+                        .iter()
+                        .zip(&key.unknown[..])
+                        .all(|(f, u)| f & !u == 0)
+            })
+        })
+    }
+
+    fn insert(&mut self, key: MemoKey) {
+        self.0.entry(key.pos).or_default().push(key.unknown);
+    }
+}
+
+/// A small fast hasher (FxHash's mixing with a final avalanche); the cache is only ever asked
+/// about membership, so its quality affects speed, never the answer.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.add(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// A linearized operation, to undo on backtracking.
+struct Frame {
+    id: u32,
+    prev_state: Val,
+    /// For an unknown operation, the completed operation whose return bounded the candidates;
+    /// `NO_BOUND` for a completed one.
+    bound: u32,
+}
+
+const NO_BOUND: u32 = u32::MAX;
+
+enum Cursor {
+    /// At a node of the completed operations' list.
+    Main(u32),
+    /// At a node of the unknown operations' list; candidates must be invoked no later than the
+    /// return of completed operation `bound`.
+    Unknown { node: u32, bound: u32 },
+}
+
+#[inline]
+fn unlink(next: &mut [u32], prev: &mut [u32], x: u32) {
+    let (p, n) = (prev[x as usize], next[x as usize]);
+    next[p as usize] = n;
+    prev[n as usize] = p;
+}
+
+#[inline]
+fn relink(next: &mut [u32], prev: &mut [u32], x: u32) {
+    let (p, n) = (prev[x as usize], next[x as usize]);
+    next[p as usize] = x;
+    prev[n as usize] = x;
+}
+
+impl Problem {
+    /// Searches for a linearization, visiting at most `max_steps` list positions.
+    pub(super) fn search(&self, max_steps: u64) -> Search {
+        if let Some(read) = self.impossible_read {
+            return Search::Violation(self.impossible_read_found(read));
+        }
+        let mut walk = Walk::new(self);
+        let mut cursor = Cursor::Main(walk.next[HEAD as usize]);
+        loop {
+            if walk.remaining == 0 {
+                return Search::Linearizable { steps: walk.steps };
+            }
+            walk.steps += 1;
+            if walk.steps > max_steps {
+                return Search::Inconclusive { steps: max_steps };
+            }
+            cursor = match cursor {
+                Cursor::Main(node) => walk.at_completed(node),
+                Cursor::Unknown { node, bound } => match walk.at_unknown(node, bound) {
+                    Some(next) => next,
+                    None => match walk.backtrack(bound) {
+                        Ok(next) => next,
+                        Err(found) => return Search::Violation(found),
+                    },
+                },
+            };
+        }
+    }
+
+    fn impossible_read_found(&self, read: u32) -> Found {
+        let Step::Get(v) = self.steps[read as usize] else {
+            unreachable!("a read")
+        };
+        Found {
+            explanation: format!(
+                "a read saw {}, which no operation invoked before it returned could have written",
+                show_value(self.interner.bytes(v).as_deref())
+            ),
+            prefix: Vec::new(),
+            state: Val::Absent,
+            stuck: Some(read),
+            candidates: Vec::new(),
+            steps: 0,
+        }
+    }
+
+    /// The operations that may be linearized next, given the lists' current state.
+    fn candidates(&self, bound: u32, next: &[u32], unext: &[u32]) -> Vec<u32> {
+        const MAX_UNKNOWN: usize = 16;
+        let mut out = Vec::new();
+        let mut node = next[HEAD as usize];
+        while node & 1 == 1 {
+            out.push((node - 1) / 2);
+            node = next[node as usize];
+        }
+        let utail = (self.steps.len() - self.n_ok) as u32 + 1;
+        let mut node = unext[0];
+        let mut shown = 0;
+        while node != utail
+            && self.invoke[self.n_ok + node as usize - 1] <= self.complete[bound as usize]
+            && shown < MAX_UNKNOWN
+        {
+            out.push(self.n_ok as u32 + node - 1);
+            shown += 1;
+            node = unext[node as usize];
+        }
+        out
+    }
+}
+
+/// The search in progress: both lists with the linearized operations unlinked, the sets of
+/// linearized operations, the memo, the stack of moves to undo, and the deepest dead end so far
+/// (the evidence a violation reports).
+struct Walk<'p> {
+    problem: &'p Problem,
+    /// The completed operations' list: head, events, tail.
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    tail: u32,
+    /// The unknown operations' list: node `1 + j` is search id `n_ok + j`.
+    unext: Vec<u32>,
+    uprev: Vec<u32>,
+    utail: u32,
+    ok_bits: Bits,
+    unknown_bits: Bits,
+    memo: HashSet<MemoKey, BuildHasherDefault<FxHasher>>,
+    failed: Failed,
+    state: Val,
+    stack: Vec<Frame>,
+    /// Completed operations not linearized yet.
+    remaining: usize,
+    steps: u64,
+    best: Option<Found>,
+    /// How many leading frames of `stack` are `best.prefix`'s.
+    common: usize,
+}
+
+impl<'p> Walk<'p> {
+    fn new(problem: &'p Problem) -> Self {
+        let n_ok = problem.n_ok;
+        let n_unknown = problem.steps.len() - n_ok;
+        let tail = 2 * n_ok as u32 + 1;
+        let mut next = vec![0u32; tail as usize + 1];
+        let mut prev = vec![0u32; tail as usize + 1];
+        let mut last = HEAD;
+        for &node in problem.order.iter().chain([&tail]) {
+            next[last as usize] = node;
+            prev[node as usize] = last;
+            last = node;
+        }
+        let utail = n_unknown as u32 + 1;
+        Self {
+            problem,
+            next,
+            prev,
+            tail,
+            unext: (1..=utail + 1).collect(),
+            uprev: (0..=utail).map(|i| i.saturating_sub(1)).collect(),
+            utail,
+            ok_bits: Bits::new(n_ok),
+            unknown_bits: Bits::new(n_unknown),
+            memo: HashSet::default(),
+            failed: Failed::default(),
+            state: Val::Absent,
+            stack: Vec::new(),
+            remaining: n_ok,
+            steps: 0,
+            best: None,
+            common: 0,
+        }
+    }
+
+    /// At a node of the completed operations' list: linearize the operation if this is its call
+    /// and the model accepts it from an unexplored state; at a return, turn to the unknown
+    /// operations that may come before it.
+    fn at_completed(&mut self, node: u32) -> Cursor {
+        debug_assert!(node != self.tail, "a return always precedes the tail");
+        let p = self.problem;
+        let id = (node - 1) / 2;
+        let is_call = node & 1 == 1;
+        if !is_call {
+            return Cursor::Unknown {
+                node: self.unext[0],
+                bound: id,
+            };
+        }
+        if let Some(new_state) = p.steps[id as usize].apply(self.state, &p.interner) {
+            self.ok_bits.set(id as usize);
+            let key = MemoKey::new(new_state, false, &mut self.ok_bits, &mut self.unknown_bits);
+            if !self.failed.subsumes(&key) && self.memo.insert(key) {
+                self.stack.push(Frame {
+                    id,
+                    prev_state: self.state,
+                    bound: NO_BOUND,
+                });
+                self.state = new_state;
+                unlink(&mut self.next, &mut self.prev, node);
+                unlink(&mut self.next, &mut self.prev, node + 1);
+                self.remaining -= 1;
+                return Cursor::Main(self.next[HEAD as usize]);
+            }
+            self.ok_bits.clear(id as usize);
+        }
+        Cursor::Main(self.next[node as usize])
+    }
+
+    /// At a node of the unknown operations' list: linearize it if it may come before `bound`
+    /// returns and the move is worth trying. `None` at a dead end: nothing more can be
+    /// linearized before `bound` returns.
+    fn at_unknown(&mut self, node: u32, bound: u32) -> Option<Cursor> {
+        let p = self.problem;
+        let n_ok = p.n_ok;
+        let id = n_ok as u32 + node - 1;
+        if node == self.utail || p.invoke[id as usize] > p.complete[bound as usize] {
+            return None;
+        }
+        let j = (node - 1) as usize;
+        let in_run = self.stack.last().is_some_and(|f| f.bound != NO_BOUND);
+        let step = &p.steps[id as usize];
+        // Moves that some other linearization makes at least as well are skipped (each keeps
+        // every option the skipped one has):
+        // * a step that leaves the state as it is: never applying it does the same;
+        // * a blind write after other unknown steps with no completed one between: it erases
+        //   them, so they might as well never happen;
+        // * the twin of a pending unknown operation (same step, invoked earlier, so also a
+        //   candidate here): it was tried already.
+        let blind = matches!(step, Step::Set(_) | Step::Delete(_));
+        let twin_pending =
+            p.twin[j].is_some_and(|t| !self.unknown_bits.contains(t as usize - n_ok));
+        let applied = if (blind && in_run) || twin_pending {
+            None
+        } else {
+            step.apply(self.state, &p.interner)
+                .filter(|&s| s != self.state)
+        };
+        if let Some(new_state) = applied {
+            self.unknown_bits.set(j);
+            let key = MemoKey::new(new_state, true, &mut self.ok_bits, &mut self.unknown_bits);
+            if !self.failed.subsumes(&key) && self.memo.insert(key) {
+                self.stack.push(Frame {
+                    id,
+                    prev_state: self.state,
+                    bound,
+                });
+                self.state = new_state;
+                unlink(&mut self.unext, &mut self.uprev, node);
+                return Some(Cursor::Main(self.next[HEAD as usize]));
+            }
+            self.unknown_bits.clear(j);
+        }
+        Some(Cursor::Unknown {
+            node: self.unext[node as usize],
+            bound,
+        })
+    }
+
+    /// At a dead end: records it if it is the deepest so far, then undoes the last move and
+    /// goes on with the next candidate after it. `Err` with the evidence once no move is left
+    /// to undo: the history is not linearizable.
+    fn backtrack(&mut self, bound: u32) -> Result<Cursor, Found> {
+        self.record_dead_end(bound);
+        let Some(f) = self.stack.pop() else {
+            let mut found = self.best.take().expect("recorded at this dead end");
+            found.steps = self.steps;
+            return Err(found);
+        };
+        self.common = self.common.min(self.stack.len());
+        // Every move from the node `f` led to was tried: it fails.
+        let in_run = f.bound != NO_BOUND;
+        self.failed.insert(MemoKey::new(
+            self.state,
+            in_run,
+            &mut self.ok_bits,
+            &mut self.unknown_bits,
+        ));
+        self.state = f.prev_state;
+        if f.bound == NO_BOUND {
+            self.ok_bits.clear(f.id as usize);
+            let call = 1 + 2 * f.id;
+            relink(&mut self.next, &mut self.prev, call + 1);
+            relink(&mut self.next, &mut self.prev, call);
+            self.remaining += 1;
+            Ok(Cursor::Main(self.next[call as usize]))
+        } else {
+            let j = f.id - self.problem.n_ok as u32;
+            self.unknown_bits.clear(j as usize);
+            relink(&mut self.unext, &mut self.uprev, j + 1);
+            Ok(Cursor::Unknown {
+                node: self.unext[(j + 1) as usize],
+                bound: f.bound,
+            })
+        }
+    }
+
+    /// Keeps the deepest dead end as the violation's evidence: the prefix linearized so far, the
+    /// state after it, the return it got stuck before and the candidates it had.
+    fn record_dead_end(&mut self, bound: u32) {
+        if self
+            .best
+            .as_ref()
+            .is_some_and(|b| self.stack.len() <= b.prefix.len())
+        {
+            return;
+        }
+        let state = self.state;
+        let b = self.best.get_or_insert_with(|| Found {
+            explanation: "no order of the operations respects both their real-time order and \
+                          the answers they got"
+                .to_string(),
+            prefix: Vec::new(),
+            state,
+            stuck: None,
+            candidates: Vec::new(),
+            steps: 0,
+        });
+        b.prefix.truncate(self.common);
+        b.prefix
+            .extend(self.stack[self.common..].iter().map(|f| f.id));
+        self.common = self.stack.len();
+        b.state = state;
+        b.stuck = Some(bound);
+        b.candidates = self.problem.candidates(bound, &self.next, &self.unext);
+    }
+}
