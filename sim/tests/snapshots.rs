@@ -134,7 +134,7 @@ fn installs_survive_lossy_links_latency_spikes_and_partitions() {
 
 #[test]
 fn installs_survive_crashes_of_a_node_and_of_a_majority() {
-    let report = pass(&with_crashes(0));
+    let report = pass(&with_crashes(1));
     assert!(
         !report.snapshots_installed.is_empty(),
         "no snapshot was installed"
