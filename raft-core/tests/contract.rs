@@ -8,27 +8,8 @@ use raft_core::{
     RawNode, Ready, RestartState, Role, SnapshotMeta, WriteId,
 };
 
-fn node(id: u64, voters: &[u64]) -> RawNode {
-    let mut cfg = Config::new(id, voters.to_vec());
-    cfg.pre_vote = false;
-    cfg.check_quorum = false;
-    RawNode::new(cfg).expect("valid config")
-}
-
-fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
-
-fn persist_all(n: &mut RawNode, rd: &Ready) {
-    if let Some(p) = &rd.persist {
-        n.on_persisted(p.id);
-    }
-}
+mod common;
+use common::{msg, node, persist_all};
 
 fn votes_granted(rd: &Ready) -> usize {
     rd.messages

@@ -8,20 +8,15 @@ use raft_core::{
     SnapshotMeta, SnapshotToFetch,
 };
 
+mod common;
+use common::{msg, persist_all};
+
 fn follower() -> RawNode {
-    let mut cfg = Config::new(2, vec![1, 2, 3]);
-    cfg.pre_vote = false;
-    cfg.check_quorum = false;
-    RawNode::new(cfg).expect("valid config")
+    common::node(2, &[1, 2, 3])
 }
 
 fn from_leader(body: MessageBody) -> Message {
-    Message {
-        from: 1,
-        to: 2,
-        term: 1,
-        body,
-    }
+    msg(1, 2, 1, body)
 }
 
 fn heartbeat() -> Message {
@@ -35,12 +30,7 @@ fn fetch_requests(n: &mut RawNode) -> Vec<SnapshotToFetch> {
     let mut out = Vec::new();
     while n.has_ready() {
         let rd = n.take_ready();
-        if let Some(p) = &rd.persist {
-            n.on_persisted(p.id);
-        }
-        if let Some(w) = &rd.snapshot_write {
-            n.on_persisted(w.id);
-        }
+        persist_all(n, &rd);
         out.extend(rd.snapshot_to_fetch);
     }
     out

@@ -5,35 +5,19 @@
 
 use raft_core::{Config, Message, MessageBody, RawNode, Ready, Role};
 
+mod common;
+use common::{drain, msg};
+
 fn follower(id: u64) -> RawNode {
-    let mut cfg = Config::new(id, vec![1, 2, 3]);
-    cfg.pre_vote = false;
-    cfg.check_quorum = false;
-    RawNode::new(cfg).expect("valid config")
+    common::node(id, &[1, 2, 3])
 }
 
 fn vote_request(from: u64, to: u64, term: u64, last_log_index: u64, last_log_term: u64) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body: MessageBody::VoteRequest {
-            last_log_index,
-            last_log_term,
-        },
-    }
-}
-
-fn drain(n: &mut RawNode) -> Vec<Ready> {
-    let mut out = Vec::new();
-    while n.has_ready() {
-        let rd = n.take_ready();
-        if let Some(p) = &rd.persist {
-            n.on_persisted(p.id);
-        }
-        out.push(rd);
-    }
-    out
+    let body = MessageBody::VoteRequest {
+        last_log_index,
+        last_log_term,
+    };
+    msg(from, to, term, body)
 }
 
 fn granted(readies: &[Ready]) -> bool {

@@ -4,45 +4,22 @@
 //! safety violation from lost liveness. Hostile input must still never panic a node.
 
 use bytes::Bytes;
-use raft_core::{
-    Config, Entry, EntryKind, Message, MessageBody, RawNode, Ready, Role, SafetyViolation,
-};
+use raft_core::{Entry, EntryKind, Message, MessageBody, RawNode, Role, SafetyViolation};
+
+mod common;
+use common::{drain, msg};
 
 fn node(id: u64) -> RawNode {
-    let mut cfg = Config::new(id, vec![1, 2, 3]);
-    cfg.pre_vote = false;
-    cfg.check_quorum = false;
-    RawNode::new(cfg).expect("valid config")
-}
-
-fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
-
-fn drive(n: &mut RawNode) -> Vec<Ready> {
-    let mut out = Vec::new();
-    while n.has_ready() {
-        let rd = n.take_ready();
-        if let Some(p) = &rd.persist {
-            n.on_persisted(p.id);
-        }
-        out.push(rd);
-    }
-    out
+    common::node(id, &[1, 2, 3])
 }
 
 /// n1 leads term 1 with n2's vote.
 fn leader() -> RawNode {
     let mut n = node(1);
     n.campaign();
-    drive(&mut n);
+    drain(&mut n);
     n.step(msg(2, 1, 1, MessageBody::VoteResponse { granted: true }));
-    drive(&mut n);
+    drain(&mut n);
     assert_eq!(n.role(), Role::Leader);
     n
 }
@@ -88,11 +65,11 @@ fn a_second_leader_in_my_term_is_reported_and_ignored() {
 fn an_append_contradicting_a_committed_entry_is_reported_and_refused() {
     let mut n = node(2);
     n.step(append(1, 2, 1, (0, 0), &[1, 1], 2));
-    drive(&mut n);
+    drain(&mut n);
     assert_eq!(n.commit_index(), 2);
     // A leader of term 2 whose log lacks the committed entries: it could not have been elected.
     n.step(append(3, 2, 2, (0, 0), &[2], 0));
-    let readies = drive(&mut n);
+    let readies = drain(&mut n);
     assert_eq!(
         n.safety_violation(),
         Some(SafetyViolation::CommittedEntryConflict {
@@ -116,7 +93,7 @@ fn an_append_contradicting_a_committed_entry_is_reported_and_refused() {
 fn an_applied_index_beyond_what_was_handed_out_is_reported_and_ignored() {
     let mut n = node(2);
     n.step(append(1, 2, 1, (0, 0), &[1, 1], 1));
-    drive(&mut n);
+    drain(&mut n);
     n.on_applied(1);
     assert_eq!(n.safety_violation(), None);
     n.on_applied(2);
