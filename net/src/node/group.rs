@@ -223,8 +223,6 @@ impl Group {
                 }
             }
         }
-        self.install.handle_ready_drained();
-        self.perform_snapshot_actions();
     }
 
     fn role_changed(&mut self, soft: raft_core::SoftState) {

@@ -20,7 +20,7 @@ impl Group {
             }
             SnapshotEvent::FetchFailed { job, error } => {
                 if let Some(asked) = self.install.handle_fetch_failed(job) {
-                    tracing::warn!(id = self.cfg.id, from = asked.from, %error, "fetching a snapshot failed; fetching again when asked");
+                    tracing::warn!(id = self.cfg.id, from = asked.from, %error, "fetching a snapshot failed; the core asks again at the leader's next message");
                 }
             }
             SnapshotEvent::Installed(meta) => {
@@ -47,9 +47,10 @@ impl Group {
                     });
                 }
                 Action::OfferToCore(snapshot) => {
-                    // Whether the core took it shows in the next Ready (an install write).
-                    let _taken = self.core.on_snapshot_fetched(snapshot);
+                    let taken = self.core.on_snapshot_fetched(snapshot);
+                    self.install.handle_offer_answered(taken);
                 }
+                Action::ReportFetchFailed(snapshot) => self.core.on_snapshot_fetch_failed(snapshot),
                 Action::Install(write) => self.install_snapshot(write),
                 Action::DiscardStaged => {
                     let _ = self.queues.apply.send(ApplyRequest::DiscardStaged);

@@ -2,7 +2,8 @@
 //! `handle_*` tells it what happened, [`SnapshotInstall::poll_action`] says what to do next,
 //! and the group ([`super::group`]) does it. Its inputs come from the core's `Ready` and from
 //! the snapshot channel ([`SnapshotEvent`]), which the apply worker and the peer transport
-//! report on; storage events never carry snapshot news.
+//! report on; storage events never carry snapshot news. It keeps only the fetch in progress:
+//! what was asked for, failed or staged is the core's state.
 //!
 //! One install, step by step:
 //! 1. the core asks for a snapshot (`Ready::snapshot_to_fetch`): [`handle_fetch_asked`] ->
@@ -12,20 +13,20 @@
 //!    first ([`Action::CancelFetch`]).
 //! 2. the apply worker staged the data ([`SnapshotEvent::Staged`]): [`handle_staged`] ->
 //!    [`Action::OfferToCore`]. Or the fetch failed ([`SnapshotEvent::FetchFailed`]):
-//!    [`handle_fetch_failed`] remembers it, and the next ask (the leader repeats its offer)
-//!    starts over.
-//! 3. the core asks to install it (`Ready::snapshot_write`): [`handle_install_asked`] ->
+//!    [`handle_fetch_failed`] -> [`Action::ReportFetchFailed`], and the core asks again when it
+//!    next hears from the leader (step 1 starts a new job).
+//! 3. the core answers the offer (`on_snapshot_fetched`'s result, [`handle_offer_answered`]):
+//!    declined (it caught up meanwhile) -> [`Action::DiscardStaged`]; taken -> it asks to
+//!    install it in its next `Ready` (`Ready::snapshot_write`): [`handle_install_asked`] ->
 //!    [`Action::Install`], carried out by the apply and log workers together.
-//! 4. the core's `Ready`s are drained and it did not ask (it caught up meanwhile):
-//!    [`handle_ready_drained`] -> [`Action::DiscardStaged`].
-//! 5. the apply worker finished the install ([`SnapshotEvent::Installed`]):
+//! 4. the apply worker finished the install ([`SnapshotEvent::Installed`]):
 //!    [`handle_installed`] counts it.
 //!
 //! [`handle_fetch_asked`]: SnapshotInstall::handle_fetch_asked
 //! [`handle_staged`]: SnapshotInstall::handle_staged
 //! [`handle_fetch_failed`]: SnapshotInstall::handle_fetch_failed
+//! [`handle_offer_answered`]: SnapshotInstall::handle_offer_answered
 //! [`handle_install_asked`]: SnapshotInstall::handle_install_asked
-//! [`handle_ready_drained`]: SnapshotInstall::handle_ready_drained
 //! [`handle_installed`]: SnapshotInstall::handle_installed
 
 use std::collections::VecDeque;
@@ -54,29 +55,28 @@ pub enum Action {
     StartFetch { job: u64, asked: SnapshotToFetch },
     /// Stop fetching job `job` and drop what it received.
     CancelFetch { job: u64 },
-    /// Tell the core the snapshot is staged (`on_snapshot_fetched`).
+    /// Tell the core the snapshot is staged (`on_snapshot_fetched`), and pass its answer to
+    /// [`SnapshotInstall::handle_offer_answered`].
     OfferToCore(SnapshotMeta),
+    /// Tell the core the fetch of this snapshot failed (`on_snapshot_fetch_failed`).
+    ReportFetchFailed(SnapshotMeta),
     /// Install the staged snapshot: the state machine, then the log, as one write of the core.
     Install(SnapshotWrite),
     /// The core did not take the staged snapshot: remove it.
     DiscardStaged,
 }
 
-/// A fetch in progress, or failed until the core asks again.
+/// A fetch in progress.
 #[derive(Clone, Copy, Debug)]
 struct Fetch {
     job: u64,
     asked: SnapshotToFetch,
-    failed: bool,
 }
 
 /// The follower's side of one snapshot at a time: fetch, stage, offer, install or discard.
 #[derive(Debug)]
 pub struct SnapshotInstall {
     fetch: Option<Fetch>,
-    /// Staged and offered to the core in this round; discarded if the core does not ask to
-    /// install it before its `Ready`s are drained.
-    staged: Option<SnapshotMeta>,
     next_job: u64,
     installed: u64,
     actions: VecDeque<Action>,
@@ -92,7 +92,6 @@ impl SnapshotInstall {
     pub fn new() -> Self {
         Self {
             fetch: None,
-            staged: None,
             next_job: 1,
             installed: 0,
             actions: VecDeque::new(),
@@ -101,21 +100,15 @@ impl SnapshotInstall {
 
     /// The core asks for `asked`'s data.
     pub fn handle_fetch_asked(&mut self, asked: SnapshotToFetch) {
-        if let Some(f) = &self.fetch {
-            if f.asked == asked && !f.failed {
-                return;
-            }
+        if self.fetch.is_some_and(|f| f.asked == asked) {
+            return;
         }
         if let Some(old) = self.fetch.take() {
             self.actions.push_back(Action::CancelFetch { job: old.job });
         }
         let job = self.next_job;
         self.next_job += 1;
-        self.fetch = Some(Fetch {
-            job,
-            asked,
-            failed: false,
-        });
+        self.fetch = Some(Fetch { job, asked });
         self.actions.push_back(Action::StartFetch { job, asked });
     }
 
@@ -126,30 +119,31 @@ impl SnapshotInstall {
             return false;
         }
         self.fetch = None;
-        self.staged = Some(snapshot);
         self.actions.push_back(Action::OfferToCore(snapshot));
         true
     }
 
-    /// Receive job `job` failed. Returns the snapshot it was fetching if it was the current
-    /// job, which the next identical ask then fetches again from scratch.
+    /// Receive job `job` failed. Returns what it was fetching if it was the current job; the
+    /// failure is then reported to the core, which asks again (a new job) when it next hears
+    /// from the leader.
     pub fn handle_fetch_failed(&mut self, job: u64) -> Option<SnapshotToFetch> {
-        let f = self.fetch.as_mut().filter(|f| f.job == job)?;
-        f.failed = true;
+        let f = self.fetch.take_if(|f| f.job == job)?;
+        self.actions
+            .push_back(Action::ReportFetchFailed(f.asked.snapshot));
         Some(f.asked)
+    }
+
+    /// The core answered an [`Action::OfferToCore`]: a snapshot it declined (it caught up
+    /// meanwhile) is discarded at once; one it took it asks to install in its next `Ready`.
+    pub fn handle_offer_answered(&mut self, taken: bool) {
+        if !taken {
+            self.actions.push_back(Action::DiscardStaged);
+        }
     }
 
     /// The core asks to install the staged snapshot.
     pub fn handle_install_asked(&mut self, write: SnapshotWrite) {
-        self.staged = None;
         self.actions.push_back(Action::Install(write));
-    }
-
-    /// The core's `Ready`s are drained: a staged snapshot it did not ask for is discarded.
-    pub fn handle_ready_drained(&mut self) {
-        if self.staged.take().is_some() {
-            self.actions.push_back(Action::DiscardStaged);
-        }
     }
 
     /// An install finished.
@@ -167,9 +161,9 @@ impl SnapshotInstall {
         self.installed
     }
 
-    /// The receive job in progress (not failed), if any.
+    /// The receive job in progress, if any.
     pub fn fetching(&self) -> Option<u64> {
-        self.fetch.filter(|f| !f.failed).map(|f| f.job)
+        self.fetch.map(|f| f.job)
     }
 }
 
@@ -194,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_ask_carries_on_and_a_failed_fetch_restarts_when_asked_again() {
+    fn a_repeated_ask_carries_on_and_a_failed_fetch_is_reported_to_the_core() {
         let mut sm = SnapshotInstall::new();
         sm.handle_fetch_asked(ask(1, 100));
         assert_eq!(
@@ -209,20 +203,19 @@ mod tests {
         assert_eq!(sm.handle_fetch_failed(1), Some(ask(1, 100)));
         assert_eq!(
             actions(&mut sm),
-            [],
-            "a failure waits for the core to ask again"
+            [Action::ReportFetchFailed(meta(100, 2))],
+            "the core keeps the failure and asks again"
         );
         assert_eq!(sm.fetching(), None);
+        assert_eq!(sm.handle_fetch_failed(1), None, "reported once");
         sm.handle_fetch_asked(ask(1, 100));
         assert_eq!(
             actions(&mut sm),
-            [
-                Action::CancelFetch { job: 1 },
-                Action::StartFetch {
-                    job: 2,
-                    asked: ask(1, 100)
-                }
-            ]
+            [Action::StartFetch {
+                job: 2,
+                asked: ask(1, 100)
+            }],
+            "the failed job is over: nothing to cancel"
         );
         assert_eq!(sm.fetching(), Some(2));
     }
@@ -258,12 +251,12 @@ mod tests {
         let mut sm = SnapshotInstall::new();
         sm.handle_fetch_asked(ask(1, 100));
         assert!(sm.handle_staged(1, meta(100, 2)));
+        sm.handle_offer_answered(true);
         let write = SnapshotWrite {
             id: WriteId { seq: 7, term: 2 },
             snapshot: meta(100, 2),
         };
         sm.handle_install_asked(write);
-        sm.handle_ready_drained();
         assert_eq!(
             actions(&mut sm)[1..],
             [Action::OfferToCore(meta(100, 2)), Action::Install(write)],
@@ -274,13 +267,13 @@ mod tests {
 
         sm.handle_fetch_asked(ask(1, 200));
         assert!(sm.handle_staged(2, meta(200, 2)));
-        sm.handle_ready_drained();
+        sm.handle_offer_answered(false);
         assert_eq!(
             actions(&mut sm)[1..],
-            [Action::OfferToCore(meta(200, 2)), Action::DiscardStaged]
+            [Action::OfferToCore(meta(200, 2)), Action::DiscardStaged],
+            "declined: discarded at once"
         );
-        sm.handle_ready_drained();
-        assert_eq!(actions(&mut sm), [], "discarded once");
+        assert_eq!(sm.fetching(), None);
         assert_eq!(sm.installed(), 1);
     }
 }
