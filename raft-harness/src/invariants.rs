@@ -5,21 +5,26 @@
 //! harness, a simulator, a model checker) tells it what happens, node by node, and each report
 //! returns the first property it breaks as a [`Violation`]:
 //!
-//! | report | property checked |
-//! | --- | --- |
-//! | [`leader_elected`](InvariantChecker::leader_elected) | election safety: at most one leader per term |
-//! | [`leader_holds_committed`](InvariantChecker::leader_holds_committed) | leader completeness: a new leader holds every entry committed so far |
-//! | [`entry_written`](InvariantChecker::entry_written) | log matching: an `(index, term)` always names the same entry after the same predecessor |
-//! | [`committed`](InvariantChecker::committed) | state machine safety, at commit time: one term committed per index |
-//! | [`commit_durable_on`](InvariantChecker::commit_durable_on) | a commit needs the entry durable on a majority |
-//! | [`applied`](InvariantChecker::applied) | state machine safety: every node applies the same entry at each index |
-//! | [`snapshot`](InvariantChecker::snapshot) | a snapshot ends at an entry that was committed (applied) with its term |
-//! | [`read_requested`](InvariantChecker::read_requested), [`read_served`](InvariantChecker::read_served) | ReadIndex: a read never sees less than what was applied anywhere when it was asked |
+//! | report | property checked | fed by |
+//! | --- | --- | --- |
+//! | [`leader_elected`](InvariantChecker::leader_elected) | election safety: at most one leader per term | harness, simulator (role changes) |
+//! | [`leader_holds_committed`](InvariantChecker::leader_holds_committed) | leader completeness: a new leader holds every entry committed so far | harness (the new leader's log) |
+//! | [`entry_written`](InvariantChecker::entry_written) | log matching: an `(index, term)` always names the same entry after the same predecessor | harness (every log write) |
+//! | [`committed`](InvariantChecker::committed) | state machine safety, at commit time: one term committed per index | harness (every commit index advance) |
+//! | [`leader_committed`](InvariantChecker::leader_committed) | a leader's commit index lands only on an entry of its own term (§5.4.2, Figure 8) | harness (a leader's commit index at each advance) |
+//! | [`commit_durable_on`](InvariantChecker::commit_durable_on) | a commit needs the entry durable on a majority | harness (every disk) |
+//! | [`applied`](InvariantChecker::applied) | state machine safety: every node applies the same entry at each index | harness, simulator (entries handed to the state machine) |
+//! | [`snapshot`](InvariantChecker::snapshot) | a snapshot ends at an entry that was committed (applied) with its term | harness, simulator (snapshots taken and installed) |
+//! | [`read_requested`](InvariantChecker::read_requested), [`read_served`](InvariantChecker::read_served) | ReadIndex: a read never sees less than what was applied anywhere when it was asked | harness (reads asked and confirmed) |
 //!
-//! A driver reports what it can see; the rest are skipped. The simulator, which sees only roles,
-//! applied entries and snapshots, reports those; the core-tier harness, which sees every disk
-//! and log, reports everything. If a driver reports commits, an entry applied must have been
-//! reported committed first; otherwise the first node to apply an index defines the entry there.
+//! A driver reports what it can see; the rest are skipped. The simulator's observer sees the
+//! real nodes through `net`'s `NodeObserver`: role changes, the entries each node hands to its
+//! state machine, and snapshots. It cannot feed the commit checks: it never sees a commit index,
+//! and the last entry a leader hands out need not be at its commit index (hand-outs are
+//! batched), so the commit rule is checked by the core-tier harness, which reads each core's
+//! commit index after every `Ready`, and reports everything. If a driver reports commits, an
+//! entry applied must have been reported committed first; otherwise the first node to apply an
+//! index defines the entry there.
 //!
 //! The checker keeps every committed entry's term and payload (payloads are reference-counted
 //! [`Bytes`], so this costs little while the driver keeps them too).
@@ -188,6 +193,28 @@ impl InvariantChecker {
                 Ok(())
             }
         }
+    }
+
+    /// `node`, leader of `leader_term`, advanced its commit index to `index`, whose entry has
+    /// `term`. A leader counts replicas only for entries of its own term; earlier ones commit
+    /// with them (§5.4.2). Counting an earlier term's entry is what Figure 8 breaks: that entry
+    /// can still be overwritten by a leader that never saw it.
+    pub fn leader_committed(
+        &self,
+        node: NodeId,
+        leader_term: Term,
+        index: Index,
+        term: Term,
+    ) -> Result<(), Violation> {
+        if term != leader_term {
+            return violation(
+                "leader commits only entries of its term",
+                format!(
+                    "node {node}, leader of term {leader_term}, advanced its commit index to {index} of term {term}"
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// `node` committed `index` (of `term`) while `durable_on` of the `voters` nodes held that
