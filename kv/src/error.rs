@@ -27,6 +27,9 @@ pub enum Error {
         requested_node: u64,
         requested_cluster: u64,
     },
+    /// A cluster token was given that is not the one the directory's cluster was bootstrapped
+    /// with.
+    ClusterTokenMismatch { path: PathBuf, cluster: u64 },
     /// The caller asked for something the stored state cannot do (a write that would leave a gap,
     /// compaction past the end of the log, ...). Nothing was written.
     InvalidRequest(String),
@@ -58,6 +61,12 @@ impl fmt::Display for Error {
                 f,
                 "data directory {} belongs to node {stored_node} of cluster {stored_cluster}, \
                  refusing to open it as node {requested_node} of cluster {requested_cluster}",
+                path.display()
+            ),
+            Error::ClusterTokenMismatch { path, cluster } => write!(
+                f,
+                "data directory {} belongs to cluster {cluster}, which was bootstrapped with \
+                 another --cluster-token: give the token it was bootstrapped with, or none",
                 path.display()
             ),
             Error::InvalidRequest(s) => write!(f, "invalid request: {s}"),

@@ -4,7 +4,8 @@
 //! * [`KvStateMachine`] (`<data-dir>/kv_data`): applies committed entries, exactly once per
 //!   client request.
 //! * [`RaftStorage`] (`<data-dir>/raft_logs`): hard state, log start and the log itself.
-//! * [`identity`]: which node of which cluster a data directory belongs to.
+//! * [`identity`]: which node (and incarnation) of which cluster a data directory belongs to,
+//!   and the incarnation of each peer it has heard from ([`PeerPins`]).
 //! * [`snapshot`]: images of the state machine, streamed in chunks and installed atomically.
 //! * [`NodeStorage`]: all of the above for one data directory, with the checks that relate them.
 //! * [`env`](mod@env): LevelDB environments that make a synced write durable ([`SyncDiskEnv`]) or simulate
@@ -31,7 +32,7 @@ mod table_check;
 pub use command::{Command, CommandResult, Op};
 pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
 pub use error::{DecodeError, Error, Result};
-pub use identity::Identity;
+pub use identity::{bootstrap_cluster_id, Identity, PeerPins, PinCheck};
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
