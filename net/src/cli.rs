@@ -126,6 +126,11 @@ pub struct ServeArgs {
     /// A file of `key = value` lines with the same settings (flags win).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Names a new cluster, with its members' ids, so that two clusters of the same ids stay
+    /// apart; a data directory refuses a token other than the one it was bootstrapped with
+    /// [default: kvstore]
+    #[arg(long)]
+    pub cluster_token: Option<String>,
     /// Milliseconds per Raft tick.
     #[arg(long)]
     pub tick_ms: Option<u64>,
@@ -165,6 +170,9 @@ pub struct ClusterArgs {
     pub port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Names the cluster (see `kvstore serve --help`) [default: kvstore]
+    #[arg(long)]
+    pub cluster_token: Option<String>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
 }
@@ -177,6 +185,7 @@ struct ServeSettings {
     client_addr: Option<String>,
     client_addrs: Option<String>,
     data_dir: Option<PathBuf>,
+    cluster_token: Option<String>,
     tick_ms: Option<u64>,
     election_ticks: Option<u32>,
     request_timeout_ms: Option<u64>,
@@ -214,6 +223,7 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             "client-addr" | "client_addr" => s.client_addr = Some(value.to_string()),
             "client-addrs" | "client_addrs" => s.client_addrs = Some(value.to_string()),
             "data-dir" | "data_dir" => s.data_dir = Some(PathBuf::from(value)),
+            "cluster-token" | "cluster_token" => s.cluster_token = Some(value.to_string()),
             "tick-ms" | "tick_ms" => s.tick_ms = Some(num(value)?),
             "election-ticks" | "election_ticks" => {
                 s.election_ticks = Some(
@@ -291,7 +301,9 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         .clone()
         .or(file.data_dir)
         .ok_or(ConfigError::Missing("--data-dir"))?;
-    let mut cfg = NodeConfig::new(id, peers, data_dir);
+    let token = args.cluster_token.clone().or(file.cluster_token);
+    let mut cfg = NodeConfig::new(id, peers, data_dir).with_cluster_token(token);
+    cfg.incarnation = new_incarnation();
     if let Some(text) = args
         .client_addrs
         .as_deref()
@@ -327,6 +339,12 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
     cfg.snapshots = snapshot_policy(&snapshots);
     cfg.seed = rand::thread_rng().gen();
     Ok((cfg, client_addr))
+}
+
+/// The incarnation a new data directory records: random, so that a wiped directory never comes
+/// back as the one it replaces (0 means "unknown").
+fn new_incarnation() -> u64 {
+    rand::thread_rng().gen_range(1..=u64::MAX)
 }
 
 fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
@@ -530,8 +548,10 @@ async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
     let shutdown = shutdown_on_signals();
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
-        let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")));
+        let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")))
+            .with_cluster_token(args.cluster_token.clone());
         cfg.seed = rand::thread_rng().gen();
+        cfg.incarnation = new_incarnation();
         cfg.client_addrs = client_addrs.clone();
         cfg.snapshots = snapshot_policy(&args.snapshots);
         let client_addr = client_addrs[&id].clone();
@@ -586,7 +606,7 @@ mod tests {
         let path = dir.path().join("node.conf");
         std::fs::write(
             &path,
-            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\n",
+            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\ncluster-token = prod\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -596,6 +616,7 @@ mod tests {
             client_addrs: None,
             data_dir: None,
             config: Some(path.clone()),
+            cluster_token: None,
             tick_ms: None,
             election_ticks: None,
             request_timeout_ms: None,
@@ -604,6 +625,9 @@ mod tests {
         let (cfg, client) = serve_config(&args).unwrap();
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
         assert_eq!(cfg.client_addrs.get(&1).map(String::as_str), Some("h:7001"));
+        assert_eq!(cfg.cluster_token.as_deref(), Some("prod"));
+        assert_eq!(cfg.cluster_id, kv::bootstrap_cluster_id("prod", [1, 2]));
+        assert_ne!(cfg.incarnation, 0);
         std::fs::write(&path, "colour = blue\n").unwrap();
         assert_eq!(
             serve_config(&args).unwrap_err().to_string(),

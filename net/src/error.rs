@@ -75,6 +75,22 @@ pub enum NodeError {
         addr: String,
         source: io::Error,
     },
+    /// An empty data directory was told to bootstrap, but a peer knows an earlier incarnation
+    /// of this node: its directory was lost or replaced.
+    AlreadyBootstrapped {
+        id: NodeId,
+        cluster: u64,
+        told_by: NodeId,
+        pinned: u64,
+    },
+    /// A peer answered the bootstrap probe for another cluster than the one this node would
+    /// bootstrap.
+    ForeignCluster {
+        peer: NodeId,
+        addr: String,
+        theirs: u64,
+        ours: u64,
+    },
 }
 
 impl fmt::Display for NodeError {
@@ -89,6 +105,29 @@ impl fmt::Display for NodeError {
             NodeError::Core(e) => write!(f, "invalid configuration: {e}"),
             NodeError::Storage(e) => write!(f, "storage: {e}"),
             NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            NodeError::AlreadyBootstrapped {
+                id,
+                cluster,
+                told_by,
+                pinned,
+            } => write!(
+                f,
+                "member {id} has already been bootstrapped in cluster {cluster} (node {told_by} \
+                 knows its incarnation {pinned:#x}, this empty data directory is a new one): its \
+                 data directory was lost or replaced; remove it (kvstore member remove {id}) and \
+                 add it back as a new member (kvstore member add, then kvstore serve --join)"
+            ),
+            NodeError::ForeignCluster {
+                peer,
+                addr,
+                theirs,
+                ours,
+            } => write!(
+                f,
+                "peer {peer} at {addr} belongs to cluster {theirs}, but --peers and \
+                 --cluster-token give cluster {ours}: check both (a node added to a running \
+                 cluster starts with --join)"
+            ),
         }
     }
 }
@@ -96,7 +135,9 @@ impl fmt::Display for NodeError {
 impl Error for NodeError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            NodeError::NotAMember(_) => None,
+            NodeError::NotAMember(_)
+            | NodeError::AlreadyBootstrapped { .. }
+            | NodeError::ForeignCluster { .. } => None,
             NodeError::Core(e) => Some(e),
             NodeError::Storage(e) => Some(e),
             NodeError::Bind { source, .. } => Some(source),

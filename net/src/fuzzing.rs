@@ -27,8 +27,9 @@ pub use kv::fuzzing::command as kv_command;
 /// The cluster id [`peer_frame`] decodes frames for; seed frames of the corpus carry it.
 pub const CLUSTER_ID: u64 = 0x6b76_7374_6f72_6531;
 
-/// Bytes of a frame body before the Raft message: magic, version, cluster id.
-const HEADER_LEN: usize = 4 + 1 + 8;
+/// Bytes of a frame body before the Raft message: magic, version, cluster id, sender id and
+/// incarnation.
+const HEADER_LEN: usize = crate::peer_header::HEADER_LEN;
 /// The smallest encoded item a count in the codec can announce (an entry with no payload).
 const MAX_MIN_ITEM_LEN: u64 = 8 + 8 + 1 + 4;
 
@@ -42,7 +43,8 @@ const MAX_MIN_ITEM_LEN: u64 = 8 + 8 + 1 + 4;
 ///   is read or allocated, one shorter than the header as too short, and nothing else is refused;
 /// * a decoded frame re-encodes to exactly its input bytes (the encoding is canonical);
 /// * every refusal names what is wrong with the input: the magic, version or cluster id it
-///   carries, or the codec's own error for the message behind a good header;
+///   carries, the codec's own error for the message behind a good header, or a message from
+///   another node than the header's sender;
 /// * a frame refused only for its cluster id decodes for that cluster;
 /// * a bare message decodes only if it re-encodes to exactly the input, whose length
 ///   [`codec::encoded_len`] predicts; every codec error is consistent with the input.
@@ -81,9 +83,10 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
     let body = Bytes::copy_from_slice(&frame[4..]);
     let result = decode_frame(cluster, body.clone());
     match &result {
-        Ok(msg) => {
+        Ok((sender, msg)) => {
+            assert_eq!(sender.node_id, msg.from);
             let mut out = BytesMut::new();
-            encode_frame(cluster, msg, &mut out);
+            encode_frame(cluster, sender.incarnation, msg, &mut out);
             assert_eq!(&out[..], frame, "frame of {msg:?} re-encodes differently");
             assert_eq!(HEADER_LEN + codec::encoded_len(msg), body.len());
         }
@@ -100,7 +103,7 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
             assert_eq!(&body[..5], &frame_prefix()[..]);
             assert_eq!(*ours, cluster);
             assert_ne!(theirs, ours);
-            assert_eq!(theirs.to_be_bytes(), body[5..HEADER_LEN]);
+            assert_eq!(theirs.to_be_bytes(), body[5..13]);
             // For the cluster it names, the same frame gets past the header.
             let again = check_frame(*theirs, frame);
             assert!(
@@ -110,8 +113,16 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
         }
         Err(FrameError::Message(e)) => {
             assert_eq!(&body[..5], &frame_prefix()[..]);
-            assert_eq!(&body[5..HEADER_LEN], &cluster.to_be_bytes());
+            assert_eq!(&body[5..13], &cluster.to_be_bytes());
             assert_eq!(codec::decode(body.slice(HEADER_LEN..)).as_ref(), Err(e));
+        }
+        Err(FrameError::NotFromSender { header, message }) => {
+            assert_eq!(&body[..5], &frame_prefix()[..]);
+            assert_eq!(&body[5..13], &cluster.to_be_bytes());
+            assert_eq!(&body[13..21], &header.to_be_bytes());
+            assert_ne!(header, message);
+            let inner = codec::decode(body.slice(HEADER_LEN..));
+            assert_eq!(inner.map(|m| m.from).ok(), Some(*message));
         }
         Err(e @ (FrameError::TooLarge { .. } | FrameError::TooShort(_))) => {
             panic!("a frame whose length was accepted was refused for its length: {e:?}")
@@ -138,7 +149,7 @@ fn check_message(data: &[u8]) {
             );
             // And it travels in a frame.
             let mut frame = BytesMut::new();
-            encode_frame(CLUSTER_ID, &msg, &mut frame);
+            encode_frame(CLUSTER_ID, 1, &msg, &mut frame);
             assert!(check_frame(CLUSTER_ID, &frame).is_ok());
         }
         Err(e) => match e {
@@ -330,7 +341,7 @@ mod tests {
                 read_round: 5,
             },
         };
-        encode_frame(CLUSTER_ID, &msg, &mut frame);
+        encode_frame(CLUSTER_ID, 7, &msg, &mut frame);
         peer_frame(&frame);
         peer_frame(&frame[4..]);
         peer_frame(&[0xff; 8]);

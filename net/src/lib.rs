@@ -1,7 +1,7 @@
 //! The kvstore node around `raft-core` and `kv`: the node ([`node`]: its start, its Raft group
 //! and the loop that feeds it), the peer transport ([`transport`], frames headed by
-//! [`peer_header`]) and snapshot transfers ([`snapshot_transfer`]), the storage threads
-//! ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
+//! [`peer_header`]), snapshot transfers ([`snapshot_transfer`]), the bootstrap probe
+//! ([`probe`]), the storage threads ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
 //! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod node;
 pub mod peer_header;
+pub mod probe;
 pub mod request;
 pub mod resp;
 pub mod server;

@@ -6,7 +6,7 @@
 //! queued on the message connection.
 //!
 //! **Wire.** The follower opens a connection and sends one request frame,
-//! `u32 length | magic "KVSN" | version | cluster id (u64) | follower id (u64) | index (u64) | term (u64)`:
+//! `u32 length | peer header (magic "KVSN", cluster id, follower id and incarnation) | follower id (u64) | index (u64) | term (u64)`:
 //! "your snapshot image, at or after index/term". The sender answers with reply frames
 //! `u32 length | kind (u8) | payload`: `CHUNK` (one chunk of the image, as `kv::snapshot` cuts
 //! and checksums it), then `END`; or `REFUSED` with a reason (no image that recent, a damaged
@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::error::{ServeError, TransferError};
 use crate::node::snapshot_install::SnapshotEvent;
 pub use crate::peer_header::SNAPSHOT_MAGIC;
-use crate::peer_header::{self, HEADER_LEN};
+use crate::peer_header::{self, Sender, HEADER_LEN};
 use crate::storage::ApplyRequest;
 use crate::transport::{Net, Stream, TransportTimeouts};
 
@@ -73,31 +73,46 @@ pub enum Reply {
     Refused(String),
 }
 
-/// Appends the whole request frame, length prefix included.
-pub fn encode_request(cluster_id: u64, req: &FetchRequest, out: &mut BytesMut) {
+/// Appends the whole request frame, length prefix included; `incarnation` is the follower's.
+pub fn encode_request(cluster_id: u64, incarnation: u64, req: &FetchRequest, out: &mut BytesMut) {
     out.put_u32(REQUEST_LEN as u32);
-    peer_header::put_header(SNAPSHOT_MAGIC, cluster_id, out);
+    let sender = Sender {
+        node_id: req.from,
+        incarnation,
+    };
+    peer_header::put_header(SNAPSHOT_MAGIC, cluster_id, sender, out);
     out.put_u64(req.from);
     out.put_u64(req.at_least.index);
     out.put_u64(req.at_least.term);
 }
 
-/// Decodes a request frame body (after the length prefix); the error names what is wrong.
-pub fn decode_request(cluster_id: u64, mut body: Bytes) -> Result<FetchRequest, TransferError> {
+/// Decodes a request frame body (after the length prefix) and says who sent it; the error
+/// names what is wrong.
+pub fn decode_request(
+    cluster_id: u64,
+    mut body: Bytes,
+) -> Result<(Sender, FetchRequest), TransferError> {
     if body.len() != REQUEST_LEN {
         return Err(TransferError::BadFrame(format!(
             "snapshot request of {} bytes, expected {REQUEST_LEN}",
             body.len()
         )));
     }
-    peer_header::take_header(SNAPSHOT_MAGIC, cluster_id, &mut body)
+    let sender = peer_header::take_header(SNAPSHOT_MAGIC, cluster_id, &mut body)
         .map_err(|e| TransferError::BadFrame(format!("snapshot request: {e}")))?;
     let from = body.get_u64();
+    if from != sender.node_id {
+        return Err(TransferError::BadFrame(format!(
+            "snapshot request for node {from} sent by node {}",
+            sender.node_id
+        )));
+    }
     let (index, term) = (body.get_u64(), body.get_u64());
-    Ok(FetchRequest {
+    let request = FetchRequest {
         from,
         at_least: SnapshotMeta { index, term },
-    })
+    };
+    Ok((sender, request))
 }
 
 /// Appends one reply frame, length prefix included.
@@ -231,12 +246,14 @@ pub async fn fetch<N: Net>(
     net: N,
     job: FetchJob,
     cluster_id: u64,
+    incarnation: u64,
     timeouts: TransportTimeouts,
     apply: mpsc::UnboundedSender<ApplyRequest>,
     window: Arc<Semaphore>,
 ) {
     let id = job.job;
-    let outcome = fetch_into(&net, &job, cluster_id, timeouts, &apply, window).await;
+    let stamp = (cluster_id, incarnation);
+    let outcome = fetch_into(&net, &job, stamp, timeouts, &apply, window).await;
     if let Err(error) = &outcome {
         tracing::info!(from = job.from, %error, "snapshot fetch failed");
     }
@@ -249,7 +266,7 @@ pub async fn fetch<N: Net>(
 async fn fetch_into<N: Net>(
     net: &N,
     job: &FetchJob,
-    cluster_id: u64,
+    (cluster_id, incarnation): (u64, u64),
     timeouts: TransportTimeouts,
     apply: &mpsc::UnboundedSender<ApplyRequest>,
     window: Arc<Semaphore>,
@@ -266,7 +283,7 @@ async fn fetch_into<N: Net>(
             Err(_) => return Err(TransferError::TimedOut("connecting to the sender")),
         };
     let mut buf = BytesMut::new();
-    encode_request(cluster_id, &job.request, &mut buf);
+    encode_request(cluster_id, incarnation, &job.request, &mut buf);
     let write = async {
         stream.write_all(&buf).await?;
         stream.flush().await
@@ -354,11 +371,21 @@ mod tests {
             },
         };
         let mut buf = BytesMut::new();
-        encode_request(77, &req, &mut buf);
+        encode_request(77, 5, &req, &mut buf);
         let len = buf.get_u32() as usize;
         assert_eq!(len, buf.len());
         let body = buf.freeze();
-        assert_eq!(decode_request(77, body.clone()).unwrap(), req);
+        let sender = Sender {
+            node_id: 3,
+            incarnation: 5,
+        };
+        assert_eq!(decode_request(77, body.clone()).unwrap(), (sender, req));
+        let mut forged = body.to_vec();
+        forged[HEADER_LEN + 7] ^= 1;
+        assert!(decode_request(77, Bytes::from(forged))
+            .unwrap_err()
+            .to_string()
+            .contains("sent by node 3"));
         assert!(decode_request(78, body.clone())
             .unwrap_err()
             .to_string()
@@ -405,9 +432,9 @@ mod tests {
                 body[..4].copy_from_slice(&SNAPSHOT_MAGIC.to_be_bytes());
                 body[4] = peer_header::VERSION;
             }
-            if let Ok(req) = decode_request(9, Bytes::from(body.clone())) {
+            if let Ok((sender, req)) = decode_request(9, Bytes::from(body.clone())) {
                 let mut buf = BytesMut::new();
-                encode_request(9, &req, &mut buf);
+                encode_request(9, sender.incarnation, &req, &mut buf);
                 proptest::prop_assert_eq!(&buf[4..], &body[..]);
             }
             if let Ok(reply) = decode_reply(Bytes::from(body.clone())) {

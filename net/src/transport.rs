@@ -1,8 +1,11 @@
 //! Peer transport: length-delimited frames over any stream-oriented network.
 //!
-//! A frame is `u32 length | magic "KVRF" | version | cluster id (u64) | raft-core message`.
-//! Every frame carries the cluster id, so a node of another cluster (a misconfigured peer list)
-//! is refused on its first frame rather than after it has corrupted anything.
+//! A frame is `u32 length | magic "KVRF" | version | cluster id (u64) | sender id (u64) |
+//! sender incarnation (u64) | raft-core message` (`peer_header`). Every frame carries the
+//! cluster id, so a node of another cluster (a misconfigured peer list) is refused on its first
+//! frame rather than after it has corrupted anything; and the sender's incarnation, so that a
+//! node whose data directory was wiped is refused by peers that knew its earlier life
+//! (`node::identity::PeerGate`).
 //!
 //! Each peer gets one outbound task with a bounded queue. The node never waits for it: when the
 //! queue is full or the peer is unreachable, messages are dropped (Raft tolerates loss) and the
@@ -27,7 +30,8 @@ pub use raft_core::{Message as RaftMessage, MessageBody as RaftMessageBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::peer_header::{self, HeaderError, HEADER_LEN as FRAME_HEADER_LEN};
+use crate::node::identity::PeerGate;
+use crate::peer_header::{self, HeaderError, Sender, HEADER_LEN as FRAME_HEADER_LEN};
 pub use crate::peer_header::{MESSAGE_MAGIC as FRAME_MAGIC, VERSION as FRAME_VERSION};
 /// Frames above this size are refused before their body is read.
 pub const MAX_FRAME_LEN: usize = 128 << 20;
@@ -84,12 +88,23 @@ impl Net for TokioNet {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     TooShort(usize),
     BadMagic(u32),
     UnknownVersion(u8),
-    WrongCluster { ours: u64, theirs: u64 },
+    WrongCluster {
+        ours: u64,
+        theirs: u64,
+    },
     Message(DecodeError),
+    /// The header names one node, the message inside another.
+    NotFromSender {
+        header: NodeId,
+        message: NodeId,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -105,6 +120,10 @@ impl fmt::Display for FrameError {
                 HeaderError::WrongCluster { ours, theirs }.fmt(f)
             }
             FrameError::Message(e) => write!(f, "undecodable raft message: {e}"),
+            FrameError::NotFromSender { header, message } => write!(
+                f,
+                "frame sent by node {header} carries a message from node {message}"
+            ),
         }
     }
 }
@@ -122,12 +141,17 @@ impl From<HeaderError> for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Appends one whole frame (length prefix included) for `msg`.
-pub fn encode_frame(cluster_id: u64, msg: &Message, out: &mut BytesMut) {
+/// Appends one whole frame (length prefix included) for `msg`, sent by incarnation
+/// `incarnation` of `msg.from`.
+pub fn encode_frame(cluster_id: u64, incarnation: u64, msg: &Message, out: &mut BytesMut) {
     let body_len = FRAME_HEADER_LEN + codec::encoded_len(msg);
     out.reserve(4 + body_len);
     out.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
-    peer_header::put_header(FRAME_MAGIC, cluster_id, out);
+    let sender = Sender {
+        node_id: msg.from,
+        incarnation,
+    };
+    peer_header::put_header(FRAME_MAGIC, cluster_id, sender, out);
     codec::encode(msg, out);
 }
 
@@ -145,11 +169,19 @@ pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Decodes a frame body (everything after the length prefix).
-pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<Message, FrameError> {
+/// Decodes a frame body (everything after the length prefix): who sent it, and the message,
+/// which must be from that node.
+pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<(Sender, Message), FrameError> {
     check_frame_len(body.len())?;
-    peer_header::take_header(FRAME_MAGIC, cluster_id, &mut body)?;
-    codec::decode(body).map_err(FrameError::Message)
+    let sender = peer_header::take_header(FRAME_MAGIC, cluster_id, &mut body)?;
+    let msg = codec::decode(body).map_err(FrameError::Message)?;
+    if msg.from != sender.node_id {
+        return Err(FrameError::NotFromSender {
+            header: sender.node_id,
+            message: msg.from,
+        });
+    }
+    Ok((sender, msg))
 }
 
 /// Timeouts of the peer transport.
@@ -181,7 +213,7 @@ pub async fn run_outbound<N: Net>(
     net: N,
     to: NodeId,
     addr: String,
-    cluster_id: u64,
+    (cluster_id, incarnation): (u64, u64),
     timeouts: TransportTimeouts,
     mut queue: mpsc::Receiver<Message>,
     unreachable: mpsc::UnboundedSender<NodeId>,
@@ -216,11 +248,11 @@ pub async fn run_outbound<N: Net>(
                 return;
             };
             buf.clear();
-            encode_frame(cluster_id, &first, &mut buf);
+            encode_frame(cluster_id, incarnation, &first, &mut buf);
             // Whatever else is queued goes out in the same write.
             while buf.len() < (1 << 20) {
                 match queue.try_recv() {
-                    Ok(m) => encode_frame(cluster_id, &m, &mut buf),
+                    Ok(m) => encode_frame(cluster_id, incarnation, &m, &mut buf),
                     Err(_) => break,
                 }
             }
@@ -273,18 +305,23 @@ pub struct SnapshotService {
 }
 
 /// Reads frames from one inbound peer connection into `inbox` until it closes or misbehaves.
-/// A connection whose first frame asks for a snapshot is handed to `snapshots` instead.
+/// A connection whose first frame asks for a snapshot is handed to `snapshots` instead, and
+/// one whose first frame is a bootstrap probe is answered and closed. Frames from a sender the
+/// `gate` does not admit (another incarnation of a pinned peer) close the connection.
 pub async fn run_inbound<S: Stream>(
     mut stream: S,
     remote: String,
-    cluster_id: u64,
+    gate: std::sync::Arc<PeerGate>,
     idle_read: Duration,
     inbox: mpsc::Sender<Message>,
     snapshots: SnapshotService,
 ) {
     use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN};
+    let cluster_id = gate.cluster_id();
     let mut len_buf = [0u8; 4];
     let mut first = true;
+    // The sender this connection was admitted for: later frames from it skip the gate.
+    let mut admitted: Option<Sender> = None;
     loop {
         match tokio::time::timeout(idle_read, stream.read_exact(&mut len_buf)).await {
             Ok(Ok(_)) => {}
@@ -304,27 +341,45 @@ pub async fn run_inbound<S: Stream>(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        if std::mem::take(&mut first)
-            && len == REQUEST_LEN
-            && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &body)
-        {
-            match decode_request(cluster_id, Bytes::from(body)) {
-                Ok(request) => {
-                    serve(
-                        stream,
-                        request,
-                        snapshots.serve,
-                        snapshots.events,
-                        snapshots.write_timeout,
-                    )
-                    .await
+        if std::mem::take(&mut first) {
+            if len == crate::probe::REQUEST_LEN
+                && peer_header::has_magic(peer_header::PROBE_MAGIC, &body)
+            {
+                match crate::probe::decode_request(Bytes::from(body)) {
+                    Ok((_, asker)) => {
+                        let answer = gate.probe_answer(asker.node_id);
+                        crate::probe::answer(stream, answer, idle_read, asker.node_id).await;
+                    }
+                    Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
                 }
-                Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+                return;
             }
-            return;
+            if len == REQUEST_LEN && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &body) {
+                match decode_request(cluster_id, Bytes::from(body)) {
+                    Ok((sender, request)) if gate.admit(sender, &remote) => {
+                        serve(
+                            stream,
+                            request,
+                            snapshots.serve,
+                            snapshots.events,
+                            snapshots.write_timeout,
+                        )
+                        .await
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+                }
+                return;
+            }
         }
         match decode_frame(cluster_id, Bytes::from(body)) {
-            Ok(msg) => {
+            Ok((sender, msg)) => {
+                if admitted != Some(sender) {
+                    if !gate.admit(sender, &remote) {
+                        return;
+                    }
+                    admitted = Some(sender);
+                }
                 if inbox.send(msg).await.is_err() {
                     return;
                 }
@@ -358,11 +413,25 @@ mod tests {
     #[test]
     fn frames_round_trip_and_name_the_wrong_cluster() {
         let mut buf = BytesMut::new();
-        encode_frame(42, &msg(), &mut buf);
+        encode_frame(42, 9, &msg(), &mut buf);
         let len = buf.get_u32() as usize;
         assert_eq!(len, buf.len());
         let body = buf.freeze();
-        assert_eq!(decode_frame(42, body.clone()), Ok(msg()));
+        let sender = Sender {
+            node_id: 1,
+            incarnation: 9,
+        };
+        assert_eq!(decode_frame(42, body.clone()), Ok((sender, msg())));
+        // A header naming another node than the message is refused.
+        let mut forged = body.to_vec();
+        forged[13 + 7] = 2;
+        assert_eq!(
+            decode_frame(42, Bytes::from(forged)),
+            Err(FrameError::NotFromSender {
+                header: 2,
+                message: 1
+            })
+        );
         assert_eq!(
             decode_frame(43, body),
             Err(FrameError::WrongCluster {
@@ -381,7 +450,7 @@ mod tests {
         assert!(matches!(check_frame_len(3), Err(FrameError::TooShort(3))));
         let mut garbage = BytesMut::new();
         garbage.put_u32(0xdead_beef);
-        garbage.put_slice(&[0u8; 20]);
+        garbage.put_slice(&[0u8; 40]);
         assert_eq!(
             decode_frame(1, garbage.freeze()),
             Err(FrameError::BadMagic(0xdead_beef))

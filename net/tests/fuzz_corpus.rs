@@ -193,7 +193,7 @@ fn msg(body: MessageBody) -> Message {
 
 fn frame(cluster: u64, m: &Message) -> Vec<u8> {
     let mut out = BytesMut::new();
-    encode_frame(cluster, m, &mut out);
+    encode_frame(cluster, 0x1_0000_0001, m, &mut out);
     out.to_vec()
 }
 
@@ -235,8 +235,11 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         f.extend_from_slice(&magic.to_be_bytes());
         f.push(version);
         f.extend_from_slice(&cluster.to_be_bytes());
+        f.extend_from_slice(&1u64.to_be_bytes()); // sender: node 1 (msg's `from`)
+        f.extend_from_slice(&0x1_0000_0001u64.to_be_bytes()); // its incarnation
         f
     };
+    const HEADER: u32 = net::peer_header::HEADER_LEN as u32;
     let with_message = |mut f: Vec<u8>, m: &[u8]| {
         f.extend_from_slice(m);
         f
@@ -255,13 +258,16 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let n = hostile_count.len();
     hostile_count[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
     let hostile_count_frame = with_message(
-        header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, 13 + n as u32),
+        header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, HEADER + n as u32),
         &hostile_count,
     );
     let mut unknown_type = codec::encode_to_bytes(&heartbeat).to_vec();
     unknown_type[1] = 99;
     let mut trailing = codec::encode_to_bytes(&vote).to_vec();
     trailing.push(0);
+    // The header names node 2, the message inside is from node 1.
+    let mut not_from_sender = frame(CLUSTER_ID, &heartbeat);
+    not_from_sender[4 + 13..4 + 21].copy_from_slice(&2u64.to_be_bytes());
     let pipelined = [
         frame(CLUSTER_ID, &heartbeat),
         frame(CLUSTER_ID, &vote),
@@ -323,22 +329,23 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "frame-wrong-magic",
             with_message(
-                header(0x4745_5420, FRAME_VERSION, CLUSTER_ID, 13 + 42),
+                header(0x4745_5420, FRAME_VERSION, CLUSTER_ID, HEADER + 42),
                 &codec::encode_to_bytes(&heartbeat),
             ),
         ),
         (
             "frame-wrong-version",
             with_message(
-                header(FRAME_MAGIC, 2, CLUSTER_ID, 13 + 42),
+                header(FRAME_MAGIC, FRAME_VERSION + 1, CLUSTER_ID, HEADER + 42),
                 &codec::encode_to_bytes(&heartbeat),
             ),
         ),
         ("frame-wrong-cluster", frame(CLUSTER_ID + 1, &heartbeat)),
+        ("frame-not-from-its-sender", not_from_sender),
         (
             "frame-unknown-message-type",
             with_message(
-                header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, 13 + 42),
+                header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, HEADER + 42),
                 &unknown_type,
             ),
         ),

@@ -73,7 +73,7 @@ async fn hostile_bytes_on_both_ports_leave_the_cluster_serving() {
         .is_empty());
     let mut foreign = bytes::BytesMut::new();
     let msg = raft_message();
-    net::transport::encode_frame(0xbad_c1a5, &msg, &mut foreign);
+    net::transport::encode_frame(0xbad_c1a5, 1, &msg, &mut foreign);
     assert!(exchange(&peer_addr, &foreign).await.is_empty());
 
     // Everyone else is still served.
@@ -141,11 +141,8 @@ fn serve_refuses_an_occupied_port_and_another_nodes_data_dir() {
     );
 
     // Claim the directory as node 1 (the run above failed before touching it, so do it now).
-    let identity = kv::Identity::new(
-        1,
-        net::node::cluster_id_of(&net::cli::parse_peers(&peers).expect("peers")),
-    );
-    identity.ensure(dir.path()).expect("identity");
+    let identity = kv::Identity::new(1, kv::bootstrap_cluster_id("kvstore", [1, 2]));
+    identity.create(dir.path()).expect("identity");
     let out = run("2", &format!("127.0.0.1:{}", e2e::free_port()));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

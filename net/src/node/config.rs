@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
 
+use kv::identity::DEFAULT_CLUSTER_TOKEN;
+
 use crate::storage::{SnapshotPolicy, StorageMode};
 use crate::transport::TransportTimeouts;
 
@@ -15,7 +17,17 @@ use crate::transport::TransportTimeouts;
 #[derive(Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
+    /// The cluster a new data directory is bootstrapped into (derived from the cluster token
+    /// and the ids of `peers`). A directory that records one uses that instead, whatever the
+    /// command line says now.
     pub cluster_id: u64,
+    /// The cluster token given by the operator (`--cluster-token`), if any: it names the
+    /// cluster at bootstrap, and a recorded directory refuses another one.
+    pub cluster_token: Option<String>,
+    /// The incarnation a new data directory records (and a version-1 one, on upgrade). The
+    /// command line draws it from OS randomness; the simulator's disks keep no identity, so
+    /// there it is the node's incarnation for good.
+    pub incarnation: u64,
     /// Peer-port address of every member, this node included.
     pub peers: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
@@ -49,6 +61,8 @@ impl std::fmt::Debug for NodeConfig {
         f.debug_struct("NodeConfig")
             .field("id", &self.id)
             .field("cluster_id", &self.cluster_id)
+            .field("cluster_token", &self.cluster_token)
+            .field("incarnation", &self.incarnation)
             .field("peers", &self.peers)
             .field("data_dir", &self.data_dir)
             .field("tick", &self.tick)
@@ -112,10 +126,13 @@ impl PauseSwitch {
 
 impl NodeConfig {
     pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
-        let cluster_id = cluster_id_of(&peers);
+        let cluster_id = kv::bootstrap_cluster_id(DEFAULT_CLUSTER_TOKEN, peers.keys().copied());
         Self {
             id,
             cluster_id,
+            cluster_token: None,
+            // Fixed per id, so that a simulated run replays; never 0 ("unknown").
+            incarnation: id.wrapping_mul(0xD6E8_FEB8_6659_FD93) | 1,
             peers,
             data_dir,
             tick: Duration::from_millis(100),
@@ -157,18 +174,14 @@ impl NodeConfig {
     }
 }
 
-/// A cluster id derived from the member list, so that nodes started with the same `--peers`
-/// agree without configuration, and a node given another list is refused by its peers.
-pub fn cluster_id_of(peers: &BTreeMap<NodeId, String>) -> u64 {
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (id, addr) in peers {
-        for b in id.to_be_bytes().iter().chain(addr.as_bytes()).chain(b";") {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+impl NodeConfig {
+    /// Bootstraps with cluster token `token` (the cluster id follows).
+    pub fn with_cluster_token(mut self, token: Option<String>) -> Self {
+        let named = token.as_deref().unwrap_or(DEFAULT_CLUSTER_TOKEN);
+        self.cluster_id = kv::bootstrap_cluster_id(named, self.peers.keys().copied());
+        self.cluster_token = token;
+        self
     }
-    h
 }
 
 #[cfg(test)]
@@ -176,11 +189,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_ids_differ_with_the_member_list() {
+    fn the_cluster_id_follows_token_and_member_ids_not_addresses() {
         let a: BTreeMap<u64, String> = [(1, "h:1".into()), (2, "h:2".into())].into();
+        let moved: BTreeMap<u64, String> =
+            [(1, "localhost:1".into()), (2, "other:9".into())].into();
         let mut b = a.clone();
         b.insert(3, "h:3".into());
-        assert_eq!(cluster_id_of(&a), cluster_id_of(&a.clone()));
-        assert_ne!(cluster_id_of(&a), cluster_id_of(&b));
+        let id = |peers: &BTreeMap<u64, String>| {
+            NodeConfig::new(1, peers.clone(), "d".into()).cluster_id
+        };
+        assert_eq!(id(&a), id(&moved));
+        assert_ne!(id(&a), id(&b));
+        let named = NodeConfig::new(1, a.clone(), "d".into()).with_cluster_token(Some("t".into()));
+        assert_ne!(named.cluster_id, id(&a));
+        let default = NodeConfig::new(1, a, "d".into()).with_cluster_token(Some("kvstore".into()));
+        assert_eq!(default.cluster_id, id(&moved));
     }
 }

@@ -5,7 +5,8 @@
 //! | module | concern |
 //! | --- | --- |
 //! | [`config`] | `NodeConfig`, the observer hooks, the test switches |
-//! | [`start`] | identity check, storage threads, interrupted-install recovery, listeners, peers |
+//! | [`start`] | identity, storage threads, interrupted-install recovery, listeners, peers |
+//! | [`identity`] | the data directory's identity, the bootstrap probe, the gate on peers' incarnations |
 //! | [`store`] | process-level parts the group runs on: storage threads, serving snapshots |
 //! | [`run`] | the loop: select over inputs, feed the group, drain the core's `Ready`s |
 //! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
@@ -17,6 +18,7 @@
 pub mod config;
 mod group;
 mod group_snapshots;
+pub mod identity;
 mod images;
 mod requests;
 mod run;
@@ -26,7 +28,8 @@ mod store;
 
 pub use crate::error::NodeError;
 pub use crate::storage::SnapshotPolicy;
-pub use config::{cluster_id_of, NodeConfig, NodeObserver};
+pub use config::{NodeConfig, NodeObserver};
 #[cfg(feature = "test-switches")]
 pub use config::{PauseSwitch, UnsafeSwitches};
+pub use identity::PeerGate;
 pub use start::start;

@@ -1,51 +1,56 @@
-//! Starting a node: first the process-level parts (identity check, storage threads, finishing
-//! an interrupted snapshot install, the peer listener and outbound queues, the snapshot fetcher),
-//! then the group that runs on them, and the loop that feeds it.
+//! Starting a node: first the process-level parts (identity, the peer listener, the bootstrap
+//! probe of an empty directory, storage threads, finishing an interrupted snapshot install, the
+//! outbound queues, the snapshot fetcher), then the group that runs on them, and the loop that
+//! feeds it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv::Identity;
 use raft_core::{Config, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::config::NodeConfig;
 use super::group::{Fetcher, Group, StorageQueues};
+use super::identity::{self, PeerGate, BOOTSTRAP_PROBE_WAIT};
 use super::run::{run, Inputs};
 use super::snapshot_install::SnapshotEvent;
 use super::store::Store;
 use crate::error::{NodeError, StorageError};
+use crate::peer_header::Sender;
 use crate::request::NodeHandle;
 use crate::snapshot_transfer;
 use crate::storage::{
-    self, ApplyReports, ApplyRequest, ApplyWorker, LogRequest, LogWorker, StorageEvent, StorageMode,
+    self, ApplyReports, ApplyRequest, ApplyWorker, LogRequest, LogWorker, StorageEvent,
 };
 use crate::transport::{self, Listener, Net, SnapshotService};
 
 /// Opens storage, binds the peer port and connects the peers. Returns the handle clients use
 /// and the future that runs the node until `shutdown` turns true (or storage fails).
+///
+/// The peer port listens before storage opens: an empty node told to bootstrap probes its peers
+/// first, and nodes of a new cluster started together must answer each other's probes.
 pub async fn start<N: Net>(
-    cfg: NodeConfig,
+    mut cfg: NodeConfig,
     net: N,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(NodeHandle, impl Future<Output = Result<(), NodeError>>), NodeError> {
     let Some(peer_addr) = cfg.peers.get(&cfg.id).cloned() else {
         return Err(NodeError::NotAMember(cfg.id));
     };
-    check_identity(&cfg)?;
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (snapshot_events_tx, snapshot_events) = mpsc::unbounded_channel();
-    let storage = open_storage(&cfg, events_tx, snapshot_events_tx.clone()).await?;
-    let core = restart_core(&cfg, storage.restart)?;
-    tracing::info!(
-        id = cfg.id,
-        term = core.term(),
-        last_index = core.last_index(),
-        applied_index = storage.applied_index,
-        "node starting"
-    );
+    let opened = identity::open(&cfg)?;
+    cfg.cluster_id = opened.identity.cluster_id;
+    cfg.incarnation = opened.identity.incarnation;
+    let me = Sender {
+        node_id: cfg.id,
+        incarnation: cfg.incarnation,
+    };
+    let gate = Arc::new(PeerGate::new(
+        cfg.cluster_id,
+        me,
+        identity::open_pins(&cfg)?,
+    ));
 
     let listener = net
         .bind(peer_addr.clone())
@@ -54,19 +59,57 @@ pub async fn start<N: Net>(
             addr: peer_addr,
             source,
         })?;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (snapshot_events_tx, snapshot_events) = mpsc::unbounded_channel();
     let (inbox_tx, inbox) = mpsc::channel::<Message>(8192);
     let (serve_tx, serve) = mpsc::channel(64);
-    spawn_peer_listener(
+    let listening = spawn_peer_listener(
         listener,
         &cfg,
+        gate.clone(),
         inbox_tx,
         SnapshotService {
             serve: serve_tx,
-            events: snapshot_events_tx,
+            events: snapshot_events_tx.clone(),
             write_timeout: cfg.transport.write,
         },
         shutdown.clone(),
     );
+    let opening = async {
+        if opened.is_new {
+            if cfg.peers.len() > 1 {
+                identity::check_bootstrap(&net, &cfg, BOOTSTRAP_PROBE_WAIT).await?;
+            }
+            identity::record(&cfg, &opened.identity)?;
+        }
+        let storage = open_storage(&cfg, events_tx, snapshot_events_tx).await?;
+        Ok::<_, NodeError>(storage)
+    };
+    let storage = match opening.await {
+        Ok(storage) => storage,
+        Err(e) => {
+            listening.abort();
+            return Err(e);
+        }
+    };
+    let core = match restart_core(&cfg, storage.restart) {
+        Ok(core) => core,
+        Err(e) => {
+            listening.abort();
+            return Err(e);
+        }
+    };
+    gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
+    tracing::info!(
+        id = cfg.id,
+        cluster = cfg.cluster_id,
+        incarnation = format_args!("{:#x}", cfg.incarnation),
+        term = core.term(),
+        last_index = core.last_index(),
+        applied_index = storage.applied_index,
+        "node starting"
+    );
+
     let (outbound, unreachable) = spawn_outbound(&net, &cfg);
     let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
 
@@ -104,26 +147,6 @@ pub async fn start<N: Net>(
         },
         run(store, group, inputs),
     ))
-}
-
-/// A data directory belongs to one node of one cluster: refuse another's.
-fn check_identity(cfg: &NodeConfig) -> Result<(), NodeError> {
-    if let StorageMode::Disk = cfg.storage {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| StorageError::Kv {
-                doing: format!("creating {}", cfg.data_dir.display()),
-                source: kv::Error::Io {
-                    path: cfg.data_dir.clone(),
-                    detail: e.to_string(),
-                },
-            })
-            .and_then(|()| {
-                Identity::new(cfg.id, cfg.cluster_id)
-                    .ensure(&cfg.data_dir)
-                    .map_err(StorageError::kv("checking the data directory's identity"))
-            })?;
-    }
-    Ok(())
 }
 
 /// The storage threads, and what they found on disk.
@@ -210,16 +233,18 @@ fn restart_core(cfg: &NodeConfig, restart: RestartState) -> Result<RawNode, Node
     RawNode::restart(core_cfg, restart).map_err(NodeError::Core)
 }
 
-/// Accepts peer connections until `shutdown`: each reads Raft messages into `inbox`, or serves
-/// a snapshot if that is what its first frame asks for.
+/// Accepts peer connections until `shutdown`: each reads Raft messages into `inbox` (from the
+/// peers `gate` admits), serves a snapshot, or answers a bootstrap probe, as its first frame
+/// asks.
 fn spawn_peer_listener<L: Listener>(
     mut listener: L,
     cfg: &NodeConfig,
+    gate: Arc<PeerGate>,
     inbox: mpsc::Sender<Message>,
     snapshots: SnapshotService,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let (cluster_id, idle) = (cfg.cluster_id, cfg.transport.idle_read);
+) -> tokio::task::JoinHandle<()> {
+    let idle = cfg.transport.idle_read;
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -230,7 +255,7 @@ fn spawn_peer_listener<L: Listener>(
                         tokio::spawn(transport::run_inbound(
                             stream,
                             remote,
-                            cluster_id,
+                            gate.clone(),
                             idle,
                             inbox.clone(),
                             snapshots.clone(),
@@ -243,7 +268,7 @@ fn spawn_peer_listener<L: Listener>(
                 },
             }
         }
-    });
+    })
 }
 
 /// One outbound task and bounded queue per peer; the receiver hears of unreachable peers.
@@ -262,7 +287,7 @@ fn spawn_outbound<N: Net>(
             net.clone(),
             peer,
             addr.clone(),
-            cfg.cluster_id,
+            (cfg.cluster_id, cfg.incarnation),
             cfg.transport,
             rx,
             unreachable_tx.clone(),
@@ -279,12 +304,14 @@ fn fetcher<N: Net>(
     apply: mpsc::UnboundedSender<ApplyRequest>,
 ) -> Fetcher {
     let (net, cluster_id, timeouts) = (net.clone(), cfg.cluster_id, cfg.transport);
+    let incarnation = cfg.incarnation;
     let window = Arc::new(Semaphore::new(snapshot_transfer::RECEIVE_WINDOW));
     Box::new(move |job| {
         tokio::spawn(snapshot_transfer::fetch(
             net.clone(),
             job,
             cluster_id,
+            incarnation,
             timeouts,
             apply.clone(),
             window.clone(),
