@@ -47,6 +47,13 @@ impl std::error::Error for RequestError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub id: NodeId,
+    /// The cluster this node's data directory belongs to.
+    pub cluster_id: u64,
+    /// This node's incarnation (its data directory's life).
+    pub incarnation: u64,
+    /// Peer frames refused since start because they came from another incarnation of a peer
+    /// than the one pinned (a node whose data directory was lost, started under its old id).
+    pub refused_incarnation_frames: u64,
     pub role: Role,
     pub term: Term,
     pub leader: Option<NodeId>,

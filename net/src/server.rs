@@ -423,9 +423,12 @@ pub fn info_text(info: &NodeInfo) -> String {
         _ => "unknown",
     };
     format!(
-        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n",
+        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\nincarnation:{:#x}\r\nrefused_incarnation_frames:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         info.id,
+        info.cluster_id,
+        info.incarnation,
+        info.refused_incarnation_frames,
         info.term,
         info.leader.unwrap_or(0),
         info.commit_index,

@@ -147,3 +147,68 @@ async fn a_node_whose_peers_are_written_differently_keeps_its_directory_and_anot
         .await
         .expect("write through the moved node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_that_bootstraps_while_its_peers_are_down_is_refused_by_them_later() {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_for_leader(BOUND).await;
+    cluster
+        .client()
+        .set(b"kept", b"by the majority")
+        .await
+        .expect("write");
+    // The leader pinned node 3 (it acknowledged the write); that one refusing it is enough to
+    // keep it out of every majority, and the other survivor pins it if it ever heard from it.
+    caught_up(&cluster, 3).await;
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    std::fs::remove_dir_all(&cluster.nodes[&3].data_dir).expect("wiping node 3");
+
+    // Nobody answers its probe: it bootstraps a new incarnation after the bounded wait.
+    cluster.start_node(3);
+    {
+        let c = &cluster;
+        eventually(BOUND, "node 3 serving INFO", || async move {
+            c.info(3).await.is_some()
+        })
+        .await;
+    }
+    cluster.start_node(1);
+    cluster.start_node(2);
+    let c = &cluster;
+
+    // Its old peers refuse its frames (the incarnation is not the one they pinned) and serve
+    // on without it.
+    let mut survivors = net::client::KvClient::new(cluster.servers_except(3));
+    survivors
+        .set(b"written", b"without node 3")
+        .await
+        .expect("write through the survivors");
+    assert_eq!(
+        survivors.get(b"kept").await.expect("read").as_deref(),
+        Some(&b"by the majority"[..])
+    );
+    eventually(
+        BOUND,
+        "a survivor refusing node 3's frames",
+        || async move {
+            let mut refused = 0;
+            for id in [1, 2] {
+                refused += c
+                    .info_number(id, "refused_incarnation_frames")
+                    .await
+                    .unwrap_or(0);
+            }
+            refused > 0
+        },
+    )
+    .await;
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("refusing frames from node 3"),
+        "the refusal is logged, naming the node:\n{logs}"
+    );
+    let leader = cluster.wait_for_leader(BOUND).await;
+    assert_ne!(leader, 3, "the wiped node must not lead");
+}

@@ -3,6 +3,7 @@
 //! loop ([`super::run`]) hands it the inputs. Nothing here decides anything about Raft.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use raft_core::{Index, Message, NodeId, RawNode, SnapshotMeta, Term};
 use tokio::sync::mpsc;
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::config::NodeConfig;
+use super::identity::PeerGate;
 use super::images::Images;
 use super::requests::{ConfirmedRead, PendingRead, Requests};
 use super::snapshot_install::SnapshotInstall;
@@ -44,6 +46,9 @@ pub struct Group {
     /// The apply worker applied entries up to here.
     applied_index: Index,
     term_seen: Term,
+    /// Admits peers by their pinned incarnation (start sets it; the membership layer forgets a
+    /// removed member's pin through it).
+    pub(super) peer_gate: Option<Arc<PeerGate>>,
 }
 
 impl Group {
@@ -70,6 +75,7 @@ impl Group {
             fetch_task: None,
             handed_to_apply: applied_index,
             applied_index,
+            peer_gate: None,
         }
     }
 
@@ -175,6 +181,9 @@ impl Group {
     fn info(&self) -> NodeInfo {
         NodeInfo {
             id: self.cfg.id,
+            cluster_id: self.cfg.cluster_id,
+            incarnation: self.cfg.incarnation,
+            refused_incarnation_frames: self.peer_gate.as_ref().map_or(0, |g| g.refused_frames()),
             role: self.core.role(),
             term: self.core.term(),
             leader: self.core.leader(),

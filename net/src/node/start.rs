@@ -122,7 +122,7 @@ pub async fn start<N: Net>(
         log: storage.log.writes,
         apply: storage.apply.requests,
     };
-    let group = Group::new(
+    let mut group = Group::new(
         cfg,
         core,
         queues,
@@ -131,6 +131,7 @@ pub async fn start<N: Net>(
         storage.applied_index,
         storage.image,
     );
+    group.peer_gate = Some(gate);
     let (requests_tx, requests) = mpsc::channel(65536);
     let inputs = Inputs {
         events,
