@@ -44,6 +44,12 @@ pub struct PeerPins {
     pins: BTreeMap<u64, u64>,
 }
 
+impl Default for PeerPins {
+    fn default() -> Self {
+        PeerPins::in_memory()
+    }
+}
+
 impl PeerPins {
     /// The pins recorded in `data_dir` (none if the file does not exist yet).
     pub fn open(data_dir: &Path) -> Result<PeerPins> {

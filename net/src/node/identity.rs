@@ -12,8 +12,10 @@
 //!   durably (`kv::PeerPins`), and any other incarnation of it is refused, logged and counted.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kv::identity::{token_digest, DEFAULT_CLUSTER_TOKEN};
 use kv::{Identity, PeerPins, PinCheck};
@@ -82,12 +84,14 @@ pub(super) fn record(cfg: &NodeConfig, identity: &Identity) -> Result<(), NodeEr
     Ok(())
 }
 
-/// The pins of the data directory (in memory on the simulator's disks).
-pub(super) fn open_pins(cfg: &NodeConfig) -> Result<PeerPins, NodeError> {
-    match cfg.storage {
-        StorageMode::Disk => Ok(PeerPins::open(&cfg.data_dir)
-            .map_err(StorageError::kv("reading the pinned peer incarnations"))?),
-        StorageMode::Simulated(_) => Ok(PeerPins::in_memory()),
+/// The pins of the data directory (kept with a simulated disk, in memory).
+pub(super) fn open_pins(cfg: &NodeConfig) -> Result<Arc<Mutex<PeerPins>>, NodeError> {
+    match &cfg.storage {
+        StorageMode::Disk => Ok(Arc::new(Mutex::new(
+            PeerPins::open(&cfg.data_dir)
+                .map_err(StorageError::kv("reading the pinned peer incarnations"))?,
+        ))),
+        StorageMode::Simulated(disk) => Ok(disk.peer_pins.clone()),
     }
 }
 
@@ -196,17 +200,17 @@ pub struct PeerGate {
     cluster_id: u64,
     me: Sender,
     has_data: AtomicBool,
-    pins: Mutex<PeerPins>,
+    pins: Arc<Mutex<PeerPins>>,
     refused: AtomicU64,
 }
 
 impl PeerGate {
-    pub fn new(cluster_id: u64, me: Sender, pins: PeerPins) -> Self {
+    pub fn new(cluster_id: u64, me: Sender, pins: Arc<Mutex<PeerPins>>) -> Self {
         Self {
             cluster_id,
             me,
             has_data: AtomicBool::new(false),
-            pins: Mutex::new(pins),
+            pins,
             refused: AtomicU64::new(0),
         }
     }
@@ -308,7 +312,7 @@ mod tests {
             node_id: 1,
             incarnation: 0x111,
         };
-        PeerGate::new(77, me, pins)
+        PeerGate::new(77, me, Arc::new(Mutex::new(pins)))
     }
 
     #[test]

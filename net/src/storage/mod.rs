@@ -173,12 +173,14 @@ pub enum StorageMode {
     Simulated(SimulatedDisk),
 }
 
-/// The simulator's disk: the power-cut environment, and how long each log write takes (the
-/// simulator raises it to model a slow fsync).
+/// The simulator's disk: the power-cut environment, how long each log write takes (the
+/// simulator raises it to model a slow fsync), and the peers' pinned incarnations (kept with
+/// the disk across crashes, as the file is on a real disk; a new disk starts with none).
 #[derive(Clone, Default)]
 pub struct SimulatedDisk {
     pub env: kv::PowerCutEnv,
     pub write_latency_micros: Arc<AtomicU64>,
+    pub peer_pins: Arc<std::sync::Mutex<kv::PeerPins>>,
 }
 
 impl SimulatedDisk {
