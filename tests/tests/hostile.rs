@@ -76,6 +76,32 @@ async fn hostile_bytes_on_both_ports_leave_the_cluster_serving() {
     net::transport::encode_frame(0xbad_c1a5, 1, &msg, &mut foreign);
     assert!(exchange(&peer_addr, &foreign).await.is_empty());
 
+    // A bootstrap probe is answered (node 1 never heard of a node 9), and one of the wrong
+    // length is refused like any bad frame.
+    let asker = net::peer_header::Sender {
+        node_id: 9,
+        incarnation: 1,
+    };
+    let mut probe = bytes::BytesMut::new();
+    net::probe::encode_request(0xbad_c1a5, asker, &mut probe);
+    let answer = exchange(&peer_addr, &probe).await;
+    assert_eq!(answer.len(), 4 + net::probe::ANSWER_LEN, "{answer:?}");
+    let answer = net::probe::decode_answer(bytes::Bytes::copy_from_slice(&answer[4..]))
+        .expect("a probe answer");
+    assert_eq!(
+        (
+            answer.cluster_id,
+            answer.node.node_id,
+            answer.pinned_for_asker
+        ),
+        (kv::bootstrap_cluster_id("kvstore", [1, 2, 3]), 1, None),
+        "{answer:?}"
+    );
+    let mut long_probe = probe.to_vec();
+    long_probe[3] += 1;
+    long_probe.push(0);
+    assert!(exchange(&peer_addr, &long_probe).await.is_empty());
+
     // Everyone else is still served.
     let mut c = cluster.client();
     c.set(b"still", b"serving")

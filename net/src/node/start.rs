@@ -75,40 +75,14 @@ pub async fn start<N: Net>(
         },
         shutdown.clone(),
     );
-    let opening = async {
-        if opened.is_new {
-            if cfg.peers.len() > 1 {
-                identity::check_bootstrap(&net, &cfg, BOOTSTRAP_PROBE_WAIT).await?;
-            }
-            identity::record(&cfg, &opened.identity)?;
-        }
-        let storage = open_storage(&cfg, events_tx, snapshot_events_tx).await?;
-        Ok::<_, NodeError>(storage)
-    };
-    let storage = match opening.await {
-        Ok(storage) => storage,
+    let opening = open_node(&cfg, &net, &opened, &gate, events_tx, snapshot_events_tx);
+    let (storage, core) = match opening.await {
+        Ok(opened) => opened,
         Err(e) => {
             listening.abort();
             return Err(e);
         }
     };
-    let core = match restart_core(&cfg, storage.restart) {
-        Ok(core) => core,
-        Err(e) => {
-            listening.abort();
-            return Err(e);
-        }
-    };
-    gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
-    tracing::info!(
-        id = cfg.id,
-        cluster = cfg.cluster_id,
-        incarnation = format_args!("{:#x}", cfg.incarnation),
-        term = core.term(),
-        last_index = core.last_index(),
-        applied_index = storage.applied_index,
-        "node starting"
-    );
 
     let (outbound, unreachable) = spawn_outbound(&net, &cfg);
     let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
@@ -150,11 +124,42 @@ pub async fn start<N: Net>(
     ))
 }
 
-/// The storage threads, and what they found on disk.
+/// Everything between the listener and the group: an empty directory's bootstrap probe and
+/// identity, then storage and the core.
+async fn open_node<N: Net>(
+    cfg: &NodeConfig,
+    net: &N,
+    opened: &identity::Opened,
+    gate: &PeerGate,
+    events: mpsc::UnboundedSender<StorageEvent>,
+    snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
+) -> Result<(OpenedStorage, RawNode), NodeError> {
+    if opened.is_new {
+        if cfg.peers.len() > 1 {
+            identity::check_bootstrap(net, cfg, BOOTSTRAP_PROBE_WAIT).await?;
+        }
+        identity::record(cfg, &opened.identity)?;
+    }
+    let (storage, restart) = open_storage(cfg, events, snapshot_events).await?;
+    let core = restart_core(cfg, restart)?;
+    gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
+    tracing::info!(
+        id = cfg.id,
+        cluster = cfg.cluster_id,
+        incarnation = format_args!("{:#x}", cfg.incarnation),
+        term = core.term(),
+        last_index = core.last_index(),
+        applied_index = storage.applied_index,
+        "node starting"
+    );
+    Ok((storage, core))
+}
+
+/// The storage threads, and what they found on disk (besides the state to restart the core
+/// from).
 struct OpenedStorage {
     log: LogWorker,
     apply: ApplyWorker,
-    restart: RestartState,
     applied_index: Index,
     /// The newest snapshot image in the data directory (index 0: none).
     image: SnapshotMeta,
@@ -167,7 +172,7 @@ async fn open_storage(
     cfg: &NodeConfig,
     events: mpsc::UnboundedSender<StorageEvent>,
     snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
-) -> Result<OpenedStorage, StorageError> {
+) -> Result<(OpenedStorage, RestartState), StorageError> {
     let (log, loaded) = storage::spawn_log_worker(
         &cfg.storage,
         cfg.data_dir.clone(),
@@ -209,13 +214,13 @@ async fn open_storage(
     }
     let restart = kv::restart_state_from(logged, &log_path, applied_index, &state.path)
         .map_err(StorageError::kv("reading the state to restart from"))?;
-    Ok(OpenedStorage {
+    let opened = OpenedStorage {
         log,
         apply,
-        restart,
         applied_index,
         image: state.image,
-    })
+    };
+    Ok((opened, restart))
 }
 
 /// The core, from the configuration and what storage found.
