@@ -38,6 +38,14 @@ fn run_to_exit(
     (status, std::fs::read_to_string(log).unwrap_or_default())
 }
 
+/// Gives node `id` a fresh client port before it starts again: its old one may have been taken
+/// (as an outgoing connection's port, by anything on the machine) since it was killed, and
+/// these tests are about its data directory, not its port.
+fn fresh_client_port(cluster: &mut TestCluster, id: u64) {
+    let node = cluster.nodes.get_mut(&id).expect("known node");
+    node.client_addr = format!("127.0.0.1:{}", e2e::free_port());
+}
+
 /// Waits until node `id` has applied everything the cluster committed so far.
 async fn caught_up(cluster: &TestCluster, id: u64) {
     let leader = cluster.wait_for_leader(BOUND).await;
@@ -65,6 +73,7 @@ async fn a_wiped_node_restarted_with_the_same_peers_is_refused_and_the_cluster_s
 
     cluster.kill(3);
     std::fs::remove_dir_all(&cluster.nodes[&3].data_dir).expect("wiping node 3");
+    fresh_client_port(&mut cluster, 3);
     let log = cluster.dir.path().join("node3-wiped.log");
     let (status, stderr) = run_to_exit(cluster.serve_command(3), &log, BOUND);
     let status = status.unwrap_or_else(|| panic!("the wiped node kept running:\n{stderr}"));
@@ -103,6 +112,7 @@ async fn a_node_whose_peers_are_written_differently_keeps_its_directory_and_anot
         .expect("write");
     caught_up(&cluster, 3).await;
     cluster.kill(3);
+    fresh_client_port(&mut cluster, 3);
 
     // Another cluster token than the one the directory was bootstrapped with (the default).
     let mut wrong_token = cluster.serve_command(3);
@@ -111,6 +121,7 @@ async fn a_node_whose_peers_are_written_differently_keeps_its_directory_and_anot
     let (status, stderr) = run_to_exit(wrong_token, &log, BOUND);
     assert!(status.is_some_and(|s| !s.success()), "{stderr}");
     assert!(stderr.contains("--cluster-token"), "{stderr}");
+    fresh_client_port(&mut cluster, 3);
 
     // The other members as `localhost` (node 3's own address stays as it was: `localhost` may
     // resolve to ::1 first, and the others reach it at 127.0.0.1). The cluster id used to be a
@@ -164,6 +175,7 @@ async fn a_wiped_node_that_bootstraps_while_its_peers_are_down_is_refused_by_the
         cluster.kill(id);
     }
     std::fs::remove_dir_all(&cluster.nodes[&3].data_dir).expect("wiping node 3");
+    fresh_client_port(&mut cluster, 3);
 
     // Nobody answers its probe: it bootstraps a new incarnation after the bounded wait.
     cluster.start_node(3);
@@ -174,8 +186,10 @@ async fn a_wiped_node_that_bootstraps_while_its_peers_are_down_is_refused_by_the
         })
         .await;
     }
-    cluster.start_node(1);
-    cluster.start_node(2);
+    for id in [1, 2] {
+        fresh_client_port(&mut cluster, id);
+        cluster.start_node(id);
+    }
     let c = &cluster;
 
     // Its old peers refuse its frames (the incarnation is not the one they pinned) and serve
