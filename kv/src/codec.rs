@@ -58,6 +58,14 @@ pub(crate) fn put_opt_bytes(buf: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// Bound on a stored configuration: a million members, far beyond any real cluster.
+const MAX_MEMBERSHIP_BYTES: usize = 8 << 20;
+
+/// Appends a configuration as [`Reader::membership`] reads it.
+pub(crate) fn put_membership(buf: &mut Vec<u8>, m: &raft_core::Membership) {
+    put_bytes(buf, &m.encode());
+}
+
 /// A bounds-checked cursor over a `Bytes`; byte strings it returns share the input's memory.
 pub(crate) struct Reader {
     buf: Bytes,
@@ -119,6 +127,15 @@ impl Reader {
         let b = self.buf.slice(self.pos..self.pos + len);
         self.pos += len;
         Ok(b)
+    }
+
+    /// A configuration stored as a length-prefixed [`raft_core::Membership::encode`].
+    pub(crate) fn membership(
+        &mut self,
+        what: &'static str,
+    ) -> Result<raft_core::Membership, DecodeError> {
+        let bytes = self.bytes(what, MAX_MEMBERSHIP_BYTES)?;
+        raft_core::Membership::decode(&bytes).map_err(|_| DecodeError::Invalid(what))
     }
 
     pub(crate) fn opt_bytes(

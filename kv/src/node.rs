@@ -163,7 +163,7 @@ mod tests {
             let rs = n.restart_state().unwrap();
             assert_eq!((rs.applied, rs.entries.len()), (3, 5));
             // Compacting past the applied index loses entries the state machine still needs.
-            n.log.compact(4).unwrap();
+            n.log.compact(4, &raft_core::Membership::default()).unwrap();
             let e = n.restart_state().unwrap_err();
             assert!(e.to_string().contains("entries 4..=4 are gone"), "{e}");
         }

@@ -120,10 +120,12 @@ fn compacted_raft_log_returns_its_space() {
         .unwrap();
         // Raft compacts as it goes, keeping a tail of 10,000 entries.
         if b % 20 == 19 {
-            log.compact((b + 1) * BATCH - 10_000).unwrap();
+            log.compact((b + 1) * BATCH - 10_000, &raft_core::Membership::default())
+                .unwrap();
         }
     }
-    log.compact(total - 10_000).unwrap();
+    log.compact(total - 10_000, &raft_core::Membership::default())
+        .unwrap();
     log.reclaim_space().unwrap();
     let live = 10_000 * (128 + 9 + 30);
     let size = dir_size(&dir.path().join(RAFT_LOGS_DIR));

@@ -98,7 +98,8 @@ fn repeated_power_cuts_lose_nothing_acknowledged() {
                     // Compaction may only drop what the state machine has durably applied.
                     let up_to = sm.durable_applied_index().saturating_sub(rng.next(10));
                     if up_to > log.snapshot().index {
-                        log.compact(up_to).unwrap();
+                        log.compact(up_to, &raft_core::Membership::default())
+                            .unwrap();
                     }
                 }
                 _ => {}

@@ -164,13 +164,7 @@ fn snapshot_round_trips_into_a_new_node_with_sessions() {
     let mut src = KvStateMachine::open(src_dir.path()).unwrap();
     let last = fill(&mut src, 20_000, 3, 1);
     let meta = src.build_snapshot(7, 64 << 10).unwrap();
-    assert_eq!(
-        meta,
-        SnapshotMeta {
-            index: last,
-            term: 3
-        }
-    );
+    assert_eq!(meta, SnapshotMeta::new(last, 3, Default::default()));
     // The source keeps applying after the build; the image stays at `meta`.
     src.apply(&[entry(3, last + 1, 1, 2, incr("counter", 100))])
         .unwrap();
@@ -179,7 +173,7 @@ fn snapshot_round_trips_into_a_new_node_with_sessions() {
     assert!(chunks.iter().all(|c| c.len() <= 64 << 10));
 
     let dst = old_node(dst_dir.path(), &env);
-    let staged = receive(dst_dir.path(), &env, meta, &chunks).unwrap();
+    let staged = receive(dst_dir.path(), &env, meta.clone(), &chunks).unwrap();
     let mut dst = dst.install_snapshot(staged).unwrap();
 
     // Same data as the source had at the snapshot (undo the one later increment to compare).
@@ -242,7 +236,7 @@ fn an_image_built_in_steps_while_entries_apply_is_the_state_where_it_began() {
         let want_sessions = src.session_clients();
         let meta = src.start_snapshot(7, 4096).unwrap();
         assert_eq!(meta.index, index);
-        assert_eq!(src.snapshot_in_progress(), Some(meta));
+        assert_eq!(src.snapshot_in_progress(), Some(meta.clone()));
 
         // Steps of random sizes, and between them batches that overwrite, delete and create
         // keys on both sides of the image's cursor, and open new sessions.
@@ -273,13 +267,13 @@ fn an_image_built_in_steps_while_entries_apply_is_the_state_where_it_began() {
             }
             src.apply(&batch).unwrap();
         };
-        assert_eq!(done, meta);
+        assert_eq!(done, meta.clone());
         assert_eq!(src.snapshot_in_progress(), None);
         assert_ne!(everything(&mut src), want, "the source moved on meanwhile");
 
         let dst = old_node(dst_dir.path(), &env);
         let chunks = chunks_of(src_dir.path(), &env);
-        let staged = receive(dst_dir.path(), &env, meta, &chunks).unwrap();
+        let staged = receive(dst_dir.path(), &env, meta.clone(), &chunks).unwrap();
         let mut dst = dst.install_snapshot(staged).unwrap();
         assert_eq!(
             everything(&mut dst.state),
@@ -315,7 +309,7 @@ fn fixture() -> Fixture {
 }
 
 fn refused(f: &Fixture, chunks: &[Bytes], needle: &str) {
-    refused_as(f, f.meta, 7, chunks, needle)
+    refused_as(f, f.meta.clone(), 7, chunks, needle)
 }
 
 fn refused_as(f: &Fixture, meta: SnapshotMeta, cluster: u64, chunks: &[Bytes], needle: &str) {
@@ -388,17 +382,11 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     sly[2] = reseal_chunk(&c);
     refused(&f, &sly, "trailer does not match the stream");
 
-    let other = SnapshotMeta {
-        index: f.meta.index,
-        term: f.meta.term + 1,
-    };
+    let other = SnapshotMeta::new(f.meta.index, f.meta.term + 1, Default::default());
     refused_as(&f, other, 7, &f.chunks, "or later was asked for");
-    let newer = SnapshotMeta {
-        index: f.meta.index + 1,
-        term: f.meta.term,
-    };
+    let newer = SnapshotMeta::new(f.meta.index + 1, f.meta.term, Default::default());
     refused_as(&f, newer, 7, &f.chunks, "or later was asked for");
-    refused_as(&f, f.meta, 8, &f.chunks, "cluster 7");
+    refused_as(&f, f.meta.clone(), 8, &f.chunks, "cluster 7");
     refused(&f, &f.chunks[1..], "chunk 0: out of order");
     let mut extra = f.chunks.clone();
     extra.push(f.chunks[n - 1].clone());
@@ -407,14 +395,14 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     // Reopening the storage drops a received but uninstalled snapshot; installing it then is
     // refused before anything changes.
     let env = StorageEnv::Disk;
-    let staged = receive(f.dst.path(), &env, f.meta, &f.chunks).unwrap();
+    let staged = receive(f.dst.path(), &env, f.meta.clone(), &f.chunks).unwrap();
     let n = NodeStorage::open(f.dst.path(), Identity::new(2, 7)).unwrap();
     let e = n.install_snapshot(staged).err().unwrap().to_string();
     assert!(e.contains("receive it again"), "{e}");
     assert_old_state(f.dst.path(), &env);
 
     // A staged snapshot that is not wanted any more can be removed.
-    let staged = receive(f.dst.path(), &env, f.meta, &f.chunks).unwrap();
+    let staged = receive(f.dst.path(), &env, f.meta.clone(), &f.chunks).unwrap();
     assert!(f.dst.path().join(INCOMING_DIR).exists());
     staged.discard().unwrap();
     assert!(!f.dst.path().join(INCOMING_DIR).exists());
@@ -424,10 +412,7 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     // The good stream still installs after all these failures, also when an older snapshot
     // was asked for (the sender serves its newest image).
     let n = NodeStorage::open(f.dst.path(), Identity::new(2, 7)).unwrap();
-    let older = SnapshotMeta {
-        index: f.meta.index - 10,
-        term: 1,
-    };
+    let older = SnapshotMeta::new(f.meta.index - 10, 1, Default::default());
     let staged = receive(f.dst.path(), &env, older, &f.chunks).unwrap();
     assert_eq!(staged.meta(), f.meta, "staged as the image's own snapshot");
     let n = n.install_snapshot(staged).unwrap();
@@ -482,7 +467,7 @@ fn power_cut_at_every_step_of_an_install_leaves_old_or_new() {
         };
         let node = NodeStorage::open_with(dir, Identity::new(2, 7), &env, 1000).unwrap();
         let result = (|| -> kv::Result<()> {
-            let mut b = SnapshotReceiver::new(dir, &env, meta, 7)?;
+            let mut b = SnapshotReceiver::new(dir, &env, meta.clone(), 7)?;
             for c in &chunks {
                 b.push(c)?;
                 cut(&pc);
@@ -537,19 +522,13 @@ fn raft_storage_install_snapshot_then_load_and_append() {
         .map(|i| entry(1 + i / 1000, i, 1, i, Op::Noop))
         .collect();
     log.persist(&persist(3, es, 100)).unwrap();
-    log.compact(50).unwrap();
+    log.compact(50, &raft_core::Membership::default()).unwrap();
     // A snapshot inside the old log, and one past its end.
     for meta in [
-        SnapshotMeta {
-            index: 2000,
-            term: 9,
-        },
-        SnapshotMeta {
-            index: 5000,
-            term: 9,
-        },
+        SnapshotMeta::new(2000, 9, Default::default()),
+        SnapshotMeta::new(5000, 9, Default::default()),
     ] {
-        log.install_snapshot(meta).unwrap();
+        log.install_snapshot(meta.clone()).unwrap();
         let rs = log.load().unwrap();
         assert_eq!(rs.snapshot, meta);
         assert!(rs.entries.is_empty());
@@ -567,16 +546,10 @@ fn raft_storage_install_snapshot_then_load_and_append() {
         assert_eq!(log.entry(i).unwrap(), None, "entry {i} survived");
     }
     // Again the same: nothing changes. Below: refused.
-    log.install_snapshot(SnapshotMeta {
-        index: 5000,
-        term: 9,
-    })
-    .unwrap();
+    log.install_snapshot(SnapshotMeta::new(5000, 9, Default::default()))
+        .unwrap();
     assert!(log
-        .install_snapshot(SnapshotMeta {
-            index: 4000,
-            term: 9
-        })
+        .install_snapshot(SnapshotMeta::new(4000, 9, Default::default()))
         .is_err());
     // Appends continue after the snapshot; anything at or below it is refused.
     assert!(log
@@ -587,17 +560,11 @@ fn raft_storage_install_snapshot_then_load_and_append() {
     drop(log);
     let mut log = RaftStorage::open(dir.path()).unwrap();
     let rs = log.load().unwrap();
-    assert_eq!(
-        rs.snapshot,
-        SnapshotMeta {
-            index: 5000,
-            term: 9
-        }
-    );
+    assert_eq!(rs.snapshot, SnapshotMeta::new(5000, 9, Default::default()));
     assert_eq!(rs.entries, more);
     // The node check accepts a state machine exactly at the snapshot with an empty log.
     let mut log2 = RaftStorage::open(tempfile::tempdir().unwrap().path()).unwrap();
-    log2.install_snapshot(SnapshotMeta { index: 7, term: 2 })
+    log2.install_snapshot(SnapshotMeta::new(7, 2, Default::default()))
         .unwrap();
     let rs =
         kv::restart_state_from(log2.load().unwrap(), &log2.path(), 7, Path::new("kv")).unwrap();
@@ -614,7 +581,7 @@ mod hostile {
         #[test]
         fn builder_refuses_arbitrary_chunks(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..4)) {
             let env = StorageEnv::PowerCut(PowerCutEnv::new());
-            let mut b = SnapshotReceiver::new(Path::new("/p"), &env, SnapshotMeta { index: 3, term: 1 }, 0).unwrap();
+            let mut b = SnapshotReceiver::new(Path::new("/p"), &env, SnapshotMeta::new(3, 1, Default::default()), 0).unwrap();
             let mut ok = true;
             for c in &chunks {
                 ok &= b.push(c).is_ok();
@@ -647,7 +614,7 @@ fn measure_100k_keys() {
     let bytes: usize = chunks.iter().map(|c| c.len()).sum();
     let node = old_node(dst.path(), &env);
     let t = Instant::now();
-    let staged = receive(dst.path(), &env, meta, &chunks).unwrap();
+    let staged = receive(dst.path(), &env, meta.clone(), &chunks).unwrap();
     let received = t.elapsed();
     let t = Instant::now();
     let node = node.install_snapshot(staged).unwrap();

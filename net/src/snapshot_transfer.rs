@@ -57,7 +57,7 @@ const KIND_REFUSED: u8 = 3;
 const MAX_REASON: usize = 512;
 
 /// A follower's request for a snapshot image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchRequest {
     /// The follower asking (the sender reports the transfer's outcome for it to its core).
     pub from: NodeId,
@@ -110,7 +110,7 @@ pub fn decode_request(
     let (index, term) = (body.get_u64(), body.get_u64());
     let request = FetchRequest {
         from,
-        at_least: SnapshotMeta { index, term },
+        at_least: SnapshotMeta::new(index, term, Default::default()),
     };
     Ok((sender, request))
 }
@@ -176,6 +176,7 @@ pub async fn serve<S: Stream>(
     write_timeout: Duration,
 ) {
     let (tx, mut chunks) = mpsc::channel(SEND_WINDOW);
+    let follower = request.from;
     let ok = if serve
         .send(ServeRequest {
             request,
@@ -197,7 +198,7 @@ pub async fn serve<S: Stream>(
             };
             let refused = matches!(reply, Reply::Refused(_));
             if let Reply::Refused(why) = &reply {
-                tracing::warn!(to = request.from, %why, "cannot serve a snapshot");
+                tracing::warn!(to = follower, %why, "cannot serve a snapshot");
             }
             encode_reply(&reply, &mut buf);
             let write = async {
@@ -207,27 +208,24 @@ pub async fn serve<S: Stream>(
             match tokio::time::timeout(write_timeout, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::info!(to = request.from, error = %e, sent, "snapshot transfer broken");
+                    tracing::info!(to = follower, error = %e, sent, "snapshot transfer broken");
                     break false;
                 }
                 Err(_) => {
-                    tracing::info!(to = request.from, sent, "snapshot transfer stalled");
+                    tracing::info!(to = follower, sent, "snapshot transfer stalled");
                     break false;
                 }
             }
             sent += 1;
             if last {
                 if !refused {
-                    tracing::info!(to = request.from, chunks = sent - 1, "snapshot sent");
+                    tracing::info!(to = follower, chunks = sent - 1, "snapshot sent");
                 }
                 break !refused;
             }
         }
     };
-    let _ = events.send(SnapshotEvent::Sent {
-        to: request.from,
-        ok,
-    });
+    let _ = events.send(SnapshotEvent::Sent { to: follower, ok });
 }
 
 /// A fetch the node loop started: what to fetch, from where, and as which receive job.
@@ -365,10 +363,7 @@ mod tests {
     fn requests_and_replies_round_trip() {
         let req = FetchRequest {
             from: 3,
-            at_least: SnapshotMeta {
-                index: 900,
-                term: 4,
-            },
+            at_least: SnapshotMeta::new(900, 4, Default::default()),
         };
         let mut buf = BytesMut::new();
         encode_request(77, 5, &req, &mut buf);

@@ -229,6 +229,7 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let vote = msg(MessageBody::VoteRequest {
         last_log_index: 5,
         last_log_term: 6,
+        transfer: false,
     });
     let header = |magic: u32, version: u8, cluster: u64, len: u32| {
         let mut f = len.to_be_bytes().to_vec();

@@ -10,16 +10,19 @@
 //! | from, to, term | 8 each |
 //! | body (by type) | rest |
 //!
-//! Bodies: vote requests carry `last_log_index, last_log_term`; responses a `granted` byte (0 or
-//! 1); `AppendRequest` carries `prev_log_index, prev_log_term, commit`, an entry count (u32) and
-//! entries (`term, index, kind byte, payload length u32, payload`); `AppendResponse` carries
-//! `success, index, hint_index, hint_term`; heartbeats `commit, read_round` and `read_round`;
-//! `InstallSnapshot` the snapshot's `index, term`; `Propose` a count and length-prefixed
-//! payloads; read-index messages a length-prefixed context (and the index, for the response).
+//! Bodies: vote requests carry `last_log_index, last_log_term` and a `transfer` byte (0 or 1);
+//! responses a `granted` byte; `AppendRequest` carries `prev_log_index, prev_log_term, commit`,
+//! an entry count (u32) and entries (`term, index, kind byte, payload length u32, payload`);
+//! `AppendResponse` carries `success, index, hint_index, hint_term`; heartbeats
+//! `commit, read_round` and `read_round`; `InstallSnapshot` the snapshot's `index, term` and its
+//! configuration (as [`Membership::encode`] writes it); `TimeoutNow` nothing; `Propose` a count
+//! and length-prefixed payloads; read-index messages a length-prefixed context (and the index,
+//! for the response).
 //!
 //! New message types get new tags under the same version: an older node refuses an unknown tag
 //! as `UnknownMessageType` (`InstallSnapshot`, tag 12, was added so), while a changed layout of
-//! an existing type needs a new version.
+//! an existing type needs a new version (version 2 added `transfer` to vote requests and the
+//! configuration to `InstallSnapshot`).
 //!
 //! Decoding never trusts a length: every count and length is checked against the bytes actually
 //! left before anything is allocated, so a hostile frame costs at most its own size. Payloads
@@ -30,11 +33,12 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::types::{Entry, EntryKind, SnapshotMeta};
 
 /// The layout version written as every message's first byte.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 const HEADER_LEN: usize = 1 + 1 + 8 * 3;
 /// The smallest encoded entry: term, index, kind, payload length, empty payload.
@@ -53,6 +57,7 @@ mod tag {
     pub const READ_INDEX_REQUEST: u8 = 10;
     pub const READ_INDEX_RESPONSE: u8 = 11;
     pub const INSTALL_SNAPSHOT: u8 = 12;
+    pub const TIMEOUT_NOW: u8 = 13;
 }
 
 /// Why bytes did not decode to a [`Message`]. The input came from outside the process, so the
@@ -86,6 +91,10 @@ pub enum DecodeError {
     },
     /// Bytes left over after a complete message (their count).
     TrailingBytes(usize),
+    /// An encoded [`Membership`] starts with a format byte this build does not know.
+    UnknownMembershipFormat(u8),
+    /// A configuration that breaks the invariants of [`Membership`] (the reason).
+    InvalidMembership(&'static str),
 }
 
 impl fmt::Display for DecodeError {
@@ -117,6 +126,10 @@ impl fmt::Display for DecodeError {
                 )
             }
             DecodeError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the message"),
+            DecodeError::UnknownMembershipFormat(v) => {
+                write!(f, "unknown membership format {v}")
+            }
+            DecodeError::InvalidMembership(why) => write!(f, "invalid membership: {why}"),
         }
     }
 }
@@ -127,7 +140,7 @@ impl std::error::Error for DecodeError {}
 pub fn encoded_len(msg: &Message) -> usize {
     HEADER_LEN
         + match &msg.body {
-            MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => 16,
+            MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. } => 16 + 1,
             MessageBody::PreVoteResponse { .. } | MessageBody::VoteResponse { .. } => 1,
             MessageBody::AppendRequest { entries, .. } => {
                 24 + 4
@@ -139,7 +152,8 @@ pub fn encoded_len(msg: &Message) -> usize {
             MessageBody::AppendResponse { .. } => 1 + 24,
             MessageBody::Heartbeat { .. } => 16,
             MessageBody::HeartbeatResponse { .. } => 8,
-            MessageBody::InstallSnapshot { .. } => 16,
+            MessageBody::InstallSnapshot { snapshot } => 16 + snapshot.membership.encoded_len(),
+            MessageBody::TimeoutNow => 0,
             MessageBody::Propose { payloads } => {
                 4 + payloads.iter().map(|p| 4 + p.len()).sum::<usize>()
             }
@@ -162,6 +176,7 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
         MessageBody::Heartbeat { .. } => tag::HEARTBEAT,
         MessageBody::HeartbeatResponse { .. } => tag::HEARTBEAT_RESPONSE,
         MessageBody::InstallSnapshot { .. } => tag::INSTALL_SNAPSHOT,
+        MessageBody::TimeoutNow => tag::TIMEOUT_NOW,
         MessageBody::Propose { .. } => tag::PROPOSE,
         MessageBody::ReadIndexRequest { .. } => tag::READ_INDEX_REQUEST,
         MessageBody::ReadIndexResponse { .. } => tag::READ_INDEX_RESPONSE,
@@ -174,13 +189,16 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
         MessageBody::PreVoteRequest {
             last_log_index,
             last_log_term,
+            transfer,
         }
         | MessageBody::VoteRequest {
             last_log_index,
             last_log_term,
+            transfer,
         } => {
             buf.put_u64(*last_log_index);
             buf.put_u64(*last_log_term);
+            buf.put_u8(u8::from(*transfer));
         }
         MessageBody::PreVoteResponse { granted } | MessageBody::VoteResponse { granted } => {
             buf.put_u8(u8::from(*granted))
@@ -221,7 +239,9 @@ pub fn encode(msg: &Message, buf: &mut BytesMut) {
         MessageBody::InstallSnapshot { snapshot } => {
             buf.put_u64(snapshot.index);
             buf.put_u64(snapshot.term);
+            snapshot.membership.write_to(buf);
         }
+        MessageBody::TimeoutNow => {}
         MessageBody::Propose { payloads } => {
             put_len(buf, payloads.len());
             for p in payloads {
@@ -243,20 +263,20 @@ pub fn encode_to_bytes(msg: &Message) -> Bytes {
     buf.freeze()
 }
 
-fn put_len(buf: &mut BytesMut, len: usize) {
+pub(crate) fn put_len(buf: &mut BytesMut, len: usize) {
     // Lengths above u32 cannot come from a message the core builds (messages are bounded by
     // `max_msg_bytes`, far below 4 GiB); saturating keeps encode total rather than panicking.
     buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
 }
 
-fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
+pub(crate) fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
     put_len(buf, bytes.len());
     buf.put_slice(bytes);
 }
 
 /// Decodes one whole message; the input must hold nothing else.
 pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
-    let mut r = Reader { buf: input, pos: 0 };
+    let mut r = Reader::new(input);
     let version = r.u8()?;
     if version != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion(version));
@@ -269,10 +289,12 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
         tag::PRE_VOTE_REQUEST => MessageBody::PreVoteRequest {
             last_log_index: r.u64()?,
             last_log_term: r.u64()?,
+            transfer: r.bool()?,
         },
         tag::VOTE_REQUEST => MessageBody::VoteRequest {
             last_log_index: r.u64()?,
             last_log_term: r.u64()?,
+            transfer: r.bool()?,
         },
         tag::PRE_VOTE_RESPONSE => MessageBody::PreVoteResponse { granted: r.bool()? },
         tag::VOTE_RESPONSE => MessageBody::VoteResponse { granted: r.bool()? },
@@ -319,8 +341,10 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
             snapshot: SnapshotMeta {
                 index: r.u64()?,
                 term: r.u64()?,
+                membership: Membership::read_from(&mut r)?,
             },
         },
+        tag::TIMEOUT_NOW => MessageBody::TimeoutNow,
         tag::PROPOSE => {
             let count = r.count("proposal count", 4)?;
             let mut payloads = Vec::with_capacity(count);
@@ -341,10 +365,7 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
         }
         other => return Err(DecodeError::UnknownMessageType(other)),
     };
-    let left = r.remaining();
-    if left != 0 {
-        return Err(DecodeError::TrailingBytes(left));
-    }
+    r.finish()?;
     Ok(Message {
         from,
         to,
@@ -353,12 +374,25 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
     })
 }
 
-struct Reader {
+/// Reads fields off the front of some bytes, checking each against what is left.
+pub(crate) struct Reader {
     buf: Bytes,
     pos: usize,
 }
 
 impl Reader {
+    pub(crate) fn new(buf: Bytes) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Succeeds only if every byte was read.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            left => Err(DecodeError::TrailingBytes(left)),
+        }
+    }
+
     fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -375,7 +409,7 @@ impl Reader {
         Ok(slice)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
@@ -392,7 +426,7 @@ impl Reader {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -400,7 +434,11 @@ impl Reader {
     }
 
     /// A count of items each at least `min_item_len` bytes long, checked against what is left.
-    fn count(&mut self, what: &'static str, min_item_len: usize) -> Result<usize, DecodeError> {
+    pub(crate) fn count(
+        &mut self,
+        what: &'static str,
+        min_item_len: usize,
+    ) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item_len) > self.remaining() {
             return Err(DecodeError::LengthTooLarge {
@@ -413,7 +451,7 @@ impl Reader {
     }
 
     /// A length-prefixed byte string, as a zero-copy slice of the input.
-    fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
         let len = self.u32()? as usize;
         if len > self.remaining() {
             return Err(DecodeError::LengthTooLarge {
@@ -438,35 +476,33 @@ mod tests {
     }
 
     fn entry() -> impl Strategy<Value = Entry> {
-        (any::<u64>(), any::<u64>(), any::<bool>(), payload()).prop_map(
-            |(term, index, noop, payload)| Entry {
+        (any::<u64>(), any::<u64>(), 0u8..3, payload()).prop_map(|(term, index, code, payload)| {
+            Entry {
                 term,
                 index,
-                kind: if noop {
-                    EntryKind::Noop
-                } else {
-                    EntryKind::Normal
-                },
+                kind: EntryKind::from_code(code).expect("codes 0 to 2 are kinds"),
                 payload,
-            },
-        )
+            }
+        })
     }
 
     fn body() -> impl Strategy<Value = MessageBody> {
         prop_oneof![
-            (any::<u64>(), any::<u64>()).prop_map(|(last_log_index, last_log_term)| {
-                MessageBody::PreVoteRequest {
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(last_log_index, last_log_term, transfer)| MessageBody::PreVoteRequest {
                     last_log_index,
                     last_log_term,
+                    transfer,
                 }
-            }),
+            ),
             any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
-            (any::<u64>(), any::<u64>()).prop_map(|(last_log_index, last_log_term)| {
-                MessageBody::VoteRequest {
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(last_log_index, last_log_term, transfer)| MessageBody::VoteRequest {
                     last_log_index,
                     last_log_term,
+                    transfer,
                 }
-            }),
+            ),
             any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
             (
                 any::<u64>(),
@@ -495,9 +531,19 @@ mod tests {
             (any::<u64>(), any::<u64>())
                 .prop_map(|(commit, read_round)| MessageBody::Heartbeat { commit, read_round }),
             any::<u64>().prop_map(|read_round| MessageBody::HeartbeatResponse { read_round }),
-            (any::<u64>(), any::<u64>()).prop_map(|(index, term)| MessageBody::InstallSnapshot {
-                snapshot: SnapshotMeta { index, term }
-            }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                crate::membership::tests::membership()
+            )
+                .prop_map(|(index, term, membership)| MessageBody::InstallSnapshot {
+                    snapshot: SnapshotMeta {
+                        index,
+                        term,
+                        membership
+                    }
+                }),
+            Just(MessageBody::TimeoutNow),
             proptest::collection::vec(payload(), 0..8)
                 .prop_map(|payloads| MessageBody::Propose { payloads }),
             payload().prop_map(|ctx| MessageBody::ReadIndexRequest { ctx }),

@@ -7,9 +7,13 @@ use crate::types::NodeId;
 /// `seed` should differ between nodes (the default, the node's id, does).
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// This node's id; must be one of `voters`, and never 0.
+    /// This node's id; never 0, and one of `voters` unless `voters` is empty.
     pub id: NodeId,
-    /// Every voting member, this node included. Fixed for the life of the cluster (for now).
+    /// The initial configuration: every voting member, this node included. Used only when
+    /// storage holds no configuration (no conf-change entry in the log and an empty
+    /// `SnapshotMeta::membership`), as on a cluster's first start; from then on the
+    /// configuration comes from the log and snapshots. Empty means a node waiting to be added:
+    /// it never campaigns and learns its configuration from the leader that adds it.
     pub voters: Vec<NodeId>,
     /// A follower campaigns after a randomized timeout in `[election_ticks, 2 * election_ticks)`.
     pub election_ticks: u32,
@@ -93,7 +97,7 @@ impl Config {
         if self.id == 0 || self.voters.contains(&0) {
             return Err(ConfigError::ReservedNodeId);
         }
-        if !self.voters.contains(&self.id) {
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
             return Err(ConfigError::NotAVoter {
                 id: self.id,
                 voters: self.voters.clone(),

@@ -65,6 +65,11 @@ impl RawNode {
     }
 
     pub(crate) fn start_campaign(&mut self) {
+        if !self.voters.contains(&self.id) {
+            // Not a voter (a node waiting to be added): it could never win, nor count itself.
+            self.reset_election_timer();
+            return;
+        }
         if self.cfg.pre_vote {
             self.become_pre_candidate();
         } else {
@@ -113,11 +118,13 @@ impl RawNode {
                 MessageBody::PreVoteRequest {
                     last_log_index,
                     last_log_term,
+                    transfer: false,
                 }
             } else {
                 MessageBody::VoteRequest {
                     last_log_index,
                     last_log_term,
+                    transfer: false,
                 }
             };
             self.msgs.push(crate::message::Message {

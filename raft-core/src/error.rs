@@ -46,7 +46,7 @@ impl std::error::Error for ProposeError {}
 pub enum ConfigError {
     /// Node id 0 means "nobody" and cannot name a node.
     ReservedNodeId,
-    /// This node's id is not among the voters.
+    /// This node's id is not among the (non-empty) initial voters.
     NotAVoter {
         /// This node's id.
         id: NodeId,
@@ -118,10 +118,20 @@ pub enum ConfigError {
         /// The entry's index.
         index: Index,
     },
-    /// The stored vote names a node that is not a voter.
+    /// The stored vote names node 0, which is nobody.
     VoteForNonVoter {
         /// The node voted for.
         vote: NodeId,
+    },
+    /// A stored configuration-change entry does not decode.
+    BadConfChange {
+        /// The entry's index.
+        index: Index,
+    },
+    /// The stored snapshot's configuration breaks the invariants of [`crate::Membership`].
+    BadSnapshotMembership {
+        /// Which invariant.
+        why: &'static str,
     },
     /// The state machine is said to have applied beyond the stored log.
     AppliedBeyondLog {
@@ -195,6 +205,12 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::VoteForNonVoter { vote } => {
                 write!(f, "stored vote for {vote}, who is not a voter")
+            }
+            ConfigError::BadConfChange { index } => {
+                write!(f, "stored configuration change at {index} does not decode")
+            }
+            ConfigError::BadSnapshotMembership { why } => {
+                write!(f, "stored snapshot configuration is invalid: {why}")
             }
             ConfigError::AppliedBeyondLog {
                 applied,

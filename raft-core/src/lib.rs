@@ -124,6 +124,7 @@ mod durability;
 mod election;
 mod error;
 mod log;
+mod membership;
 mod message;
 mod node;
 mod progress;
@@ -140,6 +141,7 @@ mod validate;
 
 pub use config::Config;
 pub use error::{CompactError, ConfigError, ProposeError};
+pub use membership::{ConfChangeEntry, MemberChange, Membership, MEMBERSHIP_FORMAT};
 pub use message::{Message, MessageBody};
 pub use node::{Proposed, RawNode};
 pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};

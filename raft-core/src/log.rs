@@ -5,7 +5,8 @@
 //! Indexes relate as `applying <= committed` and `persisted <= last_index`; `committed` may run
 //! ahead of `persisted` on a follower, but nothing above `persisted` is ever handed out.
 
-use crate::types::{Entry, Index, SnapshotMeta, Term};
+use crate::membership::{ConfChangeEntry, Membership};
+use crate::types::{Entry, EntryKind, Index, SnapshotMeta, Term};
 
 #[derive(Debug)]
 pub(crate) struct RaftLog {
@@ -21,6 +22,10 @@ pub(crate) struct RaftLog {
     applying: Index,
     /// A fetched snapshot that replaced this log in memory and is not yet asked to be written.
     unwritten_snapshot: Option<SnapshotMeta>,
+    /// The configuration-change entries in `entries`, in index order, decoded: the last one is
+    /// the configuration in force (else the snapshot's). Kept in step with every change to
+    /// `entries`, so that truncating an entry reverts its configuration.
+    confs: Vec<(Index, Membership)>,
 }
 
 impl RaftLog {
@@ -33,20 +38,40 @@ impl RaftLog {
     ) -> Self {
         let last = snapshot.index + entries.len() as u64;
         let committed = committed.max(applied).max(snapshot.index).min(last);
+        let applying = applied.max(snapshot.index).min(committed);
+        let confs = conf_changes(&entries);
         Self {
             snapshot,
             entries,
             persisted: last,
             unpersisted_from: None,
             committed,
-            applying: applied.max(snapshot.index).min(committed),
+            applying,
             unwritten_snapshot: None,
+            confs,
         }
     }
 
     /// The last entry folded into a snapshot (index 0 if none).
-    pub(crate) fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot
+    pub(crate) fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The configuration in force: that of the last configuration-change entry in the log,
+    /// else the snapshot's.
+    pub(crate) fn membership(&self) -> &Membership {
+        self.confs
+            .last()
+            .map_or(&self.snapshot.membership, |(_, m)| m)
+    }
+
+    /// The configuration in force at `index` (at or after the snapshot).
+    pub(crate) fn membership_at(&self, index: Index) -> &Membership {
+        self.confs
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.snapshot.membership, |(_, m)| m)
     }
 
     /// Drops every entry up to `up_to`, which a durable snapshot of the state machine covers.
@@ -56,8 +81,10 @@ impl RaftLog {
         let term = self
             .term(up_to)
             .expect("the caller checked up_to is in the log");
+        let membership = self.membership_at(up_to).clone();
         self.entries.drain(..(up_to - self.snapshot.index) as usize);
-        self.snapshot = SnapshotMeta { index: up_to, term };
+        self.snapshot = SnapshotMeta::new(up_to, term, membership);
+        self.confs.retain(|(i, _)| *i > up_to);
         if let Some(from) = self.unpersisted_from {
             self.unpersisted_from = Some(from.max(up_to + 1));
         }
@@ -69,14 +96,16 @@ impl RaftLog {
     /// so every entry dropped here conflicts with the leader's log and can never commit.
     pub(crate) fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
         debug_assert!(snapshot.index > self.committed);
-        self.snapshot = snapshot;
+        let index = snapshot.index;
+        self.snapshot = snapshot.clone();
         self.entries.clear();
+        self.confs.clear();
         // Nothing in memory is older than the write that installs it; acknowledgements of that
         // write are held until it is durable.
-        self.persisted = snapshot.index;
+        self.persisted = index;
         self.unpersisted_from = None;
-        self.committed = snapshot.index;
-        self.applying = snapshot.index;
+        self.committed = index;
+        self.applying = index;
         self.unwritten_snapshot = Some(snapshot);
     }
 
@@ -162,6 +191,7 @@ impl RaftLog {
             "leader appends must extend the log"
         );
         self.note_unpersisted(first.index);
+        self.confs.extend(conf_changes(&new));
         self.entries.extend(new);
     }
 
@@ -190,8 +220,11 @@ impl RaftLog {
             self.entries
                 .truncate((conflict - self.first_index()) as usize);
             self.persisted = self.persisted.min(conflict - 1);
+            // A truncated configuration entry no longer is in force.
+            self.confs.retain(|(i, _)| *i < conflict);
         }
         self.note_unpersisted(conflict);
+        self.confs.extend(conf_changes(&new[skip..]));
         self.entries.extend_from_slice(&new[skip..]);
     }
 
@@ -310,17 +343,37 @@ impl RaftLog {
                 self.persisted
             );
         }
-        if let Some(unwritten) = self.unwritten_snapshot {
+        if let Some(unwritten) = &self.unwritten_snapshot {
             assert_eq!(
-                unwritten, self.snapshot,
+                unwritten, &self.snapshot,
                 "an unwritten snapshot is the log start"
             );
         }
+        assert_eq!(
+            self.confs,
+            conf_changes(&self.entries),
+            "the configurations tracked are those of the log's entries"
+        );
     }
 
     pub(crate) fn all_entries(&self) -> &[Entry] {
         &self.entries
     }
+}
+
+/// The configuration-change entries among `entries`, decoded. Their payloads were checked when
+/// they entered the core (a peer's append, a restart state) or built by this leader, so one
+/// that does not decode cannot occur; it would be skipped rather than trusted.
+fn conf_changes(entries: &[Entry]) -> Vec<(Index, Membership)> {
+    entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::ConfChange)
+        .filter_map(|e| {
+            let decoded = ConfChangeEntry::decode(&e.payload);
+            debug_assert!(decoded.is_ok(), "undecodable conf change at {}", e.index);
+            decoded.ok().map(|c| (e.index, c.membership))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -420,7 +473,10 @@ mod tests {
         log.commit_to(4);
         log.compact(3);
         assert_eq!(log.first_index(), 4);
-        assert_eq!(log.snapshot(), SnapshotMeta { index: 3, term: 2 });
+        assert_eq!(
+            log.snapshot(),
+            &SnapshotMeta::new(3, 2, Membership::default())
+        );
         assert_eq!(log.term(3), Some(2));
         assert_eq!(log.term(2), None);
         assert_eq!(log.last_index(), 4);
@@ -430,7 +486,7 @@ mod tests {
     #[test]
     fn an_installed_snapshot_replaces_the_log_and_is_written_once() {
         let mut log = log_of(&[1, 1, 1]);
-        log.install_snapshot(SnapshotMeta { index: 9, term: 4 });
+        log.install_snapshot(SnapshotMeta::new(9, 4, Membership::default()));
         assert_eq!((log.last_index(), log.last_term()), (9, 4));
         assert_eq!(
             (log.committed(), log.applying(), log.persisted()),
@@ -439,7 +495,7 @@ mod tests {
         assert!(log.has_unpersisted());
         assert_eq!(
             log.take_unwritten_snapshot(),
-            Some(SnapshotMeta { index: 9, term: 4 })
+            Some(SnapshotMeta::new(9, 4, Membership::default()))
         );
         assert!(log.take_unpersisted().is_empty());
         assert!(!log.has_unpersisted());
@@ -487,7 +543,7 @@ mod tests {
     #[should_panic(expected = "the log starts right after the snapshot")]
     fn a_log_not_starting_after_its_snapshot_is_caught() {
         let mut log = log_of(&[1, 1]);
-        log.snapshot = SnapshotMeta { index: 1, term: 1 };
+        log.snapshot = SnapshotMeta::new(1, 1, Membership::default());
         log.assert_invariants();
     }
 }

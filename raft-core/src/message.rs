@@ -29,6 +29,9 @@ pub enum MessageBody {
         last_log_index: Index,
         /// The term of the candidate's last entry.
         last_log_term: Term,
+        /// The candidate campaigns because the leader handed leadership over to it
+        /// ([`MessageBody::TimeoutNow`]): receivers answer even inside a leader lease.
+        transfer: bool,
     },
     /// The answer to a pre-vote request.
     PreVoteResponse {
@@ -41,6 +44,9 @@ pub enum MessageBody {
         last_log_index: Index,
         /// The term of the candidate's last entry.
         last_log_term: Term,
+        /// The candidate campaigns because the leader handed leadership over to it
+        /// ([`MessageBody::TimeoutNow`]): receivers answer even inside a leader lease.
+        transfer: bool,
     },
     /// The answer to a vote request; a grant is sent only once the vote is durable.
     VoteResponse {
@@ -94,6 +100,9 @@ pub enum MessageBody {
         /// The snapshot the follower should fetch from the sender.
         snapshot: SnapshotMeta,
     },
+    /// Leadership transfer (Raft thesis §3.10): the leader, whose log the recipient now
+    /// matches, tells it to campaign at once, without a pre-vote.
+    TimeoutNow,
     /// Proposals a follower forwards to its leader.
     Propose {
         /// The proposals' payloads, in the order they were made.
@@ -126,6 +135,7 @@ impl MessageBody {
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::Propose { .. } => "Propose",
             MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
             MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::durability::{Held, OutstandingWrite};
 use crate::error::{ConfigError, ProposeError};
 use crate::log::RaftLog;
+use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::read_index::ReadIndexTracker;
@@ -19,7 +20,7 @@ use crate::ready::{ReadState, Ready, SnapshotToFetch, SoftState};
 use crate::rng::SeededRng;
 use crate::safety::SafetyViolation;
 use crate::snapshot::PendingFetch;
-use crate::types::{Entry, HardState, Index, NodeId, RestartState, Role, Term};
+use crate::types::{Entry, EntryKind, HardState, Index, NodeId, RestartState, Role, Term};
 use crate::validate::check_restart_state;
 
 /// At most this many bytes of committed entries are handed out in one [`Ready`]; the rest
@@ -103,11 +104,19 @@ impl RawNode {
     /// acknowledged durable; nothing else is assumed.
     pub fn restart(cfg: Config, state: RestartState) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        check_restart_state(&cfg, &state)?;
-        let mut voters = cfg.voters.clone();
-        voters.sort_unstable();
+        check_restart_state(&state)?;
         let hs = state.hard_state;
-        let log = RaftLog::restore(state.snapshot, state.entries, hs.commit, state.applied);
+        let mut snapshot = state.snapshot;
+        let log_has_conf = state
+            .entries
+            .iter()
+            .any(|e| e.kind == EntryKind::ConfChange);
+        if snapshot.membership.is_empty() && !log_has_conf {
+            // Storage holds no configuration: a first start, or a driver that never stored one.
+            snapshot.membership = Membership::with_voters(cfg.voters.iter().copied());
+        }
+        let log = RaftLog::restore(snapshot, state.entries, hs.commit, state.applied);
+        let voters: Vec<NodeId> = log.membership().voters.iter().copied().collect();
         let applied = log.applying();
         let mut node = Self {
             id: cfg.id,

@@ -50,7 +50,7 @@ impl Persist {
 /// message or a failed transfer): a driver already fetching it carries on; one that failed
 /// starts again. A request for a different snapshot supersedes the earlier one, whose report
 /// would be ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotToFetch {
     /// The node to fetch from (the leader that offered the snapshot).
     pub from: NodeId,
@@ -71,7 +71,7 @@ pub struct SnapshotToFetch {
 /// For the core, the state machine is the snapshot from the moment this write is handed out:
 /// entries after `snapshot.index` come next in `Ready::committed`, and `on_applied` reports
 /// count from `snapshot.index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use = "a snapshot install that is never made durable and reported stalls the node"]
 pub struct SnapshotWrite {
     /// The name to report the write's completion with.

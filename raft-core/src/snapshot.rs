@@ -30,7 +30,7 @@ use crate::replication::success_ack;
 use crate::types::{Index, NodeId, Role, SnapshotMeta, Term};
 
 /// A snapshot this follower asked its driver to fetch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PendingFetch {
     pub(crate) from: NodeId,
     pub(crate) snapshot: SnapshotMeta,
@@ -82,7 +82,7 @@ impl RawNode {
 
     /// The last entry covered by this node's snapshot; the log continues after it.
     pub fn snapshot(&self) -> SnapshotMeta {
-        self.log.snapshot()
+        self.log.snapshot().clone()
     }
 
     // ----- leader -------------------------------------------------------------------------
@@ -90,7 +90,7 @@ impl RawNode {
     /// Offers our snapshot to `to`, whose next entries are compacted, and stops appending to it
     /// until it has installed the snapshot.
     pub(crate) fn send_snapshot(&mut self, to: NodeId) {
-        let snapshot = self.log.snapshot();
+        let snapshot = self.log.snapshot().clone();
         let Some(pr) = self.progress.get_mut(&to) else {
             return;
         };
@@ -119,7 +119,7 @@ impl RawNode {
         pr.heartbeats_since_snapshot_offer += 1;
         if pr.heartbeats_since_snapshot_offer >= every {
             pr.heartbeats_since_snapshot_offer = 0;
-            let snapshot = self.log.snapshot();
+            let snapshot = self.log.snapshot().clone();
             self.send(from, MessageBody::InstallSnapshot { snapshot });
         }
     }
@@ -188,7 +188,7 @@ impl RawNode {
             self.send_when_durable(from, success_ack(snapshot.index));
             return;
         }
-        if let Some(p) = self.pending_fetch {
+        if let Some(p) = &self.pending_fetch {
             if p.term == self.term && snapshot.index < p.snapshot.index {
                 // A reordered older offer from the same leader: the newer one is on its way.
                 return;
@@ -196,7 +196,7 @@ impl RawNode {
         }
         self.pending_fetch = Some(PendingFetch {
             from,
-            snapshot,
+            snapshot: snapshot.clone(),
             term: self.term,
             failed: false,
         });
@@ -252,13 +252,13 @@ impl RawNode {
             pending.failed = false;
             self.fetch_request = Some(SnapshotToFetch {
                 from,
-                snapshot: pending.snapshot,
+                snapshot: pending.snapshot.clone(),
             });
         }
     }
 
     fn take_fetched_snapshot(&mut self, snapshot: SnapshotMeta) -> bool {
-        let Some(pending) = self.pending_fetch else {
+        let Some(pending) = self.pending_fetch.clone() else {
             tracing::debug!(
                 id = self.id,
                 term = self.term,
@@ -280,7 +280,11 @@ impl RawNode {
             return false;
         }
         self.pending_fetch = None;
-        if self.fetch_request.is_some_and(|r| r.snapshot == asked) {
+        if self
+            .fetch_request
+            .as_ref()
+            .is_some_and(|r| r.snapshot == asked)
+        {
             self.fetch_request = None;
         }
         if self.role == Role::Leader || snapshot.index <= self.log.committed() {
@@ -302,10 +306,11 @@ impl RawNode {
             snapshot_term = snapshot.term,
             "installing a snapshot"
         );
+        let index = snapshot.index;
         self.log.install_snapshot(snapshot);
-        self.applied = snapshot.index;
+        self.applied = index;
         if pending.term == self.term {
-            self.send_when_durable(pending.from, success_ack(snapshot.index));
+            self.send_when_durable(pending.from, success_ack(index));
         }
         true
     }

@@ -96,10 +96,12 @@ impl RawNode {
             MessageBody::PreVoteRequest {
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_vote_request(from, m.term, last_log_index, last_log_term, true),
             MessageBody::VoteRequest {
                 last_log_index,
                 last_log_term,
+                ..
             } => self.handle_vote_request(from, m.term, last_log_index, last_log_term, false),
             MessageBody::PreVoteResponse { granted } => {
                 if self.role == Role::PreCandidate && (!granted || m.term == self.term + 1) {
@@ -142,6 +144,8 @@ impl RawNode {
                     self.leader_read(ctx, from);
                 }
             }
+            // Leadership transfer is not implemented yet: nothing asks for it.
+            MessageBody::TimeoutNow => {}
             MessageBody::ReadIndexResponse { ctx, index } => {
                 if self.role == Role::Follower && self.leader == Some(from) {
                     self.read_states.push(ReadState { ctx, index });

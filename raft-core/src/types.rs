@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::membership::Membership;
+
 /// A node's id inside one cluster. `0` is reserved to mean "nobody".
 pub type NodeId = u64;
 /// A Raft term. Terms only grow.
@@ -21,6 +23,9 @@ pub enum EntryKind {
     /// Appended by every new leader so that it can commit entries of earlier terms (Raft §5.4.2).
     /// The payload is empty and the application ignores it.
     Noop,
+    /// A configuration change: the payload is a [`ConfChangeEntry`](crate::ConfChangeEntry)
+    /// holding the complete configuration in force from this entry on.
+    ConfChange,
 }
 
 impl EntryKind {
@@ -30,6 +35,7 @@ impl EntryKind {
         match self {
             EntryKind::Normal => 0,
             EntryKind::Noop => 1,
+            EntryKind::ConfChange => 2,
         }
     }
 
@@ -38,6 +44,7 @@ impl EntryKind {
         match code {
             0 => Some(EntryKind::Normal),
             1 => Some(EntryKind::Noop),
+            2 => Some(EntryKind::ConfChange),
             _ => None,
         }
     }
@@ -91,14 +98,29 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// Where the in-memory log begins after compaction: the last entry covered by a snapshot.
-/// `SnapshotMeta::default()` (index 0, term 0) means "no snapshot, the log starts at 1".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where the in-memory log begins after compaction: the last entry covered by a snapshot, and
+/// the configuration in force at it. `SnapshotMeta::default()` (index 0, term 0, empty
+/// configuration) means "no snapshot, the log starts at 1".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     /// The last index the snapshot covers.
     pub index: Index,
     /// The term of the entry at `index`.
     pub term: Term,
+    /// The configuration in force at `index`: that of the last configuration-change entry at or
+    /// below it. A cluster's first start has the initial voters here at index 0.
+    pub membership: Membership,
+}
+
+impl SnapshotMeta {
+    /// A snapshot covering the log up to `(index, term)`, with this configuration.
+    pub fn new(index: Index, term: Term, membership: Membership) -> Self {
+        Self {
+            index,
+            term,
+            membership,
+        }
+    }
 }
 
 /// The role a node plays in its current term.

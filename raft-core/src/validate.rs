@@ -1,10 +1,10 @@
 //! Structural checks on what comes from outside the core: a peer's message before it touches
 //! any state, and a driver's restart state before a core is built on it.
 
-use crate::config::Config;
 use crate::error::ConfigError;
+use crate::membership::ConfChangeEntry;
 use crate::message::{Message, MessageBody};
-use crate::types::RestartState;
+use crate::types::{EntryKind, RestartState};
 
 /// Structural checks on a message; anything failing them is dropped before it touches state.
 pub(crate) fn validate_message(m: &Message) -> Result<(), &'static str> {
@@ -27,6 +27,9 @@ pub(crate) fn validate_message(m: &Message) -> Result<(), &'static str> {
                 return Err("entry terms must not decrease and not exceed the message term");
             }
             min_term = e.term;
+            if e.kind == EntryKind::ConfChange && ConfChangeEntry::decode(&e.payload).is_err() {
+                return Err("a configuration-change entry does not decode");
+            }
             expected_index = expected_index
                 .checked_add(1)
                 .ok_or("entry index overflows")?;
@@ -42,12 +45,16 @@ pub(crate) fn validate_message(m: &Message) -> Result<(), &'static str> {
         if snapshot.term > m.term {
             return Err("snapshot term beyond the message term");
         }
+        snapshot.membership.validate()?;
+        if snapshot.membership.voters.is_empty() {
+            return Err("a snapshot's configuration has no voter");
+        }
     }
     Ok(())
 }
 
-pub(crate) fn check_restart_state(cfg: &Config, state: &RestartState) -> Result<(), ConfigError> {
-    let snapshot = state.snapshot;
+pub(crate) fn check_restart_state(state: &RestartState) -> Result<(), ConfigError> {
+    let snapshot = &state.snapshot;
     let current_term = state.hard_state.term;
     if snapshot.index > 0 && snapshot.term == 0 {
         return Err(ConfigError::SnapshotWithoutTerm {
@@ -96,10 +103,22 @@ pub(crate) fn check_restart_state(cfg: &Config, state: &RestartState) -> Result<
             current_term,
         });
     }
-    if let Some(vote) = state.hard_state.vote {
-        if !cfg.voters.contains(&vote) {
-            return Err(ConfigError::VoteForNonVoter { vote });
+    // A vote for a node no longer in any configuration this log knows is legitimate (it was
+    // removed since, and the change compacted), so only the reserved id is refused.
+    if state.hard_state.vote == Some(0) {
+        return Err(ConfigError::VoteForNonVoter { vote: 0 });
+    }
+    for e in state
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::ConfChange)
+    {
+        if ConfChangeEntry::decode(&e.payload).is_err() {
+            return Err(ConfigError::BadConfChange { index: e.index });
         }
+    }
+    if let Err(why) = snapshot.membership.validate() {
+        return Err(ConfigError::BadSnapshotMembership { why });
     }
     if state.applied > last_index {
         return Err(ConfigError::AppliedBeyondLog {

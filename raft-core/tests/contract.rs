@@ -40,6 +40,7 @@ fn a_vote_is_sent_only_after_it_is_durable() {
         MessageBody::VoteRequest {
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         },
     ));
     let rd = n.take_ready();
@@ -152,6 +153,7 @@ fn a_restarted_node_assumes_only_what_was_persisted() {
         MessageBody::VoteRequest {
             last_log_index: 9,
             last_log_term: 3,
+            transfer: false,
         },
     ));
     let rd = n.take_ready();
@@ -188,14 +190,14 @@ fn restart_refuses_an_inconsistent_disk() {
     let bad_vote = RestartState {
         hard_state: HardState {
             term: 1,
-            vote: Some(9),
+            vote: Some(0),
             commit: 0,
         },
         ..RestartState::default()
     };
     assert_eq!(
         RawNode::restart(cfg.clone(), bad_vote).err(),
-        Some(ConfigError::VoteForNonVoter { vote: 9 })
+        Some(ConfigError::VoteForNonVoter { vote: 0 })
     );
     // A driver that compacted its core but kept its stored entries gets the overlap named,
     // with what to do about it, rather than "a gap".
@@ -205,7 +207,7 @@ fn restart_refuses_an_inconsistent_disk() {
             vote: None,
             commit: 3,
         },
-        snapshot: SnapshotMeta { index: 3, term: 1 },
+        snapshot: SnapshotMeta::new(3, 1, raft_core::Membership::with_voters([1, 2, 3])),
         entries: (1..=4)
             .map(|i| Entry::new(1, i, EntryKind::Normal, Bytes::new()))
             .collect(),
@@ -504,11 +506,13 @@ mod arbitrary_input {
         let body = prop_oneof![
             (small.clone(), small.clone()).prop_map(|(i, t)| MessageBody::VoteRequest {
                 last_log_index: i,
-                last_log_term: t
+                last_log_term: t,
+                transfer: false,
             }),
             (small.clone(), small.clone()).prop_map(|(i, t)| MessageBody::PreVoteRequest {
                 last_log_index: i,
-                last_log_term: t
+                last_log_term: t,
+                transfer: false,
             }),
             any::<bool>().prop_map(|granted| MessageBody::VoteResponse { granted }),
             any::<bool>().prop_map(|granted| MessageBody::PreVoteResponse { granted }),
@@ -543,7 +547,11 @@ mod arbitrary_input {
                 .prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
             (small.clone(), small.clone()).prop_map(|(index, term)| {
                 MessageBody::InstallSnapshot {
-                    snapshot: raft_core::SnapshotMeta { index, term },
+                    snapshot: raft_core::SnapshotMeta::new(
+                        index,
+                        term,
+                        raft_core::Membership::with_voters([1, 2, 3]),
+                    ),
                 }
             }),
             Just(MessageBody::Propose {

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use raft_core::{
-    Config, ConfigError, Entry, EntryKind, HardState, Message, MessageBody, RawNode, RestartState,
-    SnapshotMeta, SnapshotToFetch,
+    Config, ConfigError, Entry, EntryKind, HardState, Membership, Message, MessageBody, RawNode,
+    RestartState, SnapshotMeta, SnapshotToFetch,
 };
 
 mod common;
@@ -36,13 +36,19 @@ fn fetch_requests(n: &mut RawNode) -> Vec<SnapshotToFetch> {
     out
 }
 
-const SNAPSHOT: SnapshotMeta = SnapshotMeta { index: 5, term: 1 };
+fn snapshot_at(index: u64) -> SnapshotMeta {
+    SnapshotMeta::new(index, 1, Membership::with_voters([1, 2, 3]))
+}
+
+fn snapshot() -> SnapshotMeta {
+    snapshot_at(5)
+}
 
 #[test]
 fn a_failed_fetch_is_asked_for_again_at_the_next_heartbeat() {
     let mut n = follower();
     n.step(from_leader(MessageBody::InstallSnapshot {
-        snapshot: SNAPSHOT,
+        snapshot: snapshot(),
     }));
     let asked = fetch_requests(&mut n);
     assert_eq!(asked.len(), 1);
@@ -51,7 +57,7 @@ fn a_failed_fetch_is_asked_for_again_at_the_next_heartbeat() {
         fetch_requests(&mut n).is_empty(),
         "a fetch in progress is not asked for again"
     );
-    n.on_snapshot_fetch_failed(SNAPSHOT);
+    n.on_snapshot_fetch_failed(snapshot());
     assert!(fetch_requests(&mut n).is_empty(), "not in a tight loop");
     n.step(heartbeat());
     assert_eq!(
@@ -66,23 +72,23 @@ fn a_failed_fetch_is_asked_for_again_at_the_next_heartbeat() {
 #[test]
 fn on_snapshot_fetched_says_whether_the_core_took_the_snapshot() {
     let mut n = follower();
-    assert!(!n.on_snapshot_fetched(SNAPSHOT), "not asked for");
+    assert!(!n.on_snapshot_fetched(snapshot()), "not asked for");
     n.step(from_leader(MessageBody::InstallSnapshot {
-        snapshot: SNAPSHOT,
+        snapshot: snapshot(),
     }));
     fetch_requests(&mut n);
     assert!(
-        !n.on_snapshot_fetched(SnapshotMeta { index: 4, term: 1 }),
+        !n.on_snapshot_fetched(snapshot_at(4)),
         "older than asked for"
     );
-    assert!(n.on_snapshot_fetched(SNAPSHOT));
+    assert!(n.on_snapshot_fetched(snapshot()));
     assert_eq!(
         n.applied_index(),
         5,
         "the core counts the snapshot as applied at once"
     );
     assert!(
-        !n.on_snapshot_fetched(SNAPSHOT),
+        !n.on_snapshot_fetched(snapshot()),
         "a second report is not asked for"
     );
 }
@@ -98,7 +104,7 @@ fn a_restart_state_overlapping_its_snapshot_is_refused_as_an_overlap() {
             vote: None,
             commit: 5,
         },
-        snapshot: SNAPSHOT,
+        snapshot: snapshot(),
         entries,
         applied: 5,
     };

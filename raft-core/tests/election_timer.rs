@@ -16,6 +16,7 @@ fn vote_request(from: u64, to: u64, term: u64, last_log_index: u64, last_log_ter
     let body = MessageBody::VoteRequest {
         last_log_index,
         last_log_term,
+        transfer: false,
     };
     msg(from, to, term, body)
 }

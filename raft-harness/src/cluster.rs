@@ -7,8 +7,9 @@ use bytes::Bytes;
 
 use crate::invariants::{violation, InvariantChecker, Violation};
 use raft_core::{
-    CompactError, Config, Entry, HardState, Index, Message, NodeId, Persist, RawNode, RestartState,
-    Role, SeededRng, SnapshotMeta, SnapshotToFetch, SnapshotWrite,
+    CompactError, ConfChangeEntry, Config, Entry, EntryKind, HardState, Index, Membership, Message,
+    NodeId, Persist, RawNode, RestartState, Role, SeededRng, SnapshotMeta, SnapshotToFetch,
+    SnapshotWrite,
 };
 
 /// How hostile the network and the nodes are.
@@ -76,7 +77,18 @@ impl SimNode {
 
     /// The durable snapshot's metadata.
     pub fn durable_snapshot(&self) -> SnapshotMeta {
-        self.disk_snapshot
+        self.disk_snapshot.clone()
+    }
+
+    /// The configuration in force at durable `index` (at most the last durable index): that of
+    /// the last configuration-change entry at or below it, else the cluster's first one.
+    pub fn durable_membership_at(&self, index: Index, bootstrap: &Membership) -> Membership {
+        (1..=index)
+            .rev()
+            .filter_map(|i| self.durable_entry(i))
+            .find(|e| e.kind == EntryKind::ConfChange)
+            .and_then(|e| ConfChangeEntry::decode(&e.payload).ok())
+            .map_or_else(|| bootstrap.clone(), |c| c.membership)
     }
 
     /// The applied entries the durable snapshot covers.
@@ -106,6 +118,8 @@ pub struct Cluster {
     pub snapshots_installed: u64,
     /// Replies delayed far longer than the other faults delay messages, if set.
     pub slow_replies: Option<SlowReplies>,
+    /// The configuration the cluster was created with (in force until a conf-change entry).
+    pub bootstrap: Membership,
 }
 
 /// Replies (every response message) delayed past election timeouts: with probability `share`
@@ -178,6 +192,7 @@ impl Cluster {
             compaction: None,
             snapshots_installed: 0,
             slow_replies: None,
+            bootstrap: Membership::with_voters(ids),
         }
     }
 
@@ -234,7 +249,7 @@ impl Cluster {
                 Some(c) => format!(
                     "n{id}: {:?} term {} leader {:?} snapshot {} last {}@{} persisted {} commit {} applied {} pending writes {} fetch {:?} ",
                     c.role(), c.term(), c.leader(), c.snapshot().index, c.last_index(), c.last_term(), c.persisted_index(),
-                    c.commit_index(), n.applied, n.pending_writes.len(), n.fetch.map(|f| f.snapshot.index)
+                    c.commit_index(), n.applied, n.pending_writes.len(), n.fetch.as_ref().map(|f| f.snapshot.index)
                 ) + &c.describe_progress(),
             })
             .collect();
@@ -362,6 +377,12 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("unknown node");
         let data = match node.staged.take() {
             Some((meta, data)) if meta == snapshot => data,
+            Some((meta, _)) if meta.membership != snapshot.membership => {
+                return violation(
+                    "snapshot install",
+                    format!("n{id} was asked to install {snapshot:?} but staged {meta:?}"),
+                );
+            }
             other => {
                 return violation(
                     "snapshot install",
@@ -385,16 +406,12 @@ impl Cluster {
                 );
             }
         }
+        let (index, term) = (snapshot.index, snapshot.term);
         node.disk_snapshot = snapshot;
         node.disk_snapshot_data = data;
         node.disk_log.clear();
         self.snapshots_installed += 1;
-        self.note(|| {
-            format!(
-                "n{id} installed snapshot {}@{}",
-                snapshot.index, snapshot.term
-            )
-        });
+        self.note(|| format!("n{id} installed snapshot {index}@{term}"));
         Ok(())
     }
 
@@ -412,11 +429,12 @@ impl Cluster {
         let applied_now = source.core.as_ref().map_or(0, RawNode::applied_index);
         let later = self.snapshots_installed % 2 == 1 && applied_now > fetch.snapshot.index;
         let s = match source.durable_entry(applied_now) {
-            Some(e) if later => SnapshotMeta {
-                index: e.index,
-                term: e.term,
-            },
-            _ => fetch.snapshot,
+            Some(e) if later => SnapshotMeta::new(
+                e.index,
+                e.term,
+                source.durable_membership_at(e.index, &self.bootstrap),
+            ),
+            _ => fetch.snapshot.clone(),
         };
         let data: Option<Vec<Entry>> = succeed
             .then(|| {
@@ -435,11 +453,11 @@ impl Cluster {
         });
         if let Some(data) = data {
             let node = self.nodes.get_mut(&id).expect("unknown node");
-            node.staged = Some((s, data));
+            node.staged = Some((s.clone(), data));
             let taken = node
                 .core
                 .as_mut()
-                .is_some_and(|core| core.on_snapshot_fetched(s));
+                .is_some_and(|core| core.on_snapshot_fetched(s.clone()));
             // The core asked for the install (a write) or dropped the request; forget staged
             // data no write will use.
             self.process_ready(id)?;
@@ -490,7 +508,8 @@ impl Cluster {
             "applied entries are durable"
         );
         node.disk_snapshot_data.extend(moved);
-        node.disk_snapshot = SnapshotMeta { index: up_to, term };
+        // What a driver stores as its log start: the core's snapshot, configuration included.
+        node.disk_snapshot = core.snapshot();
         self.note(|| format!("n{id} compacted up to {up_to}"));
         Ok(())
     }
@@ -630,7 +649,7 @@ pub(crate) fn boot(node: &mut SimNode) {
     // The state machine restarts as the durable snapshot; entries after it are applied again.
     let state = RestartState {
         hard_state: node.disk_hard_state,
-        snapshot: node.disk_snapshot,
+        snapshot: node.disk_snapshot.clone(),
         entries: node.disk_log.clone(),
         applied: node.disk_snapshot.index,
     };

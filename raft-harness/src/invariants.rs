@@ -283,7 +283,7 @@ impl InvariantChecker {
     pub fn snapshot(
         &mut self,
         node: NodeId,
-        snapshot: SnapshotMeta,
+        snapshot: &SnapshotMeta,
         what: &str,
     ) -> Result<(), Violation> {
         match self.known.get(&snapshot.index) {
@@ -413,13 +413,13 @@ mod tests {
                 .rule,
             "read index linearizability"
         );
-        c.snapshot(2, SnapshotMeta { index: 2, term: 1 }, "installs")
+        c.snapshot(2, &SnapshotMeta::new(2, 1, Default::default()), "installs")
             .unwrap();
         assert!(c
-            .snapshot(2, SnapshotMeta { index: 2, term: 2 }, "installs")
+            .snapshot(2, &SnapshotMeta::new(2, 2, Default::default()), "installs")
             .is_err());
         assert!(c
-            .snapshot(2, SnapshotMeta { index: 9, term: 1 }, "took")
+            .snapshot(2, &SnapshotMeta::new(9, 1, Default::default()), "took")
             .is_err());
         c.commit_durable_on(1, 2, 1, 2, 3).unwrap();
         assert!(c.commit_durable_on(1, 2, 1, 1, 3).is_err());

@@ -115,7 +115,7 @@ fn a_stale_or_duplicated_install_snapshot_changes_nothing_and_is_acknowledged(
         c.core(3).snapshot(),
     );
     // The same offer again (duplicated), and an older one (reordered).
-    for stale in [snapshot, SnapshotMeta { index: 1, term: 1 }] {
+    for stale in [snapshot, SnapshotMeta::new(1, 1, Default::default())] {
         let term = c.core(1).term();
         c.core_mut(3).step(msg(
             1,
@@ -172,7 +172,7 @@ fn a_fetched_snapshot_that_was_not_asked_for_is_ignored() {
     // The one asked for is installed, and acknowledged once durable.
     n.on_snapshot_fetched(meta(7, 1));
     let rd = n.take_ready();
-    let write = rd.snapshot_write.expect("install write");
+    let write = rd.snapshot_write.clone().expect("install write");
     assert_eq!(write.snapshot, meta(7, 1));
     assert!(acks(&rd).is_empty(), "the ack waits for the install write");
     assert_eq!(
@@ -248,6 +248,7 @@ fn an_install_acknowledgement_goes_only_to_the_leader_of_the_same_term() {
         MessageBody::VoteRequest {
             last_log_index: 0,
             last_log_term: 0,
+            transfer: false,
         },
     ));
     let rd = n.take_ready();
@@ -362,7 +363,7 @@ fn compaction_refuses_to_go_past_the_applied_index() {
     assert_eq!(n.snapshot(), SnapshotMeta::default(), "nothing changed");
     n.on_applied(2);
     assert_eq!(n.compact(2), Ok(()));
-    assert_eq!(n.snapshot(), SnapshotMeta { index: 2, term: 1 });
+    assert_eq!(n.snapshot(), SnapshotMeta::new(2, 1, Default::default()));
     assert_eq!(
         n.compact(2),
         Err(CompactError::AlreadyCompacted {
@@ -416,7 +417,7 @@ fn restart_accepts_a_snapshot_and_refuses_an_inconsistent_one() {
     let mut state = RestartState::default();
     state.hard_state.term = 3;
     state.hard_state.commit = 4; // below the snapshot: only a hint, lifted to it
-    state.snapshot = SnapshotMeta { index: 5, term: 2 };
+    state.snapshot = SnapshotMeta::new(5, 2, Default::default());
     state.applied = 5;
     let n = RawNode::restart(cfg(), state.clone()).expect("a snapshot with an empty tail is valid");
     assert_eq!((n.last_index(), n.last_term(), n.commit_index()), (5, 2, 5));
@@ -463,7 +464,7 @@ fn a_malformed_install_snapshot_is_dropped() {
 // ----- helpers --------------------------------------------------------------------------------
 
 fn meta(index: u64, term: u64) -> SnapshotMeta {
-    SnapshotMeta { index, term }
+    SnapshotMeta::new(index, term, raft_core::Membership::with_voters([1, 2, 3]))
 }
 
 fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {

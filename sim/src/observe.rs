@@ -75,7 +75,7 @@ impl Observer {
 
     /// A snapshot at `snapshot.index` must end at an entry some node applied there, with the
     /// same term. `what` names the event for the report.
-    fn check_snapshot(st: &mut State, node: NodeId, snapshot: SnapshotMeta, what: &str) {
+    fn check_snapshot(st: &mut State, node: NodeId, snapshot: &SnapshotMeta, what: &str) {
         if let Err(v) = st.checker.snapshot(node, snapshot, what) {
             st.violations.push(v);
         }
@@ -97,12 +97,18 @@ impl Observer {
             let at = crate::cluster::now();
             match event {
                 SnapshotEvent::Taken => {
-                    Self::check_snapshot(&mut st, node, snapshot, "took");
-                    st.taken.entry(node).or_default().push((at, snapshot));
+                    Self::check_snapshot(&mut st, node, &snapshot, "took");
+                    st.taken
+                        .entry(node)
+                        .or_default()
+                        .push((at, snapshot.clone()));
                 }
                 SnapshotEvent::Installing => {
-                    Self::check_snapshot(&mut st, node, snapshot, "installs");
-                    st.installed.entry(node).or_default().push((at, snapshot));
+                    Self::check_snapshot(&mut st, node, &snapshot, "installs");
+                    st.installed
+                        .entry(node)
+                        .or_default()
+                        .push((at, snapshot.clone()));
                     // The state machine jumps to the snapshot: the entries in between are never
                     // handed to it one by one.
                     let applied = st.applied.entry(node).or_insert(0);
@@ -216,9 +222,9 @@ fn flatten(
 ) -> Vec<(NodeId, u64, SnapshotMeta)> {
     let mut all: Vec<(NodeId, u64, SnapshotMeta)> = by_node
         .iter()
-        .flat_map(|(&n, v)| v.iter().map(move |&(t, s)| (n, t, s)))
+        .flat_map(|(&n, v)| v.iter().map(move |(t, s)| (n, *t, s.clone())))
         .collect();
-    all.sort_by_key(|&(n, t, s)| (t, n, s.index));
+    all.sort_by_key(|(n, t, s)| (*t, *n, s.index));
     all
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Layout, one prefix byte per kind of key so that metadata and entries never collide and
 //! entries sort by index:
-//! * `0x00 'h'` hard state, `0x00 's'` log start (the snapshot's index and term), `0x00 'l'` the
+//! * `0x00 'h'` hard state, `0x00 's'` log start (the snapshot's index, term and configuration
+//!   in force at it), `0x00 'l'` the
 //!   last index, so that a log whose tail disappeared is noticed rather than silently shortened,
 //!   `0x00 'p'` the first index of an unfinished compaction;
 //! * `0x01 | index: u64 BE` one entry: `version | kind | term | index | payload | crc32`.
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 #[cfg(test)]
 use bytes::Bytes;
-use raft_core::{Entry, HardState, Index, Persist, RestartState, SnapshotMeta, Term};
+use raft_core::{Entry, HardState, Index, Membership, Persist, RestartState, SnapshotMeta, Term};
 use rusty_leveldb::WriteBatch;
 
 use crate::env::SyncStats;
@@ -35,8 +36,9 @@ use crate::ldb::{Ldb, StorageEnv};
 mod records;
 pub use records::COMPACT_CHUNK;
 use records::{
-    decode_entry, decode_hard_state, decode_pair, encode_entry, encode_hard_state, encode_pair,
-    entry_key, KEY_HARD_STATE, KEY_LAST_INDEX, KEY_LOG_START, KEY_PURGE_FROM,
+    decode_entry, decode_hard_state, decode_log_start, decode_pair, encode_entry,
+    encode_hard_state, encode_log_start, encode_pair, entry_key, KEY_HARD_STATE, KEY_LAST_INDEX,
+    KEY_LOG_START, KEY_PURGE_FROM,
 };
 
 /// Subdirectory of the data directory that holds the log.
@@ -69,8 +71,7 @@ impl RaftStorage {
             s.hard_state = decode_hard_state(v).map_err(|e| s.corrupt(None, "hard state", e))?;
         }
         if let Some(v) = s.db.get(KEY_LOG_START)? {
-            let (index, term) = decode_pair(v).map_err(|e| s.corrupt(None, "log start", e))?;
-            s.snapshot = SnapshotMeta { index, term };
+            s.snapshot = decode_log_start(v).map_err(|e| s.corrupt(None, "log start", e))?;
         }
         s.last_index = match s.db.get(KEY_LAST_INDEX)? {
             Some(v) => decode_pair(v)
@@ -101,7 +102,7 @@ impl RaftStorage {
 
     /// The last entry covered by the snapshot; the log continues after it.
     pub fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot
+        self.snapshot.clone()
     }
 
     pub fn first_index(&self) -> Index {
@@ -238,17 +239,19 @@ impl RaftStorage {
         }
         Ok(RestartState {
             hard_state: self.hard_state,
-            snapshot: self.snapshot,
+            snapshot: self.snapshot.clone(),
             entries,
             applied: self.snapshot.index,
         })
     }
 
-    /// Drops the log up to and including `up_to`, which must be stored. The new log start is
-    /// made durable first, then the entries are deleted in chunks of [`COMPACT_CHUNK`]; a crash
-    /// in between leaves entries below the start, which the next open deletes. The caller must
-    /// not compact past what the state machine has durably applied.
-    pub fn compact(&mut self, up_to: Index) -> Result<()> {
+    /// Drops the log up to and including `up_to`, which must be stored; `membership` is the
+    /// configuration in force at `up_to` (the core's `snapshot()` after its own compaction).
+    /// The new log start is made durable first, then the entries are deleted in chunks of
+    /// [`COMPACT_CHUNK`]; a crash in between leaves entries below the start, which the next
+    /// open deletes. The caller must not compact past what the state machine has durably
+    /// applied.
+    pub fn compact(&mut self, up_to: Index, membership: &Membership) -> Result<()> {
         if up_to <= self.snapshot.index {
             return Ok(());
         }
@@ -266,11 +269,12 @@ impl RaftStorage {
             }
         };
         let old_first = self.first_index();
+        let start = SnapshotMeta::new(up_to, term, membership.clone());
         let mut batch = WriteBatch::default();
-        batch.put(KEY_LOG_START, &encode_pair(up_to, term));
+        batch.put(KEY_LOG_START, &encode_log_start(&start));
         batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
         self.db.write(batch, true)?;
-        self.snapshot = SnapshotMeta { index: up_to, term };
+        self.snapshot = start;
         self.purge(old_first, 0)
     }
 
@@ -303,13 +307,13 @@ impl RaftStorage {
             ..self.hard_state
         };
         let mut batch = WriteBatch::default();
-        batch.put(KEY_LOG_START, &encode_pair(meta.index, meta.term));
+        batch.put(KEY_LOG_START, &encode_log_start(&meta));
         batch.put(KEY_LAST_INDEX, &encode_pair(meta.index, 0));
         batch.put(KEY_HARD_STATE, &encode_hard_state(&hs));
         batch.put(KEY_PURGE_FROM, &encode_pair(old_first, old_last));
         self.db.write(batch, true)?;
-        self.snapshot = meta;
         self.last_index = meta.index;
+        self.snapshot = meta;
         self.hard_state = hs;
         self.purge(old_first, old_last)
     }

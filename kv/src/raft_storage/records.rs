@@ -2,7 +2,7 @@
 //! value carries a format version and a CRC, and an entry also its own index.
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryKind, HardState, Index};
+use raft_core::{Entry, EntryKind, HardState, Index, Membership, SnapshotMeta};
 
 use crate::codec::{self, Reader};
 use crate::error::DecodeError;
@@ -15,6 +15,9 @@ pub(super) const KEY_LAST_INDEX: &[u8] = &[META, b'l'];
 /// Present while a compaction's deletions are unfinished: the first index still to delete.
 pub(super) const KEY_PURGE_FROM: &[u8] = &[META, b'p'];
 const FORMAT_VERSION: u8 = 1;
+/// The log start record's format since it carries the configuration at the log start; version
+/// 1 records (a bare index/term pair) are still read, with no configuration.
+const LOG_START_VERSION: u8 = 2;
 /// Deletions per batch when compacting, so that compaction never builds one huge batch.
 pub const COMPACT_CHUNK: u64 = 1024;
 /// Bound on a stored payload; larger lengths can only come from damage.
@@ -95,6 +98,30 @@ pub(super) fn decode_pair(v: Bytes) -> Result<(u64, u64), DecodeError> {
     let b = r.u64()?;
     r.finish()?;
     Ok((a, b))
+}
+
+/// The log start: the snapshot's index, term and configuration.
+pub(super) fn encode_log_start(meta: &SnapshotMeta) -> Vec<u8> {
+    let mut out = vec![LOG_START_VERSION];
+    codec::put_u64(&mut out, meta.index);
+    codec::put_u64(&mut out, meta.term);
+    codec::put_membership(&mut out, &meta.membership);
+    codec::seal(&mut out);
+    out
+}
+
+pub(super) fn decode_log_start(v: Bytes) -> Result<SnapshotMeta, DecodeError> {
+    codec::unseal(&v)?;
+    let mut r = Reader::new(v.slice(..v.len() - 4));
+    let version = r.u8()?;
+    let (index, term) = (r.u64()?, r.u64()?);
+    let membership = match version {
+        FORMAT_VERSION => Membership::default(),
+        LOG_START_VERSION => r.membership("log start configuration")?,
+        other => return Err(DecodeError::UnknownVersion(other)),
+    };
+    r.finish()?;
+    Ok(SnapshotMeta::new(index, term, membership))
 }
 
 fn versioned(v: Bytes) -> Result<Reader, DecodeError> {

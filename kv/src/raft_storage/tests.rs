@@ -73,7 +73,7 @@ fn persist_refuses_gaps_and_rewriting_the_snapshot() {
         Err(Error::InvalidRequest(_))
     ));
     s.persist(&persist(None, vec![ent(1, 2, "x")])).unwrap();
-    s.compact(1).unwrap();
+    s.compact(1, &raft_core::Membership::default()).unwrap();
     assert!(matches!(
         s.persist(&persist(None, vec![ent(2, 1, "x")])),
         Err(Error::InvalidRequest(_))
@@ -88,19 +88,13 @@ fn compaction_moves_the_log_start_and_survives_restart() {
         let mut s = RaftStorage::open(dir.path()).unwrap();
         let es: Vec<Entry> = (1..=3000).map(|i| ent(1 + i / 1000, i, "p")).collect();
         s.persist(&persist(None, es)).unwrap();
-        s.compact(2500).unwrap();
-        assert!(s.compact(3001).is_err());
-        s.compact(100).unwrap(); // below the start: nothing to do
+        s.compact(2500, &raft_core::Membership::default()).unwrap();
+        assert!(s.compact(3001, &raft_core::Membership::default()).is_err());
+        s.compact(100, &raft_core::Membership::default()).unwrap(); // below the start: nothing to do
     }
     let mut s = RaftStorage::open(dir.path()).unwrap();
     let rs = s.load().unwrap();
-    assert_eq!(
-        rs.snapshot,
-        SnapshotMeta {
-            index: 2500,
-            term: 3
-        }
-    );
+    assert_eq!(rs.snapshot, SnapshotMeta::new(2500, 3, Default::default()));
     assert_eq!(rs.applied, 2500);
     assert_eq!(rs.entries.first().map(|e| e.index), Some(2501));
     assert_eq!(rs.entries.len(), 500);
@@ -283,7 +277,7 @@ fn last_index_survives_a_compaction_and_power_cuts() {
         {
             let mut s = RaftStorage::open_with(dir, &senv).unwrap();
             assert_eq!(s.last_index(), N);
-            s.compact(up_to).unwrap();
+            s.compact(up_to, &raft_core::Membership::default()).unwrap();
             // A synced write after the compaction's unsynced deletions makes them durable.
             s.persist(&persist(Some(hs(1, Some(1), N)), vec![]))
                 .unwrap();
@@ -296,10 +290,7 @@ fn last_index_survives_a_compaction_and_power_cuts() {
         }
         assert_eq!(
             s.snapshot(),
-            SnapshotMeta {
-                index: up_to,
-                term: 1
-            }
+            SnapshotMeta::new(up_to, 1, Default::default())
         );
         assert_eq!(
             s.last_index(),
@@ -316,4 +307,47 @@ fn last_index_survives_a_compaction_and_power_cuts() {
         "no compaction point hits the rusty-leveldb lookup bug any more: fixed upstream, or \
          this test needs another shape"
     );
+}
+
+#[test]
+fn the_log_start_keeps_its_configuration_across_compaction_install_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let joint = raft_core::Membership {
+        voters: [1, 2, 4].into(),
+        outgoing: [1, 2, 3].into(),
+        learners: [5].into(),
+    };
+    {
+        let mut s = RaftStorage::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=10).map(|i| ent(1, i, "p")).collect();
+        s.persist(&persist(None, es)).unwrap();
+        s.compact(4, &joint).unwrap();
+        assert_eq!(s.snapshot(), SnapshotMeta::new(4, 1, joint.clone()));
+    }
+    let mut s = RaftStorage::open(dir.path()).unwrap();
+    assert_eq!(
+        s.load().unwrap().snapshot,
+        SnapshotMeta::new(4, 1, joint.clone())
+    );
+    let later = SnapshotMeta::new(20, 2, raft_core::Membership::with_voters([1, 2, 4]));
+    s.install_snapshot(later.clone()).unwrap();
+    drop(s);
+    let mut s = RaftStorage::open(dir.path()).unwrap();
+    assert_eq!(s.load().unwrap().snapshot, later);
+}
+
+#[test]
+fn a_log_start_written_before_configurations_were_recorded_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = RaftStorage::open(dir.path()).unwrap();
+        let es: Vec<Entry> = (1..=3).map(|i| ent(1, i, "p")).collect();
+        s.persist(&persist(None, es)).unwrap();
+        // The old record: a bare index/term pair.
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_LOG_START, &encode_pair(2, 1));
+        s.db.write(batch, true).unwrap();
+    }
+    let s = RaftStorage::open(dir.path()).unwrap();
+    assert_eq!(s.snapshot(), SnapshotMeta::new(2, 1, Default::default()));
 }

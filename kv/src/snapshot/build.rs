@@ -12,8 +12,8 @@ use raft_core::SnapshotMeta;
 use super::format::{frame, stream_covered, SnapshotHeader};
 use super::read::SnapshotReader;
 use super::{
-    io_err, FRAME_OVERHEAD, HEADER_LEN, IMAGE_FILE, IMAGE_TMP, KIND_HEADER, KIND_RECORDS,
-    KIND_TRAILER, MAX_CHUNK_LEN, MAX_RECORD_KEY, MAX_RECORD_VALUE, TRAILER_LEN,
+    io_err, FRAME_OVERHEAD, IMAGE_FILE, IMAGE_TMP, KIND_HEADER, KIND_RECORDS, KIND_TRAILER,
+    MAX_CHUNK_LEN, MAX_RECORD_KEY, MAX_RECORD_VALUE, TRAILER_LEN,
 };
 use crate::codec;
 use crate::error::{Error, Result};
@@ -175,6 +175,7 @@ impl KvStateMachine {
             applied_index: self.applied_index(),
             applied_term: self.applied_term(),
             cluster_id,
+            membership: self.applied_membership().clone(),
         };
         let mut writer = ImageWriter {
             out,
@@ -186,11 +187,7 @@ impl KvStateMachine {
             in_buf: 0,
             records: 0,
         };
-        let mut hb = Vec::with_capacity(HEADER_LEN);
-        codec::put_u64(&mut hb, header.applied_index);
-        codec::put_u64(&mut hb, header.applied_term);
-        codec::put_u64(&mut hb, header.cluster_id);
-        writer.emit(KIND_HEADER, &hb)?;
+        writer.emit(KIND_HEADER, &header.encode())?;
         self.image_in_progress = Some(Box::new(ImageInProgress {
             writer,
             meta: header.meta(),
@@ -202,7 +199,7 @@ impl KvStateMachine {
 
     /// Whether an image begun with [`KvStateMachine::start_snapshot`] is still being written.
     pub fn snapshot_in_progress(&self) -> Option<SnapshotMeta> {
-        self.image_in_progress.as_ref().map(|img| img.meta)
+        self.image_in_progress.as_ref().map(|img| img.meta.clone())
     }
 
     /// Writes the next `max_keys` keys of the image in progress. Returns its snapshot once the

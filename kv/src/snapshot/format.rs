@@ -2,7 +2,7 @@
 //! received or read chunk goes through before anything else looks at it.
 
 use bytes::Bytes;
-use raft_core::{Index, SnapshotMeta, Term};
+use raft_core::{Index, Membership, SnapshotMeta, Term};
 
 use super::{
     FRAME_HEAD, FRAME_OVERHEAD, HEADER_LEN, KIND_HEADER, KIND_RECORDS, KIND_TRAILER, MAX_CHUNK_LEN,
@@ -12,20 +12,34 @@ use crate::codec::{self, Reader};
 use crate::error::DecodeError;
 
 /// What chunk 0 says about the image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
     pub applied_index: Index,
     pub applied_term: Term,
     /// The cluster the image comes from; 0 when not given.
     pub cluster_id: u64,
+    /// The configuration in force at `applied_index` (empty in images written before
+    /// configurations were recorded).
+    pub membership: Membership,
 }
 
 impl SnapshotHeader {
     pub fn meta(&self) -> SnapshotMeta {
-        SnapshotMeta {
-            index: self.applied_index,
-            term: self.applied_term,
-        }
+        SnapshotMeta::new(
+            self.applied_index,
+            self.applied_term,
+            self.membership.clone(),
+        )
+    }
+
+    /// The header chunk's body: the fixed fields, then the configuration (length-prefixed).
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut hb = Vec::with_capacity(HEADER_LEN + 64);
+        codec::put_u64(&mut hb, self.applied_index);
+        codec::put_u64(&mut hb, self.applied_term);
+        codec::put_u64(&mut hb, self.cluster_id);
+        codec::put_membership(&mut hb, &self.membership);
+        hb
     }
 }
 
@@ -103,13 +117,21 @@ pub fn decode_chunk(data: &[u8]) -> Result<DecodedChunk, DecodeError> {
     let len = r.u32()? as usize;
     let body = match kind {
         KIND_HEADER => {
-            if len != HEADER_LEN {
+            if len < HEADER_LEN {
                 return Err(DecodeError::Invalid("snapshot header has the wrong length"));
             }
+            let (applied_index, applied_term, cluster_id) = (r.u64()?, r.u64()?, r.u64()?);
+            // Images written before configurations were recorded end here.
+            let membership = if len == HEADER_LEN {
+                Membership::default()
+            } else {
+                r.membership("snapshot header configuration")?
+            };
             ChunkBody::Header(SnapshotHeader {
-                applied_index: r.u64()?,
-                applied_term: r.u64()?,
-                cluster_id: r.u64()?,
+                applied_index,
+                applied_term,
+                cluster_id,
+                membership,
             })
         }
         KIND_TRAILER => {

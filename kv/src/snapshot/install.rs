@@ -70,7 +70,7 @@ impl KvStateMachine {
         let max_sessions = self.max_sessions();
         drop(self);
         hook(InstallStep::OldClosed);
-        write_marker(files.as_ref(), &dir, staged.meta)?;
+        write_marker(files.as_ref(), &dir, &staged.meta)?;
         hook(InstallStep::MarkerWritten);
         swap_in(files.as_ref(), &dir, hook)?;
         let sm = KvStateMachine::open_with(&dir, &env, max_sessions)?;
@@ -110,7 +110,7 @@ pub(super) fn remove_file(files: &dyn Env, p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_marker(files: &dyn Env, dir: &Path, meta: SnapshotMeta) -> Result<()> {
+fn write_marker(files: &dyn Env, dir: &Path, meta: &SnapshotMeta) -> Result<()> {
     let tmp = dir.join(MARKER_TMP);
     let mut b = vec![SNAPSHOT_VERSION];
     codec::put_u64(&mut b, meta.index);
@@ -148,7 +148,8 @@ fn read_marker(files: &dyn Env, dir: &Path) -> Result<Option<SnapshotMeta>> {
         }
         let (index, term) = (r.u64()?, r.u64()?);
         r.finish()?;
-        Ok(SnapshotMeta { index, term })
+        // The configuration is the installed state machine's (its applied record).
+        Ok(SnapshotMeta::new(index, term, Default::default()))
     });
     decoded.map(Some).map_err(|e| Error::Corruption {
         path,

@@ -37,6 +37,7 @@ impl SnapshotReader {
                 applied_index: 0,
                 applied_term: 0,
                 cluster_id: 0,
+                membership: raft_core::Membership::default(),
             },
             first: None,
             done: false,
@@ -65,7 +66,7 @@ impl SnapshotReader {
     }
 
     pub fn header(&self) -> SnapshotHeader {
-        self.header
+        self.header.clone()
     }
 
     /// The snapshot's index and term.

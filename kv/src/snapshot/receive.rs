@@ -149,7 +149,7 @@ impl SnapshotReceiver {
     }
 
     fn accept_header(&mut self, h: SnapshotHeader) -> Result<()> {
-        let (got, asked) = (h.meta(), self.expected);
+        let (got, asked) = (h.meta(), &self.expected);
         if got.index < asked.index || (got.index == asked.index && got.term != asked.term) {
             return Err(self.bad(format!(
                 "the image is snapshot {}/{}, but {}/{} or later was asked for",
@@ -214,11 +214,19 @@ impl SnapshotReceiver {
         if k.as_ref() == KEY_APPLIED {
             let decoded = decode_applied(v);
             return match decoded {
-                Ok((i, t)) if i == self.expected.index && t == self.expected.term => {
+                Ok((i, t, m))
+                    if i == self.expected.index
+                        && t == self.expected.term
+                        && m == self.expected.membership =>
+                {
                     self.saw_applied_record = true;
                     Ok(())
                 }
-                Ok((i, t)) => Err(self.bad(format!(
+                Ok((_, _, m)) if m != self.expected.membership => Err(self.bad(format!(
+                    "the applied record's configuration {m:?} differs from the header's {:?}",
+                    self.expected.membership
+                ))),
+                Ok((i, t, _)) => Err(self.bad(format!(
                     "the applied-index record says {i}/{t}, the header {}/{}",
                     self.expected.index, self.expected.term
                 ))),
@@ -269,7 +277,7 @@ impl SnapshotReceiver {
         Ok(StagedSnapshot {
             data_dir: self.data_dir.clone(),
             env: self.env.clone(),
-            meta: self.expected,
+            meta: self.expected.clone(),
         })
     }
 }
@@ -284,7 +292,7 @@ pub struct StagedSnapshot {
 
 impl StagedSnapshot {
     pub fn meta(&self) -> SnapshotMeta {
-        self.meta
+        self.meta.clone()
     }
 
     /// Removes the received data without installing it (the core no longer wants it).

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryKind, Index, Term};
+use raft_core::{ConfChangeEntry, Entry, EntryKind, Index, Membership, SnapshotMeta, Term};
 use rusty_leveldb::WriteBatch;
 
 use crate::command::CommandResult;
@@ -56,6 +56,10 @@ pub struct KvStateMachine {
     db: Ldb,
     applied_index: Index,
     applied_term: Term,
+    /// The configuration in force at the applied index: that of the last configuration-change
+    /// entry applied, or of the installed snapshot, or (neither yet) the bootstrap one given
+    /// with [`KvStateMachine::seed_membership`].
+    applied_membership: Membership,
     durable_applied_index: Index,
     sessions: BTreeMap<u64, Session>,
     /// `(last_index, client)` of every session: the first element is the next to evict.
@@ -68,7 +72,7 @@ pub struct KvStateMachine {
     env: StorageEnv,
     /// A snapshot install whose state-machine part is done but whose log part may not be: see
     /// [`KvStateMachine::pending_install`].
-    pending_install: Option<raft_core::SnapshotMeta>,
+    pending_install: Option<SnapshotMeta>,
     /// A snapshot image being written in steps between applies (see `snapshot/build.rs`).
     pub(crate) image_in_progress: Option<Box<crate::snapshot::ImageInProgress>>,
 }
@@ -90,6 +94,7 @@ impl KvStateMachine {
             db,
             applied_index: 0,
             applied_term: 0,
+            applied_membership: Membership::default(),
             durable_applied_index: 0,
             sessions: BTreeMap::new(),
             lru: BTreeSet::new(),
@@ -108,13 +113,18 @@ impl KvStateMachine {
 
     fn load_applied(&mut self) -> Result<()> {
         if let Some(v) = self.db.get(KEY_APPLIED)? {
-            let (i, t) = decode_applied(&v)
+            let (i, t, membership) = decode_applied(&v)
                 .map_err(|e| self.corrupt(None, format!("applied index: {e}")))?;
             self.applied_index = i;
             self.applied_term = t;
+            self.applied_membership = membership;
             self.durable_applied_index = i;
         }
-        if let Some(m) = self.pending_install {
+        if let Some(m) = self.pending_install.as_mut() {
+            // The install marker names the snapshot; its configuration is the installed state's.
+            m.membership = self.applied_membership.clone();
+        }
+        if let Some(m) = &self.pending_install {
             if (self.applied_index, self.applied_term) != (m.index, m.term) {
                 return Err(self.corrupt(
                     Some(self.applied_index),
@@ -211,8 +221,8 @@ impl KvStateMachine {
     /// the owner has called `RaftStorage::install_snapshot(meta)` and then
     /// [`KvStateMachine::finish_install`], `apply` is refused: the log may still hold entries
     /// that conflict with the installed state. `NodeStorage::open` does both.
-    pub fn pending_install(&self) -> Option<raft_core::SnapshotMeta> {
-        self.pending_install
+    pub fn pending_install(&self) -> Option<SnapshotMeta> {
+        self.pending_install.clone()
     }
 
     /// Records that the log part of a pending install is durable: removes the install marker
@@ -231,6 +241,22 @@ impl KvStateMachine {
 
     pub fn applied_term(&self) -> Term {
         self.applied_term
+    }
+
+    /// The configuration in force at the applied index (empty if none is known: a node that
+    /// was never given its bootstrap configuration, or one waiting to be added).
+    pub fn applied_membership(&self) -> &Membership {
+        &self.applied_membership
+    }
+
+    /// The configuration a cluster was bootstrapped with, which is in force until the first
+    /// configuration-change entry: used only while the state machine has applied no
+    /// configuration (no conf-change entry, no snapshot carrying one). Not stored by itself:
+    /// the next apply records it with the applied index, and a restart seeds it again.
+    pub fn seed_membership(&mut self, bootstrap: &Membership) {
+        if self.applied_membership.is_empty() {
+            self.applied_membership = bootstrap.clone();
+        }
     }
 
     /// Applied index known to be on stable storage: the log must keep every entry above it.
@@ -264,7 +290,7 @@ impl KvStateMachine {
     /// each applied entry. All of it is one `WriteBatch`.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Applied> {
         self.check_poison()?;
-        if let Some(m) = self.pending_install {
+        if let Some(m) = &self.pending_install {
             return Err(Error::InvalidRequest(format!(
                 "{}: the install of snapshot {}/{} is unfinished: install it in the Raft log \
                  and call finish_install before applying entries",
@@ -311,9 +337,17 @@ impl KvStateMachine {
         let mut overlay: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
+        let mut membership = None;
         for e in fresh {
             let r = match e.kind {
                 EntryKind::Normal => Some(self.apply_entry(e, &mut overlay, &mut dirty)?),
+                EntryKind::ConfChange => {
+                    let change = ConfChangeEntry::decode(&e.payload).map_err(|err| {
+                        self.corrupt(Some(e.index), format!("configuration change: {err}"))
+                    })?;
+                    membership = Some(change.membership);
+                    None
+                }
                 // No-ops, and kinds that carry no command for the state machine.
                 _ => None,
             };
@@ -332,7 +366,11 @@ impl KvStateMachine {
                 None => batch.delete(&session_key(*c)),
             }
         }
-        batch.put(KEY_APPLIED, &encode_applied(last_index, last_term));
+        let recorded = membership.as_ref().unwrap_or(&self.applied_membership);
+        batch.put(
+            KEY_APPLIED,
+            &encode_applied(last_index, last_term, recorded),
+        );
         if self.image_in_progress.is_some() {
             let written = overlay
                 .keys()
@@ -344,6 +382,9 @@ impl KvStateMachine {
         self.db.write(batch, self.sync_writes)?;
         self.applied_index = last_index;
         self.applied_term = last_term;
+        if let Some(m) = membership {
+            self.applied_membership = m;
+        }
         if self.sync_writes {
             self.durable_applied_index = last_index;
         }

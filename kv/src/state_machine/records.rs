@@ -2,11 +2,12 @@
 //!
 //! Keys: `0x00 ...` metadata, `0x01 | user key` user data. Every user key gets the `0x01`
 //! prefix, whatever its bytes, so no user key can overwrite metadata. The metadata are the
-//! applied record (`0x00 'a'`: applied index and term) and one session row per client
+//! applied record (`0x00 'a'`: applied index and term, and the configuration in force at the
+//! applied index) and one session row per client
 //! (`0x00 's' | client id, big-endian`).
 
 use bytes::Bytes;
-use raft_core::{Index, Term};
+use raft_core::{Index, Membership, Term};
 
 use crate::codec::{self, Reader};
 use crate::command::{CommandResult, MAX_COMMAND_LEN};
@@ -17,6 +18,9 @@ pub(crate) const USER: u8 = 0x01;
 pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
 pub(crate) const SESSION_PREFIX: &[u8] = &[META, b's'];
 const FORMAT_VERSION: u8 = 1;
+/// The applied record's format since it carries the configuration; version 1 records (index
+/// and term only) are still read, with no configuration.
+const APPLIED_VERSION: u8 = 2;
 
 pub(super) fn user_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -68,23 +72,30 @@ pub(crate) fn decode_session(v: Bytes) -> Result<Session, DecodeError> {
 }
 
 /// The value of the applied record.
-pub(super) fn encode_applied(applied_index: Index, applied_term: Term) -> Vec<u8> {
-    let mut b = vec![FORMAT_VERSION];
+pub(super) fn encode_applied(
+    applied_index: Index,
+    applied_term: Term,
+    membership: &Membership,
+) -> Vec<u8> {
+    let mut b = vec![APPLIED_VERSION];
     codec::put_u64(&mut b, applied_index);
     codec::put_u64(&mut b, applied_term);
+    codec::put_membership(&mut b, membership);
     codec::seal(&mut b);
     b
 }
 
-/// Decodes the applied record: `(applied_index, applied_term)`.
-pub(crate) fn decode_applied(v: &[u8]) -> Result<(Index, Term), DecodeError> {
+/// Decodes the applied record: `(applied_index, applied_term, configuration)`.
+pub(crate) fn decode_applied(v: &[u8]) -> Result<(Index, Term, Membership), DecodeError> {
     let body = codec::unseal(v)?;
     let mut r = Reader::new(Bytes::copy_from_slice(body));
     let version = r.u8()?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnknownVersion(version));
-    }
     let (index, term) = (r.u64()?, r.u64()?);
+    let membership = match version {
+        FORMAT_VERSION => Membership::default(),
+        APPLIED_VERSION => r.membership("applied configuration")?,
+        other => return Err(DecodeError::UnknownVersion(other)),
+    };
     r.finish()?;
-    Ok((index, term))
+    Ok((index, term, membership))
 }

@@ -366,3 +366,51 @@ fn power_cut_loses_only_unsynced_batches_and_never_half_a_batch() {
     }
     assert_eq!(sm.get(b"batches").unwrap(), Some(b("40")));
 }
+
+fn conf_entry(index: Index, membership: &raft_core::Membership) -> Entry {
+    let change = raft_core::ConfChangeEntry {
+        membership: membership.clone(),
+        context: Bytes::from_static(b"addresses"),
+    };
+    Entry::new(1, index, EntryKind::ConfChange, change.encode())
+}
+
+#[test]
+fn the_applied_configuration_is_recorded_and_carried_by_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = raft_core::Membership::with_voters([1, 2, 3]);
+    let grown = raft_core::Membership {
+        voters: [1, 2, 3].into(),
+        learners: [4].into(),
+        ..Default::default()
+    };
+    {
+        let mut sm = KvStateMachine::open(dir.path()).unwrap();
+        sm.seed_membership(&bootstrap);
+        assert_eq!(sm.applied_membership(), &bootstrap);
+        sm.apply(&[cmd_entry(1, 7, 1, set("a", "1"))]).unwrap();
+        let image = sm.build_snapshot(0, 4096).unwrap();
+        assert_eq!(
+            image.membership, bootstrap,
+            "the seed until a change applies"
+        );
+        sm.apply(&[conf_entry(2, &grown), cmd_entry(3, 7, 2, set("b", "2"))])
+            .unwrap();
+        assert_eq!(sm.applied_membership(), &grown);
+        sm.sync().unwrap();
+    }
+    let mut sm = KvStateMachine::open(dir.path()).unwrap();
+    sm.seed_membership(&bootstrap);
+    assert_eq!(sm.applied_membership(), &grown, "recorded, not the seed");
+    let image = sm.build_snapshot(0, 4096).unwrap();
+    assert_eq!(image.membership, grown);
+    assert_eq!(sm.snapshot_reader().unwrap().meta(), image);
+}
+
+#[test]
+fn an_undecodable_configuration_entry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = KvStateMachine::open(dir.path()).unwrap();
+    let bad = Entry::new(1, 1, EntryKind::ConfChange, b("garbage"));
+    assert!(sm.apply(&[bad]).is_err());
+}

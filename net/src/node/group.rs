@@ -112,7 +112,7 @@ impl Group {
             }
             StorageEvent::SnapshotBuilt(meta) => {
                 if let Some(observer) = &self.cfg.observer {
-                    observer.snapshot_taken(self.cfg.id, meta);
+                    observer.snapshot_taken(self.cfg.id, meta.clone());
                 }
                 self.images.taken(meta.index);
                 self.maybe_compact();
@@ -130,7 +130,11 @@ impl Group {
         match self.core.compact(up_to) {
             Ok(()) => {
                 tracing::debug!(id = self.cfg.id, up_to, "compacting the log");
-                let _ = self.queues.log.send(LogRequest::Compact(up_to));
+                // The log start records the configuration at `up_to`, as the core computed it.
+                let _ = self
+                    .queues
+                    .log
+                    .send(LogRequest::Compact(self.core.snapshot()));
             }
             // Already past it: a snapshot from the leader was installed meanwhile.
             Err(e) => tracing::debug!(id = self.cfg.id, error = %e, "not compacting"),

@@ -73,7 +73,7 @@ impl Group {
         );
         let _ = self.queues.apply.send(ApplyRequest::BeginReceive {
             job,
-            at_least: asked.snapshot,
+            at_least: asked.snapshot.clone(),
         });
         let task = (self.fetcher)(FetchJob {
             job,
@@ -94,12 +94,13 @@ impl Group {
     fn install_snapshot(&mut self, write: SnapshotWrite) {
         let snapshot = write.snapshot;
         if let Some(observer) = &self.cfg.observer {
-            observer.snapshot_installed(self.cfg.id, snapshot);
+            observer.snapshot_installed(self.cfg.id, snapshot.clone());
         }
         let (state_tx, state_rx) = oneshot::channel();
         let (log_tx, log_rx) = oneshot::channel();
+        let index = snapshot.index;
         let _ = self.queues.apply.send(ApplyRequest::Install {
-            snapshot,
+            snapshot: snapshot.clone(),
             state_installed: state_tx,
             log_installed: log_rx,
         });
@@ -109,10 +110,10 @@ impl Group {
             state_installed: state_rx,
             log_installed: log_tx,
         });
-        self.images.installing(snapshot.index);
-        if snapshot.index > self.handed_to_apply {
-            self.handed_to_apply = snapshot.index;
-            self.release_reads_up_to(snapshot.index);
+        self.images.installing(index);
+        if index > self.handed_to_apply {
+            self.handed_to_apply = index;
+            self.release_reads_up_to(index);
         }
     }
 }

@@ -67,7 +67,7 @@ pub enum Action {
 }
 
 /// A fetch in progress.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Fetch {
     job: u64,
     asked: SnapshotToFetch,
@@ -100,7 +100,7 @@ impl SnapshotInstall {
 
     /// The core asks for `asked`'s data.
     pub fn handle_fetch_asked(&mut self, asked: SnapshotToFetch) {
-        if self.fetch.is_some_and(|f| f.asked == asked) {
+        if self.fetch.as_ref().is_some_and(|f| f.asked == asked) {
             return;
         }
         if let Some(old) = self.fetch.take() {
@@ -108,14 +108,17 @@ impl SnapshotInstall {
         }
         let job = self.next_job;
         self.next_job += 1;
-        self.fetch = Some(Fetch { job, asked });
+        self.fetch = Some(Fetch {
+            job,
+            asked: asked.clone(),
+        });
         self.actions.push_back(Action::StartFetch { job, asked });
     }
 
     /// Receive job `job` has `snapshot` staged. Returns false if the job is no longer the
     /// current one (nothing is offered then).
     pub fn handle_staged(&mut self, job: u64, snapshot: SnapshotMeta) -> bool {
-        if self.fetch.is_none_or(|f| f.job != job) {
+        if self.fetch.as_ref().is_none_or(|f| f.job != job) {
             return false;
         }
         self.fetch = None;
@@ -129,7 +132,7 @@ impl SnapshotInstall {
     pub fn handle_fetch_failed(&mut self, job: u64) -> Option<SnapshotToFetch> {
         let f = self.fetch.take_if(|f| f.job == job)?;
         self.actions
-            .push_back(Action::ReportFetchFailed(f.asked.snapshot));
+            .push_back(Action::ReportFetchFailed(f.asked.snapshot.clone()));
         Some(f.asked)
     }
 
@@ -163,7 +166,7 @@ impl SnapshotInstall {
 
     /// The receive job in progress, if any.
     pub fn fetching(&self) -> Option<u64> {
-        self.fetch.map(|f| f.job)
+        self.fetch.as_ref().map(|f| f.job)
     }
 }
 
@@ -173,7 +176,7 @@ mod tests {
     use raft_core::WriteId;
 
     fn meta(index: u64, term: u64) -> SnapshotMeta {
-        SnapshotMeta { index, term }
+        SnapshotMeta::new(index, term, Default::default())
     }
 
     fn ask(from: NodeId, index: u64) -> SnapshotToFetch {
@@ -256,7 +259,7 @@ mod tests {
             id: WriteId { seq: 7, term: 2 },
             snapshot: meta(100, 2),
         };
-        sm.handle_install_asked(write);
+        sm.handle_install_asked(write.clone());
         assert_eq!(
             actions(&mut sm)[1..],
             [Action::OfferToCore(meta(100, 2)), Action::Install(write)],

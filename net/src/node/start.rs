@@ -191,6 +191,7 @@ async fn open_storage(
         cfg.snapshots,
         reports,
         cfg.install_without_data(),
+        raft_core::Membership::with_voters(cfg.peers.keys().copied()),
     )
     .map_err(StorageError::Spawn)?;
     let gone = |_| StorageError::WorkerStopped;

@@ -36,6 +36,7 @@ pub fn spawn_apply_worker(
     policy: SnapshotPolicy,
     reports: ApplyReports,
     install_without_data: bool,
+    bootstrap: raft_core::Membership,
 ) -> std::io::Result<(ApplyWorker, StateOpened)> {
     let (requests, rx) = mpsc::unbounded_channel::<ApplyRequest>();
     let (opened_tx, opened_rx) = oneshot::channel();
@@ -43,16 +44,19 @@ pub fn spawn_apply_worker(
     let worker = spawn_worker(mode, "kv-apply", move || async move {
         let (sm, image) = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
         {
-            Ok(sm) => {
+            Ok(mut sm) => {
+                // Until it applies a configuration, the state machine is in the bootstrap one
+                // (its images carry it).
+                sm.seed_membership(&bootstrap);
                 let image = sm
                     .snapshot_reader()
                     .map(|r| r.meta())
-                    .unwrap_or(SnapshotMeta { index: 0, term: 0 });
+                    .unwrap_or(SnapshotMeta::new(0, 0, Default::default()));
                 let _ = opened_tx.send(Ok(StateOnDisk {
                     applied_index: sm.applied_index(),
                     path: sm.path(),
                     pending_install: sm.pending_install(),
-                    image,
+                    image: image.clone(),
                 }));
                 (sm, image)
             }

@@ -123,12 +123,15 @@ impl LogWriter<'_> {
     async fn handle(&mut self, request: LogRequest) -> bool {
         match request {
             LogRequest::Persist(p) => self.persist(vec![p]).await,
-            LogRequest::Compact(up_to) => match self.storage.compact(up_to) {
-                Ok(()) => true,
-                Err(e) => self.fail(StorageError::kv(format!(
-                    "compacting the raft log up to {up_to}"
-                ))(e)),
-            },
+            LogRequest::Compact(start) => {
+                match self.storage.compact(start.index, &start.membership) {
+                    Ok(()) => true,
+                    Err(e) => self.fail(StorageError::kv(format!(
+                        "compacting the raft log up to {}",
+                        start.index
+                    ))(e)),
+                }
+            }
             LogRequest::InstallSnapshot {
                 id,
                 snapshot,
@@ -144,7 +147,7 @@ impl LogWriter<'_> {
                         term: snapshot.term,
                     });
                 }
-                match self.storage.install_snapshot(snapshot) {
+                match self.storage.install_snapshot(snapshot.clone()) {
                     Ok(()) => {
                         let _ = log_installed.send(true);
                         self.events.send(StorageEvent::Persisted(id)).is_ok()

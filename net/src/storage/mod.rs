@@ -98,8 +98,9 @@ pub enum ApplyRequest {
 pub enum LogRequest {
     /// One write of the core (merged with its neighbours into one fsync).
     Persist(Persist),
-    /// Drop the entries up to this index (the state machine has a durable image past it).
-    Compact(Index),
+    /// Drop the entries up to this snapshot's index (the state machine has a durable image
+    /// past it); the snapshot, with its configuration, becomes the log start.
+    Compact(SnapshotMeta),
     /// The log half of a `SnapshotWrite`: once the state machine has the snapshot, the log
     /// becomes empty after it; reported as write `id`.
     InstallSnapshot {

@@ -122,7 +122,7 @@ impl ApplyState {
         state_installed: oneshot::Sender<bool>,
         log_installed: oneshot::Receiver<bool>,
     ) -> bool {
-        let installed = self.swap_in_staged(snapshot);
+        let installed = self.swap_in_staged(snapshot.clone());
         let _ = state_installed.send(installed);
         if !installed {
             return false;
