@@ -4,6 +4,7 @@
 //! * [`KvStateMachine`] (`<data-dir>/kv_data`): applies committed entries, exactly once per
 //!   client request.
 //! * [`RaftStorage`] (`<data-dir>/raft_logs`): hard state, log start and the log itself.
+//! * [`members`]: the configuration the state machine applied, with every member's addresses.
 //! * [`identity`]: which node (and incarnation) of which cluster a data directory belongs to,
 //!   and the incarnation of each peer it has heard from ([`PeerPins`]).
 //! * [`snapshot`]: images of the state machine, streamed in chunks and installed atomically.
@@ -23,6 +24,7 @@ mod error;
 pub mod fuzzing;
 pub mod identity;
 mod ldb;
+pub mod members;
 pub mod node;
 pub mod raft_storage;
 pub mod snapshot;
@@ -34,6 +36,7 @@ pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
 pub use error::{DecodeError, Error, Result};
 pub use identity::{bootstrap_cluster_id, Identity, PeerPins, PinCheck};
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
+pub use members::{MemberAddrs, MemberContext, MemberTable};
 pub use node::{restart_state_from, NodeStorage};
 pub use raft_storage::RaftStorage;
 pub use snapshot::{SnapshotReader, SnapshotReceiver, StagedSnapshot};

@@ -14,7 +14,10 @@ use super::install::{exists, remove_dir, remove_file};
 use super::{io_err, INCOMING_DIR, INCOMING_IMAGE, INSTALL_MARKER};
 use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
-use crate::state_machine::{decode_applied, decode_session, KEY_APPLIED, SESSION_PREFIX, USER};
+use crate::state_machine::{
+    decode_applied, decode_member_addrs, decode_session, KEY_APPLIED, KEY_MEMBERS, SESSION_PREFIX,
+    USER,
+};
 
 /// Receives a snapshot's chunks in order into `<data-dir>/kv_data.incoming`. See the module docs.
 pub struct SnapshotReceiver {
@@ -232,6 +235,11 @@ impl SnapshotReceiver {
                 ))),
                 Err(e) => Err(self.bad(format!("applied-index record: {e}"))),
             };
+        }
+        if k.as_ref() == KEY_MEMBERS {
+            return decode_member_addrs(v)
+                .map(|_| ())
+                .map_err(|e| self.bad(format!("member addresses record: {e}")));
         }
         if k.len() == SESSION_PREFIX.len() + 8 && k.starts_with(SESSION_PREFIX) {
             return decode_session(v.clone())

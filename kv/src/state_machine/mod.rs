@@ -14,6 +14,11 @@
 //! the log is evicted. Log position is the same on every replica, so every replica evicts the same
 //! clients; wall-clock expiry would let replicas disagree.
 //!
+//! Conf-change entries are applied too: the configuration and member addresses they carry go to
+//! the member table ([`KvStateMachine::members`]), a metadata row written in the same batch as
+//! the applied index, so that it is exactly the table at the applied index and snapshot images
+//! carry it like any other row.
+//!
 //! The key layout and the metadata encodings are in `records.rs`; what each command does, and
 //! the session table's bookkeeping, in `commands.rs`.
 
@@ -29,14 +34,16 @@ use crate::command::CommandResult;
 use crate::env::SyncStats;
 use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
+use crate::members::MemberTable;
 
 mod commands;
 mod records;
 
 pub(crate) use records::{
-    decode_applied, decode_session, Session, KEY_APPLIED, SESSION_PREFIX, USER,
+    decode_applied, decode_member_addrs, decode_session, Session, KEY_APPLIED, KEY_MEMBERS,
+    SESSION_PREFIX, USER,
 };
-use records::{encode_applied, encode_session, session_key, user_key};
+use records::{encode_applied, encode_member_addrs, encode_session, session_key, user_key};
 
 /// Subdirectory of the data directory that holds the state machine.
 pub const KV_DATA_DIR: &str = "kv_data";
@@ -56,12 +63,12 @@ pub struct KvStateMachine {
     db: Ldb,
     applied_index: Index,
     applied_term: Term,
-    /// The configuration in force at the applied index: that of the last configuration-change
-    /// entry applied, or of the installed snapshot, or (neither yet) the bootstrap one given
-    /// with [`KvStateMachine::seed_membership`].
-    applied_membership: Membership,
     durable_applied_index: Index,
     sessions: BTreeMap<u64, Session>,
+    /// The configuration in force at the applied index (that of the last configuration-change
+    /// entry applied, or of the installed snapshot, or, neither yet, the seeded one) and the
+    /// members' addresses.
+    members: MemberTable,
     /// `(last_index, client)` of every session: the first element is the next to evict.
     lru: BTreeSet<(Index, u64)>,
     max_sessions: usize,
@@ -94,9 +101,9 @@ impl KvStateMachine {
             db,
             applied_index: 0,
             applied_term: 0,
-            applied_membership: Membership::default(),
             durable_applied_index: 0,
             sessions: BTreeMap::new(),
+            members: MemberTable::default(),
             lru: BTreeSet::new(),
             max_sessions: max_sessions.max(1),
             sync_writes: false,
@@ -107,6 +114,7 @@ impl KvStateMachine {
             image_in_progress: None,
         };
         sm.load_applied()?;
+        sm.load_members()?;
         sm.load_sessions()?;
         Ok(sm)
     }
@@ -117,12 +125,12 @@ impl KvStateMachine {
                 .map_err(|e| self.corrupt(None, format!("applied index: {e}")))?;
             self.applied_index = i;
             self.applied_term = t;
-            self.applied_membership = membership;
+            self.members.membership = membership;
             self.durable_applied_index = i;
         }
         if let Some(m) = self.pending_install.as_mut() {
             // The install marker names the snapshot; its configuration is the installed state's.
-            m.membership = self.applied_membership.clone();
+            m.membership = self.members.membership.clone();
         }
         if let Some(m) = &self.pending_install {
             if (self.applied_index, self.applied_term) != (m.index, m.term) {
@@ -135,6 +143,15 @@ impl KvStateMachine {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn load_members(&mut self) -> Result<()> {
+        if let Some(v) = self.db.get(KEY_MEMBERS)? {
+            let addrs = decode_member_addrs(&v)
+                .map_err(|e| self.corrupt(None, format!("member table: {e}")))?;
+            self.members.addrs = addrs;
         }
         Ok(())
     }
@@ -246,7 +263,7 @@ impl KvStateMachine {
     /// The configuration in force at the applied index (empty if none is known: a node that
     /// was never given its bootstrap configuration, or one waiting to be added).
     pub fn applied_membership(&self) -> &Membership {
-        &self.applied_membership
+        &self.members.membership
     }
 
     /// The configuration a cluster was bootstrapped with, which is in force until the first
@@ -254,14 +271,42 @@ impl KvStateMachine {
     /// configuration (no conf-change entry, no snapshot carrying one). Not stored by itself:
     /// the next apply records it with the applied index, and a restart seeds it again.
     pub fn seed_membership(&mut self, bootstrap: &Membership) {
-        if self.applied_membership.is_empty() {
-            self.applied_membership = bootstrap.clone();
+        if self.members.membership.is_empty() {
+            self.members.membership = bootstrap.clone();
         }
     }
 
     /// Applied index known to be on stable storage: the log must keep every entry above it.
     pub fn durable_applied_index(&self) -> Index {
         self.durable_applied_index
+    }
+
+    /// The configuration and member addresses as of the applied index (empty until seeded or
+    /// a conf-change entry or snapshot brings one).
+    pub fn members(&self) -> &MemberTable {
+        &self.members
+    }
+
+    /// Seeds the member table of a state machine that has applied nothing yet, durably (the
+    /// configuration in the applied record at index 0, the addresses in their row): the
+    /// founding members of a new cluster (whose initial configuration is no log entry), or what
+    /// a joining node was told by the cluster before it has the log. Refused once anything has
+    /// been applied: from then on only entries and snapshots change the table.
+    pub fn seed_members(&mut self, table: MemberTable) -> Result<()> {
+        self.check_poison()?;
+        if self.applied_index != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "{}: cannot seed the member table at applied index {}",
+                self.db.path().display(),
+                self.applied_index
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_APPLIED, &encode_applied(0, 0, &table.membership));
+        batch.put(KEY_MEMBERS, &encode_member_addrs(&table.addrs));
+        self.db.write(batch, true)?;
+        self.members = table;
+        Ok(())
     }
 
     pub fn session_count(&self) -> usize {
@@ -337,7 +382,7 @@ impl KvStateMachine {
         let mut overlay: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
-        let mut membership = None;
+        let mut members: Option<MemberTable> = None;
         for e in fresh {
             let r = match e.kind {
                 EntryKind::Normal => Some(self.apply_entry(e, &mut overlay, &mut dirty)?),
@@ -345,7 +390,10 @@ impl KvStateMachine {
                     let change = ConfChangeEntry::decode(&e.payload).map_err(|err| {
                         self.corrupt(Some(e.index), format!("configuration change: {err}"))
                     })?;
-                    membership = Some(change.membership);
+                    let table = members.get_or_insert_with(|| self.members.clone());
+                    // An undecodable context still applies the configuration; the addresses
+                    // stay as they were (every replica decides alike).
+                    let _ = table.apply_conf_change(change.membership, &change.context);
                     None
                 }
                 // No-ops, and kinds that carry no command for the state machine.
@@ -366,24 +414,28 @@ impl KvStateMachine {
                 None => batch.delete(&session_key(*c)),
             }
         }
-        let recorded = membership.as_ref().unwrap_or(&self.applied_membership);
+        let recorded = members.as_ref().unwrap_or(&self.members);
         batch.put(
             KEY_APPLIED,
-            &encode_applied(last_index, last_term, recorded),
+            &encode_applied(last_index, last_term, &recorded.membership),
         );
+        if let Some(t) = &members {
+            batch.put(KEY_MEMBERS, &encode_member_addrs(&t.addrs));
+        }
         if self.image_in_progress.is_some() {
             let written = overlay
                 .keys()
                 .map(|k| user_key(k))
                 .chain(dirty.iter().map(|c| session_key(*c).to_vec()))
-                .chain(std::iter::once(KEY_APPLIED.to_vec()));
+                .chain(std::iter::once(KEY_APPLIED.to_vec()))
+                .chain(members.as_ref().map(|_| KEY_MEMBERS.to_vec()));
             self.keep_images_before_overwriting(written)?;
         }
         self.db.write(batch, self.sync_writes)?;
         self.applied_index = last_index;
         self.applied_term = last_term;
-        if let Some(m) = membership {
-            self.applied_membership = m;
+        if let Some(t) = members {
+            self.members = t;
         }
         if self.sync_writes {
             self.durable_applied_index = last_index;

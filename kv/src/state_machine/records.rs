@@ -3,19 +3,25 @@
 //! Keys: `0x00 ...` metadata, `0x01 | user key` user data. Every user key gets the `0x01`
 //! prefix, whatever its bytes, so no user key can overwrite metadata. The metadata are the
 //! applied record (`0x00 'a'`: applied index and term, and the configuration in force at the
-//! applied index) and one session row per client
-//! (`0x00 's' | client id, big-endian`).
+//! applied index), the members' addresses (`0x00 'm'`: a [`crate::members::MemberContext`]
+//! encoding of every member's addresses, which with the applied configuration make the
+//! [`crate::members::MemberTable`]) and one session row per client (`0x00 's' | client id,
+//! big-endian`).
 
 use bytes::Bytes;
-use raft_core::{Index, Membership, Term};
+use std::collections::BTreeMap;
+
+use raft_core::{Index, Membership, NodeId, Term};
 
 use crate::codec::{self, Reader};
 use crate::command::{CommandResult, MAX_COMMAND_LEN};
 use crate::error::DecodeError;
+use crate::members::{MemberAddrs, MemberContext};
 
 const META: u8 = 0x00;
 pub(crate) const USER: u8 = 0x01;
 pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
+pub(crate) const KEY_MEMBERS: &[u8] = &[META, b'm'];
 pub(crate) const SESSION_PREFIX: &[u8] = &[META, b's'];
 const FORMAT_VERSION: u8 = 1;
 /// The applied record's format since it carries the configuration; version 1 records (index
@@ -98,4 +104,18 @@ pub(crate) fn decode_applied(v: &[u8]) -> Result<(Index, Term, Membership), Deco
     };
     r.finish()?;
     Ok((index, term, membership))
+}
+
+/// The value of the members' addresses row: every member's, in a conf change's context
+/// encoding.
+pub(crate) fn encode_member_addrs(addrs: &BTreeMap<NodeId, MemberAddrs>) -> Vec<u8> {
+    MemberContext {
+        addrs: addrs.clone(),
+    }
+    .encode()
+    .to_vec()
+}
+
+pub(crate) fn decode_member_addrs(v: &[u8]) -> Result<BTreeMap<NodeId, MemberAddrs>, DecodeError> {
+    MemberContext::decode(v).map(|c| c.addrs)
 }

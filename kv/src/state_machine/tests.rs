@@ -414,3 +414,151 @@ fn an_undecodable_configuration_entry_is_refused() {
     let bad = Entry::new(1, 1, EntryKind::ConfChange, b("garbage"));
     assert!(sm.apply(&[bad]).is_err());
 }
+
+mod members {
+    use super::*;
+    use crate::members::{MemberAddrs, MemberContext};
+    use crate::snapshot::SnapshotReceiver;
+    use raft_core::{ConfChangeEntry, Membership, SnapshotMeta};
+
+    fn founding() -> MemberTable {
+        MemberTable::founding(
+            (1..=3)
+                .map(|i| {
+                    (
+                        i,
+                        MemberAddrs::new(format!("h:710{i}"), format!("h:700{i}")),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn conf_entry(index: Index, membership: Membership, added: &[(u64, &str)]) -> Entry {
+        let context = if added.is_empty() {
+            Bytes::new()
+        } else {
+            MemberContext {
+                addrs: added
+                    .iter()
+                    .map(|&(id, a)| (id, MemberAddrs::new(a, "")))
+                    .collect(),
+            }
+            .encode()
+        };
+        let cc = ConfChangeEntry {
+            membership,
+            context,
+        };
+        Entry::new(1, index, EntryKind::ConfChange, cc.encode())
+    }
+
+    fn with_learner_4() -> Membership {
+        let mut m = Membership::with_voters([1, 2, 3]);
+        m.learners.insert(4);
+        m
+    }
+
+    #[test]
+    fn conf_entries_change_the_table_in_the_applied_batch_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StorageEnv::PowerCut(PowerCutEnv::new());
+        let mut sm = KvStateMachine::open_with(dir.path(), &env, 10).unwrap();
+        sm.seed_members(founding()).unwrap();
+        let es = vec![
+            cmd_entry(1, 1, 1, set("a", "1")),
+            conf_entry(2, with_learner_4(), &[(4, "h:7104")]),
+            cmd_entry(3, 1, 2, set("b", "2")),
+        ];
+        let r = results(sm.apply(&es).unwrap());
+        assert_eq!(r[1], None, "a conf entry has no client result");
+        assert_eq!(sm.members().membership, with_learner_4());
+        assert_eq!(sm.members().addrs_of(4).unwrap().peer_addr, "h:7104");
+        let expected = sm.members().clone();
+        sm.sync().unwrap();
+        drop(sm);
+        let sm = KvStateMachine::open_with(dir.path(), &env, 10).unwrap();
+        assert_eq!((sm.applied_index(), sm.members()), (3, &expected));
+    }
+
+    #[test]
+    fn an_unsynced_batch_lost_in_a_power_cut_takes_its_table_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cut = PowerCutEnv::new();
+        let env = StorageEnv::PowerCut(cut.clone());
+        let mut sm = KvStateMachine::open_with(dir.path(), &env, 10).unwrap();
+        sm.seed_members(founding()).unwrap();
+        sm.apply(&[cmd_entry(1, 1, 1, set("a", "1"))]).unwrap();
+        sm.sync().unwrap();
+        sm.apply(&[conf_entry(2, with_learner_4(), &[(4, "h:7104")])])
+            .unwrap();
+        cut.cut_power();
+        drop(sm);
+        cut.power_on();
+        let sm = KvStateMachine::open_with(dir.path(), &env, 10).unwrap();
+        // Applied index and table are one record set: both at 1, or both at 2.
+        match sm.applied_index() {
+            1 => assert_eq!(sm.members(), &founding()),
+            2 => assert_eq!(sm.members().membership, with_learner_4()),
+            other => panic!("applied index {other} after the cut"),
+        }
+    }
+
+    #[test]
+    fn the_table_is_seeded_only_before_anything_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = KvStateMachine::open(dir.path()).unwrap();
+        assert_eq!(sm.members(), &MemberTable::default());
+        sm.seed_members(founding()).unwrap();
+        sm.apply(&[cmd_entry(1, 1, 1, set("a", "1"))]).unwrap();
+        assert!(sm.seed_members(MemberTable::default()).is_err());
+        assert_eq!(sm.members(), &founding());
+    }
+
+    #[test]
+    fn a_snapshot_image_carries_the_table_and_its_configuration() {
+        let (src_dir, dst_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut src = KvStateMachine::open(src_dir.path()).unwrap();
+        src.seed_members(founding()).unwrap();
+        src.apply(&[
+            cmd_entry(1, 1, 1, set("a", "1")),
+            conf_entry(2, with_learner_4(), &[(4, "h:7104")]),
+        ])
+        .unwrap();
+        let meta = src.build_snapshot(7, 256).unwrap();
+        assert_eq!(meta.membership, with_learner_4());
+
+        let dst = KvStateMachine::open(dst_dir.path()).unwrap();
+        // The core asked for an older snapshot; the image's own configuration wins.
+        let asked = SnapshotMeta {
+            index: 1,
+            term: 1,
+            membership: Membership::with_voters([1, 2, 3]),
+        };
+        let mut rx = SnapshotReceiver::new(dst_dir.path(), &StorageEnv::Disk, asked, 7).unwrap();
+        let mut reader = src.snapshot_reader().unwrap();
+        while let Some(chunk) = reader.next_chunk().unwrap() {
+            rx.push(&chunk).unwrap();
+        }
+        let staged = rx.finish().unwrap();
+        assert_eq!(staged.meta().membership, with_learner_4());
+        let mut dst = dst.install(staged).unwrap();
+        dst.finish_install().unwrap();
+        assert_eq!(dst.members(), src.members());
+        assert_eq!(dst.get(b"a").unwrap(), Some(b("1")));
+    }
+
+    #[test]
+    fn a_damaged_table_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = KvStateMachine::open(dir.path()).unwrap();
+        let mut raw = founding().encode();
+        raw[2] ^= 0x40;
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_MEMBERS, &raw);
+        sm.ldb().write(batch, true).unwrap();
+        drop(sm);
+        let e = KvStateMachine::open(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("member table"), "{e}");
+    }
+}
