@@ -111,9 +111,16 @@ pub struct ServeArgs {
     /// This node's id (a member of --peers).
     #[arg(long)]
     pub id: Option<u64>,
-    /// Every member's peer address: 1=HOST:PORT,2=HOST:PORT,...
+    /// Every founding member's peer address, to bootstrap a new cluster: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     pub peers: Option<String>,
+    /// This node's peer address (where it listens for peers); defaults to its entry in --peers.
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// Peer addresses of existing members, HOST:PORT,...: start a node that was added to a
+    /// running cluster (`kvstore member add`) on an empty data directory.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
     /// Where clients connect (Redis protocol).
     #[arg(long)]
     pub client_addr: Option<String>,
@@ -182,6 +189,8 @@ pub struct ClusterArgs {
 struct ServeSettings {
     id: Option<u64>,
     peers: Option<String>,
+    peer_addr: Option<String>,
+    join: Option<String>,
     client_addr: Option<String>,
     client_addrs: Option<String>,
     data_dir: Option<PathBuf>,
@@ -220,6 +229,8 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
         match key {
             "id" => s.id = Some(num(value)?),
             "peers" => s.peers = Some(value.to_string()),
+            "peer-addr" | "peer_addr" => s.peer_addr = Some(value.to_string()),
+            "join" => s.join = Some(value.to_string()),
             "client-addr" | "client_addr" => s.client_addr = Some(value.to_string()),
             "client-addrs" | "client_addrs" => s.client_addrs = Some(value.to_string()),
             "data-dir" | "data_dir" => s.data_dir = Some(PathBuf::from(value)),
@@ -279,18 +290,6 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         None => ServeSettings::default(),
     };
     let id = args.id.or(file.id).ok_or(ConfigError::Missing("--id"))?;
-    let peers = parse_peers(
-        args.peers
-            .as_deref()
-            .or(file.peers.as_deref())
-            .ok_or(ConfigError::Missing("--peers"))?,
-    )?;
-    if !peers.contains_key(&id) {
-        return Err(ConfigError::Invalid(format!(
-            "--id {id} is not one of the --peers ({:?})",
-            peers.keys().collect::<Vec<_>>()
-        )));
-    }
     let client_addr = args
         .client_addr
         .clone()
@@ -301,9 +300,22 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         .clone()
         .or(file.data_dir)
         .ok_or(ConfigError::Missing("--data-dir"))?;
+    let join = match (&args.join[..], file.join.as_deref()) {
+        ([], Some(text)) => text.split(',').map(|a| a.trim().to_string()).collect(),
+        (given, _) => given.to_vec(),
+    };
+    let join: Vec<String> = join.into_iter().filter(|a| !a.is_empty()).collect();
+    let peers = member_peers(
+        id,
+        args.peers.as_deref().or(file.peers.as_deref()),
+        args.peer_addr.as_deref().or(file.peer_addr.as_deref()),
+        &join,
+        &data_dir,
+    )?;
     let token = args.cluster_token.clone().or(file.cluster_token);
     let mut cfg = NodeConfig::new(id, peers, data_dir).with_cluster_token(token);
     cfg.incarnation = new_incarnation();
+    cfg.join = join;
     if let Some(text) = args
         .client_addrs
         .as_deref()
@@ -312,6 +324,9 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         cfg.client_addrs =
             parse_peers(text).map_err(|e| ConfigError::Invalid(format!("--client-addrs: {e}")))?;
     }
+    cfg.client_addrs
+        .entry(id)
+        .or_insert_with(|| client_addr.clone());
     if let Some(ms) = args.tick_ms.or(file.tick_ms) {
         if ms == 0 {
             return Err(ConfigError::Invalid("--tick-ms must be positive".into()));
@@ -345,6 +360,54 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
 /// back as the one it replaces (0 means "unknown").
 fn new_incarnation() -> u64 {
     rand::thread_rng().gen_range(1..=u64::MAX)
+}
+
+/// The peer addresses the command line gives: every founding member's (`--peers`), with this
+/// node's own from `--peer-addr` if given. Without `--peers`, only this node's: it joins
+/// (`--join`) or restarts on its data directory, which knows the others.
+fn member_peers(
+    id: u64,
+    peers: Option<&str>,
+    peer_addr: Option<&str>,
+    join: &[String],
+    data_dir: &Path,
+) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut map = match peers {
+        Some(text) => {
+            if !join.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "--peers bootstraps a new cluster and --join enters a running one: give one"
+                        .into(),
+                ));
+            }
+            parse_peers(text)?
+        }
+        None => {
+            let has_data = data_dir.join(kv::identity::IDENTITY_FILE).exists();
+            if join.is_empty() && !has_data {
+                return Err(ConfigError::Invalid(format!(
+                    "{} holds no data: give --peers to bootstrap a new cluster, or --join to                      start a node added to a running one",
+                    data_dir.display()
+                )));
+            }
+            BTreeMap::new()
+        }
+    };
+    if let Some(addr) = peer_addr {
+        let checked = parse_peers(&format!("{id}={addr}"))
+            .map_err(|e| ConfigError::Invalid(format!("--peer-addr: {e}")))?;
+        map.extend(checked);
+    }
+    if !map.contains_key(&id) {
+        return Err(match peers {
+            Some(_) => ConfigError::Invalid(format!(
+                "--id {id} is not one of the --peers ({:?}) and no --peer-addr is given",
+                map.keys().collect::<Vec<_>>()
+            )),
+            None => ConfigError::Missing("--peer-addr"),
+        });
+    }
+    Ok(map)
 }
 
 fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
@@ -601,6 +664,39 @@ mod tests {
     }
 
     #[test]
+    fn a_node_bootstraps_with_peers_joins_with_join_or_restarts_on_its_data() {
+        let empty = tempfile::tempdir().unwrap();
+        let join = vec!["h:1".to_string()];
+        let p = |peers, addr, join: &[String], dir: &Path| {
+            member_peers(4, peers, addr, join, dir).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            p(Some("4=h:4,5=h:5"), Some("h:9"), &[], empty.path()).unwrap()[&4],
+            "h:9",
+            "--peer-addr is this node's address"
+        );
+        assert_eq!(p(None, Some("h:4"), &join, empty.path()).unwrap().len(), 1);
+        assert!(p(Some("4=h:4"), None, &join, empty.path())
+            .unwrap_err()
+            .contains("give one"));
+        assert!(p(None, Some("h:4"), &[], empty.path())
+            .unwrap_err()
+            .contains("holds no data"));
+        assert!(p(None, None, &join, empty.path())
+            .unwrap_err()
+            .contains("--peer-addr"));
+        assert!(p(Some("5=h:5"), None, &[], empty.path())
+            .unwrap_err()
+            .contains("not one of the --peers"));
+        kv::Identity::new(4, 1).ensure(empty.path()).unwrap();
+        assert_eq!(
+            p(None, Some("h:4"), &[], empty.path()).unwrap().len(),
+            1,
+            "a restart needs only its own address"
+        );
+    }
+
+    #[test]
     fn a_config_file_fills_what_flags_leave_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.conf");
@@ -612,6 +708,8 @@ mod tests {
         let args = ServeArgs {
             id: None,
             peers: None,
+            peer_addr: None,
+            join: Vec::new(),
             client_addr: Some("h:9999".into()),
             client_addrs: None,
             data_dir: None,
@@ -628,6 +726,7 @@ mod tests {
         assert_eq!(cfg.cluster_token.as_deref(), Some("prod"));
         assert_eq!(cfg.cluster_id, kv::bootstrap_cluster_id("prod", [1, 2]));
         assert_ne!(cfg.incarnation, 0);
+        assert_eq!(cfg.client_addrs.get(&2).map(String::as_str), Some("h:7002"));
         std::fs::write(&path, "colour = blue\n").unwrap();
         assert_eq!(
             serve_config(&args).unwrap_err().to_string(),

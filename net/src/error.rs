@@ -91,6 +91,9 @@ pub enum NodeError {
         theirs: u64,
         ours: u64,
     },
+    /// A node started with `--join` may not join (not listed, listed as a voter, no member
+    /// answered): the message says why and what to do.
+    Join(String),
 }
 
 impl fmt::Display for NodeError {
@@ -128,6 +131,7 @@ impl fmt::Display for NodeError {
                  --cluster-token give cluster {ours}: check both (a node added to a running \
                  cluster starts with --join)"
             ),
+            NodeError::Join(why) => write!(f, "cannot join the cluster: {why}"),
         }
     }
 }
@@ -136,6 +140,7 @@ impl Error for NodeError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             NodeError::NotAMember(_)
+            | NodeError::Join(_)
             | NodeError::AlreadyBootstrapped { .. }
             | NodeError::ForeignCluster { .. } => None,
             NodeError::Core(e) => Some(e),

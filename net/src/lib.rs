@@ -1,7 +1,7 @@
 //! The kvstore node around `raft-core` and `kv`: the node ([`node`]: its start, its Raft group
 //! and the loop that feeds it), the peer transport ([`transport`], frames headed by
 //! [`peer_header`]), snapshot transfers ([`snapshot_transfer`]), the bootstrap probe
-//! ([`probe`]), the storage threads ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
+//! ([`probe`]), join requests ([`join`]), the storage threads ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
 //! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
 pub mod bench;
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod error;
 pub mod fuzzing;
+pub mod join;
 pub mod node;
 pub mod peer_header;
 pub mod probe;

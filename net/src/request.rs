@@ -100,6 +100,20 @@ impl ClientRequest {
             ClientRequest::Info { .. } => {}
         }
     }
+
+    /// Answers ERR: for a request this node will not serve (INFO gets no answer here).
+    pub(crate) fn fail(self, why: &str) {
+        let failed = RequestError::Failed(why.into());
+        match self {
+            ClientRequest::Write { reply, .. } => {
+                let _ = reply.send(Err(failed));
+            }
+            ClientRequest::Read { reply, .. } => {
+                let _ = reply.send(Err(failed));
+            }
+            ClientRequest::Info { .. } => {}
+        }
+    }
 }
 
 /// A cheap, cloneable way to ask the node loop.

@@ -302,6 +302,9 @@ pub struct SnapshotService {
     pub serve: mpsc::Sender<crate::snapshot_transfer::ServeRequest>,
     pub events: mpsc::UnboundedSender<crate::node::snapshot_install::SnapshotEvent>,
     pub write_timeout: Duration,
+    /// The configuration in force with the members' addresses: the answer to a join request
+    /// (`join`), which arrives on the peer port too.
+    pub members: tokio::sync::watch::Receiver<kv::MemberTable>,
 }
 
 /// Reads frames from one inbound peer connection into `inbox` until it closes or misbehaves.
@@ -332,7 +335,9 @@ pub async fn run_inbound<S: Stream>(
             }
         }
         let len = u32::from_be_bytes(len_buf) as usize;
-        if let Err(e) = check_frame_len(len) {
+        // A join request is shorter than a peer header (its asker knows no cluster yet).
+        let join_sized = first && len == crate::join::REQUEST_LEN;
+        if let (false, Err(e)) = (join_sized, check_frame_len(len)) {
             tracing::warn!(%remote, error = %e, "closing peer connection");
             return;
         }
@@ -340,6 +345,17 @@ pub async fn run_inbound<S: Stream>(
         match tokio::time::timeout(idle_read, stream.read_exact(&mut body)).await {
             Ok(Ok(_)) => {}
             _ => return,
+        }
+        if first && crate::join::is_request(&body) {
+            let answer = crate::join::JoinAnswer {
+                cluster_id,
+                members: snapshots.members.borrow().clone(),
+            };
+            if let Ok(asker) = crate::join::decode_request(&body) {
+                tracing::info!(%remote, asker, "answering a join request");
+            }
+            crate::join::serve(stream, answer, snapshots.write_timeout).await;
+            return;
         }
         if std::mem::take(&mut first) {
             if len == crate::probe::REQUEST_LEN

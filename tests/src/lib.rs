@@ -47,6 +47,7 @@ pub fn free_port() -> u16 {
 pub struct TestNode {
     pub id: u64,
     pub client_addr: String,
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -84,6 +85,7 @@ impl TestCluster {
             let node = TestNode {
                 id,
                 client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", peer_ports[id as usize - 1]),
                 data_dir: dir.path().join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
@@ -121,7 +123,43 @@ impl TestCluster {
     }
 
     pub fn start_node(&mut self, id: u64) {
-        let mut cmd = self.serve_command(id);
+        let cmd = self.serve_command(id);
+        self.start_with(id, cmd);
+    }
+
+    /// Adds node `id` to the harness, with a data directory and ports of its own, neither
+    /// started nor a member of the cluster (`kvstore member add` makes it one).
+    pub fn configure_node(&mut self, id: u64) {
+        let node = TestNode {
+            id,
+            client_addr: format!("127.0.0.1:{}", free_port()),
+            peer_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log: self.dir.path().join(format!("node{id}.log")),
+            child: None,
+        };
+        self.nodes.insert(id, node);
+    }
+
+    /// `kvstore serve` for node `id` with its own addresses only (no `--peers`), then `extra`:
+    /// a restart on its data directory, or with `--join` a node added to the cluster.
+    pub fn serve_own_command(&self, id: u64, extra: &[String]) -> Command {
+        let node = &self.nodes[&id];
+        let mut cmd = Command::new(kvstore_bin());
+        cmd.args(["serve", "--id", &id.to_string()])
+            .args(["--peer-addr", &node.peer_addr])
+            .args(["--client-addr", &node.client_addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--tick-ms", "50"])
+            .args(&self.extra_args)
+            .args(extra)
+            .env("KVSTORE_LOG", "warn,net=info");
+        cmd
+    }
+
+    /// Starts node `id` as `cmd`, logging to its log file.
+    pub fn start_with(&mut self, id: u64, mut cmd: Command) {
         let node = self.nodes.get_mut(&id).expect("known node");
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -28,8 +28,14 @@ pub struct NodeConfig {
     /// command line draws it from OS randomness; the simulator's disks keep no identity, so
     /// there it is the node's incarnation for good.
     pub incarnation: u64,
-    /// Peer-port address of every member, this node included.
+    /// Peer-port addresses from the command line: every founding member's when bootstrapping a
+    /// cluster (`--peers`); at least this node's own, which it listens on. Once the data
+    /// directory has a member table, addresses come from there (this fills only gaps).
     pub peers: BTreeMap<NodeId, String>,
+    /// Peer addresses of existing members to ask for the cluster id and member table when the
+    /// data directory is empty (`--join`): the node was added by a conf change and must not
+    /// bootstrap. Ignored once the directory holds data.
+    pub join: Vec<String>,
     pub data_dir: PathBuf,
     /// One Raft tick.
     pub tick: Duration,
@@ -64,6 +70,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cluster_token", &self.cluster_token)
             .field("incarnation", &self.incarnation)
             .field("peers", &self.peers)
+            .field("join", &self.join)
             .field("data_dir", &self.data_dir)
             .field("tick", &self.tick)
             .field("election_ticks", &self.election_ticks)
@@ -134,6 +141,7 @@ impl NodeConfig {
             // Fixed per id, so that a simulated run replays; never 0 ("unknown").
             incarnation: id.wrapping_mul(0xD6E8_FEB8_6659_FD93) | 1,
             peers,
+            join: Vec::new(),
             data_dir,
             tick: Duration::from_millis(100),
             election_ticks: 10,

@@ -2,7 +2,6 @@
 //! progress, its snapshot images and install. It feeds the core and acts on its `Ready`s; the
 //! loop ([`super::run`]) hands it the inputs. Nothing here decides anything about Raft.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use raft_core::{Index, Message, NodeId, RawNode, SnapshotMeta, Term};
@@ -13,6 +12,7 @@ use tokio::time::Instant;
 use super::config::NodeConfig;
 use super::identity::PeerGate;
 use super::images::Images;
+use super::membership::{Members, REMOVED};
 use super::requests::{ConfirmedRead, PendingRead, Requests};
 use super::snapshot_install::SnapshotInstall;
 use crate::error::NodeError;
@@ -33,8 +33,8 @@ pub struct Group {
     pub(super) cfg: NodeConfig,
     pub(super) core: RawNode,
     pub(super) queues: StorageQueues,
-    /// Each peer's bounded outbound queue.
-    outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    /// The address book and each peer's bounded outbound queue.
+    pub(super) members: Members,
     requests: Requests,
     pub(super) images: Images,
     pub(super) install: SnapshotInstall,
@@ -56,7 +56,7 @@ impl Group {
         cfg: NodeConfig,
         core: RawNode,
         queues: StorageQueues,
-        outbound: BTreeMap<NodeId, mpsc::Sender<Message>>,
+        members: Members,
         fetcher: Fetcher,
         applied_index: Index,
         image: SnapshotMeta,
@@ -67,7 +67,7 @@ impl Group {
             cfg,
             core,
             queues,
-            outbound,
+            members,
             requests: Requests::default(),
             images,
             install: SnapshotInstall::new(),
@@ -99,7 +99,11 @@ impl Group {
             StorageEvent::Applied {
                 applied_index,
                 results,
+                members,
             } => {
+                if let Some(table) = members {
+                    self.members.note_applied(table, applied_index);
+                }
                 self.core.on_applied(applied_index);
                 self.applied_index = self.applied_index.max(applied_index);
                 // Applying moves the compaction point into reach (images taken earlier).
@@ -148,6 +152,9 @@ impl Group {
     }
 
     fn submit(&mut self, req: ClientRequest, deadline: Instant) {
+        if self.members.is_removed() && !matches!(req, ClientRequest::Info { .. }) {
+            return req.fail(REMOVED);
+        }
         match req {
             ClientRequest::Write { cmd, reply } => {
                 let key = (cmd.client_id, cmd.seq);
@@ -198,10 +205,11 @@ impl Group {
             log_start_index: self.core.snapshot().index,
             snapshot_count: self.images.taken_count(),
             snapshots_installed: self.install.installed(),
-            leader_client_addr: self
-                .core
-                .leader()
-                .and_then(|l| self.cfg.client_addrs.get(&l).cloned()),
+            leader_client_addr: self.core.leader().and_then(|l| {
+                self.members
+                    .client_addr(l)
+                    .or_else(|| self.cfg.client_addrs.get(&l).cloned())
+            }),
         }
     }
 
@@ -222,8 +230,10 @@ impl Group {
                 self.perform_snapshot_actions();
             }
             if let Some(write) = ready.persist {
+                self.members.note_appended(&write.entries);
                 let _ = self.queues.log.send(LogRequest::Persist(write));
             }
+            self.members.maybe_follow();
             self.send_messages(ready.messages);
             self.hand_to_apply(ready.committed);
             for rs in ready.read_states {
@@ -256,7 +266,7 @@ impl Group {
 
     fn send_messages(&mut self, messages: Vec<Message>) {
         for msg in messages {
-            if let Some(queue) = self.outbound.get(&msg.to) {
+            if let Some(queue) = self.members.queue(msg.to) {
                 let to = msg.to;
                 if queue.try_send(msg).is_err() {
                     // A slow or dead peer never blocks the node: drop, and stop streaming to it.

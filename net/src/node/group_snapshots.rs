@@ -96,6 +96,7 @@ impl Group {
         if let Some(observer) = &self.cfg.observer {
             observer.snapshot_installed(self.cfg.id, snapshot.clone());
         }
+        self.members.note_log_replaced(&snapshot);
         let (state_tx, state_rx) = oneshot::channel();
         let (log_tx, log_rx) = oneshot::channel();
         let index = snapshot.index;
@@ -106,7 +107,7 @@ impl Group {
         });
         let _ = self.queues.log.send(LogRequest::InstallSnapshot {
             id: write.id,
-            snapshot,
+            snapshot: snapshot.clone(),
             state_installed: state_rx,
             log_installed: log_tx,
         });

@@ -12,6 +12,7 @@
 //! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
 //! | [`requests`] | client writes by `(client_id, seq)`, reads and their read context, parked requests |
 //! | [`images`] | snapshot images taken, compaction points |
+//! | [`membership`] | the address book, outbound peers following the configuration, removal |
 //! | [`snapshot_install`] | fetch, stage, offer, install or discard: a state machine without IO |
 //! | [`group_snapshots`] | the group carrying out the install state machine's actions |
 
@@ -20,6 +21,7 @@ mod group;
 mod group_snapshots;
 pub mod identity;
 mod images;
+pub mod membership;
 mod requests;
 mod run;
 pub mod snapshot_install;

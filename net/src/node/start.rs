@@ -1,19 +1,27 @@
-//! Starting a node: first the process-level parts (identity, the peer listener, the bootstrap
-//! probe of an empty directory, storage threads, finishing an interrupted snapshot install, the
-//! outbound queues, the snapshot fetcher), then the group that runs on them, and the loop that
-//! feeds it.
+//! Starting a node: first the process-level parts (identity; for a node joining with an empty
+//! data directory, asking the cluster who it is; the peer listener, the bootstrap probe of an
+//! empty directory, storage threads, finishing an
+//! interrupted snapshot install, the member table, the outbound queues, the
+//! snapshot fetcher), then the group that runs on them, and the loop that feeds it.
+//!
+//! Where the configuration comes from: a new cluster's founding members (`--peers`) seed the
+//! state machine's member table and are the core's initial voters; a joining node (`--join`)
+//! seeds the table with what a member told it and starts its core with no configuration, to
+//! learn it from the leader's snapshot or log; a restart takes it from the data directory alone
+//! (the log start's configuration and the log, else the applied table).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
+use kv::MemberTable;
+use raft_core::{Config, EntryKind, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::config::NodeConfig;
 use super::group::{Fetcher, Group, StorageQueues};
 use super::identity::{self, PeerGate, BOOTSTRAP_PROBE_WAIT};
+use super::membership::{self, Members, PeerSpawner};
 use super::run::{run, Inputs};
 use super::snapshot_install::SnapshotEvent;
 use super::store::Store;
@@ -39,9 +47,7 @@ pub async fn start<N: Net>(
     let Some(peer_addr) = cfg.peers.get(&cfg.id).cloned() else {
         return Err(NodeError::NotAMember(cfg.id));
     };
-    let opened = identity::open(&cfg)?;
-    cfg.cluster_id = opened.identity.cluster_id;
-    cfg.incarnation = opened.identity.incarnation;
+    let (opened, joined) = identify(&net, &mut cfg).await?;
     let me = Sender {
         node_id: cfg.id,
         incarnation: cfg.incarnation,
@@ -60,6 +66,9 @@ pub async fn start<N: Net>(
             source,
         })?;
     let (events_tx, events) = mpsc::unbounded_channel();
+    let (unreachable_tx, unreachable) = mpsc::unbounded_channel();
+    // Join requests are answered from the first moment; until the group runs, with nothing.
+    let (members_tx, members_rx) = watch::channel(MemberTable::default());
     let (snapshot_events_tx, snapshot_events) = mpsc::unbounded_channel();
     let (inbox_tx, inbox) = mpsc::channel::<Message>(8192);
     let (serve_tx, serve) = mpsc::channel(64);
@@ -72,11 +81,25 @@ pub async fn start<N: Net>(
             serve: serve_tx,
             events: snapshot_events_tx.clone(),
             write_timeout: cfg.transport.write,
+            members: members_rx,
         },
         shutdown.clone(),
     );
-    let opening = open_node(&cfg, &net, &opened, &gate, events_tx, snapshot_events_tx);
-    let (storage, core) = match opening.await {
+    let book = GroupMembers {
+        joined,
+        spawn: peer_spawner(&net, &cfg, unreachable_tx),
+        published: members_tx,
+    };
+    let opening = open_node(
+        &cfg,
+        &net,
+        &opened,
+        &gate,
+        book,
+        events_tx,
+        snapshot_events_tx,
+    );
+    let (storage, core, members) = match opening.await {
         Ok(opened) => opened,
         Err(e) => {
             listening.abort();
@@ -84,7 +107,6 @@ pub async fn start<N: Net>(
         }
     };
 
-    let (outbound, unreachable) = spawn_outbound(&net, &cfg);
     let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
 
     let store = Store::new(
@@ -100,7 +122,7 @@ pub async fn start<N: Net>(
         cfg,
         core,
         queues,
-        outbound,
+        members,
         fetcher,
         storage.applied_index,
         storage.image,
@@ -124,24 +146,70 @@ pub async fn start<N: Net>(
     ))
 }
 
+/// The node's identity (recorded, or new), and for an empty directory started with `--join`,
+/// the member table the cluster told it. A node added to a running cluster learns its cluster
+/// before anything is recorded: refused, it leaves its directory empty.
+async fn identify<N: Net>(
+    net: &N,
+    cfg: &mut NodeConfig,
+) -> Result<(identity::Opened, Option<MemberTable>), NodeError> {
+    let mut opened = identity::open(cfg)?;
+    let mut joined = None;
+    if opened.is_new && !cfg.join.is_empty() {
+        let answer = membership::ask_to_join(net, cfg).await?;
+        tracing::info!(
+            id = cfg.id,
+            cluster = answer.cluster_id,
+            "joining the cluster"
+        );
+        opened.identity.cluster_id = answer.cluster_id;
+        joined = Some(answer.members);
+    }
+    cfg.cluster_id = opened.identity.cluster_id;
+    cfg.incarnation = opened.identity.incarnation;
+    Ok((opened, joined))
+}
+
+/// What the address book is made of besides what storage finds.
+struct GroupMembers {
+    /// What the cluster told a joining node.
+    joined: Option<MemberTable>,
+    spawn: PeerSpawner,
+    /// Where the configuration in force is published for join requests.
+    published: watch::Sender<MemberTable>,
+}
+
 /// Everything between the listener and the group: an empty directory's bootstrap probe and
-/// identity, then storage and the core.
+/// identity, then storage, the member table, the core and the address book (its outbound peers
+/// following the core's configuration).
 async fn open_node<N: Net>(
     cfg: &NodeConfig,
     net: &N,
     opened: &identity::Opened,
     gate: &PeerGate,
+    book: GroupMembers,
     events: mpsc::UnboundedSender<StorageEvent>,
     snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
-) -> Result<(OpenedStorage, RawNode), NodeError> {
+) -> Result<(OpenedStorage, RawNode, Members), NodeError> {
     if opened.is_new {
         if cfg.peers.len() > 1 {
             identity::check_bootstrap(net, cfg, BOOTSTRAP_PROBE_WAIT).await?;
         }
         identity::record(cfg, &opened.identity)?;
     }
-    let (storage, restart) = open_storage(cfg, events, snapshot_events).await?;
-    let core = restart_core(cfg, restart)?;
+    let (mut storage, restart) = open_storage(cfg, events, snapshot_events).await?;
+    let origin = seed_members(cfg, &mut storage, &restart, book.joined).await?;
+    let mut members = Members::new(
+        cfg.id,
+        storage.members.clone(),
+        storage.applied_index,
+        membership::command_line_book(cfg),
+        book.spawn,
+        book.published,
+    );
+    members.note_appended(&restart.entries);
+    let core = restart_core(cfg, restart, origin, &storage.members)?;
+    members.maybe_follow();
     gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
     tracing::info!(
         id = cfg.id,
@@ -152,7 +220,47 @@ async fn open_node<N: Net>(
         applied_index = storage.applied_index,
         "node starting"
     );
-    Ok((storage, core))
+    Ok((storage, core, members))
+}
+
+/// Where the node's configuration comes from at this start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A new cluster: the founding members (`--peers`) are the initial voters.
+    Bootstrap,
+    /// A node added to a running cluster, on an empty data directory: no configuration until
+    /// the leader's snapshot or log brings one.
+    Joining,
+    /// The data directory's: the log start's configuration and the log, else the applied table.
+    DataDir,
+}
+
+/// Seeds the member table of a state machine that has applied nothing and has none: the
+/// founding members, or what the cluster told a joining node.
+async fn seed_members(
+    cfg: &NodeConfig,
+    storage: &mut OpenedStorage,
+    restart: &RestartState,
+    joined: Option<MemberTable>,
+) -> Result<Origin, NodeError> {
+    let fresh = storage.applied_index == 0
+        && storage.members.membership.is_empty()
+        && restart.entries.is_empty();
+    if !fresh {
+        return Ok(Origin::DataDir);
+    }
+    let (table, origin) = match joined {
+        Some(table) => (table, Origin::Joining),
+        None => (membership::founding_table(cfg), Origin::Bootstrap),
+    };
+    let (reply, done) = oneshot::channel();
+    let _ = storage.apply.requests.send(ApplyRequest::SeedMembers {
+        table: table.clone(),
+        reply,
+    });
+    done.await.map_err(|_| StorageError::WorkerStopped)??;
+    storage.members = table;
+    Ok(origin)
 }
 
 /// The storage threads, and what they found on disk (besides the state to restart the core
@@ -163,6 +271,8 @@ struct OpenedStorage {
     applied_index: Index,
     /// The newest snapshot image in the data directory (index 0: none).
     image: SnapshotMeta,
+    /// The state machine's member table.
+    members: MemberTable,
 }
 
 /// Starts the log and apply workers and waits for what they found. A crash that interrupted a
@@ -191,7 +301,12 @@ async fn open_storage(
         cfg.snapshots,
         reports,
         cfg.install_without_data(),
-        raft_core::Membership::with_voters(cfg.peers.keys().copied()),
+        // A joining node's configuration comes from the cluster, never from its command line.
+        if cfg.join.is_empty() {
+            raft_core::Membership::with_voters(cfg.peers.keys().copied())
+        } else {
+            raft_core::Membership::default()
+        },
     )
     .map_err(StorageError::Spawn)?;
     let gone = |_| StorageError::WorkerStopped;
@@ -220,13 +335,36 @@ async fn open_storage(
         apply,
         applied_index,
         image: state.image,
+        members: state.members,
     };
     Ok((opened, restart))
 }
 
-/// The core, from the configuration and what storage found.
-fn restart_core(cfg: &NodeConfig, restart: RestartState) -> Result<RawNode, NodeError> {
-    let mut core_cfg = Config::new(cfg.id, cfg.peers.keys().copied().collect());
+/// The core, from the configuration and what storage found. A restart's configuration is the
+/// log start's and the log's; where neither holds one (nothing compacted, no conf change yet)
+/// it is the applied table's, which is then the configuration at the log start too.
+fn restart_core(
+    cfg: &NodeConfig,
+    mut restart: RestartState,
+    origin: Origin,
+    table: &MemberTable,
+) -> Result<RawNode, NodeError> {
+    let voters = match origin {
+        Origin::Bootstrap => cfg.peers.keys().copied().collect(),
+        Origin::Joining => Vec::new(),
+        Origin::DataDir if table.membership.is_empty() => cfg.peers.keys().copied().collect(),
+        Origin::DataDir => {
+            let log_has_conf = restart
+                .entries
+                .iter()
+                .any(|e| e.kind == EntryKind::ConfChange);
+            if restart.snapshot.membership.is_empty() && !log_has_conf {
+                restart.snapshot.membership = table.membership.clone();
+            }
+            Vec::new()
+        }
+    };
+    let mut core_cfg = Config::new(cfg.id, voters);
     core_cfg.election_ticks = cfg.election_ticks;
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     core_cfg.seed = cfg.seed;
@@ -278,30 +416,31 @@ fn spawn_peer_listener<L: Listener>(
     })
 }
 
-/// One outbound task and bounded queue per peer; the receiver hears of unreachable peers.
-fn spawn_outbound<N: Net>(
+/// Starts one outbound task with a bounded queue for a peer at an address; `unreachable` hears
+/// of peers that cannot be reached.
+fn peer_spawner<N: Net>(
     net: &N,
     cfg: &NodeConfig,
-) -> (
-    BTreeMap<NodeId, mpsc::Sender<Message>>,
-    mpsc::UnboundedReceiver<NodeId>,
-) {
-    let (unreachable_tx, unreachable) = mpsc::unbounded_channel();
-    let mut outbound = BTreeMap::new();
-    for (&peer, addr) in cfg.peers.iter().filter(|(&p, _)| p != cfg.id) {
+    unreachable: mpsc::UnboundedSender<NodeId>,
+) -> PeerSpawner {
+    let (net, me, timeouts) = (
+        net.clone(),
+        (cfg.cluster_id, cfg.incarnation),
+        cfg.transport,
+    );
+    Box::new(move |peer, addr| {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(transport::run_outbound(
             net.clone(),
             peer,
-            addr.clone(),
-            (cfg.cluster_id, cfg.incarnation),
-            cfg.transport,
+            addr,
+            me,
+            timeouts,
             rx,
-            unreachable_tx.clone(),
+            unreachable.clone(),
         ));
-        outbound.insert(peer, tx);
-    }
-    (outbound, unreachable)
+        tx
+    })
 }
 
 /// Starts fetch tasks: they need the network, which the group does not know.

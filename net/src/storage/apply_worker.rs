@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use kv::{Command, KvStateMachine, SnapshotReceiver, StagedSnapshot, StorageEnv};
-use raft_core::{Entry, Index, SnapshotMeta};
+use raft_core::{Entry, EntryKind, Index};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -45,18 +45,18 @@ pub fn spawn_apply_worker(
         let (sm, image) = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
         {
             Ok(mut sm) => {
+                // As stored: empty in a directory that was never seeded (see `node::start`).
+                let members = sm.members().clone();
                 // Until it applies a configuration, the state machine is in the bootstrap one
                 // (its images carry it).
                 sm.seed_membership(&bootstrap);
-                let image = sm
-                    .snapshot_reader()
-                    .map(|r| r.meta())
-                    .unwrap_or(SnapshotMeta::new(0, 0, Default::default()));
+                let image = sm.snapshot_reader().map(|r| r.meta()).unwrap_or_default();
                 let _ = opened_tx.send(Ok(StateOnDisk {
                     applied_index: sm.applied_index(),
                     path: sm.path(),
                     pending_install: sm.pending_install(),
                     image: image.clone(),
+                    members,
                 }));
                 (sm, image)
             }
@@ -248,6 +248,7 @@ fn apply_batch(
     let Some(applied_index) = batch.last().map(|e| e.index) else {
         return true;
     };
+    let changes_members = batch.iter().any(|e| e.kind == EntryKind::ConfChange);
     match sm.apply(&batch) {
         Ok(applied) => {
             let first = batch[0].index;
@@ -264,6 +265,7 @@ fn apply_batch(
                 .send(StorageEvent::Applied {
                     applied_index,
                     results,
+                    members: changes_members.then(|| sm.members().clone()),
                 })
                 .is_ok()
         }

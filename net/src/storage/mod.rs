@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kv::{CommandResult, StorageEnv};
+use kv::{CommandResult, MemberTable, StorageEnv};
 use raft_core::{Entry, Index, Persist, RestartState, SnapshotMeta, WriteId};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -42,10 +42,12 @@ use crate::request::{ReadOp, ReadResult, RequestError};
 pub enum StorageEvent {
     Persisted(WriteId),
     /// Entries up to `applied_index` are applied; each client command's result, by kv's
-    /// `(client_id, seq)`.
+    /// `(client_id, seq)`; the member table as of `applied_index` if it may have changed (a
+    /// conf-change entry applied, a snapshot installed).
     Applied {
         applied_index: Index,
         results: Vec<((u64, u64), CommandResult)>,
+        members: Option<MemberTable>,
     },
     /// A storage error: the node cannot go on safely and stops.
     Failed(StorageError),
@@ -91,6 +93,12 @@ pub enum ApplyRequest {
     /// Startup: the log half of an interrupted install is done; finish it.
     FinishInstall {
         reply: oneshot::Sender<Result<Index, StorageError>>,
+    },
+    /// Startup of a data directory that has applied nothing: record the member table it starts
+    /// from (a new cluster's founding members, or what a joining node was told).
+    SeedMembers {
+        table: MemberTable,
+        reply: oneshot::Sender<Result<(), StorageError>>,
     },
 }
 
@@ -216,6 +224,8 @@ pub struct StateOnDisk {
     pub pending_install: Option<SnapshotMeta>,
     /// The newest snapshot image in the data directory (index 0: none).
     pub image: SnapshotMeta,
+    /// The member table as of `applied_index` (empty: never seeded, nothing learned).
+    pub members: MemberTable,
 }
 
 /// A storage thread or task; joining it waits until it has flushed and closed its database.

@@ -54,6 +54,17 @@ impl ApplyState {
                 let _ = reply.send(done);
                 ok
             }
+            ApplyRequest::SeedMembers { table, reply } => {
+                let done = match self.sm.as_mut() {
+                    Some(sm) => sm
+                        .seed_members(table)
+                        .map_err(StorageError::kv("recording the initial member table")),
+                    None => Err(StorageError::WorkerStopped),
+                };
+                let ok = done.is_ok();
+                let _ = reply.send(done);
+                ok
+            }
         }
     }
 
@@ -149,6 +160,7 @@ impl ApplyState {
         let _ = self.events.send(StorageEvent::Applied {
             applied_index: snapshot.index,
             results: Vec::new(),
+            members: Some(sm.members().clone()),
         });
         self.snapshot_events
             .send(SnapshotEvent::Installed(snapshot))

@@ -1,0 +1,332 @@
+//! The group's view of the cluster's members: where each one is (the address book), which
+//! peers have an outbound queue (they follow the configuration in force), and whether this node
+//! was removed.
+//!
+//! **The address book** starts from the member table the state machine applied (and, for ids
+//! it does not name, the command line), then takes the context of every conf-change entry as
+//! it is APPENDED to the log (a `Ready`'s write, or the log found at restart): the leader must
+//! reach a member added by an entry that is not applied yet, and the configuration in force is
+//! the last appended one. Each address remembers the log index it came from, so an older
+//! source never overwrites a newer one (the applied table at index 90 does not undo an address
+//! change appended at 100); the command line counts as index 0.
+//!
+//! **Outbound peers** follow `core.membership()`: a queue and task for every other member with
+//! a known peer address, started when a member appears or moves, stopped (its queue dropped)
+//! when it leaves. A node in no configuration yet (waiting to be added) talks to every address
+//! it knows, since it must answer a leader it cannot name from its configuration.
+//!
+//! **A removed node** (its applied configuration no longer lists it) answers clients with an
+//! error that says so; the core keeps it from campaigning.
+
+use std::collections::BTreeMap;
+
+use std::time::Duration;
+
+use kv::{MemberAddrs, MemberContext, MemberTable};
+use raft_core::{ConfChangeEntry, Entry, EntryKind, Index, Membership, Message, NodeId};
+use tokio::sync::{mpsc, watch};
+
+use super::config::NodeConfig;
+use crate::error::NodeError;
+use crate::join::{self, JoinAnswer};
+use crate::transport::Net;
+
+/// How long a node started with `--join` keeps asking before it gives up: the entry adding it
+/// may still be on its way to the member it asks.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+const JOIN_RETRY: Duration = Duration::from_millis(200);
+
+/// Starts the outbound task of one peer at one address, returning its queue.
+pub type PeerSpawner = Box<dyn Fn(NodeId, String) -> mpsc::Sender<Message> + Send + Sync>;
+
+/// What a client of a removed node is told.
+pub const REMOVED: &str =
+    "this node was removed from the cluster; send requests to the cluster's other members";
+
+struct Outbound {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+}
+
+pub struct Members {
+    me: NodeId,
+    /// Every known member address, with the log index it is as of.
+    book: BTreeMap<NodeId, (Index, MemberAddrs)>,
+    /// The table as the state machine applied it, and at which index.
+    applied: MemberTable,
+    applied_index: Index,
+    /// The configurations of conf-change entries appended above the applied index: the last
+    /// one is in force (the log's last conf entry, as the core computes it).
+    appended: BTreeMap<Index, Membership>,
+    outbound: BTreeMap<NodeId, Outbound>,
+    spawn: PeerSpawner,
+    /// The configuration in force with the known addresses, for join requests.
+    published: watch::Sender<MemberTable>,
+    /// The configuration outbound peers last followed, and whether an address changed since.
+    followed: Option<Membership>,
+    book_changed: bool,
+}
+
+impl Members {
+    /// The book from the applied table at `applied_index`, then the command line for ids the
+    /// table does not name.
+    pub fn new(
+        me: NodeId,
+        applied: MemberTable,
+        applied_index: Index,
+        command_line: BTreeMap<NodeId, MemberAddrs>,
+        spawn: PeerSpawner,
+        published: watch::Sender<MemberTable>,
+    ) -> Self {
+        let mut members = Self {
+            me,
+            book: command_line
+                .into_iter()
+                .map(|(id, a)| (id, (0, a)))
+                .collect(),
+            applied: MemberTable::default(),
+            applied_index: 0,
+            appended: BTreeMap::new(),
+            outbound: BTreeMap::new(),
+            spawn,
+            published,
+            followed: None,
+            book_changed: true,
+        };
+        members.note_applied(applied, applied_index);
+        members
+    }
+
+    /// A receiver of the configuration in force with its addresses (answers join requests).
+    #[cfg(test)]
+    pub fn subscribe(&self) -> watch::Receiver<MemberTable> {
+        self.published.subscribe()
+    }
+
+    /// The state machine applied up to `index`, where the table is `table`.
+    pub fn note_applied(&mut self, table: MemberTable, index: Index) {
+        for (id, addrs) in &table.addrs {
+            self.learn(*id, index, addrs);
+        }
+        self.applied = table;
+        self.applied_index = index;
+        self.appended = self.appended.split_off(&(index + 1));
+    }
+
+    /// The configuration in force: the last appended conf change's, else the applied one.
+    pub fn in_force(&self) -> &Membership {
+        self.appended
+            .values()
+            .next_back()
+            .unwrap_or(&self.applied.membership)
+    }
+
+    /// Entries were appended to the log, replacing every entry from the first one's index on:
+    /// takes the configurations and addresses their conf changes carry.
+    pub fn note_appended(&mut self, entries: &[Entry]) {
+        if let Some(first) = entries.first() {
+            self.appended.split_off(&first.index);
+        }
+        for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            let Ok(cc) = ConfChangeEntry::decode(&e.payload) else {
+                continue;
+            };
+            if e.index > self.applied_index {
+                self.appended.insert(e.index, cc.membership.clone());
+            }
+            if cc.context.is_empty() {
+                continue;
+            }
+            match MemberContext::decode(&cc.context) {
+                Ok(ctx) => {
+                    for (id, addrs) in &ctx.addrs {
+                        self.learn(*id, e.index, addrs);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(index = e.index, error = %err, "conf change with undecodable addresses")
+                }
+            }
+        }
+    }
+
+    /// The log was replaced by `snapshot` (an install): the configurations appended above it
+    /// are gone, and the snapshot's is in force.
+    pub fn note_log_replaced(&mut self, snapshot: &raft_core::SnapshotMeta) {
+        self.appended.clear();
+        if !snapshot.membership.is_empty() {
+            self.appended
+                .insert(snapshot.index, snapshot.membership.clone());
+        }
+    }
+
+    /// Takes the fields `addrs` knows unless the book has them from a later index.
+    fn learn(&mut self, id: NodeId, index: Index, addrs: &MemberAddrs) {
+        let (known_at, known) = self.book.entry(id).or_default();
+        if *known_at > index {
+            return;
+        }
+        *known_at = index;
+        self.book_changed = true;
+        if !addrs.peer_addr.is_empty() {
+            known.peer_addr = addrs.peer_addr.clone();
+        }
+        if !addrs.client_addr.is_empty() {
+            known.client_addr = addrs.client_addr.clone();
+        }
+    }
+
+    /// [`Members::follow`] the configuration in force, if it or an address changed since the
+    /// last time.
+    pub fn maybe_follow(&mut self) {
+        if self.book_changed || self.followed.as_ref() != Some(self.in_force()) {
+            let membership = self.in_force().clone();
+            self.follow(&membership);
+        }
+    }
+
+    /// Starts and stops outbound peers so that they follow `membership` (the configuration in
+    /// force), and republishes it for join requests if it or an address changed.
+    pub fn follow(&mut self, membership: &Membership) {
+        self.book_changed = false;
+        self.followed = Some(membership.clone());
+        let wanted: Vec<NodeId> = if membership.is_empty() {
+            self.book.keys().copied().collect()
+        } else {
+            membership.members()
+        };
+        let mut targets = BTreeMap::new();
+        for id in wanted.into_iter().filter(|&id| id != self.me) {
+            match self.book.get(&id) {
+                Some((_, a)) if !a.peer_addr.is_empty() => {
+                    targets.insert(id, a.peer_addr.clone());
+                }
+                _ => {}
+            }
+        }
+        // Dropping a queue ends its task.
+        self.outbound
+            .retain(|id, out| targets.get(id).is_some_and(|addr| *addr == out.addr));
+        for (id, addr) in targets {
+            if !self.outbound.contains_key(&id) {
+                tracing::info!(peer = id, %addr, "connecting to member");
+                let queue = (self.spawn)(id, addr.clone());
+                self.outbound.insert(id, Outbound { addr, queue });
+            }
+        }
+        let view = MemberTable {
+            membership: membership.clone(),
+            addrs: self
+                .book
+                .iter()
+                .filter(|(id, _)| membership.contains(**id))
+                .map(|(id, (_, a))| (*id, a.clone()))
+                .collect(),
+        };
+        self.published.send_if_modified(|current| {
+            let changed = *current != view;
+            if changed {
+                *current = view;
+            }
+            changed
+        });
+    }
+
+    /// The queue of peer `to`, if it is one this node talks to.
+    pub fn queue(&self, to: NodeId) -> Option<&mpsc::Sender<Message>> {
+        self.outbound.get(&to).map(|o| &o.queue)
+    }
+
+    /// Where member `id` takes client requests, if known.
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
+        self.book
+            .get(&id)
+            .map(|(_, a)| a.client_addr.clone())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// Whether the applied configuration no longer lists this node.
+    pub fn is_removed(&self) -> bool {
+        let m = &self.applied.membership;
+        !m.is_empty() && !m.contains(self.me)
+    }
+
+    /// The table the state machine applied.
+    pub fn applied(&self) -> &MemberTable {
+        &self.applied
+    }
+
+    /// Every known address (for `member list` and status).
+    pub fn addresses(&self) -> BTreeMap<NodeId, MemberAddrs> {
+        self.book
+            .iter()
+            .map(|(id, (_, a))| (*id, a.clone()))
+            .collect()
+    }
+}
+
+/// The member table of a new cluster: every `--peers` member a voter, with the client addresses
+/// the command line gives.
+pub fn founding_table(cfg: &NodeConfig) -> MemberTable {
+    MemberTable::founding(
+        cfg.peers
+            .iter()
+            .map(|(id, peer)| {
+                let client = cfg.client_addrs.get(id).cloned().unwrap_or_default();
+                (*id, MemberAddrs::new(peer.clone(), client))
+            })
+            .collect(),
+    )
+}
+
+/// The command line's addresses, for ids the data directory does not name.
+pub fn command_line_book(cfg: &NodeConfig) -> BTreeMap<NodeId, MemberAddrs> {
+    founding_table(cfg).addrs
+}
+
+/// Asks the `--join` members for the cluster id and the member table, until one lists this node
+/// as a learner. Refused (no retry) if the cluster lists it as a voter; refused after
+/// [`JOIN_WAIT`] if none lists it or none answers.
+pub async fn ask_to_join<N: Net>(net: &N, cfg: &NodeConfig) -> Result<JoinAnswer, NodeError> {
+    let me = cfg.id;
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let (mut not_listed, mut failed) = (None, None);
+    loop {
+        for addr in &cfg.join {
+            match join::ask(net, addr, me, JOIN_ASK_TIMEOUT).await {
+                Ok(answer) => {
+                    let m = &answer.members.membership;
+                    if m.is_learner(me) {
+                        return Ok(answer);
+                    }
+                    if m.is_voter(me) {
+                        return Err(NodeError::Join(format!(
+                            "cluster {:#x} lists node {me} as a voter: a voter restarts only on its                              own data directory; if that is lost, remove the node                              (`kvstore member remove {me}`) and add it again as a new member                              (`kvstore member add {me} ...`)",
+                            answer.cluster_id
+                        )));
+                    }
+                    not_listed = Some(format!(
+                        "cluster {:#x} (asked at {addr}) does not list node {me}; its members                          are {:?}: add it first with `kvstore member add {me} --peer-addr ...                          --client-addr ...`",
+                        answer.cluster_id,
+                        m.members()
+                    ));
+                }
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "asking to join failed");
+                    failed = Some(format!("no member answered (last at {addr}: {e})"));
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = not_listed.or(failed);
+            return Err(NodeError::Join(
+                why.unwrap_or_else(|| "no --join address given".into()),
+            ));
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
