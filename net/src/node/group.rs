@@ -102,7 +102,8 @@ impl Group {
                 members,
             } => {
                 if let Some(table) = members {
-                    self.members.note_applied(table, applied_index);
+                    let left = self.members.note_applied(table, applied_index);
+                    self.forget_pins(&left);
                 }
                 self.core.on_applied(applied_index);
                 self.applied_index = self.applied_index.max(applied_index);
@@ -123,6 +124,24 @@ impl Group {
             }
         }
         Ok(())
+    }
+
+    /// Members removed by an applied change may come back only as new members (a new data
+    /// directory, a new incarnation): forgetting their pinned incarnation lets them in then.
+    fn forget_pins(&self, left: &[NodeId]) {
+        let Some(gate) = &self.peer_gate else { return };
+        for &id in left {
+            match gate.forget(id) {
+                Ok(_) => tracing::info!(
+                    id = self.cfg.id,
+                    peer = id,
+                    "forgot a removed member's incarnation"
+                ),
+                Err(e) => {
+                    tracing::warn!(id = self.cfg.id, peer = id, error = %e, "cannot forget a removed member's incarnation")
+                }
+            }
+        }
     }
 
     /// Compacts the core and the log up to the newest image the applied index has passed by the

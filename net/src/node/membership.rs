@@ -94,7 +94,8 @@ impl Members {
             followed: None,
             book_changed: true,
         };
-        members.note_applied(applied, applied_index);
+        // Nothing was applied before: no member has left.
+        let _ = members.note_applied(applied, applied_index);
         members
     }
 
@@ -104,14 +105,23 @@ impl Members {
         self.published.subscribe()
     }
 
-    /// The state machine applied up to `index`, where the table is `table`.
-    pub fn note_applied(&mut self, table: MemberTable, index: Index) {
+    /// The state machine applied up to `index`, where the table is `table`. Returns the ids
+    /// the applied configuration no longer lists (removed members).
+    pub fn note_applied(&mut self, table: MemberTable, index: Index) -> Vec<NodeId> {
         for (id, addrs) in &table.addrs {
             self.learn(*id, index, addrs);
         }
+        let left = self
+            .applied
+            .membership
+            .members()
+            .into_iter()
+            .filter(|id| !table.membership.contains(*id))
+            .collect();
         self.applied = table;
         self.applied_index = index;
         self.appended = self.appended.split_off(&(index + 1));
+        left
     }
 
     /// The configuration in force: the last appended conf change's, else the applied one.

@@ -130,7 +130,7 @@ fn the_applied_configuration_decides_removal_and_the_command_line_only_fills_gap
     assert!(!m.is_removed());
     let mut table = founding();
     table.apply_conf_change(Membership::with_voters([1, 2]), &[]);
-    m.note_applied(table, 8);
+    assert_eq!(m.note_applied(table, 8), vec![3], "node 3 left");
     assert!(m.is_removed());
     assert_eq!(m.client_addr(1).as_deref(), Some("h:7001"));
 }
