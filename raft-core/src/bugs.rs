@@ -12,4 +12,10 @@ pub struct Bugs {
     pub ack_before_persist: bool,
     /// Serve read-index requests at once, without confirming leadership with a quorum.
     pub read_index_without_quorum: bool,
+    /// Change several voters in one step, without the joint configuration (thesis §4.3).
+    pub conf_change_without_joint: bool,
+    /// Count learners toward elections, commit, ReadIndex and check-quorum.
+    pub learners_count_in_quorum: bool,
+    /// Leave the joint configuration as soon as it is appended, before the joint entry commits.
+    pub leave_joint_before_commit: bool,
 }

@@ -3,8 +3,7 @@
 use crate::durability::Held;
 use crate::message::MessageBody;
 use crate::node::RawNode;
-use crate::progress::Progress;
-use crate::quorum::{self, VoteResult};
+use crate::quorum::VoteResult;
 use crate::types::{Entry, EntryKind, NodeId, Role, Term};
 
 impl RawNode {
@@ -40,6 +39,7 @@ impl RawNode {
                 }
             }
         }
+        self.tick_transfer();
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             let round = self.reads.current_round();
@@ -48,25 +48,25 @@ impl RawNode {
     }
 
     fn quorum_recently_active(&self) -> bool {
-        let active = self
-            .voters
-            .iter()
-            .filter(|&&v| v == self.id || self.progress.get(&v).is_some_and(|p| p.recently_active))
-            .count();
-        active >= quorum::majority(self.voters.len())
+        self.quorum().is_reached_by(|v| {
+            v == self.id || self.progress.get(&v).is_some_and(|p| p.recently_active)
+        })
     }
 
     /// With check-quorum, a node that heard from a leader within the election timeout refuses to
-    /// help unseat it.
+    /// help unseat it, and a leader (which steps down by itself once a majority goes quiet)
+    /// refuses to be unseated: a removed server's vote requests must not depose it (thesis
+    /// §4.2.3).
     pub(crate) fn in_leader_lease(&self) -> bool {
         self.cfg.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.cfg.election_ticks
+            && (self.role == Role::Leader
+                || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks))
     }
 
     pub(crate) fn start_campaign(&mut self) {
-        if !self.voters.contains(&self.id) {
-            // Not a voter (a node waiting to be added): it could never win, nor count itself.
+        if !self.is_voter() {
+            // A learner, a removed node or one waiting to be added: it could never win, and
+            // a campaign would only disturb the voters.
             self.reset_election_timer();
             return;
         }
@@ -85,12 +85,17 @@ impl RawNode {
         self.reset_election_timer();
         self.reset_role_state();
         tracing::debug!(id = self.id, term = self.term, "starting pre-vote");
-        self.request_votes(self.term + 1, true);
+        self.request_votes(self.term + 1, true, false);
         // Our own pre-vote promises nothing, so it counts at once.
         self.record_vote(self.id, true);
     }
 
     fn become_candidate(&mut self) {
+        self.campaign_in_new_term(false);
+    }
+
+    /// Raises the term and asks for votes; `transfer` when the leader handed over to us.
+    pub(crate) fn campaign_in_new_term(&mut self, transfer: bool) {
         self.term += 1;
         self.vote = Some(self.id);
         self.role = Role::Candidate;
@@ -98,18 +103,21 @@ impl RawNode {
         self.reset_election_timer();
         self.reset_role_state();
         tracing::debug!(id = self.id, term = self.term, "starting election");
-        self.request_votes(self.term, false);
+        self.request_votes(self.term, false, transfer);
         // Our own vote counts only once it is durable: voting for ourselves and then, after a
         // crash that lost the vote, for someone else in the same term could elect two leaders.
         self.hold_until_durable(Held::SelfVote(self.term));
     }
 
-    fn request_votes(&mut self, term: Term, pre: bool) {
+    /// Asks every voter of the configuration in force (incoming and outgoing) for its vote;
+    /// `transfer` says the leader handed leadership over to us.
+    pub(crate) fn request_votes(&mut self, term: Term, pre: bool, transfer: bool) {
         let last_log_index = self.log.last_index();
         let last_log_term = self.log.last_term();
-        let peers: Vec<NodeId> = self
+        let membership = self.log.membership();
+        let peers: Vec<NodeId> = membership
             .voters
-            .iter()
+            .union(&membership.outgoing)
             .copied()
             .filter(|&v| v != self.id)
             .collect();
@@ -118,13 +126,13 @@ impl RawNode {
                 MessageBody::PreVoteRequest {
                     last_log_index,
                     last_log_term,
-                    transfer: false,
+                    transfer,
                 }
             } else {
                 MessageBody::VoteRequest {
                     last_log_index,
                     last_log_term,
-                    transfer: false,
+                    transfer,
                 }
             };
             self.msgs.push(crate::message::Message {
@@ -145,13 +153,14 @@ impl RawNode {
         last_log_index: u64,
         last_log_term: Term,
         pre: bool,
+        transfer: bool,
     ) {
         // Thesis §9.6: no pre-vote for anyone while we still hear from a leader, so that a node
         // rejoining with an up-to-date log cannot start an election the cluster does not need.
         let hears_leader = self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks;
         let free_to_vote = self.vote == Some(from)
             || (self.vote.is_none() && self.leader.is_none())
-            || (pre && term > self.term && !hears_leader);
+            || (pre && term > self.term && (!hears_leader || transfer));
         let log_ok = self.log.is_up_to_date(last_log_index, last_log_term)
             || self.bugs().vote_without_log_check;
         let granted = free_to_vote && log_ok;
@@ -183,7 +192,7 @@ impl RawNode {
 
     pub(crate) fn record_vote(&mut self, from: NodeId, granted: bool) {
         self.votes.entry(from).or_insert(granted);
-        match quorum::vote_result(&self.voters, &self.votes) {
+        match self.quorum().vote_result(&self.votes) {
             VoteResult::Pending => {}
             VoteResult::Lost => self.become_follower(self.term, None),
             VoteResult::Won => match self.role {
@@ -202,11 +211,7 @@ impl RawNode {
         self.reset_election_timer();
         self.reset_role_state();
         let next = self.log.last_index() + 1;
-        let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
-        for &v in self.voters.iter().filter(|&&v| v != self.id) {
-            self.progress
-                .insert(v, Progress::new(next, max_msgs, max_bytes));
-        }
+        self.sync_progress_with_membership(next);
         tracing::info!(
             id = self.id,
             term = self.term,

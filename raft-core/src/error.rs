@@ -4,9 +4,9 @@ use std::fmt;
 
 use crate::types::{Index, NodeId, Term};
 
-/// Why a proposal or read request was not accepted. None of these means the request was
-/// applied: the caller may retry it elsewhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a proposal, configuration change, read request or leadership transfer was not accepted.
+/// None of these means the request was applied: the caller may retry it elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProposeError {
     /// This node is not the leader and does not forward (or knows no leader to forward to).
@@ -18,6 +18,26 @@ pub enum ProposeError {
     TooManyUncommittedBytes,
     /// A proposal with no payload or an empty batch.
     Empty,
+    /// A configuration change is still in progress (an uncommitted change in the log, or a
+    /// joint configuration not left yet), or this leader has not yet committed an entry of its
+    /// term: one change at a time. Retry once it completes.
+    ConfChangeInProgress,
+    /// The configuration change makes no sense against the configuration in force.
+    InvalidConfChange {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The leader is handing leadership over to `to` and takes no proposals meanwhile; retry
+    /// shortly (at the new leader, most likely).
+    TransferringLeadership {
+        /// The node leadership is being handed to.
+        to: NodeId,
+    },
+    /// Leadership can only be handed to a voter of the configuration in force.
+    InvalidTransferTarget {
+        /// The node asked for.
+        to: NodeId,
+    },
 }
 
 impl fmt::Display for ProposeError {
@@ -33,6 +53,20 @@ impl fmt::Display for ProposeError {
                 write!(f, "too many uncommitted bytes on the leader; retry later")
             }
             ProposeError::Empty => write!(f, "empty proposal"),
+            ProposeError::ConfChangeInProgress => write!(
+                f,
+                "a configuration change is in progress (or the leader is new); retry later"
+            ),
+            ProposeError::InvalidConfChange { reason } => {
+                write!(f, "invalid configuration change: {reason}")
+            }
+            ProposeError::TransferringLeadership { to } => write!(
+                f,
+                "leadership is being transferred to node {to}; retry shortly"
+            ),
+            ProposeError::InvalidTransferTarget { to } => {
+                write!(f, "cannot transfer leadership to node {to}: not a voter")
+            }
         }
     }
 }

@@ -101,7 +101,10 @@
 //! | election timeout, campaign, RequestVote, pre-vote, check-quorum | `election.rs` |
 //! | AppendEntries (both sides), commit rule, heartbeats | `replication.rs` |
 //! | probe/replicate, in-flight window | `progress.rs` |
-//! | majorities | `quorum.rs` |
+//! | majorities, joint-aware | `quorum.rs` |
+//! | the configuration, its codec, conf-change entries | `membership.rs` |
+//! | proposing configuration changes, auto-leave, a removed leader stepping down | `conf_change.rs` |
+//! | leadership transfer | `transfer.rs` |
 //! | ReadIndex | `read_index.rs` |
 //! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
@@ -119,6 +122,7 @@ pub mod bugs;
 #[cfg(not(feature = "deliberate-bugs"))]
 mod bugs;
 pub mod codec;
+mod conf_change;
 mod config;
 mod durability;
 mod election;
@@ -136,6 +140,7 @@ pub mod rng;
 mod safety;
 mod snapshot;
 mod step;
+mod transfer;
 mod types;
 mod validate;
 
@@ -143,7 +148,7 @@ pub use config::Config;
 pub use error::{CompactError, ConfigError, ProposeError};
 pub use membership::{ConfChangeEntry, MemberChange, Membership, MEMBERSHIP_FORMAT};
 pub use message::{Message, MessageBody};
-pub use node::{Proposed, RawNode};
+pub use node::{PeerProgress, Proposed, RawNode};
 pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
 pub use rng::SeededRng;
 pub use safety::SafetyViolation;

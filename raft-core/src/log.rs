@@ -65,6 +65,11 @@ impl RaftLog {
             .map_or(&self.snapshot.membership, |(_, m)| m)
     }
 
+    /// The index of the last configuration-change entry in the log, if it holds one.
+    pub(crate) fn last_conf_index(&self) -> Option<Index> {
+        self.confs.last().map(|(i, _)| *i)
+    }
+
     /// The configuration in force at `index` (at or after the snapshot).
     pub(crate) fn membership_at(&self, index: Index) -> &Membership {
         self.confs

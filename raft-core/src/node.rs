@@ -15,6 +15,7 @@ use crate::log::RaftLog;
 use crate::membership::Membership;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
+use crate::quorum::Quorum;
 use crate::read_index::ReadIndexTracker;
 use crate::ready::{ReadState, Ready, SnapshotToFetch, SoftState};
 use crate::rng::SeededRng;
@@ -52,17 +53,29 @@ pub enum Proposed {
     },
 }
 
+/// The leader's view of one member's log ([`RawNode::peer_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerProgress {
+    /// The highest index known to be durable on the member and to match the leader's log.
+    pub match_index: Index,
+    /// The next index the leader will send it.
+    pub next_index: Index,
+    /// Heard from within the current check-quorum window.
+    pub recently_active: bool,
+}
+
 /// One Raft node, without any IO. See the crate documentation for the driver loop.
 pub struct RawNode {
     pub(crate) cfg: Config,
     pub(crate) id: NodeId,
-    pub(crate) voters: Vec<NodeId>,
     pub(crate) term: Term,
     pub(crate) vote: Option<NodeId>,
     pub(crate) role: Role,
     pub(crate) leader: Option<NodeId>,
     pub(crate) log: RaftLog,
-    /// The leader's view of each other voter; empty unless leading.
+    /// The leader's view of every other member (voters, outgoing voters and learners); empty
+    /// unless leading.
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Votes (or pre-votes) received in the current campaign.
     pub(crate) votes: BTreeMap<NodeId, bool>,
@@ -92,6 +105,8 @@ pub struct RawNode {
     pub(crate) fetch_request: Option<SnapshotToFetch>,
     /// The first breach of safety caused by a peer or the driver (see `safety.rs`).
     pub(crate) safety_violation: Option<SafetyViolation>,
+    /// A leadership transfer this leader is making (see `transfer.rs`).
+    pub(crate) transfer: Option<crate::transfer::Transfer>,
 }
 
 impl RawNode {
@@ -116,11 +131,9 @@ impl RawNode {
             snapshot.membership = Membership::with_voters(cfg.voters.iter().copied());
         }
         let log = RaftLog::restore(snapshot, state.entries, hs.commit, state.applied);
-        let voters: Vec<NodeId> = log.membership().voters.iter().copied().collect();
         let applied = log.applying();
         let mut node = Self {
             id: cfg.id,
-            voters,
             term: hs.term,
             vote: hs.vote,
             role: Role::Follower,
@@ -151,6 +164,7 @@ impl RawNode {
             pending_fetch: None,
             fetch_request: None,
             safety_violation: None,
+            transfer: None,
             cfg,
         };
         node.reset_election_timer();
@@ -214,7 +228,9 @@ impl RawNode {
         result
     }
 
-    /// Starts an election now (with a pre-vote first if configured). Does nothing on a leader.
+    /// Starts an election now (with a pre-vote first if configured). Does nothing on a leader,
+    /// nor on a node that is not a voter of its configuration (a learner, a removed node, a node
+    /// waiting to be added).
     pub fn campaign(&mut self) {
         if self.role != Role::Leader {
             self.start_campaign();
@@ -349,6 +365,22 @@ impl RawNode {
     pub fn entry(&self, index: Index) -> Option<&Entry> {
         self.log.entry(index)
     }
+    /// The configuration in force: that of the last configuration-change entry in the log
+    /// (appended, not necessarily committed), else the snapshot's.
+    pub fn membership(&self) -> &Membership {
+        self.log.membership()
+    }
+
+    /// The leader's view of member `id`'s log; `None` on a follower, for itself, or for a node
+    /// that is not a member.
+    pub fn peer_progress(&self, id: NodeId) -> Option<PeerProgress> {
+        self.progress.get(&id).map(|p| PeerProgress {
+            match_index: p.matched,
+            next_index: p.next,
+            recently_active: p.recently_active,
+        })
+    }
+
     /// Role, term and leader as they are now.
     pub fn soft_state(&self) -> SoftState {
         SoftState {
@@ -412,6 +444,16 @@ impl RawNode {
         self.election_elapsed = 0;
         let base = self.cfg.election_ticks;
         self.randomized_election_timeout = base + self.rng.gen_range(0..base);
+    }
+
+    /// The quorum of the configuration in force.
+    pub(crate) fn quorum(&self) -> Quorum<'_> {
+        Quorum::with_bugs(self.log.membership(), self.bugs().learners_count_in_quorum)
+    }
+
+    /// Whether this node votes in the configuration in force (may campaign).
+    pub(crate) fn is_voter(&self) -> bool {
+        self.log.membership().is_voter(self.id)
     }
 
     #[cfg(feature = "deliberate-bugs")]

@@ -26,7 +26,8 @@ impl RawNode {
             return;
         }
         let index = self.log.committed();
-        if self.voters.len() == 1 || self.bugs().read_index_without_quorum {
+        let alone = self.quorum().committed_index(|v| Index::from(v == self.id)) >= 1;
+        if alone || self.bugs().read_index_without_quorum {
             self.deliver_read(PendingRead {
                 ctx,
                 requester,
@@ -50,7 +51,9 @@ impl RawNode {
     }
 
     pub(crate) fn confirm_reads(&mut self, from: NodeId, round: u64) {
-        let confirmed = self.reads.acknowledge(&self.voters, self.id, from, round);
+        let count_learners = self.bugs().learners_count_in_quorum;
+        let quorum = crate::quorum::Quorum::with_bugs(self.log.membership(), count_learners);
+        let confirmed = self.reads.acknowledge(quorum, self.id, from, round);
         for read in confirmed {
             self.deliver_read(read);
         }
@@ -128,7 +131,7 @@ impl ReadIndexTracker {
     /// first. `me` always counts as having acknowledged the current round.
     pub(crate) fn acknowledge(
         &mut self,
-        voters: &[NodeId],
+        quorum: crate::quorum::Quorum<'_>,
         me: NodeId,
         from: NodeId,
         round: u64,
@@ -138,7 +141,7 @@ impl ReadIndexTracker {
         }
         let seen = self.acked.entry(from).or_insert(0);
         *seen = (*seen).max(round);
-        let confirmed = crate::quorum::committed_index(voters, |v| {
+        let confirmed = quorum.committed_index(|v| {
             if v == me {
                 self.round
             } else {
@@ -171,30 +174,32 @@ mod tests {
 
     #[test]
     fn a_read_needs_a_majority_to_acknowledge_a_round_started_after_it() {
-        let voters = [1, 2, 3];
+        let three = crate::Membership::with_voters([1, 2, 3]);
+        let voters = crate::quorum::Quorum::of(&three);
         let mut t = ReadIndexTracker::default();
         let old = t.start_round();
         assert_eq!(old, None, "no round without reads");
         t.register(Bytes::from_static(b"a"), 1, 7);
         let r = t.start_round().unwrap();
         // An acknowledgement of an earlier round proves nothing about leadership after the read.
-        assert!(t.acknowledge(&voters, 1, 2, r - 1).is_empty());
-        let done = t.acknowledge(&voters, 1, 3, r);
+        assert!(t.acknowledge(voters, 1, 2, r - 1).is_empty());
+        let done = t.acknowledge(voters, 1, 3, r);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].index, 7);
     }
 
     #[test]
     fn reads_between_rounds_share_one_round() {
-        let voters = [1, 2, 3];
+        let three = crate::Membership::with_voters([1, 2, 3]);
+        let voters = crate::quorum::Quorum::of(&three);
         let mut t = ReadIndexTracker::default();
         t.register(Bytes::from_static(b"a"), 1, 1);
         t.register(Bytes::from_static(b"b"), 2, 1);
         let r = t.start_round().unwrap();
         assert_eq!(t.start_round(), None);
         t.register(Bytes::from_static(b"c"), 1, 2);
-        assert_eq!(t.acknowledge(&voters, 1, 2, r).len(), 2);
+        assert_eq!(t.acknowledge(voters, 1, 2, r).len(), 2);
         let r2 = t.start_round().unwrap();
-        assert_eq!(t.acknowledge(&voters, 1, 3, r2).len(), 1);
+        assert_eq!(t.acknowledge(voters, 1, 3, r2).len(), 1);
     }
 }

@@ -7,7 +7,6 @@ use crate::error::ProposeError;
 use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::progress::ReplicationState;
-use crate::quorum;
 use crate::safety::SafetyViolation;
 use crate::types::{Entry, EntryKind, Index, NodeId, Role, Term};
 
@@ -21,6 +20,9 @@ impl RawNode {
         payloads: Vec<Bytes>,
     ) -> Result<(Index, Index), ProposeError> {
         debug_assert_eq!(self.role, Role::Leader);
+        if let Some(t) = &self.transfer {
+            return Err(ProposeError::TransferringLeadership { to: t.to });
+        }
         let first = self.log.last_index() + 1;
         let entries: Vec<Entry> = payloads
             .into_iter()
@@ -197,6 +199,11 @@ impl RawNode {
             pr.inflight.free_up_to(index);
         }
         self.maybe_commit();
+        if self.role != Role::Leader {
+            // The commit removed this leader from the configuration.
+            return;
+        }
+        self.maybe_send_timeout_now(from);
         let mut sent_entries = false;
         while self.send_append(from, false) {
             sent_entries = true;
@@ -259,7 +266,7 @@ impl RawNode {
         } else {
             self.log.persisted()
         };
-        let candidate = quorum::committed_index(&self.voters, |v| {
+        let candidate = self.quorum().committed_index(|v| {
             if v == self.id {
                 own
             } else {
@@ -283,6 +290,7 @@ impl RawNode {
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
         self.broadcast_pending = true;
         self.serve_reads_awaiting_commit();
+        self.membership_commit_advanced();
         true
     }
 

@@ -147,13 +147,31 @@ impl RawNode {
             self.applied,
             self.log.snapshot().index
         );
+        let membership = self.log.membership();
+        if let Err(why) = membership.validate() {
+            panic!("n{id}: the configuration in force is invalid ({why}): {membership:?}");
+        }
         if role != Role::Leader {
             assert!(
                 self.progress.is_empty(),
                 "n{id}: progress kept outside leadership"
             );
+            assert!(
+                self.transfer.is_none(),
+                "n{id}: a transfer outside leadership"
+            );
             return;
         }
+        let tracked: Vec<NodeId> = self.progress.keys().copied().collect();
+        let others: Vec<NodeId> = membership
+            .members()
+            .into_iter()
+            .filter(|&m| m != id)
+            .collect();
+        assert_eq!(
+            tracked, others,
+            "n{id}: the leader tracks exactly the members but itself"
+        );
         let (last, snapshot) = (self.log.last_index(), self.log.snapshot().index);
         for (&peer, pr) in &self.progress {
             pr.assert_invariants(peer, last);

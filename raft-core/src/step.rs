@@ -18,9 +18,12 @@ impl RawNode {
         self.debug_assert_invariants();
     }
 
-    /// Whether `m` is addressed to us by a voter and well formed.
+    /// Whether `m` is addressed to us and well formed. The sender need not be in our
+    /// configuration: ours may lag behind the leader's (a node being added knows none), and
+    /// what a stranger's message can do is bounded by the term rules and by counting only
+    /// voters.
     fn accepts(&self, m: &Message) -> bool {
-        if m.to != self.id || m.from == self.id || !self.voters.contains(&m.from) {
+        if m.to != self.id || m.from == self.id || m.from == 0 {
             tracing::debug!(
                 id = self.id,
                 term = self.term,
@@ -57,8 +60,14 @@ impl RawNode {
             m.body,
             MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. }
         );
-        if is_vote_request && self.in_leader_lease() {
-            // check-quorum: while we hear from a leader, a candidate cannot unseat it.
+        let transfer = matches!(
+            m.body,
+            MessageBody::PreVoteRequest { transfer: true, .. }
+                | MessageBody::VoteRequest { transfer: true, .. }
+        );
+        if is_vote_request && self.in_leader_lease() && !transfer {
+            // check-quorum: while we hear from a leader, a candidate cannot unseat it (a
+            // removed server among them, thesis §4.2.3), unless that leader handed over.
             tracing::debug!(
                 id = self.id,
                 term = self.term,
@@ -96,13 +105,27 @@ impl RawNode {
             MessageBody::PreVoteRequest {
                 last_log_index,
                 last_log_term,
-                ..
-            } => self.handle_vote_request(from, m.term, last_log_index, last_log_term, true),
+                transfer,
+            } => self.handle_vote_request(
+                from,
+                m.term,
+                last_log_index,
+                last_log_term,
+                true,
+                transfer,
+            ),
             MessageBody::VoteRequest {
                 last_log_index,
                 last_log_term,
-                ..
-            } => self.handle_vote_request(from, m.term, last_log_index, last_log_term, false),
+                transfer,
+            } => self.handle_vote_request(
+                from,
+                m.term,
+                last_log_index,
+                last_log_term,
+                false,
+                transfer,
+            ),
             MessageBody::PreVoteResponse { granted } => {
                 if self.role == Role::PreCandidate && (!granted || m.term == self.term + 1) {
                     self.record_vote(from, granted);
@@ -144,8 +167,7 @@ impl RawNode {
                     self.leader_read(ctx, from);
                 }
             }
-            // Leadership transfer is not implemented yet: nothing asks for it.
-            MessageBody::TimeoutNow => {}
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
             MessageBody::ReadIndexResponse { ctx, index } => {
                 if self.role == Role::Follower && self.leader == Some(from) {
                     self.read_states.push(ReadState { ctx, index });
@@ -232,6 +254,7 @@ impl RawNode {
         self.reads_awaiting_commit.clear();
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;
+        self.transfer = None;
     }
 
     /// A message from an earlier term. A stale leader (or a partitioned node whose pre-vote we

@@ -147,14 +147,18 @@ impl Cluster {
         let term = core.term_at(commit).expect("checked above");
         if core.role() == Role::Leader {
             self.check.leader_committed(id, core.term(), commit, term)?;
+            // Against the configuration in force at the leader, the one that decided. A
+            // follower's own may differ (an uncommitted entry of a deposed leader), so only
+            // leaders are checked here; followers learn commits from them.
+            let nodes = &self.nodes;
+            self.check
+                .commit_durable_on(id, commit, term, core.membership(), |v| {
+                    nodes
+                        .get(&v)
+                        .and_then(|n| n.durable_entry(commit))
+                        .is_some_and(|e| e.term == term)
+                })?;
         }
-        let durable = self
-            .nodes
-            .values()
-            .filter(|n| n.durable_entry(commit).is_some_and(|e| e.term == term))
-            .count();
-        self.check
-            .commit_durable_on(id, commit, term, durable, self.nodes.len())?;
         self.nodes.get_mut(&id).expect("exists").seen_commit = commit;
         Ok(())
     }

@@ -12,7 +12,7 @@
 //! | [`entry_written`](InvariantChecker::entry_written) | log matching: an `(index, term)` always names the same entry after the same predecessor | harness (every log write) |
 //! | [`committed`](InvariantChecker::committed) | state machine safety, at commit time: one term committed per index | harness (every commit index advance) |
 //! | [`leader_committed`](InvariantChecker::leader_committed) | a leader's commit index lands only on an entry of its own term (§5.4.2, Figure 8) | harness (a leader's commit index at each advance) |
-//! | [`commit_durable_on`](InvariantChecker::commit_durable_on) | a commit needs the entry durable on a majority | harness (every disk) |
+//! | [`commit_durable_on`](InvariantChecker::commit_durable_on) | a leader's commit needs the entry durable on a majority of each voter set of its configuration (both while joint; learners never count) | harness (every disk) |
 //! | [`applied`](InvariantChecker::applied) | state machine safety: every node applies the same entry at each index | harness, simulator (entries handed to the state machine) |
 //! | [`snapshot`](InvariantChecker::snapshot) | a snapshot ends at an entry that was committed (applied) with its term | harness, simulator (snapshots taken and installed) |
 //! | [`read_requested`](InvariantChecker::read_requested), [`read_served`](InvariantChecker::read_served) | ReadIndex: a read never sees less than what was applied anywhere when it was asked | harness (reads asked and confirmed) |
@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use raft_core::{Entry, Index, NodeId, SnapshotMeta, Term};
+use raft_core::{Entry, Index, Membership, NodeId, SnapshotMeta, Term};
 
 /// A safety or liveness property that did not hold: which, and what showed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,16 +225,22 @@ impl InvariantChecker {
         node: NodeId,
         index: Index,
         term: Term,
-        durable_on: usize,
-        voters: usize,
+        membership: &Membership,
+        durable: impl Fn(NodeId) -> bool,
     ) -> Result<(), Violation> {
-        if durable_on < voters / 2 + 1 {
-            return violation(
-                "commit needs a durable majority",
-                format!(
-                    "node {node} committed index {index} (term {term}) but only {durable_on} of {voters} disks hold it"
-                ),
-            );
+        for (which, voters) in [
+            ("voters", &membership.voters),
+            ("outgoing voters", &membership.outgoing),
+        ] {
+            let durable_on = voters.iter().filter(|&&v| durable(v)).count();
+            if !voters.is_empty() && durable_on < voters.len() / 2 + 1 {
+                return violation(
+                    "commit needs a durable majority",
+                    format!(
+                        "leader {node} committed index {index} (term {term}) but only {durable_on} of its {which} {voters:?} hold it durably (configuration {membership:?})"
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -421,7 +427,24 @@ mod tests {
         assert!(c
             .snapshot(2, &SnapshotMeta::new(9, 1, Default::default()), "took")
             .is_err());
-        c.commit_durable_on(1, 2, 1, 2, 3).unwrap();
-        assert!(c.commit_durable_on(1, 2, 1, 1, 3).is_err());
+        let three = Membership::with_voters([1, 2, 3]);
+        c.commit_durable_on(1, 2, 1, &three, |n| n <= 2).unwrap();
+        assert!(c.commit_durable_on(1, 2, 1, &three, |n| n == 1).is_err());
+        let joint = Membership {
+            voters: [1, 4, 5].into(),
+            outgoing: [1, 2, 3].into(),
+            learners: [6, 7].into(),
+        };
+        c.commit_durable_on(1, 2, 1, &joint, |n| [1, 2, 4].contains(&n))
+            .unwrap();
+        assert!(
+            c.commit_durable_on(1, 2, 1, &joint, |n| n <= 3).is_err(),
+            "the old majority alone"
+        );
+        assert!(
+            c.commit_durable_on(1, 2, 1, &joint, |n| n == 1 || n >= 4)
+                .is_err(),
+            "learners never count"
+        );
     }
 }

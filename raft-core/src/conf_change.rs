@@ -1,0 +1,244 @@
+//! Configuration changes on the leader (Raft thesis §4): proposing one, leaving a joint
+//! configuration once it commits (etcd's auto-leave), stepping down once the change that
+//! removed this leader commits, and keeping one progress tracker per member.
+//!
+//! A configuration is in force from the moment its entry is appended (thesis §4.1): the log
+//! (`log.rs`) tracks the last configuration entry, and truncating it reverts the configuration
+//! by itself. Any change of the voter set goes through a joint configuration (voters = new,
+//! outgoing = old), left by an entry the leader appends alone once the joint one commits.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+
+use crate::error::ProposeError;
+use crate::membership::{ConfChangeEntry, MemberChange, Membership};
+use crate::node::RawNode;
+use crate::progress::Progress;
+use crate::types::{Entry, EntryKind, Index, NodeId, Role};
+
+impl RawNode {
+    /// Proposes a change of the configuration (several changes at once are one change). Any
+    /// change of the voters goes through joint consensus: the entry appended holds the joint
+    /// configuration, and once it commits the leader appends the final one by itself. Adding
+    /// or removing learners alone is one step. `context` travels in the entry for the driver
+    /// (the core never reads it). Returns the index of the appended entry; the change is in
+    /// force on this node at once and has taken effect when that entry commits.
+    ///
+    /// Refused with [`ProposeError::ConfChangeInProgress`] while another change is under way
+    /// (an uncommitted configuration entry, or a joint configuration not left yet) and until
+    /// this leader has committed an entry of its own term; with
+    /// [`ProposeError::InvalidConfChange`] when the change does not fit the configuration in
+    /// force; with [`ProposeError::NotLeader`] on a follower and
+    /// [`ProposeError::TransferringLeadership`] during a transfer.
+    pub fn propose_conf_change(
+        &mut self,
+        changes: &[MemberChange],
+        context: Bytes,
+    ) -> Result<Index, ProposeError> {
+        let result = self.propose_conf_change_inner(changes, context);
+        self.debug_assert_invariants();
+        result
+    }
+
+    fn propose_conf_change_inner(
+        &mut self,
+        changes: &[MemberChange],
+        context: Bytes,
+    ) -> Result<Index, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if let Some(t) = &self.transfer {
+            return Err(ProposeError::TransferringLeadership { to: t.to });
+        }
+        let committed = self.log.committed();
+        let unsettled = self.log.last_conf_index().is_some_and(|i| i > committed)
+            || self.log.membership().is_joint()
+            // The fix for the single-server change bug: a new leader's configuration may come
+            // from an uncommitted entry of an earlier term until its own no-op commits.
+            || self.log.term(committed) != Some(self.term);
+        if unsettled {
+            return Err(ProposeError::ConfChangeInProgress);
+        }
+        let current = self.log.membership().clone();
+        let mut next = changed(&current, changes)
+            .map_err(|reason| ProposeError::InvalidConfChange { reason })?;
+        if next.voters != current.voters && !self.bugs().conf_change_without_joint {
+            next.outgoing = current.voters.clone();
+        }
+        tracing::info!(id = self.id, term = self.term, from = ?current, to = ?next, "proposing a configuration change");
+        let index = self.append_conf_entry(next, context);
+        if self.bugs().leave_joint_before_commit {
+            self.leave_joint();
+        }
+        Ok(index)
+    }
+
+    /// Appends a configuration entry and brings the progress trackers in line with it.
+    fn append_conf_entry(&mut self, membership: Membership, context: Bytes) -> Index {
+        let index = self.log.last_index() + 1;
+        let payload = ConfChangeEntry {
+            membership,
+            context,
+        }
+        .encode();
+        self.log.append(vec![Entry::new(
+            self.term,
+            index,
+            EntryKind::ConfChange,
+            payload,
+        )]);
+        // New members are sent this entry first (and probed back from it).
+        self.sync_progress_with_membership(index);
+        self.broadcast_pending = true;
+        if self.bug_ack_before_persist() {
+            self.maybe_commit();
+        }
+        index
+    }
+
+    /// Leaves a joint configuration: the same voters, no outgoing ones, the same learners.
+    fn leave_joint(&mut self) {
+        let joint = self.log.membership();
+        if !joint.is_joint() {
+            return;
+        }
+        let left = Membership {
+            voters: joint.voters.clone(),
+            outgoing: BTreeSet::new(),
+            learners: joint.learners.clone(),
+        };
+        tracing::info!(id = self.id, term = self.term, to = ?left, "leaving the joint configuration");
+        self.append_conf_entry(left, Bytes::new());
+    }
+
+    /// The leader's commit index advanced: leave a joint configuration whose entry committed,
+    /// and step down if the configuration that committed no longer has this node as a voter.
+    pub(crate) fn membership_commit_advanced(&mut self) {
+        let committed = self.log.committed();
+        let settled = self.log.last_conf_index().is_none_or(|i| i <= committed);
+        if !settled {
+            return;
+        }
+        if self.log.membership().is_joint() {
+            self.leave_joint();
+            return;
+        }
+        if !self.is_voter() {
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                "removed from the configuration, which committed: stepping down"
+            );
+            // Tell the followers the commit first; a voter of the new configuration then
+            // campaigns when it stops hearing from us.
+            self.broadcast_append();
+            self.become_follower(self.term, None);
+        }
+    }
+
+    /// One progress tracker per member but this node: new members start at `next` (the first
+    /// entry the next broadcast carries), removed ones are forgotten.
+    pub(crate) fn sync_progress_with_membership(&mut self, next: Index) {
+        let members = self.log.membership().members();
+        self.progress
+            .retain(|id, _| members.binary_search(id).is_ok());
+        let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
+        for id in members.into_iter().filter(|&m| m != self.id) {
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next, max_msgs, max_bytes));
+        }
+    }
+}
+
+/// `current` with `changes` made, or why they cannot be.
+fn changed(current: &Membership, changes: &[MemberChange]) -> Result<Membership, String> {
+    if changes.is_empty() {
+        return Err("no change asked for".into());
+    }
+    let mut touched = BTreeSet::new();
+    let mut next = current.clone();
+    for &change in changes {
+        let id = target(change);
+        if id == 0 {
+            return Err("node id 0 is reserved".into());
+        }
+        if !touched.insert(id) {
+            return Err(format!("node {id} is named twice"));
+        }
+        match change {
+            MemberChange::AddVoter(id) => {
+                if next.voters.contains(&id) {
+                    return Err(format!("node {id} is a voter already"));
+                }
+                next.learners.remove(&id);
+                next.voters.insert(id);
+            }
+            MemberChange::AddLearner(id) => {
+                if next.voters.contains(&id) {
+                    return Err(format!("node {id} is a voter (remove it first)"));
+                }
+                if !next.learners.insert(id) {
+                    return Err(format!("node {id} is a learner already"));
+                }
+            }
+            MemberChange::Remove(id) => {
+                if !next.voters.remove(&id) && !next.learners.remove(&id) {
+                    return Err(format!("node {id} is not a member"));
+                }
+            }
+        }
+    }
+    if next.voters.is_empty() {
+        return Err("the change would leave no voter".into());
+    }
+    Ok(next)
+}
+
+fn target(change: MemberChange) -> NodeId {
+    match change {
+        MemberChange::AddVoter(id) | MemberChange::AddLearner(id) | MemberChange::Remove(id) => id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(voters: &[NodeId], learners: &[NodeId]) -> Membership {
+        Membership {
+            voters: voters.iter().copied().collect(),
+            outgoing: BTreeSet::new(),
+            learners: learners.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn changes_are_checked_against_the_configuration_in_force() {
+        use MemberChange::*;
+        let now = m(&[1, 2, 3], &[4]);
+        assert_eq!(changed(&now, &[AddVoter(4)]), Ok(m(&[1, 2, 3, 4], &[])));
+        assert_eq!(changed(&now, &[AddLearner(5)]), Ok(m(&[1, 2, 3], &[4, 5])));
+        assert_eq!(
+            changed(&now, &[Remove(3), AddVoter(6)]),
+            Ok(m(&[1, 2, 6], &[4]))
+        );
+        assert_eq!(changed(&now, &[Remove(4)]), Ok(m(&[1, 2, 3], &[])));
+        for bad in [
+            vec![],
+            vec![AddVoter(1)],
+            vec![AddLearner(2)],
+            vec![AddLearner(4)],
+            vec![Remove(9)],
+            vec![AddVoter(0)],
+            vec![AddVoter(5), Remove(5)],
+            vec![Remove(1), Remove(2), Remove(3)],
+        ] {
+            assert!(changed(&now, &bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
