@@ -8,10 +8,13 @@ use clap::{Args, Parser, Subcommand};
 use rand::Rng;
 use tokio::sync::watch;
 
+use crate::cli_admin::MemberCmd;
 use crate::client::KvClient;
 use crate::error::{CliError, ConfigError};
+use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
-use crate::server::{self, parse_info};
+use crate::request::NodeHandle;
+use crate::server;
 use crate::transport::{Net, TokioNet};
 
 /// Printed after the version by a build that has the unsafe test switches compiled in.
@@ -86,13 +89,22 @@ pub enum Cmd {
         #[command(flatten)]
         servers: ServersArg,
     },
-    /// Show every node's role, term, commit and applied index.
+    /// Show every node's role, term, commit and applied index, and the configuration.
     Status {
         #[command(flatten)]
         servers: ServersArg,
     },
     /// Drive a cluster with a closed-loop load and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// List or change the cluster's members (add a learner, promote, remove, move).
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Make voter ID the leader (it is brought up to date first); returns once it leads.
+    TransferLeader {
+        id: u64,
+        #[command(flatten)]
+        servers: ServersArg,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -421,11 +433,12 @@ fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
     policy
 }
 
-/// Runs one node until `shutdown`; errors are for the user.
+/// Runs one node until `stop_signal` turns true, then stops it gracefully: a leader hands its
+/// leadership over first ([`stop_gracefully`]). Errors are for the user.
 pub async fn run_node(
     cfg: NodeConfig,
     client_addr: String,
-    shutdown: watch::Receiver<bool>,
+    stop_signal: watch::Receiver<bool>,
 ) -> Result<(), CliError> {
     let net = TokioNet;
     let id = cfg.id;
@@ -437,16 +450,42 @@ pub async fn run_node(
             addr: client_addr,
             source,
         })?;
+    let (stop, shutdown) = watch::channel(false);
     let (handle, run) = node::start(cfg, net, shutdown.clone())
         .await
         .map_err(|source| CliError::Node { id, source })?;
     tokio::spawn(server::run_client_server(
         clients,
-        handle,
+        handle.clone(),
         shutdown,
         rand::thread_rng().gen(),
     ));
+    tokio::spawn(stop_gracefully(id, handle, stop_signal, stop));
     run.await.map_err(|source| CliError::Node { id, source })
+}
+
+/// Waits for the stop signal; then, if the node leads, hands the leadership to the most
+/// caught-up voter (waiting at most an election timeout), so that clients wait for a transfer
+/// rather than for an election, and only then stops the node and its client port.
+async fn stop_gracefully(
+    id: u64,
+    node: NodeHandle,
+    mut stop_signal: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+) {
+    if stop_signal.wait_for(|stopping| *stopping).await.is_err() {
+        // Nobody can signal any more: run until the process ends. (Dropping `stop` would
+        // stop the node at once.)
+        std::future::pending::<()>().await;
+    }
+    match node.admin(AdminRequest::HandOffLeadership).await {
+        Ok(AdminReply::LeaderIs(leader)) => {
+            tracing::info!(id, leader, "handed the leadership over before stopping");
+        }
+        Ok(other) => tracing::debug!(id, ?other, "no leadership hand-off before stopping"),
+        Err(e) => tracing::warn!(id, error = %e, "leadership hand-off failed; stopping anyway"),
+    }
+    let _ = stop.send(true);
 }
 
 /// A watch that turns true on Ctrl-C or SIGTERM.
@@ -535,63 +574,13 @@ pub async fn main(cli: Cli) -> Result<(), CliError> {
             println!("(integer) {}", i32::from(swapped));
             Ok(())
         }
-        Cmd::Status { servers } => status(servers.servers).await,
+        Cmd::Status { servers } => crate::cli_admin::status(servers.servers).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
-    }
-}
-
-async fn status(servers: Vec<String>) -> Result<(), CliError> {
-    println!(
-        "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
-        "server",
-        "node",
-        "role",
-        "term",
-        "leader",
-        "commit",
-        "applied",
-        "snapshot",
-        "taken",
-        "installed"
-    );
-    let mut reachable = 0;
-    for addr in &servers {
-        let mut c = KvClient::with_config(
-            vec![addr.clone()],
-            crate::client::ClientConfig {
-                max_attempts: 1,
-                request_timeout: Duration::from_secs(2),
-                // Each row is about the server asked, not the leader.
-                follow_leader: false,
-                ..Default::default()
-            },
-        );
-        match c.info().await {
-            Ok(text) => {
-                reachable += 1;
-                let f = parse_info(&text);
-                let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());
-                println!(
-                    "{:<22} {:>4} {:<12} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
-                    addr,
-                    get("node_id"),
-                    get("role"),
-                    get("term"),
-                    get("leader_id"),
-                    get("commit_index"),
-                    get("applied_index"),
-                    get("last_snapshot_index"),
-                    get("snapshot_count"),
-                    get("snapshots_installed")
-                );
-            }
-            Err(e) => println!("{addr:<22} down ({e})"),
+        Cmd::Member(cmd) => crate::cli_admin::run_member(cmd).await,
+        Cmd::TransferLeader { id, servers } => {
+            crate::cli_admin::run_transfer_leader(id, servers).await
         }
     }
-    if reachable == 0 {
-        return Err(CliError::NoServerAnswered);
-    }
-    Ok(())
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {

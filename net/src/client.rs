@@ -9,7 +9,11 @@ use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use raft_core::NodeId;
+
+use crate::node::admin::MemberList;
 use crate::resp::{encode_request, Limits, Reply, ReplyParser};
+use crate::server_admin::parse_member_list;
 use crate::transport::{Net, TokioNet};
 
 /// How many servers a client keeps at most (leader addresses it learns are added).
@@ -185,6 +189,77 @@ impl<N: Net> KvClient<N> {
     pub async fn info(&mut self) -> Result<String, ClientError> {
         match self.call(&[b"INFO"], false).await? {
             Reply::Bulk(v) => Ok(String::from_utf8_lossy(&v).into_owned()),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The cluster's members, as the leader (or, without one, the node asked) knows them.
+    pub async fn member_list(&mut self) -> Result<MemberList, ClientError> {
+        let reply = self.call(&[b"RAFT.MEMBER", b"LIST"], false).await?;
+        parse_member_list(&reply).map_err(ClientError::Protocol)
+    }
+
+    /// Adds node `id` as a learner; returns once the change is applied.
+    pub async fn member_add(
+        &mut self,
+        id: NodeId,
+        peer_addr: &str,
+        client_addr: &str,
+    ) -> Result<(), ClientError> {
+        let id = id.to_string();
+        let args: [&[u8]; 5] = [
+            b"RAFT.MEMBER",
+            b"ADD",
+            id.as_bytes(),
+            peer_addr.as_bytes(),
+            client_addr.as_bytes(),
+        ];
+        self.admin(&args).await
+    }
+
+    /// Makes learner `id` a voter; refused ("learner not ready") while it lags behind.
+    pub async fn member_promote(&mut self, id: NodeId) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.admin(&[b"RAFT.MEMBER", b"PROMOTE", id.as_bytes()])
+            .await
+    }
+
+    /// Removes member `id`; returns once the change is applied.
+    pub async fn member_remove(&mut self, id: NodeId) -> Result<(), ClientError> {
+        let id = id.to_string();
+        self.admin(&[b"RAFT.MEMBER", b"REMOVE", id.as_bytes()])
+            .await
+    }
+
+    /// Records member `id`'s new addresses.
+    pub async fn member_update(
+        &mut self,
+        id: NodeId,
+        peer_addr: &str,
+        client_addr: &str,
+    ) -> Result<(), ClientError> {
+        let id = id.to_string();
+        let args: [&[u8]; 5] = [
+            b"RAFT.MEMBER",
+            b"UPDATE",
+            id.as_bytes(),
+            peer_addr.as_bytes(),
+            client_addr.as_bytes(),
+        ];
+        self.admin(&args).await
+    }
+
+    /// Makes voter `to` the leader; returns once it leads.
+    pub async fn transfer_leader(&mut self, to: NodeId) -> Result<(), ClientError> {
+        let to = to.to_string();
+        self.admin(&[b"RAFT.TRANSFER-LEADER", to.as_bytes()]).await
+    }
+
+    /// An operator command answered `+OK`. Retrying one is harmless (asking for what is
+    /// already so answers OK), so TRYAGAIN and TIMEOUT are retried like reads.
+    async fn admin(&mut self, args: &[&[u8]]) -> Result<(), ClientError> {
+        match self.call(args, false).await? {
+            Reply::Simple(_) => Ok(()),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }

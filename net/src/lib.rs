@@ -1,11 +1,13 @@
 //! The kvstore node around `raft-core` and `kv`: the node ([`node`]: its start, its Raft group
 //! and the loop that feeds it), the peer transport ([`transport`], frames headed by
 //! [`peer_header`]), snapshot transfers ([`snapshot_transfer`]), the bootstrap probe
-//! ([`probe`]), join requests ([`join`]), the storage threads ([`storage`]), the Redis-protocol client port ([`server`], [`resp`]), the Rust client
+//! ([`probe`]), join requests ([`join`]), the storage threads ([`storage`]), the Redis-protocol
+//! client port ([`server`], [`resp`], operator commands in [`server_admin`]), the Rust client
 //! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
 pub mod bench;
 pub mod cli;
+pub mod cli_admin;
 pub mod client;
 pub mod error;
 pub mod fuzzing;
@@ -16,6 +18,7 @@ pub mod probe;
 pub mod request;
 pub mod resp;
 pub mod server;
+pub mod server_admin;
 pub mod snapshot_transfer;
 pub mod storage;
 pub mod transport;

@@ -5,8 +5,10 @@ use std::fmt;
 
 use bytes::Bytes;
 use kv::{Command, CommandResult};
-use raft_core::{Index, NodeId, Role, Term};
+use raft_core::{Index, Membership, NodeId, Role, Term};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::node::admin::{AdminReply, AdminRequest};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadOp {
@@ -70,6 +72,8 @@ pub struct NodeInfo {
     pub snapshots_installed: u64,
     /// Where the leader takes client requests, if a leader is known and its address configured.
     pub leader_client_addr: Option<String>,
+    /// The configuration in force on this node (the last one its log holds).
+    pub membership: Membership,
 }
 
 pub enum ClientRequest {
@@ -84,6 +88,11 @@ pub enum ClientRequest {
     Info {
         reply: oneshot::Sender<NodeInfo>,
     },
+    /// An operator's request: membership, leadership ([`crate::node::admin`]).
+    Admin {
+        req: AdminRequest,
+        reply: oneshot::Sender<Result<AdminReply, RequestError>>,
+    },
 }
 
 impl ClientRequest {
@@ -95,6 +104,9 @@ impl ClientRequest {
                 let _ = reply.send(Err(refused));
             }
             ClientRequest::Read { reply, .. } => {
+                let _ = reply.send(Err(refused));
+            }
+            ClientRequest::Admin { reply, .. } => {
                 let _ = reply.send(Err(refused));
             }
             ClientRequest::Info { .. } => {}
@@ -110,6 +122,10 @@ impl ClientRequest {
             }
             ClientRequest::Read { reply, .. } => {
                 let _ = reply.send(Err(failed));
+            }
+            // The operator's client goes on to another member, which can answer.
+            ClientRequest::Admin { reply, .. } => {
+                let _ = reply.send(Err(RequestError::TryAgain(why.into())));
             }
             ClientRequest::Info { .. } => {}
         }
@@ -148,6 +164,17 @@ impl NodeHandle {
         self.send(ClientRequest::Info { reply }).await?;
         rx.await
             .map_err(|_| RequestError::Failed("the node stopped".into()))
+    }
+
+    /// An operator's request; a change is answered once applied (see [`crate::node::admin`]).
+    pub async fn admin(&self, req: AdminRequest) -> Result<AdminReply, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(ClientRequest::Admin { req, reply }).await?;
+        rx.await.unwrap_or_else(|_| {
+            Err(RequestError::Timeout(
+                "the node stopped before answering".into(),
+            ))
+        })
     }
 
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {

@@ -2,7 +2,8 @@
 //! redis-benchmark and Redis client libraries work unchanged.
 //!
 //! Commands: GET, SET, DEL, EXISTS, INCR, INCRBY, DECR, DECRBY, CAS, PING, ECHO, QUIT, INFO,
-//! LEADER (the leader's client address, or nil if unknown),
+//! LEADER (the leader's client address, or nil if unknown), the operator's `RAFT.MEMBER ...` and
+//! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]),
 //! plus enough of CONFIG, COMMAND, CLIENT and SELECT for tools to start. `CAS key expected new`
 //! sets `key` to `new` only if it holds `expected`; `CAS key new` only if it is absent; the reply
 //! is 1 if it swapped, 0 if not. `SEQ client-id seq <command...>` runs a write inside an
@@ -18,8 +19,10 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::node::admin::MemberRole;
 use crate::request::{NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
 use crate::resp::{Limits, Reply, Request, RequestParser};
+use crate::server_admin;
 use crate::transport::{Listener, Stream};
 
 /// Requests parsed from one read are executed concurrently and answered in order.
@@ -223,6 +226,12 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             },
             _ => arity_error(&name),
         },
+        "RAFT.MEMBER" => {
+            server_admin::execute(server_admin::parse_member_command(args), node).await
+        }
+        "RAFT.TRANSFER-LEADER" => {
+            server_admin::execute(server_admin::parse_transfer_command(args), node).await
+        }
         "INFO" => match node.info().await {
             Ok(info) => Reply::Bulk(Bytes::from(info_text(&info))),
             Err(e) => request_error(e),
@@ -422,8 +431,20 @@ pub fn info_text(info: &NodeInfo) -> String {
         raft_core::Role::PreCandidate => "precandidate",
         _ => "unknown",
     };
+    let ids = |set: &std::collections::BTreeSet<raft_core::NodeId>| {
+        set.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    };
+    let m = &info.membership;
+    let membership = format!(
+        "# Membership\r\nvoters:{}\r\noutgoing_voters:{}\r\nlearners:{}\r\njoint:{}\r\nmember_role:{}\r\n",
+        ids(&m.voters),
+        ids(&m.outgoing),
+        ids(&m.learners),
+        if m.is_joint() { "yes" } else { "no" },
+        MemberRole::of(m, info.id).as_str(),
+    );
     format!(
-        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\nincarnation:{:#x}\r\nrefused_incarnation_frames:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n",
+        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\nincarnation:{:#x}\r\nrefused_incarnation_frames:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n\r\n{membership}",
         env!("CARGO_PKG_VERSION"),
         info.id,
         info.cluster_id,

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::admin_waits::AdminWaits;
 use super::config::NodeConfig;
 use super::identity::PeerGate;
 use super::images::Images;
@@ -35,7 +36,9 @@ pub struct Group {
     pub(super) queues: StorageQueues,
     /// The address book and each peer's bounded outbound queue.
     pub(super) members: Members,
-    requests: Requests,
+    pub(super) requests: Requests,
+    /// Operator requests waiting for their entry, or for a new leader.
+    pub(super) admin: AdminWaits,
     pub(super) images: Images,
     pub(super) install: SnapshotInstall,
     pub(super) fetcher: Fetcher,
@@ -69,6 +72,7 @@ impl Group {
             queues,
             members,
             requests: Requests::default(),
+            admin: AdminWaits::default(),
             images,
             install: SnapshotInstall::new(),
             fetcher,
@@ -82,6 +86,12 @@ impl Group {
     pub fn tick(&mut self, now: Instant) {
         self.core.tick();
         self.requests.expire(now);
+        self.admin.expire(now);
+        if self.core.role() == raft_core::Role::Leader && self.requests.has_parked() {
+            // Parked by a leadership transfer that was abandoned, or is still going on (then
+            // they are parked again).
+            self.resubmit_parked();
+        }
     }
 
     pub fn step(&mut self, msg: Message) {
@@ -110,6 +120,7 @@ impl Group {
                 // Applying moves the compaction point into reach (images taken earlier).
                 self.maybe_compact();
                 self.requests.writes_applied(results);
+                self.admin.applied(self.applied_index);
             }
             StorageEvent::Failed(error) => {
                 tracing::error!(id = self.cfg.id, %error, "storage failed; stopping the node");
@@ -205,6 +216,7 @@ impl Group {
             ClientRequest::Info { reply } => {
                 let _ = reply.send(self.info());
             }
+            ClientRequest::Admin { req, reply } => self.on_admin(req, reply, deadline),
         }
     }
 
@@ -229,6 +241,7 @@ impl Group {
                     .client_addr(l)
                     .or_else(|| self.cfg.client_addrs.get(&l).cloned())
             }),
+            membership: self.core.membership().clone(),
         }
     }
 
@@ -276,10 +289,15 @@ impl Group {
             self.term_seen = soft.term;
             self.requests.leadership_changed();
         }
+        self.admin.role_changed(soft.role, soft.leader);
         if soft.leader.is_some() {
-            for parked in self.requests.take_parked() {
-                self.submit(parked.req, parked.deadline);
-            }
+            self.resubmit_parked();
+        }
+    }
+
+    fn resubmit_parked(&mut self) {
+        for parked in self.requests.take_parked() {
+            self.submit(parked.req, parked.deadline);
         }
     }
 
@@ -302,6 +320,7 @@ impl Group {
         if let Some(observer) = &self.cfg.observer {
             observer.committed(self.cfg.id, &committed);
         }
+        self.admin.committed(&committed);
         let _ = self.queues.apply.send(ApplyRequest::Entries(committed));
         self.handed_to_apply = last;
         self.release_reads_up_to(last);
@@ -327,6 +346,7 @@ impl Group {
     /// that they finish what is queued and exit.
     pub fn stop(self) {
         self.requests.shut_down();
+        self.admin.shut_down();
         if let Some((_, task)) = self.fetch_task {
             task.abort();
         }

@@ -15,7 +15,11 @@
 //! | [`membership`] | the address book, outbound peers following the configuration, removal |
 //! | [`snapshot_install`] | fetch, stage, offer, install or discard: a state machine without IO |
 //! | [`group_snapshots`] | the group carrying out the install state machine's actions |
+//! | [`admin`] | operator requests: list and change the members, move the leadership |
+//! | [`admin_waits`] | operator requests waiting for their entry to apply, or for a new leader |
 
+pub mod admin;
+mod admin_waits;
 pub mod config;
 mod group;
 mod group_snapshots;

@@ -78,12 +78,23 @@ pub struct Requests {
 impl Requests {
     /// Whether a request the core refused with `e` may succeed once an election ends, and
     /// there is room to park it.
+    /// A leader handing its leadership over refuses proposals for a moment: they wait for
+    /// the new leader, to whom they are then forwarded, rather than send the client round the
+    /// cluster.
     pub fn worth_parking(&self, e: &ProposeError) -> bool {
-        matches!(e, ProposeError::NotLeader { leader_hint: None }) && self.parked.len() < MAX_PARKED
+        matches!(
+            e,
+            ProposeError::NotLeader { leader_hint: None }
+                | ProposeError::TransferringLeadership { .. }
+        ) && self.parked.len() < MAX_PARKED
     }
 
     pub fn park(&mut self, req: ClientRequest, deadline: Instant) {
         self.parked.push(ParkedRequest { req, deadline });
+    }
+
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
     }
 
     /// The parked requests, to submit now that a leader is known.
