@@ -190,6 +190,44 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM (a graceful stop: a leader hands its leadership over first), then waits for
+    /// the process to exit, killing it if it does not within `bound`. True if it exited by
+    /// itself.
+    pub fn stop(&mut self, id: u64, bound: Duration) -> bool {
+        let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) else {
+            return true;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let start = Instant::now();
+        while sent && start.elapsed() < bound {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Runs `kvstore ARGS... --servers <every node>` (the command line a user types) and
+    /// returns its exit status, stdout and stderr.
+    pub fn kvstore(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(kvstore_bin())
+            .args(args)
+            .args(["--servers", &self.servers().join(",")])
+            .output()
+            .expect("running kvstore");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// `1=HOST:PORT,...` of every node's client port.
     pub fn client_addrs(&self) -> String {
         self.nodes
