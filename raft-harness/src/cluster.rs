@@ -120,6 +120,11 @@ pub struct Cluster {
     pub slow_replies: Option<SlowReplies>,
     /// The configuration the cluster was created with (in force until a conf-change entry).
     pub bootstrap: Membership,
+    /// Random steps under faults sometimes change the configuration or transfer leadership.
+    pub membership_changes: bool,
+    /// Configuration changes a leader accepted, and leadership transfers it started.
+    pub conf_changes_accepted: u64,
+    pub transfers_started: u64,
 }
 
 /// Replies (every response message) delayed past election timeouts: with probability `share`
@@ -193,6 +198,9 @@ impl Cluster {
             snapshots_installed: 0,
             slow_replies: None,
             bootstrap: Membership::with_voters(ids),
+            membership_changes: false,
+            conf_changes_accepted: 0,
+            transfers_started: 0,
         }
     }
 

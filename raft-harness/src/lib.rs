@@ -25,6 +25,7 @@ mod checks;
 mod cluster;
 pub mod invariants;
 mod membership;
+mod random_membership;
 mod random_run;
 mod slow_replies;
 

@@ -19,6 +19,11 @@ pub struct RunStats {
     pub compaction: Option<Compaction>,
     /// Appends carried one entry each (`max_msg_bytes = 1`).
     pub one_entry_per_append: bool,
+    /// The run changed the configuration and transferred leadership now and then.
+    pub membership_changes: bool,
+    /// Configuration changes accepted and leadership transfers started.
+    pub conf_changes: u64,
+    pub transfers: u64,
 }
 
 /// A failed run: the seed, what broke, and the events just before.
@@ -40,11 +45,12 @@ impl std::fmt::Display for Failure {
         )?;
         writeln!(
             f,
-            "  {} nodes, faults {:?}, compaction {:?}, one entry per append {}",
+            "  {} nodes, faults {:?}, compaction {:?}, one entry per append {}, membership changes {}",
             self.stats.nodes,
             self.stats.faults,
             self.stats.compaction,
-            self.stats.one_entry_per_append
+            self.stats.one_entry_per_append,
+            self.stats.membership_changes
         )?;
         writeln!(
             f,
@@ -78,6 +84,7 @@ struct RunSettings {
     small_windows: bool,
     compaction: Option<Compaction>,
     one_entry_per_append: bool,
+    membership_changes: bool,
 }
 
 impl RunSettings {
@@ -106,6 +113,8 @@ impl RunSettings {
         // earlier term's entry by counting replicas (Figure 8) is then reachable by random
         // schedules.
         let one_entry_per_append = small_windows && rng.gen_bool(0.5);
+        // A third of the runs change the configuration (and transfer leadership) under faults.
+        let membership_changes = rng.gen_bool(0.3);
         Self {
             nodes,
             faults,
@@ -114,6 +123,7 @@ impl RunSettings {
             small_windows,
             compaction,
             one_entry_per_append,
+            membership_changes,
         }
     }
 
@@ -141,11 +151,13 @@ pub fn random_run(seed: u64, configure: impl Fn(&mut Config)) -> Result<RunStats
     });
     cluster.faults = settings.faults;
     cluster.compaction = settings.compaction;
+    cluster.membership_changes = settings.membership_changes;
     let mut stats = RunStats {
         nodes: settings.nodes,
         faults: settings.faults,
         compaction: settings.compaction,
         one_entry_per_append: settings.one_entry_per_append,
+        membership_changes: settings.membership_changes,
         ..RunStats::default()
     };
     let outcome = run_under_faults(&mut cluster, &mut stats)
@@ -208,6 +220,8 @@ fn check_liveness(cluster: &mut Cluster, stats: &mut RunStats) -> Result<(), Vio
     stats.committed = cluster.check.committed_count();
     stats.reads_served = cluster.check.reads_served;
     stats.snapshots_installed = cluster.snapshots_installed;
+    stats.conf_changes = cluster.conf_changes_accepted;
+    stats.transfers = cluster.transfers_started;
     if !committed {
         return Err(Violation {
             rule: "liveness",
@@ -245,6 +259,9 @@ impl Cluster {
                 self.tick(id)?;
             }
             570..=829 => self.finish_some_io(faults)?,
+            830..=919 if faults && self.membership_changes && self.rng.gen_bool(0.05) => {
+                self.random_conf_change()?
+            }
             830..=919 if faults => {
                 let id = pick(&mut self.rng, &ids);
                 let payload = self.unique_payload();

@@ -27,6 +27,7 @@ fn seeds() -> Vec<u64> {
 fn random_fault_runs_keep_every_raft_invariant() {
     let seeds = seeds();
     let (mut steps, mut committed, mut reads, mut snapshots) = (0, 0, 0, 0);
+    let (mut conf_changes, mut transfers) = (0, 0);
     for &seed in &seeds {
         match random_run(seed, |_| {}) {
             Ok(stats) => {
@@ -34,12 +35,14 @@ fn random_fault_runs_keep_every_raft_invariant() {
                 committed += stats.committed;
                 reads += stats.reads_served;
                 snapshots += stats.snapshots_installed;
+                conf_changes += stats.conf_changes;
+                transfers += stats.transfers;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     println!(
-        "{} runs, {steps} steps, {committed} entries committed, {reads} reads served, {snapshots} snapshots installed",
+        "{} runs, {steps} steps, {committed} entries committed, {reads} reads served, {snapshots} snapshots installed, {conf_changes} configuration changes and {transfers} leadership transfers started",
         seeds.len()
     );
     assert!(
@@ -49,6 +52,7 @@ fn random_fault_runs_keep_every_raft_invariant() {
     assert!(reads > 0, "no read was ever served");
     if seeds.len() >= 100 {
         assert!(snapshots > 0, "no follower ever needed a snapshot");
+        assert!(conf_changes > 0, "no configuration ever changed");
     }
 }
 
@@ -133,4 +137,34 @@ fn teeth_reading_without_a_quorum_round_is_caught() {
         c.check_quorum = false;
         c.bugs.read_index_without_quorum = true
     });
+}
+
+/// Learners counted toward majorities: in the runs that change the configuration, a leader
+/// with learners commits on too few voters' disks.
+#[test]
+fn teeth_counting_learners_in_the_quorum_is_caught() {
+    first_catch(
+        500,
+        &[
+            "commit needs a durable majority",
+            "leader completeness",
+            "state machine safety",
+        ],
+        |c| c.bugs.learners_count_in_quorum = true,
+    );
+}
+
+/// Several voters changed in one step, without the joint configuration.
+#[test]
+fn teeth_changing_voters_without_joint_consensus_is_caught() {
+    first_catch(
+        500,
+        &[
+            "commit needs a durable majority",
+            "leader completeness",
+            "state machine safety",
+            "election safety",
+        ],
+        |c| c.bugs.conf_change_without_joint = true,
+    );
 }

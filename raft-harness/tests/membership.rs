@@ -397,3 +397,56 @@ fn a_truncated_conf_entry_reverts_the_configuration() -> Result<(), Violation> {
     );
     Ok(())
 }
+
+/// 1 leads {1,2,3}; cut off from 2 and 3 but not from the new nodes 4 and 5, it replaces 2 and
+/// 3 by 4 and 5 and proposes an entry, while 2 wins an election on the other side and commits
+/// its own. Safe only if 1's change needs the old majority too.
+fn replace_two_voters_while_partitioned(bugs: impl Fn(&mut Config)) -> Result<(), Violation> {
+    let mut c = Cluster::new(3, 41, |cfg| {
+        plain(cfg);
+        bugs(cfg);
+    });
+    elect(&mut c, 1)?;
+    c.add_node(4);
+    c.add_node(5);
+    c.partition(&[1, 4, 5]);
+    c.propose_conf_change(1, &[Remove(2), Remove(3), AddVoter(4), AddVoter(5)])?
+        .expect("accepted");
+    c.tick(1)?;
+    c.stabilize()?;
+    c.propose(1, Bytes::from_static(b"new side"))?;
+    c.tick(1)?;
+    c.stabilize()?;
+    elect(&mut c, 2)?;
+    c.propose(2, Bytes::from_static(b"old side"))?;
+    c.stabilize()?;
+    c.heal();
+    for _ in 0..5 {
+        c.tick_all(1)?;
+        c.stabilize()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_multi_voter_change_without_joint_consensus_is_caught() -> Result<(), Violation> {
+    replace_two_voters_while_partitioned(|_| {})?;
+    let err = replace_two_voters_while_partitioned(|cfg| cfg.bugs.conf_change_without_joint = true)
+        .expect_err("two majorities that do not overlap commit different entries");
+    assert!(
+        ["leader completeness", "state machine safety"].contains(&err.rule),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn leaving_the_joint_configuration_before_it_commits_is_caught() -> Result<(), Violation> {
+    let err = replace_two_voters_while_partitioned(|cfg| cfg.bugs.leave_joint_before_commit = true)
+        .expect_err("the new voters alone commit");
+    assert!(
+        ["leader completeness", "state machine safety"].contains(&err.rule),
+        "{err}"
+    );
+    Ok(())
+}
