@@ -61,7 +61,7 @@ impl Group {
 
     /// Opens receive job `job` on the apply worker and starts a task fetching into it.
     fn start_fetch(&mut self, job: u64, asked: raft_core::SnapshotToFetch) {
-        let Some(addr) = self.cfg.peers.get(&asked.from).cloned() else {
+        let Some(addr) = self.members.peer_addr(asked.from) else {
             self.install.handle_fetch_failed(job);
             return;
         };

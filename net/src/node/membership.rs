@@ -248,6 +248,14 @@ impl Members {
         self.outbound.get(&to).map(|o| &o.queue)
     }
 
+    /// Where member `id` listens for peers, if known.
+    pub fn peer_addr(&self, id: NodeId) -> Option<String> {
+        self.book
+            .get(&id)
+            .map(|(_, a)| a.peer_addr.clone())
+            .filter(|a| !a.is_empty())
+    }
+
     /// Where member `id` takes client requests, if known.
     pub fn client_addr(&self, id: NodeId) -> Option<String> {
         self.book
