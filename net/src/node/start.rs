@@ -155,7 +155,10 @@ async fn identify<N: Net>(
 ) -> Result<(identity::Opened, Option<MemberTable>), NodeError> {
     let mut opened = identity::open(cfg)?;
     let mut joined = None;
-    if opened.is_new && !cfg.join.is_empty() {
+    // A simulated disk keeps no identity file, so `open` never finds it new: there a joining
+    // node asks for as long as its disk holds nothing.
+    let empty = opened.is_new || cfg.storage.is_blank_simulated_disk();
+    if empty && !cfg.join.is_empty() {
         let answer = membership::ask_to_join(net, cfg).await?;
         tracing::info!(
             id = cfg.id,

@@ -202,6 +202,15 @@ impl SimulatedDisk {
 }
 
 impl StorageMode {
+    /// A simulated disk nothing was ever written to (a real disk's emptiness is told by its
+    /// identity file instead).
+    pub(crate) fn is_blank_simulated_disk(&self) -> bool {
+        match self {
+            StorageMode::Disk => false,
+            StorageMode::Simulated(disk) => disk.env.files().is_empty(),
+        }
+    }
+
     pub(crate) fn env(&self) -> StorageEnv {
         match self {
             StorageMode::Disk => StorageEnv::Disk,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use net::node::{SnapshotPolicy, UnsafeSwitches};
 use rand::Rng;
 
+use super::membership::MemberPlan;
 use crate::faults::{FaultAction, FaultKinds};
 use crate::rng;
 
@@ -38,6 +39,9 @@ pub struct RunConfig {
     /// trace is written under `target/sim-traces/expected-by-teeth-tests/`, apart from the
     /// traces of real failures (never drawn).
     pub expect_failure: bool,
+    /// An operator changing the cluster's members while the run goes (a test's scenario; never
+    /// drawn). Its spare nodes get hosts that wait to be added.
+    pub membership: Option<MemberPlan>,
 }
 
 impl RunConfig {
@@ -82,6 +86,7 @@ impl RunConfig {
             crash_after_first_snapshot: false,
             extra_faults: Vec::new(),
             expect_failure: false,
+            membership: None,
         }
     }
 }

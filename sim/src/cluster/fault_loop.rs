@@ -9,6 +9,7 @@ use std::time::Duration;
 use net::node::PauseSwitch;
 use net::storage::SimulatedDisk;
 
+use super::membership::SharedOperator;
 use super::node_name;
 use super::triggers::Triggers;
 use super::verdict::FailureKind;
@@ -16,7 +17,7 @@ use crate::faults::{FaultAction, Schedule};
 use crate::observe::Observer;
 
 /// What the fault schedule holds of each node, outside the node's (crashable) host.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(super) struct NodeControls {
     pub(super) disk: SimulatedDisk,
     pub(super) pause: PauseSwitch,
@@ -30,6 +31,7 @@ pub(super) fn run(
     nodes: &BTreeMap<u64, NodeControls>,
     triggers: &Triggers,
     observer: &Observer,
+    operator: Option<&SharedOperator>,
     trace: &mut Vec<String>,
 ) -> Result<(), FailureKind> {
     let mut actions = schedule.actions.iter().peekable();
@@ -46,6 +48,13 @@ pub(super) fn run(
         while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
             trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
             apply(sim, action, &names, nodes, &mut crashed.hosts);
+        }
+        // The operator's own fault actions, made as it asks for them.
+        let asked = operator.map(|o| std::mem::take(&mut o.borrow_mut().faults));
+        for action in asked.unwrap_or_default() {
+            let at = elapsed.as_secs_f64();
+            trace.push(format!("{at:>10.3}s {action:?} (by the operator)"));
+            apply(sim, &action, &names, nodes, &mut crashed.hosts);
         }
         if let Some(v) = observer.violations().into_iter().next() {
             return Err(FailureKind::Invariant(v));

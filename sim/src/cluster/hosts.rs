@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use net::node::{self, NodeConfig, PauseSwitch};
-use net::storage::{SimulatedDisk, StorageMode};
+use net::node::{self, NodeConfig, NodeError};
+use net::storage::StorageMode;
 use net::transport::{Net, TransportTimeouts};
 use rand::Rng;
 
 use super::config::RunConfig;
 use super::fault_loop::NodeControls;
+use super::membership::{self, SharedOperator};
 use super::triggers::Triggers;
 use super::{node_name, CLIENT_PORT, PEER_PORT};
 use crate::net::TurmoilNet;
@@ -25,12 +26,15 @@ pub(super) fn client_addresses(nodes: u64) -> Vec<String> {
         .collect()
 }
 
-/// Adds a host per node to `sim`; returns what the fault loop holds of each node.
+/// Adds a host per node to `sim` (the founding members, then the spare nodes of a membership
+/// plan, whose hosts wait until `operator` admits them); returns what the fault loop holds of
+/// each node.
 pub(super) fn start_nodes(
     sim: &mut turmoil::Sim<'_>,
     cfg: &RunConfig,
     observer: &Observer,
     triggers: &Triggers,
+    operator: Option<&SharedOperator>,
     rng: &mut SimRng,
 ) -> BTreeMap<u64, NodeControls> {
     let peers: BTreeMap<u64, String> = (1..=cfg.nodes)
@@ -40,42 +44,71 @@ pub(super) fn start_nodes(
         (1..=cfg.nodes).zip(client_addresses(cfg.nodes)).collect();
     let mut nodes = BTreeMap::new();
     for id in 1..=cfg.nodes {
-        let clock = NodeClock::draw(cfg, rng);
-        let controls = NodeControls {
-            disk: SimulatedDisk::default(),
-            pause: PauseSwitch::default(),
-        };
         let host = HostSetup {
             id,
             cfg: cfg.clone(),
             peers: peers.clone(),
             client_addrs: client_addrs.clone(),
-            controls: controls.clone(),
+            controls: NodeControls::default(),
             observer: observer.clone(),
-            clock,
+            clock: NodeClock::draw(cfg, rng),
+            joining: None,
         };
-        let fuse = triggers.add_node(id, &controls.disk);
-        let boots = Rc::new(Cell::new(0u64));
-        sim.host(node_name(id), move || {
-            host.controls.disk.env.power_on();
-            fuse.reset();
-            boots.set(boots.get() + 1);
-            let nc = host.node_config(boots.get());
-            let (fuse, offset) = (fuse.clone(), host.clock.offset);
-            async move {
-                tokio::time::sleep(offset).await;
-                match serve(nc).await {
-                    // The power was cut from inside the host (a snapshot-driven fault): the
-                    // node stops on its storage errors, and the fault loop crashes the host
-                    // at the end of this step. Until then it is as dead as it will be.
-                    Err(_) if fuse.blown() => std::future::pending().await,
-                    result => result,
-                }
-            }
-        });
-        nodes.insert(id, controls);
+        nodes.insert(id, add_host(sim, host, triggers));
+    }
+    let (Some(operator), Some(plan)) = (operator, &cfg.membership) else {
+        return nodes;
+    };
+    // The spares' clocks come from a generator of their own: the founding members' draws stay
+    // what they are without a plan.
+    let mut spare_rng = crate::rng::seeded(cfg.seed ^ 0x5BA4_E5E7_0A11_D0C5);
+    for id in cfg.nodes + 1..=cfg.nodes + plan.spares {
+        let host = HostSetup {
+            id,
+            cfg: cfg.clone(),
+            peers: peers.clone(),
+            client_addrs: client_addrs.clone(),
+            controls: NodeControls::default(),
+            observer: observer.clone(),
+            clock: NodeClock::draw(cfg, &mut spare_rng),
+            joining: Some(operator.clone()),
+        };
+        nodes.insert(id, add_host(sim, host, triggers));
     }
     nodes
+}
+
+/// Adds the host of one node: a founding member starts at once; a joining one once the operator
+/// has added it, and then as `kvstore serve --join` on an empty disk.
+fn add_host(sim: &mut turmoil::Sim<'_>, host: HostSetup, triggers: &Triggers) -> NodeControls {
+    let id = host.id;
+    let controls = host.controls.clone();
+    let fuse = triggers.add_node(id, &controls.disk);
+    let boots = Rc::new(Cell::new(0u64));
+    sim.host(node_name(id), move || {
+        host.controls.disk.env.power_on();
+        fuse.reset();
+        boots.set(boots.get() + 1);
+        let nc = host.node_config(boots.get());
+        let (fuse, offset) = (fuse.clone(), host.clock.offset);
+        let joining = host.joining.clone();
+        async move {
+            if let Some(operator) = joining {
+                while !operator.borrow().admitted.contains(&id) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(offset).await;
+            match serve(nc).await {
+                // The power was cut from inside the host (a snapshot-driven fault): the
+                // node stops on its storage errors, and the fault loop crashes the host
+                // at the end of this step. Until then it is as dead as it will be.
+                Err(_) if fuse.blown() => std::future::pending().await,
+                result => result,
+            }
+        }
+    });
+    controls
 }
 
 /// A node's clock: its tick length (skewed by 0.8x to 1.25x with the clock-skew fault) and the
@@ -112,6 +145,8 @@ struct HostSetup {
     controls: NodeControls,
     observer: Observer,
     clock: NodeClock,
+    /// For a node that is not a founding member: the operator that admits it.
+    joining: Option<SharedOperator>,
 }
 
 impl HostSetup {
@@ -135,11 +170,20 @@ impl HostSetup {
         nc.observer = Some(std::sync::Arc::new(self.observer.clone()));
         nc.unsafe_switches = self.cfg.switches;
         nc.snapshots = self.cfg.snapshots;
+        if self.joining.is_some() {
+            // As `kvstore serve --join`: its own addresses only, the founders' peer ports to
+            // ask; the cluster id (founders') and everything else it learns from the cluster.
+            let (peer, client) = membership::addresses(id);
+            nc.join = self.peers.values().cloned().collect();
+            nc.peers = [(id, peer)].into();
+            nc.client_addrs = [(id, client)].into();
+        }
         nc
     }
 }
 
-/// One node's software, as a host runs it after each (re)start.
+/// One node's software, as a host runs it after each (re)start. A joining node whose cluster
+/// does not list it yet (or that no member answered) asks again, as an operator would restart it.
 async fn serve(cfg: NodeConfig) -> turmoil::Result {
     let id = cfg.id;
     let clients = TurmoilNet
@@ -149,9 +193,16 @@ async fn serve(cfg: NodeConfig) -> turmoil::Result {
     // node would read its drop as a shutdown.
     let (_keep_running, shutdown) = tokio::sync::watch::channel(false);
     let seed = cfg.seed;
-    let (handle, run) = node::start(cfg, TurmoilNet, shutdown.clone())
-        .await
-        .map_err(|e| format!("node {id}: {e}"))?;
+    let (handle, run) = loop {
+        match node::start(cfg.clone(), TurmoilNet, shutdown.clone()).await {
+            Ok(started) => break started,
+            Err(NodeError::Join(why)) => {
+                let _ = why;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("node {id}: {e}").into()),
+        }
+    };
     tokio::spawn(net::server::run_client_server(
         clients, handle, shutdown, seed,
     ));

@@ -7,6 +7,7 @@
 //! * `hosts.rs`: each node's configuration and software, as turmoil (re)starts its host;
 //! * `clients.rs`: the workload clients and the liveness probe;
 //! * `fault_loop.rs`: stepping the simulation and making the fault actions between steps;
+//! * `membership.rs`: spare nodes that join once added, and the operator changing the members;
 //! * `triggers.rs`: the power cuts that snapshot events set off;
 //! * `verdict.rs`: judging the end of a run ([`RunReport`], [`Failure`]) and the trace file.
 
@@ -25,10 +26,12 @@ mod clients;
 mod config;
 mod fault_loop;
 mod hosts;
+mod membership;
 mod triggers;
 mod verdict;
 
 pub use config::{describe_snapshots, snapshots_off, RunConfig};
+pub use membership::{MemberOp, MemberPlan, OperatorReport};
 pub use verdict::{Failure, FailureKind, InstallCrashes, RunReport};
 
 const PEER_PORT: u16 = 7100;
@@ -56,8 +59,21 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
     let mut sim = new_sim(cfg, &schedule, &mut rng);
     let triggers = triggers::Triggers::new(cfg);
     let observer = Observer::with_hook(triggers.hook());
-    let nodes = hosts::start_nodes(&mut sim, cfg, &observer, &triggers, &mut rng);
-    let servers = hosts::client_addresses(cfg.nodes);
+    let deadline = (schedule.heal_at + cfg.liveness_bound).as_nanos() as u64;
+    let spares = cfg.membership.as_ref().map_or(0, |p| p.spares);
+    let servers = hosts::client_addresses(cfg.nodes + spares);
+    let operator = cfg
+        .membership
+        .as_ref()
+        .map(|_| membership::SharedOperator::default());
+    let nodes = hosts::start_nodes(
+        &mut sim,
+        cfg,
+        &observer,
+        &triggers,
+        operator.as_ref(),
+        &mut rng,
+    );
     let history: clients::SharedHistory = Rc::new(RefCell::new(History::new()));
     clients::start_workload(&mut sim, cfg, &servers, &history, &observer, &mut rng);
     let liveness = clients::start_probe(
@@ -68,10 +84,23 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
         &history,
         &mut rng,
     );
-    fault_loop::run(&mut sim, &schedule, &nodes, &triggers, &observer, trace)?;
+    if let (Some(plan), Some(state)) = (&cfg.membership, &operator) {
+        membership::start_operator(&mut sim, plan, state, &servers, deadline, cfg.seed);
+    }
+    fault_loop::run(
+        &mut sim,
+        &schedule,
+        &nodes,
+        &triggers,
+        &observer,
+        operator.as_ref(),
+        trace,
+    )?;
     let liveness = liveness.borrow().clone();
     let history = history.borrow().clone();
-    verdict::judge(
+    let operator = operator.map(|o| o.borrow().report.clone());
+    let liveness = liveness.and_then(|()| verdict::operator_done(operator.as_ref()));
+    let mut report = verdict::judge(
         cfg,
         sim.elapsed(),
         liveness,
@@ -79,7 +108,9 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
         &observer,
         &triggers,
         trace,
-    )
+    )?;
+    report.operator = operator;
+    Ok(report)
 }
 
 /// The seed's fault schedule, with a test's extra actions merged in.

@@ -9,6 +9,7 @@ use net::node::SnapshotPolicy;
 use raft_core::{NodeId, SnapshotMeta};
 
 use super::config::{describe_snapshots, RunConfig};
+use super::membership::OperatorReport;
 use super::triggers::Triggers;
 use crate::faults::FaultKinds;
 use crate::history::{History, Outcome};
@@ -59,6 +60,8 @@ pub struct RunReport {
     pub install_crashes: InstallCrashes,
     /// Power cuts right after a node's first snapshot (`crash_after_first_snapshot`).
     pub first_snapshot_crashes: u64,
+    /// What the operator of a membership plan did (none without a plan).
+    pub operator: Option<OperatorReport>,
 }
 
 /// Why a run failed.
@@ -138,6 +141,22 @@ impl Failure {
 
 /// What a run's end tells: the liveness probe must have succeeded and every key's history must
 /// be linearizable. The history joins the trace (after the fault actions) for a failure's file.
+/// The operator's plan must have been carried out (judged with liveness: it failed to make
+/// progress, or the cluster did not serve when the plan said it must).
+pub(super) fn operator_done(operator: Option<&OperatorReport>) -> Result<(), String> {
+    match operator {
+        Some(OperatorReport {
+            error: Some(e),
+            done,
+            ..
+        }) => Err(format!(
+            "the membership plan was not carried out: {e}\ndone before:\n{}",
+            done.join("\n")
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn judge(
     cfg: &RunConfig,
     simulated: Duration,
@@ -180,6 +199,7 @@ pub(super) fn judge(
         snapshots_installed: observer.snapshots_installed(),
         install_crashes: triggers.install_crashes(),
         first_snapshot_crashes: triggers.first_snapshot_crashes(),
+        operator: None,
     })
 }
 

@@ -1,0 +1,252 @@
+//! Membership changes in a run: spare hosts for nodes that are not members yet, and the operator
+//! that changes the configuration while the workload and the faults go on.
+//!
+//! A spare node's host exists from the start (so that its name resolves) but runs nothing until
+//! the operator has added it as a learner; then it starts on its empty simulated disk as a node
+//! joining the cluster (`NodeConfig::join`, as `kvstore serve --join`), learning the
+//! configuration from the cluster. The operator is a client that sends each change of its plan
+//! to the leader (`RAFT.MEMBER ...`, `RAFT.TRANSFER-LEADER`, which the node hands to
+//! `NodeHandle::admin`), retrying until it is done, and between changes may ask the fault loop
+//! for a fault action or check that the cluster serves.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use net::client::{ClientConfig, ClientError, KvClient};
+use net::node::admin::MemberList;
+use raft_core::NodeId;
+use rand::Rng;
+
+use super::{node_name, now, CLIENT_PORT, PEER_PORT};
+use crate::faults::FaultAction;
+use crate::net::TurmoilNet;
+
+/// One step of the operator's plan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MemberOp {
+    /// Adds the node as a learner, then starts its host (on its empty disk, joining).
+    AddLearner(NodeId),
+    /// Waits until the leader lists the member with some of its log and at most
+    /// [`CAUGHT_UP_LAG`] entries behind, as an operator reads `member list` before promoting.
+    AwaitCaughtUp(NodeId),
+    /// Makes a learner a voter (retried while it is not ready).
+    Promote(NodeId),
+    /// Removes a voter or a learner.
+    Remove(NodeId),
+    /// Makes the node the leader.
+    TransferLeader(NodeId),
+    /// Asks the fault loop for this action now (after the steps before it are done).
+    Fault(FaultAction),
+    /// A write and then a read must succeed within this long.
+    ExpectServing(Duration),
+    /// Waits this long.
+    Wait(Duration),
+}
+
+/// How far behind the leader's log a member may be for [`MemberOp::AwaitCaughtUp`].
+pub const CAUGHT_UP_LAG: u64 = 100;
+
+/// The operator's plan: its steps, in order, from `start` on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberPlan {
+    pub start: Duration,
+    /// Nodes beyond the founding ones (numbered from `nodes + 1`) with a host waiting to join.
+    pub spares: u64,
+    pub steps: Vec<MemberOp>,
+}
+
+/// What the operator did, as the run's report shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperatorReport {
+    /// Each step done, with the simulated time it was done at.
+    pub done: Vec<String>,
+    /// Why the plan could not be carried out, if it could not.
+    pub error: Option<String>,
+    /// The members as the cluster listed them once the plan was done.
+    pub final_members: Option<MemberList>,
+}
+
+/// Shared by the operator, the spare hosts and the fault loop.
+#[derive(Default)]
+pub(super) struct OperatorState {
+    /// Spare nodes added as learners: their hosts may start.
+    pub(super) admitted: BTreeSet<NodeId>,
+    /// Fault actions asked for and not yet made.
+    pub(super) faults: Vec<FaultAction>,
+    pub(super) report: OperatorReport,
+}
+
+pub(super) type SharedOperator = Rc<RefCell<OperatorState>>;
+
+/// The peer and client addresses of node `id`.
+pub(super) fn addresses(id: NodeId) -> (String, String) {
+    (
+        format!("{}:{PEER_PORT}", node_name(id)),
+        format!("{}:{CLIENT_PORT}", node_name(id)),
+    )
+}
+
+/// Adds the operator to `sim`; it must be done by `deadline` (simulated ns). Its draws come from
+/// a generator of its own.
+pub(super) fn start_operator(
+    sim: &mut turmoil::Sim<'_>,
+    plan: &MemberPlan,
+    state: &SharedOperator,
+    servers: &[String],
+    deadline: u64,
+    seed: u64,
+) {
+    let mut rng = crate::rng::seeded(seed ^ 0x0FE2_A702_3E3B_E25D);
+    let config = ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(3),
+        max_attempts: 5,
+        backoff: Duration::from_millis(100),
+        follow_leader: true,
+    };
+    let client = KvClient::over(TurmoilNet, servers.to_vec(), config, rng.gen::<u64>() | 1);
+    let operator = Operator {
+        client,
+        state: state.clone(),
+        deadline,
+    };
+    let plan = plan.clone();
+    sim.client("operator", async move {
+        tokio::time::sleep(plan.start).await;
+        operator.run(&plan.steps).await;
+        Ok(())
+    });
+}
+
+struct Operator {
+    client: KvClient<TurmoilNet>,
+    state: SharedOperator,
+    deadline: u64,
+}
+
+impl Operator {
+    async fn run(mut self, steps: &[MemberOp]) {
+        for step in steps {
+            if let Err(e) = self.carry_out(step).await {
+                self.state.borrow_mut().report.error =
+                    Some(format!("{step:?} at {:.3}s: {e}", now() as f64 / 1e9));
+                return;
+            }
+            let line = format!("{:>10.3}s {step:?}", now() as f64 / 1e9);
+            self.state.borrow_mut().report.done.push(line);
+        }
+        match self.retry(Request::List).await {
+            Ok(list) => self.state.borrow_mut().report.final_members = list,
+            Err(e) => {
+                self.state.borrow_mut().report.error = Some(format!("listing the members: {e}"))
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, step: &MemberOp) -> Result<(), String> {
+        match step {
+            MemberOp::AddLearner(id) => {
+                self.retry(Request::AddLearner(*id)).await?;
+                self.state.borrow_mut().admitted.insert(*id);
+                Ok(())
+            }
+            MemberOp::AwaitCaughtUp(id) => loop {
+                let list = self
+                    .retry(Request::List)
+                    .await?
+                    .unwrap_or_else(|| MemberList {
+                        answered_by: 0,
+                        leader: None,
+                        joint: false,
+                        members: Vec::new(),
+                    });
+                let member = list.members.iter().find(|m| m.id == *id);
+                if let Some(m) = member {
+                    let (matched, lag) = (m.match_index.unwrap_or(0), m.lag.unwrap_or(u64::MAX));
+                    if matched > 0 && lag <= CAUGHT_UP_LAG {
+                        return Ok(());
+                    }
+                }
+                if now() >= self.deadline {
+                    return Err(format!("node {id} never caught up: {list:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+            MemberOp::Promote(id) => self.retry(Request::Promote(*id)).await.map(drop),
+            MemberOp::Remove(id) => self.retry(Request::Remove(*id)).await.map(drop),
+            MemberOp::TransferLeader(to) => {
+                self.retry(Request::TransferLeader(*to)).await.map(drop)
+            }
+            MemberOp::Fault(action) => {
+                self.state.borrow_mut().faults.push(action.clone());
+                Ok(())
+            }
+            MemberOp::ExpectServing(within) => {
+                let client = &mut self.client;
+                let write_and_read = async {
+                    loop {
+                        if client.set(b"operator", b"1").await.is_ok()
+                            && matches!(client.get(b"operator").await, Ok(Some(_)))
+                        {
+                            return;
+                        }
+                    }
+                };
+                tokio::time::timeout(*within, write_and_read)
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "no write and read succeeded within {:.1}s",
+                            within.as_secs_f64()
+                        )
+                    })
+            }
+            MemberOp::Wait(d) => {
+                tokio::time::sleep(*d).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `request` until it succeeds, pausing between tries (a change in progress, a
+    /// learner not ready, no leader), until the operator's deadline.
+    async fn retry(&mut self, request: Request) -> Result<Option<MemberList>, String> {
+        loop {
+            match request.send(&mut self.client).await {
+                Ok(v) => return Ok(v),
+                Err(e) if now() >= self.deadline => {
+                    return Err(format!("still refused at the deadline: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// An operator request, as sent to the cluster.
+#[derive(Clone, Copy)]
+enum Request {
+    AddLearner(NodeId),
+    Promote(NodeId),
+    Remove(NodeId),
+    TransferLeader(NodeId),
+    List,
+}
+
+impl Request {
+    async fn send(self, c: &mut KvClient<TurmoilNet>) -> Result<Option<MemberList>, ClientError> {
+        match self {
+            Request::AddLearner(id) => {
+                let (peer, client) = addresses(id);
+                c.member_add(id, &peer, &client).await?;
+            }
+            Request::Promote(id) => c.member_promote(id).await?,
+            Request::Remove(id) => c.member_remove(id).await?,
+            Request::TransferLeader(to) => c.transfer_leader(to).await?,
+            Request::List => return c.member_list().await.map(Some),
+        }
+        Ok(None)
+    }
+}
