@@ -158,3 +158,30 @@ fn local_reads_on_a_partitioned_old_leader_are_caught() {
     let failure = run(&cfg).expect_err("stale local reads went unnoticed");
     assert_eq!(failure.kind.rule(), "linearizability", "{failure}");
 }
+
+fn shrink_removing_the_leader(seed: u64) -> RunConfig {
+    let kinds = FaultKinds {
+        partitions: true,
+        crashes: true,
+        latency: true,
+        clock_skew: true,
+        ..FaultKinds::none()
+    };
+    let steps = vec![
+        MemberOp::TransferLeader(5),
+        MemberOp::Remove(5),
+        MemberOp::Remove(4),
+        MemberOp::ExpectServing(Duration::from_secs(15)),
+    ];
+    let mut cfg = scenario(seed, kinds, 0, steps);
+    cfg.nodes = 5;
+    cfg
+}
+
+#[test]
+fn shrink_from_five_to_three_removing_the_leader() {
+    let report = pass(&shrink_removing_the_leader(3));
+    let members = final_members(&report);
+    assert_eq!(with_role(&members, MemberRole::Voter), vec![1, 2, 3]);
+    assert!(!members.joint, "{members:?}");
+}

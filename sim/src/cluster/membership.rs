@@ -98,20 +98,15 @@ pub(super) fn start_operator(
     deadline: u64,
     seed: u64,
 ) {
-    let mut rng = crate::rng::seeded(seed ^ 0x0FE2_A702_3E3B_E25D);
-    let config = ClientConfig {
-        connect_timeout: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(3),
-        max_attempts: 5,
-        backoff: Duration::from_millis(100),
-        follow_leader: true,
-    };
-    let client = KvClient::over(TurmoilNet, servers.to_vec(), config, rng.gen::<u64>() | 1);
-    let operator = Operator {
-        client,
+    let mut operator = Operator {
+        client: KvClient::over(TurmoilNet, Vec::new(), operator_config(), 1),
+        servers: servers.to_vec(),
+        rng: crate::rng::seeded(seed ^ 0x0FE2_A702_3E3B_E25D),
+        next_server: 0,
         state: state.clone(),
         deadline,
     };
+    operator.move_on();
     let plan = plan.clone();
     sim.client("operator", async move {
         tokio::time::sleep(plan.start).await;
@@ -120,13 +115,37 @@ pub(super) fn start_operator(
     });
 }
 
+fn operator_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(3),
+        max_attempts: 5,
+        backoff: Duration::from_millis(100),
+        follow_leader: true,
+    }
+}
+
 struct Operator {
     client: KvClient<TurmoilNet>,
+    servers: Vec<String>,
+    rng: crate::rng::SimRng,
+    /// Where the next client starts.
+    next_server: usize,
     state: SharedOperator,
     deadline: u64,
 }
 
 impl Operator {
+    /// A new client (a new session, so that no write is taken for an earlier one), starting at
+    /// the next server: a node that refuses the operator outright (one removed from the cluster
+    /// answers every request with an error) is not asked again and again.
+    fn move_on(&mut self) {
+        let id = self.rng.gen::<u64>() | 1;
+        self.client = KvClient::over(TurmoilNet, self.servers.clone(), operator_config(), id)
+            .starting_at(self.next_server);
+        self.next_server = (self.next_server + 1) % self.servers.len().max(1);
+    }
+
     async fn run(mut self, steps: &[MemberOp]) {
         for step in steps {
             if let Err(e) = self.carry_out(step).await {
@@ -219,7 +238,12 @@ impl Operator {
                 Err(e) if now() >= self.deadline => {
                     return Err(format!("still refused at the deadline: {e}"))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => {
+                    if matches!(e, ClientError::Server(_)) {
+                        self.move_on();
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
             }
         }
     }
