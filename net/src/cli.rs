@@ -398,7 +398,8 @@ fn member_peers(
             let has_data = data_dir.join(kv::identity::IDENTITY_FILE).exists();
             if join.is_empty() && !has_data {
                 return Err(ConfigError::Invalid(format!(
-                    "{} holds no data: give --peers to bootstrap a new cluster, or --join to                      start a node added to a running one",
+                    "{} holds no data: give --peers to bootstrap a new cluster, or --join to \
+                     start a node added to a running one",
                     data_dir.display()
                 )));
             }

@@ -21,7 +21,8 @@ impl RawNode {
     /// Proposes a change of the configuration (several changes at once are one change). Any
     /// change of the voters goes through joint consensus: the entry appended holds the joint
     /// configuration, and once it commits the leader appends the final one by itself. Adding
-    /// or removing learners alone is one step. `context` travels in the entry for the driver
+    /// or removing learners alone is one step. No change at all appends the configuration in
+    /// force again, for its `context` alone (a member's new address, say). `context` travels in the entry for the driver
     /// (the core never reads it). Returns the index of the appended entry; the change is in
     /// force on this node at once and has taken effect when that entry commits.
     ///
@@ -155,11 +156,9 @@ impl RawNode {
     }
 }
 
-/// `current` with `changes` made, or why they cannot be.
+/// `current` with `changes` made, or why they cannot be. No change at all re-states the
+/// configuration: the entry then only carries a new `context` (a member's new address).
 fn changed(current: &Membership, changes: &[MemberChange]) -> Result<Membership, String> {
-    if changes.is_empty() {
-        return Err("no change asked for".into());
-    }
     let mut touched = BTreeSet::new();
     let mut next = current.clone();
     for &change in changes {
@@ -228,8 +227,8 @@ mod tests {
             Ok(m(&[1, 2, 6], &[4]))
         );
         assert_eq!(changed(&now, &[Remove(4)]), Ok(m(&[1, 2, 3], &[])));
+        assert_eq!(changed(&now, &[]), Ok(now.clone()));
         for bad in [
-            vec![],
             vec![AddVoter(1)],
             vec![AddLearner(2)],
             vec![AddLearner(4)],

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use raft_core::{Config, MemberChange, Membership, Message, ProposeError, Role};
+use raft_core::{
+    ConfChangeEntry, Config, EntryKind, MemberChange, Membership, Message, ProposeError, Role,
+};
 use raft_harness::{Cluster, Violation};
 
 use MemberChange::{AddLearner, AddVoter, Remove};
@@ -281,6 +283,31 @@ fn one_change_at_a_time() -> Result<(), Violation> {
         c.propose_conf_change(2, &[Remove(5)])?,
         Err(ProposeError::NotLeader { .. })
     ));
+    Ok(())
+}
+
+#[test]
+fn an_empty_change_restates_the_configuration_for_its_context() -> Result<(), Violation> {
+    let mut c = Cluster::new(3, 38, plain);
+    elect(&mut c, 1)?;
+    let before = c.core(1).membership().clone();
+    let index = c.propose_conf_change(1, &[])?.expect("accepted");
+    assert_eq!(
+        c.propose_conf_change(1, &[])?,
+        Err(ProposeError::ConfChangeInProgress),
+        "it is a change like any other: one at a time"
+    );
+    c.stabilize()?;
+    for id in 1..=3 {
+        let core = c.core(id);
+        assert!(core.commit_index() >= index, "n{id} committed it");
+        let entry = core.entry(index).expect("in the log");
+        assert_eq!(entry.kind, EntryKind::ConfChange);
+        let restated = ConfChangeEntry::decode(&entry.payload).expect("decodes");
+        assert_eq!(restated.membership, before, "n{id}: the same configuration");
+        assert_eq!(&restated.context[..], b"ctx", "n{id}: with the context");
+        assert_eq!(core.membership(), &before);
+    }
     Ok(())
 }
 

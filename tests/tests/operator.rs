@@ -57,6 +57,30 @@ async fn transfer_leader_list_and_remove_a_member() {
     let (ok, _, err) = cluster.kvstore(&["member", "add", "4", "--peer-addr", "nohost"]);
     assert!(!ok && err.contains("--client-addr"), "{err}");
 
+    // A learner that never started is not ready, however short the log: promoting it would add
+    // a voter that cannot vote.
+    let absent = ["member", "add", "4", "--peer-addr", "127.0.0.1:1"];
+    let (ok, out, err) =
+        cluster.kvstore(&[&absent[..], &["--client-addr", "127.0.0.1:2"]].concat());
+    assert!(ok, "member add failed:\n{out}\n{err}");
+    let (ok, _, err) = cluster.kvstore(&["member", "promote", "4"]);
+    assert!(!ok && err.contains("learner not ready"), "{err}");
+    let (ok, out, err) = cluster.kvstore(&["member", "remove", "4"]);
+    assert!(ok, "removing the learner failed:\n{out}\n{err}");
+
+    // Re-stating a member's addresses is a configuration entry with no change in it.
+    let node = &cluster.nodes[&target];
+    let (ok, out, err) = cluster.kvstore(&[
+        "member",
+        "update",
+        &target.to_string(),
+        "--peer-addr",
+        &node.peer_addr,
+        "--client-addr",
+        &node.client_addr,
+    ]);
+    assert!(ok, "member update failed:\n{out}\n{err}");
+
     // Remove a follower: the other two go on serving.
     let removed = (1..=3).find(|&i| i != target).expect("a follower");
     let (ok, out, err) = cluster.kvstore(&["member", "remove", &removed.to_string()]);

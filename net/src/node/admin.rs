@@ -188,6 +188,14 @@ impl Group {
             Ok(Next::Answer(answer)) => {
                 let _ = reply.send(Ok(answer));
             }
+            // An entry already handed out committed never passes `committed` again: the
+            // answer to a request for what already is waits only for the apply, or not at all.
+            Ok(Next::WaitForEntry { index, .. }) if index <= self.applied_index => {
+                let _ = reply.send(Ok(AdminReply::Changed { index }));
+            }
+            Ok(Next::WaitForEntry { index, .. }) if index <= self.handed_to_apply => {
+                self.admin.track_apply(index, reply, deadline);
+            }
             Ok(Next::WaitForEntry { index, term }) => {
                 self.admin.track_change(index, term, reply, deadline);
             }
@@ -291,6 +299,15 @@ impl Group {
             // Not the leader: the proposal is refused with the usual redirection.
             return Ok(());
         };
+        // A learner never heard from (not started yet, or down) is not ready however short
+        // the log is: promoting it would add a voter that cannot vote.
+        if !progress.recently_active || progress.match_index == 0 {
+            return Err(failed(format!(
+                "learner not ready: node {id} has not been heard from recently (is it running? \
+                 start it with `kvstore serve --id {id} ... --join ...`); retry once it has \
+                 caught up"
+            )));
+        }
         let last = self.core.last_index();
         let lag = last.saturating_sub(progress.match_index);
         if lag > LEARNER_READY_LAG {

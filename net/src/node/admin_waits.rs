@@ -69,6 +69,16 @@ impl AdminWaits {
         });
     }
 
+    /// A change whose entry at `index` was already handed out committed: only its apply is
+    /// awaited.
+    pub fn track_apply(&mut self, index: Index, reply: AdminAnswer, deadline: Instant) {
+        self.changes.push(ChangeWaiter {
+            awaiting: Awaiting::Apply { index },
+            reply,
+            deadline,
+        });
+    }
+
     pub fn track_transfer(&mut self, goal: TransferGoal, reply: AdminAnswer, deadline: Instant) {
         self.transfers.push(TransferWaiter {
             goal,

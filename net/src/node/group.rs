@@ -47,7 +47,7 @@ pub struct Group {
     /// Committed entries up to here are queued to the apply worker.
     pub(super) handed_to_apply: Index,
     /// The apply worker applied entries up to here.
-    applied_index: Index,
+    pub(super) applied_index: Index,
     term_seen: Term,
     /// Admits peers by their pinned incarnation (start sets it; the membership layer forgets a
     /// removed member's pin through it).
