@@ -206,15 +206,8 @@ impl<N: Net> KvClient<N> {
         peer_addr: &str,
         client_addr: &str,
     ) -> Result<(), ClientError> {
-        let id = id.to_string();
-        let args: [&[u8]; 5] = [
-            b"RAFT.MEMBER",
-            b"ADD",
-            id.as_bytes(),
-            peer_addr.as_bytes(),
-            client_addr.as_bytes(),
-        ];
-        self.admin(&args).await
+        self.member_with_addrs(b"ADD", id, peer_addr, client_addr)
+            .await
     }
 
     /// Makes learner `id` a voter; refused ("learner not ready") while it lags behind.
@@ -238,10 +231,22 @@ impl<N: Net> KvClient<N> {
         peer_addr: &str,
         client_addr: &str,
     ) -> Result<(), ClientError> {
+        self.member_with_addrs(b"UPDATE", id, peer_addr, client_addr)
+            .await
+    }
+
+    /// `RAFT.MEMBER verb id peer_addr client_addr`, the shape of ADD and UPDATE.
+    async fn member_with_addrs(
+        &mut self,
+        verb: &[u8],
+        id: NodeId,
+        peer_addr: &str,
+        client_addr: &str,
+    ) -> Result<(), ClientError> {
         let id = id.to_string();
         let args: [&[u8]; 5] = [
             b"RAFT.MEMBER",
-            b"UPDATE",
+            verb,
             id.as_bytes(),
             peer_addr.as_bytes(),
             client_addr.as_bytes(),
