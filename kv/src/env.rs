@@ -288,6 +288,17 @@ impl PowerCutEnv {
         st.locks.clear();
     }
 
+    /// Replaces the disk with a blank one, as an operator does after a drive dies: every file and
+    /// directory is gone, synced or not. Meant for a machine whose power is off (its process
+    /// dead); it stays off until [`PowerCutEnv::power_on`].
+    pub fn wipe(&self) {
+        let mut st = self.state();
+        st.powered_off = true;
+        st.files.clear();
+        st.dirs.clear();
+        st.locks.clear();
+    }
+
     /// Number of file syncs so far.
     pub fn syncs(&self) -> u64 {
         self.state().syncs
@@ -590,6 +601,26 @@ mod tests {
         env.cut_power();
         env.power_on();
         assert_eq!(read_all(&env, p), b"synced!");
+    }
+
+    #[test]
+    fn a_wiped_disk_is_blank_and_stays_off_until_powered_on() {
+        let env = PowerCutEnv::new();
+        env.mkdir(Path::new("/d")).unwrap();
+        let mut w = env.open_writable_file(Path::new("/d/f")).unwrap();
+        w.write_all(b"synced").unwrap();
+        w.flush().unwrap();
+        env.wipe();
+        assert!(w.write_all(b"x").is_err(), "the old process writes nothing");
+        drop(w);
+        assert!(env.files().is_empty());
+        assert!(!env.exists(Path::new("/d")).unwrap());
+        env.power_on();
+        assert!(
+            env.files().is_empty(),
+            "a handle closed after the wipe left nothing"
+        );
+        env.open_writable_file(Path::new("/d/g")).unwrap();
     }
 
     #[test]

@@ -113,6 +113,14 @@ pub enum FaultAction {
     Crash(Vec<u64>),
     /// Start crashed nodes again.
     Restart(Vec<u64>),
+    /// The node's disk is lost: a power cut, then every file gone. The node stays down (heals
+    /// and restarts leave it) until [`FaultAction::Reinstall`]. Never drawn: a test's scenario
+    /// or an operator's plan asks for it.
+    LoseDisk(Vec<u64>),
+    /// Starts nodes whose disk was lost again, on their blank disks, under their old ids, as an
+    /// operator who reinstalls a machine and starts it as before: each is a new incarnation of
+    /// its id, which its peers must refuse.
+    Reinstall(Vec<u64>),
     /// Freeze the node (no ticks, nothing handled) and hold its links; messages wait.
     Pause(u64),
     /// Release the held links.

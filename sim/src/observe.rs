@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use net::node::NodeObserver;
-use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
+use raft_core::{ConfChangeEntry, Entry, EntryKind, NodeId, Role, SnapshotMeta, Term};
 use raft_harness::InvariantChecker;
 
 /// A broken invariant, with what showed it.
@@ -30,6 +30,25 @@ struct State {
     taken: BTreeMap<NodeId, Vec<(u64, SnapshotMeta)>>,
     /// Snapshot installs begun, by node: (simulated time in ns, snapshot).
     installed: BTreeMap<NodeId, Vec<(u64, SnapshotMeta)>>,
+    /// Every election won: (simulated time in ns, node, term).
+    leaders: Vec<(u64, NodeId, Term)>,
+    /// The last configuration entry any node applied: its index, and whether it is joint
+    /// (then the cluster is between `C_old,new` and `C_new`).
+    last_conf: Option<(u64, bool)>,
+    /// Crashes that came while a joint configuration was committed and not yet left.
+    crashes_mid_joint: Vec<CrashMidJoint>,
+}
+
+/// A node that crashed (or lost its disk) while the configuration was joint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrashMidJoint {
+    /// Simulated time in ns.
+    pub at: u64,
+    pub node: NodeId,
+    /// Whether the node was the leader, as its last role change said.
+    pub leader: bool,
+    /// The joint configuration entry's index.
+    pub joint_index: u64,
 }
 
 /// What a snapshot event is, for [`SnapshotHook`].
@@ -122,6 +141,43 @@ impl Observer {
         }
     }
 
+    /// Every election won: (simulated time in ns, node, term), in order.
+    pub fn leaders(&self) -> Vec<(u64, NodeId, Term)> {
+        self.state().leaders.clone()
+    }
+
+    /// Notes that `node` crashed or lost its disk now; kept if the configuration was joint.
+    pub fn crashed(&self, node: NodeId) {
+        let mut st = self.state();
+        let Some((joint_index, true)) = st.last_conf else {
+            return;
+        };
+        let leader = matches!(st.roles.get(&node), Some((_, Role::Leader, _)));
+        let at = crate::cluster::now();
+        st.crashes_mid_joint.push(CrashMidJoint {
+            at,
+            node,
+            leader,
+            joint_index,
+        });
+    }
+
+    /// The crashes that came while the configuration was joint.
+    pub fn crashes_mid_joint(&self) -> Vec<CrashMidJoint> {
+        self.state().crashes_mid_joint.clone()
+    }
+
+    /// Follows the configuration entries applied: a joint one opens the window, any later one
+    /// (the leader's entry leaving it) closes it.
+    fn conf_applied(st: &mut State, entry: &Entry) {
+        let Ok(conf) = ConfChangeEntry::decode(&entry.payload) else {
+            return;
+        };
+        if st.last_conf.is_none_or(|(index, _)| index < entry.index) {
+            st.last_conf = Some((entry.index, conf.membership.is_joint()));
+        }
+    }
+
     pub fn violations(&self) -> Vec<InvariantViolation> {
         self.state().violations.clone()
     }
@@ -185,6 +241,8 @@ impl NodeObserver for Observer {
         st.trace.add(&event);
         if role == Role::Leader {
             st.elections += 1;
+            let at = crate::cluster::now();
+            st.leaders.push((at, node, term));
             if let Err(v) = st.checker.leader_elected(node, term) {
                 st.violations.push(v);
             }
@@ -202,6 +260,9 @@ impl NodeObserver for Observer {
             st.trace.add(&event);
             if let Err(v) = st.checker.applied(node, e) {
                 st.violations.push(v);
+            }
+            if e.kind == EntryKind::ConfChange {
+                Self::conf_applied(&mut st, e);
             }
             let applied = st.applied.entry(node).or_insert(0);
             *applied = (*applied).max(e.index);

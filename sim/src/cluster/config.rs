@@ -42,6 +42,10 @@ pub struct RunConfig {
     /// An operator changing the cluster's members while the run goes (a test's scenario; never
     /// drawn). Its spare nodes get hosts that wait to be added.
     pub membership: Option<MemberPlan>,
+    /// A node reinstalled after its disk was lost ([`FaultAction::Reinstall`]) comes back as
+    /// the same incarnation, as every node did before incarnations existed: its peers cannot
+    /// tell it from the voter it was (a teeth test's; never drawn).
+    pub reinstall_keeps_incarnation: bool,
 }
 
 impl RunConfig {
@@ -87,6 +91,7 @@ impl RunConfig {
             extra_faults: Vec::new(),
             expect_failure: false,
             membership: None,
+            reinstall_keeps_incarnation: false,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! first invariant the observer saw broken.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use net::node::PauseSwitch;
@@ -21,6 +22,8 @@ use crate::observe::Observer;
 pub(super) struct NodeControls {
     pub(super) disk: SimulatedDisk,
     pub(super) pause: PauseSwitch,
+    /// How many times the node's disk was lost: each reinstall is a new incarnation.
+    pub(super) disks_lost: Arc<AtomicU64>,
 }
 
 /// Runs the simulation to its end (every client finished), making `schedule`'s actions as their
@@ -40,21 +43,21 @@ pub(super) fn run(
     loop {
         let finished = step(sim, observer)?;
         let elapsed = sim.elapsed();
-        crashed.cut_power(sim, triggers, elapsed, trace);
+        crashed.cut_power(sim, triggers, observer, elapsed, trace);
         crashed.restart_due(sim, elapsed, trace);
         if elapsed >= schedule.heal_at {
             triggers.disarm();
         }
         while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
             trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
-            apply(sim, action, &names, nodes, &mut crashed.hosts);
+            apply(sim, action, &names, nodes, &mut crashed, observer);
         }
         // The operator's own fault actions, made as it asks for them.
         let asked = operator.map(|o| std::mem::take(&mut o.borrow_mut().faults));
         for action in asked.unwrap_or_default() {
             let at = elapsed.as_secs_f64();
             trace.push(format!("{at:>10.3}s {action:?} (by the operator)"));
-            apply(sim, &action, &names, nodes, &mut crashed.hosts);
+            apply(sim, &action, &names, nodes, &mut crashed, observer);
         }
         if let Some(v) = observer.violations().into_iter().next() {
             return Err(FailureKind::Invariant(v));
@@ -84,6 +87,8 @@ fn step(sim: &mut turmoil::Sim<'_>, observer: &Observer) -> Result<bool, Failure
 #[derive(Default)]
 struct Crashed {
     hosts: Vec<u64>,
+    /// Hosts whose disk was lost: down until reinstalled, whatever heals or restarts.
+    lost: Vec<u64>,
     /// Restarts due for the hosts crashed by snapshot-driven faults: (when, node).
     restarts: Vec<(Duration, u64)>,
 }
@@ -94,11 +99,12 @@ impl Crashed {
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         triggers: &Triggers,
+        observer: &Observer,
         elapsed: Duration,
         trace: &mut Vec<String>,
     ) {
         for cut in triggers.take_cuts() {
-            if self.hosts.contains(&cut.node) {
+            if self.hosts.contains(&cut.node) || self.lost.contains(&cut.node) {
                 continue;
             }
             trace.push(format!(
@@ -107,6 +113,7 @@ impl Crashed {
                 cut.what,
                 cut.node
             ));
+            observer.crashed(cut.node);
             sim.crash(node_name(cut.node));
             self.hosts.push(cut.node);
             self.restarts.push((elapsed + cut.downtime, cut.node));
@@ -138,9 +145,11 @@ fn apply(
     action: &FaultAction,
     names: &[String],
     nodes: &BTreeMap<u64, NodeControls>,
-    crashed: &mut Vec<u64>,
+    down: &mut Crashed,
+    observer: &Observer,
 ) {
     let name = |id: &u64| node_name(*id);
+    let crashed = &mut down.hosts;
     match action {
         FaultAction::Partition(a, b) => {
             for x in a.iter().map(name) {
@@ -168,12 +177,13 @@ fn apply(
         }
         FaultAction::Crash(ids) => {
             for id in ids {
-                if crashed.contains(id) {
+                if crashed.contains(id) || down.lost.contains(id) {
                     continue;
                 }
                 // Cut the power first: the host's destructors (LevelDB flushes on drop) must
                 // not reach the disk.
                 nodes[id].disk.env.cut_power();
+                observer.crashed(*id);
                 sim.crash(name(id));
                 crashed.push(*id);
             }
@@ -182,6 +192,37 @@ fn apply(
             for id in ids {
                 if let Some(pos) = crashed.iter().position(|c| c == id) {
                     crashed.remove(pos);
+                    sim.bounce(name(id));
+                }
+            }
+        }
+        FaultAction::LoseDisk(ids) => {
+            for id in ids {
+                if down.lost.contains(id) {
+                    continue;
+                }
+                let node = &nodes[id];
+                node.disk.env.cut_power();
+                if !crashed.contains(id) {
+                    observer.crashed(*id);
+                    sim.crash(name(id));
+                }
+                crashed.retain(|c| c != id);
+                // The pins are kept with the data directory: they go with it.
+                node.disk.env.wipe();
+                *node
+                    .disk
+                    .peer_pins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = kv::PeerPins::in_memory();
+                node.disks_lost.fetch_add(1, Ordering::Relaxed);
+                down.lost.push(*id);
+            }
+        }
+        FaultAction::Reinstall(ids) => {
+            for id in ids {
+                if let Some(pos) = down.lost.iter().position(|c| c == id) {
+                    down.lost.remove(pos);
                     sim.bounce(name(id));
                 }
             }

@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use net::node::{self, NodeConfig, NodeError};
@@ -170,6 +171,13 @@ impl HostSetup {
         nc.observer = Some(std::sync::Arc::new(self.observer.clone()));
         nc.unsafe_switches = self.cfg.switches;
         nc.snapshots = self.cfg.snapshots;
+        let disks_lost = self.controls.disks_lost.load(Ordering::Relaxed);
+        if disks_lost > 0 && !self.cfg.reinstall_keeps_incarnation {
+            // What the command line does for a new data directory: a new incarnation, kept
+            // for the disk's life (drawn from the seed here, not from the OS).
+            let mut rng = crate::rng::seeded(self.cfg.seed ^ (id << 40) ^ disks_lost);
+            nc.incarnation = (nc.incarnation ^ rng.gen::<u64>()) | 1;
+        }
         if self.joining.is_some() {
             // As `kvstore serve --join`: its own addresses only, the founders' peer ports to
             // ask; the cluster id (founders') and everything else it learns from the cluster.

@@ -43,6 +43,10 @@ pub enum MemberOp {
     ExpectServing(Duration),
     /// Waits this long.
     Wait(Duration),
+    /// Waits until each of these nodes has refused frames from a peer whose incarnation is not
+    /// the one it pinned (`refused_incarnation_frames` in its INFO): the nodes saw a member
+    /// come back with a wiped disk, and shut it out.
+    AwaitRefusals(Vec<NodeId>),
 }
 
 /// How far behind the leader's log a member may be for [`MemberOp::AwaitCaughtUp`].
@@ -226,6 +230,37 @@ impl Operator {
                 tokio::time::sleep(*d).await;
                 Ok(())
             }
+            MemberOp::AwaitRefusals(ids) => {
+                for &id in ids {
+                    self.await_refusal(id).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks node `id` alone for its INFO until it reports refused frames.
+    async fn await_refusal(&self, id: NodeId) -> Result<(), String> {
+        let config = ClientConfig {
+            follow_leader: false,
+            max_attempts: 1,
+            ..operator_config()
+        };
+        let (_, address) = addresses(id);
+        let mut client = KvClient::over(TurmoilNet, vec![address], config, 1);
+        loop {
+            let info = client.info().await.unwrap_or_default();
+            let refused = info
+                .lines()
+                .find_map(|l| l.strip_prefix("refused_incarnation_frames:"))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            if refused.is_some_and(|n| n > 0) {
+                return Ok(());
+            }
+            if now() >= self.deadline {
+                return Err(format!("node {id} never refused a peer's frames: {info:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

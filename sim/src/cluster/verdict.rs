@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use net::node::SnapshotPolicy;
-use raft_core::{NodeId, SnapshotMeta};
+use raft_core::{NodeId, SnapshotMeta, Term};
 
 use super::config::{describe_snapshots, RunConfig};
 use super::membership::OperatorReport;
@@ -14,7 +14,7 @@ use super::triggers::Triggers;
 use crate::faults::FaultKinds;
 use crate::history::{History, Outcome};
 use crate::linearizability::{self, CheckError};
-use crate::observe::{InvariantViolation, Observer};
+use crate::observe::{CrashMidJoint, InvariantViolation, Observer};
 
 /// Where the power cuts of the install-crash fault landed, judged from the node's disk at the
 /// moment of the cut: before the install began (the staged snapshot still aside), inside it
@@ -62,6 +62,10 @@ pub struct RunReport {
     pub first_snapshot_crashes: u64,
     /// What the operator of a membership plan did (none without a plan).
     pub operator: Option<OperatorReport>,
+    /// Every election won: (simulated ns, node, term), in order.
+    pub leaders: Vec<(u64, NodeId, Term)>,
+    /// Crashes (and lost disks) while the configuration was joint.
+    pub crashes_mid_joint: Vec<CrashMidJoint>,
 }
 
 /// Why a run failed.
@@ -200,6 +204,8 @@ pub(super) fn judge(
         install_crashes: triggers.install_crashes(),
         first_snapshot_crashes: triggers.first_snapshot_crashes(),
         operator: None,
+        leaders: observer.leaders(),
+        crashes_mid_joint: observer.crashes_mid_joint(),
     })
 }
 
