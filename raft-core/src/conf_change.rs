@@ -142,17 +142,43 @@ impl RawNode {
     }
 
     /// One progress tracker per member but this node: new members start at `next` (the first
-    /// entry the next broadcast carries), removed ones are forgotten.
+    /// entry the next broadcast carries). A member the configuration no longer lists keeps its
+    /// tracker, marked with the entry that removed it, until it holds that entry
+    /// ([`RawNode::forget_informed_removed_peers`]): its own log then tells it that it was
+    /// removed, so it stops campaigning and its driver can tell its clients. Dropped at once, it
+    /// would never hear of its removal (etcd's servers tell a removed member from the
+    /// transport; here the log does it).
     pub(crate) fn sync_progress_with_membership(&mut self, next: Index) {
         let members = self.log.membership().members();
-        self.progress
-            .retain(|id, _| members.binary_search(id).is_ok());
+        let removed_by = self.log.last_conf_index().unwrap_or(0);
+        for (id, pr) in self.progress.iter_mut() {
+            let member = members.binary_search(id).is_ok();
+            pr.removed_by = match pr.removed_by {
+                _ if member => None,
+                Some(earlier) => Some(earlier),
+                None => Some(removed_by),
+            };
+        }
         let (max_msgs, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
         for id in members.into_iter().filter(|&m| m != self.id) {
             self.progress
                 .entry(id)
                 .or_insert_with(|| Progress::new(next, max_msgs, max_bytes));
         }
+        self.forget_informed_removed_peers();
+    }
+
+    /// Drops the trackers of removed peers that hold the entry that removed them.
+    pub(crate) fn forget_informed_removed_peers(&mut self) {
+        self.progress
+            .retain(|_, pr| pr.removed_by.is_none_or(|by| pr.matched < by));
+    }
+
+    /// Drops the trackers of removed peers not heard from over a check-quorum period: a removed
+    /// node that is gone for good is not probed forever.
+    pub(crate) fn forget_silent_removed_peers(&mut self) {
+        self.progress
+            .retain(|_, pr| pr.removed_by.is_none() || pr.recently_active);
     }
 }
 

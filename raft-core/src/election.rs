@@ -34,6 +34,7 @@ impl RawNode {
                     self.become_follower(self.term, None);
                     return;
                 }
+                self.forget_silent_removed_peers();
                 for pr in self.progress.values_mut() {
                     pr.recently_active = false;
                 }

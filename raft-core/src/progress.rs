@@ -43,6 +43,10 @@ pub(crate) struct Progress {
     /// In `Snapshot`: heartbeat answers since the snapshot was last offered. The offer (metadata
     /// only) is repeated now and then, since it or the follower's acknowledgement may be lost.
     pub(crate) heartbeats_since_snapshot_offer: u32,
+    /// For a peer the configuration in force no longer lists: the index of the entry that
+    /// removed it. It is still replicated to until it holds that entry (see
+    /// `sync_progress_with_membership`), and never counted.
+    pub(crate) removed_by: Option<Index>,
 }
 
 impl Progress {
@@ -57,6 +61,7 @@ impl Progress {
             commit_sent: 0,
             matched_at_last_heartbeat: 0,
             heartbeats_since_snapshot_offer: 0,
+            removed_by: None,
         }
     }
 

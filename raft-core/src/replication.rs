@@ -198,6 +198,12 @@ impl RawNode {
         if pr.state == ReplicationState::Replicate {
             pr.inflight.free_up_to(index);
         }
+        if pr.removed_by.is_some() {
+            self.forget_informed_removed_peers();
+            if !self.progress.contains_key(&from) {
+                return;
+            }
+        }
         self.maybe_commit();
         if self.role != Role::Leader {
             // The commit removed this leader from the configuration.

@@ -162,7 +162,12 @@ impl RawNode {
             );
             return;
         }
-        let tracked: Vec<NodeId> = self.progress.keys().copied().collect();
+        let tracked: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, pr)| pr.removed_by.is_none())
+            .map(|(&peer, _)| peer)
+            .collect();
         let others: Vec<NodeId> = membership
             .members()
             .into_iter()
@@ -170,8 +175,16 @@ impl RawNode {
             .collect();
         assert_eq!(
             tracked, others,
-            "n{id}: the leader tracks exactly the members but itself"
+            "n{id}: the leader tracks exactly the members but itself, and removed peers"
         );
+        for (&peer, pr) in &self.progress {
+            if let Some(by) = pr.removed_by {
+                assert!(
+                    !membership.contains(peer),
+                    "n{id}: n{peer} is tracked as removed by entry {by} but is a member"
+                );
+            }
+        }
         let (last, snapshot) = (self.log.last_index(), self.log.snapshot().index);
         for (&peer, pr) in &self.progress {
             pr.assert_invariants(peer, last);

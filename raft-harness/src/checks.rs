@@ -3,7 +3,10 @@
 
 use crate::cluster::{Cluster, QueuedWrite};
 use crate::invariants::{violation, Violation};
-use raft_core::{Entry, Message, MessageBody, NodeId, Persist, Role, SafetyViolation, Term};
+use raft_core::{
+    ConfChangeEntry, Entry, EntryKind, Index, Membership, Message, MessageBody, NodeId, Persist,
+    Role, SafetyViolation, Term,
+};
 
 impl Cluster {
     /// Drains `id`'s ready, routes its output, and checks every property its output touches.
@@ -151,13 +154,18 @@ impl Cluster {
             // follower's own may differ (an uncommitted entry of a deposed leader), so only
             // leaders are checked here; followers learn commits from them.
             let nodes = &self.nodes;
+            let durable = |v: NodeId| {
+                nodes
+                    .get(&v)
+                    .and_then(|n| n.durable_entry(commit))
+                    .is_some_and(|e| e.term == term)
+            };
             self.check
-                .commit_durable_on(id, commit, term, core.membership(), |v| {
-                    nodes
-                        .get(&v)
-                        .and_then(|n| n.durable_entry(commit))
-                        .is_some_and(|e| e.term == term)
-                })?;
+                .commit_durable_on(id, commit, term, core.membership(), durable)?;
+            for earlier in configurations_before_changes_above(core, node.seen_commit) {
+                self.check
+                    .commit_overlaps_earlier_configuration(id, commit, term, &earlier, durable)?;
+            }
         }
         self.nodes.get_mut(&id).expect("exists").seen_commit = commit;
         Ok(())
@@ -211,4 +219,25 @@ fn rule_of(breach: SafetyViolation) -> &'static str {
         SafetyViolation::AppliedBeyondHandedOut { .. } => "driver contract",
         _ => "core-detected breach",
     }
+}
+
+/// The configuration in force before each configuration-change entry of `core`'s log above
+/// `index` (changes that were not committed at `index`). Unknown (and left out) before the
+/// first change in the log of a node that joined with no configuration and no snapshot.
+fn configurations_before_changes_above(core: &raft_core::RawNode, index: Index) -> Vec<Membership> {
+    let mut current = core.snapshot().membership.clone();
+    let mut earlier = Vec::new();
+    for e in core.log_entries() {
+        if e.kind != EntryKind::ConfChange {
+            continue;
+        }
+        let Ok(change) = ConfChangeEntry::decode(&e.payload) else {
+            continue;
+        };
+        if e.index > index && !current.is_empty() {
+            earlier.push(current);
+        }
+        current = change.membership;
+    }
+    earlier
 }

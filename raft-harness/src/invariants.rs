@@ -13,6 +13,7 @@
 //! | [`committed`](InvariantChecker::committed) | state machine safety, at commit time: one term committed per index | harness (every commit index advance) |
 //! | [`leader_committed`](InvariantChecker::leader_committed) | a leader's commit index lands only on an entry of its own term (§5.4.2, Figure 8) | harness (a leader's commit index at each advance) |
 //! | [`commit_durable_on`](InvariantChecker::commit_durable_on) | a leader's commit needs the entry durable on a majority of each voter set of its configuration (both while joint; learners never count) | harness (every disk) |
+//! | [`commit_overlaps_earlier_configuration`](InvariantChecker::commit_overlaps_earlier_configuration) | a commit made while a configuration change is not committed is durable on a majority of the configuration before it too (which can still elect a leader): one of its voter sets, if it is joint | harness (every disk, the leader's log) |
 //! | [`applied`](InvariantChecker::applied) | state machine safety: every node applies the same entry at each index | harness, simulator (entries handed to the state machine) |
 //! | [`snapshot`](InvariantChecker::snapshot) | a snapshot ends at an entry that was committed (applied) with its term | harness, simulator (snapshots taken and installed) |
 //! | [`read_requested`](InvariantChecker::read_requested), [`read_served`](InvariantChecker::read_served) | ReadIndex: a read never sees less than what was applied anywhere when it was asked | harness (reads asked and confirmed) |
@@ -29,7 +30,7 @@
 //! The checker keeps every committed entry's term and payload (payloads are reference-counted
 //! [`Bytes`], so this costs little while the driver keeps them too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use raft_core::{Entry, Index, Membership, NodeId, SnapshotMeta, Term};
@@ -245,6 +246,35 @@ impl InvariantChecker {
         Ok(())
     }
 
+    /// `node` committed `index` (of `term`) while a configuration change in its log, made from
+    /// `earlier`, was not committed yet. Nodes that have not received that change still use
+    /// `earlier` and can elect a leader with it, so the commit's majority must overlap every
+    /// such election: it must hold a majority of `earlier`'s voters, or, if `earlier` is joint
+    /// (electing there needs both majorities), of its outgoing voters. A voter set changed in
+    /// one step (no joint configuration) breaks this at once: the new majority can commit
+    /// while the old one elects someone else.
+    pub fn commit_overlaps_earlier_configuration(
+        &self,
+        node: NodeId,
+        index: Index,
+        term: Term,
+        earlier: &Membership,
+        durable: impl Fn(NodeId) -> bool,
+    ) -> Result<(), Violation> {
+        let majority_of = |voters: &BTreeSet<NodeId>| {
+            !voters.is_empty() && voters.iter().filter(|&&v| durable(v)).count() > voters.len() / 2
+        };
+        if majority_of(&earlier.voters) || majority_of(&earlier.outgoing) {
+            return Ok(());
+        }
+        violation(
+            "commit overlaps every configuration that can elect",
+            format!(
+                "leader {node} committed index {index} (term {term}) without a majority of the configuration {earlier:?}, which nodes that have not received the change can still elect with"
+            ),
+        )
+    }
+
     /// `node` handed `entry` to its state machine. State machine safety: every node applies the
     /// same entry (term and payload) at each index; with commit reports, only committed ones.
     pub fn applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
@@ -446,5 +476,32 @@ mod tests {
                 .is_err(),
             "learners never count"
         );
+    }
+
+    #[test]
+    fn a_commit_during_a_change_overlaps_the_configuration_before_it() {
+        let c = InvariantChecker::new();
+        let three = Membership::with_voters([1, 2, 3]);
+        // {1,2,3} -> {1,4,5} in one step: 1, 4 and 5 alone do not hold a majority of {1,2,3}.
+        assert_eq!(
+            c.commit_overlaps_earlier_configuration(1, 7, 2, &three, |n| n == 1 || n >= 4)
+                .unwrap_err()
+                .rule,
+            "commit overlaps every configuration that can elect"
+        );
+        c.commit_overlaps_earlier_configuration(1, 7, 2, &three, |n| n <= 2)
+            .unwrap();
+        // After a joint configuration, a majority of either of its voter sets overlaps every
+        // election it allows (those need both).
+        let joint = Membership {
+            voters: [1, 4, 5].into(),
+            outgoing: [1, 2, 3].into(),
+            learners: [].into(),
+        };
+        c.commit_overlaps_earlier_configuration(1, 7, 2, &joint, |n| n == 1 || n >= 4)
+            .unwrap();
+        assert!(c
+            .commit_overlaps_earlier_configuration(1, 7, 2, &joint, |n| n == 1)
+            .is_err());
     }
 }

@@ -160,6 +160,7 @@ fn teeth_changing_voters_without_joint_consensus_is_caught() {
     first_catch(
         500,
         &[
+            "commit overlaps every configuration that can elect",
             "commit needs a durable majority",
             "leader completeness",
             "state machine safety",
