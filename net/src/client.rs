@@ -300,7 +300,8 @@ impl<N: Net> KvClient<N> {
                 tokio::time::sleep(self.cfg.backoff.min(Duration::from_millis(20) * attempt)).await;
             }
             match self.attempt(&full).await {
-                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") => {
+                // Certainly not applied here; another server may take it.
+                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") || e.starts_with("REMOVED") => {
                     last_error = e;
                     self.rotate();
                 }
@@ -426,3 +427,6 @@ impl<N: Net> KvClient<N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,9 @@ pub enum RequestError {
     Timeout(String),
     /// The node cannot serve (a storage failure, shutting down).
     Failed(String),
+    /// Certainly not applied: this node was removed from the cluster, and another member can
+    /// serve the request.
+    Removed(String),
 }
 
 impl fmt::Display for RequestError {
@@ -39,6 +42,7 @@ impl fmt::Display for RequestError {
             RequestError::TryAgain(m) => write!(f, "TRYAGAIN {m}"),
             RequestError::Timeout(m) => write!(f, "TIMEOUT {m}"),
             RequestError::Failed(m) => write!(f, "ERR {m}"),
+            RequestError::Removed(m) => write!(f, "REMOVED {m}"),
         }
     }
 }
@@ -113,9 +117,9 @@ impl ClientRequest {
         }
     }
 
-    /// Answers ERR: for a request this node will not serve (INFO gets no answer here).
-    pub(crate) fn fail(self, why: &str) {
-        let failed = RequestError::Failed(why.into());
+    /// Answers REMOVED: this node was removed from the cluster (INFO gets no answer here).
+    pub(crate) fn refuse_as_removed(self, why: &str) {
+        let failed = RequestError::Removed(why.into());
         match self {
             ClientRequest::Write { reply, .. } => {
                 let _ = reply.send(Err(failed));

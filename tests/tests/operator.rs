@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::{check_all, eventually, write_all, TestCluster};
-use net::client::KvClient;
+use net::client::{ClientConfig, ClientError, KvClient};
 
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -102,6 +102,36 @@ async fn transfer_leader_list_and_remove_a_member() {
         ok && list.lines().filter(|l| l.contains("voter")).count() == 2,
         "{list}"
     );
+    // The removed node refuses clients with an error of its own, once it has applied its
+    // removal; a client sent there moves on to a member.
+    let removed_only = ClientConfig {
+        max_attempts: 1,
+        follow_leader: false,
+        ..ClientConfig::default()
+    };
+    let removed_addr = cluster.nodes[&removed].client_addr.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the removed node refuses clients",
+        || async {
+            let mut c = KvClient::with_config(vec![removed_addr.clone()], removed_only.clone());
+            match c.get(b"any").await {
+                Err(ClientError::Unavailable { last_error, .. }) => {
+                    last_error.starts_with("REMOVED this node was removed from the cluster")
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    let mut members_after = cluster.servers_except(removed);
+    members_after.insert(0, removed_addr);
+    let mut sent_on = KvClient::with_config(members_after, starting_on_the_first_server());
+    sent_on
+        .set(b"sent-on", b"1")
+        .await
+        .expect("moved on past the removed node");
+
     let mut acked = BTreeMap::new();
     write_all(
         cluster.servers_except(removed),
@@ -111,6 +141,14 @@ async fn transfer_leader_list_and_remove_a_member() {
     )
     .await;
     check_all(|| KvClient::new(cluster.servers_except(removed)), &acked).await;
+}
+
+/// A client that starts on its first server and moves on when refused.
+fn starting_on_the_first_server() -> ClientConfig {
+    ClientConfig {
+        follow_leader: false,
+        ..ClientConfig::default()
+    }
 }
 
 /// Writes `roll-{i}` continuously until `stop`; returns the acknowledged writes and the

@@ -182,14 +182,21 @@ impl Group {
     }
 
     fn submit(&mut self, req: ClientRequest, deadline: Instant) {
-        if self.members.is_removed() && !matches!(req, ClientRequest::Info { .. }) {
-            return req.fail(REMOVED);
+        if self.members.is_removed(self.core.membership())
+            && !matches!(req, ClientRequest::Info { .. })
+        {
+            return req.refuse_as_removed(REMOVED);
         }
         match req {
             ClientRequest::Write { cmd, reply } => {
                 let key = (cmd.client_id, cmd.seq);
-                match self.core.propose(cmd.encode()) {
-                    Ok(_) => self.requests.track_write(key, reply, deadline),
+                let payload = cmd.encode();
+                match self.core.propose(payload.clone()) {
+                    Ok(_) => {
+                        let retry = (cmd.client_id != kv::SESSIONLESS_CLIENT)
+                            .then(|| (payload, self.core.term()));
+                        self.requests.track_write(key, retry, reply, deadline)
+                    }
                     Err(e) if self.requests.worth_parking(&e) => self
                         .requests
                         .park(ClientRequest::Write { cmd, reply }, deadline),
@@ -265,7 +272,7 @@ impl Group {
                 self.members.note_appended(&write.entries);
                 let _ = self.queues.log.send(LogRequest::Persist(write));
             }
-            self.members.maybe_follow();
+            self.members.maybe_follow(self.core.membership());
             self.send_messages(ready.messages);
             self.hand_to_apply(ready.committed);
             for rs in ready.read_states {
@@ -292,6 +299,15 @@ impl Group {
         self.admin.role_changed(soft.role, soft.leader);
         if soft.leader.is_some() {
             self.resubmit_parked();
+            self.propose_lost_writes_again(soft.term);
+        }
+    }
+
+    /// See [`Requests::writes_to_propose_again`]. A proposal refused now is left to its
+    /// client's timeout, as before.
+    fn propose_lost_writes_again(&mut self, term: raft_core::Term) {
+        for payload in self.requests.writes_to_propose_again(term) {
+            let _ = self.core.propose(payload);
         }
     }
 

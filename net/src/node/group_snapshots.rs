@@ -96,7 +96,6 @@ impl Group {
         if let Some(observer) = &self.cfg.observer {
             observer.snapshot_installed(self.cfg.id, snapshot.clone());
         }
-        self.members.note_log_replaced(&snapshot);
         let (state_tx, state_rx) = oneshot::channel();
         let (log_tx, log_rx) = oneshot::channel();
         let index = snapshot.index;

@@ -1,24 +1,29 @@
 //! The group's view of the cluster's members: where each one is (the address book), which
-//! peers have an outbound queue (they follow the configuration in force), and whether this node
-//! was removed.
+//! peers have an outbound queue (they follow the configuration), and whether this node was
+//! removed.
 //!
 //! **The address book** starts from the member table the state machine applied (and, for ids
 //! it does not name, the command line), then takes the context of every conf-change entry as
 //! it is APPENDED to the log (a `Ready`'s write, or the log found at restart): the leader must
-//! reach a member added by an entry that is not applied yet, and the configuration in force is
-//! the last appended one. Each address remembers the log index it came from, so an older
-//! source never overwrites a newer one (the applied table at index 90 does not undo an address
-//! change appended at 100); the command line counts as index 0.
+//! reach a member added by an entry that is not applied yet. Each address remembers the log
+//! index it came from, so an older source never overwrites a newer one (the applied table at
+//! index 90 does not undo an address change appended at 100); the command line counts as
+//! index 0.
 //!
-//! **Outbound peers** follow `core.membership()`: a queue and task for every other member with
+//! **Outbound peers** follow the configuration in force (`core.membership()`, the last
+//! appended one) joined with the applied one: a queue and task for every member of either with
 //! a known peer address, started when a member appears or moves, stopped (its queue dropped)
-//! when it leaves. A node in no configuration yet (waiting to be added) talks to every address
-//! it knows, since it must answer a leader it cannot name from its configuration.
+//! once its removal is APPLIED. A member removed by an entry that is only appended must still
+//! hear this node: a leader removing itself needs the acknowledgements of the entry that
+//! removes it to commit it, and only then steps down. A node in no configuration yet (waiting
+//! to be added) talks to every address it knows, since it must answer a leader it cannot name
+//! from its configuration.
 //!
-//! **A removed node** (its applied configuration no longer lists it) answers clients with an
-//! error that says so; the core keeps it from campaigning.
+//! **A removed node** (its configuration in force no longer lists it: the leader replicates to
+//! a removed member until it holds the entry that removed it) answers clients with an error
+//! that says so; the core keeps it from campaigning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use std::time::Duration;
 
@@ -53,17 +58,14 @@ pub struct Members {
     me: NodeId,
     /// Every known member address, with the log index it is as of.
     book: BTreeMap<NodeId, (Index, MemberAddrs)>,
-    /// The table as the state machine applied it, and at which index.
+    /// The table as the state machine applied it.
     applied: MemberTable,
-    applied_index: Index,
-    /// The configurations of conf-change entries appended above the applied index: the last
-    /// one is in force (the log's last conf entry, as the core computes it).
-    appended: BTreeMap<Index, Membership>,
     outbound: BTreeMap<NodeId, Outbound>,
     spawn: PeerSpawner,
     /// The configuration in force with the known addresses, for join requests.
     published: watch::Sender<MemberTable>,
-    /// The configuration outbound peers last followed, and whether an address changed since.
+    /// The configuration in force outbound peers last followed, and whether an address or the
+    /// applied configuration changed since.
     followed: Option<Membership>,
     book_changed: bool,
 }
@@ -86,8 +88,6 @@ impl Members {
                 .map(|(id, a)| (id, (0, a)))
                 .collect(),
             applied: MemberTable::default(),
-            applied_index: 0,
-            appended: BTreeMap::new(),
             outbound: BTreeMap::new(),
             spawn,
             published,
@@ -118,33 +118,20 @@ impl Members {
             .into_iter()
             .filter(|id| !table.membership.contains(*id))
             .collect();
+        if table.membership != self.applied.membership {
+            self.book_changed = true;
+        }
         self.applied = table;
-        self.applied_index = index;
-        self.appended = self.appended.split_off(&(index + 1));
         left
     }
 
-    /// The configuration in force: the last appended conf change's, else the applied one.
-    pub fn in_force(&self) -> &Membership {
-        self.appended
-            .values()
-            .next_back()
-            .unwrap_or(&self.applied.membership)
-    }
-
-    /// Entries were appended to the log, replacing every entry from the first one's index on:
-    /// takes the configurations and addresses their conf changes carry.
+    /// Entries were appended to the log: takes the addresses their conf changes carry (the
+    /// configurations themselves the core keeps).
     pub fn note_appended(&mut self, entries: &[Entry]) {
-        if let Some(first) = entries.first() {
-            self.appended.split_off(&first.index);
-        }
         for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
             let Ok(cc) = ConfChangeEntry::decode(&e.payload) else {
                 continue;
             };
-            if e.index > self.applied_index {
-                self.appended.insert(e.index, cc.membership.clone());
-            }
             if cc.context.is_empty() {
                 continue;
             }
@@ -158,16 +145,6 @@ impl Members {
                     tracing::warn!(index = e.index, error = %err, "conf change with undecodable addresses")
                 }
             }
-        }
-    }
-
-    /// The log was replaced by `snapshot` (an install): the configurations appended above it
-    /// are gone, and the snapshot's is in force.
-    pub fn note_log_replaced(&mut self, snapshot: &raft_core::SnapshotMeta) {
-        self.appended.clear();
-        if !snapshot.membership.is_empty() {
-            self.appended
-                .insert(snapshot.index, snapshot.membership.clone());
         }
     }
 
@@ -187,24 +164,29 @@ impl Members {
         }
     }
 
-    /// [`Members::follow`] the configuration in force, if it or an address changed since the
-    /// last time.
-    pub fn maybe_follow(&mut self) {
-        if self.book_changed || self.followed.as_ref() != Some(self.in_force()) {
-            let membership = self.in_force().clone();
-            self.follow(&membership);
+    /// [`Members::follow`] `in_force` (the core's configuration), if it, the applied one or an
+    /// address changed since the last time.
+    pub fn maybe_follow(&mut self, in_force: &Membership) {
+        if self.book_changed || self.followed.as_ref() != Some(in_force) {
+            self.follow(in_force);
         }
     }
 
     /// Starts and stops outbound peers so that they follow `membership` (the configuration in
-    /// force), and republishes it for join requests if it or an address changed.
+    /// force) and the applied configuration, and republishes the configuration in force for
+    /// join requests if it or an address changed.
     pub fn follow(&mut self, membership: &Membership) {
         self.book_changed = false;
         self.followed = Some(membership.clone());
-        let wanted: Vec<NodeId> = if membership.is_empty() {
+        let wanted: BTreeSet<NodeId> = if membership.is_empty() {
             self.book.keys().copied().collect()
         } else {
-            membership.members()
+            // Members whose removal is not applied yet stay: see the module's docs.
+            membership
+                .members()
+                .into_iter()
+                .chain(self.applied.membership.members())
+                .collect()
         };
         let mut targets = BTreeMap::new();
         for id in wanted.into_iter().filter(|&id| id != self.me) {
@@ -243,8 +225,16 @@ impl Members {
         });
     }
 
-    /// The queue of peer `to`, if it is one this node talks to.
-    pub fn queue(&self, to: NodeId) -> Option<&mpsc::Sender<Message>> {
+    /// The queue of peer `to`: one this node talks to, or, if its address is known, a new one.
+    /// The core sends to peers outside the configuration too: a removed member until it holds
+    /// the entry that removed it, a removed node's vote requests answered. Such a queue lasts
+    /// until the next change of the configuration or the book.
+    pub fn queue(&mut self, to: NodeId) -> Option<&mpsc::Sender<Message>> {
+        if !self.outbound.contains_key(&to) && to != self.me {
+            let addr = self.peer_addr(to)?;
+            let queue = (self.spawn)(to, addr.clone());
+            self.outbound.insert(to, Outbound { addr, queue });
+        }
         self.outbound.get(&to).map(|o| &o.queue)
     }
 
@@ -264,10 +254,11 @@ impl Members {
             .filter(|a| !a.is_empty())
     }
 
-    /// Whether the applied configuration no longer lists this node.
-    pub fn is_removed(&self) -> bool {
-        let m = &self.applied.membership;
-        !m.is_empty() && !m.contains(self.me)
+    /// Whether `in_force` (the core's configuration) no longer lists this node: its log holds
+    /// the entry that removed it. That entry may not be committed yet, and a new leader may
+    /// still overwrite it; the node then serves again (a refusal in between is harmless).
+    pub fn is_removed(&self, in_force: &Membership) -> bool {
+        !in_force.is_empty() && !in_force.contains(self.me)
     }
 
     /// The table the state machine applied.

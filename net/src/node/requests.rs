@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kv::CommandResult;
-use raft_core::{Index, ProposeError};
+use raft_core::{Index, ProposeError, Term};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -24,6 +24,21 @@ pub type ReadReply = oneshot::Sender<Result<ReadResult, RequestError>>;
 struct WriteWaiter {
     reply: WriteReply,
     deadline: Instant,
+}
+
+/// A proposed write and the clients waiting for its result.
+#[derive(Default)]
+struct PendingWrite {
+    waiters: Vec<WriteWaiter>,
+    /// What to propose again if a new term begins before it is applied; only for writes of a
+    /// client session, whose copies the state machine applies once.
+    retry: Option<Retry>,
+}
+
+struct Retry {
+    payload: Bytes,
+    /// The term of the last proposal.
+    term: Term,
 }
 
 /// A read the core has been asked to confirm, or has confirmed.
@@ -65,7 +80,7 @@ pub enum ConfirmedRead {
 
 #[derive(Default)]
 pub struct Requests {
-    writes: BTreeMap<WriteKey, Vec<WriteWaiter>>,
+    writes: BTreeMap<WriteKey, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
     /// Confirmed reads waiting for the apply worker to be handed their index.
     reads_waiting_for_apply: BTreeMap<Index, Vec<PendingRead>>,
@@ -102,18 +117,44 @@ impl Requests {
         std::mem::take(&mut self.parked)
     }
 
-    /// A write was proposed: its reply waits for the entry's result.
-    pub fn track_write(&mut self, key: WriteKey, reply: WriteReply, deadline: Instant) {
-        self.writes
-            .entry(key)
-            .or_default()
-            .push(WriteWaiter { reply, deadline });
+    /// A write was proposed in `term`: its reply waits for the entry's result. `retry` is the
+    /// proposal's payload if it may be proposed again ([`Requests::writes_to_propose_again`]).
+    pub fn track_write(
+        &mut self,
+        key: WriteKey,
+        retry: Option<(Bytes, Term)>,
+        reply: WriteReply,
+        deadline: Instant,
+    ) {
+        let pending = self.writes.entry(key).or_default();
+        pending.waiters.push(WriteWaiter { reply, deadline });
+        if let Some((payload, term)) = retry {
+            pending.retry = Some(Retry { payload, term });
+        }
+    }
+
+    /// A leader is known in `term`: the session writes last proposed in an earlier term, to
+    /// propose again. A proposal forwarded to a leader that died, or appended by one and then
+    /// overwritten, is lost, and its client would otherwise wait out its timeout; a copy that
+    /// was not lost is harmless, since the state machine applies a session's sequence number
+    /// once. Writes without a session are never proposed twice: a second copy would apply
+    /// twice.
+    pub fn writes_to_propose_again(&mut self, term: Term) -> Vec<Bytes> {
+        let mut again = Vec::new();
+        for retry in self.writes.values_mut().filter_map(|w| w.retry.as_mut()) {
+            if retry.term < term {
+                retry.term = term;
+                again.push(retry.payload.clone());
+            }
+        }
+        again
     }
 
     /// Entries were applied: answers the writes waiting for these results.
     pub fn writes_applied(&mut self, results: Vec<(WriteKey, CommandResult)>) {
         for (key, result) in results {
-            for waiter in self.writes.remove(&key).unwrap_or_default() {
+            let pending = self.writes.remove(&key).unwrap_or_default();
+            for waiter in pending.waiters {
                 let _ = waiter.reply.send(Ok(result.clone()));
             }
         }
@@ -180,14 +221,14 @@ impl Requests {
                 .req
                 .refuse("no leader was elected within the request timeout");
         }
-        for waiters in self.writes.values_mut() {
-            for w in waiters.extract_if(.., |w| w.deadline <= now) {
+        for pending in self.writes.values_mut() {
+            for w in pending.waiters.extract_if(.., |w| w.deadline <= now) {
                 let _ = w.reply.send(Err(RequestError::Timeout(
                     "no outcome within the request timeout".into(),
                 )));
             }
         }
-        self.writes.retain(|_, w| !w.is_empty());
+        self.writes.retain(|_, w| !w.waiters.is_empty());
         let expired: Vec<u64> = self
             .reads
             .iter()
@@ -206,7 +247,7 @@ impl Requests {
     /// The node stops: every request still waiting is answered.
     pub fn shut_down(self) {
         const WHY: &str = "the node is shutting down";
-        for w in self.writes.into_values().flatten() {
+        for w in self.writes.into_values().flat_map(|w| w.waiters) {
             let _ = w.reply.send(Err(RequestError::Timeout(WHY.into())));
         }
         for r in self.reads.into_values() {
@@ -269,5 +310,30 @@ mod tests {
             answer.try_recv(),
             Ok(Err(RequestError::TryAgain(_)))
         ));
+    }
+
+    #[test]
+    fn session_writes_of_an_earlier_term_are_proposed_again_once_per_term() {
+        let mut requests = Requests::default();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let session = Bytes::from_static(b"session write");
+        let (tx, _session_answer) = oneshot::channel();
+        requests.track_write((7, 1), Some((session.clone(), 3)), tx, deadline);
+        let (tx, _sessionless_answer) = oneshot::channel();
+        requests.track_write((0, 99), None, tx, deadline);
+        assert!(
+            requests.writes_to_propose_again(3).is_empty(),
+            "proposed in this term"
+        );
+        assert_eq!(requests.writes_to_propose_again(4), vec![session.clone()]);
+        assert!(
+            requests.writes_to_propose_again(4).is_empty(),
+            "once per term"
+        );
+        requests.writes_applied(vec![((7, 1), CommandResult::Ok)]);
+        assert!(
+            requests.writes_to_propose_again(5).is_empty(),
+            "applied: nothing left to propose"
+        );
     }
 }

@@ -212,7 +212,7 @@ async fn open_node<N: Net>(
     );
     members.note_appended(&restart.entries);
     let core = restart_core(cfg, restart, origin, &storage.members)?;
-    members.maybe_follow();
+    members.maybe_follow(core.membership());
     gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
     tracing::info!(
         id = cfg.id,

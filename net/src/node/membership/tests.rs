@@ -83,20 +83,37 @@ fn outbound_peers_follow_the_configuration_in_force() {
             .map(|a| a.peer_addr.as_str()),
         Some("h:7104")
     );
-    // Node 2 removed: its queue goes; node 3 moves: a new task at the new address.
+    // Node 2 removed by an appended entry, node 3 moves: a new task at the new address, and
+    // node 2 keeps its queue until its removal is applied.
     let mut without_2 = with_4.clone();
     without_2.voters.remove(&2);
     m.note_appended(&[conf(7, &without_2, &[(3, "h:9103")])]);
-    m.follow(&without_2);
+    m.maybe_follow(&without_2);
     assert_eq!(
         outbound(&m),
-        vec![(3, "h:9103".to_string()), (4, "h:7104".to_string())]
+        vec![
+            (2, "h:7102".to_string()),
+            (3, "h:9103".to_string()),
+            (4, "h:7104".to_string())
+        ]
     );
     assert_eq!(spawned.lock().unwrap().len(), 4, "2, 3, 4, then 3 again");
     // The applied table of an earlier index does not undo the move.
     m.note_applied(founding(), 6);
-    m.follow(&without_2);
-    assert_eq!(outbound(&m)[0], (3, "h:9103".to_string()));
+    m.maybe_follow(&without_2);
+    assert_eq!(outbound(&m)[1], (3, "h:9103".to_string()));
+    // Applying the removal drops node 2's queue.
+    let mut table = founding();
+    let moved = MemberContext {
+        addrs: [(3, MemberAddrs::new("h:9103", ""))].into(),
+    };
+    table.apply_conf_change(without_2.clone(), &moved.encode());
+    assert_eq!(m.note_applied(table, 7), vec![2]);
+    m.maybe_follow(&without_2);
+    assert_eq!(
+        outbound(&m),
+        vec![(3, "h:9103".to_string()), (4, "h:7104".to_string())]
+    );
 }
 
 #[test]
@@ -113,13 +130,13 @@ fn a_node_waiting_to_be_added_talks_to_every_address_it_knows() {
         vec![1, 2, 3]
     );
     assert!(
-        !m.is_removed(),
+        !m.is_removed(&Membership::default()),
         "not yet in the configuration is not removed"
     );
 }
 
 #[test]
-fn the_applied_configuration_decides_removal_and_the_command_line_only_fills_gaps() {
+fn the_configuration_in_force_decides_removal_and_the_command_line_only_fills_gaps() {
     let (mut m, _) = members(3, founding(), &[(3, "other:1"), (9, "h:9")]);
     assert_eq!(
         m.addresses()[&3].peer_addr,
@@ -127,34 +144,32 @@ fn the_applied_configuration_decides_removal_and_the_command_line_only_fills_gap
         "the data directory wins"
     );
     assert_eq!(m.addresses()[&9].peer_addr, "h:9");
-    assert!(!m.is_removed());
+    assert!(!m.is_removed(&founding().membership));
+    let without_3 = Membership::with_voters([1, 2]);
+    assert!(
+        m.is_removed(&without_3),
+        "the entry removing it is in its log"
+    );
     let mut table = founding();
-    table.apply_conf_change(Membership::with_voters([1, 2]), &[]);
+    table.apply_conf_change(without_3, &[]);
     assert_eq!(m.note_applied(table, 8), vec![3], "node 3 left");
-    assert!(m.is_removed());
     assert_eq!(m.client_addr(1).as_deref(), Some("h:7001"));
 }
 
 #[test]
-fn the_configuration_in_force_is_the_last_appended_and_reverts_when_truncated() {
-    let (mut m, _) = members(1, founding(), &[]);
-    let three = founding().membership;
-    let mut four = three.clone();
-    four.learners.insert(4);
-    m.note_appended(&[conf(6, &four, &[(4, "h:7104")])]);
-    assert_eq!(m.in_force(), &four);
-    // A new leader's entries overwrite index 6 on: the change is gone.
-    m.note_appended(&[Entry::new(2, 6, EntryKind::Noop, Bytes::new())]);
-    assert_eq!(m.in_force(), &three);
-    m.note_appended(&[conf(7, &four, &[])]);
-    m.note_applied(founding(), 8);
+fn a_peer_outside_the_configuration_is_reached_when_the_core_sends_to_it() {
+    let (mut m, spawned) = members(1, founding(), &[]);
+    let without_3 = Membership::with_voters([1, 2]);
+    let mut table = founding();
+    table.apply_conf_change(without_3.clone(), &[]);
+    m.note_applied(table, 8);
+    m.maybe_follow(&without_3);
+    assert_eq!(outbound(&m), vec![(2, "h:7102".to_string())]);
+    assert!(m.queue(3).is_some(), "3's address is still in the book");
     assert_eq!(
-        m.in_force(),
-        &three,
-        "applied past it: the applied table decides"
+        spawned.lock().unwrap().last(),
+        Some(&(3, "h:7103".to_string()))
     );
-    // An installed snapshot replaces the log, and its configuration is in force.
-    m.note_appended(&[conf(9, &three, &[])]);
-    m.note_log_replaced(&raft_core::SnapshotMeta::new(20, 3, four.clone()));
-    assert_eq!(m.in_force(), &four);
+    assert!(m.queue(9).is_none(), "no address, no queue");
+    assert!(m.queue(1).is_none(), "never to itself");
 }
