@@ -452,41 +452,71 @@ pub async fn run_node(
             source,
         })?;
     let (stop, shutdown) = watch::channel(false);
-    let (handle, run) = node::start(cfg, net, shutdown.clone())
+    let (handle, run) = node::start(cfg, net, shutdown)
         .await
         .map_err(|source| CliError::Node { id, source })?;
-    tokio::spawn(server::run_client_server(
+    let (stop_clients, clients_shutdown) = watch::channel(false);
+    let client_port = tokio::spawn(server::run_client_server(
         clients,
         handle.clone(),
-        shutdown,
+        clients_shutdown,
         rand::thread_rng().gen(),
     ));
-    tokio::spawn(stop_gracefully(id, handle, stop_signal, stop));
+    let stopping = Stopping {
+        id,
+        node: handle,
+        stop_clients,
+        client_port,
+        stop,
+    };
+    tokio::spawn(stop_gracefully(stopping, stop_signal));
     run.await.map_err(|source| CliError::Node { id, source })
 }
 
-/// Waits for the stop signal; then, if the node leads, hands the leadership to the most
-/// caught-up voter (waiting at most an election timeout), so that clients wait for a transfer
-/// rather than for an election, and only then stops the node and its client port.
-async fn stop_gracefully(
+/// What a graceful stop acts on.
+struct Stopping {
     id: u64,
     node: NodeHandle,
-    mut stop_signal: watch::Receiver<bool>,
+    /// Closes the client port, and its connections once each has answered what it read.
+    stop_clients: watch::Sender<bool>,
+    /// Ends once every client connection has closed.
+    client_port: tokio::task::JoinHandle<()>,
+    /// Stops the node.
     stop: watch::Sender<bool>,
-) {
+}
+
+/// How long a stopping node waits at most for its client connections to answer what they read.
+const DRAIN_BOUND: Duration = Duration::from_secs(3);
+
+/// Waits for the stop signal; then, if the node leads, hands the leadership to the most
+/// caught-up voter (waiting at most an election timeout), so that clients wait for a transfer
+/// rather than for an election. Then it closes the client port and waits (at most
+/// [`DRAIN_BOUND`]) until every request already read is answered, and only then stops the
+/// node: a request still waiting when the node stops is answered TIMEOUT (its outcome unknown
+/// to the client) where a moment later it would have been answered OK, and a client whose
+/// connection closes goes on to another node.
+async fn stop_gracefully(s: Stopping, mut stop_signal: watch::Receiver<bool>) {
+    let id = s.id;
     if stop_signal.wait_for(|stopping| *stopping).await.is_err() {
         // Nobody can signal any more: run until the process ends. (Dropping `stop` would
         // stop the node at once.)
         std::future::pending::<()>().await;
     }
-    match node.admin(AdminRequest::HandOffLeadership).await {
+    match s.node.admin(AdminRequest::HandOffLeadership).await {
         Ok(AdminReply::LeaderIs(leader)) => {
             tracing::info!(id, leader, "handed the leadership over before stopping");
         }
         Ok(other) => tracing::debug!(id, ?other, "no leadership hand-off before stopping"),
         Err(e) => tracing::warn!(id, error = %e, "leadership hand-off failed; stopping anyway"),
     }
-    let _ = stop.send(true);
+    let _ = s.stop_clients.send(true);
+    if tokio::time::timeout(DRAIN_BOUND, s.client_port)
+        .await
+        .is_err()
+    {
+        tracing::info!(id, "stopping with client requests still unanswered");
+    }
+    let _ = s.stop.send(true);
 }
 
 /// A watch that turns true on Ctrl-C or SIGTERM.

@@ -19,6 +19,9 @@ use crate::transport::{Net, TokioNet};
 /// How many servers a client keeps at most (leader addresses it learns are added).
 const MAX_SERVERS: usize = 64;
 
+/// How an attempt's error ends when it ran out of time.
+const TIMED_OUT: &str = "timed out";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientError {
     /// No server gave an answer within the attempts allowed. For a write, the outcome is
@@ -99,6 +102,8 @@ pub struct KvClient<N: Net = TokioNet> {
     client_id: u64,
     next_seq: u64,
     cfg: ClientConfig,
+    /// Attempts that timed out (a TIMEOUT reply, or none in time), retried or not.
+    timed_out_attempts: u64,
 }
 
 impl KvClient {
@@ -126,6 +131,7 @@ impl<N: Net> KvClient<N> {
             client_id,
             next_seq: 1,
             cfg,
+            timed_out_attempts: 0,
         }
     }
 
@@ -139,6 +145,12 @@ impl<N: Net> KvClient<N> {
 
     pub fn client_id(&self) -> u64 {
         self.client_id
+    }
+
+    /// How many attempts so far timed out: a TIMEOUT reply, or no reply or connection in time.
+    /// A request that succeeded on a retry hides them from its result; this does not.
+    pub fn timed_out_attempts(&self) -> u64 {
+        self.timed_out_attempts
     }
 
     pub fn current_server(&self) -> Option<&str> {
@@ -306,6 +318,7 @@ impl<N: Net> KvClient<N> {
                     self.rotate();
                 }
                 Ok(Reply::Error(e)) if e.starts_with("TIMEOUT") => {
+                    self.timed_out_attempts += 1;
                     maybe_applied = true;
                     last_error = e;
                     self.rotate();
@@ -313,6 +326,9 @@ impl<N: Net> KvClient<N> {
                 Ok(Reply::Error(e)) => return Err(ClientError::Server(e)),
                 Ok(reply) => return Ok(reply),
                 Err((e, sent)) => {
+                    if e.ends_with(TIMED_OUT) {
+                        self.timed_out_attempts += 1;
+                    }
                     maybe_applied |= sent && write;
                     last_error = e;
                     self.conn = None;
@@ -385,7 +401,7 @@ impl<N: Net> KvClient<N> {
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return Err(format!("{addr}: {e}")),
-                Err(_) => return Err(format!("{addr}: connect timed out")),
+                Err(_) => return Err(format!("{addr}: connect {TIMED_OUT}")),
             };
         self.conn = Some(Conn {
             stream,
@@ -423,7 +439,7 @@ impl<N: Net> KvClient<N> {
         match tokio::time::timeout(timeout, read).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err((e, true)),
-            Err(_) => Err(("no reply in time".into(), true)),
+            Err(_) => Err((format!("no reply: {TIMED_OUT}"), true)),
         }
     }
 }

@@ -28,7 +28,9 @@ use crate::transport::{Listener, Stream};
 /// Requests parsed from one read are executed concurrently and answered in order.
 const MAX_PIPELINE: usize = 1024;
 
-/// Accepts client connections until `shutdown` turns true.
+/// Accepts client connections until `shutdown` turns true, then returns once every connection
+/// has answered the requests it had read and closed: a node stopping gracefully stops its
+/// client port first, and waits for this before it stops answering.
 pub async fn run_client_server<L: Listener>(
     mut listener: L,
     node: NodeHandle,
@@ -36,14 +38,21 @@ pub async fn run_client_server<L: Listener>(
     seed: u64,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // Each connection holds a sender; the channel closes when the last one ends.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     tracing::debug!(%remote, "client connected");
-                    tokio::spawn(serve_connection(stream, node.clone(), rng.gen(), shutdown.clone()));
+                    let conn = serve_connection(stream, node.clone(), rng.gen(), shutdown.clone());
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(open);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a client connection failed");
@@ -52,6 +61,8 @@ pub async fn run_client_server<L: Listener>(
             },
         }
     }
+    drop((listener, open));
+    let _ = all_closed.recv().await;
 }
 
 async fn serve_connection<S: Stream>(

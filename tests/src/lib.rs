@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use net::client::{ClientConfig, KvClient};
@@ -34,6 +35,12 @@ pub fn kvstore_bin() -> PathBuf {
         profile_dir.join("kvstore")
     })
     .clone()
+}
+
+/// The nodes' log filter: `E2E_KVSTORE_LOG` if set (to debug a failure, for example
+/// `E2E_KVSTORE_LOG=info,raft_core=debug`), else what explains a failure without flooding.
+fn node_log_filter() -> String {
+    std::env::var("E2E_KVSTORE_LOG").unwrap_or_else(|_| "warn,net=info".to_string())
 }
 
 /// A free loopback port (bound then released; good enough for tests).
@@ -118,7 +125,7 @@ impl TestCluster {
         .arg(&node.data_dir)
         .args(["--tick-ms", "50"])
         .args(&self.extra_args)
-        .env("KVSTORE_LOG", "warn,net=info");
+        .env("KVSTORE_LOG", node_log_filter());
         cmd
     }
 
@@ -154,7 +161,7 @@ impl TestCluster {
             .args(["--tick-ms", "50"])
             .args(&self.extra_args)
             .args(extra)
-            .env("KVSTORE_LOG", "warn,net=info");
+            .env("KVSTORE_LOG", node_log_filter());
         cmd
     }
 
@@ -280,6 +287,38 @@ impl TestCluster {
         c.info().await.ok().map(|t| parse_info(&t))
     }
 
+    /// `HOST:PORT,...` of the peer addresses of `ids`: what `kvstore serve --join` takes.
+    pub fn peer_addrs(&self, ids: impl IntoIterator<Item = u64>) -> String {
+        ids.into_iter()
+            .map(|id| self.nodes[&id].peer_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until node `id` has applied everything the leader had committed when asked.
+    pub async fn wait_until_caught_up(&self, id: u64, bound: Duration) {
+        let leader = self.wait_for_leader(bound).await;
+        let target = self
+            .info_number(leader, "commit_index")
+            .await
+            .expect("leader info");
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            if self
+                .info_number(id, "applied_index")
+                .await
+                .is_some_and(|a| a >= target)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "node {id} did not catch up to {target} within {bound:?}\n{}",
+            self.logs()
+        );
+    }
+
     /// The id of a node that says it leads, polling for up to `bound`.
     pub async fn wait_for_leader(&self, bound: Duration) -> u64 {
         let start = Instant::now();
@@ -399,5 +438,59 @@ pub async fn check_all<F: Fn() -> KvClient>(client: F, acked: &BTreeMap<String, 
         if let Err(e) = r.await {
             std::panic::resume_unwind(e.into_panic());
         }
+    }
+}
+
+/// What a [`Writer`] saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Every acknowledged write.
+    pub acked: BTreeMap<String, String>,
+    /// Every write that got an error, with the error.
+    pub failed: Vec<String>,
+    /// Attempts that timed out, even when a retry then succeeded.
+    pub timed_out_attempts: u64,
+    /// The longest a write took (retries included).
+    pub slowest: Duration,
+}
+
+/// A closed-loop client writing `{prefix}{i}` = `v{i}` one after another until it is
+/// finished: the load under which membership changes and restarts must lose no write.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<WriterReport>,
+}
+
+impl Writer {
+    pub fn start(client: KvClient, prefix: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = prefix.to_string();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut client = client;
+            let mut report = WriterReport::default();
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let (key, value) = (format!("{prefix}{i}"), format!("v{i}"));
+                let start = Instant::now();
+                match client.set(key.as_bytes(), value.as_bytes()).await {
+                    Ok(()) => {
+                        report.acked.insert(key, value);
+                    }
+                    Err(e) => report.failed.push(format!("{key}: {e}")),
+                }
+                report.slowest = report.slowest.max(start.elapsed());
+                i += 1;
+            }
+            report.timed_out_attempts = client.timed_out_attempts();
+            report
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the writer once its write in flight has an outcome, and returns what it saw.
+    pub async fn finish(self) -> WriterReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("writer task")
     }
 }

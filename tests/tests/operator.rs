@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{check_all, eventually, write_all, TestCluster};
+use e2e::{check_all, eventually, write_all, TestCluster, Writer};
 use net::client::{ClientConfig, ClientError, KvClient};
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -151,43 +151,11 @@ fn starting_on_the_first_server() -> ClientConfig {
     }
 }
 
-/// Writes `roll-{i}` continuously until `stop`; returns the acknowledged writes and the
-/// failures (each a write that got an error).
-fn spawn_writer(
-    servers: Vec<String>,
-    stop: Arc<AtomicBool>,
-    latencies: Arc<Mutex<Vec<(Instant, Duration)>>>,
-) -> tokio::task::JoinHandle<(BTreeMap<String, String>, Vec<String>)> {
-    tokio::spawn(async move {
-        let mut client = KvClient::new(servers);
-        let (mut acked, mut failed) = (BTreeMap::new(), Vec::new());
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let (key, value) = (format!("roll-{i}"), format!("v{i}"));
-            let start = Instant::now();
-            match client.set(key.as_bytes(), value.as_bytes()).await {
-                Ok(()) => {
-                    acked.insert(key, value);
-                }
-                Err(e) => failed.push(format!("{key}: {e}")),
-            }
-            latencies
-                .lock()
-                .expect("latencies")
-                .push((start, start.elapsed()));
-            i += 1;
-        }
-        (acked, failed)
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rolling_restart_under_load_fails_no_write() {
+async fn a_rolling_restart_under_load_fails_and_times_out_no_write() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_for_leader(BOUND).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let latencies = Arc::new(Mutex::new(Vec::new()));
-    let writer = spawn_writer(cluster.servers(), stop.clone(), latencies.clone());
+    let writer = Writer::start(cluster.client(), "roll-");
 
     for id in 1..=3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -219,24 +187,27 @@ async fn a_rolling_restart_under_load_fails_no_write() {
         .await;
     }
 
-    stop.store(true, Ordering::Relaxed);
-    let (acked, failed) = writer.await.expect("writer task");
+    let report = writer.finish().await;
     assert!(
-        failed.is_empty(),
-        "writes failed during the rolling restart: {failed:?}"
+        report.failed.is_empty(),
+        "writes failed during the rolling restart: {:?}",
+        report.failed
     );
-    assert!(acked.len() > 10, "the writer barely wrote: {}", acked.len());
-    let slowest = latencies
-        .lock()
-        .expect("latencies")
-        .iter()
-        .map(|(_, l)| *l)
-        .max();
+    assert_eq!(
+        report.timed_out_attempts, 0,
+        "requests timed out during the rolling restart (each stop hands the leadership over first)"
+    );
+    assert!(
+        report.acked.len() > 10,
+        "the writer barely wrote: {}",
+        report.acked.len()
+    );
     eprintln!(
-        "rolling restart: {} writes, none failed, slowest {slowest:?}",
-        acked.len()
+        "rolling restart: {} writes, none failed or timed out, slowest {:?}",
+        report.acked.len(),
+        report.slowest
     );
-    check_all(|| cluster.client(), &acked).await;
+    check_all(|| cluster.client(), &report.acked).await;
 }
 
 /// A closed-loop writer for measuring: it records when each request started and how long it
