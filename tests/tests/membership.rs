@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::{check_all, write_all, TestCluster};
+use e2e::{check_all, write_all, TestCluster, Writer};
 use net::client::KvClient;
 use net::node::admin::MemberRole;
 
@@ -24,19 +24,12 @@ fn wait_for_exit(cluster: &mut TestCluster, id: u64, bound: Duration) -> bool {
     false
 }
 
-fn peer_addrs(cluster: &TestCluster, ids: impl IntoIterator<Item = u64>) -> String {
-    ids.into_iter()
-        .map(|id| cluster.nodes[&id].peer_addr.clone())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_the_cluster_does_not_list_refuses_to_join_and_leaves_no_data() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_for_leader(BOUND).await;
     cluster.configure_node(4);
-    let join = vec!["--join".to_string(), peer_addrs(&cluster, 1..=3)];
+    let join = vec!["--join".to_string(), cluster.peer_addrs(1..=3)];
     let cmd = cluster.serve_own_command(4, &join);
     cluster.start_with(4, cmd);
     assert!(
@@ -59,48 +52,40 @@ async fn a_node_the_cluster_does_not_list_refuses_to_join_and_leaves_no_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_restarted_on_its_data_with_new_addresses_and_no_member_list_starts() {
+async fn a_node_moved_to_new_ports_with_member_update_rejoins_and_serves_there() {
     let mut cluster = TestCluster::start(3);
     cluster.wait_for_leader(BOUND).await;
-    let mut client = cluster.client();
-    client.set(b"before", b"1").await.expect("write");
-    cluster.kill(3);
+    let mut acked = BTreeMap::new();
+    write_all(cluster.servers(), "before-", 0..50, &mut acked).await;
+
+    // The operator records the move, then restarts node 3 on its own data directory at the
+    // new ports: no --peers, no --join.
+    let peer = format!("127.0.0.1:{}", e2e::free_port());
+    let client = format!("127.0.0.1:{}", e2e::free_port());
+    let update = ["member", "update", "3", "--peer-addr", &peer];
+    let (ok, out, err) = cluster.kvstore(&[&update[..], &["--client-addr", &client]].concat());
+    assert!(ok, "member update failed:\n{out}\n{err}");
+    assert!(cluster.stop(3, BOUND), "node 3 did not stop on SIGTERM");
     let node = cluster.nodes.get_mut(&3).expect("node 3");
-    node.peer_addr = format!("127.0.0.1:{}", e2e::free_port());
-    node.client_addr = format!("127.0.0.1:{}", e2e::free_port());
+    node.peer_addr = peer;
+    node.client_addr = client.clone();
     let cmd = cluster.serve_own_command(3, &[]);
     cluster.start_with(3, cmd);
-    // Its peers still send to the old address until the move is recorded, but it starts and
-    // answers at its new client address.
-    e2e::eventually(
-        BOUND,
-        "node 3 answering INFO at its new address",
-        || async { cluster.info(3).await.is_some() },
-    )
-    .await;
-    assert!(cluster.is_running(3), "{}", cluster.logs());
-}
+    cluster.wait_until_caught_up(3, BOUND).await;
 
-/// Waits until node `id` has applied everything the leader had committed when asked.
-async fn wait_until_caught_up(cluster: &TestCluster, leader: u64, id: u64) {
-    let target = cluster
-        .info_number(leader, "commit_index")
-        .await
-        .expect("leader info");
-    let start = Instant::now();
-    while start.elapsed() < BOUND {
-        if cluster
-            .info_number(id, "applied_index")
-            .await
-            .is_some_and(|a| a >= target)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!(
-        "node {id} did not catch up to {target} within {BOUND:?}\n{}",
-        cluster.logs()
+    // With node 1 down, nothing commits unless the leader reaches node 3 at its new peer port.
+    cluster.kill(1);
+    write_all(vec![client.clone()], "moved-", 0..50, &mut acked).await;
+    check_all(|| cluster.client_of(3), &acked).await;
+    check_all(|| cluster.client_of(2), &acked).await;
+    let (ok, list, err) = cluster.kvstore(&["member", "list"]);
+    let line = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("3"))
+        .unwrap_or_else(|| panic!("node 3 missing from the member list:\n{list}\n{err}"));
+    assert!(
+        ok && line.contains(&client) && line.trim_end().ends_with("yes"),
+        "node 3 listed at its new client address and reachable:\n{list}"
     );
 }
 
@@ -133,10 +118,10 @@ async fn a_learner_started_with_join_catches_up_by_snapshot_is_promoted_and_rest
         .member_add(4, &peer, &client)
         .await
         .expect("adding node 4 as a learner");
-    let join = vec!["--join".to_string(), peer_addrs(&cluster, 1..=3)];
+    let join = vec!["--join".to_string(), cluster.peer_addrs(1..=3)];
     let cmd = cluster.serve_own_command(4, &join);
     cluster.start_with(4, cmd);
-    wait_until_caught_up(&cluster, leader, 4).await;
+    cluster.wait_until_caught_up(4, BOUND).await;
     let info = cluster.info(4).await.expect("node 4 info");
     assert!(
         info["snapshots_installed"].parse::<u64>().unwrap_or(0) >= 1,
@@ -164,7 +149,231 @@ async fn a_learner_started_with_join_catches_up_by_snapshot_is_promoted_and_rest
     write_all(cluster.servers_except(4), "after-", 0..200, &mut acked).await;
     let cmd = cluster.serve_own_command(4, &[]);
     cluster.start_with(4, cmd);
-    let leader = cluster.wait_for_leader(BOUND).await;
-    wait_until_caught_up(&cluster, leader, 4).await;
+    cluster.wait_for_leader(BOUND).await;
+    cluster.wait_until_caught_up(4, BOUND).await;
     check_all(|| cluster.client_of(4), &acked).await;
+}
+
+/// Runs `kvstore ARGS... --servers <every node>` and panics with its output if it fails.
+fn kvstore_ok(cluster: &TestCluster, args: &[&str]) -> String {
+    let (ok, out, err) = cluster.kvstore(args);
+    assert!(ok, "kvstore {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_replaced_by_a_new_member_that_catches_up_by_snapshot_and_takes_its_place() {
+    let mut cluster = TestCluster::configure(3);
+    cluster.extra_args = ["--snapshot-threshold", "1000", "--snapshot-tail", "200"]
+        .map(String::from)
+        .to_vec();
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(BOUND).await;
+    let mut acked = BTreeMap::new();
+    write_all(cluster.servers(), "k", 0..3000, &mut acked).await;
+
+    // Node 3's disk is lost.
+    cluster.kill(3);
+    std::fs::remove_dir_all(&cluster.nodes[&3].data_dir).expect("wiping node 3");
+    kvstore_ok(&cluster, &["member", "remove", "3"]);
+    cluster.nodes.remove(&3);
+
+    // Its replacement, at addresses of its own, joins as a learner.
+    cluster.configure_node(4);
+    let (peer, client) = (
+        cluster.nodes[&4].peer_addr.clone(),
+        cluster.nodes[&4].client_addr.clone(),
+    );
+    let add = ["member", "add", "4", "--peer-addr", &peer, "--client-addr"];
+    let out = kvstore_ok(&cluster, &[&add[..], &[&client]].concat());
+    assert!(out.contains("kvstore serve --id 4"), "{out}");
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let log_start = cluster
+        .info_number(leader, "log_start_index")
+        .await
+        .expect("leader info");
+    assert!(
+        log_start > 1,
+        "the leader should have compacted its log, so that node 4 needs a snapshot"
+    );
+    let join = vec!["--join".to_string(), cluster.peer_addrs([1, 2])];
+    let cmd = cluster.serve_own_command(4, &join);
+    cluster.start_with(4, cmd);
+    cluster.wait_until_caught_up(4, BOUND).await;
+    let info = cluster.info(4).await.expect("node 4 info");
+    assert!(
+        info["snapshots_installed"].parse::<u64>().unwrap_or(0) >= 1,
+        "node 4 should have caught up by snapshot: {info:?}"
+    );
+
+    let c = &cluster;
+    e2e::eventually(BOUND, "member promote 4 succeeding", || async move {
+        c.kvstore(&["member", "promote", "4"]).0
+    })
+    .await;
+    let info = cluster.info(leader).await.expect("leader info");
+    assert_eq!(
+        (info["voters"].as_str(), info["joint"].as_str()),
+        ("1,2,4", "no"),
+        "{info:?}"
+    );
+
+    // Node 4 now holds a vote the cluster needs: without node 1, nodes 2 and 4 serve alone.
+    cluster.kill(1);
+    check_all(|| cluster.client_of(4), &acked).await;
+    write_all(cluster.servers_except(1), "after-", 0..200, &mut acked).await;
+    check_all(|| cluster.client_of(4), &acked).await;
+    check_all(|| cluster.client_of(2), &acked).await;
+}
+
+/// Adds node `id` as a learner, starts it with `--join`, and promotes it once it is ready.
+async fn grow_by(cluster: &mut TestCluster, id: u64, founders: &[u64]) {
+    cluster.configure_node(id);
+    let (peer, client) = (
+        cluster.nodes[&id].peer_addr.clone(),
+        cluster.nodes[&id].client_addr.clone(),
+    );
+    KvClient::new(cluster.servers_except(id))
+        .member_add(id, &peer, &client)
+        .await
+        .unwrap_or_else(|e| panic!("adding node {id}: {e}"));
+    let join = vec!["--join".to_string(), cluster.peer_addrs(founders.to_vec())];
+    let cmd = cluster.serve_own_command(id, &join);
+    cluster.start_with(id, cmd);
+    let servers = cluster.servers_except(id);
+    e2e::eventually(BOUND, "the learner promoted", || {
+        let servers = servers.clone();
+        async move { KvClient::new(servers).member_promote(id).await.is_ok() }
+    })
+    .await;
+}
+
+/// The configuration as node `id` reports it: its voters, and whether it is joint.
+async fn voters_of(cluster: &TestCluster, id: u64) -> (String, String) {
+    let info = cluster.info(id).await.expect("info");
+    (info["voters"].clone(), info["joint"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_grows_to_five_and_shrinks_to_three_without_its_leader_under_a_writer_that_loses_nothing(
+) {
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_for_leader(BOUND).await;
+    let writer = Writer::start(cluster.client(), "resize-");
+
+    grow_by(&mut cluster, 4, &[1, 2, 3]).await;
+    grow_by(&mut cluster, 5, &[1, 2, 3]).await;
+    let leader = cluster.wait_for_leader(BOUND).await;
+    assert_eq!(
+        voters_of(&cluster, leader).await,
+        ("1,2,3,4,5".to_string(), "no".to_string())
+    );
+
+    // Shrink: first the leader itself, then a founder.
+    let mut admin = KvClient::new(cluster.servers());
+    admin
+        .member_remove(leader)
+        .await
+        .expect("removing the leader");
+    let founder = (1..=3).find(|&i| i != leader).expect("a founder");
+    admin
+        .member_remove(founder)
+        .await
+        .expect("removing a founder");
+    let remaining: Vec<u64> = (1..=5).filter(|&i| i != leader && i != founder).collect();
+    let new_leader = cluster.wait_for_leader(BOUND).await;
+    assert!(remaining.contains(&new_leader), "node {new_leader} leads");
+    let expected = remaining
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        voters_of(&cluster, new_leader).await,
+        (expected, "no".to_string())
+    );
+    // The writer goes on a little against the shrunk cluster, removed nodes still running.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let report = writer.finish().await;
+    assert!(
+        report.failed.is_empty(),
+        "writes failed while the cluster grew and shrank ({} acknowledged): {:?}",
+        report.acked.len(),
+        report.failed
+    );
+    eprintln!(
+        "grow 3 -> 5 -> 3: {} writes, none failed, {} attempts timed out, slowest {:?}",
+        report.acked.len(),
+        report.timed_out_attempts,
+        report.slowest
+    );
+    let servers: Vec<String> = remaining
+        .iter()
+        .map(|id| cluster.nodes[id].client_addr.clone())
+        .collect();
+    check_all(|| KvClient::new(servers.clone()), &report.acked).await;
+}
+
+/// What node `id` answers a write now (one attempt, no retry elsewhere).
+async fn answer_of(cluster: &TestCluster, id: u64) -> Result<(), net::client::ClientError> {
+    let cfg = net::client::ClientConfig {
+        max_attempts: 1,
+        request_timeout: Duration::from_secs(10),
+        follow_leader: false,
+        ..Default::default()
+    };
+    KvClient::with_config(vec![cluster.nodes[&id].client_addr.clone()], cfg)
+        .set(b"probe", b"x")
+        .await
+}
+
+/// KNOWN FAILURE, reported, not fixed here (the fix belongs in `net/src/node/membership.rs`):
+/// a node keeps outbound connections only to the members of the configuration in force, which
+/// is the last one appended. So as soon as the entry removing a member is appended, the
+/// others stop sending to it: a removed follower never hears that the entry committed, and a
+/// removed leader never hears the acknowledgements of the entry that removes it, so it cannot
+/// commit it and step down; it is deposed by check-quorum an election timeout later, and the
+/// writes it had taken time out (5 s) before their retry. Neither removed node ever learns it
+/// was removed: a client asking it waits for "no leader was elected" instead of the clear
+/// "removed" error the issue asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "known failure: removed members never learn their removal (see the doc comment)"]
+async fn a_removed_follower_and_a_removed_leader_learn_it_and_the_leader_steps_down_at_the_commit()
+{
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let writer = Writer::start(cluster.client(), "w-");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut admin = KvClient::new(cluster.servers());
+    admin
+        .member_remove(leader)
+        .await
+        .expect("removing the leader");
+    admin
+        .member_remove(follower)
+        .await
+        .expect("removing a follower");
+    let report = writer.finish().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    let c = &cluster;
+    for gone in [leader, follower] {
+        e2e::eventually(BOUND, "the removed node answering so", || async move {
+            matches!(answer_of(c, gone).await, Err(net::client::ClientError::Server(e)) if e.contains("removed"))
+        })
+        .await;
+    }
+    let old_leader_log = std::fs::read_to_string(&cluster.nodes[&leader].log).unwrap_or_default();
+    assert!(
+        !old_leader_log.contains("check-quorum"),
+        "the removed leader should step down once its removal commits, not by check-quorum:\n{old_leader_log}"
+    );
+    assert_eq!(
+        report.timed_out_attempts, 0,
+        "writes taken by the removed leader timed out"
+    );
 }
