@@ -146,20 +146,31 @@ impl Observer {
         self.state().leaders.clone()
     }
 
-    /// Notes that `node` crashed or lost its disk now; kept if the configuration was joint.
-    pub fn crashed(&self, node: NodeId) {
+    /// Notes that `node` crashed or lost its disk at `at` (simulated ns); kept if the
+    /// configuration was joint.
+    pub fn crashed(&self, node: NodeId, at: u64) {
         let mut st = self.state();
         let Some((joint_index, true)) = st.last_conf else {
             return;
         };
         let leader = matches!(st.roles.get(&node), Some((_, Role::Leader, _)));
-        let at = crate::cluster::now();
         st.crashes_mid_joint.push(CrashMidJoint {
             at,
             node,
             leader,
             joint_index,
         });
+    }
+
+    /// While the configuration is joint: the leader of the highest term, if it still leads.
+    pub fn leader_while_joint(&self) -> Option<NodeId> {
+        let st = self.state();
+        st.last_conf.filter(|(_, joint)| *joint)?;
+        st.roles
+            .iter()
+            .filter(|(_, (_, role, _))| *role == Role::Leader)
+            .max_by_key(|(_, (term, _, _))| *term)
+            .map(|(id, _)| *id)
     }
 
     /// The crashes that came while the configuration was joint.

@@ -28,6 +28,8 @@ fn scenario(seed: u64, kinds: FaultKinds, snapshots: SnapshotPolicy) -> RunConfi
     let mut cfg = RunConfig::from_seed(seed);
     cfg.kinds = kinds;
     cfg.snapshots = snapshots;
+    // As these scenarios were written: no operator changing the members.
+    cfg.membership = None;
     cfg
 }
 

@@ -39,8 +39,9 @@ pub struct RunConfig {
     /// trace is written under `target/sim-traces/expected-by-teeth-tests/`, apart from the
     /// traces of real failures (never drawn).
     pub expect_failure: bool,
-    /// An operator changing the cluster's members while the run goes (a test's scenario; never
-    /// drawn). Its spare nodes get hosts that wait to be added.
+    /// An operator changing the cluster's members while the run goes: drawn in a third of the
+    /// seeds (`random_plan.rs`), or a test's scenario. Its spare nodes get hosts that wait to
+    /// be added.
     pub membership: Option<MemberPlan>,
     /// A node reinstalled after its disk was lost ([`FaultAction::Reinstall`]) comes back as
     /// the same incarnation, as every node did before incarnations existed: its peers cannot
@@ -53,7 +54,8 @@ impl RunConfig {
     /// 10 to 20 simulated seconds of workload; in half of the seeds, snapshots every 20 to 300
     /// entries with a log tail of up to as many, and then in half of those, crashes during
     /// snapshot installs. Half of the clients stay on their starting node (see
-    /// [`RunConfig::sticky_clients`]).
+    /// [`RunConfig::sticky_clients`]). In a third of the seeds, an operator changes the members
+    /// (see [`RunConfig::membership`]).
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = rng::seeded(seed);
         let nodes = if rng.gen_bool(0.7) { 3 } else { 5 };
@@ -90,7 +92,7 @@ impl RunConfig {
             crash_after_first_snapshot: false,
             extra_faults: Vec::new(),
             expect_failure: false,
-            membership: None,
+            membership: super::random_plan::draw(seed, nodes),
             reinstall_keeps_incarnation: false,
         }
     }

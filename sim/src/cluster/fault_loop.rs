@@ -59,6 +59,9 @@ pub(super) fn run(
             trace.push(format!("{at:>10.3}s {action:?} (by the operator)"));
             apply(sim, &action, &names, nodes, &mut crashed, observer);
         }
+        if let Some(operator) = operator {
+            crash_leader_while_joint(sim, operator, observer, nodes, &mut crashed, trace);
+        }
         if let Some(v) = observer.violations().into_iter().next() {
             return Err(FailureKind::Invariant(v));
         }
@@ -66,6 +69,36 @@ pub(super) fn run(
             return Ok(());
         }
     }
+}
+
+/// Crashes the leader if the operator armed that for a joint configuration and the
+/// configuration is joint now; schedules its restart.
+fn crash_leader_while_joint(
+    sim: &mut turmoil::Sim<'_>,
+    operator: &SharedOperator,
+    observer: &Observer,
+    nodes: &BTreeMap<u64, NodeControls>,
+    down: &mut Crashed,
+    trace: &mut Vec<String>,
+) {
+    let Some(downtime) = operator.borrow().crash_leader_while_joint else {
+        return;
+    };
+    let Some(leader) = observer.leader_while_joint() else {
+        return;
+    };
+    // A leader that crashed keeps its last role in the observer's eyes: wait for the next.
+    if down.hosts.contains(&leader) || down.lost.contains(&leader) {
+        return;
+    }
+    operator.borrow_mut().crash_leader_while_joint = None;
+    let elapsed = sim.elapsed();
+    let action = FaultAction::Crash(vec![leader]);
+    let at = elapsed.as_secs_f64();
+    trace.push(format!("{at:>10.3}s {action:?} (the leader, while joint)"));
+    let names: Vec<String> = nodes.keys().copied().map(node_name).collect();
+    apply(sim, &action, &names, nodes, down, observer);
+    down.restarts.push((elapsed + downtime, leader));
 }
 
 /// One step of the simulation: whether every client has finished.
@@ -113,7 +146,7 @@ impl Crashed {
                 cut.what,
                 cut.node
             ));
-            observer.crashed(cut.node);
+            observer.crashed(cut.node, elapsed.as_nanos() as u64);
             sim.crash(node_name(cut.node));
             self.hosts.push(cut.node);
             self.restarts.push((elapsed + cut.downtime, cut.node));
@@ -183,7 +216,7 @@ fn apply(
                 // Cut the power first: the host's destructors (LevelDB flushes on drop) must
                 // not reach the disk.
                 nodes[id].disk.env.cut_power();
-                observer.crashed(*id);
+                observer.crashed(*id, sim.elapsed().as_nanos() as u64);
                 sim.crash(name(id));
                 crashed.push(*id);
             }
@@ -204,7 +237,7 @@ fn apply(
                 let node = &nodes[id];
                 node.disk.env.cut_power();
                 if !crashed.contains(id) {
-                    observer.crashed(*id);
+                    observer.crashed(*id, sim.elapsed().as_nanos() as u64);
                     sim.crash(name(id));
                 }
                 crashed.retain(|c| c != id);

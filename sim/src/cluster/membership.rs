@@ -43,6 +43,10 @@ pub enum MemberOp {
     ExpectServing(Duration),
     /// Waits this long.
     Wait(Duration),
+    /// Arms a crash of the leader for the moment the next joint configuration commits (some
+    /// node applied `C_old,new`, none a later configuration yet); the leader restarts this long
+    /// after. Done at once: the next steps (the change that goes joint) follow.
+    CrashLeaderWhileJoint(Duration),
     /// Waits until each of these nodes has refused frames from a peer whose incarnation is not
     /// the one it pinned (`refused_incarnation_frames` in its INFO): the nodes saw a member
     /// come back with a wiped disk, and shut it out.
@@ -59,6 +63,9 @@ pub struct MemberPlan {
     /// Nodes beyond the founding ones (numbered from `nodes + 1`) with a host waiting to join.
     pub spares: u64,
     pub steps: Vec<MemberOp>,
+    /// The drawn fault schedule strikes the spare nodes too, as any other node (a random run's
+    /// plan); a scenario's leaves them out.
+    pub faults_on_spares: bool,
 }
 
 /// What the operator did, as the run's report shows it.
@@ -79,6 +86,8 @@ pub(super) struct OperatorState {
     pub(super) admitted: BTreeSet<NodeId>,
     /// Fault actions asked for and not yet made.
     pub(super) faults: Vec<FaultAction>,
+    /// A crash of the leader armed for the next joint configuration: its downtime.
+    pub(super) crash_leader_while_joint: Option<Duration>,
     pub(super) report: OperatorReport,
 }
 
@@ -150,6 +159,15 @@ impl Operator {
         self.next_server = (self.next_server + 1) % self.servers.len().max(1);
     }
 
+    /// A new client, starting at node `id` (the servers are in node order).
+    fn ask_next(&mut self, id: NodeId) {
+        let position = (id as usize).saturating_sub(1);
+        if position < self.servers.len() {
+            self.next_server = position;
+            self.move_on();
+        }
+    }
+
     async fn run(mut self, steps: &[MemberOp]) {
         for step in steps {
             if let Err(e) = self.carry_out(step).await {
@@ -195,6 +213,11 @@ impl Operator {
                 if now() >= self.deadline {
                     return Err(format!("node {id} never caught up: {list:?}"));
                 }
+                // Only the leader knows how far each member has got; a follower's list (a
+                // client that stays on the node it reached) tells where to ask instead.
+                if let Some(leader) = list.leader.filter(|l| *l != list.answered_by) {
+                    self.ask_next(leader);
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             },
             MemberOp::Promote(id) => self.retry(Request::Promote(*id)).await.map(drop),
@@ -228,6 +251,10 @@ impl Operator {
             }
             MemberOp::Wait(d) => {
                 tokio::time::sleep(*d).await;
+                Ok(())
+            }
+            MemberOp::CrashLeaderWhileJoint(downtime) => {
+                self.state.borrow_mut().crash_leader_while_joint = Some(*downtime);
                 Ok(())
             }
             MemberOp::AwaitRefusals(ids) => {

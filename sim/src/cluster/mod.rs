@@ -8,6 +8,7 @@
 //! * `clients.rs`: the workload clients and the liveness probe;
 //! * `fault_loop.rs`: stepping the simulation and making the fault actions between steps;
 //! * `membership.rs`: spare nodes that join once added, and the operator changing the members;
+//! * `random_plan.rs`: the operator plans a share of the seeds draw;
 //! * `triggers.rs`: the power cuts that snapshot events set off;
 //! * `verdict.rs`: judging the end of a run ([`RunReport`], [`Failure`]) and the trace file.
 
@@ -27,6 +28,7 @@ mod config;
 mod fault_loop;
 mod hosts;
 mod membership;
+mod random_plan;
 mod triggers;
 mod verdict;
 
@@ -115,7 +117,12 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
 
 /// The seed's fault schedule, with a test's extra actions merged in.
 fn schedule(cfg: &RunConfig) -> Schedule {
-    let mut schedule = Schedule::draw(cfg.seed, cfg.nodes, cfg.kinds, cfg.workload);
+    let spares = cfg
+        .membership
+        .as_ref()
+        .filter(|p| p.faults_on_spares)
+        .map_or(0, |p| p.spares);
+    let mut schedule = Schedule::draw(cfg.seed, cfg.nodes + spares, cfg.kinds, cfg.workload);
     if !cfg.extra_faults.is_empty() {
         schedule.actions.extend(cfg.extra_faults.iter().cloned());
         // Stable: the drawn actions keep their order among themselves.
