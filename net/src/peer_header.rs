@@ -1,7 +1,7 @@
 //! The header every frame a node sends to a peer starts with (after the `u32` length prefix):
 //! `magic (u32) | version (u8) | cluster id (u64) | sender node id (u64) | sender incarnation
 //! (u64)`. The magic says what the connection carries: Raft messages ([`MESSAGE_MAGIC`],
-//! `transport`), a snapshot request ([`SNAPSHOT_MAGIC`], `snapshot_transfer`) or a bootstrap
+//! `transport`, opened by a [`HELLO_MAGIC`] frame), a snapshot request ([`SNAPSHOT_MAGIC`], `snapshot_transfer`) or a bootstrap
 //! probe ([`PROBE_MAGIC`], `probe`). All are coded here, once.
 //!
 //! The sender's incarnation lets a receiver tell a node from a namesake whose disk was wiped
@@ -18,6 +18,10 @@ pub const MESSAGE_MAGIC: u32 = 0x4B56_5246;
 pub const SNAPSHOT_MAGIC: u32 = 0x4B56_534E;
 /// "KVPB": a bootstrap probe, and its answer.
 pub const PROBE_MAGIC: u32 = 0x4B56_5042;
+/// "KVHI": the frame that opens a Raft message connection, the header alone: it introduces the
+/// sender even if it has nothing to say yet, so that every member pins every other member's
+/// incarnation, not only the ones that happened to send it a message.
+pub const HELLO_MAGIC: u32 = 0x4B56_4849;
 /// The version of every frame kind. 2: the sender's id and incarnation.
 pub const VERSION: u8 = 2;
 /// Bytes of the header: magic, version, cluster id, sender id, sender incarnation.

@@ -155,6 +155,12 @@ pub fn encode_frame(cluster_id: u64, incarnation: u64, msg: &Message, out: &mut 
     codec::encode(msg, out);
 }
 
+/// Appends the hello frame that opens a message connection: the header alone.
+pub fn encode_hello(cluster_id: u64, me: Sender, out: &mut BytesMut) {
+    out.put_u32(FRAME_HEADER_LEN as u32);
+    peer_header::put_header(peer_header::HELLO_MAGIC, cluster_id, me, out);
+}
+
 /// Checks a frame's length prefix before its body is read.
 pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     if len > MAX_FRAME_LEN {
@@ -213,7 +219,7 @@ pub async fn run_outbound<N: Net>(
     net: N,
     to: NodeId,
     addr: String,
-    (cluster_id, incarnation): (u64, u64),
+    (cluster_id, me): (u64, Sender),
     timeouts: TransportTimeouts,
     mut queue: mpsc::Receiver<Message>,
     unreachable: mpsc::UnboundedSender<NodeId>,
@@ -243,6 +249,16 @@ pub async fn run_outbound<N: Net>(
         backoff = timeouts.backoff_min;
         tracing::debug!(peer = to, %addr, "connected to peer");
         let mut stream = stream;
+        buf.clear();
+        encode_hello(cluster_id, me, &mut buf);
+        match tokio::time::timeout(timeouts.write, stream.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                let _ = unreachable.send(to);
+                continue;
+            }
+        }
+        let incarnation = me.incarnation;
         loop {
             let Some(first) = queue.recv().await else {
                 return;
@@ -387,6 +403,17 @@ pub async fn run_inbound<S: Stream>(
                 }
                 return;
             }
+        }
+        if len == FRAME_HEADER_LEN && peer_header::has_magic(peer_header::HELLO_MAGIC, &body) {
+            match peer_header::take_header(peer_header::HELLO_MAGIC, cluster_id, &mut &body[..]) {
+                Ok(sender) if gate.admit(sender, &remote) => admitted = Some(sender),
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "closing peer connection");
+                    return;
+                }
+            }
+            continue;
         }
         match decode_frame(cluster_id, Bytes::from(body)) {
             Ok((sender, msg)) => {

@@ -426,11 +426,11 @@ fn peer_spawner<N: Net>(
     cfg: &NodeConfig,
     unreachable: mpsc::UnboundedSender<NodeId>,
 ) -> PeerSpawner {
-    let (net, me, timeouts) = (
-        net.clone(),
-        (cfg.cluster_id, cfg.incarnation),
-        cfg.transport,
-    );
+    let me = crate::peer_header::Sender {
+        node_id: cfg.id,
+        incarnation: cfg.incarnation,
+    };
+    let (net, me, timeouts) = (net.clone(), (cfg.cluster_id, me), cfg.transport);
     Box::new(move |peer, addr| {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(transport::run_outbound(
