@@ -147,17 +147,25 @@ fn leadership_moves_under_partitions_and_the_history_stays_linearizable() {
 }
 
 /// Teeth: the same scenario with reads served from the local state machine (no ReadIndex)
-/// lets the partitioned old leader answer stale reads, which the checker catches.
+/// lets the partitioned old leader answer stale reads, which the checker catches. Whether a
+/// client happens to read there with a write on the other side depends on the schedule, so
+/// the first of a few seeds that does is enough.
 #[test]
 fn local_reads_on_a_partitioned_old_leader_are_caught() {
-    let mut cfg = transfer_then_partition_the_old_leader(2);
-    cfg.switches = UnsafeSwitches {
-        local_reads: true,
-        ..UnsafeSwitches::default()
-    };
-    cfg.expect_failure = true;
-    let failure = run(&cfg).expect_err("stale local reads went unnoticed");
-    assert_eq!(failure.kind.rule(), "linearizability", "{failure}");
+    for seed in 1..=8 {
+        let mut cfg = transfer_then_partition_the_old_leader(seed);
+        cfg.switches = UnsafeSwitches {
+            local_reads: true,
+            ..UnsafeSwitches::default()
+        };
+        cfg.expect_failure = true;
+        if let Err(failure) = run(&cfg) {
+            assert_eq!(failure.kind.rule(), "linearizability", "{failure}");
+            println!("caught at seed {seed}");
+            return;
+        }
+    }
+    panic!("stale local reads went unnoticed in 8 seeds");
 }
 
 fn shrink_removing_the_leader(seed: u64) -> RunConfig {
