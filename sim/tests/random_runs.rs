@@ -53,7 +53,8 @@ const KNOWN_FAILURES: &[(u64, &str, &str)] = &[
          committed, never learns that it is out (the new leader, node 4, no longer sends to it) \
          and keeps naming node 1 as the leader; KvClient, told \
          TRYAGAIN by node 1, rotates to node 2, which sends it back to node 1, and so on: the \
-         operator never reaches node 4",
+         operator never reaches node 4 (tests/membership.rs: \
+         a_member_removed_as_its_leader_crashes_learns_it_is_out)",
     ),
 ];
 

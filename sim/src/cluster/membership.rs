@@ -47,6 +47,8 @@ pub enum MemberOp {
     /// node applied `C_old,new`, none a later configuration yet); the leader restarts this long
     /// after. Done at once: the next steps (the change that goes joint) follow.
     CrashLeaderWhileJoint(Duration),
+    /// Waits until the node, asked alone, answers that it was removed (`-REMOVED`).
+    AwaitRemoved(NodeId),
     /// Waits until each of these nodes has refused frames from a peer whose incarnation is not
     /// the one it pinned (`refused_incarnation_frames` in its INFO): the nodes saw a member
     /// come back with a wiped disk, and shut it out.
@@ -257,6 +259,7 @@ impl Operator {
                 self.state.borrow_mut().crash_leader_while_joint = Some(*downtime);
                 Ok(())
             }
+            MemberOp::AwaitRemoved(id) => self.await_removed(*id).await,
             MemberOp::AwaitRefusals(ids) => {
                 for &id in ids {
                     self.await_refusal(id).await?;
@@ -266,15 +269,37 @@ impl Operator {
         }
     }
 
-    /// Asks node `id` alone for its INFO until it reports refused frames.
-    async fn await_refusal(&self, id: NodeId) -> Result<(), String> {
+    /// Asks node `id` alone for a key until it answers that it was removed.
+    async fn await_removed(&self, id: NodeId) -> Result<(), String> {
+        let mut client = self.client_of(id);
+        loop {
+            let answer = client.get(b"operator").await;
+            if let Err(ClientError::Unavailable { last_error, .. }) = &answer {
+                if last_error.starts_with("REMOVED") {
+                    return Ok(());
+                }
+            }
+            if now() >= self.deadline {
+                return Err(format!("node {id} never said it was removed: {answer:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A client of node `id` alone, one attempt per request.
+    fn client_of(&self, id: NodeId) -> KvClient<TurmoilNet> {
         let config = ClientConfig {
             follow_leader: false,
             max_attempts: 1,
             ..operator_config()
         };
         let (_, address) = addresses(id);
-        let mut client = KvClient::over(TurmoilNet, vec![address], config, 1);
+        KvClient::over(TurmoilNet, vec![address], config, 1)
+    }
+
+    /// Asks node `id` alone for its INFO until it reports refused frames.
+    async fn await_refusal(&self, id: NodeId) -> Result<(), String> {
+        let mut client = self.client_of(id);
         loop {
             let info = client.info().await.unwrap_or_default();
             let refused = info
