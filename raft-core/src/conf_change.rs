@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::error::ProposeError;
 use crate::membership::{ConfChangeEntry, MemberChange, Membership};
+use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
 use crate::progress::Progress;
 use crate::types::{Entry, EntryKind, Index, NodeId, Role};
@@ -166,6 +167,46 @@ impl RawNode {
                 .or_insert_with(|| Progress::new(next, max_msgs, max_bytes));
         }
         self.forget_informed_removed_peers();
+    }
+
+    /// A leader asked for a vote by a node outside its configuration starts replicating to it
+    /// as to a removed member: such a node missed the entry that removed it (it was cut off,
+    /// and the leader that removed it is gone), and its own log will then tell it. A stranger
+    /// that never was a member gets the log too, which counts for nothing.
+    pub(crate) fn maybe_inform_removed_candidate(&mut self, m: &Message) {
+        let asks_for_vote = matches!(
+            m.body,
+            MessageBody::PreVoteRequest { .. } | MessageBody::VoteRequest { .. }
+        );
+        if self.role != Role::Leader
+            || !asks_for_vote
+            || self.progress.contains_key(&m.from)
+            || self.log.membership().contains(m.from)
+        {
+            return;
+        }
+        // The configuration in force is that of the last change in the log, else the
+        // snapshot's: the node must hold that much.
+        let removed_by = self
+            .log
+            .last_conf_index()
+            .unwrap_or(self.log.snapshot().index)
+            .max(1);
+        tracing::info!(
+            id = self.id,
+            term = self.term,
+            from = m.from,
+            removed_by,
+            "a node outside the configuration asks for votes: sending it the log that removed it"
+        );
+        let mut pr = Progress::new(
+            self.log.last_index() + 1,
+            self.cfg.max_inflight_msgs,
+            self.cfg.max_inflight_bytes,
+        );
+        pr.removed_by = Some(removed_by);
+        self.progress.insert(m.from, pr);
+        self.broadcast_pending = true;
     }
 
     /// Drops the trackers of removed peers that hold the entry that removed them.

@@ -11,7 +11,12 @@ use crate::validate::validate_message;
 impl RawNode {
     /// A message from a peer. Stale, duplicated, reordered or malformed messages are harmless.
     pub fn step(&mut self, m: Message) {
-        if self.accepts(&m) && self.apply_term_rules(&m) {
+        if !self.accepts(&m) {
+            self.debug_assert_invariants();
+            return;
+        }
+        self.maybe_inform_removed_candidate(&m);
+        if self.apply_term_rules(&m) {
             self.note_follower_active(&m);
             self.dispatch(m);
         }

@@ -214,6 +214,39 @@ fn a_removed_server_is_sent_the_entry_that_removes_it_and_then_forgotten() -> Re
     Ok(())
 }
 
+#[test]
+fn a_removed_server_that_missed_its_removal_learns_it_from_the_next_leader() -> Result<(), Violation>
+{
+    let mut c = Cluster::new(4, 36, |_| {});
+    elect(&mut c, 1)?;
+    // 4 is cut off while it is removed, and the leader that removed it hands over: the new
+    // leader never tracked 4.
+    c.isolate(4);
+    c.propose_conf_change(1, &[Remove(4)])?.expect("accepted");
+    c.stabilize()?;
+    assert_eq!(c.core(1).membership(), &config(&[1, 2, 3], &[], &[]));
+    c.transfer_leader(1, 2)?.expect("2 is a voter");
+    c.stabilize()?;
+    assert_eq!(c.leader(), Some(2));
+    assert!(c.core(4).membership().contains(4), "4 missed its removal");
+    let term = c.core(2).term();
+    // Back, 4 hears no leader and asks for votes: the leader answers with the log.
+    c.heal();
+    for _ in 0..60 {
+        c.tick_all(1)?;
+        c.stabilize()?;
+    }
+    assert!(
+        !c.core(4).membership().contains(4),
+        "4 learned it was removed: {:?}",
+        c.core(4).membership()
+    );
+    assert_eq!(c.leader(), Some(2), "and disrupted nothing");
+    assert_eq!(c.core(2).term(), term);
+    assert!(c.core(2).peer_progress(4).is_none(), "then it is forgotten");
+    Ok(())
+}
+
 /// 1 leads voters 1..=3 with learners 4 and 5; 2 and 3 are cut off. Returns how far 1 committed
 /// beyond the point where they were cut off.
 fn commit_with_only_a_learner(learners_count: bool) -> Result<u64, Violation> {
