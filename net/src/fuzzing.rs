@@ -90,6 +90,7 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
             assert_eq!(&out[..], frame, "frame of {msg:?} re-encodes differently");
             assert_eq!(HEADER_LEN + codec::encoded_len(msg), body.len());
         }
+        Err(FrameError::Hello(why)) => panic!("a message frame read as a hello: {why}"),
         Err(FrameError::BadMagic(m)) => {
             assert_ne!(*m, FRAME_MAGIC);
             assert_eq!(*m, u32::from_be_bytes([body[0], body[1], body[2], body[3]]));

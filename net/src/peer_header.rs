@@ -18,10 +18,14 @@ pub const MESSAGE_MAGIC: u32 = 0x4B56_5246;
 pub const SNAPSHOT_MAGIC: u32 = 0x4B56_534E;
 /// "KVPB": a bootstrap probe, and its answer.
 pub const PROBE_MAGIC: u32 = 0x4B56_5042;
-/// "KVHI": the frame that opens a Raft message connection, the header alone: it introduces the
-/// sender even if it has nothing to say yet, so that every member pins every other member's
-/// incarnation, not only the ones that happened to send it a message.
+/// "KVHI": the frame that opens a Raft message connection: the header, then the address the
+/// sender listens on for peers (`u16` length, UTF-8). It introduces the sender even if it has
+/// nothing to say yet, so that every member pins every other member's incarnation, not only
+/// the ones that happened to send it a message, and can answer a sender its address book
+/// does not know (a leader added by an entry it has not received yet).
 pub const HELLO_MAGIC: u32 = 0x4B56_4849;
+/// The longest peer address a hello frame carries.
+pub const MAX_HELLO_ADDR: usize = 255;
 /// The version of every frame kind. 2: the sender's id and incarnation.
 pub const VERSION: u8 = 2;
 /// Bytes of the header: magic, version, cluster id, sender id, sender incarnation.

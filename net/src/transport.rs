@@ -105,6 +105,8 @@ pub enum FrameError {
         header: NodeId,
         message: NodeId,
     },
+    /// A hello frame whose address part is malformed.
+    Hello(&'static str),
 }
 
 impl fmt::Display for FrameError {
@@ -124,6 +126,7 @@ impl fmt::Display for FrameError {
                 f,
                 "frame sent by node {header} carries a message from node {message}"
             ),
+            FrameError::Hello(why) => write!(f, "malformed hello frame: {why}"),
         }
     }
 }
@@ -155,10 +158,35 @@ pub fn encode_frame(cluster_id: u64, incarnation: u64, msg: &Message, out: &mut 
     codec::encode(msg, out);
 }
 
-/// Appends the hello frame that opens a message connection: the header alone.
-pub fn encode_hello(cluster_id: u64, me: Sender, out: &mut BytesMut) {
-    out.put_u32(FRAME_HEADER_LEN as u32);
+/// Appends the hello frame that opens a message connection: the header, and `advertised` (the
+/// peer address this node listens on; left out if longer than [`peer_header::MAX_HELLO_ADDR`]).
+pub fn encode_hello(cluster_id: u64, me: Sender, advertised: &str, out: &mut BytesMut) {
+    let addr = if advertised.len() <= peer_header::MAX_HELLO_ADDR {
+        advertised.as_bytes()
+    } else {
+        &[]
+    };
+    out.put_u32((FRAME_HEADER_LEN + 2 + addr.len()) as u32);
     peer_header::put_header(peer_header::HELLO_MAGIC, cluster_id, me, out);
+    out.put_u16(addr.len() as u16);
+    out.put_slice(addr);
+}
+
+/// Reads a hello frame's body: its sender, and the peer address it gave (empty if none).
+pub fn decode_hello(cluster_id: u64, body: &[u8]) -> Result<(Sender, String), FrameError> {
+    use bytes::Buf;
+    let mut rest = body;
+    let sender = peer_header::take_header(peer_header::HELLO_MAGIC, cluster_id, &mut rest)
+        .map_err(FrameError::from)?;
+    if rest.remaining() < 2 {
+        return Err(FrameError::Hello("no address length"));
+    }
+    let len = rest.get_u16() as usize;
+    if len > peer_header::MAX_HELLO_ADDR || rest.remaining() != len {
+        return Err(FrameError::Hello("bad address length"));
+    }
+    let addr = std::str::from_utf8(rest).map_err(|_| FrameError::Hello("address not UTF-8"))?;
+    Ok((sender, addr.to_string()))
 }
 
 /// Checks a frame's length prefix before its body is read.
@@ -219,7 +247,7 @@ pub async fn run_outbound<N: Net>(
     net: N,
     to: NodeId,
     addr: String,
-    (cluster_id, me): (u64, Sender),
+    (cluster_id, me, advertised): (u64, Sender, String),
     timeouts: TransportTimeouts,
     mut queue: mpsc::Receiver<Message>,
     unreachable: mpsc::UnboundedSender<NodeId>,
@@ -250,7 +278,7 @@ pub async fn run_outbound<N: Net>(
         tracing::debug!(peer = to, %addr, "connected to peer");
         let mut stream = stream;
         buf.clear();
-        encode_hello(cluster_id, me, &mut buf);
+        encode_hello(cluster_id, me, &advertised, &mut buf);
         match tokio::time::timeout(timeouts.write, stream.write_all(&buf)).await {
             Ok(Ok(())) => {}
             _ => {
@@ -404,9 +432,12 @@ pub async fn run_inbound<S: Stream>(
                 return;
             }
         }
-        if len == FRAME_HEADER_LEN && peer_header::has_magic(peer_header::HELLO_MAGIC, &body) {
-            match peer_header::take_header(peer_header::HELLO_MAGIC, cluster_id, &mut &body[..]) {
-                Ok(sender) if gate.admit(sender, &remote) => admitted = Some(sender),
+        if peer_header::has_magic(peer_header::HELLO_MAGIC, &body) {
+            match decode_hello(cluster_id, &body) {
+                Ok((sender, addr)) if gate.admit(sender, &remote) => {
+                    gate.note_introduced(sender.node_id, addr);
+                    admitted = Some(sender);
+                }
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, "closing peer connection");
@@ -501,5 +532,41 @@ mod tests {
         crate::fuzzing::peer_frame(&[
             0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7,
         ]);
+    }
+
+    #[test]
+    fn a_hello_carries_its_sender_and_address_and_hostile_ones_are_errors() {
+        let me = Sender {
+            node_id: 3,
+            incarnation: 9,
+        };
+        let mut out = BytesMut::new();
+        encode_hello(7, me, "10.0.0.3:7100", &mut out);
+        let body = &out[4..];
+        assert_eq!(
+            out.len() - 4,
+            u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize
+        );
+        assert_eq!(
+            decode_hello(7, body).unwrap(),
+            (me, "10.0.0.3:7100".to_string())
+        );
+        assert!(decode_hello(8, body).is_err(), "another cluster");
+        for cut in 0..body.len() {
+            assert!(
+                decode_hello(7, &body[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
+        }
+        let mut long = body.to_vec();
+        long.push(b'x');
+        assert!(decode_hello(7, &long).is_err(), "trailing bytes");
+        let mut not_utf8 = body.to_vec();
+        let last = not_utf8.len() - 1;
+        not_utf8[last] = 0xff;
+        assert!(decode_hello(7, &not_utf8).is_err());
+        let mut too_long = BytesMut::new();
+        encode_hello(7, me, &"a".repeat(300), &mut too_long);
+        assert_eq!(decode_hello(7, &too_long[4..]).unwrap().1, "", "left out");
     }
 }

@@ -319,6 +319,17 @@ impl Group {
 
     fn send_messages(&mut self, messages: Vec<Message>) {
         for msg in messages {
+            if self.members.peer_addr(msg.to).is_none() {
+                // A peer the book does not know yet (a leader added by an entry this node has
+                // not received): where it said it listens, in its hello.
+                if let Some(addr) = self
+                    .peer_gate
+                    .as_ref()
+                    .and_then(|g| g.introduced_addr(msg.to))
+                {
+                    self.members.learn_introduced(msg.to, addr);
+                }
+            }
             if let Some(queue) = self.members.queue(msg.to) {
                 let to = msg.to;
                 if queue.try_send(msg).is_err() {

@@ -11,6 +11,7 @@
 //! * [`PeerGate`] admits peers' frames: the first incarnation seen from each peer id is pinned
 //!   durably (`kv::PeerPins`), and any other incarnation of it is refused, logged and counted.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -202,7 +203,12 @@ pub struct PeerGate {
     has_data: AtomicBool,
     pins: Arc<Mutex<PeerPins>>,
     refused: AtomicU64,
+    /// The peer address each admitted sender gave in its hello frame (bounded).
+    introduced: Mutex<BTreeMap<NodeId, String>>,
 }
+
+/// How many introduced addresses a gate keeps.
+const MAX_INTRODUCED: usize = 1024;
 
 impl PeerGate {
     pub fn new(cluster_id: u64, me: Sender, pins: Arc<Mutex<PeerPins>>) -> Self {
@@ -212,6 +218,7 @@ impl PeerGate {
             has_data: AtomicBool::new(false),
             pins,
             refused: AtomicU64::new(0),
+            introduced: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -269,6 +276,23 @@ impl PeerGate {
                 false
             }
         }
+    }
+
+    /// Records the peer address admitted peer `node_id` gave in its hello (empty: none).
+    pub fn note_introduced(&self, node_id: NodeId, addr: String) {
+        if addr.is_empty() {
+            return;
+        }
+        let mut introduced = self.introduced.lock().unwrap_or_else(|e| e.into_inner());
+        if introduced.len() < MAX_INTRODUCED || introduced.contains_key(&node_id) {
+            introduced.insert(node_id, addr);
+        }
+    }
+
+    /// The peer address `node_id` gave in its last hello, if any.
+    pub fn introduced_addr(&self, node_id: NodeId) -> Option<String> {
+        let introduced = self.introduced.lock().unwrap_or_else(|e| e.into_inner());
+        introduced.get(&node_id).cloned()
     }
 
     /// Forgets `node_id`'s pinned incarnation (it was removed from the cluster), so that the id

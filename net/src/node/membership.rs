@@ -148,6 +148,15 @@ impl Members {
         }
     }
 
+    /// Takes the peer address a peer gave in its hello, for an id the book has no address for
+    /// (as of index 0: the log and the applied table override it).
+    pub fn learn_introduced(&mut self, id: NodeId, peer_addr: String) {
+        if self.peer_addr(id).is_none() {
+            tracing::info!(peer = id, addr = %peer_addr, "learned a peer's address from its hello");
+            self.learn(id, 0, &MemberAddrs::new(peer_addr, ""));
+        }
+    }
+
     /// Takes the fields `addrs` knows unless the book has them from a later index.
     fn learn(&mut self, id: NodeId, index: Index, addrs: &MemberAddrs) {
         let (known_at, known) = self.book.entry(id).or_default();

@@ -430,14 +430,16 @@ fn peer_spawner<N: Net>(
         node_id: cfg.id,
         incarnation: cfg.incarnation,
     };
-    let (net, me, timeouts) = (net.clone(), (cfg.cluster_id, me), cfg.transport);
+    let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_default();
+    let cfg_cluster_id = cfg.cluster_id;
+    let (net, timeouts) = (net.clone(), cfg.transport);
     Box::new(move |peer, addr| {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(transport::run_outbound(
             net.clone(),
             peer,
             addr,
-            me,
+            (cfg_cluster_id, me, advertised.clone()),
             timeouts,
             rx,
             unreachable.clone(),
