@@ -40,14 +40,10 @@ fn seeds() -> Vec<u64> {
 /// still runs and must still fail that way; once the bug is fixed it passes, and the test asks
 /// for its removal from this list.
 const KNOWN_FAILURES: &[(u64, &str, &str)] = &[
-    // Seed 20 was here until its bug was fixed (tests/membership.rs:
-    // a_follower_behind_the_entry_that_added_its_leader_catches_up keeps it), and seed 78's
-    // first bug (a_member_removed_as_its_leader_crashes_learns_it_is_out).
-    (
-        78,
-        "liveness",
-        "after two leader crashes while joint, node 2 stays in term 2 behind node 1 (applied          412 of 970) and never hears from the new leader, node 4; the operator's Remove(2)          is answered TRYAGAIN (node 4 leads) by every server it knows until its deadline: not          diagnosed yet",
-    ),
+    // Seeds 20 and 78 were here until the bugs they found were fixed; each runs among the
+    // default seeds, and tests/membership.rs keeps a scenario for each
+    // (a_follower_behind_the_entry_that_added_its_leader_catches_up,
+    // a_member_removed_as_its_leader_crashes_learns_it_is_out).
 ];
 
 #[test]

@@ -243,11 +243,18 @@ impl Group {
             log_start_index: self.core.snapshot().index,
             snapshot_count: self.images.taken_count(),
             snapshots_installed: self.install.installed(),
-            leader_client_addr: self.core.leader().and_then(|l| {
-                self.members
-                    .client_addr(l)
-                    .or_else(|| self.cfg.client_addrs.get(&l).cloned())
-            }),
+            // A removed node hears from no leader; the one it last knew may have lost the
+            // leadership long ago, and naming it would send clients back and forth between
+            // the two (the simulator's seed 78).
+            leader_client_addr: self
+                .core
+                .leader()
+                .filter(|_| !self.members.is_removed(self.core.membership()))
+                .and_then(|l| {
+                    self.members
+                        .client_addr(l)
+                        .or_else(|| self.cfg.client_addrs.get(&l).cloned())
+                }),
             membership: self.core.membership().clone(),
         }
     }
