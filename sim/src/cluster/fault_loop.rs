@@ -101,6 +101,35 @@ fn crash_leader_while_joint(
     down.restarts.push((elapsed + downtime, leader));
 }
 
+/// Node `id` loses its disk: a power cut, the host crashed (if it was up), every file and
+/// pinned peer gone; it stays down until reinstalled.
+fn lose_disk(
+    sim: &mut turmoil::Sim<'_>,
+    id: u64,
+    node: &NodeControls,
+    down: &mut Crashed,
+    observer: &Observer,
+) {
+    if down.lost.contains(&id) {
+        return;
+    }
+    node.disk.env.cut_power();
+    if !down.hosts.contains(&id) {
+        observer.crashed(id, sim.elapsed().as_nanos() as u64);
+        sim.crash(node_name(id));
+    }
+    down.hosts.retain(|c| *c != id);
+    // The pins are kept with the data directory: they go with it.
+    node.disk.env.wipe();
+    *node
+        .disk
+        .peer_pins
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = kv::PeerPins::in_memory();
+    node.disks_lost.fetch_add(1, Ordering::Relaxed);
+    down.lost.push(id);
+}
+
 /// One step of the simulation: whether every client has finished.
 fn step(sim: &mut turmoil::Sim<'_>, observer: &Observer) -> Result<bool, FailureKind> {
     sim.step().map_err(|e| {
@@ -231,25 +260,7 @@ fn apply(
         }
         FaultAction::LoseDisk(ids) => {
             for id in ids {
-                if down.lost.contains(id) {
-                    continue;
-                }
-                let node = &nodes[id];
-                node.disk.env.cut_power();
-                if !crashed.contains(id) {
-                    observer.crashed(*id, sim.elapsed().as_nanos() as u64);
-                    sim.crash(name(id));
-                }
-                crashed.retain(|c| c != id);
-                // The pins are kept with the data directory: they go with it.
-                node.disk.env.wipe();
-                *node
-                    .disk
-                    .peer_pins
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = kv::PeerPins::in_memory();
-                node.disks_lost.fetch_add(1, Ordering::Relaxed);
-                down.lost.push(*id);
+                lose_disk(sim, *id, &nodes[id], down, observer);
             }
         }
         FaultAction::Reinstall(ids) => {
@@ -289,20 +300,19 @@ fn apply(
                 .write_latency_micros
                 .store(micros, Ordering::Relaxed);
         }
-        FaultAction::Calm => {
-            for node in nodes.values() {
-                node.disk.write_latency_micros.store(0, Ordering::Relaxed);
-            }
-            for (i, x) in names.iter().enumerate() {
-                for y in &names[i + 1..] {
-                    sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
-                    sim.set_link_max_message_latency(
-                        x.as_str(),
-                        y.as_str(),
-                        Duration::from_millis(20),
-                    );
-                }
-            }
+        FaultAction::Calm => calm(sim, names, nodes),
+    }
+}
+
+/// Every link back to normal latency and no loss, every disk back to full speed.
+fn calm(sim: &mut turmoil::Sim<'_>, names: &[String], nodes: &BTreeMap<u64, NodeControls>) {
+    for node in nodes.values() {
+        node.disk.write_latency_micros.store(0, Ordering::Relaxed);
+    }
+    for (i, x) in names.iter().enumerate() {
+        for y in &names[i + 1..] {
+            sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
+            sim.set_link_max_message_latency(x.as_str(), y.as_str(), Duration::from_millis(20));
         }
     }
 }
