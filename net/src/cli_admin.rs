@@ -11,7 +11,7 @@ use raft_core::NodeId;
 use crate::cli::ServersArg;
 use crate::client::{ClientConfig, KvClient};
 use crate::error::{CliError, ConfigError};
-use crate::node::admin::{MemberList, LEARNER_READY_LAG};
+use crate::node::admin::{MemberList, MemberRole, LEARNER_READY_LAG};
 use crate::server::parse_info;
 use crate::server_admin::is_host_port;
 
@@ -45,6 +45,7 @@ pub enum MemberCmd {
         servers: ServersArg,
     },
     /// Remove a voter or a learner. A removed node stops serving clients; stop it afterwards.
+    /// The leader hands its leadership to the most caught-up other voter first.
     Remove {
         id: NodeId,
         #[command(flatten)]
@@ -119,7 +120,9 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
         }
         MemberCmd::Remove { id, servers } => {
             check_id(id)?;
-            admin_client(servers.servers).member_remove(id).await?;
+            let mut client = admin_client(servers.servers);
+            hand_off_if_leading(&mut client, id).await;
+            client.member_remove(id).await?;
             println!("node {id} removed");
         }
         MemberCmd::Update {
@@ -138,6 +141,31 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// If node `id` leads, makes the most caught-up other voter the leader first. A leader removed
+/// by a change steps down once the change commits, and the others then wait an election
+/// timeout before one of them campaigns: clients would wait that long. After a transfer they
+/// wait for a transfer only. A failed hand-off is reported and the removal goes on.
+async fn hand_off_if_leading(client: &mut KvClient, id: NodeId) {
+    let Ok(list) = client.member_list().await else {
+        return;
+    };
+    if list.leader != Some(id) {
+        return;
+    }
+    let successor = list
+        .members
+        .iter()
+        .filter(|m| m.id != id && m.role == MemberRole::Voter)
+        .min_by_key(|m| (m.lag.unwrap_or(u64::MAX), m.id));
+    let Some(to) = successor.map(|m| m.id) else {
+        return;
+    };
+    match client.transfer_leader(to).await {
+        Ok(()) => println!("node {id} led: node {to} leads now"),
+        Err(e) => eprintln!("handing the leadership from node {id} to node {to} failed ({e}); removing node {id} anyway"),
+    }
 }
 
 pub async fn run_transfer_leader(id: NodeId, servers: ServersArg) -> Result<(), CliError> {
