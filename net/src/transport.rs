@@ -254,11 +254,14 @@ pub async fn run_outbound<N: Net>(
 ) {
     let mut backoff = timeouts.backoff_min;
     let mut buf = BytesMut::new();
+    // A message that arrived after the peer closed the connection: the first on the next one.
+    let mut carried: Option<Message> = None;
     loop {
         let stream = match tokio::time::timeout(timeouts.connect, net.connect(addr.clone())).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(peer = to, %addr, error = %e, "cannot connect to peer");
+                carried = None;
                 if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
                     return;
                 }
@@ -267,6 +270,7 @@ pub async fn run_outbound<N: Net>(
             }
             Err(_) => {
                 tracing::debug!(peer = to, %addr, "connecting to peer timed out");
+                carried = None;
                 if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
                     return;
                 }
@@ -288,8 +292,17 @@ pub async fn run_outbound<N: Net>(
         }
         let incarnation = me.incarnation;
         loop {
-            let Some(first) = queue.recv().await else {
-                return;
+            let first = match carried.take() {
+                Some(m) => m,
+                None => match next_or_closed(&mut queue, &mut stream).await {
+                    Next::Message(m) => m,
+                    Next::Closed(m) => {
+                        tracing::debug!(peer = to, "peer closed the connection; reconnecting");
+                        carried = Some(m);
+                        break;
+                    }
+                    Next::QueueClosed => return,
+                },
             };
             buf.clear();
             encode_frame(cluster_id, incarnation, &first, &mut buf);
@@ -318,6 +331,28 @@ pub async fn run_outbound<N: Net>(
                 }
             }
         }
+    }
+}
+
+enum Next {
+    Message(Message),
+    /// The peer closed the connection (it closes idle ones) before this message came.
+    Closed(Message),
+    QueueClosed,
+}
+
+/// The next message to send, noticing meanwhile whether the peer closed the connection. The
+/// peer never writes on it, so a read that returns means it is gone: found only by the next
+/// write, the message written would be lost, and between followers that is a vote request
+/// right after their leader died.
+async fn next_or_closed<S: Stream>(queue: &mut mpsc::Receiver<Message>, stream: &mut S) -> Next {
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        m = queue.recv() => m.map_or(Next::QueueClosed, Next::Message),
+        _ = stream.read(&mut probe) => match queue.recv().await {
+            Some(m) => Next::Closed(m),
+            None => Next::QueueClosed,
+        },
     }
 }
 
@@ -568,5 +603,49 @@ mod tests {
         let mut too_long = BytesMut::new();
         encode_hello(7, me, &"a".repeat(300), &mut too_long);
         assert_eq!(decode_hello(7, &too_long[4..]).unwrap().1, "", "left out");
+    }
+
+    #[tokio::test]
+    async fn a_message_after_the_peer_closed_an_idle_connection_is_sent_on_a_new_one() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (queue, rx) = mpsc::channel(16);
+        let (unreachable, _unreachable_rx) = mpsc::unbounded_channel();
+        let me = Sender {
+            node_id: 1,
+            incarnation: 5,
+        };
+        tokio::spawn(run_outbound(
+            TokioNet,
+            2,
+            addr,
+            (7, me, "127.0.0.1:1".into()),
+            TransportTimeouts::default(),
+            rx,
+            unreachable,
+        ));
+        // The first connection brings its hello; then the peer closes it, as it does idle ones.
+        let (mut first, _) = listener.accept().await.unwrap();
+        let mut hello = vec![0u8; 4 + FRAME_HEADER_LEN + 2 + "127.0.0.1:1".len()];
+        first.read_exact(&mut hello).await.unwrap();
+        drop(first);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        queue.send(msg()).await.unwrap();
+        // The message comes on a second connection, after its hello.
+        let (mut second, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), listener.accept())
+                .await
+                .expect("the message was written to the closed connection and lost")
+                .unwrap();
+        let mut again = vec![0u8; hello.len()];
+        second.read_exact(&mut again).await.unwrap();
+        assert_eq!(again, hello);
+        let mut len = [0u8; 4];
+        second.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        second.read_exact(&mut body).await.unwrap();
+        let (sender, got) = decode_frame(7, Bytes::from(body)).unwrap();
+        assert_eq!((sender, got), (me, msg()));
     }
 }
