@@ -209,10 +209,14 @@ impl RawNode {
         self.broadcast_pending = true;
     }
 
-    /// Drops the trackers of removed peers that hold the entry that removed them.
+    /// Drops the trackers of removed peers that hold the entry that removed them and were told
+    /// that it committed: a removed node then applies everything up to its removal, so the
+    /// writes it took and forwarded before are answered with their outcome.
     pub(crate) fn forget_informed_removed_peers(&mut self) {
-        self.progress
-            .retain(|_, pr| pr.removed_by.is_none_or(|by| pr.matched < by));
+        self.progress.retain(|_, pr| {
+            pr.removed_by
+                .is_none_or(|by| pr.matched < by || pr.commit_sent < by)
+        });
     }
 
     /// Drops the trackers of removed peers not heard from over a check-quorum period: a removed

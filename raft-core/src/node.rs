@@ -371,6 +371,12 @@ impl RawNode {
         self.log.membership()
     }
 
+    /// The index of the entry that set the configuration in force, if it is in the log (not
+    /// folded into the snapshot).
+    pub fn membership_index(&self) -> Option<Index> {
+        self.log.last_conf_index()
+    }
+
     /// The leader's view of member `id`'s log; `None` on a follower, for itself, or for a node
     /// that is not a member.
     pub fn peer_progress(&self, id: NodeId) -> Option<PeerProgress> {

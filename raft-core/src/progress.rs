@@ -44,8 +44,8 @@ pub(crate) struct Progress {
     /// only) is repeated now and then, since it or the follower's acknowledgement may be lost.
     pub(crate) heartbeats_since_snapshot_offer: u32,
     /// For a peer the configuration in force no longer lists: the index of the entry that
-    /// removed it. It is still replicated to until it holds that entry (see
-    /// `sync_progress_with_membership`), and never counted.
+    /// removed it. It is still replicated to until it holds that entry and was told it
+    /// committed (see `sync_progress_with_membership`), and never counted.
     pub(crate) removed_by: Option<Index>,
 }
 

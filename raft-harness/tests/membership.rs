@@ -201,8 +201,12 @@ fn a_removed_server_is_sent_the_entry_that_removes_it_and_then_forgotten() -> Re
         "3's own log says it was removed, so it knows"
     );
     assert!(
+        c.core(3).commit_index() >= c.core(1).commit_index(),
+        "3 was told its removal committed, so it applies what it forwarded before"
+    );
+    assert!(
         c.core(1).peer_progress(3).is_none(),
-        "the leader stops replicating to 3 once 3 holds its removal"
+        "the leader stops replicating to 3 once 3 holds its removal, committed"
     );
     let term = c.core(1).term();
     for _ in 0..40 {

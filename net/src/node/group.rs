@@ -117,9 +117,10 @@ impl Group {
                 }
                 self.core.on_applied(applied_index);
                 self.applied_index = self.applied_index.max(applied_index);
+                self.requests.writes_applied(results);
+                self.answer_what_a_removed_node_cannot();
                 // Applying moves the compaction point into reach (images taken earlier).
                 self.maybe_compact();
-                self.requests.writes_applied(results);
                 self.admin.applied(self.applied_index);
             }
             StorageEvent::Failed(error) => {
@@ -224,6 +225,19 @@ impl Group {
                 let _ = reply.send(self.info());
             }
             ClientRequest::Admin { req, reply } => self.on_admin(req, reply, deadline),
+        }
+    }
+
+    /// A removed node that has applied up to the committed entry that removed it will learn
+    /// nothing more: what still waits is answered now rather than at its timeout.
+    fn answer_what_a_removed_node_cannot(&mut self) {
+        let membership = self.core.membership();
+        let removal = self.core.membership_index().unwrap_or(0);
+        if self.members.is_removed(membership)
+            && self.core.commit_index() >= removal
+            && self.applied_index >= self.core.commit_index()
+        {
+            self.requests.answer_all_as_removed();
         }
     }
 

@@ -244,6 +244,22 @@ impl Requests {
         }
     }
 
+    /// This node was removed and has applied all it will ever learn: the writes still
+    /// waiting (their entries, if any, come after its removal) are answered TIMEOUT (their
+    /// outcome is unknown; a client retries elsewhere in its session), and the reads TRYAGAIN.
+    pub fn answer_all_as_removed(&mut self) {
+        const WHY: &str = "this node was removed from the cluster before it learned the outcome";
+        for w in std::mem::take(&mut self.writes)
+            .into_values()
+            .flat_map(|w| w.waiters)
+        {
+            let _ = w.reply.send(Err(RequestError::Timeout(WHY.into())));
+        }
+        for r in std::mem::take(&mut self.reads).into_values() {
+            let _ = r.reply.send(Err(RequestError::TryAgain(WHY.into())));
+        }
+    }
+
     /// The node stops: every request still waiting is answered.
     pub fn shut_down(self) {
         const WHY: &str = "the node is shutting down";
