@@ -59,6 +59,33 @@ pub enum Op {
     Noop,
 }
 
+impl Op {
+    /// Why the state machine could not apply this operation (a key over [`MAX_KEY_LEN`] or a
+    /// value over [`MAX_VALUE_LEN`]), in Redis's words; `None` if it can. Checked at the door,
+    /// before anything is proposed: an entry that does not decode is skipped by every replica,
+    /// and its client would only learn so from a timeout.
+    pub fn size_error(&self) -> Option<String> {
+        let (key, values): (&Bytes, Vec<&Bytes>) = match self {
+            Op::Set { key, value } => (key, vec![value]),
+            Op::Delete { key } | Op::Incr { key, .. } => (key, vec![]),
+            Op::Cas { key, expected, new } => (key, expected.iter().chain(new.iter()).collect()),
+            Op::Noop => return None,
+        };
+        if key.len() > MAX_KEY_LEN {
+            return Some(key_too_large(key.len()));
+        }
+        values
+            .iter()
+            .any(|v| v.len() > MAX_VALUE_LEN)
+            .then(|| format!("ERR string exceeds maximum allowed size (proto-max-bulk-len: values up to {MAX_VALUE_LEN} bytes)"))
+    }
+}
+
+/// The error for a key of `len` bytes, over [`MAX_KEY_LEN`].
+pub fn key_too_large(len: usize) -> String {
+    format!("ERR key exceeds maximum allowed size ({len} bytes; keys up to {MAX_KEY_LEN} bytes)")
+}
+
 const OP_SET: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_CAS: u8 = 3;
@@ -293,6 +320,34 @@ impl CommandResult {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn oversized_keys_and_values_are_refused_before_they_are_proposed() {
+        let at = |n: usize| Bytes::from(vec![b'k'; n]);
+        let set = |k: usize, v: usize| Op::Set {
+            key: at(k),
+            value: at(v),
+        };
+        assert_eq!(set(MAX_KEY_LEN, MAX_VALUE_LEN).size_error(), None);
+        assert!(set(MAX_KEY_LEN + 1, 1)
+            .size_error()
+            .unwrap()
+            .contains("key exceeds"));
+        assert!(set(1, MAX_VALUE_LEN + 1)
+            .size_error()
+            .unwrap()
+            .starts_with("ERR string exceeds maximum allowed size"));
+        let cas = Op::Cas {
+            key: at(1),
+            expected: Some(at(MAX_VALUE_LEN + 1)),
+            new: None,
+        };
+        assert!(cas.size_error().is_some());
+        // What passes the check decodes again: nothing proposed is left unapplied.
+        let fits = Command::new(7, 1, set(MAX_KEY_LEN, MAX_VALUE_LEN));
+        assert!(Command::decode(&fits.encode()).is_ok());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -357,6 +357,9 @@ async fn write_command(
             ))
         }
     };
+    if let Some(too_large) = op.size_error() {
+        return Reply::error(too_large);
+    }
     match node.write(Command::new(client_id, seq, op)).await {
         Ok(result) => command_reply(result),
         Err(e) => request_error(e),
@@ -365,6 +368,9 @@ async fn write_command(
 
 /// DEL of several keys: one delete each, run together; the reply counts those that existed.
 async fn delete_many(keys: &[Bytes], node: &NodeHandle, first_id: u64) -> Reply {
+    if let Some(key) = keys.iter().find(|k| k.len() > kv::command::MAX_KEY_LEN) {
+        return Reply::error(kv::command::key_too_large(key.len()));
+    }
     let deletes: Vec<_> = keys
         .iter()
         .enumerate()

@@ -198,3 +198,69 @@ fn serve_refuses_an_occupied_port_and_another_nodes_data_dir() {
         .expect("runs");
     assert!(!out.status.success());
 }
+
+/// A RESP request of `args`.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one reply line (enough for the simple and error replies asked for here).
+async fn reply_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("a reply, at once")
+            .expect("read");
+        assert_eq!(n, 1, "the connection closed");
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_key_or_value_is_refused_at_the_door_and_nothing_is_committed() {
+    let cluster = TestCluster::start(3);
+    let leader = cluster.wait_for_leader(BOUND).await;
+    let addr = cluster.nodes[&leader].client_addr.clone();
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    s.write_all(&resp(&[b"SET", b"warm", b"up"])).await.unwrap();
+    assert_eq!(reply_line(&mut s).await, "+OK\r\n");
+    let before = cluster
+        .info_number(leader, "commit_index")
+        .await
+        .expect("commit index");
+
+    let big_value = vec![b'v'; kv::command::MAX_VALUE_LEN + 1];
+    s.write_all(&resp(&[b"SET", b"k", &big_value]))
+        .await
+        .unwrap();
+    let refused = reply_line(&mut s).await;
+    assert!(
+        refused.starts_with("-ERR string exceeds maximum allowed size"),
+        "{refused}"
+    );
+    let big_key = vec![b'k'; kv::command::MAX_KEY_LEN + 1];
+    s.write_all(&resp(&[b"SET", &big_key, b"v"])).await.unwrap();
+    let refused = reply_line(&mut s).await;
+    assert!(refused.starts_with("-ERR key exceeds"), "{refused}");
+    s.write_all(&resp(&[b"DEL", b"a", &big_key])).await.unwrap();
+    let refused = reply_line(&mut s).await;
+    assert!(refused.starts_with("-ERR key exceeds"), "{refused}");
+
+    // The connection stays usable, and nothing entered the log.
+    s.write_all(&resp(&[b"PING"])).await.unwrap();
+    assert_eq!(reply_line(&mut s).await, "+PONG\r\n");
+    let after = cluster
+        .info_number(leader, "commit_index")
+        .await
+        .expect("commit index");
+    assert_eq!(after, before, "an oversized request was proposed");
+}
