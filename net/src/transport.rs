@@ -348,6 +348,8 @@ enum Next {
 async fn next_or_closed<S: Stream>(queue: &mut mpsc::Receiver<Message>, stream: &mut S) -> Next {
     let mut probe = [0u8; 1];
     tokio::select! {
+        // A queued message first: under load the socket is then not polled at all.
+        biased;
         m = queue.recv() => m.map_or(Next::QueueClosed, Next::Message),
         _ = stream.read(&mut probe) => match queue.recv().await {
             Some(m) => Next::Closed(m),

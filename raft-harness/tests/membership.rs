@@ -519,20 +519,20 @@ fn replace_two_voters_while_partitioned(bugs: impl Fn(&mut Config)) -> Result<()
     Ok(())
 }
 
+/// What a broken joint consensus is caught as: a commit whose majority misses the configuration
+/// before it, or the harm that follows.
+const JOINT_BUG_RULES: [&str; 3] = [
+    "commit overlaps every configuration that can elect",
+    "leader completeness",
+    "state machine safety",
+];
+
 #[test]
 fn a_multi_voter_change_without_joint_consensus_is_caught() -> Result<(), Violation> {
     replace_two_voters_while_partitioned(|_| {})?;
     let err = replace_two_voters_while_partitioned(|cfg| cfg.bugs.conf_change_without_joint = true)
         .expect_err("two majorities that do not overlap commit different entries");
-    assert!(
-        [
-            "commit overlaps every configuration that can elect",
-            "leader completeness",
-            "state machine safety"
-        ]
-        .contains(&err.rule),
-        "{err}"
-    );
+    assert!(JOINT_BUG_RULES.contains(&err.rule), "{err}");
     Ok(())
 }
 
@@ -540,14 +540,6 @@ fn a_multi_voter_change_without_joint_consensus_is_caught() -> Result<(), Violat
 fn leaving_the_joint_configuration_before_it_commits_is_caught() -> Result<(), Violation> {
     let err = replace_two_voters_while_partitioned(|cfg| cfg.bugs.leave_joint_before_commit = true)
         .expect_err("the new voters alone commit");
-    assert!(
-        [
-            "commit overlaps every configuration that can elect",
-            "leader completeness",
-            "state machine safety"
-        ]
-        .contains(&err.rule),
-        "{err}"
-    );
+    assert!(JOINT_BUG_RULES.contains(&err.rule), "{err}");
     Ok(())
 }

@@ -340,7 +340,7 @@ impl Group {
 
     fn send_messages(&mut self, messages: Vec<Message>) {
         for msg in messages {
-            if self.members.peer_addr(msg.to).is_none() {
+            if !self.members.knows_peer_addr(msg.to) {
                 // A peer the book does not know yet (a leader added by an entry this node has
                 // not received): where it said it listens, in its hello.
                 if let Some(addr) = self

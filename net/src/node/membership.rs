@@ -151,7 +151,7 @@ impl Members {
     /// Takes the peer address a peer gave in its hello, for an id the book has no address for
     /// (as of index 0: the log and the applied table override it).
     pub fn learn_introduced(&mut self, id: NodeId, peer_addr: String) {
-        if self.peer_addr(id).is_none() {
+        if !self.knows_peer_addr(id) {
             tracing::info!(peer = id, addr = %peer_addr, "learned a peer's address from its hello");
             self.learn(id, 0, &MemberAddrs::new(peer_addr, ""));
         }
@@ -255,6 +255,13 @@ impl Members {
             .filter(|a| !a.is_empty())
     }
 
+    /// Whether the book has a peer address for `id` (asked per message sent: no copy).
+    pub fn knows_peer_addr(&self, id: NodeId) -> bool {
+        self.book
+            .get(&id)
+            .is_some_and(|(_, a)| !a.peer_addr.is_empty())
+    }
+
     /// Where member `id` takes client requests, if known.
     pub fn client_addr(&self, id: NodeId) -> Option<String> {
         self.book
@@ -268,11 +275,6 @@ impl Members {
     /// still overwrite it; the node then serves again (a refusal in between is harmless).
     pub fn is_removed(&self, in_force: &Membership) -> bool {
         !in_force.is_empty() && !in_force.contains(self.me)
-    }
-
-    /// The table the state machine applied.
-    pub fn applied(&self) -> &MemberTable {
-        &self.applied
     }
 
     /// Every known address (for `member list` and status).
