@@ -161,7 +161,18 @@ impl RawNode {
             }
             MessageBody::Propose { payloads } => {
                 // Only the leader accepts forwarded proposals; forwarding again could loop.
-                if self.role == Role::Leader {
+                // A server the configuration no longer lists may still forward what its
+                // clients sent before it learned of its removal. Those entries would come
+                // after the entry removing it, which it will never be sent, so it could not
+                // tell its clients their outcome: refusing them makes "not applied" certain.
+                if self.role == Role::Leader && !self.log.membership().contains(from) {
+                    tracing::debug!(
+                        id = self.id,
+                        term = self.term,
+                        from,
+                        "dropping a proposal forwarded by a server the configuration does not list"
+                    );
+                } else if self.role == Role::Leader {
                     if let Err(e) = self.append_proposals(payloads) {
                         tracing::debug!(id = self.id, term = self.term, from, error = %e, "dropping forwarded proposal");
                     }

@@ -218,6 +218,41 @@ fn a_removed_server_is_sent_the_entry_that_removes_it_and_then_forgotten() -> Re
     Ok(())
 }
 
+/// A server forwards what its clients send to the leader. What it forwarded before it learned
+/// of its removal must not land after the entry removing it: it is never sent those entries,
+/// so it could not tell its clients their outcome. The leader refuses them instead.
+#[test]
+fn a_leader_refuses_proposals_forwarded_by_a_server_it_has_removed() -> Result<(), Violation> {
+    let mut c = Cluster::new(3, 37, |_| {});
+    elect(&mut c, 1)?;
+    let late = c.unique_payload();
+    assert!(c.propose(3, late.clone())?, "3 forwards to its leader");
+    // 3's forward is slow: the removal of 3 commits first.
+    c.propose_conf_change(1, &[Remove(3)])?.expect("accepted");
+    c.deliver_where(|m| m.from != 3)?;
+    assert_eq!(c.core(1).membership(), &config(&[1, 2], &[], &[]));
+    let removal_committed = c.core(1).commit_index();
+    c.stabilize()?;
+    let leader = c.core(1);
+    let landed = (removal_committed..=leader.last_index())
+        .filter_map(|i| leader.entry(i))
+        .any(|e| e.payload == late);
+    assert!(
+        !landed,
+        "the leader appended what its removed member forwarded"
+    );
+    // A member's forwards are still taken.
+    let welcome = c.unique_payload();
+    assert!(c.propose(2, welcome.clone())?);
+    c.stabilize()?;
+    let leader = c.core(1);
+    let taken = (removal_committed..=leader.last_index())
+        .filter_map(|i| leader.entry(i))
+        .any(|e| e.payload == welcome);
+    assert!(taken, "a member's forwarded proposal is appended");
+    Ok(())
+}
+
 #[test]
 fn a_removed_server_that_missed_its_removal_learns_it_from_the_next_leader() -> Result<(), Violation>
 {

@@ -43,12 +43,29 @@ fn node_log_filter() -> String {
     std::env::var("E2E_KVSTORE_LOG").unwrap_or_else(|_| "warn,net=info".to_string())
 }
 
-/// A free loopback port (bound then released; good enough for tests).
+/// A free loopback port for a node to listen on later, taken below the kernel's ephemeral range
+/// (32768 and up on Linux): a port bound to 0 and released would be handed out again as the
+/// source port of some outgoing connection (the tests open thousands) before the node binds it.
+/// Each test process walks its own stretch of the range (from its pid), so concurrent test
+/// binaries rarely meet, and a port still in use is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
 pub struct TestNode {
@@ -338,6 +355,23 @@ impl TestCluster {
         panic!("no leader within {bound:?}\n{}", self.logs());
     }
 
+    /// The last `lines` lines each node logged.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.nodes
+            .values()
+            .map(|n| {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "--- node {} (last {lines} lines) ---\n{}\n",
+                    n.id,
+                    tail.join("\n")
+                )
+            })
+            .collect()
+    }
+
     /// Everything the nodes logged, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes
@@ -355,6 +389,12 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the test failed; the end of each node's log:\n{}",
+                self.log_tails(300)
+            );
+        }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
             self.kill(id);

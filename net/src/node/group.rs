@@ -193,10 +193,11 @@ impl Group {
                 let key = (cmd.client_id, cmd.seq);
                 let payload = cmd.encode();
                 match self.core.propose(payload.clone()) {
-                    Ok(_) => {
+                    Ok(proposed) => {
                         let retry = (cmd.client_id != kv::SESSIONLESS_CLIENT)
                             .then(|| (payload, self.core.term()));
-                        self.requests.track_write(key, retry, reply, deadline)
+                        self.requests
+                            .track_write(key, &proposed, retry, reply, deadline)
                     }
                     Err(e) if self.requests.worth_parking(&e) => self
                         .requests
@@ -327,8 +328,10 @@ impl Group {
     /// See [`Requests::writes_to_propose_again`]. A proposal refused now is left to its
     /// client's timeout, as before.
     fn propose_lost_writes_again(&mut self, term: raft_core::Term) {
-        for payload in self.requests.writes_to_propose_again(term) {
-            let _ = self.core.propose(payload);
+        for (key, payload) in self.requests.writes_to_propose_again(term) {
+            if let Ok(proposed) = self.core.propose(payload) {
+                self.requests.proposed_again(key, &proposed);
+            }
         }
     }
 

@@ -92,6 +92,7 @@ impl Group {
     /// the apply worker finishes the install. The two are linked by a pair of oneshots, so the
     /// loop never waits.
     fn install_snapshot(&mut self, write: SnapshotWrite) {
+        self.requests.snapshot_installed();
         let snapshot = write.snapshot;
         if let Some(observer) = &self.cfg.observer {
             observer.snapshot_installed(self.cfg.id, snapshot.clone());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use kv::CommandResult;
-use raft_core::{Index, ProposeError, Term};
+use raft_core::{Index, ProposeError, Proposed, Term};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -33,6 +33,11 @@ struct PendingWrite {
     /// What to propose again if a new term begins before it is applied; only for writes of a
     /// client session, whose copies the state machine applies once.
     retry: Option<Retry>,
+    /// Whether it may be in the log without this node seeing its result: this node appended
+    /// it as leader (a later leader may commit it), or a snapshot that may cover it was
+    /// installed. A write only ever forwarded is known not applied once this node has applied
+    /// the entry removing it, since leaders refuse what a removed server forwards.
+    outcome_unknown: bool,
 }
 
 struct Retry {
@@ -122,12 +127,14 @@ impl Requests {
     pub fn track_write(
         &mut self,
         key: WriteKey,
+        proposed: &Proposed,
         retry: Option<(Bytes, Term)>,
         reply: WriteReply,
         deadline: Instant,
     ) {
         let pending = self.writes.entry(key).or_default();
         pending.waiters.push(WriteWaiter { reply, deadline });
+        pending.outcome_unknown |= matches!(proposed, Proposed::Appended { .. });
         if let Some((payload, term)) = retry {
             pending.retry = Some(Retry { payload, term });
         }
@@ -139,15 +146,30 @@ impl Requests {
     /// was not lost is harmless, since the state machine applies a session's sequence number
     /// once. Writes without a session are never proposed twice: a second copy would apply
     /// twice.
-    pub fn writes_to_propose_again(&mut self, term: Term) -> Vec<Bytes> {
+    pub fn writes_to_propose_again(&mut self, term: Term) -> Vec<(WriteKey, Bytes)> {
         let mut again = Vec::new();
-        for retry in self.writes.values_mut().filter_map(|w| w.retry.as_mut()) {
-            if retry.term < term {
+        for (key, pending) in &mut self.writes {
+            if let Some(retry) = pending.retry.as_mut().filter(|r| r.term < term) {
                 retry.term = term;
-                again.push(retry.payload.clone());
+                again.push((*key, retry.payload.clone()));
             }
         }
         again
+    }
+
+    /// The write `key` was proposed again ([`Requests::writes_to_propose_again`]).
+    pub fn proposed_again(&mut self, key: WriteKey, proposed: &Proposed) {
+        if let Some(pending) = self.writes.get_mut(&key) {
+            pending.outcome_unknown |= matches!(proposed, Proposed::Appended { .. });
+        }
+    }
+
+    /// A snapshot was installed: it may hold writes still waiting here, whose entries this
+    /// node will then never apply.
+    pub fn snapshot_installed(&mut self) {
+        for pending in self.writes.values_mut() {
+            pending.outcome_unknown = true;
+        }
     }
 
     /// Entries were applied: answers the writes waiting for these results.
@@ -244,19 +266,26 @@ impl Requests {
         }
     }
 
-    /// This node was removed and has applied all it will ever learn: the writes still
-    /// waiting (their entries, if any, come after its removal) are answered TIMEOUT (their
-    /// outcome is unknown; a client retries elsewhere in its session), and the reads TRYAGAIN.
+    /// This node was removed and has applied all it will ever learn. A write it only
+    /// forwarded was refused by the leader if it came after the removal, so it is answered
+    /// REMOVED (not applied: retry on another member). One whose outcome is unknown (see
+    /// `PendingWrite::outcome_unknown`) is answered TIMEOUT, and the reads TRYAGAIN.
     pub fn answer_all_as_removed(&mut self) {
-        const WHY: &str = "this node was removed from the cluster before it learned the outcome";
-        for w in std::mem::take(&mut self.writes)
-            .into_values()
-            .flat_map(|w| w.waiters)
-        {
-            let _ = w.reply.send(Err(RequestError::Timeout(WHY.into())));
+        const UNKNOWN: &str =
+            "this node was removed from the cluster before it learned the outcome";
+        const NOT_APPLIED: &str =
+            "this node was removed from the cluster; the write was not applied";
+        for pending in std::mem::take(&mut self.writes).into_values() {
+            for w in pending.waiters {
+                let _ = w.reply.send(Err(if pending.outcome_unknown {
+                    RequestError::Timeout(UNKNOWN.into())
+                } else {
+                    RequestError::Removed(NOT_APPLIED.into())
+                }));
+            }
         }
         for r in std::mem::take(&mut self.reads).into_values() {
-            let _ = r.reply.send(Err(RequestError::TryAgain(WHY.into())));
+            let _ = r.reply.send(Err(RequestError::TryAgain(UNKNOWN.into())));
         }
     }
 
@@ -334,14 +363,17 @@ mod tests {
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let session = Bytes::from_static(b"session write");
         let (tx, _session_answer) = oneshot::channel();
-        requests.track_write((7, 1), Some((session.clone(), 3)), tx, deadline);
+        requests.track_write((7, 1), &FORWARDED, Some((session.clone(), 3)), tx, deadline);
         let (tx, _sessionless_answer) = oneshot::channel();
-        requests.track_write((0, 99), None, tx, deadline);
+        requests.track_write((0, 99), &FORWARDED, None, tx, deadline);
         assert!(
             requests.writes_to_propose_again(3).is_empty(),
             "proposed in this term"
         );
-        assert_eq!(requests.writes_to_propose_again(4), vec![session.clone()]);
+        assert_eq!(
+            requests.writes_to_propose_again(4),
+            vec![((7, 1), session.clone())]
+        );
         assert!(
             requests.writes_to_propose_again(4).is_empty(),
             "once per term"
@@ -350,6 +382,54 @@ mod tests {
         assert!(
             requests.writes_to_propose_again(5).is_empty(),
             "applied: nothing left to propose"
+        );
+    }
+
+    const FORWARDED: Proposed = Proposed::Forwarded { to: 2 };
+
+    fn write(
+        requests: &mut Requests,
+        key: WriteKey,
+        proposed: &Proposed,
+    ) -> oneshot::Receiver<Result<CommandResult, RequestError>> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        requests.track_write(key, proposed, None, tx, deadline);
+        rx
+    }
+
+    #[test]
+    fn a_removed_node_says_not_applied_only_for_writes_it_only_forwarded() {
+        let mut requests = Requests::default();
+        let mut forwarded = write(&mut requests, (1, 1), &FORWARDED);
+        let appended = Proposed::Appended {
+            first: 9,
+            last: 9,
+            term: 3,
+        };
+        let mut appended_here = write(&mut requests, (1, 2), &appended);
+        let mut forwarded_again_appended = write(&mut requests, (1, 3), &FORWARDED);
+        requests.proposed_again((1, 3), &appended);
+        requests.answer_all_as_removed();
+        assert!(matches!(
+            forwarded.try_recv(),
+            Ok(Err(RequestError::Removed(_)))
+        ));
+        assert!(matches!(
+            appended_here.try_recv(),
+            Ok(Err(RequestError::Timeout(_)))
+        ));
+        assert!(matches!(
+            forwarded_again_appended.try_recv(),
+            Ok(Err(RequestError::Timeout(_)))
+        ));
+
+        let mut covered = write(&mut requests, (1, 4), &FORWARDED);
+        requests.snapshot_installed();
+        requests.answer_all_as_removed();
+        assert!(
+            matches!(covered.try_recv(), Ok(Err(RequestError::Timeout(_)))),
+            "a snapshot may have applied it"
         );
     }
 }
