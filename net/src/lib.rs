@@ -19,6 +19,7 @@ pub mod request;
 pub mod resp;
 pub mod server;
 pub mod server_admin;
+pub mod server_data;
 pub mod snapshot_transfer;
 pub mod storage;
 pub mod transport;

@@ -1,7 +1,7 @@
 //! The client port: the Redis protocol (RESP2) mapped onto node requests, so that redis-cli,
 //! redis-benchmark and Redis client libraries work unchanged.
 //!
-//! Commands: GET, SET, DEL, EXISTS, INCR, INCRBY, DECR, DECRBY, CAS, PING, ECHO, QUIT, INFO,
+//! Commands: the data commands ([`crate::server_data`]), PING, ECHO, QUIT, INFO,
 //! LEADER (the leader's client address, or nil if unknown), the operator's `RAFT.MEMBER ...` and
 //! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]),
 //! plus enough of CONFIG, COMMAND, CLIENT and SELECT for tools to start. `CAS key expected new`
@@ -14,15 +14,16 @@
 //! the stream cannot be resynchronised and the connection is closed.
 
 use bytes::{Bytes, BytesMut};
-use kv::{Command, CommandResult, Op, SESSIONLESS_CLIENT};
+use kv::SESSIONLESS_CLIENT;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::node::admin::MemberRole;
-use crate::request::{NodeHandle, NodeInfo, ReadOp, ReadResult, RequestError};
+use crate::request::{NodeHandle, NodeInfo, RequestError};
 use crate::resp::{Limits, Reply, Request, RequestParser};
 use crate::server_admin;
+use crate::server_data;
 use crate::transport::{Listener, Stream};
 
 /// Requests parsed from one read are executed concurrently and answered in order.
@@ -131,11 +132,7 @@ async fn serve_connection<S: Stream>(
 /// other requests. A run starts only when the one before it has been answered, so a read sees
 /// every write pipelined before it, as Redis clients expect.
 fn runs_in_pipeline_order(batch: Vec<Request>) -> Vec<Vec<Request>> {
-    let is_read = |r: &Request| {
-        r.args
-            .first()
-            .is_some_and(|n| n.eq_ignore_ascii_case(b"GET") || n.eq_ignore_ascii_case(b"EXISTS"))
-    };
+    let is_read = |r: &Request| r.args.first().is_some_and(|n| server_data::is_read(n));
     let mut runs: Vec<Vec<Request>> = Vec::new();
     for req in batch {
         match runs.last_mut() {
@@ -176,23 +173,19 @@ async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output
     outputs.into_iter().flatten().collect()
 }
 
-fn upper(b: &[u8]) -> String {
+pub(crate) fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
-fn arity_error(name: &str) -> Reply {
+pub(crate) fn arity_error(name: &str) -> Reply {
     Reply::error(format!(
         "ERR wrong number of arguments for '{}' command",
         name.to_ascii_lowercase()
     ))
 }
 
-fn request_error(e: RequestError) -> Reply {
+pub(crate) fn request_error(e: RequestError) -> Reply {
     Reply::error(e.to_string())
-}
-
-fn parse_i64(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// Runs one request; the flag says to close the connection after replying (QUIT).
@@ -221,7 +214,13 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
                         let inner = Request {
                             args: rest.to_vec(),
                         };
-                        write_command(&upper(&rest[0]), &inner.args[1..], node, (client, seq)).await
+                        server_data::execute(
+                            &upper(&rest[0]),
+                            &inner.args[1..],
+                            node,
+                            (client, seq),
+                        )
+                        .await
                     }
                     _ => Reply::error("ERR SEQ needs a non-zero client id and a sequence number"),
                 }
@@ -247,27 +246,6 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             Ok(info) => Reply::Bulk(Bytes::from(info_text(&info))),
             Err(e) => request_error(e),
         },
-        "GET" => match args {
-            [key] => match node.read(ReadOp::Get(key.clone())).await {
-                Ok(ReadResult::Value(Some(v))) => Reply::Bulk(v),
-                Ok(ReadResult::Value(None)) => Reply::Nil,
-                Ok(ReadResult::Count(_)) => {
-                    Reply::error("ERR internal error: unexpected read result")
-                }
-                Err(e) => request_error(e),
-            },
-            _ => arity_error(&name),
-        },
-        "EXISTS" => match args {
-            [] => arity_error(&name),
-            keys => match node.read(ReadOp::Exists(keys.to_vec())).await {
-                Ok(ReadResult::Count(n)) => Reply::Integer(n),
-                Ok(ReadResult::Value(_)) => {
-                    Reply::error("ERR internal error: unexpected read result")
-                }
-                Err(e) => request_error(e),
-            },
-        },
         "CONFIG" => config(args),
         "COMMAND" => match args.first().map(|a| upper(a)).as_deref() {
             Some("COUNT") => Reply::Integer(0),
@@ -284,130 +262,13 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             [_] => Reply::error("ERR DB index is out of range (only database 0 exists)"),
             _ => arity_error(&name),
         },
-        _ => write_command(&name, args, node, session).await,
+        _ => server_data::execute(&name, args, node, session).await,
     };
     (reply, false)
 }
 
 fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
-}
-
-/// The write commands, inside the given session.
-async fn write_command(
-    name: &str,
-    args: &[Bytes],
-    node: &NodeHandle,
-    (client_id, seq): (u64, u64),
-) -> Reply {
-    let op = match (name, args) {
-        ("SET", [key, value]) => Op::Set {
-            key: key.clone(),
-            value: value.clone(),
-        },
-        ("SET", [_, _, ..]) => {
-            return Reply::error("ERR SET options (EX, PX, NX, XX, ...) are not supported")
-        }
-        ("INCR", [key]) => Op::Incr {
-            key: key.clone(),
-            by: 1,
-        },
-        ("DECR", [key]) => Op::Incr {
-            key: key.clone(),
-            by: -1,
-        },
-        ("INCRBY", [key, by]) | ("DECRBY", [key, by]) => {
-            let Some(by) = parse_i64(by) else {
-                return Reply::error("ERR value is not an integer or out of range");
-            };
-            let by = if name == "DECRBY" {
-                by.checked_neg()
-            } else {
-                Some(by)
-            };
-            let Some(by) = by else {
-                return Reply::error("ERR decrement would overflow");
-            };
-            Op::Incr {
-                key: key.clone(),
-                by,
-            }
-        }
-        ("CAS", [key, new]) => Op::Cas {
-            key: key.clone(),
-            expected: None,
-            new: Some(new.clone()),
-        },
-        ("CAS", [key, expected, new]) => Op::Cas {
-            key: key.clone(),
-            expected: Some(expected.clone()),
-            new: Some(new.clone()),
-        },
-        ("DEL", [key]) => Op::Delete { key: key.clone() },
-        ("DEL", keys) if !keys.is_empty() && client_id == SESSIONLESS_CLIENT => {
-            return delete_many(keys, node, seq).await
-        }
-        ("SET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "CAS" | "DEL", _) => {
-            return arity_error(name)
-        }
-        _ => {
-            return Reply::error(format!(
-                "ERR unknown command '{}'",
-                name.to_ascii_lowercase()
-            ))
-        }
-    };
-    if let Some(too_large) = op.size_error() {
-        return Reply::error(too_large);
-    }
-    match node.write(Command::new(client_id, seq, op)).await {
-        Ok(result) => command_reply(result),
-        Err(e) => request_error(e),
-    }
-}
-
-/// DEL of several keys: one delete each, run together; the reply counts those that existed.
-async fn delete_many(keys: &[Bytes], node: &NodeHandle, first_id: u64) -> Reply {
-    if let Some(key) = keys.iter().find(|k| k.len() > kv::command::MAX_KEY_LEN) {
-        return Reply::error(kv::command::key_too_large(key.len()));
-    }
-    let deletes: Vec<_> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, key)| {
-            let node = node.clone();
-            let cmd = Command::new(
-                SESSIONLESS_CLIENT,
-                first_id.wrapping_add(2 * i as u64),
-                Op::Delete { key: key.clone() },
-            );
-            tokio::spawn(async move { node.write(cmd).await })
-        })
-        .collect();
-    let mut existed = 0;
-    for d in deletes {
-        match d.await {
-            Ok(Ok(CommandResult::Deleted { existed: true })) => existed += 1,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return request_error(e),
-            Err(_) => return Reply::error("ERR internal error"),
-        }
-    }
-    Reply::Integer(existed)
-}
-
-fn command_reply(result: CommandResult) -> Reply {
-    match result {
-        CommandResult::Ok => Reply::ok(),
-        CommandResult::Deleted { existed } => Reply::Integer(i64::from(existed)),
-        CommandResult::CasOk => Reply::Integer(1),
-        CommandResult::CasFailed { .. } => Reply::Integer(0),
-        CommandResult::Value(v) => Reply::Integer(v),
-        CommandResult::Error(e) => Reply::error(format!("ERR {e}")),
-        CommandResult::Stale { last_seq } => Reply::error(format!(
-            "ERR stale request: this session already applied sequence number {last_seq}"
-        )),
-    }
 }
 
 /// CONFIG GET answers what benchmark tools ask for; everything else is empty or refused.
