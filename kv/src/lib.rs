@@ -27,6 +27,7 @@ mod ldb;
 pub mod members;
 pub mod node;
 pub mod raft_storage;
+pub mod redis_int;
 pub mod snapshot;
 pub mod state_machine;
 mod table_check;

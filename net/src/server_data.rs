@@ -42,10 +42,6 @@ pub async fn execute(name: &str, args: &[Bytes], node: &NodeHandle, session: (u6
     }
 }
 
-fn parse_i64(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
-}
-
 /// The write commands, inside the given session.
 async fn write_command(
     name: &str,
@@ -70,7 +66,7 @@ async fn write_command(
             by: -1,
         },
         ("INCRBY", [key, by]) | ("DECRBY", [key, by]) => {
-            let Some(by) = parse_i64(by) else {
+            let Some(by) = kv::redis_int::parse_i64(by) else {
                 return Reply::error("ERR value is not an integer or out of range");
             };
             let by = if name == "DECRBY" {
