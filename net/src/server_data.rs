@@ -26,10 +26,10 @@ pub async fn execute(name: &str, args: &[Bytes], node: &NodeHandle, session: (u6
                 }
                 Err(e) => request_error(e),
             },
-            _ => arity_error(&name),
+            _ => arity_error(name),
         },
         "EXISTS" => match args {
-            [] => arity_error(&name),
+            [] => arity_error(name),
             keys => match node.read(ReadOp::Exists(keys.to_vec())).await {
                 Ok(ReadResult::Count(n)) => Reply::Integer(n),
                 Ok(ReadResult::Value(_)) => {
