@@ -9,7 +9,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use crate::cli_admin::MemberCmd;
-use crate::client::KvClient;
+use crate::cli_data::{DataCmd, Outcome};
 use crate::error::{CliError, ConfigError};
 use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
@@ -38,8 +38,14 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " ", test_switches_
     version = VERSION,
     about = "A Raft-replicated key-value store that speaks the Redis protocol."
 )]
-#[command(after_help = "Start a local 3-node cluster:   kvstore cluster\n\
-Then talk to it with any Redis client:  redis-cli -p 7001 set greeting hello")]
+#[command(after_help = concat!(
+    "Start a local 3-node cluster:   kvstore cluster\n",
+    "Then talk to it with any Redis client:  redis-cli -p 7001 set greeting hello\n",
+    "or with this one:  kvstore set greeting hello; kvstore get greeting\n\n",
+    "get/set/del/incr/cas print values byte for byte (--pretty: as redis-cli does).\n",
+    "Exit status of get/set/del/incr/cas: 0 done; 1 the answer is no (a missing key, nothing\n",
+    "deleted, not swapped); 2 refused or wrong; 3 no server answered (see kvstore get --help).",
+))]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
@@ -51,44 +57,8 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Run a local cluster in this process (client ports 7001.., peer ports 7101..).
     Cluster(ClusterArgs),
-    /// Print the value of a key.
-    Get {
-        key: String,
-        #[command(flatten)]
-        servers: ServersArg,
-    },
-    /// Set a key.
-    Set {
-        key: String,
-        value: String,
-        #[command(flatten)]
-        servers: ServersArg,
-    },
-    /// Delete a key.
-    Del {
-        key: String,
-        #[command(flatten)]
-        servers: ServersArg,
-    },
-    /// Add to an integer value (default 1).
-    Incr {
-        key: String,
-        #[arg(default_value_t = 1, allow_hyphen_values = true)]
-        by: i64,
-        #[command(flatten)]
-        servers: ServersArg,
-    },
-    /// Compare-and-set: set KEY to NEW if it holds --expected (or is absent, with --absent).
-    Cas {
-        key: String,
-        new: String,
-        #[arg(long, conflicts_with = "absent", required_unless_present = "absent")]
-        expected: Option<String>,
-        #[arg(long)]
-        absent: bool,
-        #[command(flatten)]
-        servers: ServersArg,
-    },
+    #[command(flatten)]
+    Data(DataCmd),
     /// Show every node's role, term, commit and applied index, and the configuration.
     Status {
         #[command(flatten)]
@@ -548,70 +518,24 @@ fn shutdown_on_signals() -> watch::Receiver<bool> {
     rx
 }
 
-pub async fn main(cli: Cli) -> Result<(), CliError> {
-    match cli.command {
+/// Runs the command; `Outcome::No` is a command's answer "no" (exit status 1).
+pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
+    let done = match cli.command {
+        Cmd::Data(cmd) => return crate::cli_data::run(cmd).await,
         Cmd::Serve(args) => {
             let (cfg, client_addr) = serve_config(&args)?;
             let shutdown = shutdown_on_signals();
             run_node(cfg, client_addr, shutdown).await
         }
         Cmd::Cluster(args) => run_cluster(args).await,
-        Cmd::Get { key, servers } => {
-            let mut c = KvClient::new(servers.servers);
-            match c.get(key.as_bytes()).await? {
-                Some(v) => println!("{}", String::from_utf8_lossy(&v)),
-                None => println!("(nil)"),
-            }
-            Ok(())
-        }
-        Cmd::Set {
-            key,
-            value,
-            servers,
-        } => {
-            KvClient::new(servers.servers)
-                .set(key.as_bytes(), value.as_bytes())
-                .await?;
-            println!("OK");
-            Ok(())
-        }
-        Cmd::Del { key, servers } => {
-            let existed = KvClient::new(servers.servers).del(key.as_bytes()).await?;
-            println!("(integer) {}", i32::from(existed));
-            Ok(())
-        }
-        Cmd::Incr { key, by, servers } => {
-            let v = KvClient::new(servers.servers)
-                .incr_by(key.as_bytes(), by)
-                .await?;
-            println!("(integer) {v}");
-            Ok(())
-        }
-        Cmd::Cas {
-            key,
-            new,
-            expected,
-            absent: _,
-            servers,
-        } => {
-            let mut c = KvClient::new(servers.servers);
-            let swapped = c
-                .cas(
-                    key.as_bytes(),
-                    expected.as_deref().map(str::as_bytes),
-                    new.as_bytes(),
-                )
-                .await?;
-            println!("(integer) {}", i32::from(swapped));
-            Ok(())
-        }
         Cmd::Status { servers } => crate::cli_admin::status(servers.servers).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Member(cmd) => crate::cli_admin::run_member(cmd).await,
         Cmd::TransferLeader { id, servers } => {
             crate::cli_admin::run_transfer_leader(id, servers).await
         }
-    }
+    };
+    done.map(|()| Outcome::Done)
 }
 
 async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {

@@ -325,6 +325,27 @@ pub enum CliError {
     Bench(&'static str),
     /// A node's task panicked or was cancelled.
     Task(tokio::task::JoinError),
+    /// The command line's arguments cannot work together (clap checks the rest).
+    Usage(&'static str),
+    /// `kvstore set --value-file PATH`: PATH cannot be read.
+    ValueFile {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// Standard output cannot be written (a closed pipe, a full disk).
+    Output(io::Error),
+}
+
+impl CliError {
+    /// The process's exit status for this error: 3 when no server answered (the cluster is
+    /// unreachable, or a write's outcome is unknown), 2 for every other error. 1 is never an
+    /// error: it is a command's answer "no" (`kvstore get` of a missing key, ...).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Unavailable { .. }) | CliError::NoServerAnswered => 3,
+            _ => 2,
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -342,6 +363,11 @@ impl fmt::Display for CliError {
             CliError::NoServerAnswered => write!(f, "no server answered"),
             CliError::Bench(why) => write!(f, "{why}"),
             CliError::Task(e) => write!(f, "a node task failed: {e}"),
+            CliError::Usage(why) => write!(f, "{why}"),
+            CliError::ValueFile { path, source } => {
+                write!(f, "cannot read the value from {}: {source}", path.display())
+            }
+            CliError::Output(e) => write!(f, "cannot write to standard output: {e}"),
         }
     }
 }
@@ -354,7 +380,8 @@ impl Error for CliError {
             CliError::ClientPort { source, .. } => Some(source),
             CliError::Client(e) => Some(e),
             CliError::Task(e) => Some(e),
-            CliError::NoServerAnswered | CliError::Bench(_) => None,
+            CliError::ValueFile { source, .. } | CliError::Output(source) => Some(source),
+            CliError::NoServerAnswered | CliError::Bench(_) | CliError::Usage(_) => None,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod cli;
 pub mod cli_admin;
+pub mod cli_data;
 pub mod client;
 pub mod error;
 pub mod fuzzing;

@@ -17,14 +17,15 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kvstore: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return std::process::ExitCode::from(2);
         }
     };
     match runtime.block_on(net::cli::main(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(net::cli_data::Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(net::cli_data::Outcome::No) => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("kvstore: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_status())
         }
     }
 }
