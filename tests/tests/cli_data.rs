@@ -180,8 +180,14 @@ fn an_unreachable_cluster_exits_3_with_the_reason_on_stderr() {
 #[test]
 fn help_documents_the_exit_status() {
     for (args, says) in [
-        (&["--help"][..], "Exit status of get/set/del/incr/cas: 0 done; 1 the answer is no"),
-        (&["get", "--help"], "Exit status: 0 done; 1 the answer is no (get: no such key;"),
+        (
+            &["--help"][..],
+            "Exit status of get/set/del/incr/cas: 0 done; 1 the answer is no",
+        ),
+        (
+            &["get", "--help"],
+            "Exit status: 0 done; 1 the answer is no (get: no such key;",
+        ),
         (&["set", "--help"], "3 no server answered"),
     ] {
         let out = Command::new(kvstore_bin())
