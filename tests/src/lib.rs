@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use net::client::{ClientConfig, KvClient};
 use net::server::parse_info;
 
+pub mod redis_oracle;
+pub mod resp_wire;
+
 /// The `kvstore` binary of this build profile, built once per test run.
 pub fn kvstore_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
