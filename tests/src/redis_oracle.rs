@@ -97,19 +97,60 @@ pub struct Normalisation {
 }
 
 /// The differences forgiven; every other byte of every reply must be Redis's.
-pub const NORMALISATIONS: &[Normalisation] = &[Normalisation {
-    name: "unknown command's argument list",
-    reason: "Redis 7 ends `ERR unknown command 'x'` with `, with args beginning with: 'a' ...`; \
+pub const NORMALISATIONS: &[Normalisation] = &[
+    Normalisation {
+        name: "KEYS order",
+        reason: "Redis lists keys in its hash table's order, ours in our index's; neither order \
+                 is specified, so the lists are compared sorted",
+        rewrite: |command, reply| match reply {
+            RespValue::Array(Some(keys)) if is_command(command, "KEYS") => {
+                Some(RespValue::Array(Some(sorted(keys))))
+            }
+            _ => None,
+        },
+    },
+    Normalisation {
+        name: "SCAN order",
+        reason: "as for KEYS; the cursor is compared as it is, so a script scans in one call \
+                 (COUNT above the key count) and both end at cursor 0",
+        rewrite: |command, reply| match reply {
+            RespValue::Array(Some(parts)) if is_command(command, "SCAN") && parts.len() == 2 => {
+                let keys = match &parts[1] {
+                    RespValue::Array(Some(keys)) => RespValue::Array(Some(sorted(keys))),
+                    other => other.clone(),
+                };
+                Some(RespValue::Array(Some(vec![parts[0].clone(), keys])))
+            }
+            _ => None,
+        },
+    },
+    Normalisation {
+        name: "unknown command's argument list",
+        reason:
+            "Redis 7 ends `ERR unknown command 'x'` with `, with args beginning with: 'a' ...`; \
              ours names the command only (a gap in the server's text, not a design difference: \
              drop this entry once it says the same)",
-    rewrite: |_, reply| match reply {
-        RespValue::Error(e) if e.starts_with("ERR unknown command '") => {
-            let cut = e.find(", with args beginning with:").unwrap_or(e.len());
-            Some(RespValue::Error(e[..cut].to_ascii_lowercase()))
-        }
-        _ => None,
+        rewrite: |_, reply| match reply {
+            RespValue::Error(e) if e.starts_with("ERR unknown command '") => {
+                let cut = e.find(", with args beginning with:").unwrap_or(e.len());
+                Some(RespValue::Error(e[..cut].to_ascii_lowercase()))
+            }
+            _ => None,
+        },
     },
-}];
+];
+
+fn is_command(command: &[Vec<u8>], name: &str) -> bool {
+    command
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+fn sorted(items: &[RespValue]) -> Vec<RespValue> {
+    let mut items = items.to_vec();
+    items.sort_by_key(|item| item.to_string());
+    items
+}
 
 fn normalised(command: &[Vec<u8>], reply: RespValue) -> RespValue {
     NORMALISATIONS
