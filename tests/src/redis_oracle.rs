@@ -198,11 +198,13 @@ impl Oracle {
             }
         }
         let mut mismatches = Vec::new();
+        let mut commands = 0;
         for (n, line) in script.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            commands += 1;
             let (shape_only, text) = match line.strip_prefix('?') {
                 Some(rest) => (true, rest),
                 None => (false, line),
@@ -230,8 +232,23 @@ impl Oracle {
                 });
             }
         }
+        assert!(commands > 0, "script {name} sends no command");
         mismatches
     }
+}
+
+/// Splits a text of scripts, each headed by a `## name` line, into (name, script) pairs.
+pub fn split_scripts(text: &str) -> Vec<(&str, &str)> {
+    let mut scripts = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("## ") {
+        let after = &rest[at + 3..];
+        let (name, body) = after.split_once('\n').unwrap_or((after, ""));
+        let end = body.find("\n## ").map_or(body.len(), |e| e + 1);
+        scripts.push((name.trim(), &body[..end]));
+        rest = &body[end..];
+    }
+    scripts
 }
 
 /// The mismatches as a failure message, one block each.
