@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use crate::codec::{self, Reader};
 use crate::error::DecodeError;
+use crate::query::Query;
 
 /// The only command encoding version so far.
 pub const COMMAND_VERSION: u8 = 1;
@@ -57,6 +58,92 @@ pub enum Op {
     },
     /// Does nothing but take a slot in the client's session (used to open or probe a session).
     Noop,
+    /// `SET` with its options (and `SETNX`, `SETEX`, `PSETEX`, `GETSET`).
+    SetWith {
+        key: Bytes,
+        value: Bytes,
+        condition: SetCondition,
+        deadline: Deadline,
+        /// Answer the previous value (`GET`) instead of OK.
+        get: bool,
+    },
+    GetDel {
+        key: Bytes,
+    },
+    /// `DEL`/`UNLINK` of any number of keys: the reply counts those that existed.
+    DeleteMany {
+        keys: Vec<Bytes>,
+    },
+    /// `MSET`, or with `if_none_exist` `MSETNX` (all or nothing).
+    MSet {
+        pairs: Vec<(Bytes, Bytes)>,
+        if_none_exist: bool,
+    },
+    Append {
+        key: Bytes,
+        value: Bytes,
+    },
+    /// `EXPIRE` and its kin; `Deadline::None` is `PERSIST`.
+    Expire {
+        key: Bytes,
+        deadline: Deadline,
+        condition: ExpireCondition,
+    },
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        if_absent: bool,
+    },
+    /// `FLUSHALL`/`FLUSHDB`.
+    FlushAll,
+    /// `MULTI ... EXEC`: applied as one, after checking that every watched key still has the
+    /// version it had when watched (else nothing is applied: [`CommandResult::Aborted`]).
+    Multi {
+        watches: Vec<(Bytes, u64)>,
+        ops: Vec<Op>,
+    },
+    /// A read inside a transaction.
+    Query(Query),
+}
+
+/// When a `SET` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetCondition {
+    Always,
+    /// `NX`
+    IfAbsent,
+    /// `XX`
+    IfPresent,
+}
+
+/// The deadline a write gives its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// No deadline (a plain `SET` clears one; `PERSIST`).
+    None,
+    /// Keep the key's deadline (`KEEPTTL`).
+    Keep,
+    /// Milliseconds after the log time at which the entry applies (`EX`, `PX`).
+    In(u64),
+    /// At this Unix time in milliseconds (`EXAT`, `PXAT`).
+    At(u64),
+}
+
+/// When an `EXPIRE` applies (Redis 7's options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireCondition {
+    Always,
+    /// `NX`: only if the key has no deadline.
+    IfNone,
+    /// `XX`: only if it has one.
+    IfSome,
+    /// `GT`: only if the new deadline is later (no deadline counts as infinitely late).
+    IfLater,
+    /// `LT`: only if the new deadline is earlier.
+    IfEarlier,
+    /// `XX LT`: only if the key has a deadline and the new one is earlier (`LT` alone also
+    /// passes for a key without one).
+    IfSomeAndEarlier,
 }
 
 impl Op {
@@ -65,19 +152,56 @@ impl Op {
     /// before anything is proposed: an entry that does not decode is skipped by every replica,
     /// and its client would only learn so from a timeout.
     pub fn size_error(&self) -> Option<String> {
-        let (key, values): (&Bytes, Vec<&Bytes>) = match self {
-            Op::Set { key, value } => (key, vec![value]),
-            Op::Delete { key } | Op::Incr { key, .. } => (key, vec![]),
-            Op::Cas { key, expected, new } => (key, expected.iter().chain(new.iter()).collect()),
-            Op::Noop => return None,
-        };
-        if key.len() > MAX_KEY_LEN {
+        let mut keys: Vec<&Bytes> = Vec::new();
+        let mut values: Vec<&Bytes> = Vec::new();
+        self.visit_strings(&mut keys, &mut values);
+        if let Some(key) = keys.iter().find(|k| k.len() > MAX_KEY_LEN) {
             return Some(key_too_large(key.len()));
         }
-        values
-            .iter()
-            .any(|v| v.len() > MAX_VALUE_LEN)
-            .then(|| format!("ERR string exceeds maximum allowed size (proto-max-bulk-len: values up to {MAX_VALUE_LEN} bytes)"))
+        if values.iter().any(|v| v.len() > MAX_VALUE_LEN) {
+            return Some(format!("ERR string exceeds maximum allowed size (proto-max-bulk-len: values up to {MAX_VALUE_LEN} bytes)"));
+        }
+        let total: usize = keys.iter().chain(values.iter()).map(|b| b.len() + 8).sum();
+        (total > MAX_COMMAND_LEN - 64).then(|| {
+            format!("ERR request too large: {total} bytes of keys and values in one command (up to {} bytes)", MAX_COMMAND_LEN - 64)
+        })
+    }
+
+    pub(crate) fn visit_strings<'a>(
+        &'a self,
+        keys: &mut Vec<&'a Bytes>,
+        values: &mut Vec<&'a Bytes>,
+    ) {
+        match self {
+            Op::Set { key, value } | Op::SetWith { key, value, .. } | Op::Append { key, value } => {
+                keys.push(key);
+                values.push(value);
+            }
+            Op::Delete { key }
+            | Op::Incr { key, .. }
+            | Op::GetDel { key }
+            | Op::Expire { key, .. } => keys.push(key),
+            Op::Cas { key, expected, new } => {
+                keys.push(key);
+                values.extend(expected.iter().chain(new.iter()));
+            }
+            Op::DeleteMany { keys: ks } => keys.extend(ks),
+            Op::MSet { pairs, .. } => {
+                for (k, v) in pairs {
+                    keys.push(k);
+                    values.push(v);
+                }
+            }
+            Op::Rename { from, to, .. } => keys.extend([from, to]),
+            Op::Multi { watches, ops } => {
+                keys.extend(watches.iter().map(|(k, _)| k));
+                for op in ops {
+                    op.visit_strings(keys, values);
+                }
+            }
+            Op::Query(q) => q.visit_keys(keys),
+            Op::Noop | Op::FlushAll => {}
+        }
     }
 }
 
@@ -91,65 +215,41 @@ const OP_DELETE: u8 = 2;
 const OP_CAS: u8 = 3;
 const OP_INCR: u8 = 4;
 const OP_NOOP: u8 = 5;
+pub(crate) const OP_SET_WITH: u8 = 6;
+pub(crate) const OP_GETDEL: u8 = 7;
+pub(crate) const OP_DELETE_MANY: u8 = 8;
+pub(crate) const OP_MSET: u8 = 9;
+pub(crate) const OP_APPEND: u8 = 10;
+pub(crate) const OP_EXPIRE: u8 = 11;
+pub(crate) const OP_RENAME: u8 = 12;
+pub(crate) const OP_FLUSHALL: u8 = 13;
+pub(crate) const OP_MULTI: u8 = 14;
+pub(crate) const OP_QUERY: u8 = 15;
 
 impl Command {
     pub fn new(client_id: u64, seq: u64, op: Op) -> Self {
         Self { client_id, seq, op }
     }
 
-    /// The key this command touches, if any.
+    /// The first key this command touches, if any.
     pub fn key(&self) -> Option<&Bytes> {
-        match &self.op {
-            Op::Set { key, .. }
-            | Op::Delete { key }
-            | Op::Cas { key, .. }
-            | Op::Incr { key, .. } => Some(key),
-            Op::Noop => None,
-        }
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        self.op.visit_strings(&mut keys, &mut values);
+        keys.first().copied()
     }
 
     pub fn encode(&self) -> Bytes {
         let mut body = Vec::with_capacity(32 + self.payload_hint());
         codec::put_u64(&mut body, self.client_id);
         codec::put_u64(&mut body, self.seq);
-        match &self.op {
-            Op::Set { key, value } => {
-                body.push(OP_SET);
-                codec::put_bytes(&mut body, key);
-                codec::put_bytes(&mut body, value);
-            }
-            Op::Delete { key } => {
-                body.push(OP_DELETE);
-                codec::put_bytes(&mut body, key);
-            }
-            Op::Cas { key, expected, new } => {
-                body.push(OP_CAS);
-                codec::put_bytes(&mut body, key);
-                codec::put_opt_bytes(&mut body, expected.as_deref());
-                codec::put_opt_bytes(&mut body, new.as_deref());
-            }
-            Op::Incr { key, by } => {
-                body.push(OP_INCR);
-                codec::put_bytes(&mut body, key);
-                body.extend_from_slice(&by.to_le_bytes());
-            }
-            Op::Noop => body.push(OP_NOOP),
-        }
+        self.op.write_to(&mut body);
         frame(&body)
     }
 
     fn payload_hint(&self) -> usize {
-        match &self.op {
-            Op::Set { key, value } => key.len() + value.len() + 8,
-            Op::Delete { key } | Op::Incr { key, .. } => key.len() + 12,
-            Op::Cas { key, expected, new } => {
-                key.len()
-                    + expected.as_ref().map_or(0, |b| b.len())
-                    + new.as_ref().map_or(0, |b| b.len())
-                    + 16
-            }
-            Op::Noop => 0,
-        }
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        self.op.visit_strings(&mut keys, &mut values);
+        keys.iter().chain(values.iter()).map(|b| b.len() + 8).sum()
     }
 
     /// Decodes a command. Any input, however hostile, yields either a command or an error; the
@@ -158,7 +258,43 @@ impl Command {
         let mut r = Reader::new(unframe(buf)?);
         let client_id = r.u64()?;
         let seq = r.u64()?;
-        let op = match r.u8()? {
+        let op = Op::read_from(&mut r, true)?;
+        r.finish()?;
+        Ok(Command { client_id, seq, op })
+    }
+}
+
+impl Op {
+    pub(crate) fn write_to(&self, body: &mut Vec<u8>) {
+        match self {
+            Op::Set { key, value } => {
+                body.push(OP_SET);
+                codec::put_bytes(body, key);
+                codec::put_bytes(body, value);
+            }
+            Op::Delete { key } => {
+                body.push(OP_DELETE);
+                codec::put_bytes(body, key);
+            }
+            Op::Cas { key, expected, new } => {
+                body.push(OP_CAS);
+                codec::put_bytes(body, key);
+                codec::put_opt_bytes(body, expected.as_deref());
+                codec::put_opt_bytes(body, new.as_deref());
+            }
+            Op::Incr { key, by } => {
+                body.push(OP_INCR);
+                codec::put_bytes(body, key);
+                body.extend_from_slice(&by.to_le_bytes());
+            }
+            Op::Noop => body.push(OP_NOOP),
+            other => crate::command_ops::write_op(other, body),
+        }
+    }
+
+    /// Reads an op; a transaction's ops (`nested_ok` false) may not be transactions.
+    pub(crate) fn read_from(r: &mut Reader, nested_ok: bool) -> Result<Op, DecodeError> {
+        Ok(match r.u8()? {
             OP_SET => Op::Set {
                 key: r.bytes("key", MAX_KEY_LEN)?,
                 value: r.bytes("value", MAX_VALUE_LEN)?,
@@ -176,10 +312,8 @@ impl Command {
                 by: r.u64()? as i64,
             },
             OP_NOOP => Op::Noop,
-            tag => return Err(DecodeError::UnknownTag { what: "op", tag }),
-        };
-        r.finish()?;
-        Ok(Command { client_id, seq, op })
+            tag => return crate::command_ops::read_op(tag, r, nested_ok),
+        })
     }
 }
 
@@ -243,6 +377,16 @@ pub enum CommandResult {
     /// A sequence number lower than the client's last applied one: an old retry that arrived
     /// late. It was not applied, and its original result is no longer kept.
     Stale { last_seq: u64 },
+    /// No value (Redis's null bulk string).
+    Nil,
+    /// A value.
+    Bulk(Bytes),
+    /// Several results (MGET, SCAN, EXEC).
+    Array(Vec<CommandResult>),
+    /// A status word (`TYPE`'s "string", "none").
+    Status(String),
+    /// A transaction that was not applied because a watched key changed (EXEC's null array).
+    Aborted,
 }
 
 const RES_OK: u8 = 1;
@@ -252,11 +396,34 @@ const RES_CAS_FAILED: u8 = 4;
 const RES_VALUE: u8 = 5;
 const RES_ERROR: u8 = 6;
 const RES_STALE: u8 = 7;
+const RES_NIL: u8 = 8;
+const RES_BULK: u8 = 9;
+const RES_ARRAY: u8 = 10;
+const RES_STATUS: u8 = 11;
+const RES_ABORTED: u8 = 12;
+/// Arrays nest at most this deep (EXEC of SCAN: three levels).
+const MAX_RESULT_DEPTH: usize = 4;
 
 impl CommandResult {
     /// Same frame as commands: versioned, length-prefixed, checksummed.
     pub fn encode(&self) -> Bytes {
         let mut body = Vec::new();
+        self.write_to(&mut body);
+        frame(&body)
+    }
+
+    /// The encoded size, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            CommandResult::CasFailed { current } => 6 + current.as_ref().map_or(0, |c| c.len()),
+            CommandResult::Error(m) | CommandResult::Status(m) => 5 + m.len(),
+            CommandResult::Bulk(b) => 5 + b.len(),
+            CommandResult::Array(items) => 5 + items.iter().map(Self::encoded_len).sum::<usize>(),
+            _ => 9,
+        }
+    }
+
+    pub(crate) fn write_to(&self, body: &mut Vec<u8>) {
         match self {
             CommandResult::Ok => body.push(RES_OK),
             CommandResult::Deleted { existed } => {
@@ -266,7 +433,7 @@ impl CommandResult {
             CommandResult::CasOk => body.push(RES_CAS_OK),
             CommandResult::CasFailed { current } => {
                 body.push(RES_CAS_FAILED);
-                codec::put_opt_bytes(&mut body, current.as_deref());
+                codec::put_opt_bytes(body, current.as_deref());
             }
             CommandResult::Value(v) => {
                 body.push(RES_VALUE);
@@ -274,19 +441,45 @@ impl CommandResult {
             }
             CommandResult::Error(msg) => {
                 body.push(RES_ERROR);
-                codec::put_bytes(&mut body, msg.as_bytes());
+                codec::put_bytes(body, msg.as_bytes());
             }
             CommandResult::Stale { last_seq } => {
                 body.push(RES_STALE);
-                codec::put_u64(&mut body, *last_seq);
+                codec::put_u64(body, *last_seq);
             }
+            CommandResult::Nil => body.push(RES_NIL),
+            CommandResult::Bulk(b) => {
+                body.push(RES_BULK);
+                codec::put_bytes(body, b);
+            }
+            CommandResult::Array(items) => {
+                body.push(RES_ARRAY);
+                body.extend_from_slice(&(items.len() as u32).to_le_bytes());
+                for item in items {
+                    item.write_to(body);
+                }
+            }
+            CommandResult::Status(m) => {
+                body.push(RES_STATUS);
+                codec::put_bytes(body, m.as_bytes());
+            }
+            CommandResult::Aborted => body.push(RES_ABORTED),
         }
-        frame(&body)
     }
 
     pub fn decode(buf: &Bytes) -> Result<CommandResult, DecodeError> {
         let mut r = Reader::new(unframe(buf)?);
-        let res = match r.u8()? {
+        let res = Self::read_from(&mut r, 0)?;
+        r.finish()?;
+        Ok(res)
+    }
+
+    fn read_from(r: &mut Reader, depth: usize) -> Result<CommandResult, DecodeError> {
+        let text = |r: &mut Reader, what| {
+            String::from_utf8(r.bytes(what, MAX_VALUE_LEN)?.to_vec())
+                .map_err(|_| DecodeError::Invalid("text is not UTF-8"))
+        };
+        Ok(match r.u8()? {
             RES_OK => CommandResult::Ok,
             RES_DELETED => match r.u8()? {
                 0 => CommandResult::Deleted { existed: false },
@@ -298,23 +491,35 @@ impl CommandResult {
                 current: r.opt_bytes("current value", MAX_VALUE_LEN)?,
             },
             RES_VALUE => CommandResult::Value(r.u64()? as i64),
-            RES_ERROR => {
-                let msg = r.bytes("error message", MAX_VALUE_LEN)?;
-                CommandResult::Error(
-                    String::from_utf8(msg.to_vec())
-                        .map_err(|_| DecodeError::Invalid("error message is not UTF-8"))?,
+            RES_ERROR => CommandResult::Error(text(r, "error message")?),
+            RES_STALE => CommandResult::Stale { last_seq: r.u64()? },
+            RES_NIL => CommandResult::Nil,
+            RES_BULK => CommandResult::Bulk(r.bytes("value", MAX_VALUE_LEN)?),
+            RES_ARRAY if depth < MAX_RESULT_DEPTH => {
+                let n = r.u32()? as usize;
+                if n > r.remaining() {
+                    return Err(DecodeError::TooLong {
+                        what: "result array",
+                        len: n as u64,
+                        max: r.remaining() as u64,
+                    });
+                }
+                CommandResult::Array(
+                    (0..n)
+                        .map(|_| Self::read_from(r, depth + 1))
+                        .collect::<Result<_, _>>()?,
                 )
             }
-            RES_STALE => CommandResult::Stale { last_seq: r.u64()? },
+            RES_ARRAY => return Err(DecodeError::Invalid("result arrays nested too deep")),
+            RES_STATUS => CommandResult::Status(text(r, "status")?),
+            RES_ABORTED => CommandResult::Aborted,
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "result",
                     tag,
                 })
             }
-        };
-        r.finish()?;
-        Ok(res)
+        })
     }
 }
 

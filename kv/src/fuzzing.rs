@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::codec;
 use crate::command::{
-    Command, CommandResult, Op, COMMAND_VERSION, MAX_COMMAND_LEN, MAX_KEY_LEN, MAX_VALUE_LEN,
+    Command, CommandResult, COMMAND_VERSION, MAX_COMMAND_LEN, MAX_KEY_LEN, MAX_VALUE_LEN,
 };
 use crate::error::DecodeError;
 
@@ -62,19 +62,10 @@ fn check_command(input: &Bytes) {
             );
             assert_eq!(Command::decode(&c.encode()).as_ref(), Ok(c));
             assert!(input.len() <= MAX_COMMAND_LEN + 9);
-            match &c.op {
-                Op::Set { key, value } => {
-                    assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN)
-                }
-                Op::Delete { key } | Op::Incr { key, .. } => assert!(key.len() <= MAX_KEY_LEN),
-                Op::Cas { key, expected, new } => {
-                    assert!(key.len() <= MAX_KEY_LEN);
-                    for v in [expected, new].into_iter().flatten() {
-                        assert!(v.len() <= MAX_VALUE_LEN);
-                    }
-                }
-                Op::Noop => {}
-            }
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            c.op.visit_strings(&mut keys, &mut values);
+            assert!(keys.iter().all(|k| k.len() <= MAX_KEY_LEN));
+            assert!(values.iter().all(|v| v.len() <= MAX_VALUE_LEN));
         }
         Err(e) => check_error(input, e),
     }
@@ -120,7 +111,7 @@ mod tests {
         let c = Command::new(
             1,
             2,
-            Op::Cas {
+            crate::command::Op::Cas {
                 key: Bytes::from_static(b"k"),
                 expected: None,
                 new: Some(Bytes::from_static(b"v")),

@@ -19,26 +19,30 @@
 
 mod codec;
 pub mod command;
+mod command_ops;
 pub mod env;
 mod error;
 pub mod fuzzing;
+pub mod glob;
 pub mod identity;
 mod ldb;
 pub mod members;
 pub mod node;
+pub mod query;
 pub mod raft_storage;
 pub mod redis_int;
 pub mod snapshot;
 pub mod state_machine;
 mod table_check;
 
-pub use command::{Command, CommandResult, Op};
+pub use command::{Command, CommandResult, Deadline, ExpireCondition, Op, SetCondition};
 pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
 pub use error::{DecodeError, Error, Result};
 pub use identity::{bootstrap_cluster_id, Identity, PeerPins, PinCheck};
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use members::{MemberAddrs, MemberContext, MemberTable};
 pub use node::{restart_state_from, NodeStorage};
+pub use query::{Query, TtlForm};
 pub use raft_storage::RaftStorage;
 pub use snapshot::{SnapshotReader, SnapshotReceiver, StagedSnapshot};
 pub use state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS, SESSIONLESS_CLIENT};

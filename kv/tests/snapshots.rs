@@ -373,14 +373,14 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     wrong[n - 1] = reseal_chunk(&t);
     refused(&f, &wrong, "trailer does not match the stream");
 
-    // A record damaged inside a correctly sealed chunk: a value changed keeps the key order,
-    // so only the trailer's checksum catches it.
+    // A record damaged inside a correctly sealed chunk: a value changed keeps the key order;
+    // the value record's own checksum catches it (and else the trailer's would).
     let mut sly = f.chunks.clone();
     let mut c = sly[2].to_vec();
     let at = c.len() - 6;
     c[at] ^= 1;
     sly[2] = reseal_chunk(&c);
-    refused(&f, &sly, "trailer does not match the stream");
+    refused(&f, &sly, "value record: checksum mismatch");
 
     let other = SnapshotMeta::new(f.meta.index, f.meta.term + 1, Default::default());
     refused_as(&f, other, 7, &f.chunks, "or later was asked for");

@@ -21,6 +21,7 @@ pub mod resp;
 pub mod server;
 pub mod server_admin;
 pub mod server_data;
+pub mod server_parse;
 pub mod snapshot_transfer;
 pub mod storage;
 pub mod transport;

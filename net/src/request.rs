@@ -14,12 +14,16 @@ use crate::node::admin::{AdminReply, AdminRequest};
 pub enum ReadOp {
     Get(Bytes),
     Exists(Vec<Bytes>),
+    /// Any other read ([`kv::Query`]).
+    Query(kv::Query),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadResult {
     Value(Option<Bytes>),
     Count(i64),
+    /// The answer to a [`ReadOp::Query`].
+    Answer(kv::CommandResult),
 }
 
 /// Why a request got no result. The two retryable kinds differ in what the client may assume.
@@ -74,6 +78,9 @@ pub struct NodeInfo {
     pub snapshot_count: u64,
     /// Snapshots this node has installed from a leader since it started.
     pub snapshots_installed: u64,
+    /// Keys in the state machine at the applied index, and how many have a deadline.
+    pub keys: u64,
+    pub expires: u64,
     /// Where the leader takes client requests, if a leader is known and its address configured.
     pub leader_client_addr: Option<String>,
     /// The configuration in force on this node (the last one its log holds).

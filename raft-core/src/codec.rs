@@ -476,11 +476,11 @@ mod tests {
     }
 
     fn entry() -> impl Strategy<Value = Entry> {
-        (any::<u64>(), any::<u64>(), 0u8..3, payload()).prop_map(|(term, index, code, payload)| {
+        (any::<u64>(), any::<u64>(), 0u8..4, payload()).prop_map(|(term, index, code, payload)| {
             Entry {
                 term,
                 index,
-                kind: EntryKind::from_code(code).expect("codes 0 to 2 are kinds"),
+                kind: EntryKind::from_code(code).expect("codes 0 to 3 are kinds"),
                 payload,
             }
         })

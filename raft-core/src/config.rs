@@ -57,6 +57,9 @@ pub struct Config {
     /// the payload) and times them out and retries; otherwise keep it off and send clients to
     /// the leader named in [`ProposeError::NotLeader`](crate::ProposeError::NotLeader).
     pub forward_to_leader: bool,
+    /// Stamp the leader's clock into the log ([`EntryKind::Clock`](crate::EntryKind::Clock)
+    /// entries; see [`RawNode::set_clock`](crate::RawNode::set_clock)). Off by default.
+    pub clock_stamps: bool,
     /// Deliberately broken behaviour, only for proving that tests catch it.
     #[cfg(feature = "deliberate-bugs")]
     pub bugs: crate::bugs::Bugs,
@@ -81,6 +84,7 @@ impl Config {
             max_inflight_bytes: 16 << 20,
             max_uncommitted_bytes: 64 << 20,
             forward_to_leader: false,
+            clock_stamps: false,
             #[cfg(feature = "deliberate-bugs")]
             bugs: crate::bugs::Bugs::default(),
         }

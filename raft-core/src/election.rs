@@ -221,6 +221,8 @@ impl RawNode {
         );
         let noop = Entry::new(self.term, next, EntryKind::Noop, bytes::Bytes::new());
         self.log.append(vec![noop]);
+        self.forget_clock_stamp();
+        self.append_clock_stamp_if_due(next + 1);
         self.broadcast_pending = true;
         if self.bug_ack_before_persist() {
             self.maybe_commit();

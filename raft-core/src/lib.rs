@@ -121,6 +121,7 @@
 pub mod bugs;
 #[cfg(not(feature = "deliberate-bugs"))]
 mod bugs;
+pub mod clock;
 pub mod codec;
 mod conf_change;
 mod config;

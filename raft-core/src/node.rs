@@ -107,6 +107,8 @@ pub struct RawNode {
     pub(crate) safety_violation: Option<SafetyViolation>,
     /// A leadership transfer this leader is making (see `transfer.rs`).
     pub(crate) transfer: Option<crate::transfer::Transfer>,
+    /// The leader's clock and its last stamp (see `clock.rs`).
+    pub(crate) clock: crate::clock::LeaderClock,
 }
 
 impl RawNode {
@@ -165,6 +167,7 @@ impl RawNode {
             fetch_request: None,
             safety_violation: None,
             transfer: None,
+            clock: Default::default(),
             cfg,
         };
         node.reset_election_timer();

@@ -23,18 +23,22 @@ impl RawNode {
         if let Some(t) = &self.transfer {
             return Err(ProposeError::TransferringLeadership { to: t.to });
         }
+        let bytes: u64 = payloads
+            .iter()
+            .map(|p| p.len() as u64 + crate::types::ENTRY_OVERHEAD_BYTES)
+            .sum();
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes.saturating_add(bytes) > self.cfg.max_uncommitted_bytes
+        {
+            return Err(ProposeError::TooManyUncommittedBytes);
+        }
+        self.append_clock_stamp_if_due(self.log.last_index() + 1);
         let first = self.log.last_index() + 1;
         let entries: Vec<Entry> = payloads
             .into_iter()
             .enumerate()
             .map(|(i, p)| Entry::new(self.term, first + i as u64, EntryKind::Normal, p))
             .collect();
-        let bytes: u64 = entries.iter().map(Entry::size).sum();
-        if self.uncommitted_bytes > 0
-            && self.uncommitted_bytes.saturating_add(bytes) > self.cfg.max_uncommitted_bytes
-        {
-            return Err(ProposeError::TooManyUncommittedBytes);
-        }
         let last = first + entries.len() as u64 - 1;
         self.uncommitted_bytes += bytes;
         self.log.append(entries);

@@ -26,6 +26,9 @@ pub enum EntryKind {
     /// A configuration change: the payload is a [`ConfChangeEntry`](crate::ConfChangeEntry)
     /// holding the complete configuration in force from this entry on.
     ConfChange,
+    /// The leader's clock, in milliseconds (payload: a little-endian `u64`), stamped only with
+    /// [`Config::clock_stamps`](crate::Config::clock_stamps); see [`crate::clock`].
+    Clock,
 }
 
 impl EntryKind {
@@ -36,6 +39,7 @@ impl EntryKind {
             EntryKind::Normal => 0,
             EntryKind::Noop => 1,
             EntryKind::ConfChange => 2,
+            EntryKind::Clock => 3,
         }
     }
 
@@ -45,6 +49,7 @@ impl EntryKind {
             0 => Some(EntryKind::Normal),
             1 => Some(EntryKind::Noop),
             2 => Some(EntryKind::ConfChange),
+            3 => Some(EntryKind::Clock),
             _ => None,
         }
     }

@@ -15,8 +15,9 @@ use super::{io_err, INCOMING_DIR, INCOMING_IMAGE, INSTALL_MARKER};
 use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
 use crate::state_machine::{
-    decode_applied, decode_member_addrs, decode_session, KEY_APPLIED, KEY_MEMBERS, SESSION_PREFIX,
-    USER,
+    decode_applied, decode_clock, decode_member_addrs, decode_session, KeyCounts, Record, EXPIRY,
+    HASHED, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS,
+    SESSION_PREFIX, USER,
 };
 
 /// Receives a snapshot's chunks in order into `<data-dir>/kv_data.incoming`. See the module docs.
@@ -211,8 +212,31 @@ impl SnapshotReceiver {
                 )));
             }
         }
-        if k.first() == Some(&USER) {
-            return Ok(());
+        match k.first() {
+            Some(&USER) => {
+                return Record::decode(v)
+                    .map(|_| ())
+                    .map_err(|e| self.bad(format!("value record: {e}")))
+            }
+            Some(&EXPIRY) | Some(&HASHED) if k.len() >= 9 && v.is_empty() => return Ok(()),
+            _ => {}
+        }
+        if k.as_ref() == KEY_LAYOUT {
+            return if v.as_ref() == [LAYOUT_RECORDS] {
+                Ok(())
+            } else {
+                Err(self.bad(format!("unknown key layout {v:02x?}")))
+            };
+        }
+        if k.as_ref() == KEY_COUNTS {
+            return KeyCounts::decode(v)
+                .map(|_| ())
+                .map_err(|e| self.bad(format!("key counts: {e}")));
+        }
+        if k.as_ref() == KEY_CLOCK {
+            return decode_clock(v)
+                .map(|_| ())
+                .map_err(|e| self.bad(format!("log time: {e}")));
         }
         if k.as_ref() == KEY_APPLIED {
             let decoded = decode_applied(v);

@@ -37,11 +37,20 @@ use crate::ldb::{Ldb, StorageEnv};
 use crate::members::MemberTable;
 
 mod commands;
+mod expiry;
+mod keyspace;
+mod layout;
+mod ops;
+mod queries;
 mod records;
 
+pub use expiry::SWEEP_PER_STAMP;
+use keyspace::Txn;
+pub(crate) use keyspace::{decode_clock, EXPIRY, HASHED};
+pub use keyspace::{scan_hash, KeyCounts, Record};
 pub(crate) use records::{
-    decode_applied, decode_member_addrs, decode_session, Session, KEY_APPLIED, KEY_MEMBERS,
-    SESSION_PREFIX, USER,
+    decode_applied, decode_member_addrs, decode_session, Session, KEY_APPLIED, KEY_CLOCK,
+    KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS, SESSION_PREFIX, USER,
 };
 use records::{encode_applied, encode_member_addrs, encode_session, session_key, user_key};
 
@@ -82,6 +91,9 @@ pub struct KvStateMachine {
     pending_install: Option<SnapshotMeta>,
     /// A snapshot image being written in steps between applies (see `snapshot/build.rs`).
     pub(crate) image_in_progress: Option<Box<crate::snapshot::ImageInProgress>>,
+    /// Log time at the applied index: the largest clock stamp applied (`expiry.rs`).
+    pub(crate) clock_ms: u64,
+    pub(crate) counts: KeyCounts,
 }
 
 impl KvStateMachine {
@@ -112,10 +124,13 @@ impl KvStateMachine {
             env: env.clone(),
             pending_install,
             image_in_progress: None,
+            clock_ms: 0,
+            counts: KeyCounts::default(),
         };
         sm.load_applied()?;
         sm.load_members()?;
         sm.load_sessions()?;
+        sm.load_keyspace()?;
         Ok(sm)
     }
 
@@ -379,13 +394,21 @@ impl KvStateMachine {
         last_index: Index,
         last_term: Term,
     ) -> Result<Applied> {
-        let mut overlay: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        let mut t = Txn::new(self);
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
         let mut members: Option<MemberTable> = None;
         for e in fresh {
             let r = match e.kind {
-                EntryKind::Normal => Some(self.apply_entry(e, &mut overlay, &mut dirty)?),
+                EntryKind::Normal => Some(self.apply_entry(e, &mut t, &mut dirty)?),
+                EntryKind::Clock => {
+                    // Every replica holds the same bytes: an unreadable stamp is skipped alike.
+                    if let Some(ms) = raft_core::clock::decode_clock(&e.payload) {
+                        t.index = e.index;
+                        self.advance_clock(&mut t, ms)?;
+                    }
+                    None
+                }
                 EntryKind::ConfChange => {
                     let change = ConfChangeEntry::decode(&e.payload).map_err(|err| {
                         self.corrupt(Some(e.index), format!("configuration change: {err}"))
@@ -401,11 +424,12 @@ impl KvStateMachine {
             };
             results.push((e.index, r));
         }
+        t.finish(self);
         let mut batch = WriteBatch::default();
-        for (k, v) in &overlay {
+        for (k, v) in &t.rows {
             match v {
-                Some(v) => batch.put(&user_key(k), v),
-                None => batch.delete(&user_key(k)),
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
             }
         }
         for c in &dirty {
@@ -423,9 +447,10 @@ impl KvStateMachine {
             batch.put(KEY_MEMBERS, &encode_member_addrs(&t.addrs));
         }
         if self.image_in_progress.is_some() {
-            let written = overlay
+            let written = t
+                .rows
                 .keys()
-                .map(|k| user_key(k))
+                .cloned()
                 .chain(dirty.iter().map(|c| session_key(*c).to_vec()))
                 .chain(std::iter::once(KEY_APPLIED.to_vec()))
                 .chain(members.as_ref().map(|_| KEY_MEMBERS.to_vec()));
@@ -434,6 +459,8 @@ impl KvStateMachine {
         self.db.write(batch, self.sync_writes)?;
         self.applied_index = last_index;
         self.applied_term = last_term;
+        self.clock_ms = t.clock;
+        self.counts = t.counts;
         if let Some(t) = members {
             self.members = t;
         }
@@ -443,10 +470,23 @@ impl KvStateMachine {
         Ok(results)
     }
 
-    /// The value of a user key; a read error is an error, never "absent".
+    /// The value of a user key at the applied index and log time (a key past its deadline is
+    /// absent); a read error is an error, never "absent".
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
         self.check_poison()?;
-        self.db.get(&user_key(key))
+        let t = Txn::new(self);
+        Ok(self.live(&t, key)?.map(|r| r.value))
+    }
+
+    /// Log time at the applied index, in milliseconds.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// How many keys there are (expired ones not yet swept included, as Redis counts them),
+    /// and how many have a deadline.
+    pub fn key_counts(&self) -> KeyCounts {
+        self.counts
     }
 
     /// Up to `limit` user keys starting with `prefix`, in key order.
@@ -479,11 +519,17 @@ impl KvStateMachine {
         if limit == 0 {
             return Ok(out);
         }
+        let path = self.db.path().to_path_buf();
         self.db.scan_from(start, |k, v| {
             if !keep(k) {
                 return Ok(false);
             }
-            out.push((Bytes::copy_from_slice(&k[1..]), v));
+            let record = Record::decode(&v).map_err(|e| Error::Corruption {
+                path: path.clone(),
+                index: None,
+                detail: format!("the value of a key: {e}"),
+            })?;
+            out.push((Bytes::copy_from_slice(&k[1..]), record.value));
             Ok(out.len() < limit)
         })?;
         Ok(out)
@@ -503,3 +549,6 @@ impl KvStateMachine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_redis;

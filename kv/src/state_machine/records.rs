@@ -23,6 +23,13 @@ pub(crate) const USER: u8 = 0x01;
 pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
 pub(crate) const KEY_MEMBERS: &[u8] = &[META, b'm'];
 pub(crate) const SESSION_PREFIX: &[u8] = &[META, b's'];
+/// The user-row layout version (`keyspace.rs`); absent in a data directory of the first layout
+/// (raw values), which opening converts.
+pub(crate) const KEY_LAYOUT: &[u8] = &[META, b'L'];
+pub(crate) const KEY_COUNTS: &[u8] = &[META, b'c'];
+pub(crate) const KEY_CLOCK: &[u8] = &[META, b't'];
+/// Value records with version and deadline, and the expiry and scan index rows.
+pub(crate) const LAYOUT_RECORDS: u8 = 2;
 const FORMAT_VERSION: u8 = 1;
 /// The applied record's format since it carries the configuration; version 1 records (index
 /// and term only) are still read, with no configuration.

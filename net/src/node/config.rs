@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// Told of role changes and committed entries (the simulator's checks and trace).
     pub observer: Option<Arc<dyn NodeObserver>>,
+    /// The time a leader stamps into the log (key expiry): Unix milliseconds.
+    pub wall_clock: WallClock,
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
     #[cfg(feature = "test-switches")]
     pub unsafe_switches: UnsafeSwitches,
@@ -131,6 +133,30 @@ impl PauseSwitch {
     }
 }
 
+/// Where a node reads the time it stamps into the log as leader (`raft_core::clock`): the
+/// system clock, or the simulator's (skewed per node).
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// Unix milliseconds from the system clock.
+    pub fn system() -> Self {
+        WallClock(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        }))
+    }
+
+    pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        WallClock(Arc::new(f))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
 impl NodeConfig {
     pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
         let cluster_id = kv::bootstrap_cluster_id(DEFAULT_CLUSTER_TOKEN, peers.keys().copied());
@@ -153,6 +179,7 @@ impl NodeConfig {
             storage: StorageMode::Disk,
             snapshots: SnapshotPolicy::default(),
             observer: None,
+            wall_clock: WallClock::system(),
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),
             #[cfg(feature = "test-switches")]

@@ -48,6 +48,10 @@ pub struct Group {
     pub(super) handed_to_apply: Index,
     /// The apply worker applied entries up to here.
     pub(super) applied_index: Index,
+    /// Keys with a deadline, as of the last apply: while there are any, the leader stamps its
+    /// clock into the log every tick so that they expire without client writes.
+    volatile_keys: u64,
+    key_counts: kv::state_machine::KeyCounts,
     term_seen: Term,
     /// Admits peers by their pinned incarnation (start sets it; the membership layer forgets a
     /// removed member's pin through it).
@@ -79,12 +83,19 @@ impl Group {
             fetch_task: None,
             handed_to_apply: applied_index,
             applied_index,
+            volatile_keys: 0,
+            key_counts: Default::default(),
             peer_gate: None,
         }
     }
 
     pub fn tick(&mut self, now: Instant) {
+        self.core.set_clock(self.cfg.wall_clock.now_ms());
         self.core.tick();
+        if self.volatile_keys > 0 {
+            // Time must pass in the log for keys to expire while no client writes.
+            self.core.stamp_clock();
+        }
         self.requests.expire(now);
         self.admin.expire(now);
         if self.core.role() == raft_core::Role::Leader && self.requests.has_parked() {
@@ -110,7 +121,10 @@ impl Group {
                 applied_index,
                 results,
                 members,
+                keys,
             } => {
+                self.volatile_keys = keys.volatile;
+                self.key_counts = keys;
                 if let Some(table) = members {
                     let left = self.members.note_applied(table, applied_index);
                     self.forget_pins(&left);
@@ -192,6 +206,7 @@ impl Group {
             ClientRequest::Write { cmd, reply } => {
                 let key = (cmd.client_id, cmd.seq);
                 let payload = cmd.encode();
+                self.core.set_clock(self.cfg.wall_clock.now_ms());
                 match self.core.propose(payload.clone()) {
                     Ok(proposed) => {
                         let retry = (cmd.client_id != kv::SESSIONLESS_CLIENT)
@@ -258,6 +273,8 @@ impl Group {
             log_start_index: self.core.snapshot().index,
             snapshot_count: self.images.taken_count(),
             snapshots_installed: self.install.installed(),
+            keys: self.key_counts.keys,
+            expires: self.key_counts.volatile,
             // A removed node hears from no leader; the one it last knew may have lost the
             // leadership long ago, and naming it would send clients back and forth between
             // the two (the simulator's seed 78).

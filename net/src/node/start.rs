@@ -374,6 +374,8 @@ fn restart_core(
     // Clients reach any node; their writes are recognised by (client id, seq) when they commit,
     // and time out and retry, so a forwarded proposal that is lost costs only a retry.
     core_cfg.forward_to_leader = true;
+    // Key expiry decides from time carried in the log (kv's state machine).
+    core_cfg.clock_stamps = true;
     #[cfg(feature = "test-switches")]
     {
         core_cfg.bugs = cfg.unsafe_switches.raft;

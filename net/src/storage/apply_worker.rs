@@ -266,6 +266,7 @@ fn apply_batch(
                     applied_index,
                     results,
                     members: changes_members.then(|| sm.members().clone()),
+                    keys: sm.key_counts(),
                 })
                 .is_ok()
         }
@@ -286,6 +287,7 @@ fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads) {
                 .iter()
                 .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
                 .map(ReadResult::Count),
+            ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
         };
         let _ = reply.send(result.map_err(|e| RequestError::Failed(format!("read failed: {e}"))));
     }

@@ -48,6 +48,9 @@ pub enum StorageEvent {
         applied_index: Index,
         results: Vec<((u64, u64), CommandResult)>,
         members: Option<MemberTable>,
+        /// The key counts at `applied_index` (DBSIZE, INFO keyspace; expiry needs time to
+        /// pass in the log while keys with a deadline exist).
+        keys: kv::state_machine::KeyCounts,
     },
     /// A storage error: the node cannot go on safely and stops.
     Failed(StorageError),

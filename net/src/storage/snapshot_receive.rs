@@ -161,6 +161,7 @@ impl ApplyState {
             applied_index: snapshot.index,
             results: Vec::new(),
             members: Some(sm.members().clone()),
+            keys: sm.key_counts(),
         });
         self.snapshot_events
             .send(SnapshotEvent::Installed(snapshot))

@@ -1,0 +1,248 @@
+//! The encoding of the ops that came with the Redis command set (`SET` options, multi-key
+//! writes, expiry, transactions, reads inside transactions), in the same body format as the
+//! first ones in `command.rs`.
+
+use bytes::Bytes;
+
+use crate::codec::{self, Reader};
+use crate::command::{
+    Deadline, ExpireCondition, Op, SetCondition, MAX_KEY_LEN, MAX_VALUE_LEN, OP_APPEND,
+    OP_DELETE_MANY, OP_EXPIRE, OP_FLUSHALL, OP_GETDEL, OP_MSET, OP_MULTI, OP_QUERY, OP_RENAME,
+    OP_SET_WITH,
+};
+use crate::error::DecodeError;
+use crate::query::{self, put_keys, Query};
+
+pub(crate) fn write_op(op: &Op, b: &mut Vec<u8>) {
+    match op {
+        Op::SetWith {
+            key,
+            value,
+            condition,
+            deadline,
+            get,
+        } => {
+            b.push(OP_SET_WITH);
+            codec::put_bytes(b, key);
+            codec::put_bytes(b, value);
+            b.push(*condition as u8);
+            put_deadline(b, deadline);
+            b.push(u8::from(*get));
+        }
+        Op::GetDel { key } => {
+            b.push(OP_GETDEL);
+            codec::put_bytes(b, key);
+        }
+        Op::DeleteMany { keys } => {
+            b.push(OP_DELETE_MANY);
+            put_keys(b, keys);
+        }
+        Op::MSet {
+            pairs,
+            if_none_exist,
+        } => {
+            b.push(OP_MSET);
+            b.push(u8::from(*if_none_exist));
+            b.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+            for (k, v) in pairs {
+                codec::put_bytes(b, k);
+                codec::put_bytes(b, v);
+            }
+        }
+        Op::Append { key, value } => {
+            b.push(OP_APPEND);
+            codec::put_bytes(b, key);
+            codec::put_bytes(b, value);
+        }
+        Op::Expire {
+            key,
+            deadline,
+            condition,
+        } => {
+            b.push(OP_EXPIRE);
+            codec::put_bytes(b, key);
+            put_deadline(b, deadline);
+            b.push(*condition as u8);
+        }
+        Op::Rename {
+            from,
+            to,
+            if_absent,
+        } => {
+            b.push(OP_RENAME);
+            codec::put_bytes(b, from);
+            codec::put_bytes(b, to);
+            b.push(u8::from(*if_absent));
+        }
+        Op::FlushAll => b.push(OP_FLUSHALL),
+        Op::Multi { watches, ops } => {
+            b.push(OP_MULTI);
+            b.extend_from_slice(&(watches.len() as u32).to_le_bytes());
+            for (k, version) in watches {
+                codec::put_bytes(b, k);
+                codec::put_u64(b, *version);
+            }
+            b.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+            for op in ops {
+                op.write_to(b);
+            }
+        }
+        Op::Query(q) => {
+            b.push(OP_QUERY);
+            q.write_to(b);
+        }
+        Op::Set { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::Incr { .. } | Op::Noop => {
+            unreachable!("written by command.rs")
+        }
+    }
+}
+
+pub(crate) fn read_op(tag: u8, r: &mut Reader, nested_ok: bool) -> Result<Op, DecodeError> {
+    let key = |r: &mut Reader| r.bytes("key", MAX_KEY_LEN);
+    let value = |r: &mut Reader| r.bytes("value", MAX_VALUE_LEN);
+    Ok(match tag {
+        OP_SET_WITH => Op::SetWith {
+            key: key(r)?,
+            value: value(r)?,
+            condition: match r.u8()? {
+                0 => SetCondition::Always,
+                1 => SetCondition::IfAbsent,
+                2 => SetCondition::IfPresent,
+                tag => {
+                    return Err(DecodeError::UnknownTag {
+                        what: "set condition",
+                        tag,
+                    })
+                }
+            },
+            deadline: read_deadline(r)?,
+            get: flag(r)?,
+        },
+        OP_GETDEL => Op::GetDel { key: key(r)? },
+        OP_DELETE_MANY => Op::DeleteMany {
+            keys: query::keys(r)?,
+        },
+        OP_MSET => {
+            let if_none_exist = flag(r)?;
+            let n = count(r, 8, "key-value pairs")?;
+            let pairs = (0..n)
+                .map(|_| Ok((key(r)?, value(r)?)))
+                .collect::<Result<_, DecodeError>>()?;
+            Op::MSet {
+                pairs,
+                if_none_exist,
+            }
+        }
+        OP_APPEND => Op::Append {
+            key: key(r)?,
+            value: value(r)?,
+        },
+        OP_EXPIRE => Op::Expire {
+            key: key(r)?,
+            deadline: read_deadline(r)?,
+            condition: match r.u8()? {
+                0 => ExpireCondition::Always,
+                1 => ExpireCondition::IfNone,
+                2 => ExpireCondition::IfSome,
+                3 => ExpireCondition::IfLater,
+                4 => ExpireCondition::IfEarlier,
+                5 => ExpireCondition::IfSomeAndEarlier,
+                tag => {
+                    return Err(DecodeError::UnknownTag {
+                        what: "expire condition",
+                        tag,
+                    })
+                }
+            },
+        },
+        OP_RENAME => Op::Rename {
+            from: key(r)?,
+            to: key(r)?,
+            if_absent: flag(r)?,
+        },
+        OP_FLUSHALL => Op::FlushAll,
+        OP_MULTI if nested_ok => {
+            let n = count(r, 12, "watched keys")?;
+            let watches = (0..n)
+                .map(|_| Ok((key(r)?, r.u64()?)))
+                .collect::<Result<_, DecodeError>>()?;
+            let n = count(r, 1, "queued commands")?;
+            let ops = (0..n)
+                .map(|_| Op::read_from(r, false))
+                .collect::<Result<_, DecodeError>>()?;
+            Op::Multi { watches, ops }
+        }
+        OP_MULTI => return Err(DecodeError::Invalid("a transaction inside a transaction")),
+        OP_QUERY => Op::Query(Query::read_from(r)?),
+        tag => return Err(DecodeError::UnknownTag { what: "op", tag }),
+    })
+}
+
+fn flag(r: &mut Reader) -> Result<bool, DecodeError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid("flag is not 0 or 1")),
+    }
+}
+
+/// A count of items of at least `min_size` bytes each, checked against the bytes left.
+fn count(r: &mut Reader, min_size: usize, what: &'static str) -> Result<usize, DecodeError> {
+    let n = r.u32()? as usize;
+    let room = r.remaining() / min_size;
+    if n > room {
+        return Err(DecodeError::TooLong {
+            what,
+            len: n as u64,
+            max: room as u64,
+        });
+    }
+    Ok(n)
+}
+
+fn put_deadline(b: &mut Vec<u8>, d: &Deadline) {
+    let (tag, ms) = match d {
+        Deadline::None => (0, 0),
+        Deadline::Keep => (1, 0),
+        Deadline::In(ms) => (2, *ms),
+        Deadline::At(ms) => (3, *ms),
+    };
+    b.push(tag);
+    codec::put_u64(b, ms);
+}
+
+fn read_deadline(r: &mut Reader) -> Result<Deadline, DecodeError> {
+    let tag = r.u8()?;
+    let ms = r.u64()?;
+    Ok(match tag {
+        // Canonical: what decodes re-encodes to the same bytes.
+        0 | 1 if ms != 0 => return Err(DecodeError::Invalid("a deadline without time has one")),
+        0 => Deadline::None,
+        1 => Deadline::Keep,
+        2 => Deadline::In(ms),
+        3 => Deadline::At(ms),
+        tag => {
+            return Err(DecodeError::UnknownTag {
+                what: "deadline",
+                tag,
+            })
+        }
+    })
+}
+
+impl Query {
+    pub(crate) fn visit_keys<'a>(&'a self, keys: &mut Vec<&'a Bytes>) {
+        match self {
+            Query::Get { key }
+            | Query::Ttl { key, .. }
+            | Query::StrLen { key }
+            | Query::Type { key } => keys.push(key),
+            Query::MGet { keys: ks }
+            | Query::Exists { keys: ks }
+            | Query::Versions { keys: ks } => keys.extend(ks),
+            Query::Keys { pattern } => keys.push(pattern),
+            Query::Scan { pattern, .. } => keys.extend(pattern.iter()),
+            Query::DbSize => {}
+        }
+    }
+}
