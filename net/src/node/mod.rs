@@ -34,7 +34,7 @@ mod store;
 
 pub use crate::error::NodeError;
 pub use crate::storage::SnapshotPolicy;
-pub use config::{NodeConfig, NodeObserver};
+pub use config::{NodeConfig, NodeObserver, WallClock};
 #[cfg(feature = "test-switches")]
 pub use config::{PauseSwitch, UnsafeSwitches};
 pub use identity::PeerGate;

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use net::node::{self, NodeConfig, NodeError};
+use net::node::{self, NodeConfig, NodeError, WallClock};
 use net::storage::StorageMode;
 use net::transport::{Net, TransportTimeouts};
 use rand::Rng;
@@ -135,6 +135,19 @@ impl NodeClock {
         };
         Self { tick, offset }
     }
+
+    /// The node's wall clock (what it stamps into the log as leader): simulated time from a
+    /// fixed epoch, running at the node's skewed rate and, with the clock-skew fault, up to
+    /// 2 s ahead (derived from the tick phase, so no draw is added to a run).
+    fn wall_clock(&self) -> WallClock {
+        const EPOCH_MS: u64 = 1_800_000_000_000;
+        let rate = self.tick.as_secs_f64() / 0.1;
+        let ahead_ms = (self.offset.as_micros() / 50) as u64;
+        WallClock::from_fn(move || {
+            let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+            EPOCH_MS + ahead_ms + (elapsed.as_secs_f64() * 1000.0 * rate) as u64
+        })
+    }
 }
 
 /// Everything a host needs to start its node again after a crash.
@@ -171,6 +184,7 @@ impl HostSetup {
         nc.observer = Some(std::sync::Arc::new(self.observer.clone()));
         nc.unsafe_switches = self.cfg.switches;
         nc.snapshots = self.cfg.snapshots;
+        nc.wall_clock = self.clock.wall_clock();
         let disks_lost = self.controls.disks_lost.load(Ordering::Relaxed);
         if disks_lost > 0 && !self.cfg.reinstall_keeps_incarnation {
             // What the command line does for a new data directory: a new incarnation, kept
