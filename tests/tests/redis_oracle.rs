@@ -9,7 +9,7 @@ use e2e::redis_oracle::{report, split_scripts, Oracle, RedisServer, NORMALISATIO
 use e2e::TestCluster;
 
 /// The scripts: each starts with a `## name` line; then one command per line, in redis-cli's
-/// syntax. Until the cluster knows FLUSHALL, each script uses keys of its own.
+/// syntax. Each script uses keys of its own; `keyspace` flushes everything first.
 const SCRIPTS: &str = r#"
 ## strings
 SET s:a hello
@@ -96,6 +96,127 @@ get
 ## unknown commands
 FROBNICATE
 frob w:a w:b
+
+## set options
+SET so:a 1 NX
+SET so:a 2 NX
+SET so:a 3 XX GET
+GET so:a
+SET so:b v XX
+SET so:a v NX XX
+SET so:a v EX 0
+SET so:a v EX abc
+SET so:a v EX 10 PX 10
+SET so:a v PX
+SET so:a v PX 100000
+? PTTL so:a
+TTL so:a
+SET so:a w KEEPTTL
+TTL so:a
+SET so:a v
+TTL so:a
+SETNX so:a x
+SETNX so:n x
+SETEX so:e 100 v
+TTL so:e
+PSETEX so:e 0 v
+SETEX so:e v 100
+GETSET so:n y
+GETDEL so:n
+GETDEL so:n
+SET so:past v EXAT 1
+GET so:past
+EXISTS so:past
+
+## multi-key writes and reads
+MSET mk:a 1 mk:b 2
+MGET mk:a mk:b mk:c
+MSETNX mk:a 9 mk:c 3
+MGET mk:a mk:c
+MSETNX mk:c 3 mk:d 4
+MSET mk:a
+MSET
+MGET
+DEL mk:a mk:b mk:zz
+UNLINK mk:c mk:d
+UNLINK mk:c
+
+## expire family
+SET ex:a v
+EXPIRE ex:a 100
+TTL ex:a
+EXPIRE ex:a 50 GT
+EXPIRE ex:a 200 GT
+EXPIRE ex:a 300 LT
+EXPIRE ex:a 100 NX
+EXPIRE ex:a 100 XX
+EXPIRE ex:a 100 NX XX
+EXPIRE ex:a 100 GT LT
+EXPIRE ex:a 100 FOO
+EXPIRE ex:a abc
+PERSIST ex:a
+PERSIST ex:a
+TTL ex:a
+PTTL ex:a
+TTL ex:none
+PTTL ex:none
+EXPIRETIME ex:a
+EXPIRE ex:none 10
+PEXPIRE ex:a 100000
+? PTTL ex:a
+EXPIREAT ex:a 4102444800
+EXPIRETIME ex:a
+PEXPIRETIME ex:a
+PEXPIREAT ex:a 4102444800123
+PEXPIRETIME ex:a
+EXPIRE ex:a -1
+EXISTS ex:a
+SET ex:b v
+EXPIRE ex:b 100 XX
+EXPIRE ex:b 100 GT
+EXPIRE ex:b 100 LT
+PERSIST ex:b
+EXPIRE ex:b 100 XX LT
+TTL ex:b
+
+## append, strlen, type, rename
+APPEND st:a hello
+APPEND st:a " world"
+GET st:a
+STRLEN st:a
+STRLEN st:none
+TYPE st:a
+TYPE st:none
+RENAME st:a st:b
+GET st:b
+GET st:a
+RENAME st:none st:x
+RENAMENX st:b st:b
+RENAME st:b st:b
+SET st:c 1
+RENAMENX st:b st:c
+EXPIRE st:b 100
+RENAME st:b st:d
+TTL st:d
+RENAMENX st:d st:e
+TTL st:e
+
+## keyspace
+FLUSHALL
+DBSIZE
+MSET ks:a 1 ks:b 2 ks:c 3
+DBSIZE
+? KEYS ks:*
+KEYS nomatch*
+SCAN 0 MATCH nomatch* COUNT 100
+? SCAN 0 COUNT 100
+SCAN x
+SCAN 0 COUNT 0
+SCAN 0 TYPE list
+FLUSHDB
+DBSIZE
+FLUSHALL ASYNC
+FLUSHALL NOW
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +227,7 @@ async fn our_replies_are_redis_replies() {
     let node = cluster.nodes[&1].client_addr.clone();
     let scripts = split_scripts(SCRIPTS);
     assert!(
-        scripts.len() >= 6,
+        scripts.len() >= 11,
         "{:?}",
         scripts.iter().map(|s| s.0).collect::<Vec<_>>()
     );
