@@ -93,6 +93,25 @@ INCRBY w:a
 DECRBY w:a 1 2
 get
 
+## stored integers as Redis parses them
+SET si:plus +5
+INCR si:plus
+SET si:zero 007
+INCRBY si:zero 1
+SET si:neg -0
+DECR si:neg
+SET si:sp " 5"
+INCR si:sp
+SET si:max 9223372036854775807
+INCR si:max
+GET si:max
+APPEND si:app 5
+INCR si:app
+SET si:big 99999999999999999999
+INCR si:big
+SET si:min -9223372036854775808
+DECR si:min
+
 ## unknown commands
 FROBNICATE
 frob w:a w:b
