@@ -413,6 +413,10 @@ pub async fn run_node(
 ) -> Result<(), CliError> {
     let net = TokioNet;
     let id = cfg.id;
+    let tcp_port = client_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
     let clients = net
         .bind(client_addr.clone())
         .await
@@ -421,17 +425,26 @@ pub async fn run_node(
             addr: client_addr,
             source,
         })?;
-    let (stop, shutdown) = watch::channel(false);
-    let (handle, run) = node::start(cfg, net, shutdown)
-        .await
-        .map_err(|source| CliError::Node { id, source })?;
+    // The client port answers from the start: `-LOADING` until the node has started.
+    let (started, started_node) = watch::channel(None);
     let (stop_clients, clients_shutdown) = watch::channel(false);
-    let client_port = tokio::spawn(server::run_client_server(
+    let client_port = tokio::spawn(server::serve_clients(
         clients,
-        handle.clone(),
+        started_node,
         clients_shutdown,
         rand::thread_rng().gen(),
+        tcp_port,
     ));
+    let (stop, shutdown) = watch::channel(false);
+    let (handle, run) = match node::start(cfg, net, shutdown).await {
+        Ok(started) => started,
+        Err(source) => {
+            let _ = stop_clients.send(true);
+            return Err(CliError::Node { id, source });
+        }
+    };
+    let _ = started.send(Some(handle.clone()));
+    tracing::info!(id, "ready: the client port serves requests");
     let stopping = Stopping {
         id,
         node: handle,

@@ -231,7 +231,10 @@ enum End {
 }
 
 /// Feeds `chunks` one after the other into a buffer, parsing after each, and checks each call.
-fn parse_stream<'a>(limits: Limits, chunks: impl Iterator<Item = &'a [u8]>) -> (Vec<Request>, End) {
+fn parse_stream<'a>(
+    limits: Limits,
+    chunks: impl Iterator<Item = &'a [u8]>,
+) -> (Vec<Result<Request, ParseError>>, End) {
     let mut parser = RequestParser::new(limits);
     let mut buf = BytesMut::new();
     let mut requests = Vec::new();
@@ -239,7 +242,10 @@ fn parse_stream<'a>(limits: Limits, chunks: impl Iterator<Item = &'a [u8]>) -> (
         buf.extend_from_slice(chunk);
         loop {
             let before = Bytes::copy_from_slice(&buf);
+            let was_discarding = parser.discarding();
             let result = parser.parse(&mut buf);
+            // Skipping a refused request's rest drops bytes that are not blank.
+            let skipping = was_discarding || parser.discarding();
             assert!(buf.len() <= before.len(), "the parser grew its buffer");
             let consumed = before.len() - buf.len();
             assert_eq!(
@@ -250,15 +256,26 @@ fn parse_stream<'a>(limits: Limits, chunks: impl Iterator<Item = &'a [u8]>) -> (
             match result {
                 Ok(Some(req)) => {
                     assert!(consumed > 0, "a request took no bytes");
-                    check_request(limits, &req, &before[..consumed]);
-                    requests.push(req);
+                    if !skipping {
+                        check_request(limits, &req, &before[..consumed]);
+                    }
+                    requests.push(Ok(req));
                 }
                 Ok(None) => {
-                    check_skipped(limits, &before[..consumed]);
+                    if !skipping {
+                        check_skipped(limits, &before[..consumed]);
+                    }
                     break;
                 }
+                Err(e) if !e.is_fatal() => {
+                    assert!(parser.discarding(), "a recoverable error skips nothing");
+                    check_parse_error(limits, &e);
+                    requests.push(Err(e));
+                }
                 Err(e) => {
-                    check_skipped(limits, &before[..consumed]);
+                    if !skipping {
+                        check_skipped(limits, &before[..consumed]);
+                    }
                     check_parse_error(limits, &e);
                     return (requests, End::Refused);
                 }
@@ -350,6 +367,11 @@ mod tests {
         resp_request(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nSET a 'b c'\r\n*1\r\n$4\r\nPI");
         resp_request(b"*1\r\n$-5\r\n");
         resp_request(b"*1\r\n$1099511627776\r\n");
+        resp_request(b"*3\r\n$3\r\nSET\r\n$300\r\n");
+        let mut oversized = b"*3\r\n$3\r\nSET\r\n$300\r\n".to_vec();
+        oversized.extend_from_slice(&[b'x'; 300]);
+        oversized.extend_from_slice(b"\r\n$2\r\nab\r\n*1\r\n$4\r\nPING\r\n");
+        resp_request(&oversized);
         kv_command(b"");
     }
 }

@@ -1,15 +1,20 @@
-//! The Redis protocol, version 2 (RESP2): requests from clients and replies to them.
+//! The Redis protocol (RESP2 and RESP3): requests from clients and replies to them.
 //!
 //! Requests are arrays of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`), or inline commands
 //! (a line of words, as telnet sends; quotes as in redis-cli). Parsing is incremental: a request
 //! split over many reads parses once its last byte arrives, and nothing is consumed before that.
 //!
 //! Every length is checked against [`Limits`] before anything is allocated or awaited, so a
-//! client that claims a 1 TiB bulk string is refused at once instead of being buffered for.
+//! client that claims a 1 TiB bulk string is refused at once instead of being buffered for; the
+//! bytes of such a request are then skipped as they arrive, and the connection stays usable.
+//! Replies ([`Reply`]) are encoded for the connection's protocol, RESP2 or RESP3 ([`reply`]).
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub mod reply;
+pub use reply::{Protocol, Reply, ReplyParser};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -71,6 +76,25 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+impl ParseError {
+    /// Whether the stream cannot be resynchronised after this error. Only a bulk string over the
+    /// limit can be skipped: its length is known, so the parser drops its bytes as they arrive.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, ParseError::BulkTooLarge { len, .. } if *len >= 0)
+    }
+
+    /// The reply to a refused request.
+    pub fn reply_text(&self) -> String {
+        match self {
+            ParseError::BulkTooLarge { len, max } if *len >= 0 => format!(
+                "ERR string exceeds maximum allowed size (proto-max-bulk-len: arguments up to \
+                 {max} bytes, got {len}); the request was skipped"
+            ),
+            fatal => format!("ERR Protocol error: {fatal}"),
+        }
+    }
+}
+
 /// Where a CRLF-terminated line ends in `buf[from..]`: the index of its `\r`.
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?
@@ -104,18 +128,43 @@ fn parse_len(line: &[u8]) -> Result<i64, ParseError> {
 
 pub struct RequestParser {
     limits: Limits,
+    /// The rest of a request refused for a bulk string over the limit, still to be skipped.
+    discard: Option<Discard>,
+}
+
+/// What remains of a refused request: bytes of the current bulk string (with its CRLF), then
+/// whole bulk strings (header, data, CRLF).
+#[derive(Clone, Copy, Debug)]
+struct Discard {
+    bytes_left: u64,
+    args_left: u64,
 }
 
 impl RequestParser {
     pub fn new(limits: Limits) -> Self {
-        Self { limits }
+        Self {
+            limits,
+            discard: None,
+        }
+    }
+
+    /// Whether the parser is skipping the rest of a refused request: bytes it consumes now are
+    /// dropped, not parsed.
+    pub fn discarding(&self) -> bool {
+        self.discard.is_some()
     }
 
     /// Parses one complete request from the front of `buf`, removing its bytes. `Ok(None)`: more
-    /// bytes are needed and nothing was consumed. `Err`: a protocol violation; close the
-    /// connection after replying.
+    /// bytes are needed, and nothing was consumed but blank input or the skipped rest of a
+    /// refused request. `Err`: refused; if [`ParseError::is_fatal`], the stream cannot be
+    /// resynchronised, so close the connection after replying; otherwise (a bulk string over
+    /// the limit) the request's remaining bytes are skipped as they arrive, never buffered, and
+    /// parsing goes on after them.
     pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ParseError> {
         loop {
+            if !self.skip_discarded(buf)? {
+                return Ok(None);
+            }
             let Some(&first) = buf.first() else {
                 return Ok(None);
             };
@@ -132,6 +181,18 @@ impl RequestParser {
                     let args = args.into_iter().map(|(a, b)| frozen.slice(a..b)).collect();
                     return Ok(Some(Request { args }));
                 }
+                Parsed::Oversized {
+                    consumed,
+                    len,
+                    discard,
+                } => {
+                    buf.advance(consumed);
+                    self.discard = Some(discard);
+                    return Err(ParseError::BulkTooLarge {
+                        len,
+                        max: self.limits.max_bulk_len,
+                    });
+                }
                 Parsed::Inline(n, words) => {
                     buf.advance(n);
                     return Ok(Some(Request {
@@ -140,6 +201,56 @@ impl RequestParser {
                 }
             }
         }
+    }
+
+    /// Skips what `buf` holds of a refused request; true once nothing of it is left.
+    fn skip_discarded(&mut self, buf: &mut BytesMut) -> Result<bool, ParseError> {
+        while let Some(d) = &mut self.discard {
+            if d.bytes_left > 0 {
+                let n = d.bytes_left.min(buf.len() as u64);
+                buf.advance(n as usize);
+                d.bytes_left -= n;
+                if d.bytes_left > 0 {
+                    return Ok(false);
+                }
+            } else if d.args_left == 0 {
+                self.discard = None;
+            } else {
+                // The next argument's header: any length is skipped, but it must be a header.
+                let Some(&tag) = buf.first() else {
+                    return Ok(false);
+                };
+                if tag != b'$' {
+                    self.discard = None;
+                    return Err(ParseError::UnexpectedByte(tag));
+                }
+                let Some(end) = find_crlf(buf, 1) else {
+                    if buf.len() > 32 {
+                        self.discard = None;
+                        return Err(ParseError::InvalidLength("too long".into()));
+                    }
+                    return Ok(false);
+                };
+                let len = match parse_len(&buf[1..end]) {
+                    Ok(len) if len >= 0 => len,
+                    Ok(len) => {
+                        self.discard = None;
+                        return Err(ParseError::BulkTooLarge {
+                            len,
+                            max: self.limits.max_bulk_len,
+                        });
+                    }
+                    Err(e) => {
+                        self.discard = None;
+                        return Err(e);
+                    }
+                };
+                buf.advance(end + 2);
+                d.bytes_left = len as u64 + 2;
+                d.args_left -= 1;
+            }
+        }
+        Ok(true)
     }
 
     fn parse_multibulk(&self, buf: &[u8]) -> Result<Parsed, ParseError> {
@@ -177,10 +288,20 @@ impl RequestParser {
                 };
             };
             let len = parse_len(&buf[pos + 1..end])?;
-            if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
+            if len < 0 {
                 return Err(ParseError::BulkTooLarge {
                     len,
                     max: self.limits.max_bulk_len,
+                });
+            }
+            if len as u64 > self.limits.max_bulk_len as u64 {
+                return Ok(Parsed::Oversized {
+                    consumed: end + 2,
+                    len,
+                    discard: Discard {
+                        bytes_left: len as u64 + 2,
+                        args_left: (count - 1 - args.len() as i64) as u64,
+                    },
                 });
             }
             let start = end + 2;
@@ -229,6 +350,13 @@ enum Parsed {
     Done(usize, Vec<(usize, usize)>),
     /// Bytes consumed, and the unescaped words of an inline request.
     Inline(usize, Vec<Vec<u8>>),
+    /// A bulk string over the limit: the bytes up to its data, its length, and what is left of
+    /// the request to skip.
+    Oversized {
+        consumed: usize,
+        len: i64,
+        discard: Discard,
+    },
 }
 
 /// Splits an inline line into words, honouring quotes as redis-cli does.
@@ -317,68 +445,6 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ParseError> {
     Ok(words)
 }
 
-/// A reply to a client.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Bytes),
-    /// `$-1`: no value.
-    Nil,
-    Array(Vec<Reply>),
-    /// `*-1`.
-    NilArray,
-}
-
-impl Reply {
-    pub fn ok() -> Reply {
-        Reply::Simple("OK".into())
-    }
-
-    pub fn error(msg: impl Into<String>) -> Reply {
-        Reply::Error(msg.into())
-    }
-
-    pub fn encode(&self, out: &mut BytesMut) {
-        match self {
-            Reply::Simple(s) => put_line(out, b'+', s),
-            Reply::Error(s) => put_line(out, b'-', s),
-            Reply::Integer(n) => {
-                out.put_u8(b':');
-                out.put_slice(n.to_string().as_bytes());
-                out.put_slice(b"\r\n");
-            }
-            Reply::Bulk(b) => {
-                out.put_u8(b'$');
-                out.put_slice(b.len().to_string().as_bytes());
-                out.put_slice(b"\r\n");
-                out.put_slice(b);
-                out.put_slice(b"\r\n");
-            }
-            Reply::Nil => out.put_slice(b"$-1\r\n"),
-            Reply::NilArray => out.put_slice(b"*-1\r\n"),
-            Reply::Array(items) => {
-                out.put_u8(b'*');
-                out.put_slice(items.len().to_string().as_bytes());
-                out.put_slice(b"\r\n");
-                for item in items {
-                    item.encode(out);
-                }
-            }
-        }
-    }
-}
-
-/// A status or error line may not contain CR or LF: they would end it early.
-fn put_line(out: &mut BytesMut, tag: u8, text: &str) {
-    out.put_u8(tag);
-    for b in text.bytes() {
-        out.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
-    }
-    out.put_slice(b"\r\n");
-}
-
 /// Encodes a request as an array of bulk strings.
 pub fn encode_request(args: &[&[u8]], out: &mut BytesMut) {
     out.put_u8(b'*');
@@ -393,104 +459,43 @@ pub fn encode_request(args: &[&[u8]], out: &mut BytesMut) {
     }
 }
 
-/// Parses replies, for clients.
-pub struct ReplyParser {
-    limits: Limits,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-const MAX_REPLY_DEPTH: usize = 32;
-
-impl ReplyParser {
-    pub fn new(limits: Limits) -> Self {
-        Self { limits }
+    fn small() -> RequestParser {
+        RequestParser::new(Limits {
+            max_bulk_len: 8,
+            max_array_len: 8,
+            max_inline_len: 64,
+        })
     }
 
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Reply>, ParseError> {
-        match self.parse_at(buf, 0, 0)? {
-            Some((reply, used)) => {
-                buf.advance(used);
-                Ok(Some(reply))
-            }
-            None => Ok(None),
-        }
+    #[test]
+    fn an_oversized_bulk_string_is_refused_and_skipped_as_it_arrives() {
+        let mut parser = small();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$10\r\n0123"[..]);
+        let err = parser.parse(&mut buf).unwrap_err();
+        assert!(!err.is_fatal());
+        assert!(err
+            .reply_text()
+            .starts_with("ERR string exceeds maximum allowed size"));
+        assert_eq!(parser.parse(&mut buf), Ok(None));
+        assert!(buf.is_empty(), "skipped bytes are dropped, not buffered");
+        // The rest of the value, then the request's last argument (over the limit too).
+        buf.extend_from_slice(b"456789\r\n$12\r\n0123456789ab\r\n*1\r\n$4\r\nPING\r\n");
+        let ping = parser.parse(&mut buf).unwrap().unwrap();
+        assert_eq!(ping.args, vec![Bytes::from_static(b"PING")]);
+        assert!(!parser.discarding() && buf.is_empty());
     }
 
-    fn parse_at(
-        &self,
-        buf: &[u8],
-        pos: usize,
-        depth: usize,
-    ) -> Result<Option<(Reply, usize)>, ParseError> {
-        if depth > MAX_REPLY_DEPTH {
-            return Err(ParseError::TooDeep);
-        }
-        let Some(&tag) = buf.get(pos) else {
-            return Ok(None);
-        };
-        let Some(end) = find_crlf(buf, pos + 1) else {
-            return if buf.len() - pos > self.limits.max_inline_len {
-                Err(ParseError::InlineTooLong {
-                    max: self.limits.max_inline_len,
-                })
-            } else {
-                Ok(None)
-            };
-        };
-        let line = &buf[pos + 1..end];
-        let next = end + 2;
-        let text = || String::from_utf8_lossy(line).into_owned();
-        match tag {
-            b'+' => Ok(Some((Reply::Simple(text()), next))),
-            b'-' => Ok(Some((Reply::Error(text()), next))),
-            b':' => Ok(Some((Reply::Integer(parse_int(line)?), next))),
-            b'$' => {
-                let len = parse_int(line)?;
-                if len == -1 {
-                    return Ok(Some((Reply::Nil, next)));
-                }
-                if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
-                    return Err(ParseError::BulkTooLarge {
-                        len,
-                        max: self.limits.max_bulk_len,
-                    });
-                }
-                let stop = next + len as usize;
-                if buf.len() < stop + 2 {
-                    return Ok(None);
-                }
-                if &buf[stop..stop + 2] != b"\r\n" {
-                    return Err(ParseError::ExpectedCrlf);
-                }
-                Ok(Some((
-                    Reply::Bulk(Bytes::copy_from_slice(&buf[next..stop])),
-                    stop + 2,
-                )))
-            }
-            b'*' => {
-                let len = parse_int(line)?;
-                if len == -1 {
-                    return Ok(Some((Reply::NilArray, next)));
-                }
-                if len < 0 || len as u64 > self.limits.max_array_len as u64 {
-                    return Err(ParseError::ArrayTooLarge {
-                        len,
-                        max: self.limits.max_array_len,
-                    });
-                }
-                let mut items = Vec::with_capacity((len as usize).min(64));
-                let mut at = next;
-                for _ in 0..len {
-                    match self.parse_at(buf, at, depth + 1)? {
-                        Some((item, used)) => {
-                            items.push(item);
-                            at = used;
-                        }
-                        None => return Ok(None),
-                    }
-                }
-                Ok(Some((Reply::Array(items), at)))
-            }
-            other => Err(ParseError::UnexpectedByte(other)),
-        }
+    #[test]
+    fn garbage_where_a_skipped_argument_should_start_is_fatal() {
+        let mut parser = small();
+        let mut buf = BytesMut::from(&b"*2\r\n$9\r\n012345678\r\nxx\r\n"[..]);
+        assert!(!parser.parse(&mut buf).unwrap_err().is_fatal());
+        assert!(parser.parse(&mut buf).unwrap_err().is_fatal());
+        let mut negative = BytesMut::from(&b"*1\r\n$-3\r\n"[..]);
+        assert!(small().parse(&mut negative).unwrap_err().is_fatal());
     }
 }

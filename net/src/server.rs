@@ -1,17 +1,22 @@
-//! The client port: the Redis protocol (RESP2) mapped onto node requests, so that redis-cli,
-//! redis-benchmark and Redis client libraries work unchanged.
+//! The client port: the Redis protocol (RESP2, or RESP3 after `HELLO 3`) mapped onto node
+//! requests, so that redis-cli, redis-benchmark and Redis client libraries work unchanged.
 //!
-//! Commands: the data commands ([`crate::server_data`]), PING, ECHO, QUIT, INFO,
-//! LEADER (the leader's client address, or nil if unknown), the operator's `RAFT.MEMBER ...` and
-//! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]),
-//! plus enough of CONFIG, COMMAND, CLIENT and SELECT for tools to start. `CAS key expected new`
-//! sets `key` to `new` only if it holds `expected`; `CAS key new` only if it is absent; the reply
-//! is 1 if it swapped, 0 if not. `SEQ client-id seq <command...>` runs a write inside an
-//! exactly-once session (used by `KvClient`, whose retries reuse the pair).
+//! Commands: the data commands ([`crate::server_data`]), PING, ECHO, LEADER (the leader's
+//! client address, or nil if unknown), the operator's `RAFT.MEMBER ...` and
+//! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]); the connection commands HELLO, AUTH,
+//! CLIENT, SELECT, RESET, QUIT ([`crate::server_conn`]), INFO and CONFIG
+//! ([`crate::server_info`]) and COMMAND ([`crate::command_table`], which lists them all).
+//! `CAS key expected new` sets `key` to `new` only if it holds `expected`; `CAS key new` only
+//! if it is absent; the reply is 1 if it swapped, 0 if not. `SEQ client-id seq <command...>`
+//! runs a write inside an exactly-once session (used by `KvClient`, whose retries reuse the
+//! pair).
 //!
 //! Errors: `-TRYAGAIN ...` means certainly not applied; `-TIMEOUT ...` means the outcome is
-//! unknown. Any other error leaves the connection usable, except a protocol error, after which
-//! the stream cannot be resynchronised and the connection is closed.
+//! unknown. `-LOADING` means the node has not started yet. Any other error leaves the connection
+//! usable, except a protocol error, after which the stream cannot be resynchronised and the
+//! connection is closed (a bulk string over the limit is not one: it is skipped).
+
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use kv::SESSIONLESS_CLIENT;
@@ -19,26 +24,49 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::node::admin::MemberRole;
-use crate::request::{NodeHandle, NodeInfo, RequestError};
-use crate::resp::{Limits, Reply, Request, RequestParser};
+use crate::command_table;
+use crate::request::{NodeHandle, RequestError};
+use crate::resp::{Limits, ParseError, Reply, Request, RequestParser};
 use crate::server_admin;
+use crate::server_conn::{self, ClientPort, Connection};
 use crate::server_data;
+use crate::server_info::{self, InfoSource, MAX_CLIENTS};
 use crate::transport::{Listener, Stream};
 
 /// Requests parsed from one read are executed concurrently and answered in order.
 const MAX_PIPELINE: usize = 1024;
 
+/// Redis's answer to a command that needs the data while the node is not ready to serve.
+pub const LOADING: &str = "LOADING Redis is loading the dataset in memory";
+
+/// Accepts client connections until `shutdown` turns true, for a node already started; see
+/// [`serve_clients`].
+pub async fn run_client_server<L: Listener>(
+    listener: L,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+    seed: u64,
+) {
+    let (_started, node) = watch::channel(Some(node));
+    serve_clients(listener, node, shutdown, seed, 0).await
+}
+
 /// Accepts client connections until `shutdown` turns true, then returns once every connection
 /// has answered the requests it had read and closed: a node stopping gracefully stops its
 /// client port first, and waits for this before it stops answering.
-pub async fn run_client_server<L: Listener>(
+///
+/// `node` is None until the node has started: meanwhile the connection commands (HELLO, CLIENT,
+/// INFO, ...) are answered, and every other `-LOADING`, as Redis answers while it loads.
+/// `tcp_port` is what INFO and CONFIG report.
+pub async fn serve_clients<L: Listener>(
     mut listener: L,
-    node: NodeHandle,
+    node: watch::Receiver<Option<NodeHandle>>,
     mut shutdown: watch::Receiver<bool>,
     seed: u64,
+    tcp_port: u16,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let port = ClientPort::new(tcp_port);
     // Each connection holds a sender; the channel closes when the last one ends.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -46,12 +74,21 @@ pub async fn run_client_server<L: Listener>(
             biased;
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, remote)) => {
+                Ok((mut stream, remote)) => {
+                    if port.connected_clients() >= MAX_CLIENTS {
+                        port.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                        });
+                        continue;
+                    }
                     tracing::debug!(%remote, "client connected");
-                    let conn = serve_connection(stream, node.clone(), rng.gen(), shutdown.clone());
+                    let conn = port.connect(remote);
+                    let serving =
+                        serve_connection(stream, conn, node.clone(), rng.gen(), shutdown.clone());
                     let open = open.clone();
                     tokio::spawn(async move {
-                        conn.await;
+                        serving.await;
                         drop(open);
                     });
                 }
@@ -66,24 +103,30 @@ pub async fn run_client_server<L: Listener>(
     let _ = all_closed.recv().await;
 }
 
+/// A parsed request, or the error that answers a request the parser refused and skipped.
+type Incoming = Result<Request, ParseError>;
+
 async fn serve_connection<S: Stream>(
     mut stream: S,
-    node: NodeHandle,
+    mut conn: Connection,
+    node: watch::Receiver<Option<NodeHandle>>,
     conn_seed: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let port = conn.port().clone();
     let mut parser = RequestParser::new(Limits::default());
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
     // Sessionless writes need request ids unique cluster-wide, across restarts too.
     let mut ids = rand::rngs::StdRng::seed_from_u64(conn_seed);
     loop {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Incoming> = Vec::new();
         let mut protocol_error = None;
         while batch.len() < MAX_PIPELINE {
             match parser.parse(&mut inbuf) {
-                Ok(Some(req)) => batch.push(req),
+                Ok(Some(req)) => batch.push(Ok(req)),
                 Ok(None) => break,
+                Err(e) if !e.is_fatal() => batch.push(Err(e)),
                 Err(e) => {
                     protocol_error = Some(e);
                     break;
@@ -96,27 +139,61 @@ async fn serve_connection<S: Stream>(
                 _ = shutdown.changed() => return,
                 read = stream.read_buf(&mut inbuf) => match read {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        port.net_input_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                        continue;
+                    }
                 },
             }
         }
+        port.count_commands(batch.len() as u64);
+        let node = node.borrow().clone();
         let mut quit = false;
         for run in runs_in_pipeline_order(batch) {
-            let replies = join_in_order(
-                run.into_iter()
-                    .map(|req| execute(req, &node, ids.gen::<u64>() | 1))
-                    .collect(),
-            )
-            .await;
-            for (reply, close) in replies {
-                reply.encode(&mut outbuf);
-                quit |= close;
+            match run {
+                Run::Refused(e) => {
+                    Reply::error(e.reply_text()).encode_for(conn.protocol, &mut outbuf)
+                }
+                Run::Connection(req) => {
+                    conn.note_command(&req.args);
+                    let (reply, close) = connection_command(&mut conn, &req, node.as_ref()).await;
+                    reply.encode_for(conn.protocol, &mut outbuf);
+                    quit |= close;
+                }
+                Run::Node(run) => {
+                    if let Some(last) = run.last() {
+                        conn.note_command(&last.args);
+                    }
+                    let Some(node) = &node else {
+                        for _ in &run {
+                            Reply::error(LOADING).encode_for(conn.protocol, &mut outbuf);
+                        }
+                        continue;
+                    };
+                    // The connection's state is settled for the whole run: its commands only
+                    // read or write data.
+                    let replies = join_in_order(
+                        run.into_iter()
+                            .map(|req| execute(req, node, ids.gen::<u64>() | 1))
+                            .collect(),
+                    )
+                    .await;
+                    for (reply, close) in replies {
+                        reply.encode_for(conn.protocol, &mut outbuf);
+                        quit |= close;
+                    }
+                }
+            }
+            if quit {
+                break;
             }
         }
         if let Some(e) = &protocol_error {
             tracing::debug!(error = %e, "closing a client connection after a protocol error");
-            Reply::error(format!("ERR Protocol error: {e}")).encode(&mut outbuf);
+            Reply::error(e.reply_text()).encode_for(conn.protocol, &mut outbuf);
         }
+        port.net_output_bytes
+            .fetch_add(outbuf.len() as u64, Ordering::Relaxed);
         if stream.write_all(&outbuf).await.is_err() {
             return;
         }
@@ -128,16 +205,89 @@ async fn serve_connection<S: Stream>(
     }
 }
 
+/// A connection command ([`server_conn::is_connection_command`]): it may read or change the
+/// connection's state, and is answered whether or not the node has started. The flag says to
+/// close the connection after replying (QUIT).
+async fn connection_command(
+    conn: &mut Connection,
+    req: &Request,
+    node: Option<&NodeHandle>,
+) -> (Reply, bool) {
+    let name = upper(&req.args[0]);
+    let args = &req.args[1..];
+    let reply = match name.as_str() {
+        "QUIT" => return (Reply::ok(), true),
+        "HELLO" => {
+            let role = match node {
+                Some(node) => match node.info().await {
+                    Ok(info) if info.role == raft_core::Role::Leader => "master",
+                    _ => "replica",
+                },
+                None => "replica",
+            };
+            server_conn::hello(conn, args, role)
+        }
+        "AUTH" => server_conn::auth(args),
+        "CLIENT" => server_conn::client(conn, args),
+        "SELECT" => server_conn::select(args),
+        "RESET" => server_conn::reset(conn),
+        "COMMAND" => command_table::command(args),
+        "CONFIG" => server_info::config(conn.port(), args),
+        "INFO" => {
+            let info = match node {
+                Some(node) => match node.info().await {
+                    Ok(info) => Some(info),
+                    Err(e) => return (request_error(e), false),
+                },
+                None => None,
+            };
+            let source = InfoSource {
+                port: conn.port(),
+                node: info.as_ref(),
+            };
+            Reply::Verbatim(Bytes::from(server_info::info_text(&source, args)))
+        }
+        _ => Reply::error(format!(
+            "ERR unknown command '{}'",
+            name.to_ascii_lowercase()
+        )),
+    };
+    (reply, false)
+}
+
+/// What runs together in a pipeline.
+enum Run {
+    /// Requests for the node, executed concurrently.
+    Node(Vec<Request>),
+    /// A request that reads or changes the connection's state: alone, in order.
+    Connection(Request),
+    /// A request the parser refused.
+    Refused(ParseError),
+}
+
 /// Splits a pipeline into runs that may execute together: consecutive reads, or consecutive
-/// other requests. A run starts only when the one before it has been answered, so a read sees
-/// every write pipelined before it, as Redis clients expect.
-fn runs_in_pipeline_order(batch: Vec<Request>) -> Vec<Vec<Request>> {
+/// writes; a connection command runs alone. A run starts only when the one before it has been
+/// answered, so a read sees every write pipelined before it, as Redis clients expect.
+fn runs_in_pipeline_order(batch: Vec<Incoming>) -> Vec<Run> {
     let is_read = |r: &Request| r.args.first().is_some_and(|n| server_data::is_read(n));
-    let mut runs: Vec<Vec<Request>> = Vec::new();
-    for req in batch {
+    let mut runs: Vec<Run> = Vec::new();
+    for incoming in batch {
+        let req = match incoming {
+            Ok(req) => req,
+            Err(e) => {
+                runs.push(Run::Refused(e));
+                continue;
+            }
+        };
+        if server_conn::is_connection_command(&req.args[0]) {
+            runs.push(Run::Connection(req));
+            continue;
+        }
         match runs.last_mut() {
-            Some(run) if run.first().map(is_read) == Some(is_read(&req)) => run.push(req),
-            _ => runs.push(vec![req]),
+            Some(Run::Node(run)) if run.first().map(is_read) == Some(is_read(&req)) => {
+                run.push(req)
+            }
+            _ => runs.push(Run::Node(vec![req])),
         }
     }
     runs
@@ -188,7 +338,9 @@ pub(crate) fn request_error(e: RequestError) -> Reply {
     Reply::error(e.to_string())
 }
 
-/// Runs one request; the flag says to close the connection after replying (QUIT).
+/// Runs one request for the node: the data commands (dispatched to [`server_data::execute`],
+/// the hook for every data command), and the node's own. The flag says to close the
+/// connection after replying.
 pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply, bool) {
     let Some(name) = req.args.first() else {
         return (Reply::error("ERR empty command"), false);
@@ -206,7 +358,6 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             [msg] => Reply::Bulk(msg.clone()),
             _ => arity_error(&name),
         },
-        "QUIT" => return (Reply::ok(), true),
         "SEQ" => match args {
             [client, seq, rest @ ..] if !rest.is_empty() => {
                 match (parse_u64(client), parse_u64(seq)) {
@@ -242,26 +393,6 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
         "RAFT.TRANSFER-LEADER" => {
             server_admin::execute(server_admin::parse_transfer_command(args), node).await
         }
-        "INFO" => match node.info().await {
-            Ok(info) => Reply::Bulk(Bytes::from(info_text(&info))),
-            Err(e) => request_error(e),
-        },
-        "CONFIG" => config(args),
-        "COMMAND" => match args.first().map(|a| upper(a)).as_deref() {
-            Some("COUNT") => Reply::Integer(0),
-            _ => Reply::Array(Vec::new()),
-        },
-        "CLIENT" => match args.first().map(|a| upper(a)).as_deref() {
-            Some("SETNAME") | Some("SETINFO") => Reply::ok(),
-            Some("GETNAME") => Reply::Nil,
-            Some("ID") => Reply::Integer((request_id >> 1) as i64),
-            _ => Reply::error("ERR unsupported CLIENT subcommand"),
-        },
-        "SELECT" => match args {
-            [db] if db.as_ref() == b"0" => Reply::ok(),
-            [_] => Reply::error("ERR DB index is out of range (only database 0 exists)"),
-            _ => arity_error(&name),
-        },
         _ => server_data::execute(&name, args, node, session).await,
     };
     (reply, false)
@@ -271,77 +402,8 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// CONFIG GET answers what benchmark tools ask for; everything else is empty or refused.
-fn config(args: &[Bytes]) -> Reply {
-    match (
-        args.first().map(|a| upper(a)).as_deref(),
-        &args[1.min(args.len())..],
-    ) {
-        (Some("GET"), [param]) => {
-            let value = match upper(param).as_str() {
-                "SAVE" => Some(""),
-                "APPENDONLY" => Some("no"),
-                "DATABASES" => Some("1"),
-                _ => None,
-            };
-            match value {
-                Some(v) => Reply::Array(vec![
-                    Reply::Bulk(param.clone()),
-                    Reply::Bulk(Bytes::from(v.to_string())),
-                ]),
-                None => Reply::Array(Vec::new()),
-            }
-        }
-        (Some("RESETSTAT"), []) => Reply::ok(),
-        (Some("SET"), _) => {
-            Reply::error("ERR CONFIG SET is not supported; restart the node with new flags")
-        }
-        _ => Reply::error("ERR unsupported CONFIG subcommand"),
-    }
-}
-
-/// The INFO text, in Redis' `field:value` format.
-pub fn info_text(info: &NodeInfo) -> String {
-    let role = match info.role {
-        raft_core::Role::Leader => "leader",
-        raft_core::Role::Follower => "follower",
-        raft_core::Role::Candidate => "candidate",
-        raft_core::Role::PreCandidate => "precandidate",
-        _ => "unknown",
-    };
-    let ids = |set: &std::collections::BTreeSet<raft_core::NodeId>| {
-        set.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-    };
-    let m = &info.membership;
-    let membership = format!(
-        "# Membership\r\nvoters:{}\r\noutgoing_voters:{}\r\nlearners:{}\r\njoint:{}\r\nmember_role:{}\r\n",
-        ids(&m.voters),
-        ids(&m.outgoing),
-        ids(&m.learners),
-        if m.is_joint() { "yes" } else { "no" },
-        MemberRole::of(m, info.id).as_str(),
-    );
-    format!(
-        "# Server\r\nkvstore_version:{}\r\nnode_id:{}\r\ncluster_id:{}\r\nincarnation:{:#x}\r\nrefused_incarnation_frames:{}\r\n\r\n# Raft\r\nrole:{role}\r\nterm:{}\r\nleader_id:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_index:{}\r\nleader_client_addr:{}\r\n\r\n# Snapshots\r\nlast_snapshot_index:{}\r\nlog_start_index:{}\r\nsnapshot_count:{}\r\nsnapshots_installed:{}\r\n\r\n{membership}",
-        env!("CARGO_PKG_VERSION"),
-        info.id,
-        info.cluster_id,
-        info.incarnation,
-        info.refused_incarnation_frames,
-        info.term,
-        info.leader.unwrap_or(0),
-        info.commit_index,
-        info.applied_index,
-        info.last_index,
-        info.leader_client_addr.as_deref().unwrap_or(""),
-        info.last_snapshot_index,
-        info.log_start_index,
-        info.snapshot_count,
-        info.snapshots_installed,
-    )
-}
-
-/// Reads `field:value` lines of an INFO reply.
+/// Reads `field:value` lines of an INFO reply. A field in two sections is read from the later
+/// one: `role` is Raft's (`leader`, `follower`, ...), not Replication's (`master`, `slave`).
 pub fn parse_info(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.trim().split_once(':'))
