@@ -312,8 +312,13 @@ impl<N: Net> KvClient<N> {
                 tokio::time::sleep(self.cfg.backoff.min(Duration::from_millis(20) * attempt)).await;
             }
             match self.attempt(&full).await {
-                // Certainly not applied here; another server may take it.
-                Ok(Reply::Error(e)) if e.starts_with("TRYAGAIN") || e.starts_with("REMOVED") => {
+                // Certainly not applied here; another server may take it (LOADING: this one
+                // has not started yet).
+                Ok(Reply::Error(e))
+                    if ["TRYAGAIN", "REMOVED", "LOADING"]
+                        .iter()
+                        .any(|code| e.starts_with(code)) =>
+                {
                     last_error = e;
                     self.rotate();
                 }

@@ -156,9 +156,13 @@ async fn a_request_sent_before_any_leader_exists_waits_for_the_election() {
     cluster.start_node(1);
     let addr = cluster.nodes[&1].client_addr.clone();
     let probe = addr.clone();
-    eventually(BOUND, "node 1 accepting clients", || {
+    // Until the node has started its client port answers -LOADING; then it takes requests.
+    eventually(BOUND, "node 1 started", || {
         let probe = probe.clone();
-        async move { TcpStream::connect(&probe).await.is_ok() }
+        async move {
+            TcpStream::connect(&probe).await.is_ok()
+                && raw(&probe, &resp(&["PING"]), true).await == b"+PONG\r\n"
+        }
     })
     .await;
     let early =
