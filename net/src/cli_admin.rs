@@ -211,6 +211,9 @@ pub async fn status(servers: Vec<String>) -> Result<(), CliError> {
             },
         );
         match c.info().await {
+            Ok(text) if parse_info(&text).get("loading").is_some_and(|l| l == "1") => {
+                println!("{addr:<22} starting (not serving yet)")
+            }
             Ok(text) => {
                 let f = parse_info(&text);
                 let get = |k: &str| f.get(k).cloned().unwrap_or_else(|| "?".into());

@@ -131,6 +131,20 @@ impl ClientPort {
         }
     }
 
+    /// CONFIG RESETSTAT: the counters INFO's stats report start again from zero.
+    pub fn reset_stats(&self) {
+        for counter in [
+            &self.connections_received,
+            &self.commands_processed,
+            &self.rejected_connections,
+            &self.net_input_bytes,
+            &self.net_output_bytes,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        lock(&self.ops).samples.clear();
+    }
+
     /// Commands per second over the last samples (about 1.6 s while busy).
     pub fn ops_per_sec(&self) -> u64 {
         let total = self.commands_processed.load(Ordering::Relaxed);
@@ -142,7 +156,7 @@ impl ClientPort {
         if elapsed < 0.001 {
             return 0;
         }
-        ((total - count) as f64 / elapsed) as u64
+        (total.saturating_sub(*count) as f64 / elapsed) as u64
     }
 }
 

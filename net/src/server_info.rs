@@ -321,7 +321,10 @@ pub fn config(port: &ClientPort, args: &[Bytes]) -> Reply {
                 .map(|(name, value)| (Reply::bulk(name), Reply::bulk(value)))
                 .collect(),
         ),
-        ("RESETSTAT", []) => Reply::ok(),
+        ("RESETSTAT", []) => {
+            port.reset_stats();
+            Reply::ok()
+        }
         ("SET", _) => Reply::error(
             "ERR CONFIG SET is not supported: kvstore's settings are fixed at start (see \
              `kvstore --help`)",

@@ -295,7 +295,7 @@ impl TestCluster {
         self.info(id).await?.get(field)?.parse().ok()
     }
 
-    /// INFO fields of one node, if it answers.
+    /// Node `id`'s INFO fields, once it has started (None before, or if it does not answer).
     pub async fn info(&self, id: u64) -> Option<BTreeMap<String, String>> {
         let cfg = ClientConfig {
             max_attempts: 1,
@@ -304,7 +304,12 @@ impl TestCluster {
             ..Default::default()
         };
         let mut c = KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg);
-        c.info().await.ok().map(|t| parse_info(&t))
+        // A node that has not started yet answers INFO too (`loading:1`, no Raft fields).
+        c.info()
+            .await
+            .ok()
+            .map(|t| parse_info(&t))
+            .filter(|info| info.get("loading").is_none_or(|l| l != "1"))
     }
 
     /// `HOST:PORT,...` of the peer addresses of `ids`: what `kvstore serve --join` takes.

@@ -99,3 +99,22 @@ fn sizes_for_people() {
     assert_eq!(human_bytes(1024), "1.00K");
     assert_eq!(human_bytes(1_268_000), "1.21M");
 }
+
+#[test]
+fn config_resetstat_zeroes_the_stats() {
+    let port = ClientPort::new(0);
+    let _conn = port.connect("a".into());
+    port.count_commands(5);
+    let source = InfoSource {
+        port: &port,
+        node: None,
+    };
+    assert!(info_text(&source, &[Bytes::from("stats")]).contains("total_commands_processed:5\r\n"));
+    assert_eq!(config(&port, &[Bytes::from("RESETSTAT")]), Reply::ok());
+    let stats = info_text(&source, &[Bytes::from("stats")]);
+    assert!(stats.contains("total_commands_processed:0\r\n"), "{stats}");
+    assert!(
+        stats.contains("total_connections_received:0\r\n"),
+        "{stats}"
+    );
+}
