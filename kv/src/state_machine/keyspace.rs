@@ -163,6 +163,8 @@ pub(crate) struct Txn {
     pub(crate) index: Index,
     pub(crate) clock: u64,
     pub(crate) counts: KeyCounts,
+    /// Stored rows read ahead for the whole batch ([`KvStateMachine::prefetch`]).
+    prefetched: BTreeMap<Vec<u8>, Option<Bytes>>,
 }
 
 impl Txn {
@@ -172,6 +174,7 @@ impl Txn {
             index: sm.applied_index,
             clock: sm.clock_ms,
             counts: sm.counts,
+            prefetched: BTreeMap::new(),
         }
     }
 
@@ -196,10 +199,25 @@ impl Txn {
 
 impl KvStateMachine {
     fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
-        match t.rows.get(row) {
+        match t.rows.get(row).or_else(|| t.prefetched.get(row)) {
             Some(v) => Ok(v.clone()),
             None => self.db.get(row),
         }
+    }
+
+    /// Reads the stored rows of `keys` into the batch with one iterator, before the batch's
+    /// commands run: most writes read their key first (its deadline, whether it is new), and
+    /// a point read costs an iterator of its own.
+    pub(crate) fn prefetch<'a>(
+        &mut self,
+        t: &mut Txn,
+        keys: impl Iterator<Item = &'a Bytes>,
+    ) -> Result<()> {
+        let rows: std::collections::BTreeSet<Vec<u8>> = keys.map(|k| user_row(k)).collect();
+        let rows: Vec<Vec<u8>> = rows.into_iter().collect();
+        let found = self.db.get_sorted(&rows)?;
+        t.prefetched = rows.into_iter().zip(found).collect();
+        Ok(())
     }
 
     /// The key's record, expired or not.

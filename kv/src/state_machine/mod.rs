@@ -395,6 +395,16 @@ impl KvStateMachine {
         last_term: Term,
     ) -> Result<Applied> {
         let mut t = Txn::new(self);
+        let commands: Vec<crate::command::Command> = fresh
+            .iter()
+            .filter(|e| e.kind == EntryKind::Normal)
+            .filter_map(|e| crate::command::Command::decode(&e.payload).ok())
+            .collect();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for c in &commands {
+            c.op.visit_strings(&mut keys, &mut values);
+        }
+        self.prefetch(&mut t, keys.into_iter())?;
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
         let mut members: Option<MemberTable> = None;
