@@ -24,6 +24,7 @@ pub mod server_admin;
 pub mod server_conn;
 pub mod server_data;
 pub mod server_info;
+pub mod server_multi;
 pub mod server_parse;
 pub mod snapshot_transfer;
 pub mod storage;

@@ -31,6 +31,7 @@ use crate::server_admin;
 use crate::server_conn::{self, ClientPort, Connection};
 use crate::server_data;
 use crate::server_info::{self, InfoSource, MAX_CLIENTS};
+use crate::server_multi;
 use crate::transport::{Listener, Stream};
 
 /// Requests parsed from one read are executed concurrently and answered in order.
@@ -149,14 +150,16 @@ async fn serve_connection<S: Stream>(
         port.count_commands(batch.len() as u64);
         let node = node.borrow().clone();
         let mut quit = false;
-        for run in runs_in_pipeline_order(batch) {
+        for run in runs_in_pipeline_order(batch, conn.tx.is_open()) {
             match run {
                 Run::Refused(e) => {
                     Reply::error(e.reply_text()).encode_for(conn.protocol, &mut outbuf)
                 }
                 Run::Connection(req) => {
                     conn.note_command(&req.args);
-                    let (reply, close) = connection_command(&mut conn, &req, node.as_ref()).await;
+                    let request_id = ids.gen::<u64>() | 1;
+                    let (reply, close) =
+                        connection_command(&mut conn, &req, node.as_ref(), request_id).await;
                     reply.encode_for(conn.protocol, &mut outbuf);
                     quit |= close;
                 }
@@ -212,9 +215,30 @@ async fn connection_command(
     conn: &mut Connection,
     req: &Request,
     node: Option<&NodeHandle>,
+    request_id: u64,
 ) -> (Reply, bool) {
     let name = upper(&req.args[0]);
     let args = &req.args[1..];
+    let immediate = matches!(
+        name.as_str(),
+        "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT" | "RESET"
+    );
+    if conn.tx.is_open() && !immediate {
+        return (conn.tx.queue(&name, args), false);
+    }
+    if server_multi::is_transaction_command(&name)
+        || !server_conn::is_connection_command(&req.args[0])
+    {
+        let Some(node) = node else {
+            return (Reply::error(LOADING), false);
+        };
+        if server_multi::is_transaction_command(&name) {
+            let session = (kv::SESSIONLESS_CLIENT, request_id);
+            return (conn.tx.command(&name, args, node, session).await, false);
+        }
+        // A command the pipeline split expected MULTI to queue, after a MULTI that failed.
+        return execute(req.clone(), node, request_id).await;
+    }
     let reply = match name.as_str() {
         "QUIT" => return (Reply::ok(), true),
         "HELLO" => {
@@ -268,7 +292,7 @@ enum Run {
 /// Splits a pipeline into runs that may execute together: consecutive reads, or consecutive
 /// writes; a connection command runs alone. A run starts only when the one before it has been
 /// answered, so a read sees every write pipelined before it, as Redis clients expect.
-fn runs_in_pipeline_order(batch: Vec<Incoming>) -> Vec<Run> {
+fn runs_in_pipeline_order(batch: Vec<Incoming>, mut queuing: bool) -> Vec<Run> {
     let is_read = |r: &Request| r.args.first().is_some_and(|n| server_data::is_read(n));
     let mut runs: Vec<Run> = Vec::new();
     for incoming in batch {
@@ -279,7 +303,13 @@ fn runs_in_pipeline_order(batch: Vec<Incoming>) -> Vec<Run> {
                 continue;
             }
         };
-        if server_conn::is_connection_command(&req.args[0]) {
+        // Between MULTI and EXEC every command goes, in order, to the connection's queue.
+        match upper(&req.args[0]).as_str() {
+            "MULTI" => queuing = true,
+            "EXEC" | "DISCARD" | "RESET" => queuing = false,
+            _ => {}
+        }
+        if queuing || server_conn::is_connection_command(&req.args[0]) {
             runs.push(Run::Connection(req));
             continue;
         }

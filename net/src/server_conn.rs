@@ -101,6 +101,7 @@ impl ClientPort {
             protocol: Protocol::Resp2,
             info,
             port: self.clone(),
+            tx: Default::default(),
         }
     }
 
@@ -175,7 +176,8 @@ pub struct Connection {
     /// What CLIENT LIST shows of it (shared with the port).
     info: Arc<Mutex<ClientInfo>>,
     port: Arc<ClientPort>,
-    // Transaction state (MULTI's queue, WATCHed keys) goes here, beside the protocol.
+    /// MULTI's queue and the WATCHed keys.
+    pub tx: crate::server_multi::Transaction,
 }
 
 impl Drop for Connection {
@@ -229,8 +231,9 @@ fn has_subcommands(name: &str) -> bool {
 /// answered while the node is still loading, when every other command (PING included, as in
 /// Redis) is answered `-LOADING`.
 pub fn is_connection_command(name: &[u8]) -> bool {
-    const NAMES: [&str; 9] = [
-        "HELLO", "AUTH", "CLIENT", "SELECT", "RESET", "QUIT", "INFO", "CONFIG", "COMMAND",
+    const NAMES: [&str; 14] = [
+        "HELLO", "AUTH", "CLIENT", "SELECT", "RESET", "QUIT", "INFO", "CONFIG", "COMMAND", "MULTI",
+        "EXEC", "DISCARD", "WATCH", "UNWATCH",
     ];
     NAMES
         .iter()
@@ -359,6 +362,7 @@ pub fn select(args: &[Bytes]) -> Reply {
 /// `RESET`: back to a fresh connection's state (RESP2, no name), keeping the id.
 pub fn reset(conn: &mut Connection) -> Reply {
     conn.set_protocol(Protocol::Resp2);
+    conn.tx.reset();
     conn.update(|i| {
         i.name = Bytes::new();
         i.no_evict = false;

@@ -48,7 +48,7 @@ pub async fn run(parsed: Parsed, node: &NodeHandle, (client_id, seq): (u64, u64)
     }
 }
 
-fn shaped(result: CommandResult, shape: Shape) -> Reply {
+pub fn shaped(result: CommandResult, shape: Shape) -> Reply {
     match (shape, result) {
         (Shape::OkAsOne, CommandResult::Ok) => Reply::Integer(1),
         (Shape::OkAsOne, CommandResult::Nil) => Reply::Integer(0),

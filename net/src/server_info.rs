@@ -37,6 +37,7 @@ const SECTIONS: &[(&str, bool, Section)] = &[
     ("stats", true, stats),
     ("replication", true, replication),
     ("cluster", true, cluster),
+    ("keyspace", true, keyspace),
     ("raft", true, raft),
     ("snapshots", true, snapshots),
     ("membership", true, membership),
@@ -226,6 +227,21 @@ fn replication(s: &InfoSource, out: &mut String) -> Option<()> {
             out,
             "master_link_status",
             if leader.is_some() { "up" } else { "down" },
+        );
+    }
+    Some(())
+}
+
+/// Redis's `db0:keys=..,expires=..,avg_ttl=..` line; absent while the database is empty, as
+/// in Redis. The counts are the state machine's at this node's applied index; the average
+/// time to live is not kept (0, as Redis reports when it has not sampled one).
+fn keyspace(s: &InfoSource, out: &mut String) -> Option<()> {
+    let n = s.node?;
+    if n.keys > 0 {
+        field(
+            out,
+            "db0",
+            format!("keys={},expires={},avg_ttl=0", n.keys, n.expires),
         );
     }
     Some(())

@@ -236,6 +236,63 @@ FLUSHDB
 DBSIZE
 FLUSHALL ASYNC
 FLUSHALL NOW
+
+## transactions
+MULTI
+SET tx:a 1
+INCR tx:a
+GET tx:a
+MGET tx:a tx:none
+INCR tx:fresh
+EXEC
+MULTI
+SET tx:b v
+INCR tx:b
+GET tx:b
+EXEC
+EXEC
+DISCARD
+MULTI
+SET tx:c 1
+DISCARD
+GET tx:c
+MULTI
+MULTI
+SET tx:d
+EXEC
+GET tx:d
+MULTI
+FROBNICATE
+SET tx:d 1
+EXEC
+GET tx:d
+MULTI
+EXEC
+WATCH
+WATCH tx:w
+SET tx:w 1
+MULTI
+GET tx:w
+EXEC
+WATCH tx:w tx:none
+MULTI
+GET tx:w
+SET tx:none 2
+EXEC
+MULTI
+WATCH tx:w
+EXEC
+WATCH tx:w
+UNWATCH
+SET tx:w 3
+MULTI
+GET tx:w
+EXEC
+MULTI
+SETNX tx:n 1
+SETNX tx:n 2
+SET tx:e v EX 0
+EXEC
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +303,7 @@ async fn our_replies_are_redis_replies() {
     let node = cluster.nodes[&1].client_addr.clone();
     let scripts = split_scripts(SCRIPTS);
     assert!(
-        scripts.len() >= 11,
+        scripts.len() >= 12,
         "{:?}",
         scripts.iter().map(|s| s.0).collect::<Vec<_>>()
     );

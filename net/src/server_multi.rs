@@ -1,0 +1,197 @@
+//! Transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH. A connection queues the commands
+//! between MULTI and EXEC, each checked when queued as Redis checks it (an unknown command or a
+//! syntax error answers its error at once and makes EXEC answer `EXECABORT`); EXEC sends them
+//! as one log entry ([`kv::Op::Multi`]), which every replica applies atomically. WATCH reads
+//! each key's version (the log index that last wrote it) at a read index; EXEC carries them,
+//! and the entry applies nothing if one changed: EXEC answers a null array.
+
+use bytes::Bytes;
+use kv::{Command, CommandResult, Op, Query};
+
+use crate::request::{NodeHandle, ReadOp, ReadResult};
+use crate::resp::Reply;
+use crate::server::request_error;
+use crate::server_data::{command_reply, shaped};
+use crate::server_parse::{parse, Parsed, Shape};
+
+/// Most commands one transaction may queue.
+pub const MAX_QUEUED: usize = 100_000;
+
+/// Whether `name` (upper case) is a transaction command.
+pub fn is_transaction_command(name: &str) -> bool {
+    matches!(name, "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH")
+}
+
+/// A queued command: one to run, or one whose arguments Redis checks only when it runs (its
+/// error is EXEC's answer for it; the others still run).
+#[derive(Debug)]
+enum Queued {
+    Run(Op, Shape),
+    Fails(String),
+}
+
+/// One connection's transaction state.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    /// Between MULTI and EXEC: the commands queued.
+    queued: Option<Vec<Queued>>,
+    /// A command failed to queue: EXEC answers EXECABORT.
+    failed: bool,
+    /// Watched keys and the versions they had.
+    watched: Vec<(Bytes, u64)>,
+}
+
+impl Transaction {
+    /// Between MULTI and EXEC: every command but the transaction ones is queued.
+    pub fn is_open(&self) -> bool {
+        self.queued.is_some()
+    }
+
+    /// Forgets everything (RESET, a closed connection).
+    pub fn reset(&mut self) {
+        *self = Transaction::default();
+    }
+
+    /// Queues command `name` (upper case) after MULTI, or answers why it cannot.
+    pub fn queue(&mut self, name: &str, args: &[Bytes]) -> Reply {
+        let Some(queued) = self.queued.as_mut() else {
+            return Reply::error("ERR internal error: no transaction open");
+        };
+        // Redis refuses at once only an unknown command or a wrong number of arguments; any
+        // other error is the command's answer at EXEC.
+        let item = match parse(name, args) {
+            Some(Ok(Parsed::Read(q, shape))) => Queued::Run(Op::Query(q), shape),
+            Some(Ok(Parsed::Write(op, shape))) => Queued::Run(op, shape),
+            Some(Err(e)) if e.starts_with("ERR wrong number of arguments") => {
+                self.failed = true;
+                return Reply::error(e);
+            }
+            Some(Err(e)) => Queued::Fails(e),
+            None if crate::command_table::lookup(name.as_bytes()).is_none() => {
+                self.failed = true;
+                return Reply::error(format!(
+                    "ERR unknown command '{}', with args beginning with: {}",
+                    name.to_ascii_lowercase(),
+                    args.iter()
+                        .take(3)
+                        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+                        .collect::<String>()
+                ));
+            }
+            None => {
+                self.failed = true;
+                return Reply::error(format!(
+                    "ERR '{}' cannot be used in a transaction here (only data commands are queued)",
+                    name.to_ascii_lowercase()
+                ));
+            }
+        };
+        if queued.len() == MAX_QUEUED {
+            self.failed = true;
+            return Reply::error(format!(
+                "ERR a transaction queues at most {MAX_QUEUED} commands"
+            ));
+        }
+        queued.push(item);
+        Reply::Simple("QUEUED".into())
+    }
+
+    /// Runs transaction command `name` (upper case).
+    pub async fn command(
+        &mut self,
+        name: &str,
+        args: &[Bytes],
+        node: &NodeHandle,
+        session: (u64, u64),
+    ) -> Reply {
+        match (name, args.len()) {
+            ("MULTI", 0) if self.is_open() => Reply::error("ERR MULTI calls can not be nested"),
+            ("MULTI", 0) => {
+                self.queued = Some(Vec::new());
+                self.failed = false;
+                Reply::ok()
+            }
+            ("EXEC", 0) => self.exec(node, session).await,
+            ("DISCARD", 0) if !self.is_open() => Reply::error("ERR DISCARD without MULTI"),
+            ("DISCARD", 0) => {
+                self.reset();
+                Reply::ok()
+            }
+            ("WATCH", n) if n > 0 && self.is_open() => {
+                Reply::error("ERR WATCH inside MULTI is not allowed")
+            }
+            ("WATCH", n) if n > 0 => self.watch(args, node).await,
+            ("UNWATCH", 0) => {
+                self.watched.clear();
+                Reply::ok()
+            }
+            _ => Reply::error(format!(
+                "ERR wrong number of arguments for '{}' command",
+                name.to_ascii_lowercase()
+            )),
+        }
+    }
+
+    async fn watch(&mut self, keys: &[Bytes], node: &NodeHandle) -> Reply {
+        let versions = node
+            .read(ReadOp::Query(Query::Versions {
+                keys: keys.to_vec(),
+            }))
+            .await;
+        match versions {
+            Ok(ReadResult::Answer(CommandResult::Array(vs))) if vs.len() == keys.len() => {
+                for (key, v) in keys.iter().zip(vs) {
+                    let CommandResult::Value(v) = v else {
+                        return Reply::error("ERR internal error: unexpected version");
+                    };
+                    self.watched.push((key.clone(), v as u64));
+                }
+                Reply::ok()
+            }
+            Ok(_) => Reply::error("ERR internal error: unexpected read result"),
+            Err(e) => request_error(e),
+        }
+    }
+
+    async fn exec(&mut self, node: &NodeHandle, (client_id, seq): (u64, u64)) -> Reply {
+        let Some(queued) = self.queued.take() else {
+            return Reply::error("ERR EXEC without MULTI");
+        };
+        let failed = std::mem::take(&mut self.failed);
+        let watches = std::mem::take(&mut self.watched);
+        if failed {
+            return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+        }
+        let mut ops = Vec::new();
+        let mut shapes = Vec::new();
+        for item in &queued {
+            if let Queued::Run(op, shape) = item {
+                ops.push(op.clone());
+                shapes.push(*shape);
+            }
+        }
+        let op = Op::Multi { watches, ops };
+        if let Some(too_large) = op.size_error() {
+            return Reply::error(too_large);
+        }
+        match node.write(Command::new(client_id, seq, op)).await {
+            Ok(CommandResult::Array(results)) if results.len() == shapes.len() => {
+                let mut ran = results.into_iter().zip(shapes);
+                let replies = queued
+                    .into_iter()
+                    .map(|item| match item {
+                        Queued::Fails(e) => Reply::error(e),
+                        Queued::Run(..) => match ran.next() {
+                            Some((r, shape)) => shaped(r, shape),
+                            None => Reply::error("ERR internal error: a result is missing"),
+                        },
+                    })
+                    .collect();
+                Reply::Array(replies)
+            }
+            Ok(CommandResult::Aborted) => Reply::NilArray,
+            Ok(other) => command_reply(other),
+            Err(e) => request_error(e),
+        }
+    }
+}
