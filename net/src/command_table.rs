@@ -85,7 +85,9 @@ pub const COMMANDS: &[CommandSpec] = &[
     row("decr", 2, &["write", "denyoom", "fast"], ONE_KEY, UPDATE, &["@write", "@string", "@fast"], "string", "Decrements the integer value of a key by one"),
     row("decrby", 3, &["write", "denyoom", "fast"], ONE_KEY, UPDATE, &["@write", "@string", "@fast"], "string", "Decrements the integer value of a key by a number"),
     row("del", -2, &["write"], (1, -1, 1), REMOVE, &["@keyspace", "@write", "@slow"], "generic", "Deletes keys"),
+    row("discard", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NO_KEYS, &[], &["@fast", "@transaction"], "transactions", "Discards a transaction"),
     row("echo", 2, &["fast"], NO_KEYS, &[], &["@fast", "@connection"], "connection", "Returns the given string"),
+    row("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NO_KEYS, &[], &["@slow", "@transaction"], "transactions", "Applies the queued commands as one log entry, unless a watched key changed"),
     row("exists", -2, &["readonly", "fast"], (1, -1, 1), READ, &["@keyspace", "@read", "@fast"], "generic", "Counts how many of the given keys exist"),
     row("expire", -3, &["write", "fast"], ONE_KEY, UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Sets a key's time to live in seconds"),
     row("expireat", -3, &["write", "fast"], ONE_KEY, UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Sets a key's expiry as a Unix time in seconds"),
@@ -104,6 +106,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     row("mget", -2, &["readonly", "fast"], (1, -1, 1), READ, &["@read", "@string", "@fast"], "string", "The values of several keys"),
     row("mset", -3, &["write", "denyoom"], (1, -1, 2), OVERWRITE, &["@write", "@string", "@slow"], "string", "Sets several keys at once"),
     row("msetnx", -3, &["write", "denyoom"], (1, -1, 2), OVERWRITE, &["@write", "@string", "@slow"], "string", "Sets several keys at once, only if none exists"),
+    row("multi", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NO_KEYS, &[], &["@fast", "@transaction"], "transactions", "Starts a transaction"),
     row("persist", 2, &["write", "fast"], ONE_KEY, UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Removes a key's expiry"),
     row("pexpire", -3, &["write", "fast"], ONE_KEY, UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Sets a key's time to live in milliseconds"),
     row("pexpireat", -3, &["write", "fast"], ONE_KEY, UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Sets a key's expiry as a Unix time in milliseconds"),
@@ -127,6 +130,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     row("ttl", 2, &["readonly", "fast"], ONE_KEY, READ, &["@keyspace", "@read", "@fast"], "generic", "A key's time to live in seconds"),
     row("type", 2, &["readonly", "fast"], ONE_KEY, READ, &["@keyspace", "@read", "@fast"], "generic", "The type of a key's value"),
     row("unlink", -2, &["write", "fast"], (1, -1, 1), REMOVE, &["@keyspace", "@write", "@fast"], "generic", "Deletes keys (as DEL)"),
+    row("unwatch", 1, &["noscript", "loading", "stale", "fast", "allow_busy"], NO_KEYS, &[], &["@fast", "@transaction"], "transactions", "Forgets the watched keys"),
+    row("watch", -2, &["noscript", "loading", "stale", "fast", "allow_busy"], (1, -1, 1), READ, &["@fast", "@transaction"], "transactions", "Makes EXEC apply nothing if one of these keys changes first"),
 ];
 
 /// Commands the server itself runs (the others are [`crate::server_data`]'s).
@@ -135,10 +140,13 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "CLIENT",
     "COMMAND",
     "CONFIG",
+    "DISCARD",
     "ECHO",
+    "EXEC",
     "HELLO",
     "INFO",
     "LEADER",
+    "MULTI",
     "PING",
     "QUIT",
     "RAFT.MEMBER",
@@ -146,6 +154,8 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "RESET",
     "SELECT",
     "SEQ",
+    "UNWATCH",
+    "WATCH",
 ];
 
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
