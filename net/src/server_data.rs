@@ -8,21 +8,14 @@ use kv::{Command, CommandResult};
 use crate::request::{NodeHandle, ReadOp, ReadResult};
 use crate::resp::Reply;
 use crate::server::request_error;
-use crate::server_parse::{parse, Parsed, Shape};
+use crate::server_parse::{parse, unknown_command, Parsed, Shape};
 
 pub use crate::server_parse::is_read;
 
 /// Runs the data command `name` (upper case) inside `session`.
 pub async fn execute(name: &str, args: &[Bytes], node: &NodeHandle, session: (u64, u64)) -> Reply {
     match parse(name, args) {
-        None => Reply::error(format!(
-            "ERR unknown command '{}', with args beginning with: {}",
-            name.to_ascii_lowercase(),
-            args.iter()
-                .take(3)
-                .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
-                .collect::<String>()
-        )),
+        None => Reply::error(unknown_command(name, args)),
         Some(Err(e)) => Reply::error(e),
         Some(Ok(parsed)) => run(parsed, node, session).await,
     }

@@ -353,72 +353,9 @@ pub fn config(port: &ClientPort, args: &[Bytes]) -> Reply {
     }
 }
 
-/// Redis's glob, case-insensitive (as CONFIG GET matches): `*`, `?`, `[abc]`, `[^a-z]`, `\x`.
-/// Linear in the text for each star it backs up to, never exponential.
+/// Redis's glob, case-insensitive (as CONFIG GET and COMMAND LIST match names).
 pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if let Some(&c) = pattern.get(p) {
-            if c == b'*' {
-                star = Some((p, t));
-                p += 1;
-                continue;
-            }
-            if let Some(next) = match_one(pattern, p, text[t]) {
-                p = next;
-                t += 1;
-                continue;
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                star = Some((sp, st + 1));
-                p = sp + 1;
-                t = st + 1;
-            }
-            None => return false,
-        }
-    }
-    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
-}
-
-/// Whether the pattern element at `p` (not a star) matches `c`; if so, where the next begins.
-fn match_one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
-    let same = |a: u8, b: u8| a.eq_ignore_ascii_case(&b);
-    match pattern[p] {
-        b'?' => Some(p + 1),
-        b'\\' if p + 1 < pattern.len() => same(pattern[p + 1], c).then_some(p + 2),
-        b'[' => {
-            let mut i = p + 1;
-            let negate = pattern.get(i) == Some(&b'^');
-            if negate {
-                i += 1;
-            }
-            let mut matched = false;
-            while i < pattern.len() && pattern[i] != b']' {
-                if pattern[i] == b'\\' && i + 1 < pattern.len() {
-                    matched |= same(pattern[i + 1], c);
-                    i += 2;
-                } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' && pattern[i + 2] != b']'
-                {
-                    let (lo, hi) = (
-                        pattern[i].min(pattern[i + 2]),
-                        pattern[i].max(pattern[i + 2]),
-                    );
-                    let lc = c.to_ascii_lowercase();
-                    let uc = c.to_ascii_uppercase();
-                    matched |= (lo..=hi).contains(&lc) || (lo..=hi).contains(&uc);
-                    i += 3;
-                } else {
-                    matched |= same(pattern[i], c);
-                    i += 1;
-                }
-            }
-            (matched != negate).then_some((i + 1).min(pattern.len()))
-        }
-        other => same(other, c).then_some(p + 1),
-    }
+    kv::glob::matches(&pattern.to_ascii_lowercase(), &text.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::request::{NodeHandle, ReadOp, ReadResult};
 use crate::resp::Reply;
 use crate::server::request_error;
 use crate::server_data::{command_reply, shaped};
-use crate::server_parse::{parse, Parsed, Shape};
+use crate::server_parse::{parse, unknown_command, Parsed, Shape};
 
 /// Most commands one transaction may queue.
 pub const MAX_QUEUED: usize = 100_000;
@@ -69,14 +69,7 @@ impl Transaction {
             Some(Err(e)) => Queued::Fails(e),
             None if crate::command_table::lookup(name.as_bytes()).is_none() => {
                 self.failed = true;
-                return Reply::error(format!(
-                    "ERR unknown command '{}', with args beginning with: {}",
-                    name.to_ascii_lowercase(),
-                    args.iter()
-                        .take(3)
-                        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
-                        .collect::<String>()
-                ));
+                return Reply::error(unknown_command(name, args));
             }
             None => {
                 self.failed = true;

@@ -92,6 +92,19 @@ fn int(b: &[u8]) -> Result<i64, String> {
     kv::redis_int::parse_i64(b).ok_or_else(|| NOT_INTEGER.to_string())
 }
 
+/// Redis's text for a command it does not know.
+pub fn unknown_command(name: &str, args: &[Bytes]) -> String {
+    let first: String = args
+        .iter()
+        .take(3)
+        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+        .collect();
+    format!(
+        "ERR unknown command '{}', with args beginning with: {first}",
+        name.to_ascii_lowercase()
+    )
+}
+
 fn arity(name: &str) -> String {
     format!(
         "ERR wrong number of arguments for '{}' command",
