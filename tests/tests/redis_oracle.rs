@@ -112,6 +112,36 @@ INCR si:big
 SET si:min -9223372036854775808
 DECR si:min
 
+## RESP3 after HELLO 3
+? HELLO 3
+GET r3:missing
+SET r3:a 10
+GET r3:a
+INCR r3:a
+EXISTS r3:a r3:missing
+DEL r3:a
+INCRBY r3:a +1
+GET
+PING
+ECHO "\x00x"
+? HELLO 2
+GET r3:missing
+
+## connection commands
+PING
+PING hello
+ECHO hi
+SELECT 0
+# SELECT 1 differs by design: one database (db 0), where Redis has 16
+CLIENT SETNAME "with space"
+CLIENT SETNAME oracle
+CLIENT GETNAME
+CLIENT NOSUCH
+HELLO 4
+AUTH x
+AUTH default x
+? CLIENT ID
+
 ## unknown commands
 FROBNICATE
 frob w:a w:b
