@@ -57,7 +57,6 @@ async fn redis_py_with_its_defaults_runs_the_basic_commands() {
 
 /// `r.pipeline()` (MULTI/EXEC), WATCH aborting it, `r.transaction`, an error inside EXEC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits for MULTI/EXEC/WATCH"]
 async fn redis_py_pipeline_is_a_transaction() {
     run_stage("transaction").await;
 }
@@ -76,7 +75,6 @@ async fn redis_py_scan_iter_walks_every_key() {
 
 /// A `SET NX PX` lock, released by its holder through WATCH/MULTI, or by its expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits for MULTI/EXEC/WATCH (the holder releases through them)"]
 async fn redis_py_set_nx_px_lock() {
     run_stage("lock").await;
 }

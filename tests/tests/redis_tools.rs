@@ -87,7 +87,6 @@ async fn redis_benchmark_runs_its_tests_without_errors() {
 /// `redis-cli --stat` for a few intervals: every row shows the key count and figures (a field
 /// INFO lacks shows as a huge negative number).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits for INFO's standard fields (clients, memory, stats) and its Keyspace section"]
 async fn redis_cli_stat_shows_the_figures() {
     let (cluster, port) = cluster_and_port().await;
     write_keys(&cluster, 20);
