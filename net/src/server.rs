@@ -241,6 +241,10 @@ async fn connection_command(
     }
     let reply = match name.as_str() {
         "QUIT" => return (Reply::ok(), true),
+        "ECHO" => match args {
+            [msg] => Reply::Bulk(msg.clone()),
+            _ => arity_error(&name),
+        },
         "HELLO" => {
             let role = match node {
                 Some(node) => match node.info().await {
@@ -381,10 +385,6 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
     let reply = match name.as_str() {
         "PING" => match args {
             [] => Reply::Simple("PONG".into()),
-            [msg] => Reply::Bulk(msg.clone()),
-            _ => arity_error(&name),
-        },
-        "ECHO" => match args {
             [msg] => Reply::Bulk(msg.clone()),
             _ => arity_error(&name),
         },

@@ -231,9 +231,9 @@ fn has_subcommands(name: &str) -> bool {
 /// answered while the node is still loading, when every other command (PING included, as in
 /// Redis) is answered `-LOADING`.
 pub fn is_connection_command(name: &[u8]) -> bool {
-    const NAMES: [&str; 14] = [
-        "HELLO", "AUTH", "CLIENT", "SELECT", "RESET", "QUIT", "INFO", "CONFIG", "COMMAND", "MULTI",
-        "EXEC", "DISCARD", "WATCH", "UNWATCH",
+    const NAMES: [&str; 15] = [
+        "HELLO", "AUTH", "CLIENT", "SELECT", "RESET", "QUIT", "INFO", "CONFIG", "COMMAND", "ECHO",
+        "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH",
     ];
     NAMES
         .iter()

@@ -123,6 +123,14 @@ async fn hello_3_switches_the_connection_to_resp3_and_hello_2_back() {
         "RESP3's null"
     );
     assert_eq!(c.call(&["INCR", "resp3:n"]).await, Reply::Integer(1));
+    let Reply::Verbatim(keyspace) = c.call(&["INFO", "keyspace"]).await else {
+        panic!("INFO is a verbatim string in RESP3")
+    };
+    let keyspace = String::from_utf8_lossy(&keyspace).into_owned();
+    assert!(
+        keyspace.starts_with("# Keyspace\r\ndb0:keys=") && keyspace.contains(",expires=0,"),
+        "{keyspace}"
+    );
     assert_eq!(
         c.call(&["DEL", "resp3:k", "resp3:n"]).await,
         Reply::Integer(2)
@@ -219,6 +227,7 @@ async fn a_node_that_has_not_started_answers_loading_and_still_says_hello() {
     let loading = Reply::error("LOADING Redis is loading the dataset in memory");
     assert_eq!(c.call(&["PING"]).await, loading);
     assert_eq!(c.call(&["GET", "k"]).await, loading);
+    assert_eq!(c.call(&["ECHO", "hi"]).await, Reply::bulk("hi"));
     let hello = c.call(&["HELLO", "3"]).await;
     assert_eq!(map_get(&hello, "proto"), Some(&Reply::Integer(3)));
     let Reply::Verbatim(info) = c.call(&["INFO"]).await else {
