@@ -224,7 +224,7 @@ async fn connection_command(
         "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "QUIT" | "RESET"
     );
     if conn.tx.is_open() && !immediate {
-        return (conn.tx.queue(&name, args), false);
+        return (conn.tx.queue(&name, &req.args[0], args), false);
     }
     if server_multi::is_transaction_command(&name)
         || !server_conn::is_connection_command(&req.args[0])
@@ -397,6 +397,7 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
                         };
                         server_data::execute(
                             &upper(&rest[0]),
+                            &rest[0],
                             &inner.args[1..],
                             node,
                             (client, seq),
@@ -423,7 +424,7 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
         "RAFT.TRANSFER-LEADER" => {
             server_admin::execute(server_admin::parse_transfer_command(args), node).await
         }
-        _ => server_data::execute(&name, args, node, session).await,
+        _ => server_data::execute(&name, &req.args[0], args, node, session).await,
     };
     (reply, false)
 }

@@ -12,10 +12,17 @@ use crate::server_parse::{parse, unknown_command, Parsed, Shape};
 
 pub use crate::server_parse::is_read;
 
-/// Runs the data command `name` (upper case) inside `session`.
-pub async fn execute(name: &str, args: &[Bytes], node: &NodeHandle, session: (u64, u64)) -> Reply {
+/// Runs the data command `name` (upper case; `sent_name` as the client wrote it) inside
+/// `session`.
+pub async fn execute(
+    name: &str,
+    sent_name: &[u8],
+    args: &[Bytes],
+    node: &NodeHandle,
+    session: (u64, u64),
+) -> Reply {
     match parse(name, args) {
-        None => Reply::error(unknown_command(name, args)),
+        None => Reply::error(unknown_command(sent_name, args)),
         Some(Err(e)) => Reply::error(e),
         Some(Ok(parsed)) => run(parsed, node, session).await,
     }

@@ -52,8 +52,9 @@ impl Transaction {
         *self = Transaction::default();
     }
 
-    /// Queues command `name` (upper case) after MULTI, or answers why it cannot.
-    pub fn queue(&mut self, name: &str, args: &[Bytes]) -> Reply {
+    /// Queues command `name` (upper case; `sent_name` as the client wrote it) after MULTI, or
+    /// answers why it cannot.
+    pub fn queue(&mut self, name: &str, sent_name: &[u8], args: &[Bytes]) -> Reply {
         let Some(queued) = self.queued.as_mut() else {
             return Reply::error("ERR internal error: no transaction open");
         };
@@ -69,7 +70,7 @@ impl Transaction {
             Some(Err(e)) => Queued::Fails(e),
             None if crate::command_table::lookup(name.as_bytes()).is_none() => {
                 self.failed = true;
-                return Reply::error(unknown_command(name, args));
+                return Reply::error(unknown_command(sent_name, args));
             }
             None => {
                 self.failed = true;

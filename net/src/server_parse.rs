@@ -92,8 +92,9 @@ fn int(b: &[u8]) -> Result<i64, String> {
     kv::redis_int::parse_i64(b).ok_or_else(|| NOT_INTEGER.to_string())
 }
 
-/// Redis's text for a command it does not know.
-pub fn unknown_command(name: &str, args: &[Bytes]) -> String {
+/// Redis's text for a command it does not know: the name as it was sent, and the first
+/// arguments.
+pub fn unknown_command(sent_name: &[u8], args: &[Bytes]) -> String {
     let first: String = args
         .iter()
         .take(3)
@@ -101,7 +102,7 @@ pub fn unknown_command(name: &str, args: &[Bytes]) -> String {
         .collect();
     format!(
         "ERR unknown command '{}', with args beginning with: {first}",
-        name.to_ascii_lowercase()
+        String::from_utf8_lossy(sent_name)
     )
 }
 

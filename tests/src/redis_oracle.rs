@@ -124,20 +124,6 @@ pub const NORMALISATIONS: &[Normalisation] = &[
             _ => None,
         },
     },
-    Normalisation {
-        name: "unknown command's argument list",
-        reason: "Redis 7 quotes the command's name as it was sent and lists its first \
-                 arguments; ours lowercases the name (and left the arguments out before HELLO \
-                 came): a gap in the server's text, not a design difference; drop this entry \
-                 once it says the same",
-        rewrite: |_, reply| match reply {
-            RespValue::Error(e) if e.starts_with("ERR unknown command '") => {
-                let cut = e.find(", with args beginning with:").unwrap_or(e.len());
-                Some(RespValue::Error(e[..cut].to_ascii_lowercase()))
-            }
-            _ => None,
-        },
-    },
 ];
 
 fn is_command(command: &[Vec<u8>], name: &str) -> bool {
