@@ -143,20 +143,6 @@ impl Query {
             tag => return Err(DecodeError::UnknownTag { what: "query", tag }),
         })
     }
-
-    /// Encoded on its own (a read request that travels between processes).
-    pub fn encode(&self) -> Bytes {
-        let mut b = Vec::new();
-        self.write_to(&mut b);
-        Bytes::from(b)
-    }
-
-    pub fn decode(buf: Bytes) -> Result<Query, DecodeError> {
-        let mut r = Reader::new(buf);
-        let q = Query::read_from(&mut r)?;
-        r.finish()?;
-        Ok(q)
-    }
 }
 
 fn key_op(b: &mut Vec<u8>, tag: u8, key: &[u8]) {

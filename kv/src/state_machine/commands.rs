@@ -9,16 +9,17 @@ use super::keyspace::Txn;
 use super::records::Session;
 use super::{KvStateMachine, SESSIONLESS_CLIENT};
 use crate::command::{Command, CommandResult, MAX_COMMAND_LEN};
-use crate::error::Result;
+use crate::error::{DecodeError, Result};
 
 impl KvStateMachine {
     pub(super) fn apply_entry(
         &mut self,
         e: &Entry,
+        decoded: &std::result::Result<Command, DecodeError>,
         t: &mut Txn,
         dirty: &mut BTreeSet<u64>,
     ) -> Result<CommandResult> {
-        let cmd = match Command::decode(&e.payload) {
+        let cmd = match decoded {
             Ok(c) => c,
             // Every replica holds the same bytes and so reaches the same verdict: skipping the
             // entry keeps them identical, while halting would stop the whole cluster.

@@ -395,22 +395,29 @@ impl KvStateMachine {
         last_term: Term,
     ) -> Result<Applied> {
         let mut t = Txn::new(self);
-        let commands: Vec<crate::command::Command> = fresh
+        // Decoded once: the keys are read ahead for the whole batch, then each command runs.
+        let commands: Vec<
+            Option<std::result::Result<crate::command::Command, crate::DecodeError>>,
+        > = fresh
             .iter()
-            .filter(|e| e.kind == EntryKind::Normal)
-            .filter_map(|e| crate::command::Command::decode(&e.payload).ok())
+            .map(|e| {
+                (e.kind == EntryKind::Normal).then(|| crate::command::Command::decode(&e.payload))
+            })
             .collect();
         let (mut keys, mut values) = (Vec::new(), Vec::new());
-        for c in &commands {
+        for c in commands.iter().flatten().flatten() {
             c.op.visit_strings(&mut keys, &mut values);
         }
         self.prefetch(&mut t, keys.into_iter())?;
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
         let mut members: Option<MemberTable> = None;
-        for e in fresh {
+        for (e, decoded) in fresh.iter().zip(&commands) {
             let r = match e.kind {
-                EntryKind::Normal => Some(self.apply_entry(e, &mut t, &mut dirty)?),
+                EntryKind::Normal => match decoded {
+                    Some(decoded) => Some(self.apply_entry(e, decoded, &mut t, &mut dirty)?),
+                    None => None,
+                },
                 EntryKind::Clock => {
                     // Every replica holds the same bytes: an unreadable stamp is skipped alike.
                     if let Some(ms) = raft_core::clock::decode_clock(&e.payload) {
