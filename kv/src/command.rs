@@ -96,8 +96,8 @@ pub enum Op {
     },
     /// `FLUSHALL`/`FLUSHDB`.
     FlushAll,
-    /// `MULTI ... EXEC`: applied as one, after checking that every watched key still has the
-    /// version it had when watched (else nothing is applied: [`CommandResult::Aborted`]).
+    /// `MULTI ... EXEC`: applied as one, after checking that no watched key was touched since
+    /// `Query::Versions` gave its token (else nothing is applied: [`CommandResult::Aborted`]).
     Multi {
         watches: Vec<(Bytes, u64)>,
         ops: Vec<Op>,

@@ -62,7 +62,8 @@ pub enum Query {
     Keys {
         pattern: Bytes,
     },
-    /// Each key's version (0: absent), for `WATCH`.
+    /// Each key's watch token, for `WATCH`: its version, or [`crate::state_machine::WATCHED_ABSENT`]
+    /// with the index read at if it is absent (`state_machine/watch.rs`).
     Versions {
         keys: Vec<Bytes>,
     },

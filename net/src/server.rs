@@ -107,104 +107,174 @@ pub async fn serve_clients<L: Listener>(
 /// A parsed request, or the error that answers a request the parser refused and skipped.
 type Incoming = Result<Request, ParseError>;
 
+/// One client connection's task: it reads requests, answers each pipeline in order, and ends
+/// when the client closes, asks to QUIT, breaks the protocol, or the port shuts down.
+struct ConnectionTask<S> {
+    stream: S,
+    conn: Connection,
+    node: watch::Receiver<Option<NodeHandle>>,
+    shutdown: watch::Receiver<bool>,
+    parser: RequestParser,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+    /// Sessionless writes need request ids unique cluster-wide, across restarts too.
+    ids: rand::rngs::StdRng,
+}
+
+/// What the requests read so far say to do.
+struct Pipeline {
+    requests: Vec<Incoming>,
+    /// The stream cannot be resynchronised after this: answer it, then close.
+    protocol_error: Option<ParseError>,
+}
+
 async fn serve_connection<S: Stream>(
-    mut stream: S,
-    mut conn: Connection,
+    stream: S,
+    conn: Connection,
     node: watch::Receiver<Option<NodeHandle>>,
     conn_seed: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let port = conn.port().clone();
-    let mut parser = RequestParser::new(Limits::default());
-    let mut inbuf = BytesMut::with_capacity(16 * 1024);
-    let mut outbuf = BytesMut::with_capacity(16 * 1024);
-    // Sessionless writes need request ids unique cluster-wide, across restarts too.
-    let mut ids = rand::rngs::StdRng::seed_from_u64(conn_seed);
-    loop {
-        let mut batch: Vec<Incoming> = Vec::new();
-        let mut protocol_error = None;
-        while batch.len() < MAX_PIPELINE {
-            match parser.parse(&mut inbuf) {
-                Ok(Some(req)) => batch.push(Ok(req)),
+    let mut task = ConnectionTask {
+        stream,
+        conn,
+        node,
+        shutdown,
+        parser: RequestParser::new(Limits::default()),
+        inbuf: BytesMut::with_capacity(16 * 1024),
+        outbuf: BytesMut::with_capacity(16 * 1024),
+        ids: rand::rngs::StdRng::seed_from_u64(conn_seed),
+    };
+    task.run().await
+}
+
+impl<S: Stream> ConnectionTask<S> {
+    async fn run(&mut self) {
+        loop {
+            let pipeline = self.parse_buffered();
+            if pipeline.requests.is_empty() && pipeline.protocol_error.is_none() {
+                if self.read_more().await {
+                    continue;
+                }
+                return;
+            }
+            let quit = self.answer(pipeline.requests).await;
+            if let Some(e) = &pipeline.protocol_error {
+                tracing::debug!(error = %e, "closing a client connection after a protocol error");
+                Reply::error(e.reply_text()).encode_for(self.conn.protocol, &mut self.outbuf);
+            }
+            if !self.send_replies().await {
+                return;
+            }
+            if quit || pipeline.protocol_error.is_some() {
+                let _ = self.stream.flush().await;
+                return;
+            }
+        }
+    }
+
+    /// The requests complete in the input buffer, at most [`MAX_PIPELINE`].
+    fn parse_buffered(&mut self) -> Pipeline {
+        let mut pipeline = Pipeline {
+            requests: Vec::new(),
+            protocol_error: None,
+        };
+        while pipeline.requests.len() < MAX_PIPELINE {
+            match self.parser.parse(&mut self.inbuf) {
+                Ok(Some(req)) => pipeline.requests.push(Ok(req)),
                 Ok(None) => break,
-                Err(e) if !e.is_fatal() => batch.push(Err(e)),
+                Err(e) if !e.is_fatal() => pipeline.requests.push(Err(e)),
                 Err(e) => {
-                    protocol_error = Some(e);
+                    pipeline.protocol_error = Some(e);
                     break;
                 }
             }
         }
-        if batch.is_empty() && protocol_error.is_none() {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => return,
-                read = stream.read_buf(&mut inbuf) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        port.net_input_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        continue;
-                    }
-                },
-            }
+        pipeline
+    }
+
+    /// Waits for more input; false when the connection is over (closed, failed, shut down).
+    async fn read_more(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.changed() => false,
+            read = self.stream.read_buf(&mut self.inbuf) => match read {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    self.conn.port().net_input_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    true
+                }
+            },
         }
-        port.count_commands(batch.len() as u64);
-        let node = node.borrow().clone();
-        let mut quit = false;
-        for run in runs_in_pipeline_order(batch, conn.tx.is_open()) {
-            match run {
+    }
+
+    /// Answers a pipeline into the output buffer, in order; true if the client asked to quit
+    /// (the requests after that are not answered).
+    async fn answer(&mut self, requests: Vec<Incoming>) -> bool {
+        self.conn.port().count_commands(requests.len() as u64);
+        let node = self.node.borrow().clone();
+        for run in runs_in_pipeline_order(requests, self.conn.tx.is_open()) {
+            let quit = match run {
                 Run::Refused(e) => {
-                    Reply::error(e.reply_text()).encode_for(conn.protocol, &mut outbuf)
+                    Reply::error(e.reply_text()).encode_for(self.conn.protocol, &mut self.outbuf);
+                    false
                 }
-                Run::Connection(req) => {
-                    conn.note_command(&req.args);
-                    let request_id = ids.gen::<u64>() | 1;
-                    let (reply, close) =
-                        connection_command(&mut conn, &req, node.as_ref(), request_id).await;
-                    reply.encode_for(conn.protocol, &mut outbuf);
-                    quit |= close;
-                }
-                Run::Node(run) => {
-                    if let Some(last) = run.last() {
-                        conn.note_command(&last.args);
-                    }
-                    let Some(node) = &node else {
-                        for _ in &run {
-                            Reply::error(LOADING).encode_for(conn.protocol, &mut outbuf);
-                        }
-                        continue;
-                    };
-                    // The connection's state is settled for the whole run: its commands only
-                    // read or write data.
-                    let replies = join_in_order(
-                        run.into_iter()
-                            .map(|req| execute(req, node, ids.gen::<u64>() | 1))
-                            .collect(),
-                    )
-                    .await;
-                    for (reply, close) in replies {
-                        reply.encode_for(conn.protocol, &mut outbuf);
-                        quit |= close;
-                    }
-                }
-            }
+                Run::Connection(req) => self.answer_connection_command(req, node.as_ref()).await,
+                Run::Node(run) => self.answer_node_run(run, node.as_ref()).await,
+            };
             if quit {
-                break;
+                return true;
             }
         }
-        if let Some(e) = &protocol_error {
-            tracing::debug!(error = %e, "closing a client connection after a protocol error");
-            Reply::error(e.reply_text()).encode_for(conn.protocol, &mut outbuf);
+        false
+    }
+
+    async fn answer_connection_command(&mut self, req: Request, node: Option<&NodeHandle>) -> bool {
+        self.conn.note_command(&req.args);
+        let request_id = self.ids.gen::<u64>() | 1;
+        let (reply, close) = connection_command(&mut self.conn, &req, node, request_id).await;
+        reply.encode_for(self.conn.protocol, &mut self.outbuf);
+        close
+    }
+
+    /// Runs requests that only read or write data concurrently (the connection's state is
+    /// settled for the whole run), and answers them in order.
+    async fn answer_node_run(&mut self, run: Vec<Request>, node: Option<&NodeHandle>) -> bool {
+        if let Some(last) = run.last() {
+            self.conn.note_command(&last.args);
         }
-        port.net_output_bytes
-            .fetch_add(outbuf.len() as u64, Ordering::Relaxed);
-        if stream.write_all(&outbuf).await.is_err() {
-            return;
+        let Some(node) = node else {
+            for _ in &run {
+                Reply::error(LOADING).encode_for(self.conn.protocol, &mut self.outbuf);
+            }
+            return false;
+        };
+        let ids = &mut self.ids;
+        let replies = join_in_order(
+            run.into_iter()
+                .map(|req| execute(req, node, ids.gen::<u64>() | 1))
+                .collect(),
+        )
+        .await;
+        let mut quit = false;
+        for (reply, close) in replies {
+            reply.encode_for(self.conn.protocol, &mut self.outbuf);
+            quit |= close;
         }
-        outbuf.clear();
-        if quit || protocol_error.is_some() {
-            let _ = stream.flush().await;
-            return;
+        quit
+    }
+
+    /// Writes the output buffer out; false if the connection failed.
+    async fn send_replies(&mut self) -> bool {
+        self.conn
+            .port()
+            .net_output_bytes
+            .fetch_add(self.outbuf.len() as u64, Ordering::Relaxed);
+        if self.stream.write_all(&self.outbuf).await.is_err() {
+            return false;
         }
+        self.outbuf.clear();
+        true
     }
 }
 
@@ -226,61 +296,112 @@ async fn connection_command(
     if conn.tx.is_open() && !immediate {
         return (conn.tx.queue(&name, &req.args[0], args), false);
     }
-    if server_multi::is_transaction_command(&name)
-        || !server_conn::is_connection_command(&req.args[0])
-    {
-        let Some(node) = node else {
-            return (Reply::error(LOADING), false);
-        };
-        if server_multi::is_transaction_command(&name) {
-            let session = (kv::SESSIONLESS_CLIENT, request_id);
-            return (conn.tx.command(&name, args, node, session).await, false);
-        }
-        // A command the pipeline split expected MULTI to queue, after a MULTI that failed.
-        return execute(req.clone(), node, request_id).await;
-    }
-    let reply = match name.as_str() {
+    match name.as_str() {
         "QUIT" => return (Reply::ok(), true),
+        "HELLO" => return (hello(conn, args, node).await, false),
+        "RESET" => return (server_conn::reset(conn), false),
+        _ => {}
+    }
+    let transaction = server_multi::is_transaction_command(&name);
+    if !transaction && server_conn::is_connection_command(&req.args[0]) {
+        return (local_command(conn, &req.args, node).await, false);
+    }
+    let Some(node) = node else {
+        return (Reply::error(LOADING), false);
+    };
+    if transaction {
+        let session = (kv::SESSIONLESS_CLIENT, request_id);
+        return (
+            server_multi::command(conn, &name, args, node, session).await,
+            false,
+        );
+    }
+    // A command the pipeline split expected MULTI to queue, after a MULTI that failed.
+    execute(req.clone(), node, request_id).await
+}
+
+async fn hello(conn: &mut Connection, args: &[Bytes], node: Option<&NodeHandle>) -> Reply {
+    let role = match node {
+        Some(node) => match node.info().await {
+            Ok(info) if info.role == raft_core::Role::Leader => "master",
+            _ => "replica",
+        },
+        None => "replica",
+    };
+    server_conn::hello(conn, args, role)
+}
+
+/// A command that needs neither the log nor a read index: it reads or changes only the
+/// connection, or describes the node. It runs at once, or at EXEC for one that MULTI queued
+/// ([`server_multi::is_queued_locally`]). `req` is the whole request, its name first.
+pub(crate) async fn local_command(
+    conn: &mut Connection,
+    req: &[Bytes],
+    node: Option<&NodeHandle>,
+) -> Reply {
+    let name = upper(&req[0]);
+    let args = &req[1..];
+    match name.as_str() {
+        "PING" => ping(args),
         "ECHO" => match args {
             [msg] => Reply::Bulk(msg.clone()),
             _ => arity_error(&name),
         },
-        "HELLO" => {
-            let role = match node {
-                Some(node) => match node.info().await {
-                    Ok(info) if info.role == raft_core::Role::Leader => "master",
-                    _ => "replica",
-                },
-                None => "replica",
-            };
-            server_conn::hello(conn, args, role)
-        }
+        "LEADER" => match node {
+            Some(node) => leader(args, node).await,
+            None => Reply::error(LOADING),
+        },
         "AUTH" => server_conn::auth(args),
         "CLIENT" => server_conn::client(conn, args),
         "SELECT" => server_conn::select(args),
-        "RESET" => server_conn::reset(conn),
         "COMMAND" => command_table::command(args),
         "CONFIG" => server_info::config(conn.port(), args),
-        "INFO" => {
-            let info = match node {
-                Some(node) => match node.info().await {
-                    Ok(info) => Some(info),
-                    Err(e) => return (request_error(e), false),
-                },
-                None => None,
-            };
-            let source = InfoSource {
-                port: conn.port(),
-                node: info.as_ref(),
-            };
-            Reply::Verbatim(Bytes::from(server_info::info_text(&source, args)))
+        "INFO" => info(conn, args, node).await,
+        "UNWATCH" if args.is_empty() => {
+            conn.tx.unwatch();
+            Reply::ok()
         }
         _ => Reply::error(format!(
             "ERR unknown command '{}'",
             name.to_ascii_lowercase()
         )),
+    }
+}
+
+fn ping(args: &[Bytes]) -> Reply {
+    match args {
+        [] => Reply::Simple("PONG".into()),
+        [msg] => Reply::Bulk(msg.clone()),
+        _ => arity_error("PING"),
+    }
+}
+
+/// The leader's client address, or nil while it is unknown.
+async fn leader(args: &[Bytes], node: &NodeHandle) -> Reply {
+    if !args.is_empty() {
+        return arity_error("LEADER");
+    }
+    match node.info().await {
+        Ok(info) => info
+            .leader_client_addr
+            .map_or(Reply::Nil, |a| Reply::Bulk(Bytes::from(a))),
+        Err(e) => request_error(e),
+    }
+}
+
+async fn info(conn: &Connection, args: &[Bytes], node: Option<&NodeHandle>) -> Reply {
+    let info = match node {
+        Some(node) => match node.info().await {
+            Ok(info) => Some(info),
+            Err(e) => return request_error(e),
+        },
+        None => None,
     };
-    (reply, false)
+    let source = InfoSource {
+        port: conn.port(),
+        node: info.as_ref(),
+    };
+    Reply::Verbatim(Bytes::from(server_info::info_text(&source, args)))
 }
 
 /// What runs together in a pipeline.
@@ -383,11 +504,7 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
     let args = &req.args[1..];
     let session = (SESSIONLESS_CLIENT, request_id);
     let reply = match name.as_str() {
-        "PING" => match args {
-            [] => Reply::Simple("PONG".into()),
-            [msg] => Reply::Bulk(msg.clone()),
-            _ => arity_error(&name),
-        },
+        "PING" => ping(args),
         "SEQ" => match args {
             [client, seq, rest @ ..] if !rest.is_empty() => {
                 match (parse_u64(client), parse_u64(seq)) {
@@ -409,15 +526,7 @@ pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply
             }
             _ => arity_error(&name),
         },
-        "LEADER" => match args {
-            [] => match node.info().await {
-                Ok(info) => info
-                    .leader_client_addr
-                    .map_or(Reply::Nil, |a| Reply::Bulk(Bytes::from(a))),
-                Err(e) => request_error(e),
-            },
-            _ => arity_error(&name),
-        },
+        "LEADER" => leader(args, node).await,
         "RAFT.MEMBER" => {
             server_admin::execute(server_admin::parse_member_command(args), node).await
         }

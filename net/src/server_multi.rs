@@ -4,13 +4,18 @@
 //! as one log entry ([`kv::Op::Multi`]), which every replica applies atomically. WATCH reads
 //! each key's version (the log index that last wrote it) at a read index; EXEC carries them,
 //! and the entry applies nothing if one changed: EXEC answers a null array.
+//!
+//! The commands that touch no data and that Redis also queues (PING, ECHO, CLIENT, INFO, ...:
+//! [`is_queued_locally`]) go to no log entry: each runs when EXEC's entry has applied, in its
+//! place in the reply, and not at all if the entry aborted.
 
 use bytes::Bytes;
 use kv::{Command, CommandResult, Op, Query};
 
 use crate::request::{NodeHandle, ReadOp, ReadResult};
 use crate::resp::Reply;
-use crate::server::request_error;
+use crate::server::{arity_error, local_command, request_error};
+use crate::server_conn::Connection;
 use crate::server_data::{command_reply, shaped};
 use crate::server_parse::{parse, unknown_command, Parsed, Shape};
 
@@ -22,12 +27,51 @@ pub fn is_transaction_command(name: &str) -> bool {
     matches!(name, "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH")
 }
 
-/// A queued command: one to run, or one whose arguments Redis checks only when it runs (its
-/// error is EXEC's answer for it; the others still run).
+/// Whether MULTI queues command `name` (upper case) to run without the log at EXEC: the
+/// commands that only read or change the connection, or describe the node. Those Redis runs
+/// inside a transaction too; HELLO (a protocol switch in the middle of EXEC's reply) and our
+/// own operator and session commands are refused.
+pub fn is_queued_locally(name: &str) -> bool {
+    matches!(
+        name,
+        "PING"
+            | "ECHO"
+            | "LEADER"
+            | "AUTH"
+            | "CLIENT"
+            | "SELECT"
+            | "COMMAND"
+            | "CONFIG"
+            | "INFO"
+            | "UNWATCH"
+    )
+}
+
+/// A queued command: one for the log entry, one whose arguments Redis checks only when it runs
+/// (its error is EXEC's answer for it; the others still run), or one that needs no log entry
+/// (the whole request, name first; see [`is_queued_locally`]).
 #[derive(Debug)]
 enum Queued {
     Run(Op, Shape),
     Fails(String),
+    Local(Vec<Bytes>),
+}
+
+/// Runs transaction command `name` (upper case).
+pub async fn command(
+    conn: &mut Connection,
+    name: &str,
+    args: &[Bytes],
+    node: &NodeHandle,
+    session: (u64, u64),
+) -> Reply {
+    if (name, args.len()) == ("EXEC", 0) {
+        // EXEC ends the transaction whatever happens; the commands it runs without the log may
+        // need the connection itself.
+        let mut tx = std::mem::take(&mut conn.tx);
+        return tx.exec(node, session, conn).await;
+    }
+    conn.tx.command(name, args, node).await
 }
 
 /// One connection's transaction state.
@@ -68,17 +112,29 @@ impl Transaction {
                 return Reply::error(e);
             }
             Some(Err(e)) => Queued::Fails(e),
-            None if crate::command_table::lookup(name.as_bytes()).is_none() => {
-                self.failed = true;
-                return Reply::error(unknown_command(sent_name, args));
-            }
-            None => {
-                self.failed = true;
-                return Reply::error(format!(
-                    "ERR '{}' cannot be used in a transaction here (only data commands are queued)",
-                    name.to_ascii_lowercase()
-                ));
-            }
+            None => match crate::command_table::lookup(name.as_bytes()) {
+                None => {
+                    self.failed = true;
+                    return Reply::error(unknown_command(sent_name, args));
+                }
+                Some(spec) if !arity_allows(spec.arity, args.len()) => {
+                    self.failed = true;
+                    return arity_error(name);
+                }
+                Some(_) if is_queued_locally(name) => {
+                    let mut request = Vec::with_capacity(1 + args.len());
+                    request.push(Bytes::copy_from_slice(sent_name));
+                    request.extend_from_slice(args);
+                    Queued::Local(request)
+                }
+                Some(_) => {
+                    self.failed = true;
+                    return Reply::error(format!(
+                        "ERR '{}' cannot be used in a transaction here",
+                        name.to_ascii_lowercase()
+                    ));
+                }
+            },
         };
         if queued.len() == MAX_QUEUED {
             self.failed = true;
@@ -90,14 +146,13 @@ impl Transaction {
         Reply::Simple("QUEUED".into())
     }
 
-    /// Runs transaction command `name` (upper case).
-    pub async fn command(
-        &mut self,
-        name: &str,
-        args: &[Bytes],
-        node: &NodeHandle,
-        session: (u64, u64),
-    ) -> Reply {
+    /// Forgets the watched keys (UNWATCH).
+    pub fn unwatch(&mut self) {
+        self.watched.clear();
+    }
+
+    /// Runs transaction command `name` (upper case), EXEC apart.
+    async fn command(&mut self, name: &str, args: &[Bytes], node: &NodeHandle) -> Reply {
         match (name, args.len()) {
             ("MULTI", 0) if self.is_open() => Reply::error("ERR MULTI calls can not be nested"),
             ("MULTI", 0) => {
@@ -105,7 +160,6 @@ impl Transaction {
                 self.failed = false;
                 Reply::ok()
             }
-            ("EXEC", 0) => self.exec(node, session).await,
             ("DISCARD", 0) if !self.is_open() => Reply::error("ERR DISCARD without MULTI"),
             ("DISCARD", 0) => {
                 self.reset();
@@ -116,7 +170,7 @@ impl Transaction {
             }
             ("WATCH", n) if n > 0 => self.watch(args, node).await,
             ("UNWATCH", 0) => {
-                self.watched.clear();
+                self.unwatch();
                 Reply::ok()
             }
             _ => Reply::error(format!(
@@ -147,7 +201,13 @@ impl Transaction {
         }
     }
 
-    async fn exec(&mut self, node: &NodeHandle, (client_id, seq): (u64, u64)) -> Reply {
+    /// EXEC, for the transaction taken out of `conn` (whose local commands it runs).
+    async fn exec(
+        &mut self,
+        node: &NodeHandle,
+        (client_id, seq): (u64, u64),
+        conn: &mut Connection,
+    ) -> Reply {
         let Some(queued) = self.queued.take() else {
             return Reply::error("ERR EXEC without MULTI");
         };
@@ -164,28 +224,44 @@ impl Transaction {
                 shapes.push(*shape);
             }
         }
-        let op = Op::Multi { watches, ops };
-        if let Some(too_large) = op.size_error() {
-            return Reply::error(too_large);
-        }
-        match node.write(Command::new(client_id, seq, op)).await {
-            Ok(CommandResult::Array(results)) if results.len() == shapes.len() => {
-                let mut ran = results.into_iter().zip(shapes);
-                let replies = queued
-                    .into_iter()
-                    .map(|item| match item {
-                        Queued::Fails(e) => Reply::error(e),
-                        Queued::Run(..) => match ran.next() {
-                            Some((r, shape)) => shaped(r, shape),
-                            None => Reply::error("ERR internal error: a result is missing"),
-                        },
-                    })
-                    .collect();
-                Reply::Array(replies)
+        let results = if ops.is_empty() && watches.is_empty() {
+            // Nothing to apply and nothing to check: no log entry.
+            Vec::new()
+        } else {
+            let op = Op::Multi { watches, ops };
+            if let Some(too_large) = op.size_error() {
+                return Reply::error(too_large);
             }
-            Ok(CommandResult::Aborted) => Reply::NilArray,
-            Ok(other) => command_reply(other),
-            Err(e) => request_error(e),
+            match node.write(Command::new(client_id, seq, op)).await {
+                Ok(CommandResult::Array(results)) if results.len() == shapes.len() => results,
+                Ok(CommandResult::Aborted) => return Reply::NilArray,
+                Ok(other) => return command_reply(other),
+                Err(e) => return request_error(e),
+            }
+        };
+        let mut ran = results.into_iter().zip(shapes);
+        let mut replies = Vec::with_capacity(queued.len());
+        for item in queued {
+            replies.push(match item {
+                Queued::Fails(e) => Reply::error(e),
+                Queued::Run(..) => match ran.next() {
+                    Some((r, shape)) => shaped(r, shape),
+                    None => Reply::error("ERR internal error: a result is missing"),
+                },
+                Queued::Local(request) => local_command(conn, &request, Some(node)).await,
+            });
         }
+        Reply::Array(replies)
+    }
+}
+
+/// Whether a command of `arity` (the command table's: negative means at least) takes `args`
+/// arguments after its name.
+fn arity_allows(arity: i64, args: usize) -> bool {
+    let given = args as i64 + 1;
+    if arity < 0 {
+        given >= -arity
+    } else {
+        given == arity
     }
 }

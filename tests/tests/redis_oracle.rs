@@ -323,6 +323,65 @@ SETNX tx:n 1
 SETNX tx:n 2
 SET tx:e v EX 0
 EXEC
+
+## transactions with commands that need no log entry
+MULTI
+PING
+PING tq:hi
+ECHO tq:msg
+SET tq:a 1
+CLIENT SETNAME tq-name
+CLIENT GETNAME
+SELECT 0
+AUTH nopass
+GET tq:a
+UNWATCH
+PING a b
+EXEC
+CLIENT GETNAME
+MULTI
+ECHO
+PING
+EXEC
+WATCH tq:w
+SET tq:w 1
+MULTI
+PING
+CLIENT SETNAME tq-aborted
+EXEC
+CLIENT GETNAME
+MULTI
+PING
+CLIENT SETNAME ""
+EXEC
+CLIENT GETNAME
+
+## watched keys that come and go
+WATCH tw:k
+SET tw:k 1
+DEL tw:k
+MULTI
+SET tw:out 1
+EXEC
+GET tw:out
+WATCH tw:never
+MULTI
+SET tw:out 2
+EXEC
+WATCH tw:p
+SET tw:p v PXAT 1
+EXISTS tw:p
+MULTI
+SET tw:out 3
+EXEC
+GET tw:out
+SET tw:src v
+WATCH tw:r
+RENAME tw:src tw:r
+RENAME tw:r tw:src
+MULTI
+PING
+EXEC
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,6 +260,13 @@ impl SnapshotReceiver {
                 Err(e) => Err(self.bad(format!("applied-index record: {e}"))),
             };
         }
+        if let Some(valid) = crate::state_machine::check_watch_row(k, v) {
+            return if valid {
+                Ok(())
+            } else {
+                Err(self.bad(format!("watch row {:02x?} does not decode", k.as_ref())))
+            };
+        }
         if k.as_ref() == KEY_MEMBERS {
             return decode_member_addrs(v)
                 .map(|_| ())

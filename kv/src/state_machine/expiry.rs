@@ -2,15 +2,21 @@
 //! the log (`EntryKind::Clock`, see `raft_core::clock`): every replica reads the same time at
 //! the same index, and a replay decides as the first run did. A key past its deadline is
 //! absent at once; its rows go through the log too: each clock entry deletes up to
-//! [`SWEEP_PER_STAMP`] expired keys, oldest deadline first.
+//! [`SWEEP_PER_STAMP`] expired keys, oldest deadline first. FLUSHALL is here too.
+
+use rusty_leveldb::WriteBatch;
 
 use super::keyspace::{expiry_row, Txn, EXPIRY, HASHED};
 use super::records::USER;
 use super::KvStateMachine;
+use crate::command::Op;
 use crate::error::Result;
 
 /// Expired keys deleted per clock entry, so that one entry never makes a huge batch.
 pub const SWEEP_PER_STAMP: usize = 256;
+
+/// Rows FLUSHALL deletes per LevelDB batch.
+pub const FLUSH_CHUNK_ROWS: usize = 1024;
 
 impl KvStateMachine {
     /// A clock entry: time moves to `stamp` if that is later, and expired keys are swept.
@@ -44,15 +50,65 @@ impl KvStateMachine {
         Ok(())
     }
 
-    /// `FLUSHALL`: every key and index row goes.
+    /// `FLUSHALL`: every key and index row goes, in LevelDB batches of at most
+    /// [`FLUSH_CHUNK_ROWS`] deletions written at once, so that a store of any size is flushed in
+    /// bounded memory; the overlay's rows of those kinds (this batch's writes before it) go
+    /// too.
+    ///
+    /// Atomic for clients all the same: reads are served between applies, never during one.
+    /// After a crash in the middle, some rows are deleted but the applied index is not moved
+    /// (it is written with the apply batch, after the flush): the restart applies the entry
+    /// again. That replay decides as the first run did because:
+    /// 1. `apply` writes the entries before a flushing entry first, in a batch of their own,
+    ///    and LevelDB keeps its writes in order (a deletion here survives a crash only if that
+    ///    batch does), so no entry before it is replayed on a half-flushed store;
+    /// 2. what the flush leaves does not depend on how far the first run went: no key, counts
+    ///    of zero, the flush's own index for WATCH (`watch.rs`);
+    /// 3. a command before the flush in the same transaction may answer differently when
+    ///    replayed (its keys may be gone already), but the answer reaches no one (the node
+    ///    crashed before replying, and the client port sends EXEC without a session, so none
+    ///    keeps it), its effects on keys are flushed, and what it leaves for WATCH is
+    ///    outranked by the flush's index.
+    ///
+    /// An image being built (`snapshot/build.rs`) would have to keep every row deleted here,
+    /// unbounded: it is abandoned, and a later one is built.
     pub(super) fn flush_all(&mut self, t: &mut Txn) -> Result<()> {
+        self.image_in_progress = None;
         for tag in [USER, EXPIRY, HASHED] {
-            let rows = self.rows_from(t, &[tag], usize::MAX, |k| k.first() == Some(&tag))?;
-            for (row, _) in rows {
-                t.rows.insert(row, None);
+            let mut from = vec![tag];
+            loop {
+                let mut rows = Vec::new();
+                self.ldb().scan_from(&from, |k, _| {
+                    if k.first() != Some(&tag) || rows.len() == FLUSH_CHUNK_ROWS {
+                        return Ok(false);
+                    }
+                    rows.push(k.to_vec());
+                    Ok(true)
+                })?;
+                let Some(last) = rows.last() else { break };
+                from = last.clone();
+                from.push(0);
+                let mut batch = WriteBatch::default();
+                for row in &rows {
+                    batch.delete(row);
+                }
+                self.ldb().write(batch, false)?;
             }
         }
+        t.rows
+            .retain(|row, _| !matches!(row.first(), Some(&(USER | EXPIRY | HASHED))));
+        t.forget_read_ahead();
         t.counts = Default::default();
+        self.note_flushed(t);
         Ok(())
+    }
+
+    /// Whether applying `op` flushes the store (a FLUSHALL, or a transaction holding one).
+    pub(super) fn flushes(op: &Op) -> bool {
+        match op {
+            Op::FlushAll => true,
+            Op::Multi { ops, .. } => ops.iter().any(Self::flushes),
+            _ => false,
+        }
     }
 }

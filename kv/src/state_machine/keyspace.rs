@@ -178,6 +178,11 @@ impl Txn {
         }
     }
 
+    /// Forgets the rows read ahead: they no longer are what is stored (FLUSHALL).
+    pub(crate) fn forget_read_ahead(&mut self) {
+        self.prefetched.clear();
+    }
+
     fn put(&mut self, row: Vec<u8>, value: Vec<u8>) {
         self.rows.insert(row, Some(Bytes::from(value)));
     }
@@ -198,7 +203,7 @@ impl Txn {
 }
 
 impl KvStateMachine {
-    fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
+    pub(super) fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
         match t.rows.get(row).or_else(|| t.prefetched.get(row)) {
             Some(v) => Ok(v.clone()),
             None => self.db.get(row),
@@ -271,7 +276,8 @@ impl KvStateMachine {
         Ok(())
     }
 
-    /// Removes the key (expired or not) and its index rows; returns what it held.
+    /// Removes the key (expired or not) and its index rows, noting the removal for WATCH
+    /// (`watch.rs`); returns what it held.
     pub(crate) fn unstore(&mut self, t: &mut Txn, key: &[u8]) -> Result<Option<Record>> {
         let Some(old) = self.stored(t, key)? else {
             return Ok(None);
@@ -283,6 +289,7 @@ impl KvStateMachine {
             t.delete(expiry_row(old.expires_at, key));
         }
         t.delete(user_row(key));
+        self.note_removed(t, key, old.version)?;
         Ok(Some(old))
     }
 

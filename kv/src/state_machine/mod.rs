@@ -43,8 +43,9 @@ mod layout;
 mod ops;
 mod queries;
 mod records;
+mod watch;
 
-pub use expiry::SWEEP_PER_STAMP;
+pub use expiry::{FLUSH_CHUNK_ROWS, SWEEP_PER_STAMP};
 use keyspace::Txn;
 pub(crate) use keyspace::{decode_clock, EXPIRY, HASHED};
 pub use keyspace::{scan_hash, KeyCounts, Record};
@@ -53,6 +54,8 @@ pub(crate) use records::{
     KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS, SESSION_PREFIX, USER,
 };
 use records::{encode_applied, encode_member_addrs, encode_session, session_key, user_key};
+pub(crate) use watch::check_watch_row;
+pub use watch::WATCHED_ABSENT;
 
 /// Subdirectory of the data directory that holds the state machine.
 pub const KV_DATA_DIR: &str = "kv_data";
@@ -404,6 +407,19 @@ impl KvStateMachine {
                 (e.kind == EntryKind::Normal).then(|| crate::command::Command::decode(&e.payload))
             })
             .collect();
+        // An entry that flushes writes batches of its own while it is applied: the entries
+        // before it are written first, in a batch of their own (see `flush_all`).
+        let flushing = commands
+            .iter()
+            .skip(1)
+            .position(|c| matches!(c, Some(Ok(c)) if Self::flushes(&c.op)));
+        if let Some(at) = flushing.map(|p| p + 1) {
+            let (before, from) = fresh.split_at(at);
+            let mut applied =
+                self.apply_fresh(before, before[at - 1].index, before[at - 1].term)?;
+            applied.extend(self.apply_fresh(from, last_index, last_term)?);
+            return Ok(applied);
+        }
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for c in commands.iter().flatten().flatten() {
             c.op.visit_strings(&mut keys, &mut values);
@@ -569,3 +585,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_redis;
+
+#[cfg(test)]
+mod tests_watch;

@@ -108,7 +108,9 @@ impl KvStateMachine {
         expires_at: u64,
     ) -> Result<()> {
         if expires_at != 0 && expires_at <= t.clock {
+            // Written and gone at once: for WATCH, the key was touched (Redis aborts).
             self.unstore(t, key)?;
+            self.note_removed(t, key, t.index)?;
             return Ok(());
         }
         self.store(t, key, value, expires_at)
@@ -264,8 +266,8 @@ impl KvStateMachine {
         watches: &[(Bytes, u64)],
         ops: &[Op],
     ) -> Result<CommandResult> {
-        for (key, version) in watches {
-            if self.live(t, key)?.map_or(0, |r| r.version) != *version {
+        for (key, token) in watches {
+            if !self.unchanged_since_watch(t, key, *token)? {
                 return Ok(CommandResult::Aborted);
             }
         }

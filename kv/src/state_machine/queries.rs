@@ -56,10 +56,7 @@ impl KvStateMachine {
             Query::Keys { pattern } => self.keys_matching(t, pattern)?,
             Query::Versions { keys } => CommandResult::Array(
                 keys.iter()
-                    .map(|k| {
-                        let v = self.live(t, k)?.map_or(0, |r| r.version);
-                        Ok(CommandResult::Value(v as i64))
-                    })
+                    .map(|k| Ok(CommandResult::Value(self.watch_token(t, k)? as i64)))
                     .collect::<Result<_>>()?,
             ),
         })

@@ -5,27 +5,27 @@ use crate::command::{Command, Deadline, ExpireCondition, Op, SetCondition};
 use crate::query::{Query, TtlForm};
 use raft_core::EntryKind;
 
-fn b(s: &str) -> Bytes {
+pub(super) fn b(s: &str) -> Bytes {
     Bytes::from(s.to_owned())
 }
 
-struct Sm {
-    sm: KvStateMachine,
-    index: Index,
-    _dir: tempfile::TempDir,
+pub(super) struct Sm {
+    pub(super) sm: KvStateMachine,
+    pub(super) index: Index,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Sm {
-    fn new() -> Sm {
+    pub(super) fn new() -> Sm {
         let dir = tempfile::tempdir().unwrap();
         Sm {
             sm: KvStateMachine::open(dir.path()).unwrap(),
             index: 0,
-            _dir: dir,
+            dir,
         }
     }
 
-    fn run(&mut self, op: Op) -> CommandResult {
+    pub(super) fn run(&mut self, op: Op) -> CommandResult {
         self.index += 1;
         let e = Entry::new(
             1,
@@ -36,7 +36,7 @@ impl Sm {
         self.sm.apply(&[e]).unwrap()[0].1.clone().unwrap()
     }
 
-    fn clock(&mut self, ms: u64) {
+    pub(super) fn clock(&mut self, ms: u64) {
         self.index += 1;
         let e = Entry::new(
             1,
@@ -47,12 +47,12 @@ impl Sm {
         assert_eq!(self.sm.apply(&[e]).unwrap()[0].1, None);
     }
 
-    fn ask(&mut self, q: Query) -> CommandResult {
+    pub(super) fn ask(&mut self, q: Query) -> CommandResult {
         self.sm.query_now(&q).unwrap()
     }
 }
 
-fn set_px(key: &str, value: &str, ms: u64) -> Op {
+pub(super) fn set_px(key: &str, value: &str, ms: u64) -> Op {
     Op::SetWith {
         key: b(key),
         value: b(value),

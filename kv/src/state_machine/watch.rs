@@ -1,0 +1,120 @@
+//! What `WATCH` remembers of a key and what `EXEC` checks, as Redis has it: a transaction
+//! aborts if a watched key was written, deleted or expired since it was watched, even when it
+//! is back to what it was (absent, say: created and deleted again).
+//!
+//! A present key's token is its version (the log index that last wrote it): any later write
+//! or removal changes it. An absent key has no version to compare, so its token is
+//! [`WATCHED_ABSENT`] with the applied index `R` it was read at, and `EXEC` asks whether a
+//! record of that key newer than `R` may have existed since. It may have if:
+//! - the key's stored record (live or expired, not yet swept) is newer than `R`;
+//! - or a record newer than `R` was removed from the key's *bucket*: 4096 metadata rows
+//!   (`0x00 'w' | bucket`), each holding the largest version of any record removed from keys
+//!   hashing there (deleted, expired and swept, renamed away, or stored with a deadline already
+//!   past: a record written and gone at once);
+//! - or a `FLUSHALL` ran after `R` (`0x00 'f'`: the index of the last one).
+//!
+//! So no touch is missed, and the memory is bounded (at most 4096 small rows). The price is
+//! a spurious abort: when another key of the same bucket was written and then removed between
+//! the WATCH and the EXEC (one chance in 4096 per such key), or when a FLUSHALL ran in
+//! between. A key that was already expired when watched and is then swept does not abort, as
+//! in Redis: its removed record is older than `R`. The rows are state-machine rows like any
+//! other: written in the apply batch, carried by snapshots, the same on every replica.
+
+use bytes::Bytes;
+
+use super::keyspace::{scan_hash, Txn};
+use super::KvStateMachine;
+use crate::codec;
+use crate::error::{DecodeError, Result};
+
+/// The bit that marks a watch token as "absent when read at the index in the other bits". Log
+/// indexes never reach it. A token of 0 (absent, as read at index 0) is the most cautious.
+pub const WATCHED_ABSENT: u64 = 1 << 63;
+
+/// How many buckets of removed keys there are: the bound on the rows kept for WATCH, and the
+/// odds against a spurious abort per key removed during a transaction.
+const BUCKETS: u64 = 4096;
+
+/// The metadata rows: one per bucket of removed keys, and the last FLUSHALL's index.
+const REMOVED_PREFIX: &[u8] = &[0x00, b'w'];
+const KEY_FLUSHED: &[u8] = &[0x00, b'f'];
+
+fn bucket_row(key: &[u8]) -> Vec<u8> {
+    let mut row = REMOVED_PREFIX.to_vec();
+    row.extend_from_slice(&((scan_hash(key) % BUCKETS) as u16).to_be_bytes());
+    row
+}
+
+fn encode_index(index: u64) -> Bytes {
+    let mut b = Vec::with_capacity(12);
+    codec::put_u64(&mut b, index);
+    codec::seal(&mut b);
+    Bytes::from(b)
+}
+
+fn decode_index(v: &[u8]) -> std::result::Result<u64, DecodeError> {
+    let body = codec::unseal(v)?;
+    let a: [u8; 8] = body
+        .try_into()
+        .map_err(|_| DecodeError::Invalid("a removed-version row is not 8 bytes"))?;
+    Ok(u64::from_le_bytes(a))
+}
+
+/// For a snapshot's receiver: `None` if `k` is not one of these rows, else whether `v` decodes.
+pub(crate) fn check_watch_row(k: &[u8], v: &[u8]) -> Option<bool> {
+    let ours =
+        k == KEY_FLUSHED || (k.len() == REMOVED_PREFIX.len() + 2 && k.starts_with(REMOVED_PREFIX));
+    ours.then(|| decode_index(v).is_ok())
+}
+
+impl KvStateMachine {
+    /// The token `WATCH` keeps for `key`: its version, or [`WATCHED_ABSENT`] with the index
+    /// the batch reads at.
+    pub(super) fn watch_token(&mut self, t: &Txn, key: &[u8]) -> Result<u64> {
+        Ok(match self.live(t, key)? {
+            Some(r) => r.version,
+            None => WATCHED_ABSENT | t.index,
+        })
+    }
+
+    /// Whether `key` may be taken as untouched since `WATCH` gave it `token` (module docs).
+    pub(super) fn unchanged_since_watch(
+        &mut self,
+        t: &Txn,
+        key: &[u8],
+        token: u64,
+    ) -> Result<bool> {
+        if token != 0 && token & WATCHED_ABSENT == 0 {
+            return Ok(self.live(t, key)?.map(|r| r.version) == Some(token));
+        }
+        let since = token & !WATCHED_ABSENT;
+        if self.stored(t, key)?.is_some_and(|r| r.version > since) {
+            return Ok(false);
+        }
+        Ok(self.index_row(t, &bucket_row(key))? <= since
+            && self.index_row(t, KEY_FLUSHED)? <= since)
+    }
+
+    /// Notes that a record of `key` written at `version` is gone (deleted, swept, replaced by
+    /// nothing): see the module docs.
+    pub(crate) fn note_removed(&mut self, t: &mut Txn, key: &[u8], version: u64) -> Result<()> {
+        let row = bucket_row(key);
+        if version > self.index_row(t, &row)? {
+            t.rows.insert(row, Some(encode_index(version)));
+        }
+        Ok(())
+    }
+
+    /// Notes a FLUSHALL at the batch's index.
+    pub(super) fn note_flushed(&mut self, t: &mut Txn) {
+        t.rows
+            .insert(KEY_FLUSHED.to_vec(), Some(encode_index(t.index)));
+    }
+
+    fn index_row(&mut self, t: &Txn, row: &[u8]) -> Result<u64> {
+        let Some(v) = self.row(t, row)? else {
+            return Ok(0);
+        };
+        decode_index(&v).map_err(|e| self.corrupt(None, format!("row {row:02x?}: {e}")))
+    }
+}
