@@ -348,6 +348,85 @@ impl<N: Net> KvClient<N> {
         })
     }
 
+    /// Runs `commands` as one transaction (`MULTI`, the commands, `EXEC`, sent together on one
+    /// connection) and returns EXEC's replies, one per command. A transaction has no session,
+    /// so it is retried on another server only where it certainly did not run (the request
+    /// never left, or a node refused it without running it); otherwise the outcome is unknown
+    /// (`Unavailable` with `maybe_applied`). A transaction a WATCH aborted (none is set here)
+    /// or that EXEC refused answers `Server`.
+    pub async fn transaction(
+        &mut self,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Reply>, ClientError> {
+        let mut batch: Vec<&[&[u8]]> = Vec::with_capacity(commands.len() + 2);
+        batch.push(&[b"MULTI"]);
+        batch.extend(commands.iter().map(Vec::as_slice));
+        batch.push(&[b"EXEC"]);
+        let mut last_error = String::from("no servers configured");
+        for attempt in 0..self.cfg.max_attempts {
+            if self.servers.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(self.cfg.backoff.min(Duration::from_millis(20) * attempt)).await;
+            }
+            let sent = match self.connect_for_attempt().await {
+                Ok(()) => self.exchange_many(&batch).await,
+                Err(e) => Err(e),
+            };
+            let replies = match sent {
+                Ok(replies) => replies,
+                Err((e, sent)) => {
+                    if e.ends_with(TIMED_OUT) {
+                        self.timed_out_attempts += 1;
+                    }
+                    self.conn = None;
+                    if sent {
+                        return Err(ClientError::Unavailable {
+                            attempts: attempt + 1,
+                            last_error: e,
+                            maybe_applied: true,
+                        });
+                    }
+                    last_error = e;
+                    self.rotate();
+                    continue;
+                }
+            };
+            match replies.into_iter().last() {
+                Some(Reply::Array(results)) if results.len() == commands.len() => {
+                    return Ok(results)
+                }
+                Some(Reply::Error(e)) if e.starts_with("TIMEOUT") => {
+                    self.timed_out_attempts += 1;
+                    return Err(ClientError::Unavailable {
+                        attempts: attempt + 1,
+                        last_error: e,
+                        maybe_applied: true,
+                    });
+                }
+                Some(Reply::Error(e))
+                    if ["TRYAGAIN", "REMOVED", "LOADING"]
+                        .iter()
+                        .any(|code| e.starts_with(code)) =>
+                {
+                    last_error = e;
+                    self.rotate();
+                }
+                Some(Reply::Error(e)) => return Err(ClientError::Server(e)),
+                Some(Reply::NilArray) => {
+                    return Err(ClientError::Server("EXEC aborted by a WATCH".into()))
+                }
+                other => return Err(ClientError::Protocol(format!("EXEC answered {other:?}"))),
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: self.cfg.max_attempts,
+            last_error,
+            maybe_applied: false,
+        })
+    }
+
     /// Asks the connected node for the leader's client address and, if it is another server,
     /// makes it the current one (added to the list if new). True if the client moved.
     async fn move_to_leader(&mut self) -> bool {
@@ -382,6 +461,12 @@ impl<N: Net> KvClient<N> {
 
     /// One try on the current server. The error says whether the request may have been sent.
     async fn attempt(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
+        self.connect_for_attempt().await?;
+        self.exchange(args).await
+    }
+
+    /// Connects to the current server if not connected, and moves to the leader if asked to.
+    async fn connect_for_attempt(&mut self) -> Result<(), (String, bool)> {
         if self.conn.is_none() {
             self.connect_current().await.map_err(|e| (e, false))?;
             if self.cfg.follow_leader {
@@ -394,7 +479,7 @@ impl<N: Net> KvClient<N> {
                 }
             }
         }
-        self.exchange(args).await
+        Ok(())
     }
 
     async fn connect_current(&mut self) -> Result<(), String> {
@@ -418,19 +503,31 @@ impl<N: Net> KvClient<N> {
 
     /// Sends one request on the open connection and reads its reply.
     async fn exchange(&mut self, args: &[&[u8]]) -> Result<Reply, (String, bool)> {
+        let mut replies = self.exchange_many(&[args]).await?;
+        replies.pop().ok_or_else(|| ("no reply".to_string(), true))
+    }
+
+    /// Sends requests together on the open connection and reads their replies.
+    async fn exchange_many(&mut self, requests: &[&[&[u8]]]) -> Result<Vec<Reply>, (String, bool)> {
         let Some(conn) = self.conn.as_mut() else {
             return Err(("not connected".into(), false));
         };
         let mut out = BytesMut::new();
-        encode_request(args, &mut out);
+        for args in requests {
+            encode_request(args, &mut out);
+        }
         if let Err(e) = conn.stream.write_all(&out).await {
             return Err((e.to_string(), true));
         }
         let timeout = self.cfg.request_timeout;
         let read = async {
-            loop {
+            let mut replies = Vec::with_capacity(requests.len());
+            while replies.len() < requests.len() {
                 match conn.parser.parse(&mut conn.buf) {
-                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(Some(reply)) => {
+                        replies.push(reply);
+                        continue;
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(format!("bad reply: {e}")),
                 }
@@ -440,9 +537,10 @@ impl<N: Net> KvClient<N> {
                     Err(e) => return Err(e.to_string()),
                 }
             }
+            Ok(replies)
         };
         match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(replies)) => Ok(replies),
             Ok(Err(e)) => Err((e, true)),
             Err(_) => Err((format!("no reply: {TIMED_OUT}"), true)),
         }

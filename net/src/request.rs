@@ -147,6 +147,8 @@ impl ClientRequest {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) requests: mpsc::Sender<ClientRequest>,
+    /// The deliberate bug `UnsafeSwitches::split_transactions` (always off in a product).
+    pub(crate) split_transactions: bool,
 }
 
 impl NodeHandle {

@@ -232,7 +232,12 @@ impl Transaction {
             if let Some(too_large) = op.size_error() {
                 return Reply::error(too_large);
             }
-            match node.write(Command::new(client_id, seq, op)).await {
+            let result = if node.split_transactions {
+                run_one_by_one(node, (client_id, seq), op).await
+            } else {
+                node.write(Command::new(client_id, seq, op)).await
+            };
+            match result {
                 Ok(CommandResult::Array(results)) if results.len() == shapes.len() => results,
                 Ok(CommandResult::Aborted) => return Reply::NilArray,
                 Ok(other) => return command_reply(other),
@@ -264,4 +269,29 @@ fn arity_allows(arity: i64, args: usize) -> bool {
     } else {
         given == arity
     }
+}
+
+/// The deliberate bug `UnsafeSwitches::split_transactions`: a transaction's commands run as
+/// separate requests, each its own log entry (or read), so that other clients' writes may come
+/// between them.
+async fn run_one_by_one(
+    node: &NodeHandle,
+    session: (u64, u64),
+    op: Op,
+) -> Result<CommandResult, crate::request::RequestError> {
+    let Op::Multi { ops, .. } = op else {
+        return node.write(Command::new(session.0, session.1, op)).await;
+    };
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let result = match op {
+            Op::Query(q) => match node.read(ReadOp::Query(q)).await? {
+                ReadResult::Answer(r) => r,
+                _ => CommandResult::Error("ERR internal error: unexpected read result".into()),
+            },
+            op => node.write(Command::new(session.0, session.1, op)).await?,
+        };
+        results.push(result);
+    }
+    Ok(CommandResult::Array(results))
 }

@@ -1,6 +1,7 @@
 //! Client histories of the key-value store, as the simulator's clients record them.
 //!
-//! Each [`Operation`] touches one key. It carries the client that issued it, its invoke and
+//! Each [`Operation`] touches one key, or several at once for an [`Op::Atomic`] one (MGET,
+//! MSET, a transaction, a SCAN call). It carries the client that issued it, its invoke and
 //! complete times on the simulator's global clock (simulated nanoseconds) and an [`Outcome`]:
 //!
 //! * `Ok(observed)`: the server answered; `observed` is what the client saw.
@@ -45,6 +46,78 @@ pub enum Op {
     /// Add to the value read as a decimal `i64` (absent counts as 0). Observes [`Observed::Int`],
     /// the new value.
     Incr(i64),
+    /// Redis `SET key value [NX|XX] [PX ttl]`: write `value` unless `cond` rules it out. With
+    /// `ttl_ms` the key expires that long after the write, in the log's time: from some moment
+    /// after the write on (the model cannot know when), it is absent on every replica alike.
+    /// Observes [`Observed::Swapped`] (written or not) with a condition, [`Observed::Done`]
+    /// without.
+    SetWith {
+        value: Value,
+        cond: Option<SetCond>,
+        ttl_ms: Option<u64>,
+    },
+    /// Whether the key exists (what a `SCAN` listing tells of it). Observes
+    /// [`Observed::Existed`].
+    Exists,
+    /// Single-key operations applied together, atomically and in order: `MGET`, `MSET`, a
+    /// `MULTI`/`EXEC` transaction, one `SCAN` call (an [`Op::Exists`] per key it covers). The
+    /// operation's own key only names it for display. Observes [`Observed::Results`], one per
+    /// part.
+    Atomic(Vec<(Key, Op)>),
+}
+
+/// The condition of a conditional `SET`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetCond {
+    /// `NX`: only if the key is absent.
+    IfAbsent,
+    /// `XX`: only if the key exists.
+    IfPresent,
+}
+
+impl Op {
+    /// Whether it only reads: leaving it out of a history changes no state.
+    pub fn is_read(&self) -> bool {
+        match self {
+            Op::Get | Op::Exists => true,
+            Op::Atomic(parts) => parts.iter().all(|(_, op)| op.is_read()),
+            _ => false,
+        }
+    }
+
+    /// The keys it touches: its parts' for an atomic one, else `own`.
+    pub fn keys<'a>(&'a self, own: &'a [u8]) -> Vec<&'a [u8]> {
+        match self {
+            Op::Atomic(parts) => parts.iter().map(|(k, _)| k.as_slice()).collect(),
+            _ => vec![own],
+        }
+    }
+
+    /// Whether `observed` is an answer of the kind this operation gets.
+    fn fits(&self, observed: &Observed) -> bool {
+        match (self, observed) {
+            (Op::Atomic(parts), Observed::Results(results)) => {
+                parts.len() == results.len()
+                    && parts
+                        .iter()
+                        .zip(results)
+                        .all(|((_, op), r)| !matches!(op, Op::Atomic(_)) && op.fits(r))
+            }
+            (Op::SetWith { cond: Some(_), .. }, observed) => {
+                matches!(observed, Observed::Swapped(_))
+            }
+            (Op::SetWith { cond: None, .. }, observed) => matches!(observed, Observed::Done),
+            (op, observed) => matches!(
+                (op, observed),
+                (Op::Get, Observed::Value(_))
+                    | (Op::Set(_), Observed::Done)
+                    | (Op::Delete, Observed::Done | Observed::Existed(_))
+                    | (Op::Cas { .. }, Observed::Swapped(_))
+                    | (Op::Incr(_), Observed::Int(_))
+                    | (Op::Exists, Observed::Existed(_))
+            ),
+        }
+    }
 }
 
 /// What the client saw when the server answered.
@@ -60,6 +133,8 @@ pub enum Observed {
     Swapped(bool),
     /// `Incr`: the new value.
     Int(i64),
+    /// `Atomic`: each part's answer, in order.
+    Results(Vec<Observed>),
 }
 
 /// How an operation ended.
@@ -107,16 +182,13 @@ impl Operation {
 
     /// Whether an answer of this kind fits this operation, and the times are in order.
     pub fn validate(&self) -> Result<(), String> {
+        if let Op::Atomic(parts) = &self.op {
+            if parts.iter().any(|(_, op)| matches!(op, Op::Atomic(_))) {
+                return Err("an atomic operation has an atomic part".into());
+            }
+        }
         if let Outcome::Ok(observed) = &self.outcome {
-            let fits = matches!(
-                (&self.op, observed),
-                (Op::Get, Observed::Value(_))
-                    | (Op::Set(_), Observed::Done)
-                    | (Op::Delete, Observed::Done | Observed::Existed(_))
-                    | (Op::Cas { .. }, Observed::Swapped(_))
-                    | (Op::Incr(_), Observed::Int(_))
-            );
-            if !fits {
+            if !self.op.fits(observed) {
                 return Err(format!("{observed:?} is not an answer to {:?}", self.op));
             }
         }
@@ -146,28 +218,69 @@ impl fmt::Display for Operation {
             Outcome::Unknown => write!(f, "c{} [{}..?] ", self.client, self.invoke)?,
             _ => write!(f, "c{} [{}..{}] ", self.client, self.invoke, self.complete)?,
         }
-        match &self.op {
-            Op::Get => write!(f, "get {key}")?,
-            Op::Set(v) => write!(f, "set {key} {}", show_value(Some(v)))?,
-            Op::Delete => write!(f, "del {key}")?,
-            Op::Cas { expected, new } => write!(
-                f,
-                "cas {key} {} -> {}",
-                show_value(expected.as_deref()),
-                show_value(new.as_deref())
-            )?,
-            Op::Incr(by) => write!(f, "incr {key} {by}")?,
-        }
+        write_op(f, &key, &self.op)?;
         match &self.outcome {
-            Outcome::Ok(Observed::Value(v)) => write!(f, " => {}", show_value(v.as_deref())),
-            Outcome::Ok(Observed::Done) => write!(f, " => ok"),
-            Outcome::Ok(Observed::Existed(true)) => write!(f, " => existed"),
-            Outcome::Ok(Observed::Existed(false)) => write!(f, " => was absent"),
-            Outcome::Ok(Observed::Swapped(true)) => write!(f, " => swapped"),
-            Outcome::Ok(Observed::Swapped(false)) => write!(f, " => not swapped"),
-            Outcome::Ok(Observed::Int(n)) => write!(f, " => {n}"),
+            Outcome::Ok(observed) => write!(f, " => {}", show_observed(observed)),
             Outcome::Failed => write!(f, " => FAILED"),
             Outcome::Unknown => write!(f, " => UNKNOWN (gave up at {})", self.complete),
+        }
+    }
+}
+
+fn write_op(f: &mut fmt::Formatter<'_>, key: &str, op: &Op) -> fmt::Result {
+    match op {
+        Op::Get => write!(f, "get {key}")?,
+        Op::Set(v) => write!(f, "set {key} {}", show_value(Some(v)))?,
+        Op::Delete => write!(f, "del {key}")?,
+        Op::Cas { expected, new } => write!(
+            f,
+            "cas {key} {} -> {}",
+            show_value(expected.as_deref()),
+            show_value(new.as_deref())
+        )?,
+        Op::Incr(by) => write!(f, "incr {key} {by}")?,
+        Op::SetWith {
+            value,
+            cond,
+            ttl_ms,
+        } => {
+            write!(f, "set {key} {}", show_value(Some(value)))?;
+            match cond {
+                Some(SetCond::IfAbsent) => write!(f, " nx")?,
+                Some(SetCond::IfPresent) => write!(f, " xx")?,
+                None => {}
+            }
+            if let Some(ms) = ttl_ms {
+                write!(f, " px {ms}")?;
+            }
+        }
+        Op::Exists => write!(f, "exists {key}")?,
+        Op::Atomic(parts) => {
+            write!(f, "atomic [")?;
+            for (i, (k, op)) in parts.iter().enumerate() {
+                if i > 0 {
+                    write!(f, "; ")?;
+                }
+                write_op(f, &show_value(Some(k)), op)?;
+            }
+            write!(f, "]")?;
+        }
+    }
+    Ok(())
+}
+
+fn show_observed(observed: &Observed) -> String {
+    match observed {
+        Observed::Value(v) => show_value(v.as_deref()),
+        Observed::Done => "ok".into(),
+        Observed::Existed(true) => "existed".into(),
+        Observed::Existed(false) => "was absent".into(),
+        Observed::Swapped(true) => "swapped".into(),
+        Observed::Swapped(false) => "not swapped".into(),
+        Observed::Int(n) => n.to_string(),
+        Observed::Results(results) => {
+            let parts: Vec<String> = results.iter().map(show_observed).collect();
+            format!("[{}]", parts.join("; "))
         }
     }
 }

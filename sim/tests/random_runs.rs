@@ -297,3 +297,31 @@ fn teeth_installing_a_snapshot_without_its_data_is_caught() {
         cfg.switches.install_without_data = true
     });
 }
+
+#[test]
+fn teeth_a_transaction_applied_as_separate_entries_is_caught() {
+    // EXEC runs its commands one log entry each: other clients' writes come between them, and
+    // a read of the group keys (MGET, SCAN, another transaction) sees half a transaction.
+    let failure = first_catch_matching(
+        200,
+        |f| f.kind.rule() == "linearizability" && f.to_string().contains("keys \"t0,"),
+        |cfg| cfg.switches.split_transactions = true,
+    );
+    println!("{failure}");
+}
+
+#[test]
+fn teeth_expiry_judged_by_a_replicas_own_clock_is_caught() {
+    // Each node answers reads of volatile keys by its own (skewed) clock instead of the log's
+    // time: a node whose clock runs ahead calls a key expired that a node behind it still
+    // serves, so one client sees it vanish and another sees it back.
+    let failure = first_catch_matching(
+        200,
+        |f| f.kind.rule() == "linearizability" && f.to_string().contains("key \"e"),
+        |cfg| {
+            cfg.switches.expiry_by_local_clock = true;
+            cfg.kinds.clock_skew = true;
+        },
+    );
+    println!("{failure}");
+}

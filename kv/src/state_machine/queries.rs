@@ -20,6 +20,17 @@ impl KvStateMachine {
         self.query(q, &t)
     }
 
+    /// Answers `q` at the applied index as if the log's time were `clock_ms`. Only the
+    /// simulator's deliberate bug calls it (expiry judged by a replica's own clock, which
+    /// replicas disagree on); every read of the product is answered at the log's time.
+    #[doc(hidden)]
+    pub fn query_at_clock(&mut self, q: &Query, clock_ms: u64) -> Result<CommandResult> {
+        self.check_poison()?;
+        let mut t = Txn::new(self);
+        t.clock = clock_ms;
+        self.query(q, &t)
+    }
+
     pub(super) fn query(&mut self, q: &Query, t: &Txn) -> Result<CommandResult> {
         Ok(match q {
             Query::Get { key } => self.value_of(t, key)?,

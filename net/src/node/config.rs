@@ -113,6 +113,10 @@ pub struct UnsafeSwitches {
     pub ack_before_fsync: bool,
     /// Report a snapshot install done while keeping the old state machine.
     pub install_without_data: bool,
+    /// Judge expiry on reads by the node's own wall clock instead of the log's time.
+    pub expiry_by_local_clock: bool,
+    /// Run a transaction's commands as separate log entries instead of one.
+    pub split_transactions: bool,
     /// Broken Raft rules inside the core.
     pub raft: raft_core::bugs::Bugs,
 }
@@ -204,6 +208,24 @@ impl NodeConfig {
     pub(super) fn install_without_data(&self) -> bool {
         #[cfg(feature = "test-switches")]
         return self.unsafe_switches.install_without_data;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    /// The clock reads judge expiry by, if not the log's (a deliberate bug).
+    pub(super) fn local_expiry_clock(&self) -> Option<WallClock> {
+        #[cfg(feature = "test-switches")]
+        return self
+            .unsafe_switches
+            .expiry_by_local_clock
+            .then(|| self.wall_clock.clone());
+        #[cfg(not(feature = "test-switches"))]
+        None
+    }
+
+    pub(super) fn split_transactions(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.split_transactions;
         #[cfg(not(feature = "test-switches"))]
         false
     }

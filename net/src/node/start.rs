@@ -118,6 +118,7 @@ pub async fn start<N: Net>(
         log: storage.log.writes,
         apply: storage.apply.requests,
     };
+    let split_transactions = cfg.split_transactions();
     let mut group = Group::new(
         cfg,
         core,
@@ -141,6 +142,7 @@ pub async fn start<N: Net>(
     Ok((
         NodeHandle {
             requests: requests_tx,
+            split_transactions,
         },
         run(store, group, inputs),
     ))
@@ -303,7 +305,10 @@ async fn open_storage(
         cfg.cluster_id,
         cfg.snapshots,
         reports,
-        cfg.install_without_data(),
+        storage::ApplyFaults {
+            install_without_data: cfg.install_without_data(),
+            local_expiry_clock: cfg.local_expiry_clock(),
+        },
         // A joining node's configuration comes from the cluster, never from its command line.
         if cfg.join.is_empty() {
             raft_core::Membership::with_voters(cfg.peers.keys().copied())

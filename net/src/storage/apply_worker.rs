@@ -3,6 +3,8 @@
 //! batches), and receives and installs snapshots from other nodes
 //! ([`snapshot_receive`](super::snapshot_receive)).
 
+use crate::node::WallClock;
+use kv::CommandResult;
 use std::path::PathBuf;
 
 use kv::{Command, KvStateMachine, SnapshotReceiver, StagedSnapshot, StorageEnv};
@@ -35,7 +37,7 @@ pub fn spawn_apply_worker(
     cluster_id: u64,
     policy: SnapshotPolicy,
     reports: ApplyReports,
-    install_without_data: bool,
+    faults: ApplyFaults,
     bootstrap: raft_core::Membership,
 ) -> std::io::Result<(ApplyWorker, StateOpened)> {
     let (requests, rx) = mpsc::unbounded_channel::<ApplyRequest>();
@@ -76,7 +78,8 @@ pub fn spawn_apply_worker(
             env,
             receiving: None,
             staged: None,
-            install_without_data,
+            install_without_data: faults.install_without_data,
+            local_expiry_clock: faults.local_expiry_clock,
         };
         w.serve(rx).await;
         if let Some(sm) = w.sm.as_mut() {
@@ -107,6 +110,18 @@ pub(super) struct ApplyState {
     pub(super) staged: Option<StagedSnapshot>,
     /// The deliberate bug (`UnsafeSwitches::install_without_data`).
     pub(super) install_without_data: bool,
+    /// The deliberate bug (`UnsafeSwitches::expiry_by_local_clock`).
+    local_expiry_clock: Option<WallClock>,
+}
+
+/// The deliberate bugs an apply worker may carry (the simulator's teeth tests; all off in a
+/// product).
+#[derive(Clone, Default)]
+pub struct ApplyFaults {
+    /// Report a snapshot install done while keeping the old state machine.
+    pub install_without_data: bool,
+    /// Judge expiry on reads by this clock instead of the log's time.
+    pub local_expiry_clock: Option<WallClock>,
 }
 
 impl ApplyState {
@@ -187,7 +202,7 @@ impl ApplyState {
         if !apply_batch(sm, entries, &self.events) {
             return false;
         }
-        serve_reads(sm, reads);
+        serve_reads(sm, reads, self.local_expiry_clock.as_ref());
         true
     }
 
@@ -279,16 +294,31 @@ fn apply_batch(
     }
 }
 
-fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads) {
+fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads, clock: Option<&WallClock>) {
     for (op, reply) in reads.drain(..) {
-        let result = match op {
-            ReadOp::Get(key) => sm.get(&key).map(ReadResult::Value),
-            ReadOp::Exists(keys) => keys
-                .iter()
-                .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
-                .map(ReadResult::Count),
-            ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
+        let result = match (op, clock) {
+            (ReadOp::Get(key), Some(clock)) => sm
+                .query_at_clock(&kv::Query::Get { key }, clock.now_ms())
+                .map(|r| match r {
+                    CommandResult::Bulk(v) => ReadResult::Value(Some(v)),
+                    _ => ReadResult::Value(None),
+                }),
+            (ReadOp::Query(q), Some(clock)) => sm
+                .query_at_clock(&q, clock.now_ms())
+                .map(ReadResult::Answer),
+            (op, _) => serve_read(sm, op),
         };
         let _ = reply.send(result.map_err(|e| RequestError::Failed(format!("read failed: {e}"))));
+    }
+}
+
+fn serve_read(sm: &mut KvStateMachine, op: ReadOp) -> kv::Result<ReadResult> {
+    match op {
+        ReadOp::Get(key) => sm.get(&key).map(ReadResult::Value),
+        ReadOp::Exists(keys) => keys
+            .iter()
+            .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
+            .map(ReadResult::Count),
+        ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
     }
 }

@@ -19,7 +19,7 @@ mod log_worker;
 mod snapshot_reader;
 mod snapshot_receive;
 
-pub use apply_worker::{spawn_apply_worker, ApplyReports, ApplyWorker};
+pub use apply_worker::{spawn_apply_worker, ApplyFaults, ApplyReports, ApplyWorker};
 pub use log_worker::{spawn_log_worker, LogWorker};
 pub use snapshot_reader::spawn_snapshot_reader;
 

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use net::client::{ClientConfig, ClientError, KvClient};
+use net::client::{ClientConfig, KvClient};
 use rand::Rng;
 
 use super::config::RunConfig;
 use super::now;
+use super::redis_ops::{self, execute_redis, outcome_of, Via};
 use crate::history::{History, Observed, Op, Operation, Outcome};
 use crate::net::TurmoilNet;
 use crate::observe::Observer;
@@ -115,16 +116,19 @@ fn client_config(max_attempts: u32) -> ClientConfig {
 /// keys are overwritten within milliseconds.
 const COLD_KEYS: u64 = 16;
 
-/// Every key the workload touches: the hot keys `k0..k{hot}`, then the cold ones.
+/// Every key the workload touches: the hot keys `k0..k{hot}`, the cold ones, the group keys
+/// and the volatile ones.
 fn all_keys(hot: u64) -> Vec<Vec<u8>> {
     (0..hot)
         .map(|k| format!("k{k}").into_bytes())
         .chain((0..COLD_KEYS).map(|k| format!("w{k}").into_bytes()))
+        .chain(redis_ops::group_keys())
+        .chain(redis_ops::volatile_keys())
         .collect()
 }
 
-/// One simulated client: random operations on a few hot keys, and now and then on one of the
-/// cold keys, until the workload ends.
+/// One simulated client: random operations on a few hot keys, now and then on one of the cold
+/// keys, on several group keys at once, or on a volatile key, until the workload ends.
 struct Workload {
     client: KvClient<TurmoilNet>,
     history: SharedHistory,
@@ -140,14 +144,12 @@ struct Workload {
 impl Workload {
     async fn run(mut self, until: u64) {
         while now() < until {
-            let key = if self.rng.gen_bool(0.1) {
-                format!("w{}", self.rng.gen_range(0..COLD_KEYS)).into_bytes()
-            } else {
-                format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes()
-            };
-            let op = self.pick(&key);
+            let (key, op, via) = self.pick();
             let invoke = now();
-            let outcome = execute(&mut self.client, &key, &op).await;
+            let outcome = match execute_redis(&mut self.client, &key, &op, via).await {
+                Some(outcome) => outcome,
+                None => execute(&mut self.client, &key, &op).await,
+            };
             let complete = now();
             if let Outcome::Ok(Observed::Value(v)) = &outcome {
                 self.last_seen.insert(key.clone(), v.clone());
@@ -163,29 +165,45 @@ impl Workload {
         }
     }
 
-    fn pick(&mut self, key: &[u8]) -> Op {
+    /// The next operation: seven in ten on the hot and cold keys, the rest on the group keys
+    /// and the volatile ones (`redis_ops.rs`).
+    fn pick(&mut self) -> (Vec<u8>, Op, Via) {
         // Values are integers, unique per write, so that INCR always applies and every read
         // names the write it saw.
-        self.next_value += 1;
-        let unique = (self.id * 1_000_000 + self.next_value)
-            .to_string()
-            .into_bytes();
+        let (id, next_value) = (self.id, &mut self.next_value);
+        let mut unique = || {
+            *next_value += 1;
+            (id * 1_000_000 + *next_value).to_string().into_bytes()
+        };
         match self.rng.gen_range(0..100) {
+            0..=69 => {}
+            70..=84 => return redis_ops::pick_group(&mut self.rng, &mut unique),
+            _ => return redis_ops::pick_volatile(&mut self.rng, &mut unique),
+        }
+        let key = if self.rng.gen_bool(0.1) {
+            format!("w{}", self.rng.gen_range(0..COLD_KEYS)).into_bytes()
+        } else {
+            format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes()
+        };
+        let unique = unique();
+        let op = match self.rng.gen_range(0..100) {
             0..=34 => Op::Get,
             35..=59 => Op::Set(unique),
             60..=74 => Op::Cas {
-                expected: self.last_seen.get(key).cloned().flatten(),
+                expected: self.last_seen.get(&key).cloned().flatten(),
                 new: Some(unique),
             },
             75..=89 => Op::Incr(self.rng.gen_range(1..=5)),
             _ => Op::Delete,
-        }
+        };
+        (key, op, Via::Command)
     }
 }
 
-/// Runs `op` and turns the client's answer into a history outcome.
+/// Runs a single-key operation with its own command and turns the client's answer into a
+/// history outcome.
 async fn execute(client: &mut KvClient<TurmoilNet>, key: &[u8], op: &Op) -> Outcome {
-    let is_write = !matches!(op, Op::Get);
+    let is_write = !op.is_read();
     let result = match op {
         Op::Get => client
             .get(key)
@@ -201,18 +219,14 @@ async fn execute(client: &mut KvClient<TurmoilNet>, key: &[u8], op: &Op) -> Outc
             None => return Outcome::Failed,
         },
         Op::Incr(by) => client.incr_by(key, *by).await.map(Observed::Int),
-    };
-    match result {
-        Ok(observed) => Outcome::Ok(observed),
-        Err(ClientError::Unavailable { maybe_applied, .. }) if is_write && maybe_applied => {
-            Outcome::Unknown
+        Op::SetWith { .. } | Op::Exists | Op::Atomic(_) => {
+            return match execute_redis(client, key, op, Via::Command).await {
+                Some(outcome) => outcome,
+                None => Outcome::Failed,
+            }
         }
-        Err(ClientError::Unavailable { .. }) => Outcome::Failed,
-        // The server refused the command (it took no effect) or answered oddly.
-        Err(ClientError::Server(_)) => Outcome::Failed,
-        Err(ClientError::Protocol(_)) if is_write => Outcome::Unknown,
-        Err(ClientError::Protocol(_)) => Outcome::Failed,
-    }
+    };
+    outcome_of(result, is_write)
 }
 
 /// After the faults stop: a write and a read succeed before `deadline`, then every key is read
@@ -279,5 +293,29 @@ async fn probe(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(20), per_replica).await;
+    volatile_keys_expire(&mut client, &history).await
+}
+
+/// Every write to a volatile key has a time to live of at most 500 ms of log time, and once the
+/// faults stop a leader keeps the log's time going (at 0.8x real time at the slowest): a few
+/// seconds after the last write, each volatile key must read as absent (the reads join the
+/// history too).
+async fn volatile_keys_expire(
+    client: &mut KvClient<TurmoilNet>,
+    history: &SharedHistory,
+) -> Result<(), String> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for key in redis_ops::volatile_keys() {
+        let invoke = now();
+        let outcome = execute(client, &key, &Op::Get).await;
+        let op = Operation::new(u64::MAX, key.clone(), Op::Get, invoke, now(), outcome);
+        history.borrow_mut().push(op.clone());
+        if let Outcome::Ok(Observed::Value(Some(_))) = op.outcome {
+            return Err(format!(
+                "a volatile key did not expire: every write to it had a time to live of at most \
+                 500 ms, yet 5 s after the probe's reads: {op}"
+            ));
+        }
+    }
     Ok(())
 }

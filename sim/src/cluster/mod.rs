@@ -6,6 +6,7 @@
 //! * `config.rs`: what a run is ([`RunConfig`], drawn from the seed);
 //! * `hosts.rs`: each node's configuration and software, as turmoil (re)starts its host;
 //! * `clients.rs`: the workload clients and the liveness probe;
+//! * `redis_ops.rs`: the workload's multi-key operations and writes with a time to live;
 //! * `fault_loop.rs`: stepping the simulation and making the fault actions between steps;
 //! * `membership.rs`: spare nodes that join once added, and the operator changing the members;
 //! * `random_plan.rs`: the operator plans a share of the seeds draw;
@@ -29,6 +30,7 @@ mod fault_loop;
 mod hosts;
 mod membership;
 mod random_plan;
+mod redis_ops;
 mod triggers;
 mod verdict;
 

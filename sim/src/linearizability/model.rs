@@ -1,5 +1,11 @@
-//! The sequential model every key is checked against: a single register whose state is the
-//! key's value, with values interned so that a state is a small `Copy` value.
+//! The sequential model: a register per key whose state is the key's value, with values
+//! interned so that a state is a small `Copy` value. A step acts on one register; an atomic
+//! operation is a sequence of steps on the registers of its keys, all or none.
+//!
+//! Expiry needs no clock in the model: a write with a time to live may vanish at any moment
+//! after it is made, but at one moment for every observer, and only once. So each such write
+//! comes with an [`Step::Expire`] of its (unique) value, which the search places like a write
+//! that timed out: anywhere after the write's invocation, or nowhere.
 
 use std::collections::HashMap;
 
@@ -75,6 +81,16 @@ pub(super) enum Step {
         by: i64,
         result: Option<i64>,
     },
+    /// `SET NX` (`if_absent`) or `SET XX` of `value`; `written`: whether it was.
+    SetIf {
+        value: Val,
+        if_absent: bool,
+        written: Option<bool>,
+    },
+    /// Whether the key exists, as observed.
+    Exists(bool),
+    /// The value written with a time to live vanishes, if it is still there.
+    Expire(Val),
 }
 
 impl Step {
@@ -110,6 +126,19 @@ impl Step {
                     None => result.is_none().then_some(state),
                 }
             }
+            Step::SetIf {
+                value,
+                if_absent,
+                written,
+            } => {
+                let allowed = (state == Val::Absent) == if_absent;
+                match written {
+                    Some(w) if w != allowed => None,
+                    _ => Some(if allowed { value } else { state }),
+                }
+            }
+            Step::Exists(exists) => ((state != Val::Absent) == exists).then_some(state),
+            Step::Expire(v) => Some(if state == v { Val::Absent } else { state }),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use super::search::{Problem, Search};
-use crate::history::{show_value, Key, Observed, Operation, Outcome, Time, Value};
+use crate::history::{show_value, Key, Operation, Outcome, Time, Value};
 
 /// Why a history is not accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,10 +45,14 @@ impl CheckError {
     }
 }
 
-/// A key whose operations cannot be linearized, and what the search learned.
+/// A key (or a group of keys that atomic operations tie together) whose operations cannot be
+/// linearized, and what the search learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// The key, or the group's keys joined by commas.
     pub key: Key,
+    /// The group's keys, in order (one for a single key).
+    pub keys: Vec<Key>,
     /// What went wrong, in a sentence.
     pub explanation: String,
     /// Every operation of the key, sorted by invoke time (then complete time, then client).
@@ -56,8 +60,8 @@ pub struct Violation {
     /// The longest sequence of operations the search managed to linearize (indices into `ops`,
     /// in linearization order).
     pub longest_prefix: Vec<usize>,
-    /// The value after that prefix.
-    pub state_after_prefix: Option<Value>,
+    /// The value of each key (in `keys`' order) after that prefix.
+    pub state_after_prefix: Vec<Option<Value>>,
     /// The completed operation (index into `ops`) whose return the search could not get past
     /// after that prefix: no pending operation could be linearized before it returned.
     pub stuck_before_return_of: Option<usize>,
@@ -71,6 +75,20 @@ pub struct Violation {
 }
 
 impl Violation {
+    /// The values after the longest prefix: `"v"` for one key, `k1="v" k2=nil` for a group.
+    fn show_state(&self) -> String {
+        if self.keys.len() == 1 {
+            return show_value(self.state_after_prefix[0].as_deref());
+        }
+        let shown: Vec<String> = self
+            .keys
+            .iter()
+            .zip(&self.state_after_prefix)
+            .map(|(k, v)| format!("{}={}", k.escape_ascii(), show_value(v.as_deref())))
+            .collect();
+        shown.join(" ")
+    }
+
     /// Every operation of the key, one a line.
     pub fn render_ops(&self) -> String {
         render(self.ops.iter())
@@ -93,7 +111,8 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "key {} is not linearizable ({} operations): {}",
+            "{} {} is not linearizable ({} operations): {}",
+            if self.keys.len() > 1 { "keys" } else { "key" },
             show_value(Some(&self.key)),
             self.ops.len(),
             self.explanation
@@ -112,7 +131,7 @@ impl fmt::Display for Violation {
             f,
             "  longest linearizable prefix: {} operations, leaving {}; its last ones:",
             self.longest_prefix.len(),
-            show_value(self.state_after_prefix.as_deref())
+            self.show_state()
         )?;
         let tail = &self.longest_prefix[self.longest_prefix.len().saturating_sub(8)..];
         f.write_str(&render(tail.iter().map(|&i| &self.ops[i])))?;
@@ -174,32 +193,40 @@ fn cut(ops: &[Operation], t: Time) -> Vec<Operation> {
         .collect()
 }
 
-struct Budget {
+struct Budget<'k, const N: usize> {
+    keys: &'k [Key],
     steps_per_check: u64,
     /// For all the checks together, so that minimising costs a few times the search at most.
     steps_left: u64,
     checks_left: u32,
 }
 
-impl Budget {
+impl<const N: usize> Budget<'_, N> {
     /// Whether `ops` is known not to be linearizable (false when the budget says "don't know").
     fn fails(&mut self, ops: &[Operation]) -> bool {
         if self.checks_left == 0 || self.steps_left == 0 {
             return false;
         }
         self.checks_left -= 1;
-        let (fails, steps) =
-            match Problem::new(ops).search(self.steps_per_check.min(self.steps_left)) {
-                Search::Violation(found) => (true, found.steps),
-                Search::Linearizable { steps } | Search::Inconclusive { steps } => (false, steps),
-            };
+        let (fails, steps) = match Problem::<N>::new(ops, self.keys)
+            .search(self.steps_per_check.min(self.steps_left))
+        {
+            Search::Violation(found) => (true, found.steps),
+            Search::Linearizable { steps } | Search::Inconclusive { steps } => (false, steps),
+        };
         self.steps_left = self.steps_left.saturating_sub(steps);
         fails
     }
 }
 
-pub(super) fn minimize(ops: &[Operation], steps: u64, max_steps: u64) -> Vec<Operation> {
-    let mut budget = Budget {
+pub(super) fn minimize<const N: usize>(
+    ops: &[Operation],
+    keys: &[Key],
+    steps: u64,
+    max_steps: u64,
+) -> Vec<Operation> {
+    let mut budget = Budget::<N> {
+        keys,
         steps_per_check: (steps.saturating_mul(2).saturating_add(10_000)).min(max_steps),
         steps_left: (steps.saturating_mul(4).saturating_add(1_000_000)).min(max_steps),
         checks_left: 200,
@@ -210,7 +237,7 @@ pub(super) fn minimize(ops: &[Operation], steps: u64, max_steps: u64) -> Vec<Ope
     let mut chunk = best.len().div_ceil(2).max(1);
     loop {
         let reads: Vec<usize> = (0..best.len())
-            .filter(|&i| matches!(best[i].outcome, Outcome::Ok(Observed::Value(_))))
+            .filter(|&i| best[i].op.is_read() && matches!(best[i].outcome, Outcome::Ok(_)))
             .collect();
         let mut end = reads.len();
         while end > 0 && budget.checks_left > 0 && budget.steps_left > 0 {
@@ -234,7 +261,10 @@ pub(super) fn minimize(ops: &[Operation], steps: u64, max_steps: u64) -> Vec<Ope
     earliest_failing_cut(&best, &mut budget)
 }
 
-fn earliest_failing_cut(ops: &[Operation], budget: &mut Budget) -> Vec<Operation> {
+fn earliest_failing_cut<const N: usize>(
+    ops: &[Operation],
+    budget: &mut Budget<'_, N>,
+) -> Vec<Operation> {
     let mut times: Vec<Time> = ops
         .iter()
         .flat_map(|o| [o.invoke, o.complete])

@@ -1,16 +1,35 @@
-//! The search for a linearization of one key's operations (see the parent module's docs):
-//! the problem laid out as lists, the memo of explored and failed states, and the walk.
+//! The search for a linearization of the operations of one key, or of a group of keys that
+//! atomic operations tie together (see the parent module's docs): the problem laid out as lists,
+//! the memo of explored and failed states, and the walk. The state is an array of `N`
+//! registers, one per key of the group (a single key: `N = 1`).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::model::{Interner, Step, Val};
-use crate::history::{show_value, Observed, Op, Operation, Outcome, Time};
+use crate::history::{show_value, Key, Observed, Op, Operation, Outcome, SetCond, Time};
 
-/// One key's operations, ready to search. Search ids: completed operations `0..n_ok` and then the
-/// unknown ones, each group in invoke order.
-pub(super) struct Problem {
-    steps: Vec<Step>,
+/// The registers of a group of `N` keys.
+pub(super) type State<const N: usize> = [Val; N];
+
+/// One step on one register (by its index in the group).
+pub(super) type Part = (u8, Step);
+
+/// What an operation does to the registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Move {
+    One(Part),
+    /// An atomic operation: its parts are `Problem::atomic[i]`, applied in order, all or none.
+    Many(u32),
+}
+
+/// The operations of a key or a group of keys, ready to search. Search ids: completed operations
+/// `0..n_ok` and then the unknown ones, each group in invoke order. The expiry of a write with a
+/// time to live is an unknown operation of its own, invoked with the write (its search id maps
+/// to the write's index).
+pub(super) struct Problem<const N: usize> {
+    steps: Vec<Move>,
+    atomic: Vec<Vec<Part>>,
     /// Search id -> index in the sorted operations of the key.
     pub(super) orig: Vec<usize>,
     invoke: Vec<Time>,
@@ -38,51 +57,63 @@ pub(super) enum Search {
 pub(super) struct Found {
     pub(super) explanation: String,
     pub(super) prefix: Vec<u32>,
-    pub(super) state: Val,
+    pub(super) state: Vec<Val>,
     pub(super) stuck: Option<u32>,
     pub(super) candidates: Vec<u32>,
     pub(super) steps: u64,
 }
 
-impl Problem {
-    /// `ops` sorted by invoke time and valid.
-    pub(super) fn new(ops: &[Operation]) -> Self {
+impl<const N: usize> Problem<N> {
+    /// `ops` sorted by invoke time and valid; `keys` sorted, the group's (for a single key, the
+    /// operations' own keys are not looked at).
+    pub(super) fn new(ops: &[Operation], keys: &[Key]) -> Self {
+        assert!(keys.len() <= N, "{} keys for {N} registers", keys.len());
         let mut interner = Interner::default();
+        let mut atomic = Vec::new();
         let mut ok = Vec::new();
         let mut unknown = Vec::new();
+        let slot = |key: &[u8]| -> u8 {
+            if N == 1 {
+                return 0;
+            }
+            let i = keys.binary_search_by(|k| k.as_slice().cmp(key));
+            i.expect("every key of the group is listed") as u8
+        };
         for (i, o) in ops.iter().enumerate() {
             let observed = match &o.outcome {
                 Outcome::Failed => continue,
-                Outcome::Unknown if o.op == Op::Get => continue,
+                Outcome::Unknown if o.op.is_read() => continue,
                 Outcome::Unknown => None,
                 Outcome::Ok(observed) => Some(observed),
             };
-            let step = match (&o.op, observed) {
-                (Op::Get, Some(Observed::Value(v))) => Step::Get(interner.val(v.as_deref())),
-                (Op::Set(v), _) => Step::Set(interner.val(Some(v))),
-                (Op::Delete, Some(Observed::Existed(e))) => Step::Delete(Some(*e)),
-                (Op::Delete, _) => Step::Delete(None),
-                (Op::Cas { expected, new }, observed) => Step::Cas {
-                    expected: interner.val(expected.as_deref()),
-                    new: interner.val(new.as_deref()),
-                    swapped: match observed {
-                        Some(Observed::Swapped(s)) => Some(*s),
-                        _ => None,
-                    },
+            let step = match &o.op {
+                Op::Atomic(parts) => {
+                    let results = match observed {
+                        Some(Observed::Results(r)) => r.iter().map(Some).collect(),
+                        _ => vec![None; parts.len()],
+                    };
+                    let steps = parts
+                        .iter()
+                        .zip(results)
+                        .filter_map(|((key, op), seen)| {
+                            step_of(&mut interner, op, seen).map(|s| (slot(key), s))
+                        })
+                        .collect();
+                    atomic.push(steps);
+                    Move::Many(atomic.len() as u32 - 1)
+                }
+                op => match step_of(&mut interner, op, observed) {
+                    Some(step) => Move::One((slot(&o.key), step)),
+                    None => continue,
                 },
-                (Op::Incr(by), observed) => Step::Incr {
-                    by: *by,
-                    result: match observed {
-                        Some(Observed::Int(n)) => Some(*n),
-                        _ => None,
-                    },
-                },
-                (Op::Get, _) => unreachable!("validated"),
             };
             if observed.is_some() {
                 ok.push((i, step));
             } else {
                 unknown.push((i, step));
+            }
+            for expiry in expiries(&mut interner, o, &slot) {
+                unknown.push((i, Move::One(expiry)));
             }
         }
         let n_ok = ok.len();
@@ -97,69 +128,178 @@ impl Problem {
             .map(|&(_, ret, id)| 1 + 2 * id + u32::from(ret))
             .collect();
         let all = ok.into_iter().chain(unknown);
-        let (orig, steps): (Vec<usize>, Vec<Step>) = all.unzip();
+        let (orig, steps): (Vec<usize>, Vec<Move>) = all.unzip();
         let invoke: Vec<Time> = orig.iter().map(|&i| ops[i].invoke).collect();
         let complete: Vec<Time> = orig[..n_ok].iter().map(|&i| ops[i].complete).collect();
-        let mut seen: HashMap<Step, u32> = HashMap::new();
+        let mut seen: HashMap<Move, u32> = HashMap::new();
         let twin = (n_ok..steps.len())
             .map(|id| seen.insert(steps[id], id as u32))
             .collect();
-        let impossible_read = impossible_read(&steps, &invoke, &complete, n_ok);
-        Self {
+        let mut problem = Self {
             steps,
+            atomic,
             orig,
             invoke,
             complete,
             twin,
-            impossible_read,
+            impossible_read: None,
             n_ok,
             interner,
             order,
+        };
+        problem.impossible_read = problem.find_impossible_read();
+        problem
+    }
+
+    /// The parts of a move.
+    fn parts<'a>(&'a self, m: &'a Move) -> &'a [Part] {
+        match m {
+            Move::One(part) => std::slice::from_ref(part),
+            Move::Many(i) => &self.atomic[*i as usize],
         }
+    }
+
+    /// The state after move `m` from `state`, or `None` if an observation rules it out.
+    #[inline]
+    fn apply(&self, m: &Move, state: State<N>) -> Option<State<N>> {
+        let mut next = state;
+        for &(slot, step) in self.parts(m) {
+            let r = &mut next[slot as usize];
+            *r = step.apply(*r, &self.interner)?;
+        }
+        Some(next)
+    }
+
+    /// The value of each register, for a report.
+    pub(super) fn values(&self, state: &[Val]) -> Vec<Option<crate::history::Value>> {
+        state.iter().map(|&v| self.interner.bytes(v)).collect()
     }
 }
 
-/// A quick necessary condition: every completed read sees the initial absence or a value that some
-/// operation invoked before the read returned may have written. It finds at once what the search
-/// could only prove by exhausting every placement of the unknown operations.
-fn impossible_read(steps: &[Step], invoke: &[Time], complete: &[Time], n_ok: usize) -> Option<u32> {
-    // The earliest invocation that may write each value; `any_int`: that of an unknown Incr, which
-    // may write any integer.
-    let mut earliest: HashMap<Val, Time> = HashMap::new();
-    let mut any_int = Time::MAX;
-    for (id, step) in steps.iter().enumerate() {
-        let written = match *step {
-            Step::Set(v) => Some(v),
-            Step::Delete(_) => Some(Val::Absent),
-            Step::Cas {
-                swapped: Some(false),
-                ..
-            } => None,
-            Step::Cas { new, .. } => Some(new),
-            Step::Incr {
-                result: Some(n), ..
-            } => Some(Val::Int(n)),
-            Step::Incr { result: None, .. } => {
-                any_int = any_int.min(invoke[id]);
-                None
+/// The step of a single-key operation, given what it observed (`None`: unknown); `None` for a
+/// read that observed nothing (it constrains nothing).
+fn step_of(interner: &mut Interner, op: &Op, observed: Option<&Observed>) -> Option<Step> {
+    Some(match (op, observed) {
+        (Op::Get, Some(Observed::Value(v))) => Step::Get(interner.val(v.as_deref())),
+        (Op::Exists, Some(Observed::Existed(e))) => Step::Exists(*e),
+        (Op::Get | Op::Exists, _) => return None,
+        (Op::Set(v), _) => Step::Set(interner.val(Some(v))),
+        (Op::SetWith { value, cond, .. }, observed) => {
+            let value = interner.val(Some(value));
+            match cond {
+                None => Step::Set(value),
+                Some(c) => Step::SetIf {
+                    value,
+                    if_absent: *c == SetCond::IfAbsent,
+                    written: match observed {
+                        Some(Observed::Swapped(w)) => Some(*w),
+                        _ => None,
+                    },
+                },
             }
-            Step::Get(_) => None,
-        };
-        if let Some(v) = written {
-            let t = earliest.entry(v).or_insert(Time::MAX);
-            *t = (*t).min(invoke[id]);
         }
-    }
-    (0..n_ok).find_map(|id| {
-        let Step::Get(v) = steps[id] else {
-            return None;
-        };
-        let by = complete[id];
-        let possible = v == Val::Absent
-            || earliest.get(&v).is_some_and(|&t| t <= by)
-            || (matches!(v, Val::Int(_)) && any_int <= by);
-        (!possible).then_some(id as u32)
+        (Op::Delete, Some(Observed::Existed(e))) => Step::Delete(Some(*e)),
+        (Op::Delete, _) => Step::Delete(None),
+        (Op::Cas { expected, new }, observed) => Step::Cas {
+            expected: interner.val(expected.as_deref()),
+            new: interner.val(new.as_deref()),
+            swapped: match observed {
+                Some(Observed::Swapped(s)) => Some(*s),
+                _ => None,
+            },
+        },
+        (Op::Incr(by), observed) => Step::Incr {
+            by: *by,
+            result: match observed {
+                Some(Observed::Int(n)) => Some(*n),
+                _ => None,
+            },
+        },
+        (Op::Atomic(_), _) => unreachable!("validated: atomic operations do not nest"),
     })
+}
+
+/// The expiries an operation's writes with a time to live may lead to (none for a conditional
+/// write known not to have written).
+fn expiries(interner: &mut Interner, o: &Operation, slot: &impl Fn(&[u8]) -> u8) -> Vec<Part> {
+    let single = [(o.key.clone(), o.op.clone())];
+    let parts: &[(Key, Op)] = match &o.op {
+        Op::Atomic(parts) => parts,
+        _ => &single,
+    };
+    let results: Vec<Option<&Observed>> = match &o.outcome {
+        Outcome::Ok(Observed::Results(r)) => r.iter().map(Some).collect(),
+        Outcome::Ok(observed) => vec![Some(observed)],
+        _ => vec![None; parts.len()],
+    };
+    parts
+        .iter()
+        .zip(results)
+        .filter_map(|((key, op), seen)| match op {
+            Op::SetWith {
+                value,
+                ttl_ms: Some(_),
+                ..
+            } if seen != Some(&Observed::Swapped(false)) => {
+                Some((slot(key), Step::Expire(interner.val(Some(value)))))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+impl<const N: usize> Problem<N> {
+    /// A quick necessary condition: every completed read sees the initial absence or a value
+    /// that some operation invoked before the read returned may have written to its key. It
+    /// finds at once what the search could only prove by exhausting every placement of the
+    /// unknown operations.
+    fn find_impossible_read(&self) -> Option<u32> {
+        // The earliest invocation that may write each value to each register; `any_int`: that
+        // of an unknown Incr, which may write any integer.
+        let mut earliest: HashMap<(u8, Val), Time> = HashMap::new();
+        let mut any_int = Time::MAX;
+        for (id, m) in self.steps.iter().enumerate() {
+            for &(slot, step) in self.parts(m) {
+                let written = match step {
+                    Step::Set(v) => Some(v),
+                    Step::Delete(_) | Step::Expire(_) => Some(Val::Absent),
+                    Step::Cas {
+                        swapped: Some(false),
+                        ..
+                    }
+                    | Step::SetIf {
+                        written: Some(false),
+                        ..
+                    } => None,
+                    Step::Cas { new, .. } => Some(new),
+                    Step::SetIf { value, .. } => Some(value),
+                    Step::Incr {
+                        result: Some(n), ..
+                    } => Some(Val::Int(n)),
+                    Step::Incr { result: None, .. } => {
+                        any_int = any_int.min(self.invoke[id]);
+                        None
+                    }
+                    Step::Get(_) | Step::Exists(_) => None,
+                };
+                if let Some(v) = written {
+                    let t = earliest.entry((slot, v)).or_insert(Time::MAX);
+                    *t = (*t).min(self.invoke[id]);
+                }
+            }
+        }
+        (0..self.n_ok).find_map(|id| {
+            let by = self.complete[id];
+            let impossible = self.parts(&self.steps[id]).iter().any(|&(slot, step)| {
+                let Step::Get(v) = step else { return false };
+                let possible = v == Val::Absent
+                    || earliest.get(&(slot, v)).is_some_and(|&t| t <= by)
+                    || (matches!(v, Val::Int(_)) && any_int <= by);
+                !possible
+            });
+            impossible.then_some(id as u32)
+        })
+    }
 }
 
 /// A set of search ids as a bitset that knows its leading full words and (roughly) its last
@@ -222,8 +362,8 @@ impl Bits {
 
 /// Where the search stands, but for which unknown operations are linearized.
 #[derive(PartialEq, Eq, Hash)]
-struct Position {
-    state: Val,
+struct Position<const N: usize> {
+    state: State<N>,
     /// Whether the last operation linearized is an unknown one (which restricts the next moves).
     in_run: bool,
     ok_full: u32,
@@ -233,14 +373,14 @@ struct Position {
 
 /// A memoised search node: the position and the unknown operations linearized.
 #[derive(PartialEq, Eq, Hash)]
-struct MemoKey {
-    pos: Position,
+struct MemoKey<const N: usize> {
+    pos: Position<N>,
     /// Trailing zero words trimmed.
     unknown: Box<[u64]>,
 }
 
-impl MemoKey {
-    fn new(state: Val, in_run: bool, ok: &mut Bits, unknown: &mut Bits) -> Self {
+impl<const N: usize> MemoKey<N> {
+    fn new(state: State<N>, in_run: bool, ok: &mut Bits, unknown: &mut Bits) -> Self {
         let ok_full = ok.full as u32;
         Self {
             pos: Position {
@@ -258,10 +398,10 @@ impl MemoKey {
 /// unknown set contains one of those fails too: it has the same moves but fewer unknown ones
 /// (which a linearization may always leave out), so the search skips it.
 #[derive(Default)]
-struct Failed(HashMap<Position, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>);
+struct Failed<const N: usize>(HashMap<Position<N>, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>);
 
-impl Failed {
-    fn subsumes(&self, key: &MemoKey) -> bool {
+impl<const N: usize> Failed<N> {
+    fn subsumes(&self, key: &MemoKey<N>) -> bool {
         self.0.get(&key.pos).is_some_and(|sets| {
             sets.iter().any(|failed| {
                 failed.len() <= key.unknown.len()
@@ -273,7 +413,7 @@ impl Failed {
         })
     }
 
-    fn insert(&mut self, key: MemoKey) {
+    fn insert(&mut self, key: MemoKey<N>) {
         self.0.entry(key.pos).or_default().push(key.unknown);
     }
 }
@@ -328,9 +468,9 @@ impl Hasher for FxHasher {
 }
 
 /// A linearized operation, to undo on backtracking.
-struct Frame {
+struct Frame<const N: usize> {
     id: u32,
-    prev_state: Val,
+    prev_state: State<N>,
     /// For an unknown operation, the completed operation whose return bounded the candidates;
     /// `NO_BOUND` for a completed one.
     bound: u32,
@@ -360,7 +500,7 @@ fn relink(next: &mut [u32], prev: &mut [u32], x: u32) {
     prev[n as usize] = x;
 }
 
-impl Problem {
+impl<const N: usize> Problem<N> {
     /// Searches for a linearization, visiting at most `max_steps` list positions.
     pub(super) fn search(&self, max_steps: u64) -> Search {
         if let Some(read) = self.impossible_read {
@@ -390,16 +530,21 @@ impl Problem {
     }
 
     fn impossible_read_found(&self, read: u32) -> Found {
-        let Step::Get(v) = self.steps[read as usize] else {
-            unreachable!("a read")
-        };
+        let seen: Vec<String> = self
+            .parts(&self.steps[read as usize])
+            .iter()
+            .filter_map(|&(_, step)| match step {
+                Step::Get(v) => Some(show_value(self.interner.bytes(v).as_deref())),
+                _ => None,
+            })
+            .collect();
         Found {
             explanation: format!(
                 "a read saw {}, which no operation invoked before it returned could have written",
-                show_value(self.interner.bytes(v).as_deref())
+                seen.join(" or ")
             ),
             prefix: Vec::new(),
-            state: Val::Absent,
+            state: vec![Val::Absent; N],
             stuck: Some(read),
             candidates: Vec::new(),
             steps: 0,
@@ -433,8 +578,8 @@ impl Problem {
 /// The search in progress: both lists with the linearized operations unlinked, the sets of
 /// linearized operations, the memo, the stack of moves to undo, and the deepest dead end so far
 /// (the evidence a violation reports).
-struct Walk<'p> {
-    problem: &'p Problem,
+struct Walk<'p, const N: usize> {
+    problem: &'p Problem<N>,
     /// The completed operations' list: head, events, tail.
     next: Vec<u32>,
     prev: Vec<u32>,
@@ -445,10 +590,10 @@ struct Walk<'p> {
     utail: u32,
     ok_bits: Bits,
     unknown_bits: Bits,
-    memo: HashSet<MemoKey, BuildHasherDefault<FxHasher>>,
-    failed: Failed,
-    state: Val,
-    stack: Vec<Frame>,
+    memo: HashSet<MemoKey<N>, BuildHasherDefault<FxHasher>>,
+    failed: Failed<N>,
+    state: State<N>,
+    stack: Vec<Frame<N>>,
     /// Completed operations not linearized yet.
     remaining: usize,
     steps: u64,
@@ -457,8 +602,8 @@ struct Walk<'p> {
     common: usize,
 }
 
-impl<'p> Walk<'p> {
-    fn new(problem: &'p Problem) -> Self {
+impl<'p, const N: usize> Walk<'p, N> {
+    fn new(problem: &'p Problem<N>) -> Self {
         let n_ok = problem.n_ok;
         let n_unknown = problem.steps.len() - n_ok;
         let tail = 2 * n_ok as u32 + 1;
@@ -483,7 +628,7 @@ impl<'p> Walk<'p> {
             unknown_bits: Bits::new(n_unknown),
             memo: HashSet::default(),
             failed: Failed::default(),
-            state: Val::Absent,
+            state: [Val::Absent; N],
             stack: Vec::new(),
             remaining: n_ok,
             steps: 0,
@@ -506,7 +651,7 @@ impl<'p> Walk<'p> {
                 bound: id,
             };
         }
-        if let Some(new_state) = p.steps[id as usize].apply(self.state, &p.interner) {
+        if let Some(new_state) = p.apply(&p.steps[id as usize], self.state) {
             self.ok_bits.set(id as usize);
             let key = MemoKey::new(new_state, false, &mut self.ok_bits, &mut self.unknown_bits);
             if !self.failed.subsumes(&key) && self.memo.insert(key) {
@@ -546,14 +691,13 @@ impl<'p> Walk<'p> {
         //   them, so they might as well never happen;
         // * the twin of a pending unknown operation (same step, invoked earlier, so also a
         //   candidate here): it was tried already.
-        let blind = matches!(step, Step::Set(_) | Step::Delete(_));
+        let blind = N == 1 && matches!(step, Move::One((_, Step::Set(_) | Step::Delete(_))));
         let twin_pending =
             p.twin[j].is_some_and(|t| !self.unknown_bits.contains(t as usize - n_ok));
         let applied = if (blind && in_run) || twin_pending {
             None
         } else {
-            step.apply(self.state, &p.interner)
-                .filter(|&s| s != self.state)
+            p.apply(step, self.state).filter(|&s| s != self.state)
         };
         if let Some(new_state) = applied {
             self.unknown_bits.set(j);
@@ -624,13 +768,13 @@ impl<'p> Walk<'p> {
         {
             return;
         }
-        let state = self.state;
+        let state = self.state.to_vec();
         let b = self.best.get_or_insert_with(|| Found {
             explanation: "no order of the operations respects both their real-time order and \
                           the answers they got"
                 .to_string(),
             prefix: Vec::new(),
-            state,
+            state: state.clone(),
             stuck: None,
             candidates: Vec::new(),
             steps: 0,

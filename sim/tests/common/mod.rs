@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use sim::history::{History, Observed, Op, Operation, Outcome, Time, Value};
+use sim::history::{History, Observed, Op, Operation, Outcome, SetCond, Time, Value};
 
 /// SplitMix64: tiny, seeded, good enough for workloads.
 pub struct Rng(u64);
@@ -108,6 +108,26 @@ pub fn model_apply(
             let n = current.checked_add(*by)?;
             (Some(n.to_string().into_bytes()), Observed::Int(n))
         }
+        // Time does not pass in this model: a time to live never ends.
+        Op::SetWith { value, cond, .. } => {
+            let allowed = match cond {
+                None => true,
+                Some(SetCond::IfAbsent) => state.is_none(),
+                Some(SetCond::IfPresent) => state.is_some(),
+            };
+            let new = if allowed {
+                Some(value.clone())
+            } else {
+                state.clone()
+            };
+            let seen = match cond {
+                None => Observed::Done,
+                Some(_) => Observed::Swapped(allowed),
+            };
+            (new, seen)
+        }
+        Op::Exists => (state.clone(), Observed::Existed(state.is_some())),
+        Op::Atomic(_) => panic!("the single-key model has no atomic operations"),
     })
 }
 
