@@ -31,7 +31,8 @@
 //!
 //! * `mod.rs`: the entry points ([`check`], [`check_key`]) and their [`Config`];
 //! * `model.rs`: the sequential single-register model (interned values, one step per operation);
-//! * `search.rs`: the search itself, and the memo that prunes it;
+//! * `search.rs`: the search itself;
+//! * `memo.rs`: the memo that prunes it (compact bitsets, explored and failed positions);
 //! * `report.rs`: what a failed check says ([`CheckError`], [`Violation`]) and the minimisation
 //!   that finds a smaller failing sub-history to show.
 
@@ -39,6 +40,7 @@ use std::collections::BTreeMap;
 
 use crate::history::{History, Key, Operation};
 
+mod memo;
 mod model;
 mod report;
 mod search;
