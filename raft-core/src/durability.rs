@@ -32,15 +32,20 @@ impl RawNode {
             tracing::debug!(id = self.id, term = self.term, write = ?id, "ignoring stale persistence ack");
             return;
         };
-        let done: Vec<OutstandingWrite> = self.writes.drain(..=pos).collect();
-        for write in done {
+        for _ in 0..=pos {
+            let mut write = self.writes.pop_front().expect("pos names a queued write");
             if let Some((index, term)) = write.last_entry {
                 self.log.persisted_to(index, term);
             }
-            for held in write.held {
+            for held in write.held.drain(..) {
                 self.release(held);
             }
+            self.reuse_held_buffer(write.held);
         }
+        debug_assert!(
+            self.writes.front().is_none_or(|w| w.id.seq > id.seq),
+            "every write up to the one reported is done"
+        );
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -68,6 +73,15 @@ impl RawNode {
             last.held.push(held);
         } else {
             self.release(held);
+        }
+    }
+
+    /// Keeps an emptied list of held items for the next write, so that a follower's steady
+    /// stream of acknowledgements does not allocate one list per write.
+    fn reuse_held_buffer(&mut self, emptied: Vec<Held>) {
+        debug_assert!(emptied.is_empty());
+        if self.held_for_next_write.capacity() == 0 {
+            self.held_for_next_write = emptied;
         }
     }
 

@@ -171,13 +171,21 @@ impl RaftLog {
 
     /// Entries in `[from, last_index]`, at most `max_bytes` of them but always at least one.
     pub(crate) fn entries_from(&self, from: Index, max_bytes: u64) -> &[Entry] {
-        if from < self.first_index() || from > self.last_index() {
+        self.entries_between(from, self.last_index(), max_bytes)
+    }
+
+    /// Entries in `[from, upto]` (within the log), at most `max_bytes` of them but always at
+    /// least one.
+    fn entries_between(&self, from: Index, upto: Index, max_bytes: u64) -> &[Entry] {
+        let upto = upto.min(self.last_index());
+        if from < self.first_index() || from > upto {
             return &[];
         }
         let start = (from - self.first_index()) as usize;
+        let stop = (upto - self.first_index()) as usize + 1;
         let mut end = start;
         let mut bytes = 0u64;
-        while end < self.entries.len() {
+        while end < stop {
             bytes += self.entries[end].size();
             if end > start && bytes > max_bytes {
                 break;
@@ -187,17 +195,22 @@ impl RaftLog {
         &self.entries[start..end]
     }
 
-    /// Appends entries that directly follow the last one (the leader's own proposals).
-    pub(crate) fn append(&mut self, new: Vec<Entry>) {
-        let Some(first) = new.first() else { return };
+    /// Appends entries that directly follow the last one (the leader's own entries), moving
+    /// them in without a collection of their own.
+    pub(crate) fn append(&mut self, new: impl IntoIterator<Item = Entry>) {
+        let start = self.entries.len();
+        self.entries.extend(new);
+        let Some(first) = self.entries.get(start) else {
+            return;
+        };
         assert_eq!(
             first.index,
-            self.last_index() + 1,
+            self.snapshot.index + start as u64 + 1,
             "leader appends must extend the log"
         );
-        self.note_unpersisted(first.index);
-        self.confs.extend(conf_changes(&new));
-        self.entries.extend(new);
+        let first = first.index;
+        self.note_unpersisted(first);
+        self.confs.extend(conf_changes(&self.entries[start..]));
     }
 
     /// The index of the first entry in `new` that is not already in the log with the same term,
@@ -209,10 +222,10 @@ impl RaftLog {
     }
 
     /// Makes the log hold `new` (contiguous, directly after an entry that matches) by dropping
-    /// every entry from the first conflict on and appending the rest. The caller has checked that
-    /// no committed entry conflicts.
-    pub(crate) fn append_after_match(&mut self, new: &[Entry]) {
-        let Some(conflict) = self.find_conflict(new) else {
+    /// every entry from the first conflict on and moving in the rest. The caller has checked
+    /// that no committed entry conflicts.
+    pub(crate) fn append_after_match(&mut self, mut new: Vec<Entry>) {
+        let Some(conflict) = self.find_conflict(&new) else {
             return;
         };
         debug_assert!(
@@ -230,7 +243,7 @@ impl RaftLog {
         }
         self.note_unpersisted(conflict);
         self.confs.extend(conf_changes(&new[skip..]));
-        self.entries.extend_from_slice(&new[skip..]);
+        self.entries.extend(new.drain(skip..));
     }
 
     pub(crate) fn has_unpersisted(&self) -> bool {
@@ -283,13 +296,11 @@ impl RaftLog {
         if upto <= self.applying {
             return Vec::new();
         }
-        let out = self.entries_from(self.applying + 1, max_bytes);
-        let out: Vec<Entry> = out
-            .iter()
-            .take_while(|e| e.index <= upto)
-            .cloned()
-            .collect();
+        let out = self
+            .entries_between(self.applying + 1, upto, max_bytes)
+            .to_vec();
         if let Some(last) = out.last() {
+            debug_assert_eq!(last.index, self.applying + out.len() as u64);
             self.applying = last.index;
         }
         out
@@ -414,7 +425,7 @@ mod tests {
     fn conflicting_suffix_is_replaced_and_persisted_index_drops() {
         let mut log = log_of(&[1, 1, 1, 1]);
         assert_eq!(log.persisted(), 4);
-        log.append_after_match(&[e(2, 1), e(3, 2)]);
+        log.append_after_match(vec![e(2, 1), e(3, 2)]);
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.term(3), Some(2));
         assert_eq!(log.persisted(), 2);
@@ -425,7 +436,7 @@ mod tests {
     #[test]
     fn matching_entries_are_not_rewritten() {
         let mut log = log_of(&[1, 1, 1]);
-        log.append_after_match(&[e(1, 1), e(2, 1)]);
+        log.append_after_match(vec![e(1, 1), e(2, 1)]);
         assert_eq!(log.last_index(), 3);
         assert!(log.take_unpersisted().is_empty());
     }
@@ -435,7 +446,7 @@ mod tests {
         let mut log = log_of(&[1]);
         log.append(vec![e(2, 1)]);
         let _ = log.take_unpersisted();
-        log.append_after_match(&[e(2, 2)]);
+        log.append_after_match(vec![e(2, 2)]);
         log.persisted_to(2, 1);
         assert_eq!(log.persisted(), 1);
         log.persisted_to(2, 2);

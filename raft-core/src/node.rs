@@ -18,6 +18,7 @@ use crate::progress::Progress;
 use crate::quorum::Quorum;
 use crate::read_index::ReadIndexTracker;
 use crate::ready::{ReadState, Ready, SnapshotToFetch, SoftState};
+use crate::replication::proposal_bytes;
 use crate::rng::SeededRng;
 use crate::safety::SafetyViolation;
 use crate::snapshot::PendingFetch;
@@ -189,28 +190,45 @@ impl RawNode {
     /// Proposes one command. On the leader it is appended; on a follower it is forwarded to
     /// the leader or refused, as configured.
     pub fn propose(&mut self, payload: Bytes) -> Result<Proposed, ProposeError> {
-        self.propose_batch(vec![payload])
-    }
-
-    /// Proposes several commands, appended as consecutive entries.
-    pub fn propose_batch(&mut self, payloads: Vec<Bytes>) -> Result<Proposed, ProposeError> {
-        let result = self.propose_inner(payloads);
+        // One payload goes into the log without a collection around it.
+        let result = if self.role == Role::Leader {
+            let bytes = proposal_bytes(std::slice::from_ref(&payload));
+            self.append_as_leader(std::iter::once(payload), bytes)
+        } else {
+            self.forward_proposals(vec![payload])
+        };
         self.debug_assert_invariants();
         result
     }
 
-    fn propose_inner(&mut self, payloads: Vec<Bytes>) -> Result<Proposed, ProposeError> {
-        if payloads.is_empty() {
-            return Err(ProposeError::Empty);
-        }
-        if self.role == Role::Leader {
-            let (first, last) = self.append_proposals(payloads)?;
-            return Ok(Proposed::Appended {
-                first,
-                last,
-                term: self.term,
-            });
-        }
+    /// Proposes several commands, appended as consecutive entries.
+    pub fn propose_batch(&mut self, payloads: Vec<Bytes>) -> Result<Proposed, ProposeError> {
+        let result = if payloads.is_empty() {
+            Err(ProposeError::Empty)
+        } else if self.role == Role::Leader {
+            let bytes = proposal_bytes(&payloads);
+            self.append_as_leader(payloads, bytes)
+        } else {
+            self.forward_proposals(payloads)
+        };
+        self.debug_assert_invariants();
+        result
+    }
+
+    fn append_as_leader(
+        &mut self,
+        payloads: impl IntoIterator<Item = Bytes>,
+        bytes: u64,
+    ) -> Result<Proposed, ProposeError> {
+        let (first, last) = self.append_proposals(payloads, bytes)?;
+        Ok(Proposed::Appended {
+            first,
+            last,
+            term: self.term,
+        })
+    }
+
+    fn forward_proposals(&mut self, payloads: Vec<Bytes>) -> Result<Proposed, ProposeError> {
         let to = self.forward_target()?;
         self.send(to, MessageBody::Propose { payloads });
         Ok(Proposed::Forwarded { to })

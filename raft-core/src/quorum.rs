@@ -15,15 +15,64 @@ pub(crate) fn majority(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Voter sets up to this size are counted in a buffer on the stack: commit counting runs on
+/// every acknowledgement, and real configurations have a handful of voters.
+const INLINE_VOTERS: usize = 16;
+
 /// The highest value a majority of `voters` has reached (voters `acked` knows nothing of count
 /// as 0); `Index::MAX` for an empty set, which constrains nothing.
 fn majority_index(voters: &BTreeSet<NodeId>, acked: &impl Fn(NodeId) -> Index) -> Index {
     if voters.is_empty() {
         return Index::MAX;
     }
-    let mut indexes: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
-    indexes.sort_unstable_by(|a, b| b.cmp(a));
-    indexes[majority(voters.len()) - 1]
+    let index = if voters.len() <= INLINE_VOTERS {
+        let mut buffer = [0; INLINE_VOTERS];
+        for (slot, &v) in buffer.iter_mut().zip(voters) {
+            *slot = acked(v);
+        }
+        majority_th_highest(&mut buffer[..voters.len()])
+    } else {
+        let mut indexes: Vec<Index> = voters.iter().map(|&v| acked(v)).collect();
+        majority_th_highest(&mut indexes)
+    };
+    let reached = |beyond: bool| {
+        voters
+            .iter()
+            .filter(|&&v| {
+                if beyond {
+                    acked(v) > index
+                } else {
+                    acked(v) >= index
+                }
+            })
+            .count()
+    };
+    debug_assert!(
+        reached(false) >= majority(voters.len()),
+        "a majority has reached the index counted"
+    );
+    debug_assert!(
+        reached(true) < majority(voters.len()),
+        "no majority has reached beyond the index counted"
+    );
+    index
+}
+
+/// The value a majority of `indexes` has reached: the majority-th highest. Reorders `indexes`.
+fn majority_th_highest(indexes: &mut [Index]) -> Index {
+    if indexes.len() > INLINE_VOTERS {
+        indexes.sort_unstable_by(|a, b| b.cmp(a));
+    } else {
+        // An insertion sort, highest first: the usual set is a handful of voters.
+        for sorted in 1..indexes.len() {
+            let mut at = sorted;
+            while at > 0 && indexes[at - 1] < indexes[at] {
+                indexes.swap(at - 1, at);
+                at -= 1;
+            }
+        }
+    }
+    indexes[majority(indexes.len()) - 1]
 }
 
 /// The outcome of counting votes so far.
@@ -139,6 +188,22 @@ mod tests {
         assert_eq!(at(&[1, 2, 3, 4, 5]), 5);
         assert_eq!(at(&[1, 2, 3, 4]), 3);
         assert_eq!(at(&[1]), 5);
+    }
+
+    #[test]
+    fn committed_index_agrees_with_sorting_for_every_size_on_and_off_the_stack() {
+        let mut rng = crate::rng::SeededRng::new(7);
+        for size in 1..=2 * INLINE_VOTERS as u64 + 1 {
+            for _ in 0..20 {
+                let acked: Vec<Index> = (0..=size).map(|_| rng.gen_range(0..6u64)).collect();
+                let ids: Vec<NodeId> = (1..=size).collect();
+                let mut sorted: Vec<Index> = ids.iter().map(|&v| acked[v as usize]).collect();
+                sorted.sort_unstable_by(|a, b| b.cmp(a));
+                let expected = sorted[majority(ids.len()) - 1];
+                let counted = Quorum::of(&joint(&ids, &[])).committed_index(|v| acked[v as usize]);
+                assert_eq!(counted, expected, "{size} voters acked {acked:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Log replication (Raft §5.3): the leader's appends, heartbeats and commit rule, and the
 //! follower's side of AppendEntries.
 
+use std::ops::Bound;
+
 use bytes::Bytes;
 
 use crate::error::ProposeError;
@@ -13,20 +15,18 @@ use crate::types::{Entry, EntryKind, Index, NodeId, Role, Term};
 impl RawNode {
     // ----- leader -------------------------------------------------------------------------
 
-    /// Appends client payloads to the leader's log; followers get them with the next drain, so
-    /// that proposals made between two drains travel in one message.
+    /// Appends client payloads (`bytes` of entries, see [`proposal_bytes`]) to the leader's log;
+    /// followers get them with the next drain, so that proposals made between two drains
+    /// travel in one message.
     pub(crate) fn append_proposals(
         &mut self,
-        payloads: Vec<Bytes>,
+        payloads: impl IntoIterator<Item = Bytes>,
+        bytes: u64,
     ) -> Result<(Index, Index), ProposeError> {
         debug_assert_eq!(self.role, Role::Leader);
         if let Some(t) = &self.transfer {
             return Err(ProposeError::TransferringLeadership { to: t.to });
         }
-        let bytes: u64 = payloads
-            .iter()
-            .map(|p| p.len() as u64 + crate::types::ENTRY_OVERHEAD_BYTES)
-            .sum();
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes.saturating_add(bytes) > self.cfg.max_uncommitted_bytes
         {
@@ -34,14 +34,21 @@ impl RawNode {
         }
         self.append_clock_stamp_if_due(self.log.last_index() + 1);
         let first = self.log.last_index() + 1;
-        let entries: Vec<Entry> = payloads
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| Entry::new(self.term, first + i as u64, EntryKind::Normal, p))
-            .collect();
-        let last = first + entries.len() as u64 - 1;
-        self.uncommitted_bytes += bytes;
+        let term = self.term;
+        let entries = (first..)
+            .zip(payloads)
+            .map(|(index, p)| Entry::new(term, index, EntryKind::Normal, p));
         self.log.append(entries);
+        let last = self.log.last_index();
+        debug_assert_eq!(
+            (first..=last)
+                .filter_map(|i| self.log.entry(i))
+                .map(Entry::size)
+                .sum::<u64>(),
+            bytes,
+            "the bytes counted are those appended"
+        );
+        self.uncommitted_bytes += bytes;
         self.broadcast_pending = true;
         if self.bug_ack_before_persist() {
             self.maybe_commit();
@@ -53,12 +60,10 @@ impl RawNode {
     /// index lets it apply entries it already holds.
     pub(crate) fn broadcast_append(&mut self) {
         let committed = self.log.committed();
-        let peers: Vec<(NodeId, bool)> = self
-            .progress
-            .iter()
-            .map(|(&id, pr)| (id, committed.min(pr.matched) > pr.commit_sent))
-            .collect();
-        for (to, commit_news) in peers {
+        let mut peer = self.next_peer_after(0);
+        while let Some((to, pr)) = peer {
+            let commit_news = committed.min(pr.matched) > pr.commit_sent;
+            peer = self.next_peer_after(to);
             let mut sent_entries = false;
             while self.send_append(to, false) {
                 sent_entries = true;
@@ -227,16 +232,29 @@ impl RawNode {
 
     pub(crate) fn broadcast_heartbeats(&mut self, read_round: u64) {
         let committed = self.log.committed();
-        let peers: Vec<(NodeId, Index)> = self
-            .progress
-            .iter()
-            .map(|(&id, pr)| (id, pr.matched))
-            .collect();
-        for (to, matched) in peers {
+        let mut peer = self.next_peer_after(0);
+        while let Some((to, pr)) = peer {
             // A follower's log may not match ours beyond `matched`, so it may not commit past it.
-            let commit = committed.min(matched);
+            let commit = committed.min(pr.matched);
+            peer = self.next_peer_after(to);
             self.send(to, MessageBody::Heartbeat { commit, read_round });
         }
+    }
+
+    /// The follower with the lowest id above `id`, with its match index and the commit index
+    /// it was told: a walk over the followers that may send to each on the way, without
+    /// collecting them first.
+    fn next_peer_after(&self, id: NodeId) -> Option<(NodeId, PeerIndexes)> {
+        self.progress
+            .range((Bound::Excluded(id), Bound::Unbounded))
+            .next()
+            .map(|(&next, pr)| {
+                let indexes = PeerIndexes {
+                    matched: pr.matched,
+                    commit_sent: pr.commit_sent,
+                };
+                (next, indexes)
+            })
     }
 
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
@@ -351,8 +369,8 @@ impl RawNode {
             );
             return;
         }
-        self.log.append_after_match(&entries);
         let last_new = prev_log_index + entries.len() as u64;
+        self.log.append_after_match(entries);
         self.log.commit_to(commit.min(last_new));
         self.send_when_durable(from, success_ack(last_new));
     }
@@ -381,6 +399,20 @@ impl RawNode {
         self.log.commit_to(commit.min(self.log.last_index()));
         self.send(from, MessageBody::HeartbeatResponse { read_round });
     }
+}
+
+/// The bytes proposals of these payloads count for in flow control ([`Entry::size`]).
+pub(crate) fn proposal_bytes(payloads: &[Bytes]) -> u64 {
+    payloads
+        .iter()
+        .map(|p| p.len() as u64 + crate::types::ENTRY_OVERHEAD_BYTES)
+        .sum()
+}
+
+/// What a walk over the followers reads of one before sending to it.
+struct PeerIndexes {
+    matched: Index,
+    commit_sent: Index,
 }
 
 pub(crate) fn success_ack(index: Index) -> MessageBody {

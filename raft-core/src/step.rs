@@ -173,7 +173,8 @@ impl RawNode {
                         "dropping a proposal forwarded by a server the configuration does not list"
                     );
                 } else if self.role == Role::Leader {
-                    if let Err(e) = self.append_proposals(payloads) {
+                    let bytes = crate::replication::proposal_bytes(&payloads);
+                    if let Err(e) = self.append_proposals(payloads, bytes) {
                         tracing::debug!(id = self.id, term = self.term, from, error = %e, "dropping forwarded proposal");
                     }
                 }
