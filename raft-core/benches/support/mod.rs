@@ -34,17 +34,21 @@ impl Cluster {
         c
     }
 
-    /// Drains every node once (persisting instantly) and delivers everything sent.
+    /// Drains every node as a driver does (persisting instantly, taking `Ready`s while there
+    /// are any: reporting a write releases the acknowledgements it held) and delivers
+    /// everything sent.
     fn round(&mut self) {
         for (&id, node) in self.nodes.iter_mut() {
-            let ready = node.take_ready();
-            if let Some(write) = ready.persist {
-                node.on_persisted(write.id);
-            }
-            self.network.extend(ready.messages);
-            if id == 1 {
-                if let Some(last) = ready.committed.last() {
-                    self.leader_applied = last.index;
+            while node.has_ready() {
+                let ready = node.take_ready();
+                if let Some(write) = ready.persist {
+                    node.on_persisted(write.id);
+                }
+                self.network.extend(ready.messages);
+                if id == 1 {
+                    if let Some(last) = ready.committed.last() {
+                        self.leader_applied = last.index;
+                    }
                 }
             }
         }
