@@ -325,3 +325,15 @@ fn teeth_expiry_judged_by_a_replicas_own_clock_is_caught() {
     );
     println!("{failure}");
 }
+
+#[test]
+fn teeth_a_log_whose_time_stands_still_is_caught() {
+    // Without the leaders' clock stamps no key ever expires: every answer is still consistent,
+    // so only the probe's check that volatile keys are gone once their time has passed sees it.
+    let failure = first_catch_matching(
+        20,
+        |f| f.kind.rule() == "liveness" && f.to_string().contains("did not expire"),
+        |cfg| cfg.switches.no_clock_stamps = true,
+    );
+    println!("{failure}");
+}

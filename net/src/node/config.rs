@@ -117,6 +117,8 @@ pub struct UnsafeSwitches {
     pub expiry_by_local_clock: bool,
     /// Run a transaction's commands as separate log entries instead of one.
     pub split_transactions: bool,
+    /// Leaders stamp no time into the log: the log's time stands still and no key expires.
+    pub no_clock_stamps: bool,
     /// Broken Raft rules inside the core.
     pub raft: raft_core::bugs::Bugs,
 }

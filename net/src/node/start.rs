@@ -384,6 +384,7 @@ fn restart_core(
     #[cfg(feature = "test-switches")]
     {
         core_cfg.bugs = cfg.unsafe_switches.raft;
+        core_cfg.clock_stamps = !cfg.unsafe_switches.no_clock_stamps;
     }
     RawNode::restart(core_cfg, restart).map_err(NodeError::Core)
 }
