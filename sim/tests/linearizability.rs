@@ -3,10 +3,12 @@
 
 mod common;
 
-use common::{corrupt_one_read, generate, make_one_read_stale, model_apply, GenConfig};
+use common::{
+    accepted, corrupt_one_read, generate, make_one_read_stale, model_apply, rejected, GenConfig,
+};
 use proptest::prelude::*;
 use sim::history::{History, Observed, Op, Operation, Outcome, Value};
-use sim::linearizability::{check, check_with, CheckError, Config, Violation};
+use sim::linearizability::{check, check_with, CheckError, Config};
 
 // ---- Building histories on key "x" -------------------------------------------------------------
 
@@ -52,31 +54,6 @@ fn cas(
 fn del(c: u64, i: u64, r: u64, existed: Option<bool>) -> Operation {
     let seen = existed.map_or(Observed::Done, Observed::Existed);
     op(c, i, r, Op::Delete, Outcome::Ok(seen))
-}
-
-#[track_caller]
-fn accepted(ops: Vec<Operation>) {
-    let h = History::from(ops);
-    if let Err(e) = check(&h) {
-        panic!("expected linearizable, got:\n{e}");
-    }
-}
-
-#[track_caller]
-fn rejected(ops: Vec<Operation>) -> Violation {
-    let h = History::from(ops);
-    match check(&h) {
-        Err(CheckError::Violation(v)) => {
-            // The reported sub-history is itself a violation.
-            let again = check(&History::from(v.minimal.clone()));
-            assert!(
-                matches!(again, Err(CheckError::Violation(_))),
-                "minimal sub-history passes:\n{v}"
-            );
-            *v
-        }
-        other => panic!("expected a violation, got {other:?}"),
-    }
 }
 
 // ---- Known-bad histories -----------------------------------------------------------------------

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::model_apply;
+use common::{accepted, model_apply, rejected};
 use proptest::prelude::*;
 use sim::history::{History, Key, Observed, Op, Operation, Outcome, SetCond, Value};
-use sim::linearizability::{check, CheckError, Violation};
+use sim::linearizability::{check, CheckError};
 
 fn v(s: &str) -> Value {
     s.as_bytes().to_vec()
@@ -84,28 +84,6 @@ fn set_nx_px(key: &str, c: u64, i: u64, r: u64, val: &str, written: bool) -> Ope
         ttl_ms: Some(100),
     };
     on(key, c, i, r, op, Observed::Swapped(written))
-}
-
-#[track_caller]
-fn accepted(ops: Vec<Operation>) {
-    if let Err(e) = check(&History::from(ops)) {
-        panic!("expected linearizable, got:\n{e}");
-    }
-}
-
-#[track_caller]
-fn rejected(ops: Vec<Operation>) -> Violation {
-    match check(&History::from(ops)) {
-        Err(CheckError::Violation(v)) => {
-            let again = check(&History::from(v.minimal.clone()));
-            assert!(
-                matches!(again, Err(CheckError::Violation(_))),
-                "minimal sub-history passes:\n{v}"
-            );
-            *v
-        }
-        other => panic!("expected a violation, got {other:?}"),
-    }
 }
 
 // ---- Atomic operations ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 use sim::history::{History, Observed, Op, Operation, Outcome, SetCond, Time, Value};
+use sim::linearizability::{check, CheckError, Violation};
 
 /// SplitMix64: tiny, seeded, good enough for workloads.
 pub struct Rng(u64);
@@ -323,4 +324,31 @@ pub fn make_one_read_stale(h: &History, seed: u64) -> Option<History> {
         }
     }
     None
+}
+
+/// Asserts that the checker accepts `ops`.
+#[track_caller]
+pub fn accepted(ops: Vec<Operation>) {
+    let h = History::from(ops);
+    if let Err(e) = check(&h) {
+        panic!("expected linearizable, got:\n{e}");
+    }
+}
+
+/// Asserts that the checker rejects `ops`, and that the smallest failing sub-history it reports
+/// is rejected too; returns the violation.
+#[track_caller]
+pub fn rejected(ops: Vec<Operation>) -> Violation {
+    let h = History::from(ops);
+    match check(&h) {
+        Err(CheckError::Violation(v)) => {
+            let again = check(&History::from(v.minimal.clone()));
+            assert!(
+                matches!(again, Err(CheckError::Violation(_))),
+                "minimal sub-history passes:\n{v}"
+            );
+            *v
+        }
+        other => panic!("expected a violation, got {other:?}"),
+    }
 }
