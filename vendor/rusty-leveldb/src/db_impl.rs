@@ -1821,4 +1821,45 @@ mod tests {
             cnt += entries_per_batch;
         }
     }
+
+    /// Lets every lookup into every table, as a Bloom filter's false positive does for one.
+    struct MatchAllFilter;
+
+    impl crate::filter::FilterPolicy for MatchAllFilter {
+        fn name(&self) -> &'static str {
+            "test.match-all"
+        }
+        fn create_filter(&self, _: &[u8], _: &[usize]) -> Vec<u8> {
+            vec![0]
+        }
+        fn key_may_match(&self, _: &[u8], _: &[u8]) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn test_db_impl_get_ignores_a_deletion_of_the_next_key() {
+        let mut opt = options::for_test();
+        opt.reuse_logs = false;
+        opt.filter_policy = Rc::new(Box::new(MatchAllFilter));
+        // Each reopen writes the recovered log into a level-0 table of its own.
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            db.put(b"b", b"kept").unwrap();
+        }
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            db.put(b"a", b"1").unwrap();
+            db.put(b"c", b"3").unwrap();
+            db.delete(b"c").unwrap();
+        }
+        // The newer table spans a..c without holding b; the first entry after b there is the
+        // deletion of c, which must not be taken for one of b.
+        let mut db = DB::open("db", opt).unwrap();
+        assert_eq!(Some(b"kept".to_vec()), db.get(b"b").map(|v| v.to_vec()));
+        assert_eq!(Some(b"1".to_vec()), db.get(b"a").map(|v| v.to_vec()));
+        assert_eq!(None, db.get(b"c"));
+        assert_eq!(None, db.get(b"bb"));
+    }
+
 }

@@ -88,9 +88,12 @@ impl Version {
                     // We don't need to check the sequence number; get() will not return an entry
                     // with a higher sequence number than the one in the supplied key.
                     let (typ, _, foundkey) = parse_internal_key(&k);
-                    if typ == ValueType::TypeValue
-                        && self.user_cmp.cmp(foundkey, ukey) == Ordering::Equal
-                    {
+                    if self.user_cmp.cmp(foundkey, ukey) != Ordering::Equal {
+                        // The table does not hold the key; what we got is the next key in it,
+                        // whose deletion says nothing about ours. Older tables may hold it.
+                        continue;
+                    }
+                    if typ == ValueType::TypeValue {
                         return Ok(Some((v, stats)));
                     } else if typ == ValueType::TypeDeletion {
                         // Skip looking once we have found a deletion.
