@@ -1862,4 +1862,31 @@ mod tests {
         assert_eq!(None, db.get(b"bb"));
     }
 
+    #[test]
+    fn test_db_impl_get_finds_a_version_that_ends_a_block() {
+        let mut opt = options::for_test();
+        opt.reuse_logs = false;
+        // Values larger than a block: every block holds one entry, ending with it.
+        let value = |c: u8| vec![c; 2 * opt.block_size];
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            db.put(b"k", &value(b'1')).unwrap();
+        }
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            for c in [b'2', b'3', b'4'] {
+                db.put(b"k", &value(c)).unwrap();
+            }
+        }
+        // Reopened, the newest table's last block ends with k's newest version, and a lookup at
+        // the last sequence number equals that block's index key: it must be found there, not
+        // in the older table.
+        let mut db = DB::open("db", opt).unwrap();
+        assert_eq!(Some(b'4'), db.get(b"k").map(|v| v[0]));
+        let snapshot = db.get_snapshot();
+        assert_eq!(
+            Some(b'4'),
+            db.get_at(&snapshot, b"k").unwrap().map(|v| v[0])
+        );
+    }
 }
