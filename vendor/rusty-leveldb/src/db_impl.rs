@@ -1889,4 +1889,30 @@ mod tests {
             db.get_at(&snapshot, b"k").unwrap().map(|v| v[0])
         );
     }
+
+    #[test]
+    fn test_db_impl_get_after_memtable_flush_over_overlapping_level0() {
+        let mut opt = options::for_test();
+        opt.reuse_logs = false;
+        // Each reopen writes the recovered log into a level-0 table: a wide one holding an old
+        // "m", then a narrow one. Sorted by smallest key, their largest keys are not sorted.
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            db.put(b"a", b"1").unwrap();
+            db.put(b"m", b"old").unwrap();
+            db.put(b"z", b"1").unwrap();
+        }
+        {
+            let mut db = DB::open("db", opt.clone()).unwrap();
+            db.put(b"b", b"1").unwrap();
+            db.put(b"c", b"1").unwrap();
+        }
+        opt.write_buffer_size = 1000;
+        let mut db = DB::open("db", opt).unwrap();
+        db.put(b"m", b"new").unwrap();
+        db.put(b"n", &[0; 2000]).unwrap();
+        // Flushes the memtable holding m..n; it must stay above the wide level-0 table.
+        db.put(b"o", b"1").unwrap();
+        assert_eq!(Some(b"new".to_vec()), db.get(b"m").map(|v| v.to_vec()));
+    }
 }
