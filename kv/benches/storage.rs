@@ -1,4 +1,4 @@
-//! Synced Raft appends against the disk's raw fdatasync rate, and apply throughput.
+//! Synced Raft appends against the disk's raw fdatasync rate, apply throughput, and point reads.
 //!
 //! Everything lives under `CARGO_TARGET_TMPDIR`, so the raw fsync baseline and the databases are
 //! on the same file system. Run: `cargo bench -p kv --bench storage`.
@@ -108,12 +108,56 @@ fn apply(c: &mut Criterion) {
     g.finish();
 }
 
+/// Point reads of a state machine whose 200k keys sit in tables (compacted), in a fixed
+/// scattered order: a hit, and a miss (a key between two stored ones).
+fn point_reads(c: &mut Criterion) {
+    const KEYS: u64 = 200_000;
+    let dir = bench_dir();
+    let mut sm = KvStateMachine::open(dir.path()).expect("open");
+    let value = Bytes::from(vec![0x61u8; 128]);
+    for first in (1..=KEYS).step_by(1000) {
+        let es: Vec<Entry> = (first..first + 1000)
+            .map(|i| {
+                let op = Op::Set {
+                    key: Bytes::from(format!("key{i:06}")),
+                    value: value.clone(),
+                };
+                Entry::new(
+                    1,
+                    i,
+                    EntryKind::Normal,
+                    Command::new(i % 1000, i, op).encode(),
+                )
+            })
+            .collect();
+        sm.apply(&es).expect("apply");
+    }
+    sm.compact().expect("compact");
+    let mut g = c.benchmark_group("kv_get");
+    for (name, suffix) in [
+        ("hit_200k_keys_in_tables", ""),
+        ("miss_200k_keys_in_tables", "x"),
+    ] {
+        let mut i = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                // A stride coprime with the key count visits the keys scattered.
+                i = (i + 7919) % KEYS;
+                let key = format!("key{:06}{suffix}", i + 1);
+                let found = sm.get(key.as_bytes()).expect("get");
+                assert_eq!(found.is_some(), suffix.is_empty());
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = raw_fdatasync, synced_appends, raw_fdatasync_again, apply
+    targets = raw_fdatasync, synced_appends, raw_fdatasync_again, apply, point_reads
 }
 criterion_main!(benches);

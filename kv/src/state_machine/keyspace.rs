@@ -211,8 +211,7 @@ impl KvStateMachine {
     }
 
     /// Reads the stored rows of `keys` into the batch with one iterator, before the batch's
-    /// commands run: most writes read their key first (its deadline, whether it is new), and
-    /// a point read costs an iterator of its own.
+    /// commands run: most writes read their key first (its deadline, whether it is new).
     pub(crate) fn prefetch<'a>(
         &mut self,
         t: &mut Txn,
