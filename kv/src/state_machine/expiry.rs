@@ -93,6 +93,8 @@ impl KvStateMachine {
                     batch.delete(row);
                 }
                 self.ldb().write(batch, false)?;
+                #[cfg(test)]
+                crash_point::after_batch()?;
             }
         }
         t.rows
@@ -110,5 +112,34 @@ impl KvStateMachine {
             Op::Multi { ops, .. } => ops.iter().any(Self::flushes),
             _ => false,
         }
+    }
+}
+
+/// Tests stop a flush after some batches, as a crash would.
+#[cfg(test)]
+pub(super) mod crash_point {
+    use std::cell::Cell;
+
+    thread_local! {
+        static BATCHES_LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// The next flush on this thread fails after writing `batches` batches.
+    pub(crate) fn fail_after(batches: usize) {
+        BATCHES_LEFT.with(|b| b.set(Some(batches)));
+    }
+
+    pub(super) fn after_batch() -> crate::error::Result<()> {
+        BATCHES_LEFT.with(|b| match b.get() {
+            Some(0) => {
+                b.set(None);
+                Err(crate::error::Error::InvalidRequest("crash point".into()))
+            }
+            Some(n) => {
+                b.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
     }
 }
