@@ -203,7 +203,7 @@ impl Txn {
 }
 
 impl KvStateMachine {
-    pub(super) fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
+    fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
         match t.rows.get(row).or_else(|| t.prefetched.get(row)) {
             Some(v) => Ok(v.clone()),
             None => self.db.get(row),

@@ -97,6 +97,8 @@ pub struct KvStateMachine {
     /// Log time at the applied index: the largest clock stamp applied (`expiry.rs`).
     pub(crate) clock_ms: u64,
     pub(crate) counts: KeyCounts,
+    /// What WATCH compares a key watched absent with (`watch.rs`), as of the applied index.
+    removed: watch::RemovedVersions,
 }
 
 impl KvStateMachine {
@@ -129,11 +131,13 @@ impl KvStateMachine {
             image_in_progress: None,
             clock_ms: 0,
             counts: KeyCounts::default(),
+            removed: watch::RemovedVersions::default(),
         };
         sm.load_applied()?;
         sm.load_members()?;
         sm.load_sessions()?;
         sm.load_keyspace()?;
+        sm.load_watch_rows()?;
         Ok(sm)
     }
 
@@ -494,6 +498,7 @@ impl KvStateMachine {
         self.applied_term = last_term;
         self.clock_ms = t.clock;
         self.counts = t.counts;
+        self.removed.note_written(&t.rows);
         if let Some(t) = members {
             self.members = t;
         }

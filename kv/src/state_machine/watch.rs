@@ -18,7 +18,10 @@
 //! the WATCH and the EXEC (one chance in 4096 per such key), or when a FLUSHALL ran in
 //! between. A key that was already expired when watched and is then swept does not abort, as
 //! in Redis: its removed record is older than `R`. The rows are state-machine rows like any
-//! other: written in the apply batch, carried by snapshots, the same on every replica.
+//! other: written in the apply batch, carried by snapshots, the same on every replica; a copy
+//! in memory ([`RemovedVersions`]) spares a removal the read of its bucket.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -33,16 +36,76 @@ pub const WATCHED_ABSENT: u64 = 1 << 63;
 
 /// How many buckets of removed keys there are: the bound on the rows kept for WATCH, and the
 /// odds against a spurious abort per key removed during a transaction.
-const BUCKETS: u64 = 4096;
+const BUCKETS: usize = 4096;
 
 /// The metadata rows: one per bucket of removed keys, and the last FLUSHALL's index.
 const REMOVED_PREFIX: &[u8] = &[0x00, b'w'];
 const KEY_FLUSHED: &[u8] = &[0x00, b'f'];
 
-fn bucket_row(key: &[u8]) -> Vec<u8> {
+fn bucket_of(key: &[u8]) -> usize {
+    (scan_hash(key) % BUCKETS as u64) as usize
+}
+
+fn bucket_row(bucket: usize) -> Vec<u8> {
     let mut row = REMOVED_PREFIX.to_vec();
-    row.extend_from_slice(&((scan_hash(key) % BUCKETS) as u16).to_be_bytes());
+    row.extend_from_slice(&(bucket as u16).to_be_bytes());
     row
+}
+
+/// What the rows hold as of the applied index, kept in memory (32 KiB) so that a removal, and
+/// EXEC's check, read no row.
+#[derive(Clone, Debug)]
+pub(crate) struct RemovedVersions {
+    buckets: Vec<u64>,
+    flushed: u64,
+}
+
+impl Default for RemovedVersions {
+    fn default() -> Self {
+        RemovedVersions {
+            buckets: vec![0; BUCKETS],
+            flushed: 0,
+        }
+    }
+}
+
+impl RemovedVersions {
+    /// Takes in the rows an apply batch wrote.
+    pub(crate) fn note_written(&mut self, rows: &BTreeMap<Vec<u8>, Option<Bytes>>) {
+        let ours = rows
+            .range(REMOVED_PREFIX.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(REMOVED_PREFIX))
+            .chain(rows.get_key_value(KEY_FLUSHED));
+        for (row, value) in ours {
+            if let Some(index) = value.as_deref().and_then(|v| decode_index(v).ok()) {
+                self.set(row, index);
+            }
+        }
+    }
+
+    fn set(&mut self, row: &[u8], index: u64) {
+        if row == KEY_FLUSHED {
+            self.flushed = index;
+        } else if let Some(slot) = bucket_in_row(row).and_then(|b| self.buckets.get_mut(b)) {
+            *slot = index;
+        }
+    }
+
+    fn get(&self, row: &[u8]) -> u64 {
+        if row == KEY_FLUSHED {
+            return self.flushed;
+        }
+        bucket_in_row(row)
+            .and_then(|b| self.buckets.get(b).copied())
+            .unwrap_or(0)
+    }
+}
+
+fn bucket_in_row(row: &[u8]) -> Option<usize> {
+    match row.strip_prefix(REMOVED_PREFIX)? {
+        [hi, lo] => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
+        _ => None,
+    }
 }
 
 fn encode_index(index: u64) -> Bytes {
@@ -91,15 +154,15 @@ impl KvStateMachine {
         if self.stored(t, key)?.is_some_and(|r| r.version > since) {
             return Ok(false);
         }
-        Ok(self.index_row(t, &bucket_row(key))? <= since
-            && self.index_row(t, KEY_FLUSHED)? <= since)
+        Ok(self.index_row(t, &bucket_row(bucket_of(key))) <= since
+            && self.index_row(t, KEY_FLUSHED) <= since)
     }
 
     /// Notes that a record of `key` written at `version` is gone (deleted, swept, replaced by
     /// nothing): see the module docs.
     pub(crate) fn note_removed(&mut self, t: &mut Txn, key: &[u8], version: u64) -> Result<()> {
-        let row = bucket_row(key);
-        if version > self.index_row(t, &row)? {
+        let row = bucket_row(bucket_of(key));
+        if version > self.index_row(t, &row) {
             t.rows.insert(row, Some(encode_index(version)));
         }
         Ok(())
@@ -111,10 +174,33 @@ impl KvStateMachine {
             .insert(KEY_FLUSHED.to_vec(), Some(encode_index(t.index)));
     }
 
-    fn index_row(&mut self, t: &Txn, row: &[u8]) -> Result<u64> {
-        let Some(v) = self.row(t, row)? else {
-            return Ok(0);
-        };
-        decode_index(&v).map_err(|e| self.corrupt(None, format!("row {row:02x?}: {e}")))
+    /// A row's index as this batch sees it: its own writes, else what is applied.
+    fn index_row(&self, t: &Txn, row: &[u8]) -> u64 {
+        match t.rows.get(row) {
+            // Written by this batch, so it decodes.
+            Some(v) => v.as_deref().and_then(|v| decode_index(v).ok()).unwrap_or(0),
+            None => self.removed.get(row),
+        }
+    }
+
+    /// Reads the rows into memory when the state machine opens.
+    pub(super) fn load_watch_rows(&mut self) -> Result<()> {
+        let mut rows = Vec::new();
+        self.db.scan_from(REMOVED_PREFIX, |k, v| {
+            if !k.starts_with(REMOVED_PREFIX) {
+                return Ok(false);
+            }
+            rows.push((k.to_vec(), v));
+            Ok(true)
+        })?;
+        if let Some(v) = self.db.get(KEY_FLUSHED)? {
+            rows.push((KEY_FLUSHED.to_vec(), v));
+        }
+        for (row, v) in rows {
+            let index = decode_index(&v)
+                .map_err(|e| self.corrupt(None, format!("watch row {row:02x?}: {e}")))?;
+            self.removed.set(&row, index);
+        }
+        Ok(())
     }
 }
