@@ -61,6 +61,14 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// An error a node answers without running the request (not the leader's any more, removed,
+/// still starting): another server may take it.
+fn refused_without_running(error: &str) -> bool {
+    ["TRYAGAIN", "REMOVED", "LOADING"]
+        .iter()
+        .any(|code| error.starts_with(code))
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     pub connect_timeout: Duration,
@@ -314,11 +322,7 @@ impl<N: Net> KvClient<N> {
             match self.attempt(&full).await {
                 // Certainly not applied here; another server may take it (LOADING: this one
                 // has not started yet).
-                Ok(Reply::Error(e))
-                    if ["TRYAGAIN", "REMOVED", "LOADING"]
-                        .iter()
-                        .any(|code| e.starts_with(code)) =>
-                {
+                Ok(Reply::Error(e)) if refused_without_running(&e) => {
                     last_error = e;
                     self.rotate();
                 }
@@ -405,11 +409,7 @@ impl<N: Net> KvClient<N> {
                         maybe_applied: true,
                     });
                 }
-                Some(Reply::Error(e))
-                    if ["TRYAGAIN", "REMOVED", "LOADING"]
-                        .iter()
-                        .any(|code| e.starts_with(code)) =>
-                {
+                Some(Reply::Error(e)) if refused_without_running(&e) => {
                     last_error = e;
                     self.rotate();
                 }

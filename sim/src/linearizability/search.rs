@@ -223,10 +223,17 @@ fn step_of(interner: &mut Interner, op: &Op, observed: Option<&Observed>) -> Opt
 /// The expiries an operation's writes with a time to live may lead to (none for a conditional
 /// write known not to have written).
 fn expiries(interner: &mut Interner, o: &Operation, slot: &impl Fn(&[u8]) -> u8) -> Vec<Part> {
-    let single = [(o.key.clone(), o.op.clone())];
+    let single;
     let parts: &[(Key, Op)] = match &o.op {
         Op::Atomic(parts) => parts,
-        _ => &single,
+        Op::SetWith {
+            ttl_ms: Some(_), ..
+        } => {
+            single = [(o.key.clone(), o.op.clone())];
+            &single
+        }
+        // Nothing else writes with a time to live.
+        _ => return Vec::new(),
     };
     let results: Vec<Option<&Observed>> = match &o.outcome {
         Outcome::Ok(Observed::Results(r)) => r.iter().map(Some).collect(),
