@@ -18,4 +18,7 @@ pub struct Bugs {
     pub learners_count_in_quorum: bool,
     /// Leave the joint configuration as soon as it is appended, before the joint entry commits.
     pub leave_joint_before_commit: bool,
+    /// Hold a read lease for twice the election timeout, ignoring the drift bound and the
+    /// followers' vote-refusal window.
+    pub lease_outlasts_election_timeout: bool,
 }

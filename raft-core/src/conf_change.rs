@@ -93,6 +93,9 @@ impl RawNode {
             EntryKind::ConfChange,
             payload,
         )]);
+        // Quorums of the configuration before the one in force may not meet the next
+        // leader's: only rounds sent from here on may hold a lease (`lease.rs`).
+        self.lease.end();
         // New members are sent this entry first (and probed back from it).
         self.sync_progress_with_membership(index);
         self.broadcast_pending = true;

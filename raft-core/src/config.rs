@@ -3,6 +3,27 @@
 use crate::error::ConfigError;
 use crate::types::NodeId;
 
+/// How a leader confirms that it still leads before it serves a linearizable read.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ReadMode {
+    /// Raft thesis §6.4: a round of heartbeats acknowledged by a quorum, started after the
+    /// read arrived. Safe whatever the clocks do.
+    #[default]
+    ReadIndex,
+    /// Raft thesis §6.4.1: the read is served at once while the leader's lease holds, and by
+    /// ReadIndex otherwise. The lease runs from the tick a quorum-acknowledged heartbeat round
+    /// was sent, for [`Config::lease_ticks`] ticks: shorter than the time a follower that
+    /// acknowledged it refuses to vote for anyone else, as long as no node's tick is more than
+    /// `1 + max_clock_drift` times as long as another's. Needs `check_quorum`, and a driver
+    /// whose ticks keep pace with its clock (a paused process must catch up its ticks before
+    /// it serves reads). See `lease.rs`.
+    Lease {
+        /// The largest ratio by which one node's tick may exceed another's, minus one
+        /// (0.5: any tick at most 1.5 times any other). At least 0 and at most 1.
+        max_clock_drift: f64,
+    },
+}
+
 /// The settings of one core. Every node of a cluster should use the same timing settings;
 /// `seed` should differ between nodes (the default, the node's id, does).
 #[derive(Clone, Debug)]
@@ -60,6 +81,11 @@ pub struct Config {
     /// Stamp the leader's clock into the log ([`EntryKind::Clock`](crate::EntryKind::Clock)
     /// entries; see [`RawNode::set_clock`](crate::RawNode::set_clock)). Off by default.
     pub clock_stamps: bool,
+    /// How the leader confirms a linearizable read: a quorum round per batch of reads
+    /// (ReadIndex, the default), or its lease while one holds ([`ReadMode::Lease`], which
+    /// assumes bounded clock drift). Every node of a cluster must use the same mode: the
+    /// followers' side of a lease is theirs to keep.
+    pub read_mode: ReadMode,
     /// Deliberately broken behaviour, only for proving that tests catch it.
     #[cfg(feature = "deliberate-bugs")]
     pub bugs: crate::bugs::Bugs,
@@ -85,6 +111,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             forward_to_leader: false,
             clock_stamps: false,
+            read_mode: ReadMode::ReadIndex,
             #[cfg(feature = "deliberate-bugs")]
             bugs: crate::bugs::Bugs::default(),
         }
@@ -94,6 +121,43 @@ impl Config {
     pub fn check_quorum_window(&self) -> u32 {
         self.check_quorum_ticks
             .unwrap_or_else(|| self.election_ticks.saturating_mul(2))
+    }
+
+    /// How many ticks a lease lasts from the sending of the heartbeat round a quorum
+    /// acknowledged, in [`ReadMode::Lease`]; `None` in ReadIndex mode.
+    ///
+    /// A follower that received the round refuses votes until it counts `election_ticks` of
+    /// its own ticks, the first of which may come at once: at least `election_ticks - 1` of
+    /// its ticks after the sending. The leader's ticks may be up to `1 + max_clock_drift` times
+    /// as long, hence `(election_ticks - 1) / (1 + max_clock_drift)`, rounded down.
+    pub fn lease_ticks(&self) -> Option<u32> {
+        match self.read_mode {
+            ReadMode::ReadIndex => None,
+            ReadMode::Lease { max_clock_drift } => {
+                let refusing = f64::from(self.election_ticks.saturating_sub(1));
+                Some((refusing / (1.0 + max_clock_drift)).floor() as u32)
+            }
+        }
+    }
+
+    fn validate_read_mode(&self) -> Result<(), ConfigError> {
+        let ReadMode::Lease { max_clock_drift } = self.read_mode else {
+            return Ok(());
+        };
+        if !(0.0..=1.0).contains(&max_clock_drift) {
+            return Err(ConfigError::ClockDriftOutOfRange);
+        }
+        if !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
+        }
+        let lease_ticks = self.lease_ticks().unwrap_or(0);
+        if lease_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::LeaseNotAboveHeartbeat {
+                lease_ticks,
+                heartbeat_ticks: self.heartbeat_ticks,
+            });
+        }
+        Ok(())
     }
 
     /// Checks the settings [`crate::RawNode::new`] and [`crate::RawNode::restart`] rely on.
@@ -130,6 +194,7 @@ impl Config {
                 heartbeat_ticks: self.heartbeat_ticks,
             });
         }
+        self.validate_read_mode()?;
         if self.max_inflight_msgs == 0 {
             return Err(ConfigError::ZeroInflightMessages);
         }

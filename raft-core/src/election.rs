@@ -43,7 +43,7 @@ impl RawNode {
         self.tick_transfer();
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            let round = self.reads.current_round();
+            let round = self.heartbeat_round();
             self.broadcast_heartbeats(round);
         }
     }
@@ -57,11 +57,13 @@ impl RawNode {
     /// With check-quorum, a node that heard from a leader within the election timeout refuses to
     /// help unseat it, and a leader (which steps down by itself once a majority goes quiet)
     /// refuses to be unseated: a removed server's vote requests must not depose it (thesis
-    /// §4.2.3).
+    /// §4.2.3). In lease mode a node that just started refuses too: it may have acknowledged a
+    /// leader's lease before it stopped (`lease.rs`).
     pub(crate) fn in_leader_lease(&self) -> bool {
         self.cfg.check_quorum
             && (self.role == Role::Leader
-                || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks))
+                || (self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks)
+                || self.in_restart_quiet())
     }
 
     pub(crate) fn start_campaign(&mut self) {

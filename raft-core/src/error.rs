@@ -111,6 +111,18 @@ pub enum ConfigError {
     },
     /// `max_inflight_msgs` is 0: nothing could ever be sent.
     ZeroInflightMessages,
+    /// A lease's `max_clock_drift` is not a ratio between 0 and 1.
+    ClockDriftOutOfRange,
+    /// Lease reads rely on followers refusing votes while they hear from a leader, which is
+    /// check-quorum's rule.
+    LeaseWithoutCheckQuorum,
+    /// The lease would end before the next heartbeat round could renew it.
+    LeaseNotAboveHeartbeat {
+        /// `Config::lease_ticks`.
+        lease_ticks: u32,
+        /// The configured heartbeat interval.
+        heartbeat_ticks: u32,
+    },
     /// `max_msg_bytes` or `max_inflight_bytes` is 0.
     ZeroByteLimit,
     /// The stored snapshot covers entries but has term 0.
@@ -204,6 +216,20 @@ impl fmt::Display for ConfigError {
                  ({heartbeat_ticks})"
             ),
             ConfigError::ZeroInflightMessages => write!(f, "max_inflight_msgs must be at least 1"),
+            ConfigError::ClockDriftOutOfRange => {
+                write!(f, "max_clock_drift must be a ratio from 0 to 1")
+            }
+            ConfigError::LeaseWithoutCheckQuorum => {
+                write!(f, "lease reads need check_quorum")
+            }
+            ConfigError::LeaseNotAboveHeartbeat {
+                lease_ticks,
+                heartbeat_ticks,
+            } => write!(
+                f,
+                "the lease ({lease_ticks} ticks) must exceed heartbeat_ticks ({heartbeat_ticks}): \
+                 raise election_ticks or lower max_clock_drift"
+            ),
             ConfigError::ZeroByteLimit => {
                 write!(f, "max_msg_bytes and max_inflight_bytes must be positive")
             }

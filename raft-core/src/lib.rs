@@ -106,6 +106,7 @@
 //! | proposing configuration changes, auto-leave, a removed leader stepping down | `conf_change.rs` |
 //! | leadership transfer | `transfer.rs` |
 //! | ReadIndex | `read_index.rs` |
+//! | lease reads, the followers' side of a lease | `lease.rs` |
 //! | compaction, sending and installing snapshots | `snapshot.rs` |
 //! | the in-memory log, conflict search, up-to-date check | `log.rs` |
 //! | term rules for every message, when the election timer restarts | `step.rs` |
@@ -128,6 +129,7 @@ mod config;
 mod durability;
 mod election;
 mod error;
+mod lease;
 mod log;
 mod membership;
 mod message;
@@ -145,7 +147,7 @@ mod transfer;
 mod types;
 mod validate;
 
-pub use config::Config;
+pub use config::{Config, ReadMode};
 pub use error::{CompactError, ConfigError, ProposeError};
 pub use membership::{ConfChangeEntry, MemberChange, Membership, MEMBERSHIP_FORMAT};
 pub use message::{Message, MessageBody};

@@ -110,6 +110,8 @@ pub struct RawNode {
     pub(crate) transfer: Option<crate::transfer::Transfer>,
     /// The leader's clock and its last stamp (see `clock.rs`).
     pub(crate) clock: crate::clock::LeaderClock,
+    /// The tick count, and in lease mode the leader's lease (see `lease.rs`).
+    pub(crate) lease: crate::lease::Lease,
 }
 
 impl RawNode {
@@ -169,6 +171,7 @@ impl RawNode {
             safety_violation: None,
             transfer: None,
             clock: Default::default(),
+            lease: Default::default(),
             cfg,
         };
         node.reset_election_timer();
@@ -180,6 +183,7 @@ impl RawNode {
 
     /// One unit of logical time.
     pub fn tick(&mut self) {
+        self.lease.tick();
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
@@ -251,9 +255,13 @@ impl RawNode {
 
     /// Starts an election now (with a pre-vote first if configured). Does nothing on a leader,
     /// nor on a node that is not a voter of its configuration (a learner, a removed node, a node
-    /// waiting to be added).
+    /// waiting to be added). In [`ReadMode::Lease`](crate::ReadMode::Lease) it does nothing
+    /// either while this node may be vouching for a leader's lease (it heard from a leader
+    /// within the election timeout, or started less than one ago): hand leadership over with
+    /// [`transfer_leader`](Self::transfer_leader) instead.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader {
+        let vouching = self.lease_mode() && self.in_leader_lease();
+        if self.role != Role::Leader && !vouching {
             self.start_campaign();
         }
         self.debug_assert_invariants();
@@ -309,7 +317,7 @@ impl RawNode {
     /// (`Ready` is `#[must_use]`: dropping one loses its work and stalls the node.)
     pub fn take_ready(&mut self) -> Ready {
         if self.role == Role::Leader {
-            if let Some(round) = self.reads.start_round() {
+            if let Some(round) = self.start_read_round() {
                 self.broadcast_heartbeats(round);
             }
             if self.broadcast_pending {

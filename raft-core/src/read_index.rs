@@ -6,6 +6,7 @@
 //! arrived (a fresh round per batch of reads, never an older one), and a majority acknowledging
 //! round `r` (or a later one) confirms every read of round `r` and earlier. Reads arriving
 //! between two drains of the core share one round, so a burst of reads costs one heartbeat each.
+//! In lease mode (`lease.rs`) a read inside the leader's lease is served at once instead.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -27,7 +28,7 @@ impl RawNode {
         }
         let index = self.log.committed();
         let alone = self.quorum().committed_index(|v| Index::from(v == self.id)) >= 1;
-        if alone || self.bugs().read_index_without_quorum {
+        if alone || self.lease_holds() || self.bugs().read_index_without_quorum {
             self.deliver_read(PendingRead {
                 ctx,
                 requester,
@@ -54,6 +55,8 @@ impl RawNode {
         let count_learners = self.bugs().learners_count_in_quorum;
         let quorum = crate::quorum::Quorum::with_bugs(self.log.membership(), count_learners);
         let confirmed = self.reads.acknowledge(quorum, self.id, from, round);
+        let round = self.reads.confirmed_round();
+        self.lease_confirmed(round);
         for read in confirmed {
             self.deliver_read(read);
         }
@@ -94,6 +97,8 @@ pub(crate) struct ReadIndexTracker {
     round_needed: bool,
     /// The highest round each peer has acknowledged.
     acked: BTreeMap<NodeId, u64>,
+    /// The highest round a quorum has acknowledged.
+    confirmed: u64,
     pending: VecDeque<PendingRead>,
 }
 
@@ -116,6 +121,18 @@ impl ReadIndexTracker {
         self.round_needed = false;
         self.round += 1;
         Some(self.round)
+    }
+
+    /// Starts a new round whether reads wait or not (a lease's heartbeats); returns its number.
+    pub(crate) fn start_round_now(&mut self) -> u64 {
+        self.round_needed = false;
+        self.round += 1;
+        self.round
+    }
+
+    /// The highest round a quorum has acknowledged since the leadership began.
+    pub(crate) fn confirmed_round(&self) -> u64 {
+        self.confirmed
     }
 
     pub(crate) fn round_needed(&self) -> bool {
@@ -148,6 +165,7 @@ impl ReadIndexTracker {
                 self.acked.get(&v).copied().unwrap_or(0)
             }
         });
+        self.confirmed = self.confirmed.max(confirmed);
         self.take_confirmed(confirmed)
     }
 
@@ -164,6 +182,7 @@ impl ReadIndexTracker {
     pub(crate) fn reset(&mut self) {
         self.pending.clear();
         self.acked.clear();
+        self.confirmed = 0;
         self.round_needed = false;
     }
 }
@@ -201,5 +220,26 @@ mod tests {
         assert_eq!(t.acknowledge(voters, 1, 2, r).len(), 2);
         let r2 = t.start_round().unwrap();
         assert_eq!(t.acknowledge(voters, 1, 3, r2).len(), 1);
+    }
+
+    #[test]
+    fn a_joint_round_needs_both_majorities_and_learners_never_count() {
+        let joint = crate::Membership {
+            voters: [1, 2, 3].into(),
+            outgoing: [1, 4, 5].into(),
+            learners: [6].into(),
+        };
+        let quorum = crate::quorum::Quorum::of(&joint);
+        let mut t = ReadIndexTracker::default();
+        let r = t.start_round_now();
+        t.acknowledge(quorum, 1, 2, r);
+        t.acknowledge(quorum, 1, 6, r);
+        assert_eq!(
+            t.confirmed_round(),
+            0,
+            "the outgoing majority has not answered"
+        );
+        t.acknowledge(quorum, 1, 4, r);
+        assert_eq!(t.confirmed_round(), r);
     }
 }

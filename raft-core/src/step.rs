@@ -268,6 +268,7 @@ impl RawNode {
         self.votes.clear();
         self.progress.clear();
         self.reads.reset();
+        self.lease.reset();
         self.reads_awaiting_commit.clear();
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;

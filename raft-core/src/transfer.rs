@@ -54,6 +54,8 @@ impl RawNode {
             elapsed: 0,
             sent: false,
         });
+        // The target's vote requests will pass through the followers' side of the lease.
+        self.lease.bar();
         if !self.maybe_send_timeout_now(to) {
             self.send_append(to, true);
         }
