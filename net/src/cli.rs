@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::cli_admin::MemberCmd;
 use crate::cli_data::{DataCmd, Outcome};
+use crate::cli_read_mode::{read_mode, ReadModeArgs};
 use crate::error::{CliError, ConfigError};
 use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
@@ -131,6 +132,8 @@ pub struct ServeArgs {
     pub request_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
+    #[command(flatten)]
+    pub reads: ReadModeArgs,
 }
 
 /// When nodes take snapshots and compact their logs.
@@ -164,6 +167,8 @@ pub struct ClusterArgs {
     pub cluster_token: Option<String>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
+    #[command(flatten)]
+    pub reads: ReadModeArgs,
 }
 
 /// Settings of one node, from a file and flags.
@@ -182,6 +187,8 @@ struct ServeSettings {
     request_timeout_ms: Option<u64>,
     snapshot_threshold: Option<u64>,
     snapshot_tail: Option<u64>,
+    read_mode: Option<String>,
+    max_clock_drift: Option<f64>,
 }
 
 fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
@@ -227,6 +234,12 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             "request-timeout-ms" | "request_timeout_ms" => s.request_timeout_ms = Some(num(value)?),
             "snapshot-threshold" | "snapshot_threshold" => s.snapshot_threshold = Some(num(value)?),
             "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
+            "read-mode" | "read_mode" => s.read_mode = Some(value.to_string()),
+            "max-clock-drift" | "max_clock_drift" => {
+                s.max_clock_drift = Some(value.parse().map_err(|_| {
+                    at_line(format!("`{key}` needs a ratio, got `{value}`"))
+                })?)
+            }
             other => return Err(at_line(format!("unknown setting `{other}`"))),
         }
     }
@@ -334,6 +347,11 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         snapshot_tail: args.snapshots.snapshot_tail.or(file.snapshot_tail),
     };
     cfg.snapshots = snapshot_policy(&snapshots);
+    cfg.read_mode = read_mode(
+        args.reads.read_mode.as_deref().or(file.read_mode.as_deref()),
+        args.reads.max_clock_drift.or(file.max_clock_drift),
+        &cfg,
+    )?;
     cfg.seed = rand::thread_rng().gen();
     Ok((cfg, client_addr))
 }
@@ -574,6 +592,11 @@ async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         cfg.incarnation = new_incarnation();
         cfg.client_addrs = client_addrs.clone();
         cfg.snapshots = snapshot_policy(&args.snapshots);
+        cfg.read_mode = read_mode(
+            args.reads.read_mode.as_deref(),
+            args.reads.max_clock_drift,
+            &cfg,
+        )?;
         let client_addr = client_addrs[&id].clone();
         nodes.push(tokio::spawn(run_node(cfg, client_addr, shutdown.clone())));
     }
@@ -676,6 +699,7 @@ mod tests {
             election_ticks: None,
             request_timeout_ms: None,
             snapshots: SnapshotArgs::default(),
+            reads: ReadModeArgs::default(),
         };
         let (cfg, client) = serve_config(&args).unwrap();
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));

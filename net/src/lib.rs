@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod cli_admin;
 pub mod cli_data;
+pub mod cli_read_mode;
 pub mod client;
 pub mod command_table;
 pub mod error;

@@ -85,6 +85,31 @@ pub struct NodeInfo {
     pub leader_client_addr: Option<String>,
     /// The configuration in force on this node (the last one its log holds).
     pub membership: Membership,
+    pub read_mode: ReadModeInfo,
+}
+
+/// How the node's leader confirms reads, as INFO shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadModeInfo {
+    /// `read-index` or `lease`.
+    pub name: &'static str,
+    /// The drift bound of a lease, as given; empty for ReadIndex.
+    pub max_clock_drift: String,
+}
+
+impl ReadModeInfo {
+    pub fn of(mode: raft_core::ReadMode) -> Self {
+        match mode {
+            raft_core::ReadMode::Lease { max_clock_drift } => Self {
+                name: "lease",
+                max_clock_drift: max_clock_drift.to_string(),
+            },
+            _ => Self {
+                name: "read-index",
+                max_clock_drift: String::new(),
+            },
+        }
+    }
 }
 
 pub enum ClientRequest {

@@ -267,6 +267,8 @@ fn raft(s: &InfoSource, out: &mut String) -> Option<()> {
     field(out, "commit_index", n.commit_index);
     field(out, "applied_index", n.applied_index);
     field(out, "last_index", n.last_index);
+    field(out, "read_mode", n.read_mode.name);
+    field(out, "max_clock_drift", &n.read_mode.max_clock_drift);
     field(
         out,
         "leader_client_addr",

@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
+    /// ReadIndex (the default) or lease reads (`kvstore serve --read-mode`).
+    pub read_mode: raft_core::ReadMode,
     /// A client request with no outcome after this long is answered TIMEOUT (or TRYAGAIN).
     pub request_timeout: Duration,
     pub transport: TransportTimeouts,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("tick", &self.tick)
             .field("election_ticks", &self.election_ticks)
             .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("read_mode", &self.read_mode)
             .field("request_timeout", &self.request_timeout)
             .field("seed", &self.seed)
             .field("snapshots", &self.snapshots)
@@ -178,6 +181,7 @@ impl NodeConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 1,
+            read_mode: raft_core::ReadMode::ReadIndex,
             request_timeout: Duration::from_secs(5),
             transport: TransportTimeouts::default(),
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),

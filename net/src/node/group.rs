@@ -16,6 +16,7 @@ use super::images::Images;
 use super::membership::{Members, REMOVED};
 use super::requests::{ConfirmedRead, PendingRead, Requests};
 use super::snapshot_install::SnapshotInstall;
+use super::tick_clock::TickClock;
 use crate::error::NodeError;
 use crate::request::{ClientRequest, NodeInfo, RequestError};
 use crate::snapshot_transfer::FetchJob;
@@ -56,6 +57,8 @@ pub struct Group {
     /// Admits peers by their pinned incarnation (start sets it; the membership layer forgets a
     /// removed member's pin through it).
     pub(super) peer_gate: Option<Arc<PeerGate>>,
+    /// In lease mode, the ticks the core is owed by the clock.
+    tick_clock: Option<TickClock>,
 }
 
 impl Group {
@@ -86,12 +89,34 @@ impl Group {
             volatile_keys: 0,
             key_counts: Default::default(),
             peer_gate: None,
+            tick_clock: None,
+        }
+        .with_tick_clock()
+    }
+
+    fn with_tick_clock(mut self) -> Self {
+        if matches!(self.cfg.read_mode, raft_core::ReadMode::Lease { .. }) {
+            self.tick_clock = Some(TickClock::new(self.cfg.tick));
+        }
+        self
+    }
+
+    /// Ticks the core as many times as the clock says are owed (lease mode only; `at_least`
+    /// when the ticker fired).
+    fn catch_up_ticks(&mut self, now: Instant, at_least: u64) {
+        let owed = self.tick_clock.as_mut().map_or(0, |c| c.owed(now, at_least));
+        for _ in 0..owed {
+            self.core.tick();
         }
     }
 
     pub fn tick(&mut self, now: Instant) {
         self.core.set_clock(self.cfg.wall_clock.now_ms());
-        self.core.tick();
+        if self.tick_clock.is_some() {
+            self.catch_up_ticks(now, 1);
+        } else {
+            self.core.tick();
+        }
         if self.volatile_keys > 0 {
             // Time must pass in the log for keys to expire while no client writes.
             self.core.stamp_clock();
@@ -226,6 +251,10 @@ impl Group {
                 let _ = self.queues.apply.send(ApplyRequest::Read { op, reply });
             }
             ClientRequest::Read { op, reply } => {
+                if self.tick_clock.is_some() {
+                    // A lease is judged by the tick count: bring it up to the clock first.
+                    self.catch_up_ticks(Instant::now(), 0);
+                }
                 let (id, ctx) = self.requests.next_read();
                 match self.core.read_index(ctx) {
                     Ok(()) => self.requests.track_read(id, op, reply, deadline),
@@ -288,6 +317,7 @@ impl Group {
                         .or_else(|| self.cfg.client_addrs.get(&l).cloned())
                 }),
             membership: self.core.membership().clone(),
+            read_mode: crate::request::ReadModeInfo::of(self.cfg.read_mode),
         }
     }
 

@@ -10,6 +10,7 @@
 //! | [`store`] | process-level parts the group runs on: storage threads, serving snapshots |
 //! | [`run`] | the loop: select over inputs, feed the group, drain the core's `Ready`s |
 //! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
+//! | [`tick_clock`] | in lease mode, the core's ticks made up to the clock's count |
 //! | [`requests`] | client writes by `(client_id, seq)`, reads and their read context, parked requests |
 //! | [`images`] | snapshot images taken, compaction points |
 //! | [`membership`] | the address book, outbound peers following the configuration, removal |
@@ -31,6 +32,7 @@ mod run;
 pub mod snapshot_install;
 mod start;
 mod store;
+mod tick_clock;
 
 pub use crate::error::NodeError;
 pub use crate::storage::SnapshotPolicy;

@@ -375,6 +375,7 @@ fn restart_core(
     let mut core_cfg = Config::new(cfg.id, voters);
     core_cfg.election_ticks = cfg.election_ticks;
     core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    core_cfg.read_mode = cfg.read_mode;
     core_cfg.seed = cfg.seed;
     // Clients reach any node; their writes are recognised by (client id, seq) when they commit,
     // and time out and retry, so a forwarded proposal that is lost costs only a retry.
