@@ -236,9 +236,11 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
             "read-mode" | "read_mode" => s.read_mode = Some(value.to_string()),
             "max-clock-drift" | "max_clock_drift" => {
-                s.max_clock_drift = Some(value.parse().map_err(|_| {
-                    at_line(format!("`{key}` needs a ratio, got `{value}`"))
-                })?)
+                s.max_clock_drift = Some(
+                    value
+                        .parse()
+                        .map_err(|_| at_line(format!("`{key}` needs a ratio, got `{value}`")))?,
+                )
             }
             other => return Err(at_line(format!("unknown setting `{other}`"))),
         }
@@ -348,7 +350,10 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
     };
     cfg.snapshots = snapshot_policy(&snapshots);
     cfg.read_mode = read_mode(
-        args.reads.read_mode.as_deref().or(file.read_mode.as_deref()),
+        args.reads
+            .read_mode
+            .as_deref()
+            .or(file.read_mode.as_deref()),
         args.reads.max_clock_drift.or(file.max_clock_drift),
         &cfg,
     )?;

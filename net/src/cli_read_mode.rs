@@ -73,7 +73,9 @@ mod tests {
         assert!(read_mode(Some("fast"), None, &cfg).is_err());
         assert!(read_mode(Some("lease"), Some(3.0), &cfg).is_err());
         cfg.election_ticks = 2;
-        let err = read_mode(Some("lease"), None, &cfg).unwrap_err().to_string();
+        let err = read_mode(Some("lease"), None, &cfg)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must exceed heartbeat_ticks"), "{err}");
     }
 }

@@ -104,7 +104,10 @@ impl Group {
     /// Ticks the core as many times as the clock says are owed (lease mode only; `at_least`
     /// when the ticker fired).
     fn catch_up_ticks(&mut self, now: Instant, at_least: u64) {
-        let owed = self.tick_clock.as_mut().map_or(0, |c| c.owed(now, at_least));
+        let owed = self
+            .tick_clock
+            .as_mut()
+            .map_or(0, |c| c.owed(now, at_least));
         for _ in 0..owed {
             self.core.tick();
         }

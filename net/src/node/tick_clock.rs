@@ -50,6 +50,10 @@ mod tests {
         assert_eq!(clock.owed(t0 + ms(150), 0), 0, "before a read: none owed");
         assert_eq!(clock.owed(t0 + ms(1_150), 0), 10, "a pause of ten periods");
         assert_eq!(clock.owed(t0 + ms(1_150), 1), 1, "the ticker fires anyway");
-        assert_eq!(clock.owed(t0 + ms(1_250), 0), 0, "that tick was counted early");
+        assert_eq!(
+            clock.owed(t0 + ms(1_250), 0),
+            0,
+            "that tick was counted early"
+        );
     }
 }
