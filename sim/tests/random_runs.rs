@@ -4,7 +4,8 @@
 //!
 //! A third of the seeds also run an operator's plan that changes the members while the faults
 //! go on (`RunConfig::membership`); the summary counts them, and the crashes that came while a
-//! configuration was joint.
+//! configuration was joint. A third (drawn apart) serve reads from the leader's lease
+//! (`RunConfig::read_mode`).
 //!
 //! `cargo test -p sim --test random_runs` runs 200 seeds; `SIM_SEEDS=N` runs N (from
 //! `SIM_SEED_BASE`, default 0); `SIM_SEED=S` replays seed S alone (add `-- --nocapture` to see
@@ -17,7 +18,10 @@
 
 use net::node::admin::MemberRole;
 use net::node::UnsafeSwitches;
-use sim::cluster::{describe_snapshots, run, Failure, InstallCrashes, RunConfig};
+use raft_core::ReadMode;
+use sim::cluster::{
+    describe_snapshots, run, Failure, InstallCrashes, RunConfig, LEASE_MAX_CLOCK_DRIFT,
+};
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -55,9 +59,11 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
     let (mut with_plans, mut member_steps, mut mid_joint, mut leaders_mid_joint) = (0, 0, 0, 0);
     let mut undecided = Vec::new();
     let mut known = 0;
+    let mut with_leases = 0;
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let cfg = RunConfig::from_seed(seed);
+        with_leases += usize::from(matches!(cfg.read_mode, ReadMode::Lease { .. }));
         if let Some((_, rule, bug)) = KNOWN_FAILURES.iter().find(|(s, _, _)| *s == seed) {
             match run(&cfg) {
                 Err(f) if f.kind.rule() == *rule => println!("seed {seed} fails as known: {bug}"),
@@ -127,7 +133,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
         }
     }
     println!(
-        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); linearizability undecided (checker budget) in {} seeds {undecided:?}",
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); lease reads in {with_leases} seeds; linearizability undecided (checker budget) in {} seeds {undecided:?}",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         install_crashes.total(),
@@ -336,4 +342,35 @@ fn teeth_a_log_whose_time_stands_still_is_caught() {
         |cfg| cfg.switches.no_clock_stamps = true,
     );
     println!("{failure}");
+}
+
+/// Lease reads with every node's clock skewed (ticks from 0.8x to 1.25x) and partitions and
+/// pauses on: within the drift bound they stay linearizable. (The default seeds run leases in a
+/// third of the seeds, with whatever faults they draw.)
+#[test]
+fn lease_reads_under_clock_skew_within_the_drift_bound_stay_linearizable() {
+    for seed in 0..env_u64("SIM_LEASE_SEEDS").unwrap_or(12) {
+        let mut cfg = RunConfig::from_seed(seed);
+        lease_under_skew(&mut cfg);
+        if let Err(failure) = run(&cfg) {
+            panic!("{failure}");
+        }
+    }
+}
+
+fn lease_under_skew(cfg: &mut RunConfig) {
+    cfg.read_mode = ReadMode::Lease {
+        max_clock_drift: LEASE_MAX_CLOCK_DRIFT,
+    };
+    cfg.kinds.clock_skew = true;
+    cfg.kinds.partitions = true;
+    cfg.kinds.pauses = true;
+}
+
+#[test]
+fn teeth_a_lease_outlasting_the_election_timeout_is_caught() {
+    first_catch_with(60, &["linearizability"], |cfg| {
+        lease_under_skew(cfg);
+        cfg.switches.raft.lease_outlasts_election_timeout = true;
+    });
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use net::node::{SnapshotPolicy, UnsafeSwitches};
+use raft_core::ReadMode;
 use rand::Rng;
 
 use super::membership::MemberPlan;
@@ -47,7 +48,15 @@ pub struct RunConfig {
     /// the same incarnation, as every node did before incarnations existed: its peers cannot
     /// tell it from the voter it was (a teeth test's; never drawn).
     pub reinstall_keeps_incarnation: bool,
+    /// How leaders confirm reads: by their lease in a third of the seeds, with the drift bound
+    /// [`LEASE_MAX_CLOCK_DRIFT`], which covers the clock-skew fault; ReadIndex in the others.
+    pub read_mode: ReadMode,
 }
+
+/// The clock-skew fault gives each node a tick from 0.8x to 1.25x the nominal one, so one
+/// node's tick may last up to 1.25 / 0.8 = 1.5625 times another's: a drift of 0.5625, bounded
+/// here with a little room.
+pub const LEASE_MAX_CLOCK_DRIFT: f64 = 0.6;
 
 impl RunConfig {
     /// The configuration a seed stands for: 3 or 5 nodes, a random mix of faults (swarm testing),
@@ -94,7 +103,29 @@ impl RunConfig {
             expect_failure: false,
             membership: super::random_plan::draw(seed, nodes),
             reinstall_keeps_incarnation: false,
+            read_mode: draw_read_mode(seed),
         }
+    }
+}
+
+/// Lease reads in a third of the seeds. From a generator of its own, so that every other draw
+/// of a seed stays what it was before lease reads were drawn.
+fn draw_read_mode(seed: u64) -> ReadMode {
+    let mut rng = rng::seeded(seed ^ 0x1EA5_E4EA_D5EE_D000);
+    if rng.gen_bool(1.0 / 3.0) {
+        ReadMode::Lease {
+            max_clock_drift: LEASE_MAX_CLOCK_DRIFT,
+        }
+    } else {
+        ReadMode::ReadIndex
+    }
+}
+
+/// A read mode, as the summaries print it.
+pub fn describe_read_mode(mode: ReadMode) -> String {
+    match mode {
+        ReadMode::Lease { max_clock_drift } => format!("lease (drift bound {max_clock_drift})"),
+        _ => "read-index".into(),
     }
 }
 

@@ -169,6 +169,7 @@ impl HostSetup {
         let id = self.id;
         let mut nc = NodeConfig::new(id, self.peers.clone(), format!("/n{id}").into());
         nc.tick = self.clock.tick;
+        nc.read_mode = self.cfg.read_mode;
         nc.request_timeout = Duration::from_secs(2);
         nc.transport = TransportTimeouts {
             connect: Duration::from_millis(500),

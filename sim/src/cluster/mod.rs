@@ -34,7 +34,9 @@ mod redis_ops;
 mod triggers;
 mod verdict;
 
-pub use config::{describe_snapshots, snapshots_off, RunConfig};
+pub use config::{
+    describe_read_mode, describe_snapshots, snapshots_off, RunConfig, LEASE_MAX_CLOCK_DRIFT,
+};
 pub use membership::{MemberOp, MemberPlan, OperatorReport};
 pub use verdict::{Failure, FailureKind, InstallCrashes, RunReport};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use net::node::SnapshotPolicy;
 use raft_core::{NodeId, SnapshotMeta, Term};
 
-use super::config::{describe_snapshots, RunConfig};
+use super::config::{describe_read_mode, describe_snapshots, RunConfig};
 use super::membership::OperatorReport;
 use super::triggers::Triggers;
 use crate::faults::FaultKinds;
@@ -102,11 +102,12 @@ impl fmt::Display for Failure {
         let c = &self.config;
         writeln!(
             f,
-            "simulation failed: seed {} ({} nodes, faults: {}, snapshots: {}, {} clients ({} staying on their node) on {} keys)",
+            "simulation failed: seed {} ({} nodes, faults: {}, snapshots: {}, reads: {}, {} clients ({} staying on their node) on {} keys)",
             c.seed,
             c.nodes,
             c.kinds,
             describe_snapshots(&c.snapshots),
+            describe_read_mode(c.read_mode),
             c.clients,
             c.sticky_clients.len(),
             c.keys
