@@ -14,6 +14,7 @@ use crate::infolog::Logger;
 use crate::key_types::{parse_internal_key, InternalKey, LookupKey, ValueType};
 use crate::log::{LogReader, LogWriter};
 use crate::memtable::MemTable;
+use crate::memtable_flush::MemtableFlush;
 use crate::merging_iter::MergingIter;
 use crate::options::Options;
 use crate::snapshot::{Snapshot, SnapshotList};
@@ -52,6 +53,8 @@ pub struct DB {
 
     mem: MemTable,
     imm: Option<MemTable>,
+    /// The table `imm` is being written to, a step per write (`Options::memtable_flush_step`).
+    imm_flush: Option<MemtableFlush>,
 
     log: Option<LogWriter<BufWriter<Box<dyn Write>>>>,
     log_num: Option<FileNum>,
@@ -93,6 +96,7 @@ impl DB {
 
             mem: MemTable::new(opt.cmp.clone()),
             imm: None,
+            imm_flush: None,
 
             opt,
 
@@ -405,6 +409,7 @@ impl DB {
         assert!(self.log.is_some());
 
         self.make_room_for_write(false)?;
+        self.memtable_flush_step(batch.byte_size())?;
 
         let entries = batch.count() as u64;
         let log = self.log.as_mut().unwrap();
@@ -566,10 +571,18 @@ impl DB {
     /// make_room_for_write checks if the memtable has become too large, and triggers a compaction
     /// if it's the case.
     fn make_room_for_write(&mut self, force: bool) -> Result<()> {
+        if force && self.imm.is_some() {
+            self.compact_memtable()?;
+        }
         if !force && self.mem.approx_mem_usage() < self.opt.write_buffer_size || self.mem.len() == 0
         {
             Ok(())
         } else {
+            if self.imm.is_some() {
+                // The previous memtable's stepped flush is not done yet: finish it now, since
+                // there is room for one immutable memtable only.
+                self.compact_memtable()?;
+            }
             // Create new memtable.
             let logn = self.vset.borrow_mut().new_file_number();
             let logf = self
@@ -584,7 +597,12 @@ impl DB {
                 let mut imm = MemTable::new(self.opt.cmp.clone());
                 mem::swap(&mut imm, &mut self.mem);
                 self.imm = Some(imm);
-                self.maybe_do_compaction()
+                if force || self.opt.memtable_flush_step == 0 {
+                    self.maybe_do_compaction()
+                } else {
+                    // The writes that follow write it (`memtable_flush_step`).
+                    Ok(())
+                }
             } else {
                 self.vset.borrow_mut().reuse_file_number(logn);
                 Err(logf.err().unwrap())
@@ -597,6 +615,11 @@ impl DB {
         if self.imm.is_some() {
             self.compact_memtable()?;
         }
+        self.maybe_compact_levels()
+    }
+
+    /// Starts a compaction between levels if one is due.
+    fn maybe_compact_levels(&mut self) -> Result<()> {
         // Issue #34 PR #36: after compacting a memtable into an L0 file, it is possible that the
         // L0 files need to be merged and promoted.
         if self.vset.borrow().needs_compaction() {
@@ -710,19 +733,86 @@ impl DB {
         }
     }
 
+    /// Writes the immutable memtable to a table and installs it: all of it, or what is left of
+    /// its stepped flush.
     fn compact_memtable(&mut self) -> Result<()> {
         assert!(self.imm.is_some());
+        self.continue_memtable_flush(usize::MAX)?;
+        assert!(self.imm.is_none());
+        Ok(())
+    }
 
+    /// One step of the immutable memtable's flush, if there is one, on behalf of a write of
+    /// `write_size` bytes (`Options::memtable_flush_step`). The step that completes the table
+    /// installs it, and then runs a compaction between levels if one is due.
+    fn memtable_flush_step(&mut self, write_size: usize) -> Result<()> {
+        if self.imm.is_none() || self.opt.memtable_flush_step == 0 {
+            return Ok(());
+        }
+        let budget = self
+            .opt
+            .memtable_flush_step
+            .max(write_size.saturating_mul(2));
+        if self.continue_memtable_flush(budget)? {
+            self.maybe_compact_levels()?;
+        }
+        Ok(())
+    }
+
+    /// Adds at least `budget` bytes of the immutable memtable's entries to its table (starting
+    /// the table if needed), and installs the table once complete. True if it was installed.
+    fn continue_memtable_flush(&mut self, budget: usize) -> Result<bool> {
+        let mut flush = match self.imm_flush.take() {
+            Some(f) => f,
+            None => {
+                let num = self.vset.borrow_mut().new_file_number();
+                log!(self.opt.log, "Start write of L0 table {:06}", num);
+                let imm = self.imm.as_ref().expect("a memtable to flush");
+                MemtableFlush::begin(&self.path, &self.opt, imm, num)?
+            }
+        };
+        match flush.step(budget) {
+            Ok(false) => {
+                self.imm_flush = Some(flush);
+                Ok(false)
+            }
+            Ok(true) => self.install_memtable_flush(flush).map(|()| true),
+            Err(e) => {
+                flush.abandon(self.opt.env.as_ref().as_ref(), &self.path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Finishes the table of a complete flush and makes it part of the database in place of
+    /// the immutable memtable and its log.
+    fn install_memtable_flush(&mut self, flush: MemtableFlush) -> Result<()> {
+        let num = flush.file_num();
+        let fmd = flush.finish(self.opt.env.as_ref().as_ref(), &self.path)?;
+        log!(self.opt.log, "L0 table {:06} has {} bytes", num, fmd.size);
         let mut ve = VersionEdit::new();
-        let base = self.current();
-
-        let imm = self.imm.take().unwrap();
-        if let Err(e) = self.write_l0_table(&imm, &mut ve, Some(&base.borrow())) {
-            self.imm = Some(imm);
-            return Err(e);
+        if fmd.size > 0 {
+            if let Err(e) = self.cache.borrow_mut().get_table(num) {
+                log!(self.opt.log, "L0 table {:06} not returned by cache: {}", num, e);
+                let _ = self.opt.env.delete(&table_file_name(&self.path, num));
+                return Err(e);
+            }
+            let level = self.current().borrow().pick_memtable_output_level(
+                parse_internal_key(&fmd.smallest).2,
+                parse_internal_key(&fmd.largest).2,
+            );
+            self.add_stats(
+                level,
+                CompactionStats {
+                    written: fmd.size,
+                    ..Default::default()
+                },
+            );
+            ve.add_file(level, fmd);
         }
         ve.set_log_num(self.log_num.unwrap_or(0));
         self.vset.borrow_mut().log_and_apply(ve)?;
+        self.imm = None;
         if let Err(e) = self.delete_obsolete_files() {
             log!(self.opt.log, "Error deleting obsolete files: {}", e);
         }
@@ -1149,6 +1239,10 @@ pub mod testutil {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "db_impl_flush_tests.rs"]
+mod flush_tests;
 
 #[cfg(test)]
 mod tests {

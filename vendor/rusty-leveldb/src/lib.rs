@@ -71,6 +71,7 @@ mod key_types;
 mod log;
 mod mem_env;
 mod memtable;
+mod memtable_flush;
 mod merging_iter;
 mod options;
 mod skipmap;

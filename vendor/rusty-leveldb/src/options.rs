@@ -41,6 +41,12 @@ pub struct Options {
     pub reuse_logs: bool,
     pub reuse_manifest: bool,
     pub filter_policy: filter::BoxedFilterPolicy,
+    /// 0: the write that finds the memtable full writes all of it to a level-0 table before
+    /// returning. n > 0: that write only swaps in a new memtable; the full one stays readable
+    /// and each following write adds at least n bytes of its entries (and at least twice its
+    /// own size, so that the table is done before the new memtable fills) to the table, so that
+    /// no write pays for a whole memtable.
+    pub memtable_flush_step: usize,
 }
 
 #[cfg(feature = "fs")]
@@ -69,6 +75,7 @@ impl Default for Options {
             compressor: 0,
             compressor_list: Rc::new(CompressorList::default()),
             filter_policy: Rc::new(Box::new(filter::BloomPolicy::new(DEFAULT_BITS_PER_KEY))),
+            memtable_flush_step: 0,
         }
     }
 }

@@ -143,6 +143,13 @@ impl<Dst: Write> TableBuilder<Dst> {
         size + self.offset + FULL_FOOTER_LENGTH
     }
 
+    /// Flushes the blocks written so far to the destination. On a file, that makes them durable
+    /// early, so that `finish` syncs only what was written after.
+    pub fn flush(&mut self) -> Result<()> {
+        self.dst.flush()?;
+        Ok(())
+    }
+
     /// Add a key to the table. The key as to be lexically greater or equal to the last one added.
     pub fn add(&mut self, key: InternalKey<'_>, val: &[u8]) -> Result<()> {
         assert!(self.data_block.is_some());

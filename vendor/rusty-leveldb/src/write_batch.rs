@@ -65,7 +65,9 @@ impl WriteBatch {
         self.entries.clear()
     }
 
-    fn byte_size(&self) -> usize {
+    /// The size of the batch's encoding: what it adds to the log, and about what it adds to the
+    /// memtable.
+    pub fn byte_size(&self) -> usize {
         self.entries.len()
     }
 
