@@ -77,6 +77,12 @@ impl StorageEnv {
     }
 }
 
+/// Bytes of a full memtable's entries that each following write adds to its level-0 table (and
+/// at least twice the write's size): the table is written over the next few hundred writes
+/// instead of all by the write that found the memtable full, which stalled the log and apply
+/// threads for 20-35 ms per 4 MiB memtable (docs/PERFORMANCE.md, "The write tail").
+pub const MEMTABLE_FLUSH_STEP: usize = 64 << 10;
+
 /// Upper bound on throw-away snapshots created by one write while catching up after a restart.
 pub const MAX_CATCH_UP_PER_WRITE: u64 = 1 << 16;
 
@@ -99,6 +105,7 @@ impl Ldb {
             reuse_logs: false,
             reuse_manifest: false,
             paranoid_checks: true,
+            memtable_flush_step: MEMTABLE_FLUSH_STEP,
             ..Options::default()
         };
         let stats = match env {
