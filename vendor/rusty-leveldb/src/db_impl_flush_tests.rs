@@ -34,7 +34,11 @@ fn write_until_flushing(db: &mut DB, from: usize) -> usize {
 
 fn assert_all_readable(db: &mut DB, n: usize) {
     for i in 0..n {
-        assert_eq!(db.get(&key(i)).map(|v| v.to_vec()), Some(value(i)), "key {i}");
+        assert_eq!(
+            db.get(&key(i)).map(|v| v.to_vec()),
+            Some(value(i)),
+            "key {i}"
+        );
     }
     let mut it = db.new_iter().unwrap();
     assert_eq!(LdbIteratorIter::wrap(&mut it).count(), n);
@@ -105,7 +109,9 @@ fn stepped_flush_cut_short_loses_nothing() {
     drop(db);
     let mut db = DB::open("db", opt).unwrap();
     assert_all_readable(&mut db, n + 1);
-    assert!(!table_files(&db).contains(&partial) || db.vset.borrow().live_files().contains(&partial));
+    assert!(
+        !table_files(&db).contains(&partial) || db.vset.borrow().live_files().contains(&partial)
+    );
     let live = db.vset.borrow().live_files();
     assert!(table_files(&db).iter().all(|t| live.contains(t)));
 }
@@ -143,9 +149,17 @@ fn a_swap_during_a_flush_finishes_it_first() {
     }
     assert!(swapped_while_flushing);
     for i in 0..2000 {
-        assert_eq!(db.get(&batched(i)).map(|v| v.to_vec()), Some(value(i)), "batched {i}");
+        assert_eq!(
+            db.get(&batched(i)).map(|v| v.to_vec()),
+            Some(value(i)),
+            "batched {i}"
+        );
     }
     for i in 0..n {
-        assert_eq!(db.get(&key(i)).map(|v| v.to_vec()), Some(value(i)), "key {i}");
+        assert_eq!(
+            db.get(&key(i)).map(|v| v.to_vec()),
+            Some(value(i)),
+            "key {i}"
+        );
     }
 }

@@ -33,9 +33,7 @@ pub struct MemtableFlush {
 impl MemtableFlush {
     /// Creates table file `num` for `mem`'s entries; nothing is written yet.
     pub fn begin(db_path: &Path, opt: &Options, mem: &MemTable, num: FileNum) -> Result<Self> {
-        let file = opt
-            .env
-            .open_writable_file(&table_file_name(db_path, num))?;
+        let file = opt.env.open_writable_file(&table_file_name(db_path, num))?;
         let mut entries = mem.iter();
         entries.reset();
         Ok(MemtableFlush {
