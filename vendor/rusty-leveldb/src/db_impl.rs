@@ -55,6 +55,8 @@ pub struct DB {
     imm: Option<MemTable>,
     /// The table `imm` is being written to, a step per write (`Options::memtable_flush_step`).
     imm_flush: Option<MemtableFlush>,
+    /// A flushed memtable being freed, a part per write (`Options::memtable_flush_step`).
+    retired: Option<MemTable>,
 
     log: Option<LogWriter<BufWriter<Box<dyn Write>>>>,
     log_num: Option<FileNum>,
@@ -66,6 +68,9 @@ pub struct DB {
 }
 
 unsafe impl Send for DB {}
+
+/// How many entries of a flushed memtable a write frees (`Options::memtable_flush_step`).
+const RELEASE_ENTRIES_PER_WRITE: usize = 1024;
 
 impl DB {
     // RECOVERY AND INITIALIZATION //
@@ -97,6 +102,7 @@ impl DB {
             mem: MemTable::new(opt.cmp.clone()),
             imm: None,
             imm_flush: None,
+            retired: None,
 
             opt,
 
@@ -746,7 +752,15 @@ impl DB {
     /// `write_size` bytes (`Options::memtable_flush_step`). The step that completes the table
     /// installs it, and then runs a compaction between levels if one is due.
     fn memtable_flush_step(&mut self, write_size: usize) -> Result<()> {
-        if self.imm.is_none() || self.opt.memtable_flush_step == 0 {
+        if self.opt.memtable_flush_step == 0 {
+            return Ok(());
+        }
+        if let Some(retired) = self.retired.as_mut() {
+            if retired.release_some(RELEASE_ENTRIES_PER_WRITE) {
+                self.retired = None;
+            }
+        }
+        if self.imm.is_none() {
             return Ok(());
         }
         let budget = self
@@ -812,7 +826,12 @@ impl DB {
         }
         ve.set_log_num(self.log_num.unwrap_or(0));
         self.vset.borrow_mut().log_and_apply(ve)?;
-        self.imm = None;
+        if self.opt.memtable_flush_step > 0 {
+            // Freeing a memtable of tens of thousands of entries took milliseconds.
+            self.retired = self.imm.take();
+        } else {
+            self.imm = None;
+        }
         if let Err(e) = self.delete_obsolete_files() {
             log!(self.opt.log, "Error deleting obsolete files: {}", e);
         }

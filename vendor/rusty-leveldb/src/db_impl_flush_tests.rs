@@ -3,6 +3,7 @@
 use super::*;
 use crate::options;
 use crate::test_util::LdbIteratorIter;
+use std::io::Read;
 
 fn stepped_options() -> Options {
     let mut opt = options::for_test();
@@ -162,4 +163,43 @@ fn a_swap_during_a_flush_finishes_it_first() {
             "key {i}"
         );
     }
+}
+
+/// CURRENT names the manifest and is written when a new manifest is started, not again for
+/// every edit appended to it (each rewrite cost a file creation, a sync and a rename).
+#[test]
+fn current_is_not_rewritten_for_an_edit() {
+    let opt = stepped_options();
+    let mut db = DB::open("db", opt.clone()).unwrap();
+    db.put(b"a", b"1").unwrap();
+    db.compact_range(b"", b"\xff").unwrap();
+    let current = Path::new("db").join("CURRENT");
+    let named = db.opt.env.open_sequential_file(&current).map(|mut f| {
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        s
+    });
+    assert!(named.unwrap().starts_with("MANIFEST-"));
+    opt.env.delete(&current).unwrap();
+    db.put(b"b", b"2").unwrap();
+    db.compact_range(b"", b"\xff").unwrap();
+    assert!(!opt.env.exists(&current).unwrap());
+}
+
+/// A flushed memtable is freed over the following writes; reads and the table are unaffected.
+#[test]
+fn a_flushed_memtable_is_freed_over_later_writes() {
+    let mut db = DB::open("db", stepped_options()).unwrap();
+    let mut n = write_until_flushing(&mut db, 0);
+    while db.imm.is_some() {
+        db.put(&key(n), &value(n)).unwrap();
+        n += 1;
+    }
+    let retired = db.retired.as_ref().map_or(0, |m| m.len());
+    assert!(retired > 0);
+    while db.retired.is_some() {
+        db.put(&key(n), &value(n)).unwrap();
+        n += 1;
+    }
+    assert_all_readable(&mut db, n);
 }

@@ -33,6 +33,12 @@ impl MemTable {
         self.map.len()
     }
 
+    /// Frees up to `n` entries of a memtable that will not be read again; true once it is
+    /// empty or shared with an iterator (see `SkipMap::release_some`).
+    pub fn release_some(&mut self, n: usize) -> bool {
+        self.map.release_some(n)
+    }
+
     pub fn approx_mem_usage(&self) -> usize {
         self.map.approx_memory()
     }

@@ -84,6 +84,27 @@ impl SkipMap {
         self.len() == 0
     }
 
+    /// Frees up to `n` entries of a map that will not be read again (it is emptied from the
+    /// front), so that a large map can be freed a part at a time. True once it is empty, or if
+    /// an iterator still shares it: the last holder then frees the rest at once.
+    pub fn release_some(&mut self, n: usize) -> bool {
+        if Rc::strong_count(&self.map) > 1 {
+            return true;
+        }
+        let mut map = self.map.borrow_mut();
+        // The skips would point into freed nodes; nothing reads the map any more, but keep
+        // them valid.
+        map.head.skips.iter_mut().for_each(|s| *s = None);
+        for _ in 0..n {
+            let Some(mut node) = map.head.next.take() else {
+                break;
+            };
+            map.head.next = node.next.take();
+            map.len -= 1;
+        }
+        map.head.next.is_none()
+    }
+
     pub fn approx_memory(&self) -> usize {
         self.map.borrow().approx_mem
     }
@@ -374,6 +395,26 @@ pub mod tests {
     use crate::options;
     use crate::test_util::{test_iterator_properties, LdbIteratorIter};
     use crate::types::current_key_val;
+
+    #[test]
+    fn test_skipmap_release_some_frees_from_the_front() {
+        let mut skm = make_skipmap();
+        assert!(!skm.release_some(10));
+        assert_eq!(skm.len(), 16);
+        assert!(!skm.release_some(15));
+        assert_eq!(skm.len(), 1);
+        assert!(skm.release_some(15));
+        assert_eq!(skm.len(), 0);
+    }
+
+    #[test]
+    fn test_skipmap_release_some_leaves_a_shared_map_to_its_iterator() {
+        let mut skm = make_skipmap();
+        let mut iter = skm.iter();
+        assert!(skm.release_some(10));
+        drop(skm);
+        assert_eq!(LdbIteratorIter::wrap(&mut iter).count(), 26);
+    }
 
     pub fn make_skipmap() -> SkipMap {
         let mut skm = SkipMap::new(options::for_test().cmp);

@@ -500,7 +500,11 @@ impl VersionSet {
         }
         self.finalize(&mut v);
 
-        if self.descriptor_log.is_none() {
+        // CURRENT names the manifest: it changes only when a new manifest is started. Writing
+        // it on every edit cost a file creation, a sync and a rename (with their directory
+        // syncs) per memtable flush and per compaction.
+        let new_manifest = self.descriptor_log.is_none();
+        if new_manifest {
             let descname = manifest_file_name(&self.dbname, self.manifest_num);
             edit.set_next_file(self.next_file_num);
             self.descriptor_log = Some(LogWriter::new(
@@ -514,11 +518,13 @@ impl VersionSet {
             lw.add_record(&encoded)?;
             lw.flush()?;
         }
-        set_current_file(
-            self.opt.env.as_ref().as_ref(),
-            &self.dbname,
-            self.manifest_num,
-        )?;
+        if new_manifest {
+            set_current_file(
+                self.opt.env.as_ref().as_ref(),
+                &self.dbname,
+                self.manifest_num,
+            )?;
+        }
 
         self.add_version(v);
         // log_number was set above.
