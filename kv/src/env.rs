@@ -77,6 +77,9 @@ fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SyncDiskEnv {
     inner: PosixDiskEnv,
     stats: Arc<SyncStats>,
+    /// Obsolete files leave at once and are unlinked by a background thread
+    /// ([`crate::deferred_delete`]).
+    delete_in_background: bool,
 }
 
 impl Default for SyncDiskEnv {
@@ -90,7 +93,17 @@ impl SyncDiskEnv {
         Self {
             inner: PosixDiskEnv::new(),
             stats: Arc::new(SyncStats::default()),
+            delete_in_background: false,
         }
+    }
+
+    /// For a LevelDB database, whose obsolete files (an old write-ahead log, compacted tables)
+    /// are deleted in the middle of a write: they are renamed away at once and unlinked in the
+    /// background. Whoever opens the database calls [`crate::deferred_delete::remove_leftovers`]
+    /// first.
+    pub(crate) fn deleting_in_background(mut self) -> Self {
+        self.delete_in_background = true;
+        self
     }
 
     pub fn stats(&self) -> Arc<SyncStats> {
@@ -193,6 +206,9 @@ impl Env for SyncDiskEnv {
     fn delete(&self, p: &Path) -> LResult<()> {
         // No directory sync: a deletion that is lost leaves an obsolete file, which LevelDB
         // removes again on the next open.
+        if self.delete_in_background {
+            return crate::deferred_delete::delete(p).map_err(|e| io_status("delete", p, e));
+        }
         self.inner.delete(p)
     }
     fn mkdir(&self, p: &Path) -> LResult<()> {

@@ -105,12 +105,19 @@ impl Ldb {
             reuse_logs: false,
             reuse_manifest: false,
             paranoid_checks: true,
-            memtable_flush_step: MEMTABLE_FLUSH_STEP,
+            memtable_flush_step: std::env::var("KV_FLUSH_STEP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(MEMTABLE_FLUSH_STEP),
             ..Options::default()
         };
         let stats = match env {
             StorageEnv::Disk => {
-                let e = SyncDiskEnv::new();
+                crate::deferred_delete::remove_leftovers(path).map_err(|e| Error::Io {
+                    path: path.to_path_buf(),
+                    detail: format!("removing files left to delete: {e}"),
+                })?;
+                let e = SyncDiskEnv::new().deleting_in_background();
                 let stats = e.stats();
                 opt.env = Rc::new(Box::new(e));
                 Some(stats)

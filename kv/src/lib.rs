@@ -20,6 +20,7 @@
 mod codec;
 pub mod command;
 mod command_ops;
+mod deferred_delete;
 pub mod env;
 mod error;
 pub mod fuzzing;
