@@ -19,7 +19,6 @@ const SUFFIX: &str = ".deleting";
 enum Job {
     Unlink(PathBuf),
     /// Answered once every unlink queued before it has run.
-    #[cfg(test)]
     Barrier(Sender<()>),
 }
 
@@ -36,7 +35,6 @@ fn queue() -> Option<&'static Mutex<Sender<Job>>> {
                         match job {
                             // A failure leaves the `.deleting` file, which the next open removes.
                             Job::Unlink(p) => drop(std::fs::remove_file(p)),
-                            #[cfg(test)]
                             Job::Barrier(done) => {
                                 let _ = done.send(());
                             }
@@ -87,8 +85,8 @@ pub(crate) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until every deletion queued so far has run.
-#[cfg(test)]
+/// Waits until every deletion queued so far has run (after an explicit compaction, whose
+/// caller wants the space back).
 pub(crate) fn wait_for_background() {
     let (tx, rx) = mpsc::channel();
     if let Some(queue) = queue() {

@@ -259,6 +259,7 @@ impl Ldb {
         self.db
             .compact_range(&[], &[0xff; 8])
             .map_err(|s| self.err(s))?;
+        crate::deferred_delete::wait_for_background();
         self.check_failure()
     }
 
