@@ -21,7 +21,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use raft_core::codec::{self, DecodeError};
 use raft_core::{Message, NodeId};
 
@@ -174,7 +174,6 @@ pub fn encode_hello(cluster_id: u64, me: Sender, advertised: &str, out: &mut Byt
 
 /// Reads a hello frame's body: its sender, and the peer address it gave (empty if none).
 pub fn decode_hello(cluster_id: u64, body: &[u8]) -> Result<(Sender, String), FrameError> {
-    use bytes::Buf;
     let mut rest = body;
     let sender = peer_header::take_header(peer_header::HELLO_MAGIC, cluster_id, &mut rest)
         .map_err(FrameError::from)?;
@@ -377,6 +376,92 @@ async fn discard_while_down(
     }
 }
 
+/// Why no frame body came.
+#[derive(Debug)]
+enum FrameReadError {
+    /// The peer closed the connection, or it failed.
+    Closed,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    Refused(FrameError),
+}
+
+/// Bytes read from one inbound connection, and the frames in them. One read takes whatever
+/// has arrived (under load, many frames: one system call rather than two per frame), and
+/// each body is split off the buffer without a copy; the entries decoded from it keep
+/// referring to it.
+#[derive(Default)]
+struct FrameReader {
+    buf: BytesMut,
+}
+
+/// The size of a new read buffer: a few dozen small frames.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl FrameReader {
+    /// The next frame's body (after its length prefix).
+    async fn next<S: Stream>(
+        &mut self,
+        stream: &mut S,
+        idle_read: Duration,
+    ) -> Result<Bytes, FrameReadError> {
+        self.fill_to(4, stream, idle_read).await?;
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let len = len as usize;
+        check_frame_len(len).map_err(FrameReadError::Refused)?;
+        self.fill_to(4 + len, stream, idle_read).await?;
+        let mut body = self.buf.split_to(4 + len).freeze();
+        body.advance(4);
+        Ok(body)
+    }
+
+    /// Reads until the buffer holds at least `wanted` bytes.
+    async fn fill_to<S: Stream>(
+        &mut self,
+        wanted: usize,
+        stream: &mut S,
+        idle_read: Duration,
+    ) -> Result<(), FrameReadError> {
+        while self.buf.len() < wanted {
+            let needed = wanted - self.buf.len();
+            // A new chunk only when this one is full: frames are packed into it back to back,
+            // so the entries that keep a chunk alive hold little besides their own bytes.
+            if self.buf.capacity() - self.buf.len() < needed {
+                self.buf.reserve(needed.max(READ_CHUNK));
+            }
+            match tokio::time::timeout(idle_read, stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(FrameReadError::Closed),
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(FrameReadError::Idle),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A connection's first frame, read to its last byte and no further. A join request is
+/// shorter than a peer header (its asker knows no cluster yet).
+async fn read_first_frame<S: Stream>(
+    stream: &mut S,
+    idle_read: Duration,
+) -> Result<Bytes, FrameReadError> {
+    let mut len_buf = [0u8; 4];
+    match tokio::time::timeout(idle_read, stream.read_exact(&mut len_buf)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return Err(FrameReadError::Closed),
+        Err(_) => return Err(FrameReadError::Idle),
+    }
+    let len = u32::from_be_bytes(len_buf) as usize;
+    if len != crate::join::REQUEST_LEN {
+        check_frame_len(len).map_err(FrameReadError::Refused)?;
+    }
+    let mut body = vec![0u8; len];
+    match tokio::time::timeout(idle_read, stream.read_exact(&mut body)).await {
+        Ok(Ok(_)) => Ok(Bytes::from(body)),
+        _ => Err(FrameReadError::Closed),
+    }
+}
+
 /// Where an inbound connection that asks for a snapshot is handed (`snapshot_transfer`).
 #[derive(Clone)]
 pub struct SnapshotService {
@@ -402,31 +487,31 @@ pub async fn run_inbound<S: Stream>(
 ) {
     use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN};
     let cluster_id = gate.cluster_id();
-    let mut len_buf = [0u8; 4];
     let mut first = true;
     // The sender this connection was admitted for: later frames from it skip the gate.
     let mut admitted: Option<Sender> = None;
+    let mut frames = FrameReader::default();
     loop {
-        match tokio::time::timeout(idle_read, stream.read_exact(&mut len_buf)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
+        // The first frame is read alone: a join, probe or snapshot request hands the stream on,
+        // and nothing after it may sit in this task's buffer.
+        let read = if first {
+            read_first_frame(&mut stream, idle_read).await
+        } else {
+            frames.next(&mut stream, idle_read).await
+        };
+        let body = match read {
+            Ok(body) => body,
+            Err(FrameReadError::Closed) => return,
+            Err(FrameReadError::Idle) => {
                 tracing::debug!(%remote, "idle peer connection closed");
                 return;
             }
-        }
-        let len = u32::from_be_bytes(len_buf) as usize;
-        // A join request is shorter than a peer header (its asker knows no cluster yet).
-        let join_sized = first && len == crate::join::REQUEST_LEN;
-        if let (false, Err(e)) = (join_sized, check_frame_len(len)) {
-            tracing::warn!(%remote, error = %e, "closing peer connection");
-            return;
-        }
-        let mut body = vec![0u8; len];
-        match tokio::time::timeout(idle_read, stream.read_exact(&mut body)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
+            Err(FrameReadError::Refused(e)) => {
+                tracing::warn!(%remote, error = %e, "closing peer connection");
+                return;
+            }
+        };
+        let len = body.len();
         if first && crate::join::is_request(&body) {
             let answer = crate::join::JoinAnswer {
                 cluster_id,
@@ -442,7 +527,7 @@ pub async fn run_inbound<S: Stream>(
             if len == crate::probe::REQUEST_LEN
                 && peer_header::has_magic(peer_header::PROBE_MAGIC, &body)
             {
-                match crate::probe::decode_request(Bytes::from(body)) {
+                match crate::probe::decode_request(body) {
                     Ok((_, asker)) => {
                         let answer = gate.probe_answer(asker.node_id);
                         crate::probe::answer(stream, answer, idle_read, asker.node_id).await;
@@ -452,7 +537,7 @@ pub async fn run_inbound<S: Stream>(
                 return;
             }
             if len == REQUEST_LEN && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &body) {
-                match decode_request(cluster_id, Bytes::from(body)) {
+                match decode_request(cluster_id, body) {
                     Ok((sender, request)) if gate.admit(sender, &remote) => {
                         serve(
                             stream,
@@ -483,7 +568,7 @@ pub async fn run_inbound<S: Stream>(
             }
             continue;
         }
-        match decode_frame(cluster_id, Bytes::from(body)) {
+        match decode_frame(cluster_id, body) {
             Ok((sender, msg)) => {
                 if admitted != Some(sender) {
                     if !gate.admit(sender, &remote) {
@@ -506,7 +591,6 @@ pub async fn run_inbound<S: Stream>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Buf;
     use raft_core::MessageBody;
 
     fn msg() -> Message {
@@ -605,6 +689,49 @@ mod tests {
         let mut too_long = BytesMut::new();
         encode_hello(7, me, &"a".repeat(300), &mut too_long);
         assert_eq!(decode_hello(7, &too_long[4..]).unwrap().1, "", "left out");
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_or_packed_into_one_come_out_whole() {
+        let mut wire = BytesMut::new();
+        let messages: Vec<Message> = (0..50)
+            .map(|i| Message {
+                to: 2 + i % 3,
+                ..msg()
+            })
+            .collect();
+        for m in &messages {
+            encode_frame(42, 9, m, &mut wire);
+        }
+        // A pipe of 7 bytes: every frame arrives in pieces.
+        let (mut writer, mut reader) = tokio::io::duplex(7);
+        let sent = wire.clone();
+        tokio::spawn(async move { writer.write_all(&sent).await });
+        let mut frames = FrameReader::default();
+        for m in &messages {
+            let body = frames
+                .next(&mut reader, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(decode_frame(42, body).unwrap().1, *m);
+        }
+        assert!(matches!(
+            frames.next(&mut reader, Duration::from_secs(5)).await,
+            Err(FrameReadError::Closed)
+        ));
+        // All in one read, then a length over the limit: refused before its body is read.
+        let (mut writer, mut reader) = tokio::io::duplex(1 << 16);
+        wire.put_u32(u32::MAX);
+        writer.write_all(&wire).await.unwrap();
+        let mut frames = FrameReader::default();
+        for m in &messages {
+            let body = frames.next(&mut reader, Duration::from_secs(5)).await;
+            assert_eq!(decode_frame(42, body.unwrap()).unwrap().1, *m);
+        }
+        assert!(matches!(
+            frames.next(&mut reader, Duration::from_secs(5)).await,
+            Err(FrameReadError::Refused(FrameError::TooLarge { .. }))
+        ));
     }
 
     #[tokio::test]
