@@ -105,10 +105,7 @@ impl Ldb {
             reuse_logs: false,
             reuse_manifest: false,
             paranoid_checks: true,
-            memtable_flush_step: std::env::var("KV_FLUSH_STEP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(MEMTABLE_FLUSH_STEP),
+            memtable_flush_step: MEMTABLE_FLUSH_STEP,
             ..Options::default()
         };
         let stats = match env {
