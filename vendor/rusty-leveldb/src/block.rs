@@ -1,11 +1,11 @@
 use std::cmp::Ordering;
 
+use crate::key_types::decode_varint_len;
 use crate::options::Options;
 use crate::types::LdbIterator;
 
 use bytes::{Bytes, BytesMut};
 use integer_encoding::FixedInt;
-use integer_encoding::VarInt;
 
 pub type BlockContents = Bytes;
 
@@ -133,13 +133,13 @@ impl BlockIter {
     /// Advances self.offset to the beginning of the next entry.
     fn parse_entry_and_advance(&mut self) -> Option<(usize, usize, usize, usize)> {
         let mut i = 0;
-        let (shared, sharedlen) = usize::decode_var(&self.block[self.offset..])?;
+        let (shared, sharedlen) = decode_varint_len(&self.block[self.offset..])?;
         i += sharedlen;
 
-        let (non_shared, non_sharedlen) = usize::decode_var(&self.block[self.offset + i..])?;
+        let (non_shared, non_sharedlen) = decode_varint_len(&self.block[self.offset + i..])?;
         i += non_sharedlen;
 
-        let (valsize, valsizelen) = usize::decode_var(&self.block[self.offset + i..])?;
+        let (valsize, valsizelen) = decode_varint_len(&self.block[self.offset + i..])?;
         i += valsizelen;
 
         self.val_offset = self.offset + i + non_shared;

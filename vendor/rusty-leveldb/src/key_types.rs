@@ -128,18 +128,30 @@ pub fn build_memtable_key(key: &[u8], value: &[u8], t: ValueType, seq: SequenceN
     buf
 }
 
+/// Decodes a varint length: `(value, bytes read)`. Lengths below 128 (one byte) and below
+/// 16384 (two) are decoded inline, without the general decoder's loop; the memtable's
+/// comparisons decode two lengths each, and block entries three.
+#[inline]
+pub fn decode_varint_len(buf: &[u8]) -> Option<(usize, usize)> {
+    match *buf {
+        [b0, ..] if b0 < 0x80 => Some((usize::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => Some((usize::from(b0 & 0x7f) | usize::from(b1) << 7, 2)),
+        _ => VarInt::decode_var(buf),
+    }
+}
+
 /// Parses a memtable key and returns  (keylen, key offset, tag, vallen, val offset).
 /// If the key only contains (keylen, key, tag), the vallen and val offset return values will be
 /// meaningless.
 pub fn parse_memtable_key(mkey: MemtableKey) -> (usize, usize, u64, usize, usize) {
-    let (keylen, mut i): (usize, usize) = VarInt::decode_var(mkey).unwrap();
+    let (keylen, mut i) = decode_varint_len(mkey).unwrap();
     let keyoff = i;
     i += keylen - 8;
 
     if mkey.len() > i {
         let tag = FixedInt::decode_fixed(&mkey[i..i + 8]);
         i += 8;
-        let (vallen, j): (usize, usize) = VarInt::decode_var(&mkey[i..]).unwrap();
+        let (vallen, j) = decode_varint_len(&mkey[i..]).unwrap();
         i += j;
         let valoff = i;
         (keylen - 8, keyoff, tag, vallen, valoff)
@@ -150,8 +162,8 @@ pub fn parse_memtable_key(mkey: MemtableKey) -> (usize, usize, u64, usize, usize
 
 /// cmp_memtable_key efficiently compares two memtable keys by only parsing what's actually needed.
 pub fn cmp_memtable_key(ucmp: &dyn Cmp, a: MemtableKey<'_>, b: MemtableKey<'_>) -> Ordering {
-    let (alen, aoff): (usize, usize) = VarInt::decode_var(a).unwrap();
-    let (blen, boff): (usize, usize) = VarInt::decode_var(b).unwrap();
+    let (alen, aoff) = decode_varint_len(a).unwrap();
+    let (blen, boff) = decode_varint_len(b).unwrap();
     let userkey_a = &a[aoff..aoff + alen - 8];
     let userkey_b = &b[boff..boff + blen - 8];
 
@@ -205,6 +217,23 @@ pub fn truncate_to_userkey(ikey: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_varint_len_agrees_with_the_general_decoder() {
+        use integer_encoding::VarInt;
+
+        let mut values: Vec<usize> = (0..20_000).collect();
+        values.extend((0..58).map(|s| (1usize << s) + 3));
+        values.push(usize::MAX);
+        for v in values {
+            let mut buf = v.encode_var_vec();
+            let whole = buf.len();
+            buf.extend_from_slice(&[0xff, 0x01]);
+            assert_eq!(decode_varint_len(&buf), Some((v, whole)), "{v}");
+            assert_eq!(decode_varint_len(&buf[..whole - 1]), None, "{v} truncated");
+        }
+        assert_eq!(decode_varint_len(&[]), None);
+    }
 
     #[test]
     fn test_memtable_lookupkey() {
