@@ -36,8 +36,8 @@ impl KvStateMachine {
             a.copy_from_slice(&row[1..9]);
             let deadline = u64::from_be_bytes(a);
             let key = row[9..].to_vec();
-            match self.stored(t, &key)? {
-                Some(r) if r.expires_at == deadline => {
+            match self.stored_meta(t, &key)? {
+                Some(m) if m.expires_at == deadline => {
                     self.unstore(t, &key)?;
                 }
                 // An index row the key no longer matches (it cannot happen while every write
@@ -74,6 +74,8 @@ impl KvStateMachine {
     /// unbounded: it is abandoned, and a later one is built.
     pub(super) fn flush_all(&mut self, t: &mut Txn) -> Result<()> {
         self.image_in_progress = None;
+        // From the first deletion on, the database no longer holds what the cache says.
+        self.key_meta.clear();
         for tag in [USER, EXPIRY, HASHED] {
             let mut from = vec![tag];
             loop {

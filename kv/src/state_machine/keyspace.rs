@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use raft_core::Index;
 
+use super::key_meta::KeyMeta;
 use super::records::{KEY_CLOCK, KEY_COUNTS, USER};
 use super::KvStateMachine;
 use crate::codec;
@@ -74,6 +75,21 @@ impl Record {
             version: u64_at(1),
             expires_at: u64_at(9),
             value: row.slice(17..body.len()),
+        })
+    }
+
+    /// The version and deadline of a record this process encoded (an apply batch's own row,
+    /// whose checksum there is no need to verify); `None` if it is not a record.
+    pub(crate) fn meta_of_own(row: &[u8]) -> Option<KeyMeta> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(row.get(at..at + 8)?.try_into().ok()?))
+        };
+        if row.first() != Some(&RECORD_STRING) {
+            return None;
+        }
+        Some(KeyMeta {
+            version: u64_at(1)?,
+            expires_at: u64_at(9)?,
         })
     }
 }
@@ -211,22 +227,29 @@ impl KvStateMachine {
     }
 
     /// Reads the stored rows of `keys` into the batch with one iterator, before the batch's
-    /// commands run: most writes read their key first (its deadline, whether it is new).
+    /// commands run: most writes read their key first (its deadline, whether it is new). Keys
+    /// whose version and deadline are cached are left out: most writes need no more, and the
+    /// few that need the value read it alone.
     pub(crate) fn prefetch<'a>(
         &mut self,
         t: &mut Txn,
         keys: impl Iterator<Item = &'a Bytes>,
     ) -> Result<()> {
-        let rows: std::collections::BTreeSet<Vec<u8>> = keys.map(|k| user_row(k)).collect();
+        let rows: std::collections::BTreeSet<Vec<u8>> = keys
+            .filter(|k| !self.key_meta.contains(k))
+            .map(|k| user_row(k))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
         let rows: Vec<Vec<u8>> = rows.into_iter().collect();
         let found = self.db.get_sorted(&rows)?;
         t.prefetched = rows.into_iter().zip(found).collect();
         Ok(())
     }
 
-    /// The key's record, expired or not.
-    pub(crate) fn stored(&mut self, t: &Txn, key: &[u8]) -> Result<Option<Record>> {
-        let Some(row) = self.row(t, &user_row(key))? else {
+    fn decode_stored(&self, key: &[u8], row: Option<Bytes>) -> Result<Option<Record>> {
+        let Some(row) = row else {
             return Ok(None);
         };
         Record::decode(&row).map(Some).map_err(|e| {
@@ -237,9 +260,39 @@ impl KvStateMachine {
         })
     }
 
+    /// The key's record, expired or not.
+    pub(crate) fn stored(&mut self, t: &Txn, key: &[u8]) -> Result<Option<Record>> {
+        let row = self.row(t, &user_row(key))?;
+        self.decode_stored(key, row)
+    }
+
     /// The key's record unless it is absent or expired at the batch's log time.
     pub(crate) fn live(&mut self, t: &Txn, key: &[u8]) -> Result<Option<Record>> {
         Ok(self.stored(t, key)?.filter(|r| !r.expired_at(t.clock)))
+    }
+
+    /// The version and deadline of the key's record, expired or not: the batch's own write,
+    /// else the cache (`key_meta.rs`), else the database, which the cache then learns.
+    pub(crate) fn stored_meta(&mut self, t: &Txn, key: &[u8]) -> Result<Option<KeyMeta>> {
+        let row = user_row(key);
+        if let Some(own) = t.rows.get(&row) {
+            return Ok(own.as_deref().and_then(Record::meta_of_own));
+        }
+        if let Some(cached) = self.key_meta.get(key) {
+            return Ok(cached);
+        }
+        let found = match t.prefetched.get(&row) {
+            Some(v) => v.clone(),
+            None => self.db.get(&row)?,
+        };
+        let meta = self.decode_stored(key, found)?.as_ref().map(KeyMeta::of);
+        self.key_meta.put(key, meta);
+        Ok(meta)
+    }
+
+    /// [`KvStateMachine::stored_meta`] unless the key is expired at the batch's log time.
+    pub(crate) fn live_meta(&mut self, t: &Txn, key: &[u8]) -> Result<Option<KeyMeta>> {
+        Ok(self.stored_meta(t, key)?.filter(|m| !m.expired_at(t.clock)))
     }
 
     /// Writes `value` with deadline `expires_at` (0: none) at the batch's index.
@@ -250,7 +303,7 @@ impl KvStateMachine {
         value: Bytes,
         expires_at: u64,
     ) -> Result<()> {
-        let old = self.stored(t, key)?;
+        let old = self.stored_meta(t, key)?;
         match &old {
             None => {
                 t.counts.keys += 1;
@@ -276,9 +329,9 @@ impl KvStateMachine {
     }
 
     /// Removes the key (expired or not) and its index rows, noting the removal for WATCH
-    /// (`watch.rs`); returns what it held.
-    pub(crate) fn unstore(&mut self, t: &mut Txn, key: &[u8]) -> Result<Option<Record>> {
-        let Some(old) = self.stored(t, key)? else {
+    /// (`watch.rs`); returns the version and deadline it had.
+    pub(crate) fn unstore(&mut self, t: &mut Txn, key: &[u8]) -> Result<Option<KeyMeta>> {
+        let Some(old) = self.stored_meta(t, key)? else {
             return Ok(None);
         };
         t.counts.keys -= 1;

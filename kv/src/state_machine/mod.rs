@@ -38,6 +38,7 @@ use crate::members::MemberTable;
 
 mod commands;
 mod expiry;
+mod key_meta;
 mod keyspace;
 mod layout;
 mod ops;
@@ -99,6 +100,8 @@ pub struct KvStateMachine {
     pub(crate) counts: KeyCounts,
     /// What WATCH compares a key watched absent with (`watch.rs`), as of the applied index.
     removed: watch::RemovedVersions,
+    /// The version and deadline of recently used keys, as the database holds them (`key_meta.rs`).
+    key_meta: key_meta::KeyMetaCache,
 }
 
 impl KvStateMachine {
@@ -132,6 +135,7 @@ impl KvStateMachine {
             clock_ms: 0,
             counts: KeyCounts::default(),
             removed: watch::RemovedVersions::default(),
+            key_meta: key_meta::KeyMetaCache::new(),
         };
         sm.load_applied()?;
         sm.load_members()?;
@@ -499,6 +503,8 @@ impl KvStateMachine {
         self.clock_ms = t.clock;
         self.counts = t.counts;
         self.removed.note_written(&t.rows);
+        self.key_meta
+            .write_through(t.rows.range(vec![USER]..vec![USER + 1]));
         if let Some(t) = members {
             self.members = t;
         }
@@ -587,6 +593,9 @@ impl KvStateMachine {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_key_meta;
 
 #[cfg(test)]
 mod tests_redis;

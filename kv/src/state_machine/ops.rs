@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 
-use super::keyspace::{Record, Txn};
+use super::key_meta::KeyMeta;
+use super::keyspace::Txn;
 use super::KvStateMachine;
 use crate::command::{CommandResult, Deadline, ExpireCondition, Op, SetCondition, MAX_VALUE_LEN};
 use crate::error::Result;
@@ -89,7 +90,7 @@ impl KvStateMachine {
     }
 
     /// The deadline `d` gives a key whose live record is `old`, in log time (0: none).
-    fn deadline_at(t: &Txn, d: Deadline, old: Option<&Record>) -> u64 {
+    fn deadline_at(t: &Txn, d: Deadline, old: Option<&KeyMeta>) -> u64 {
         match d {
             Deadline::None => 0,
             Deadline::Keep => old.map_or(0, |r| r.expires_at),
@@ -125,10 +126,16 @@ impl KvStateMachine {
         deadline: Deadline,
         get: bool,
     ) -> Result<CommandResult> {
-        let old = self.live(t, key)?;
-        let previous = || match &old {
-            Some(r) => CommandResult::Bulk(r.value.clone()),
-            None => CommandResult::Nil,
+        // The value only for GET; the rest needs the version and deadline alone.
+        let (old, previous) = if get {
+            let old = self.live(t, key)?;
+            let previous = match &old {
+                Some(r) => CommandResult::Bulk(r.value.clone()),
+                None => CommandResult::Nil,
+            };
+            (old.as_ref().map(KeyMeta::of), previous)
+        } else {
+            (self.live_meta(t, key)?, CommandResult::Nil)
         };
         let allowed = match condition {
             SetCondition::Always => true,
@@ -136,9 +143,9 @@ impl KvStateMachine {
             SetCondition::IfPresent => old.is_some(),
         };
         if !allowed {
-            return Ok(if get { previous() } else { CommandResult::Nil });
+            return Ok(previous);
         }
-        let answer = if get { previous() } else { CommandResult::Ok };
+        let answer = if get { previous } else { CommandResult::Ok };
         let expires_at = Self::deadline_at(t, deadline, old.as_ref());
         self.store_until(t, key, value.clone(), expires_at)?;
         Ok(answer)
@@ -171,7 +178,7 @@ impl KvStateMachine {
     ) -> Result<CommandResult> {
         if if_none_exist {
             for (k, _) in pairs {
-                if self.live(t, k)?.is_some() {
+                if self.live_meta(t, k)?.is_some() {
                     return Ok(CommandResult::Value(0));
                 }
             }
@@ -215,7 +222,7 @@ impl KvStateMachine {
         let Some(old) = self.live(t, key)? else {
             return Ok(CommandResult::Value(0));
         };
-        let new = Self::deadline_at(t, deadline, Some(&old));
+        let new = Self::deadline_at(t, deadline, Some(&KeyMeta::of(&old)));
         // No deadline counts as infinitely far, as Redis has it for GT and LT.
         let far = |d: u64| if d == 0 { u64::MAX } else { d };
         let allowed = match condition {
@@ -245,7 +252,7 @@ impl KvStateMachine {
         let Some(src) = self.live(t, from)? else {
             return Ok(CommandResult::Error("no such key".into()));
         };
-        if if_absent && self.live(t, to)?.is_some() {
+        if if_absent && self.live_meta(t, to)?.is_some() {
             return Ok(CommandResult::Value(0));
         }
         if from != to {

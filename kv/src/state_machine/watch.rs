@@ -134,8 +134,8 @@ impl KvStateMachine {
     /// The token `WATCH` keeps for `key`: its version, or [`WATCHED_ABSENT`] with the index
     /// the batch reads at.
     pub(super) fn watch_token(&mut self, t: &Txn, key: &[u8]) -> Result<u64> {
-        Ok(match self.live(t, key)? {
-            Some(r) => r.version,
+        Ok(match self.live_meta(t, key)? {
+            Some(m) => m.version,
             None => WATCHED_ABSENT | t.index,
         })
     }
@@ -148,10 +148,10 @@ impl KvStateMachine {
         token: u64,
     ) -> Result<bool> {
         if token != 0 && token & WATCHED_ABSENT == 0 {
-            return Ok(self.live(t, key)?.map(|r| r.version) == Some(token));
+            return Ok(self.live_meta(t, key)?.map(|m| m.version) == Some(token));
         }
         let since = token & !WATCHED_ABSENT;
-        if self.stored(t, key)?.is_some_and(|r| r.version > since) {
+        if self.stored_meta(t, key)?.is_some_and(|m| m.version > since) {
             return Ok(false);
         }
         Ok(self.index_row(t, &bucket_row(bucket_of(key))) <= since
