@@ -107,6 +107,10 @@ pub enum FaultAction {
     Partition(Vec<u64>, Vec<u64>),
     /// Cut the links from the first group to the second only.
     PartitionOneWay(Vec<u64>, Vec<u64>),
+    /// Cut the node leading at that moment (the leader of the highest term, as the nodes' role
+    /// changes tell) from every other node, both ways, as [`FaultAction::Partition`]; clients
+    /// still reach it. Nothing if no node leads. Never drawn: a test's scenario.
+    IsolateLeader,
     /// Restore every link between nodes.
     Heal,
     /// Power cut: unsynced writes are lost and the process dies.

@@ -166,6 +166,15 @@ impl Observer {
     pub fn leader_while_joint(&self) -> Option<NodeId> {
         let st = self.state();
         st.last_conf.filter(|(_, joint)| *joint)?;
+        Self::highest_leader(&st)
+    }
+
+    /// The leader of the highest term, if it still leads (as its last role change said).
+    pub fn leader(&self) -> Option<NodeId> {
+        Self::highest_leader(&self.state())
+    }
+
+    fn highest_leader(st: &State) -> Option<NodeId> {
         st.roles
             .iter()
             .filter(|(_, (_, role, _))| *role == Role::Leader)

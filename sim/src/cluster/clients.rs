@@ -46,6 +46,7 @@ pub(super) fn start_workload(
             rng: rng::seeded(rng.gen()),
             keys: cfg.keys,
             id: c,
+            reads_only: cfg.read_only_clients.contains(&c),
             last_seen: BTreeMap::new(),
             next_value: 0,
         };
@@ -136,6 +137,8 @@ struct Workload {
     rng: SimRng,
     keys: u64,
     id: u64,
+    /// Only GETs of the hot and cold keys ([`RunConfig::read_only_clients`]).
+    reads_only: bool,
     /// The value this client last saw at each key, for compare-and-set.
     last_seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     next_value: u64,
@@ -170,6 +173,9 @@ impl Workload {
     fn pick(&mut self) -> (Vec<u8>, Op, Via) {
         // Values are integers, unique per write, so that INCR always applies and every read
         // names the write it saw.
+        if self.reads_only {
+            return (pick_key(&mut self.rng, self.keys), Op::Get, Via::Command);
+        }
         let (id, next_value) = (self.id, &mut self.next_value);
         let mut unique = || {
             *next_value += 1;
@@ -180,11 +186,7 @@ impl Workload {
             70..=84 => return redis_ops::pick_group(&mut self.rng, &mut unique),
             _ => return redis_ops::pick_volatile(&mut self.rng, &mut unique),
         }
-        let key = if self.rng.gen_bool(0.1) {
-            format!("w{}", self.rng.gen_range(0..COLD_KEYS)).into_bytes()
-        } else {
-            format!("k{}", self.rng.gen_range(0..self.keys)).into_bytes()
-        };
+        let key = pick_key(&mut self.rng, self.keys);
         let unique = unique();
         let op = match self.rng.gen_range(0..100) {
             0..=34 => Op::Get,
@@ -197,6 +199,15 @@ impl Workload {
             _ => Op::Delete,
         };
         (key, op, Via::Command)
+    }
+}
+
+/// One of the `hot` hot keys nine times in ten, else a cold one.
+fn pick_key(rng: &mut SimRng, hot: u64) -> Vec<u8> {
+    if rng.gen_bool(0.1) {
+        format!("w{}", rng.gen_range(0..COLD_KEYS)).into_bytes()
+    } else {
+        format!("k{}", rng.gen_range(0..hot)).into_bytes()
     }
 }
 

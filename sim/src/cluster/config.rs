@@ -26,6 +26,9 @@ pub struct RunConfig {
     /// spread over the followers do in production: they do not ask for the leader, and the node
     /// forwards their requests. The others go to the leader.
     pub sticky_clients: BTreeSet<u64>,
+    /// The workload clients (numbered from 1) that only read: a GET of a hot or a cold key each
+    /// time (a test's scenario, to aim reads at the leader while others write; never drawn).
+    pub read_only_clients: BTreeSet<u64>,
     pub keys: u64,
     pub switches: UnsafeSwitches,
     /// When nodes take snapshots and compact their logs (`threshold` 0: never).
@@ -95,6 +98,7 @@ impl RunConfig {
             liveness_bound: Duration::from_secs(30),
             clients,
             sticky_clients,
+            read_only_clients: BTreeSet::new(),
             keys,
             switches: UnsafeSwitches::default(),
             snapshots,

@@ -49,12 +49,14 @@ pub(super) fn run(
             triggers.disarm();
         }
         while let Some((at, action)) = actions.next_if(|(at, _)| *at <= elapsed) {
+            let action = resolve(action, nodes, observer);
             trace.push(format!("{:>10.3}s {action:?}", at.as_secs_f64()));
-            apply(sim, action, &names, nodes, &mut crashed, observer);
+            apply(sim, &action, &names, nodes, &mut crashed, observer);
         }
         // The operator's own fault actions, made as it asks for them.
         let asked = operator.map(|o| std::mem::take(&mut o.borrow_mut().faults));
         for action in asked.unwrap_or_default() {
+            let action = resolve(&action, nodes, observer);
             let at = elapsed.as_secs_f64();
             trace.push(format!("{at:>10.3}s {action:?} (by the operator)"));
             apply(sim, &action, &names, nodes, &mut crashed, observer);
@@ -201,6 +203,22 @@ impl Crashed {
     }
 }
 
+/// The action to make now: one that names no node ([`FaultAction::IsolateLeader`]) is made
+/// concrete here, so that the trace shows the nodes it struck.
+fn resolve(
+    action: &FaultAction,
+    nodes: &BTreeMap<u64, NodeControls>,
+    observer: &Observer,
+) -> FaultAction {
+    match (action, observer.leader()) {
+        (FaultAction::IsolateLeader, Some(leader)) => {
+            let others = nodes.keys().copied().filter(|id| *id != leader).collect();
+            FaultAction::Partition(vec![leader], others)
+        }
+        _ => action.clone(),
+    }
+}
+
 /// Makes one fault action on the cluster.
 fn apply(
     sim: &mut turmoil::Sim<'_>,
@@ -227,6 +245,8 @@ fn apply(
                 }
             }
         }
+        // Made a partition by `resolve` when some node leads; with none there is no one to cut.
+        FaultAction::IsolateLeader => {}
         FaultAction::Heal => {
             for (i, x) in names.iter().enumerate() {
                 for y in &names[i + 1..] {
