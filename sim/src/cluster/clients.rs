@@ -10,8 +10,8 @@ use net::client::{ClientConfig, KvClient};
 use rand::Rng;
 
 use super::config::RunConfig;
-use super::now;
 use super::redis_ops::{self, execute_redis, outcome_of, Via};
+use super::{now, ClientTasks};
 use crate::history::{History, Observed, Op, Operation, Outcome};
 use crate::net::TurmoilNet;
 use crate::observe::Observer;
@@ -23,9 +23,9 @@ pub(super) type SharedHistory = Rc<RefCell<History>>;
 /// The liveness probe's verdict, once it has finished.
 pub(super) type ProbeResult = Rc<RefCell<Result<(), String>>>;
 
-/// Adds the workload clients to `sim`: each runs random operations until the workload ends.
+/// Adds the workload clients to `tasks`: each runs random operations until the workload ends.
 pub(super) fn start_workload(
-    sim: &mut turmoil::Sim<'_>,
+    tasks: &mut ClientTasks,
     cfg: &RunConfig,
     servers: &[String],
     history: &SharedHistory,
@@ -50,18 +50,15 @@ pub(super) fn start_workload(
             last_seen: BTreeMap::new(),
             next_value: 0,
         };
-        sim.client(format!("c{c}"), async move {
-            w.run(workload_end).await;
-            Ok(())
-        });
+        tasks.add(w.run(workload_end));
     }
 }
 
-/// Adds the probe to `sim`: from `heal` on, a write and a read must succeed within the
+/// Adds the probe to `tasks`: from `heal` on, a write and a read must succeed within the
 /// liveness bound, then a final read of every key joins the history (so a lost acknowledged
 /// write shows up there), and every key is read on every node.
 pub(super) fn start_probe(
-    sim: &mut turmoil::Sim<'_>,
+    tasks: &mut ClientTasks,
     cfg: &RunConfig,
     heal: Duration,
     servers: &[String],
@@ -94,10 +91,9 @@ pub(super) fn start_probe(
         })
         .collect();
     let (verdict, history, keys) = (liveness.clone(), history.clone(), cfg.keys);
-    sim.client("probe", async move {
+    tasks.add(async move {
         tokio::time::sleep(Duration::from_nanos(heal.saturating_sub(now()))).await;
         *verdict.borrow_mut() = probe(client, replicas, history, keys, heal + bound).await;
-        Ok(())
     });
     liveness
 }

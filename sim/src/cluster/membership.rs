@@ -103,10 +103,10 @@ pub(super) fn addresses(id: NodeId) -> (String, String) {
     )
 }
 
-/// Adds the operator to `sim`; it must be done by `deadline` (simulated ns). Its draws come from
+/// Adds the operator to `tasks`; it must be done by `deadline` (simulated ns). Its draws come from
 /// a generator of its own.
 pub(super) fn start_operator(
-    sim: &mut turmoil::Sim<'_>,
+    tasks: &mut super::ClientTasks,
     plan: &MemberPlan,
     state: &SharedOperator,
     servers: &[String],
@@ -123,10 +123,9 @@ pub(super) fn start_operator(
     };
     operator.move_on();
     let plan = plan.clone();
-    sim.client("operator", async move {
+    tasks.add(async move {
         tokio::time::sleep(plan.start).await;
         operator.run(&plan.steps).await;
-        Ok(())
     });
 }
 
