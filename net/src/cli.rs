@@ -6,17 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rand::Rng;
-use tokio::sync::watch;
 
 use crate::cli_admin::MemberCmd;
 use crate::cli_data::{DataCmd, Outcome};
 use crate::cli_read_mode::{read_mode, ReadModeArgs};
 use crate::error::{CliError, ConfigError};
-use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
-use crate::request::NodeHandle;
-use crate::server;
-use crate::transport::{Net, TokioNet};
 
 /// Printed after the version by a build that has the unsafe test switches compiled in.
 macro_rules! test_switches_marker {
@@ -363,7 +358,7 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
 
 /// The incarnation a new data directory records: random, so that a wiped directory never comes
 /// back as the one it replaces (0 means "unknown").
-fn new_incarnation() -> u64 {
+pub(crate) fn new_incarnation() -> u64 {
     rand::thread_rng().gen_range(1..=u64::MAX)
 }
 
@@ -416,7 +411,7 @@ fn member_peers(
     Ok(map)
 }
 
-fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
+pub(crate) fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
     let mut policy = node::SnapshotPolicy::default();
     if let Some(n) = args.snapshot_threshold {
         policy.threshold = n;
@@ -427,143 +422,16 @@ fn snapshot_policy(args: &SnapshotArgs) -> node::SnapshotPolicy {
     policy
 }
 
-/// Runs one node until `stop_signal` turns true, then stops it gracefully: a leader hands its
-/// leadership over first ([`stop_gracefully`]). Errors are for the user.
-pub async fn run_node(
-    cfg: NodeConfig,
-    client_addr: String,
-    stop_signal: watch::Receiver<bool>,
-) -> Result<(), CliError> {
-    let net = TokioNet;
-    let id = cfg.id;
-    let tcp_port = client_addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0);
-    let clients = net
-        .bind(client_addr.clone())
-        .await
-        .map_err(|source| CliError::ClientPort {
-            id,
-            addr: client_addr,
-            source,
-        })?;
-    // The client port answers from the start: `-LOADING` until the node has started.
-    let (started, started_node) = watch::channel(None);
-    let (stop_clients, clients_shutdown) = watch::channel(false);
-    let client_port = tokio::spawn(server::serve_clients(
-        clients,
-        started_node,
-        clients_shutdown,
-        rand::thread_rng().gen(),
-        tcp_port,
-    ));
-    let (stop, shutdown) = watch::channel(false);
-    let (handle, run) = match node::start(cfg, net, shutdown).await {
-        Ok(started) => started,
-        Err(source) => {
-            let _ = stop_clients.send(true);
-            return Err(CliError::Node { id, source });
-        }
-    };
-    let _ = started.send(Some(handle.clone()));
-    tracing::info!(id, "ready: the client port serves requests");
-    let stopping = Stopping {
-        id,
-        node: handle,
-        stop_clients,
-        client_port,
-        stop,
-    };
-    tokio::spawn(stop_gracefully(stopping, stop_signal));
-    run.await.map_err(|source| CliError::Node { id, source })
-}
-
-/// What a graceful stop acts on.
-struct Stopping {
-    id: u64,
-    node: NodeHandle,
-    /// Closes the client port, and its connections once each has answered what it read.
-    stop_clients: watch::Sender<bool>,
-    /// Ends once every client connection has closed.
-    client_port: tokio::task::JoinHandle<()>,
-    /// Stops the node.
-    stop: watch::Sender<bool>,
-}
-
-/// How long a stopping node waits at most for its client connections to answer what they read.
-const DRAIN_BOUND: Duration = Duration::from_secs(3);
-
-/// Waits for the stop signal; then, if the node leads, hands the leadership to the most
-/// caught-up voter (waiting at most an election timeout), so that clients wait for a transfer
-/// rather than for an election. Then it closes the client port and waits (at most
-/// [`DRAIN_BOUND`]) until every request already read is answered, and only then stops the
-/// node: a request still waiting when the node stops is answered TIMEOUT (its outcome unknown
-/// to the client) where a moment later it would have been answered OK, and a client whose
-/// connection closes goes on to another node.
-async fn stop_gracefully(s: Stopping, mut stop_signal: watch::Receiver<bool>) {
-    let id = s.id;
-    if stop_signal.wait_for(|stopping| *stopping).await.is_err() {
-        // Nobody can signal any more: run until the process ends. (Dropping `stop` would
-        // stop the node at once.)
-        std::future::pending::<()>().await;
-    }
-    match s.node.admin(AdminRequest::HandOffLeadership).await {
-        Ok(AdminReply::LeaderIs(leader)) => {
-            tracing::info!(id, leader, "handed the leadership over before stopping");
-        }
-        Ok(other) => tracing::debug!(id, ?other, "no leadership hand-off before stopping"),
-        Err(e) => tracing::warn!(id, error = %e, "leadership hand-off failed; stopping anyway"),
-    }
-    let _ = s.stop_clients.send(true);
-    if tokio::time::timeout(DRAIN_BOUND, s.client_port)
-        .await
-        .is_err()
-    {
-        tracing::info!(id, "stopping with client requests still unanswered");
-    }
-    let _ = s.stop.send(true);
-}
-
-/// A watch that turns true on Ctrl-C or SIGTERM.
-fn shutdown_on_signals() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot watch SIGTERM");
-                        let _ = tokio::signal::ctrl_c().await;
-                        let _ = tx.send(true);
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 /// Runs the command; `Outcome::No` is a command's answer "no" (exit status 1).
 pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
     let done = match cli.command {
         Cmd::Data(cmd) => return crate::cli_data::run(cmd).await,
         Cmd::Serve(args) => {
             let (cfg, client_addr) = serve_config(&args)?;
-            let shutdown = shutdown_on_signals();
-            run_node(cfg, client_addr, shutdown).await
+            let (_stop, shutdown) = crate::cli_run::shutdown_on_signals();
+            crate::cli_run::run_node(cfg, client_addr, shutdown).await
         }
-        Cmd::Cluster(args) => run_cluster(args).await,
+        Cmd::Cluster(args) => crate::cli_run::run_cluster(args).await,
         Cmd::Status { servers } => crate::cli_admin::status(servers.servers).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Member(cmd) => crate::cli_admin::run_member(cmd).await,
@@ -572,65 +440,6 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
         }
     };
     done.map(|()| Outcome::Done)
-}
-
-async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
-    if args.nodes == 0 || args.nodes > 9 {
-        return Err(ConfigError::Invalid("--nodes must be between 1 and 9".into()).into());
-    }
-    let peer_base = args
-        .port
-        .checked_add(100)
-        .ok_or_else(|| ConfigError::Invalid("--port too high".into()))?;
-    let peers: BTreeMap<u64, String> = (1..=args.nodes)
-        .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
-        .collect();
-    let client_addrs: BTreeMap<u64, String> = (1..=args.nodes)
-        .map(|i| (i, format!("{}:{}", args.host, args.port + i as u16 - 1)))
-        .collect();
-    let shutdown = shutdown_on_signals();
-    let mut nodes = Vec::new();
-    for id in 1..=args.nodes {
-        let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")))
-            .with_cluster_token(args.cluster_token.clone());
-        cfg.seed = rand::thread_rng().gen();
-        cfg.incarnation = new_incarnation();
-        cfg.client_addrs = client_addrs.clone();
-        cfg.snapshots = snapshot_policy(&args.snapshots);
-        cfg.read_mode = read_mode(
-            args.reads.read_mode.as_deref(),
-            args.reads.max_clock_drift,
-            &cfg,
-        )?;
-        let client_addr = client_addrs[&id].clone();
-        nodes.push(tokio::spawn(run_node(cfg, client_addr, shutdown.clone())));
-    }
-    let client_ports: Vec<String> = (1..=args.nodes)
-        .map(|i| (args.port + i as u16 - 1).to_string())
-        .collect();
-    println!(
-        "kvstore: {} nodes on {} (client ports {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
-        args.nodes,
-        args.host,
-        client_ports.join(", "),
-        args.data_dir.display(),
-        args.port,
-        client_ports.iter().map(|p| format!("{}:{p}", args.host)).collect::<Vec<_>>().join(","),
-    );
-    let mut first_error = None;
-    for n in nodes {
-        match n.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                eprintln!("kvstore: {e}");
-                first_error.get_or_insert(e);
-            }
-            Err(e) => {
-                first_error.get_or_insert(CliError::Task(e));
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

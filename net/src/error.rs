@@ -107,7 +107,9 @@ impl fmt::Display for NodeError {
             }
             NodeError::Core(e) => write!(f, "invalid configuration: {e}"),
             NodeError::Storage(e) => write!(f, "storage: {e}"),
-            NodeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            NodeError::Bind { addr, source } => {
+                write!(f, "cannot listen for peers on {addr}: {source}")
+            }
             NodeError::AlreadyBootstrapped {
                 id,
                 cluster,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cli_admin;
 pub mod cli_data;
 pub mod cli_read_mode;
+mod cli_run;
 pub mod client;
 pub mod command_table;
 pub mod error;

@@ -1,0 +1,305 @@
+//! Running nodes from the command line: one node (`kvstore serve`) or a local cluster in this
+//! process (`kvstore cluster`). A node is started in two steps: [`start_node`] binds its client
+//! and peer ports and opens its storage; [`StartedNode::run`] runs it until the stop signal. A
+//! cluster says it is up only once every node has started, and if one cannot start (a port
+//! taken, a data directory of another cluster, a locked directory) it stops the others and
+//! fails with that node's reason, rather than running on without a quorum.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::ClusterArgs;
+use crate::cli_read_mode::read_mode;
+use crate::error::{CliError, ConfigError, NodeError};
+use crate::node::admin::{AdminReply, AdminRequest};
+use crate::node::{self, NodeConfig};
+use crate::request::NodeHandle;
+use crate::server;
+use crate::transport::{Net, TokioNet};
+
+/// A node whose ports are bound and whose storage is open, not yet running.
+pub(crate) struct StartedNode {
+    id: u64,
+    run: Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>,
+    stopping: Stopping,
+}
+
+/// What a graceful stop acts on.
+struct Stopping {
+    id: u64,
+    node: NodeHandle,
+    /// Closes the client port, and its connections once each has answered what it read.
+    stop_clients: watch::Sender<bool>,
+    /// Ends once every client connection has closed.
+    client_port: tokio::task::JoinHandle<()>,
+    /// Stops the node.
+    stop: watch::Sender<bool>,
+}
+
+/// How long a stopping node waits at most for its client connections to answer what they read.
+const DRAIN_BOUND: Duration = Duration::from_secs(3);
+
+/// How long a node that started, but whose cluster could not, may take to close its storage.
+const ABANDON_BOUND: Duration = Duration::from_secs(5);
+
+/// Binds the node's client port (which answers `-LOADING` until the node has started), then
+/// binds its peer port and opens its storage. Errors are for the user.
+pub(crate) async fn start_node(
+    cfg: NodeConfig,
+    client_addr: String,
+) -> Result<StartedNode, CliError> {
+    let net = TokioNet;
+    let id = cfg.id;
+    let tcp_port = client_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    let clients = net
+        .bind(client_addr.clone())
+        .await
+        .map_err(|source| CliError::ClientPort {
+            id,
+            addr: client_addr,
+            source,
+        })?;
+    let (started, started_node) = watch::channel(None);
+    let (stop_clients, clients_shutdown) = watch::channel(false);
+    let client_port = tokio::spawn(server::serve_clients(
+        clients,
+        started_node,
+        clients_shutdown,
+        rand::thread_rng().gen(),
+        tcp_port,
+    ));
+    let (stop, shutdown) = watch::channel(false);
+    let (handle, run) = match node::start(cfg, net, shutdown).await {
+        Ok(started) => started,
+        Err(source) => {
+            let _ = stop_clients.send(true);
+            return Err(CliError::Node { id, source });
+        }
+    };
+    let _ = started.send(Some(handle.clone()));
+    tracing::info!(id, "ready: the client port serves requests");
+    Ok(StartedNode {
+        id,
+        run: Box::pin(run),
+        stopping: Stopping {
+            id,
+            node: handle,
+            stop_clients,
+            client_port,
+            stop,
+        },
+    })
+}
+
+impl StartedNode {
+    /// Runs the node until `stop_signal` turns true, then stops it gracefully
+    /// ([`stop_gracefully`]).
+    pub(crate) async fn run(self, stop_signal: watch::Receiver<bool>) -> Result<(), CliError> {
+        let id = self.id;
+        tokio::spawn(stop_gracefully(self.stopping, stop_signal));
+        self.run
+            .await
+            .map_err(|source| CliError::Node { id, source })
+    }
+
+    /// Stops a node that never served: another node of its cluster could not start.
+    async fn abandon(self) {
+        let _ = self.stopping.stop_clients.send(true);
+        let _ = self.stopping.stop.send(true);
+        if tokio::time::timeout(ABANDON_BOUND, self.run).await.is_err() {
+            tracing::warn!(
+                id = self.id,
+                "the node did not stop in time; exiting anyway"
+            );
+        }
+    }
+}
+
+/// Runs one node until `stop_signal` turns true, then stops it gracefully.
+pub(crate) async fn run_node(
+    cfg: NodeConfig,
+    client_addr: String,
+    stop_signal: watch::Receiver<bool>,
+) -> Result<(), CliError> {
+    start_node(cfg, client_addr).await?.run(stop_signal).await
+}
+
+/// Waits for the stop signal; then, if the node leads, hands the leadership to the most
+/// caught-up voter (waiting at most an election timeout), so that clients wait for a transfer
+/// rather than for an election. Then it closes the client port and waits (at most
+/// [`DRAIN_BOUND`]) until every request already read is answered, and only then stops the
+/// node: a request still waiting when the node stops is answered TIMEOUT (its outcome unknown
+/// to the client) where a moment later it would have been answered OK, and a client whose
+/// connection closes goes on to another node.
+async fn stop_gracefully(s: Stopping, mut stop_signal: watch::Receiver<bool>) {
+    let id = s.id;
+    if stop_signal.wait_for(|stopping| *stopping).await.is_err() {
+        // Nobody can signal any more: run until the process ends. (Dropping `stop` would
+        // stop the node at once.)
+        std::future::pending::<()>().await;
+    }
+    match s.node.admin(AdminRequest::HandOffLeadership).await {
+        Ok(AdminReply::LeaderIs(leader)) => {
+            tracing::info!(id, leader, "handed the leadership over before stopping");
+        }
+        Ok(other) => tracing::debug!(id, ?other, "no leadership hand-off before stopping"),
+        Err(e) => tracing::warn!(id, error = %e, "leadership hand-off failed; stopping anyway"),
+    }
+    let _ = s.stop_clients.send(true);
+    if tokio::time::timeout(DRAIN_BOUND, s.client_port)
+        .await
+        .is_err()
+    {
+        tracing::info!(id, "stopping with client requests still unanswered");
+    }
+    let _ = s.stop.send(true);
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM (or when `also` is sent true).
+pub(crate) fn shutdown_on_signals() -> (Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let tx = Arc::new(tx);
+    let signalled = tx.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        signalled.send_replace(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        signalled.send_replace(true);
+    });
+    (tx, rx)
+}
+
+/// The configuration of each node of a local cluster, with its client address.
+fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliError> {
+    if args.nodes == 0 || args.nodes > 9 {
+        return Err(ConfigError::Invalid("--nodes must be between 1 and 9".into()).into());
+    }
+    let last_port = |base: u16| base.checked_add(args.nodes as u16 - 1);
+    let peer_base = args
+        .port
+        .checked_add(100)
+        .filter(|&p| last_port(p).is_some())
+        .ok_or_else(|| ConfigError::Invalid("--port too high".into()))?;
+    let peers: BTreeMap<u64, String> = (1..=args.nodes)
+        .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
+        .collect();
+    let client_addrs: BTreeMap<u64, String> = (1..=args.nodes)
+        .map(|i| (i, format!("{}:{}", args.host, args.port + i as u16 - 1)))
+        .collect();
+    let mut configs = Vec::new();
+    for id in 1..=args.nodes {
+        let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")))
+            .with_cluster_token(args.cluster_token.clone());
+        cfg.seed = rand::thread_rng().gen();
+        cfg.incarnation = crate::cli::new_incarnation();
+        cfg.client_addrs = client_addrs.clone();
+        cfg.snapshots = crate::cli::snapshot_policy(&args.snapshots);
+        cfg.read_mode = read_mode(
+            args.reads.read_mode.as_deref(),
+            args.reads.max_clock_drift,
+            &cfg,
+        )?;
+        configs.push((cfg, client_addrs[&id].clone()));
+    }
+    Ok(configs)
+}
+
+/// Starts every node of the cluster at once (an empty node told to bootstrap waits for its
+/// peers to answer). The first failure stops the rest: the nodes still starting are dropped,
+/// the started ones stopped.
+async fn start_cluster(configs: Vec<(NodeConfig, String)>) -> Result<Vec<StartedNode>, CliError> {
+    let mut starting = JoinSet::new();
+    for (cfg, client_addr) in configs {
+        starting.spawn(start_node(cfg, client_addr));
+    }
+    let mut started = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = starting.join_next().await {
+        match joined {
+            Ok(Ok(node)) => started.push(node),
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(e) => {
+                failure = Some(CliError::Task(e));
+                break;
+            }
+        }
+    }
+    let Some(failure) = failure else {
+        started.sort_by_key(|n| n.id);
+        return Ok(started);
+    };
+    starting.shutdown().await;
+    for node in started {
+        node.abandon().await;
+    }
+    Err(failure)
+}
+
+pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
+    let configs = cluster_configs(&args)?;
+    let nodes = start_cluster(configs).await?;
+    let client_ports: Vec<String> = (1..=args.nodes)
+        .map(|i| (args.port + i as u16 - 1).to_string())
+        .collect();
+    println!(
+        "kvstore: {} nodes on {} (client ports {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
+        args.nodes,
+        args.host,
+        client_ports.join(", "),
+        args.data_dir.display(),
+        args.port,
+        client_ports.iter().map(|p| format!("{}:{p}", args.host)).collect::<Vec<_>>().join(","),
+    );
+    let (stop_all, stop_signal) = shutdown_on_signals();
+    let mut running = JoinSet::new();
+    for node in nodes {
+        running.spawn(node.run(stop_signal.clone()));
+    }
+    let mut first_error = None;
+    while let Some(joined) = running.join_next().await {
+        let error = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => CliError::Task(e),
+        };
+        if first_error.is_none() {
+            // A local cluster with a node gone is not what was asked for: stop the others.
+            eprintln!("kvstore: {error}; stopping the other nodes");
+            stop_all.send_replace(true);
+            first_error = Some(error);
+        } else {
+            eprintln!("kvstore: {error}");
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
