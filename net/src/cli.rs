@@ -79,9 +79,29 @@ pub struct ServersArg {
     #[arg(
         long,
         default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_server_addr
     )]
     pub servers: Vec<String>,
+}
+
+/// A server's client address, HOST:PORT, checked before anything is sent (a bare port was
+/// once retried twenty times as an unreachable server).
+fn parse_server_addr(text: &str) -> Result<String, String> {
+    let hint = "expected HOST:PORT, for example 127.0.0.1:7001";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` is not a server address: {hint}"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(format!("`{text}` has no host: {hint}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(text.to_string()),
+        _ => Err(format!(
+            "`{port}` in `{text}` is not a port (1-65535): {hint}"
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -445,6 +465,33 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_addresses_are_host_and_port_or_refused_with_a_hint() {
+        for good in [
+            "127.0.0.1:7001",
+            "localhost:1",
+            "[::1]:7001",
+            "db.example:65535",
+        ] {
+            assert_eq!(parse_server_addr(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "7001",
+            "127.0.0.1",
+            ":7001",
+            "host:0",
+            "host:70000",
+            "host:port",
+            "a b:1",
+        ] {
+            let e = parse_server_addr(bad).expect_err(bad);
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
+        }
+        let cli = Cli::try_parse_from(["kvstore", "get", "k", "--servers", "7001"]);
+        let e = cli.expect_err("a bare port is refused").to_string();
+        assert!(e.contains("`7001` is not a server address"), "{e}");
+    }
 
     #[test]
     fn peers_parse_and_bad_ones_are_named() {

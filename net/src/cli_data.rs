@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::cli::ServersArg;
+use crate::cli_reach::{within, TimeoutArg};
 use crate::client::KvClient;
 use crate::error::CliError;
 
@@ -36,6 +37,8 @@ pub enum DataCmd {
         output: OutputArg,
         #[command(flatten)]
         servers: ServersArg,
+        #[command(flatten)]
+        timeout: TimeoutArg,
     },
     /// Set KEY to VALUE, or to the bytes of --value-file. Prints nothing.
     #[command(after_help = EXIT_STATUS_HELP)]
@@ -48,6 +51,8 @@ pub enum DataCmd {
         output: OutputArg,
         #[command(flatten)]
         servers: ServersArg,
+        #[command(flatten)]
+        timeout: TimeoutArg,
     },
     /// Add to an integer value (default 1) and print the new value.
     #[command(after_help = EXIT_STATUS_HELP)]
@@ -59,6 +64,8 @@ pub enum DataCmd {
         output: OutputArg,
         #[command(flatten)]
         servers: ServersArg,
+        #[command(flatten)]
+        timeout: TimeoutArg,
     },
     /// Compare-and-set: set KEY to NEW if it holds --expected (or is absent, with --absent).
     /// Prints nothing; exit status 1 if it did not swap.
@@ -74,6 +81,8 @@ pub enum DataCmd {
         output: OutputArg,
         #[command(flatten)]
         servers: ServersArg,
+        #[command(flatten)]
+        timeout: TimeoutArg,
     },
 }
 
@@ -90,6 +99,8 @@ pub struct SetArgs {
     output: OutputArg,
     #[command(flatten)]
     servers: ServersArg,
+    #[command(flatten)]
+    timeout: TimeoutArg,
 }
 
 #[derive(Args, Debug, Clone, Copy)]
@@ -106,8 +117,10 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             key,
             output,
             servers,
+            timeout,
         } => {
-            let value = KvClient::new(servers.servers).get(&bytes_of(&key)).await?;
+            let mut client = KvClient::new(servers.servers.clone());
+            let value = within(&servers, timeout, false, client.get(&bytes_of(&key))).await?;
             let shown = match (&value, output.pretty) {
                 (Some(v), false) => v.to_vec(),
                 (Some(v), true) => format!("{}\n", quoted(v)).into_bytes(),
@@ -127,9 +140,9 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
                 (None, Some(path)) => read_value_file(path)?,
                 (None, None) => return Err(CliError::Usage("give VALUE or --value-file")),
             };
-            KvClient::new(args.servers.servers)
-                .set(&bytes_of(&args.key), &value)
-                .await?;
+            let mut client = KvClient::new(args.servers.servers.clone());
+            let key = bytes_of(&args.key);
+            within(&args.servers, args.timeout, true, client.set(&key, &value)).await?;
             if args.output.pretty {
                 print_bytes(b"OK\n")?;
             }
@@ -139,8 +152,10 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             key,
             output,
             servers,
+            timeout,
         } => {
-            let existed = KvClient::new(servers.servers).del(&bytes_of(&key)).await?;
+            let mut client = KvClient::new(servers.servers.clone());
+            let existed = within(&servers, timeout, true, client.del(&bytes_of(&key))).await?;
             print_pretty_integer(output, i64::from(existed))?;
             Ok(yes_or_no(existed))
         }
@@ -149,10 +164,11 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             by,
             output,
             servers,
+            timeout,
         } => {
-            let value = KvClient::new(servers.servers)
-                .incr_by(&bytes_of(&key), by)
-                .await?;
+            let mut client = KvClient::new(servers.servers.clone());
+            let value =
+                within(&servers, timeout, true, client.incr_by(&bytes_of(&key), by)).await?;
             if output.pretty {
                 print_pretty_integer(output, value)?;
             } else {
@@ -167,11 +183,18 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             absent: _,
             output,
             servers,
+            timeout,
         } => {
             let expected = expected.as_deref().map(bytes_of);
-            let swapped = KvClient::new(servers.servers)
-                .cas(&bytes_of(&key), expected.as_deref(), &bytes_of(&new))
-                .await?;
+            let (key, new) = (bytes_of(&key), bytes_of(&new));
+            let mut client = KvClient::new(servers.servers.clone());
+            let swapped = within(
+                &servers,
+                timeout,
+                true,
+                client.cas(&key, expected.as_deref(), &new),
+            )
+            .await?;
             print_pretty_integer(output, i64::from(swapped))?;
             Ok(yes_or_no(swapped))
         }

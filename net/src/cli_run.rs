@@ -272,9 +272,11 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         .map(|i| (args.port + i as u16 - 1).to_string())
         .collect();
     println!(
-        "kvstore: {} nodes on {} (client ports {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
+        "kvstore: {} {} on {} (client {} {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
         args.nodes,
+        if args.nodes == 1 { "node" } else { "nodes" },
         args.host,
+        if args.nodes == 1 { "port" } else { "ports" },
         client_ports.join(", "),
         args.data_dir.display(),
         args.port,

@@ -46,7 +46,12 @@ impl std::fmt::Display for ClientError {
                 maybe_applied,
             } => write!(
                 f,
-                "no server answered after {attempts} attempts (last error: {last_error}){}",
+                "no server answered after {attempts} {} (last error: {last_error}){}",
+                if *attempts == 1 {
+                    "attempt"
+                } else {
+                    "attempts"
+                },
                 if *maybe_applied {
                     "; the write may have been applied"
                 } else {

@@ -323,6 +323,11 @@ pub enum CliError {
     Client(ClientError),
     /// `kvstore status`: no server answered.
     NoServerAnswered,
+    /// No server that answered knows a leader: a majority of the voters is down or cut off.
+    NoQuorum {
+        why: String,
+        maybe_applied: bool,
+    },
     /// `kvstore bench`: the arguments cannot work, or no request succeeded.
     Bench(&'static str),
     /// A node's task panicked or was cancelled.
@@ -344,7 +349,9 @@ impl CliError {
     /// error: it is a command's answer "no" (`kvstore get` of a missing key, ...).
     pub fn exit_status(&self) -> u8 {
         match self {
-            CliError::Client(ClientError::Unavailable { .. }) | CliError::NoServerAnswered => 3,
+            CliError::Client(ClientError::Unavailable { .. })
+            | CliError::NoServerAnswered
+            | CliError::NoQuorum { .. } => 3,
             _ => 2,
         }
     }
@@ -363,6 +370,15 @@ impl fmt::Display for CliError {
             }
             CliError::Client(e) => e.fmt(f),
             CliError::NoServerAnswered => write!(f, "no server answered"),
+            CliError::NoQuorum { why, maybe_applied } => write!(
+                f,
+                "{why}{}",
+                if *maybe_applied {
+                    "; the write may have been applied"
+                } else {
+                    ""
+                }
+            ),
             CliError::Bench(why) => write!(f, "{why}"),
             CliError::Task(e) => write!(f, "a node task failed: {e}"),
             CliError::Usage(why) => write!(f, "{why}"),
@@ -383,7 +399,10 @@ impl Error for CliError {
             CliError::Client(e) => Some(e),
             CliError::Task(e) => Some(e),
             CliError::ValueFile { source, .. } | CliError::Output(source) => Some(source),
-            CliError::NoServerAnswered | CliError::Bench(_) | CliError::Usage(_) => None,
+            CliError::NoServerAnswered
+            | CliError::NoQuorum { .. }
+            | CliError::Bench(_)
+            | CliError::Usage(_) => None,
         }
     }
 }

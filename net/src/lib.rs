@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod cli_admin;
 pub mod cli_data;
+mod cli_reach;
 pub mod cli_read_mode;
 mod cli_run;
 pub mod client;
