@@ -1,21 +1,13 @@
 //! The command line reports a cluster without a quorum as such, within its `--timeout`, naming
 //! the servers that are down and those up without a leader.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::kvstore_bin;
+use e2e::{free_port, kvstore_bin};
 
 /// A bound on the whole command; reaching it fails the test (a hang).
 const BOUND: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 #[test]
 fn a_read_with_two_of_three_nodes_down_says_there_is_no_quorum() {
