@@ -45,6 +45,9 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " ", test_switches_
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
+    /// How log lines are written to standard error (their filter: KVSTORE_LOG, else RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]

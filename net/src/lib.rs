@@ -17,6 +17,7 @@ pub mod command_table;
 pub mod error;
 pub mod fuzzing;
 pub mod join;
+pub mod logging;
 pub mod node;
 pub mod peer_header;
 pub mod probe;

@@ -2,14 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = net::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVSTORE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,net=info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    net::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
