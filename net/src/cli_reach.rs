@@ -75,7 +75,8 @@ enum Seen {
     Leader,
 }
 
-/// A description of the missing quorum, if no server that answers knows a leader.
+/// Why no server could take the request, if no server that answers knows a leader: none
+/// answered at all, or those that did know no leader (no quorum).
 async fn no_quorum(servers: &[String]) -> Option<String> {
     let looks = servers.iter().map(|s| look_at(s.clone()));
     let seen: Vec<(String, Seen)> = futures_join_all(looks).await;
@@ -94,8 +95,14 @@ async fn no_quorum(servers: &[String]) -> Option<String> {
         .filter(|(_, s)| matches!(s, Seen::NoLeader))
         .map(|(addr, _)| addr.as_str())
         .collect();
+    // Nobody answered at all: whether a quorum is up elsewhere, these servers cannot say.
+    let verdict = if leaderless.is_empty() {
+        "no server answered"
+    } else {
+        "no quorum"
+    };
     let mut why = format!(
-        "no quorum: {} of {} {} unreachable",
+        "{verdict}: {} of {} {} unreachable",
         down.len(),
         servers.len(),
         if servers.len() == 1 {
@@ -115,7 +122,9 @@ async fn no_quorum(servers: &[String]) -> Option<String> {
         };
         why.push_str(&format!(", and {} {verb} no leader", leaderless.join(", ")));
     }
-    why.push_str(": a cluster serves once a majority of its voters are up and connected");
+    if !leaderless.is_empty() {
+        why.push_str(": a cluster serves once a majority of its voters are up and connected");
+    }
     Some(why)
 }
 
@@ -185,7 +194,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn servers_that_refuse_connections_are_reported_as_no_quorum() {
+    async fn servers_that_refuse_connections_are_named() {
         // Ports that nobody listens on: bind, note the port, close.
         let addrs: Vec<String> = (0..3)
             .map(|_| {
@@ -195,7 +204,7 @@ mod tests {
             .collect();
         let why = no_quorum(&addrs).await.expect("no server knows a leader");
         assert!(
-            why.starts_with("no quorum: 3 of 3 servers unreachable ("),
+            why.starts_with("no server answered: 3 of 3 servers unreachable ("),
             "{why}"
         );
         for a in &addrs {
