@@ -59,15 +59,18 @@ impl fmt::Display for Error {
                 requested_cluster,
             } => write!(
                 f,
-                "data directory {} belongs to node {stored_node} of cluster {stored_cluster}, \
-                 refusing to open it as node {requested_node} of cluster {requested_cluster}",
-                path.display()
+                "data directory {} belongs to node {stored_node} of cluster {}, \
+                 refusing to open it as node {requested_node} of cluster {}",
+                path.display(),
+                crate::ClusterIdText(*stored_cluster),
+                crate::ClusterIdText(*requested_cluster)
             ),
             Error::ClusterTokenMismatch { path, cluster } => write!(
                 f,
-                "data directory {} belongs to cluster {cluster}, which was bootstrapped with \
+                "data directory {} belongs to cluster {}, which was bootstrapped with \
                  another --cluster-token: give the token it was bootstrapped with, or none",
-                path.display()
+                path.display(),
+                crate::ClusterIdText(*cluster)
             ),
             Error::InvalidRequest(s) => write!(f, "invalid request: {s}"),
             Error::Decode(e) => write!(f, "{e}"),

@@ -221,7 +221,7 @@ impl Identity {
                 "{} already records node {} of cluster {}",
                 data_dir.join(IDENTITY_FILE).display(),
                 stored.node_id,
-                stored.cluster_id
+                ClusterIdText(stored.cluster_id)
             )));
         }
         write_atomically(data_dir, IDENTITY_FILE, &self.encode_checked()?)
@@ -273,4 +273,14 @@ pub(crate) fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     drop(f);
     fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
     sync_dir(dir).map_err(|e| io(dir, e))
+}
+
+/// A cluster id as every message and log line writes it: `0x` and sixteen hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterIdText(pub u64);
+
+impl std::fmt::Display for ClusterIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
 }

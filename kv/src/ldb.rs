@@ -291,6 +291,13 @@ fn status_error(path: &Path, s: Status) -> Error {
             index: None,
             detail: s.err,
         }
+    } else if s.code == StatusCode::LockError {
+        Error::Io {
+            path: path.to_path_buf(),
+            detail: "in use by another process: is another kvstore running on this data \
+                     directory? (its lock is held)"
+                .to_string(),
+        }
     } else {
         Error::Io {
             path: path.to_path_buf(),

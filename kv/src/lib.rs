@@ -39,7 +39,7 @@ mod table_check;
 pub use command::{Command, CommandResult, Deadline, ExpireCondition, Op, SetCondition};
 pub use env::{PowerCutEnv, SyncDiskEnv, SyncStats};
 pub use error::{DecodeError, Error, Result};
-pub use identity::{bootstrap_cluster_id, Identity, PeerPins, PinCheck};
+pub use identity::{bootstrap_cluster_id, ClusterIdText, Identity, PeerPins, PinCheck};
 pub use ldb::{StorageEnv, MAX_CATCH_UP_PER_WRITE};
 pub use members::{MemberAddrs, MemberContext, MemberTable};
 pub use node::{restart_state_from, NodeStorage};

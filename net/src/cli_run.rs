@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::cli::ClusterArgs;
 use crate::cli_read_mode::read_mode;
@@ -49,12 +50,22 @@ const DRAIN_BOUND: Duration = Duration::from_secs(3);
 /// How long a node that started, but whose cluster could not, may take to close its storage.
 const ABANDON_BOUND: Duration = Duration::from_secs(5);
 
+/// Every line a node logs, from any of its tasks and threads, carries this span: its id.
+fn node_span(id: u64) -> tracing::Span {
+    tracing::info_span!("node", id)
+}
+
 /// Binds the node's client port (which answers `-LOADING` until the node has started), then
 /// binds its peer port and opens its storage. Errors are for the user.
 pub(crate) async fn start_node(
     cfg: NodeConfig,
     client_addr: String,
 ) -> Result<StartedNode, CliError> {
+    let span = node_span(cfg.id);
+    start_node_in_span(cfg, client_addr).instrument(span).await
+}
+
+async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<StartedNode, CliError> {
     let net = TokioNet;
     let id = cfg.id;
     let tcp_port = client_addr
@@ -66,18 +77,19 @@ pub(crate) async fn start_node(
         .await
         .map_err(|source| CliError::ClientPort {
             id,
-            addr: client_addr,
+            addr: client_addr.clone(),
             source,
         })?;
     let (started, started_node) = watch::channel(None);
     let (stop_clients, clients_shutdown) = watch::channel(false);
-    let client_port = tokio::spawn(server::serve_clients(
+    let serving = server::serve_clients(
         clients,
         started_node,
         clients_shutdown,
         rand::thread_rng().gen(),
         tcp_port,
-    ));
+    );
+    let client_port = tokio::spawn(serving.in_current_span());
     let (stop, shutdown) = watch::channel(false);
     let (handle, run) = match node::start(cfg, net, shutdown).await {
         Ok(started) => started,
@@ -87,7 +99,7 @@ pub(crate) async fn start_node(
         }
     };
     let _ = started.send(Some(handle.clone()));
-    tracing::info!(id, "ready: the client port serves requests");
+    tracing::info!(id, %client_addr, "ready: the client port serves requests");
     Ok(StartedNode {
         id,
         run: Box::pin(run),
@@ -106,8 +118,9 @@ impl StartedNode {
     /// ([`stop_gracefully`]).
     pub(crate) async fn run(self, stop_signal: watch::Receiver<bool>) -> Result<(), CliError> {
         let id = self.id;
-        tokio::spawn(stop_gracefully(self.stopping, stop_signal));
+        tokio::spawn(stop_gracefully(self.stopping, stop_signal).instrument(node_span(id)));
         self.run
+            .instrument(node_span(id))
             .await
             .map_err(|source| CliError::Node { id, source })
     }

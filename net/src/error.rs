@@ -117,10 +117,11 @@ impl fmt::Display for NodeError {
                 pinned,
             } => write!(
                 f,
-                "member {id} has already been bootstrapped in cluster {cluster} (node {told_by} \
+                "member {id} has already been bootstrapped in cluster {} (node {told_by} \
                  knows its incarnation {pinned:#x}, this empty data directory is a new one): its \
                  data directory was lost or replaced; remove it (kvstore member remove {id}) and \
-                 add it back as a new member (kvstore member add, then kvstore serve --join)"
+                 add it back as a new member (kvstore member add, then kvstore serve --join)",
+                kv::ClusterIdText(*cluster)
             ),
             NodeError::ForeignCluster {
                 peer,
@@ -129,9 +130,11 @@ impl fmt::Display for NodeError {
                 ours,
             } => write!(
                 f,
-                "peer {peer} at {addr} belongs to cluster {theirs}, but --peers and \
-                 --cluster-token give cluster {ours}: check both (a node added to a running \
-                 cluster starts with --join)"
+                "peer {peer} at {addr} belongs to cluster {}, but --peers and \
+                 --cluster-token give cluster {}: check both (a node added to a running \
+                 cluster starts with --join)",
+                kv::ClusterIdText(*theirs),
+                kv::ClusterIdText(*ours)
             ),
             NodeError::Join(why) => write!(f, "cannot join the cluster: {why}"),
         }

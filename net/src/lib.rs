@@ -20,6 +20,7 @@ pub mod join;
 pub mod logging;
 pub mod node;
 pub mod peer_header;
+pub mod peer_reachability;
 pub mod probe;
 pub mod request;
 pub mod resp;

@@ -60,7 +60,9 @@ impl fmt::Display for HeaderError {
             ),
             HeaderError::WrongCluster { ours, theirs } => write!(
                 f,
-                "peer belongs to cluster {theirs:#x}, this node to cluster {ours:#x}"
+                "peer belongs to cluster {}, this node to cluster {}",
+                kv::ClusterIdText(*theirs),
+                kv::ClusterIdText(*ours)
             ),
         }
     }

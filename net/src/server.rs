@@ -23,6 +23,7 @@ use kv::SESSIONLESS_CLIENT;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::command_table;
 use crate::request::{NodeHandle, RequestError};
@@ -88,10 +89,11 @@ pub async fn serve_clients<L: Listener>(
                     let serving =
                         serve_connection(stream, conn, node.clone(), rng.gen(), shutdown.clone());
                     let open = open.clone();
-                    tokio::spawn(async move {
+                    let serving = async move {
                         serving.await;
                         drop(open);
-                    });
+                    };
+                    tokio::spawn(serving.in_current_span());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a client connection failed");

@@ -103,7 +103,7 @@ fn server(s: &InfoSource, out: &mut String) -> Option<()> {
             ),
         );
         field(out, "node_id", n.id);
-        field(out, "cluster_id", n.cluster_id);
+        field(out, "cluster_id", kv::ClusterIdText(n.cluster_id));
         field(out, "incarnation", format!("{:#x}", n.incarnation));
         field(
             out,

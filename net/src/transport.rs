@@ -29,10 +29,12 @@ use raft_core::{Message, NodeId};
 pub use raft_core::{Message as RaftMessage, MessageBody as RaftMessageBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::node::identity::PeerGate;
 use crate::peer_header::{self, HeaderError, Sender, HEADER_LEN as FRAME_HEADER_LEN};
 pub use crate::peer_header::{MESSAGE_MAGIC as FRAME_MAGIC, VERSION as FRAME_VERSION};
+use crate::peer_reachability::PeerReachability;
 /// Frames above this size are refused before their body is read.
 pub const MAX_FRAME_LEN: usize = 128 << 20;
 
@@ -252,6 +254,7 @@ pub async fn run_outbound<N: Net>(
     unreachable: mpsc::UnboundedSender<NodeId>,
 ) {
     let mut backoff = timeouts.backoff_min;
+    let mut reach = PeerReachability::new(to, &addr);
     let mut buf = BytesMut::new();
     // A message that arrived after the peer closed the connection: the first on the next one.
     let mut carried: Option<Message> = None;
@@ -259,7 +262,7 @@ pub async fn run_outbound<N: Net>(
         let stream = match tokio::time::timeout(timeouts.connect, net.connect(addr.clone())).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::debug!(peer = to, %addr, error = %e, "cannot connect to peer");
+                reach.failed(Instant::now(), &e.to_string());
                 carried = None;
                 if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
                     return;
@@ -268,7 +271,7 @@ pub async fn run_outbound<N: Net>(
                 continue;
             }
             Err(_) => {
-                tracing::debug!(peer = to, %addr, "connecting to peer timed out");
+                reach.failed(Instant::now(), "connecting timed out");
                 carried = None;
                 if !discard_while_down(&mut queue, &unreachable, to, backoff).await {
                     return;
@@ -278,7 +281,7 @@ pub async fn run_outbound<N: Net>(
             }
         };
         backoff = timeouts.backoff_min;
-        tracing::debug!(peer = to, %addr, "connected to peer");
+        reach.connected(Instant::now());
         let mut stream = stream;
         buf.clear();
         encode_hello(cluster_id, me, &advertised, &mut buf);
@@ -319,12 +322,12 @@ pub async fn run_outbound<N: Net>(
             match tokio::time::timeout(timeouts.write, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = to, error = %e, "peer connection failed");
+                    reach.failed(Instant::now(), &e.to_string());
                     let _ = unreachable.send(to);
                     break;
                 }
                 Err(_) => {
-                    tracing::debug!(peer = to, "peer connection stalled");
+                    reach.failed(Instant::now(), "writing stalled");
                     let _ = unreachable.send(to);
                     break;
                 }

@@ -165,7 +165,8 @@ impl SnapshotReceiver {
         if h.cluster_id != 0 && self.cluster_id != 0 && h.cluster_id != self.cluster_id {
             return Err(self.bad(format!(
                 "the image comes from cluster {}, this node is in cluster {}",
-                h.cluster_id, self.cluster_id
+                crate::ClusterIdText(h.cluster_id),
+                crate::ClusterIdText(self.cluster_id)
             )));
         }
         Ok(())

@@ -78,7 +78,7 @@ pub(super) fn record(cfg: &NodeConfig, identity: &Identity) -> Result<(), NodeEr
         .map_err(StorageError::kv("recording the data directory's identity"))?;
     tracing::info!(
         id = identity.node_id,
-        cluster = identity.cluster_id,
+        cluster = %kv::ClusterIdText(identity.cluster_id),
         incarnation = format_args!("{:#x}", identity.incarnation),
         "new data directory"
     );
@@ -130,7 +130,7 @@ pub(super) async fn check_bootstrap<N: Net>(
             Some(a) => tracing::info!(
                 peer,
                 %addr,
-                cluster = a.cluster_id,
+                cluster = %kv::ClusterIdText(a.cluster_id),
                 has_data = a.has_data,
                 knows_this_node = a.pinned_for_asker.is_some(),
                 "bootstrap probe answered"
@@ -397,7 +397,8 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with(&format!(
-                "member 3 has already been bootstrapped in cluster {ours}"
+                "member 3 has already been bootstrapped in cluster {}",
+                kv::ClusterIdText(ours)
             )) && e.contains("kvstore member remove 3")
                 && e.contains("kvstore serve --join"),
             "{e}"

@@ -322,18 +322,18 @@ pub async fn ask_to_join<N: Net>(net: &N, cfg: &NodeConfig) -> Result<JoinAnswer
                     }
                     if m.is_voter(me) {
                         return Err(NodeError::Join(format!(
-                            "cluster {:#x} lists node {me} as a voter: a voter restarts only on its \
+                            "cluster {} lists node {me} as a voter: a voter restarts only on its \
                              own data directory; if that is lost, remove the node \
                              (`kvstore member remove {me}`) and add it again as a new member \
                              (`kvstore member add {me} ...`)",
-                            answer.cluster_id
+                            kv::ClusterIdText(answer.cluster_id)
                         )));
                     }
                     not_listed = Some(format!(
-                        "cluster {:#x} (asked at {addr}) does not list node {me}; its members \
+                        "cluster {} (asked at {addr}) does not list node {me}; its members \
                          are {:?}: add it first with `kvstore member add {me} --peer-addr ... \
                          --client-addr ...`",
-                        answer.cluster_id,
+                        kv::ClusterIdText(answer.cluster_id),
                         m.members()
                     ));
                 }

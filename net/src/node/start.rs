@@ -17,6 +17,7 @@ use std::time::Duration;
 use kv::MemberTable;
 use raft_core::{Config, EntryKind, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::Instrument;
 
 use super::config::NodeConfig;
 use super::group::{Fetcher, Group, StorageQueues};
@@ -164,7 +165,7 @@ async fn identify<N: Net>(
         let answer = membership::ask_to_join(net, cfg).await?;
         tracing::info!(
             id = cfg.id,
-            cluster = answer.cluster_id,
+            cluster = %kv::ClusterIdText(answer.cluster_id),
             "joining the cluster"
         );
         opened.identity.cluster_id = answer.cluster_id;
@@ -217,9 +218,19 @@ async fn open_node<N: Net>(
     members.maybe_follow(core.membership());
     gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
     tracing::info!(
+        version = crate::cli::VERSION,
         id = cfg.id,
-        cluster = cfg.cluster_id,
+        cluster = %kv::ClusterIdText(cfg.cluster_id),
         incarnation = format_args!("{:#x}", cfg.incarnation),
+        peer_addr = cfg.peers.get(&cfg.id).map_or("?", String::as_str),
+        client_addr = cfg.client_addrs.get(&cfg.id).map_or("?", String::as_str),
+        data_dir = %cfg.data_dir.display(),
+        peers = ?cfg.peers,
+        tick_ms = cfg.tick.as_millis() as u64,
+        election_ticks = cfg.election_ticks,
+        heartbeat_ticks = cfg.heartbeat_ticks,
+        read_mode = ?cfg.read_mode,
+        request_timeout_ms = cfg.request_timeout.as_millis() as u64,
         term = core.term(),
         last_index = core.last_index(),
         applied_index = storage.applied_index,
@@ -402,21 +413,22 @@ fn spawn_peer_listener<L: Listener>(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let idle = cfg.transport.idle_read;
-    tokio::spawn(async move {
+    let listening = async move {
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        tokio::spawn(transport::run_inbound(
+                        let inbound = transport::run_inbound(
                             stream,
                             remote,
                             gate.clone(),
                             idle,
                             inbox.clone(),
                             snapshots.clone(),
-                        ));
+                        );
+                        tokio::spawn(inbound.in_current_span());
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a peer connection failed");
@@ -425,7 +437,8 @@ fn spawn_peer_listener<L: Listener>(
                 },
             }
         }
-    })
+    };
+    tokio::spawn(listening.in_current_span())
 }
 
 /// Starts one outbound task with a bounded queue for a peer at an address; `unreachable` hears
@@ -444,7 +457,7 @@ fn peer_spawner<N: Net>(
     let (net, timeouts) = (net.clone(), cfg.transport);
     Box::new(move |peer, addr| {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(transport::run_outbound(
+        let outbound = transport::run_outbound(
             net.clone(),
             peer,
             addr,
@@ -452,7 +465,8 @@ fn peer_spawner<N: Net>(
             timeouts,
             rx,
             unreachable.clone(),
-        ));
+        );
+        tokio::spawn(outbound.in_current_span());
         tx
     })
 }
@@ -467,7 +481,7 @@ fn fetcher<N: Net>(
     let incarnation = cfg.incarnation;
     let window = Arc::new(Semaphore::new(snapshot_transfer::RECEIVE_WINDOW));
     Box::new(move |job| {
-        tokio::spawn(snapshot_transfer::fetch(
+        let fetching = snapshot_transfer::fetch(
             net.clone(),
             job,
             cluster_id,
@@ -475,6 +489,7 @@ fn fetcher<N: Net>(
             timeouts,
             apply.clone(),
             window.clone(),
-        ))
+        );
+        tokio::spawn(fetching.in_current_span())
     })
 }

@@ -270,10 +270,17 @@ where
     Fut: std::future::Future<Output = ()> + 'static,
 {
     match mode {
-        StorageMode::Disk => std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || block_on_own_runtime(body()))
-            .map(Worker::Thread),
+        StorageMode::Disk => {
+            // The thread's log lines carry the node's span (its id, in `kvstore cluster`).
+            let span = tracing::Span::current();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let _in_node = span.enter();
+                    block_on_own_runtime(body())
+                })
+                .map(Worker::Thread)
+        }
         StorageMode::Simulated(_) => Ok(Worker::Task(tokio::task::spawn_local(body()))),
     }
 }
