@@ -79,7 +79,12 @@ pub(crate) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     for entry in entries {
         let entry = entry?;
         if entry.file_name().to_string_lossy().ends_with(SUFFIX) {
-            std::fs::remove_file(entry.path())?;
+            match std::fs::remove_file(entry.path()) {
+                // The background thread, still unlinking for an earlier open of this database
+                // in this process, got there first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                done => done?,
+            }
         }
     }
     Ok(())

@@ -386,7 +386,13 @@ fn damaged_truncated_and_mismatched_streams_are_refused_and_the_old_state_stays(
     refused_as(&f, other, 7, &f.chunks, "or later was asked for");
     let newer = SnapshotMeta::new(f.meta.index + 1, f.meta.term, Default::default());
     refused_as(&f, newer, 7, &f.chunks, "or later was asked for");
-    refused_as(&f, f.meta.clone(), 8, &f.chunks, "cluster 7");
+    refused_as(
+        &f,
+        f.meta.clone(),
+        8,
+        &f.chunks,
+        "cluster 0x0000000000000007",
+    );
     refused(&f, &f.chunks[1..], "chunk 0: out of order");
     let mut extra = f.chunks.clone();
     extra.push(f.chunks[n - 1].clone());

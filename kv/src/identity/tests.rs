@@ -28,12 +28,18 @@ fn identity_is_recorded_and_enforced() {
     let e = Identity::new(2, 77).ensure(&d).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, Error::IdentityMismatch { .. }));
-    assert!(msg.contains("node 1 of cluster 77"), "{msg}");
-    assert!(msg.contains("node 2 of cluster 77"), "{msg}");
+    assert!(
+        msg.contains("node 1 of cluster 0x000000000000004d"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("node 2 of cluster 0x000000000000004d"),
+        "{msg}"
+    );
 
     let msg = Identity::new(1, 78).ensure(&d).unwrap_err().to_string();
     assert!(
-        msg.contains("cluster 77") && msg.contains("cluster 78"),
+        msg.contains("cluster 0x000000000000004d") && msg.contains("cluster 0x000000000000004e"),
         "{msg}"
     );
 }
@@ -83,7 +89,11 @@ fn another_node_id_or_another_token_is_refused() {
     id.create(dir.path()).unwrap();
     let e = Identity::open_recorded(dir.path(), 4, None, 9).unwrap_err();
     assert!(matches!(e, Error::IdentityMismatch { .. }), "{e}");
-    assert!(e.to_string().contains("node 3 of cluster 1234"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("node 3 of cluster 0x00000000000004d2"),
+        "{e}"
+    );
     let e = Identity::open_recorded(dir.path(), 3, Some("staging"), 9).unwrap_err();
     assert!(matches!(e, Error::ClusterTokenMismatch { .. }), "{e}");
     assert!(e.to_string().contains("--cluster-token"), "{e}");
