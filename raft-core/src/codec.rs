@@ -338,11 +338,11 @@ pub fn decode(input: Bytes) -> Result<Message, DecodeError> {
             read_round: r.u64()?,
         },
         tag::INSTALL_SNAPSHOT => MessageBody::InstallSnapshot {
-            snapshot: SnapshotMeta {
+            snapshot: Box::new(SnapshotMeta {
                 index: r.u64()?,
                 term: r.u64()?,
                 membership: Membership::read_from(&mut r)?,
-            },
+            }),
         },
         tag::TIMEOUT_NOW => MessageBody::TimeoutNow,
         tag::PROPOSE => {
@@ -537,11 +537,11 @@ mod tests {
                 crate::membership::tests::membership()
             )
                 .prop_map(|(index, term, membership)| MessageBody::InstallSnapshot {
-                    snapshot: SnapshotMeta {
+                    snapshot: Box::new(SnapshotMeta {
                         index,
                         term,
                         membership
-                    }
+                    })
                 }),
             Just(MessageBody::TimeoutNow),
             proptest::collection::vec(payload(), 0..8)

@@ -97,8 +97,10 @@ pub enum MessageBody {
     /// Answered with an `AppendResponse`: success at the follower's commit index if it already
     /// holds the snapshot, else success at `snapshot.index` once the snapshot is installed.
     InstallSnapshot {
-        /// The snapshot the follower should fetch from the sender.
-        snapshot: SnapshotMeta,
+        /// The snapshot the follower should fetch from the sender. Boxed: inline, this rare
+        /// message's configuration made every [`Message`] half as large again (120 bytes, not
+        /// 80), and the common ones are moved around by the thousand.
+        snapshot: Box<SnapshotMeta>,
     },
     /// Leadership transfer (Raft thesis §3.10): the leader, whose log the recipient now
     /// matches, tells it to campaign at once, without a pre-vote.

@@ -103,7 +103,12 @@ impl RawNode {
             "follower needs compacted entries: sending a snapshot"
         );
         pr.become_snapshot(snapshot.index);
-        self.send(to, MessageBody::InstallSnapshot { snapshot });
+        self.send(
+            to,
+            MessageBody::InstallSnapshot {
+                snapshot: Box::new(snapshot),
+            },
+        );
     }
 
     /// A heartbeat answer from a follower waiting for a snapshot. It triggers no append; but
@@ -120,7 +125,12 @@ impl RawNode {
         if pr.heartbeats_since_snapshot_offer >= every {
             pr.heartbeats_since_snapshot_offer = 0;
             let snapshot = self.log.snapshot().clone();
-            self.send(from, MessageBody::InstallSnapshot { snapshot });
+            self.send(
+                from,
+                MessageBody::InstallSnapshot {
+                    snapshot: Box::new(snapshot),
+                },
+            );
         }
     }
 

@@ -223,7 +223,7 @@ impl RawNode {
                 self.handle_heartbeat(from, commit, read_round)
             }
             MessageBody::InstallSnapshot { snapshot } => {
-                self.handle_install_snapshot(from, snapshot)
+                self.handle_install_snapshot(from, *snapshot)
             }
             _ => unreachable!("only leader messages come here"),
         }

@@ -547,11 +547,11 @@ mod arbitrary_input {
                 .prop_map(|r| MessageBody::HeartbeatResponse { read_round: r }),
             (small.clone(), small.clone()).prop_map(|(index, term)| {
                 MessageBody::InstallSnapshot {
-                    snapshot: raft_core::SnapshotMeta::new(
+                    snapshot: Box::new(raft_core::SnapshotMeta::new(
                         index,
                         term,
                         raft_core::Membership::with_voters([1, 2, 3]),
-                    ),
+                    )),
                 }
             }),
             Just(MessageBody::Propose {

@@ -48,7 +48,7 @@ fn snapshot() -> SnapshotMeta {
 fn a_failed_fetch_is_asked_for_again_at_the_next_heartbeat() {
     let mut n = follower();
     n.step(from_leader(MessageBody::InstallSnapshot {
-        snapshot: snapshot(),
+        snapshot: Box::new(snapshot()),
     }));
     let asked = fetch_requests(&mut n);
     assert_eq!(asked.len(), 1);
@@ -74,7 +74,7 @@ fn on_snapshot_fetched_says_whether_the_core_took_the_snapshot() {
     let mut n = follower();
     assert!(!n.on_snapshot_fetched(snapshot()), "not asked for");
     n.step(from_leader(MessageBody::InstallSnapshot {
-        snapshot: snapshot(),
+        snapshot: Box::new(snapshot()),
     }));
     fetch_requests(&mut n);
     assert!(

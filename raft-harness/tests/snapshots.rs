@@ -121,7 +121,9 @@ fn a_stale_or_duplicated_install_snapshot_changes_nothing_and_is_acknowledged(
             1,
             3,
             term,
-            MessageBody::InstallSnapshot { snapshot: stale },
+            MessageBody::InstallSnapshot {
+                snapshot: Box::new(stale),
+            },
         ));
         let rd = c.core_mut(3).take_ready();
         assert!(rd.snapshot_to_fetch.is_none() && rd.snapshot_write.is_none());
@@ -483,7 +485,14 @@ fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
 
 /// n1, leader of term 1, offers `snapshot` to follower n2.
 fn offer(n: &mut RawNode, snapshot: SnapshotMeta) {
-    n.step(msg(1, 2, 1, MessageBody::InstallSnapshot { snapshot }));
+    n.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::InstallSnapshot {
+            snapshot: Box::new(snapshot),
+        },
+    ));
 }
 
 fn follower(id: u64) -> RawNode {
