@@ -123,7 +123,7 @@ impl RawNode {
             });
             SnapshotWrite { id, snapshot }
         });
-        let entries = self.log.take_unpersisted();
+        let entries = self.spares.entries_from(self.log.take_unpersisted());
         if entries.is_empty() && !self.hard_state_changed() {
             debug_assert!(
                 snapshot_write.is_some() || self.held_for_next_write.is_empty(),

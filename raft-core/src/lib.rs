@@ -142,6 +142,7 @@ mod replication;
 pub mod rng;
 mod safety;
 mod snapshot;
+mod spares;
 mod step;
 mod transfer;
 mod types;

@@ -5,6 +5,8 @@
 //! Indexes relate as `applying <= committed` and `persisted <= last_index`; `committed` may run
 //! ahead of `persisted` on a follower, but nothing above `persisted` is ever handed out.
 
+use std::ops::Range;
+
 use crate::membership::{ConfChangeEntry, Membership};
 use crate::types::{Entry, EntryKind, Index, SnapshotMeta, Term};
 
@@ -177,9 +179,14 @@ impl RaftLog {
     /// Entries in `[from, upto]` (within the log), at most `max_bytes` of them but always at
     /// least one.
     fn entries_between(&self, from: Index, upto: Index, max_bytes: u64) -> &[Entry] {
+        &self.entries[self.positions_between(from, upto, max_bytes)]
+    }
+
+    /// Where [`entries_between`](Self::entries_between)'s entries are in `entries`.
+    fn positions_between(&self, from: Index, upto: Index, max_bytes: u64) -> Range<usize> {
         let upto = upto.min(self.last_index());
         if from < self.first_index() || from > upto {
-            return &[];
+            return 0..0;
         }
         let start = (from - self.first_index()) as usize;
         let stop = (upto - self.first_index()) as usize + 1;
@@ -192,7 +199,7 @@ impl RaftLog {
             }
             end += 1;
         }
-        &self.entries[start..end]
+        start..end
     }
 
     /// Appends entries that directly follow the last one (the leader's own entries), moving
@@ -224,15 +231,18 @@ impl RaftLog {
     /// Makes the log hold `new` (contiguous, directly after an entry that matches) by dropping
     /// every entry from the first conflict on and moving in the rest. The caller has checked
     /// that no committed entry conflicts.
-    pub(crate) fn append_after_match(&mut self, mut new: Vec<Entry>) {
+    /// Returns `new`, emptied of what it moved in, for reuse.
+    pub(crate) fn append_after_match(&mut self, mut new: Vec<Entry>) -> Vec<Entry> {
         let Some(conflict) = self.find_conflict(&new) else {
-            return;
+            return new;
         };
         debug_assert!(
             conflict > self.committed,
             "a committed entry may never be overwritten"
         );
-        let Some(first_new) = new.first() else { return };
+        let Some(first_new) = new.first() else {
+            return new;
+        };
         let skip = (conflict - first_new.index) as usize;
         if conflict <= self.last_index() {
             self.entries
@@ -244,6 +254,7 @@ impl RaftLog {
         self.note_unpersisted(conflict);
         self.confs.extend(conf_changes(&new[skip..]));
         self.entries.extend(new.drain(skip..));
+        new
     }
 
     pub(crate) fn has_unpersisted(&self) -> bool {
@@ -255,14 +266,14 @@ impl RaftLog {
     }
 
     /// Hands out the entries that changed since the last write was asked for, and forgets them
-    /// as pending. Returns the entries to write (possibly empty).
-    pub(crate) fn take_unpersisted(&mut self) -> Vec<Entry> {
+    /// as pending. Returns the entries to write (possibly none).
+    pub(crate) fn take_unpersisted(&mut self) -> &[Entry] {
         match self.unpersisted_from.take() {
             Some(from) if from <= self.last_index() => {
                 let start = (from - self.first_index()) as usize;
-                self.entries[start..].to_vec()
+                &self.entries[start..]
             }
-            _ => Vec::new(),
+            _ => &[],
         }
     }
 
@@ -291,14 +302,13 @@ impl RaftLog {
     }
 
     /// Committed entries that are durable here and not yet handed out, marking them handed out.
-    pub(crate) fn take_committed(&mut self, max_bytes: u64) -> Vec<Entry> {
+    pub(crate) fn take_committed(&mut self, max_bytes: u64) -> &[Entry] {
         let upto = self.committed.min(self.persisted);
         if upto <= self.applying {
-            return Vec::new();
+            return &[];
         }
-        let out = self
-            .entries_between(self.applying + 1, upto, max_bytes)
-            .to_vec();
+        let positions = self.positions_between(self.applying + 1, upto, max_bytes);
+        let out = &self.entries[positions];
         if let Some(last) = out.last() {
             debug_assert_eq!(last.index, self.applying + out.len() as u64);
             self.applying = last.index;

@@ -85,6 +85,10 @@ pub struct RawNode {
     pub(crate) randomized_election_timeout: u32,
     pub(crate) rng: SeededRng,
     pub(crate) msgs: Vec<Message>,
+    /// Lists the driver gave back ([`RawNode::recycle`]), for the next ones handed out.
+    pub(crate) spares: crate::spares::Spares,
+    /// The followers a broadcast walks, kept between broadcasts (see `peer_indexes`).
+    pub(crate) peer_scratch: Vec<crate::replication::PeerIndexes>,
     pub(crate) held_for_next_write: Vec<Held>,
     pub(crate) writes: VecDeque<OutstandingWrite>,
     pub(crate) next_write_seq: u64,
@@ -151,6 +155,8 @@ impl RawNode {
             randomized_election_timeout: cfg.election_ticks,
             rng: SeededRng::new(cfg.seed),
             msgs: Vec::new(),
+            spares: Default::default(),
+            peer_scratch: Vec::new(),
             held_for_next_write: Vec::new(),
             writes: VecDeque::new(),
             next_write_seq: 1,
@@ -331,10 +337,16 @@ impl RawNode {
             self.last_soft_state = soft;
             soft
         });
+        let messages = if self.msgs.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::replace(&mut self.msgs, self.spares.messages())
+        };
+        let committed = self.log.take_committed(MAX_COMMITTED_BYTES_PER_READY);
         let ready = Ready {
             persist,
-            messages: std::mem::take(&mut self.msgs),
-            committed: self.log.take_committed(MAX_COMMITTED_BYTES_PER_READY),
+            messages,
+            committed: self.spares.entries_from(committed),
             read_states: std::mem::take(&mut self.read_states),
             soft_state,
             snapshot_to_fetch: self.fetch_request.take(),
@@ -342,6 +354,22 @@ impl RawNode {
         };
         self.debug_assert_invariants();
         ready
+    }
+
+    /// Takes back the lists of a [`Ready`] the driver is done with (messages, entries to write,
+    /// committed entries), so that the next `Ready`s and appends reuse their allocations
+    /// instead of making new ones. Optional: a driver that moves the lists elsewhere simply
+    /// does not call it. Whatever the lists still hold is dropped, so take out (`drain`) what
+    /// is still needed first; the rest of the `Ready` is left as it is.
+    pub fn recycle(&mut self, ready: &mut Ready) {
+        self.spares
+            .keep_messages(std::mem::take(&mut ready.messages));
+        self.spares
+            .keep_entries(std::mem::take(&mut ready.committed));
+        if let Some(persist) = &mut ready.persist {
+            self.spares
+                .keep_entries(std::mem::take(&mut persist.entries));
+        }
     }
 
     // ----- read-only views ----------------------------------------------------------------

@@ -1,8 +1,6 @@
 //! Log replication (Raft §5.3): the leader's appends, heartbeats and commit rule, and the
 //! follower's side of AppendEntries.
 
-use std::ops::Bound;
-
 use bytes::Bytes;
 
 use crate::error::ProposeError;
@@ -60,18 +58,17 @@ impl RawNode {
     /// index lets it apply entries it already holds.
     pub(crate) fn broadcast_append(&mut self) {
         let committed = self.log.committed();
-        let mut peer = self.next_peer_after(0);
-        while let Some((to, pr)) = peer {
-            let commit_news = committed.min(pr.matched) > pr.commit_sent;
-            peer = self.next_peer_after(to);
+        let peers = self.peer_indexes();
+        for peer in &peers {
             let mut sent_entries = false;
-            while self.send_append(to, false) {
+            while self.send_append(peer.id, false) {
                 sent_entries = true;
             }
-            if !sent_entries && commit_news {
-                self.send_commit(to);
+            if !sent_entries && committed.min(peer.matched) > peer.commit_sent {
+                self.send_commit(peer.id);
             }
         }
+        self.peer_scratch = peers;
     }
 
     /// Tells `to` the commit index up to what it is known to hold, in an empty append anchored
@@ -110,7 +107,7 @@ impl RawNode {
     /// probe) is sent only if `allow_empty`. Returns whether entries were sent, so that callers
     /// in `Replicate` can keep streaming.
     pub(crate) fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
-        let Some(pr) = self.progress.get(&to) else {
+        let Some(pr) = self.progress.get_mut(&to) else {
             return false;
         };
         if pr.is_paused() {
@@ -133,8 +130,7 @@ impl RawNode {
             );
             return false;
         };
-        let entries = self.log.entries_from(next, self.cfg.max_msg_bytes).to_vec();
-        let pr = self.progress.get_mut(&to).expect("checked above");
+        let entries = self.log.entries_from(next, self.cfg.max_msg_bytes);
         if entries.is_empty() && !allow_empty {
             return false;
         }
@@ -143,6 +139,7 @@ impl RawNode {
             None if pr.state == ReplicationState::Probe => pr.probe_sent = true,
             None => {}
         }
+        let entries = self.spares.entries_from(entries);
         let sent_entries = !entries.is_empty();
         let commit = self.log.committed();
         pr.commit_sent = pr.commit_sent.max(commit.min(pr.matched));
@@ -196,14 +193,23 @@ impl RawNode {
             });
             return;
         }
+        let matched_before = pr.matched;
         if let ReplicationState::Snapshot { .. } = pr.state {
             if !self.snapshot_acknowledged(from, index) {
+                if self
+                    .progress
+                    .get(&from)
+                    .is_some_and(|p| p.matched > matched_before)
+                {
+                    self.maybe_commit();
+                }
                 return;
             }
         } else if pr.update_matched(index) && pr.state == ReplicationState::Probe {
             pr.become_replicate();
         }
         let pr = self.progress.get_mut(&from).expect("checked above");
+        let matched_moved = pr.matched > matched_before;
         if pr.state == ReplicationState::Replicate {
             pr.inflight.free_up_to(index);
         }
@@ -213,7 +219,12 @@ impl RawNode {
                 return;
             }
         }
-        self.maybe_commit();
+        // An acknowledgement that moves no match (the answer to a commit-only append, a
+        // duplicate) cannot move the count: every other change to what is counted (the
+        // leader's own writes, a configuration appended) recounts where it happens.
+        if matched_moved {
+            self.maybe_commit();
+        }
         if self.role != Role::Leader {
             // The commit removed this leader from the configuration.
             return;
@@ -232,29 +243,27 @@ impl RawNode {
 
     pub(crate) fn broadcast_heartbeats(&mut self, read_round: u64) {
         let committed = self.log.committed();
-        let mut peer = self.next_peer_after(0);
-        while let Some((to, pr)) = peer {
+        let peers = self.peer_indexes();
+        for peer in &peers {
             // A follower's log may not match ours beyond `matched`, so it may not commit past it.
-            let commit = committed.min(pr.matched);
-            peer = self.next_peer_after(to);
-            self.send(to, MessageBody::Heartbeat { commit, read_round });
+            let commit = committed.min(peer.matched);
+            self.send(peer.id, MessageBody::Heartbeat { commit, read_round });
         }
+        self.peer_scratch = peers;
     }
 
-    /// The follower with the lowest id above `id`, with its match index and the commit index
-    /// it was told: a walk over the followers that may send to each on the way, without
-    /// collecting them first.
-    fn next_peer_after(&self, id: NodeId) -> Option<(NodeId, PeerIndexes)> {
-        self.progress
-            .range((Bound::Excluded(id), Bound::Unbounded))
-            .next()
-            .map(|(&next, pr)| {
-                let indexes = PeerIndexes {
-                    matched: pr.matched,
-                    commit_sent: pr.commit_sent,
-                };
-                (next, indexes)
-            })
+    /// Every follower with its match index and the commit index it was told, as they are
+    /// before a walk that sends to each, in a list kept between walks (a broadcast runs
+    /// several times per commit; give the list back to `peer_scratch` when done).
+    fn peer_indexes(&mut self) -> Vec<PeerIndexes> {
+        let mut peers = std::mem::take(&mut self.peer_scratch);
+        peers.clear();
+        peers.extend(self.progress.iter().map(|(&id, pr)| PeerIndexes {
+            id,
+            matched: pr.matched,
+            commit_sent: pr.commit_sent,
+        }));
+        peers
     }
 
     pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
@@ -289,6 +298,25 @@ impl RawNode {
     /// if its entry is of the current term. The leader counts itself only for what its own
     /// storage has acknowledged.
     pub(crate) fn maybe_commit(&mut self) -> bool {
+        let Some(candidate) = self.commit_candidate() else {
+            return false;
+        };
+        let old = self.log.committed();
+        self.log.commit_to(candidate);
+        let newly: u64 = (old + 1..=candidate)
+            .filter_map(|i| self.log.entry(i))
+            .filter(|e| e.term == self.term && e.kind == EntryKind::Normal)
+            .map(Entry::size)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
+        self.broadcast_pending = true;
+        self.serve_reads_awaiting_commit();
+        self.membership_commit_advanced();
+        true
+    }
+
+    /// The index the commit rule allows beyond the commit index, if any.
+    pub(crate) fn commit_candidate(&self) -> Option<Index> {
         let own = if self.bug_ack_before_persist() {
             self.log.last_index()
         } else {
@@ -302,24 +330,10 @@ impl RawNode {
             }
         });
         if candidate <= self.log.committed() {
-            return false;
+            return None;
         }
         let current_term = self.log.term(candidate) == Some(self.term);
-        if !current_term && !self.bugs().commit_earlier_term_by_counting {
-            return false;
-        }
-        let old = self.log.committed();
-        self.log.commit_to(candidate);
-        let newly: u64 = (old + 1..=candidate)
-            .filter_map(|i| self.log.entry(i))
-            .filter(|e| e.term == self.term && e.kind == EntryKind::Normal)
-            .map(Entry::size)
-            .sum();
-        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(newly);
-        self.broadcast_pending = true;
-        self.serve_reads_awaiting_commit();
-        self.membership_commit_advanced();
-        true
+        (current_term || self.bugs().commit_earlier_term_by_counting).then_some(candidate)
     }
 
     // ----- follower -----------------------------------------------------------------------
@@ -347,7 +361,7 @@ impl RawNode {
         }
         if prev_log_index < committed {
             // Everything up to our commit index already matches the leader's log.
-            self.send_when_durable(from, success_ack(committed));
+            self.acknowledge_append(from, committed);
             return;
         }
         if !self.log.matches(prev_log_index, prev_log_term) {
@@ -370,9 +384,15 @@ impl RawNode {
             return;
         }
         let last_new = prev_log_index + entries.len() as u64;
-        self.log.append_after_match(entries);
+        let emptied = self.log.append_after_match(entries);
+        self.spares.keep_entries(emptied);
         self.log.commit_to(commit.min(last_new));
-        self.send_when_durable(from, success_ack(last_new));
+        self.acknowledge_append(from, last_new);
+    }
+
+    /// Tells the leader `to` (once durable) that our log matches its own up to `index`.
+    pub(crate) fn acknowledge_append(&mut self, to: NodeId, index: Index) {
+        self.send_when_durable(to, success_ack(index));
     }
 
     /// The first index at or below our commit index where the append (its `prev` entry or its
@@ -410,7 +430,8 @@ pub(crate) fn proposal_bytes(payloads: &[Bytes]) -> u64 {
 }
 
 /// What a walk over the followers reads of one before sending to it.
-struct PeerIndexes {
+pub(crate) struct PeerIndexes {
+    id: NodeId,
     matched: Index,
     commit_sent: Index,
 }

@@ -185,6 +185,22 @@ impl RawNode {
                 );
             }
         }
+        let conf_durable = self
+            .log
+            .last_conf_index()
+            .is_none_or(|i| i <= self.log.persisted());
+        if conf_durable && self.bugs() == crate::bugs::Bugs::default() {
+            // Every change to what the commit rule counts recounts where it happens, so
+            // acknowledgements that move no match can skip the count. A configuration entry
+            // changes the quorum when it is appended, and is counted with once it is durable
+            // here (`on_persisted` counts).
+            assert_eq!(
+                self.commit_candidate(),
+                None,
+                "n{id}: a commit left uncounted (commit index {})",
+                self.log.committed()
+            );
+        }
         let (last, snapshot) = (self.log.last_index(), self.log.snapshot().index);
         for (&peer, pr) in &self.progress {
             pr.assert_invariants(peer, last);

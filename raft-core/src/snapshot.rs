@@ -26,7 +26,6 @@ use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::progress::ReplicationState;
 use crate::ready::SnapshotToFetch;
-use crate::replication::success_ack;
 use crate::types::{Index, NodeId, Role, SnapshotMeta, Term};
 
 /// A snapshot this follower asked its driver to fetch.
@@ -188,14 +187,14 @@ impl RawNode {
         let committed = self.log.committed();
         if snapshot.index <= committed {
             // Stale or duplicated, or our acknowledgement was lost: we hold it already.
-            self.send_when_durable(from, success_ack(committed));
+            self.acknowledge_append(from, committed);
             return;
         }
         if self.log.matches(snapshot.index, snapshot.term) {
             // The snapshot's last entry is ours, so is everything before it (log matching), and
             // it is committed: commit it and keep what follows.
             self.log.commit_to(snapshot.index);
-            self.send_when_durable(from, success_ack(snapshot.index));
+            self.acknowledge_append(from, snapshot.index);
             return;
         }
         if let Some(p) = &self.pending_fetch {
@@ -320,7 +319,7 @@ impl RawNode {
         self.log.install_snapshot(snapshot);
         self.applied = index;
         if pending.term == self.term {
-            self.send_when_durable(pending.from, success_ack(index));
+            self.acknowledge_append(pending.from, index);
         }
         true
     }

@@ -35,21 +35,23 @@ impl Cluster {
     }
 
     /// Drains every node as a driver does (persisting instantly, taking `Ready`s while there
-    /// are any: reporting a write releases the acknowledgements it held) and delivers
-    /// everything sent.
+    /// are any: reporting a write releases the acknowledgements it held; giving each one's
+    /// lists back) and delivers everything sent.
     fn round(&mut self) {
         for (&id, node) in self.nodes.iter_mut() {
             while node.has_ready() {
-                let ready = node.take_ready();
-                if let Some(write) = ready.persist {
+                let mut ready = node.take_ready();
+                if let Some(write) = &ready.persist {
                     node.on_persisted(write.id);
                 }
-                self.network.extend(ready.messages);
+                self.network.append(&mut ready.messages);
                 if id == 1 {
                     if let Some(last) = ready.committed.last() {
                         self.leader_applied = last.index;
                     }
                 }
+                // Its lists go back to the core for the next `Ready`s.
+                node.recycle(&mut ready);
             }
         }
         for msg in self.network.drain(..) {
