@@ -71,6 +71,31 @@ pub fn free_port() -> u16 {
     panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
+/// A base port P for `kvstore cluster --port P` with three nodes: the client ports P..P+2 and
+/// the peer ports P+100..P+102 are all free now, and below the ephemeral range (see
+/// [`free_port`]). Successive calls in one process walk on, so two tests rarely meet.
+pub fn free_port_block() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000 - 103;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..200 {
+        let base = (FIRST + NEXT.fetch_add(397, Ordering::SeqCst) % SPAN) as u16;
+        let ports = (0..3).flat_map(|i| [base + i, base + 100 + i]);
+        let held: Vec<_> = ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
+        if held.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no free block of ports found below the ephemeral range")
+}
+
 pub struct TestNode {
     pub id: u64,
     pub client_addr: String,

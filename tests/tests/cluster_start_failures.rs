@@ -7,25 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::kvstore_bin;
+use e2e::{free_port_block, kvstore_bin};
 use net::client::KvClient;
 
 /// A bound on how long the command may take to give up; reaching it fails the test (a hang).
 const BOUND: Duration = Duration::from_secs(60);
-
-/// A client port base P such that P..P+2 and the peer ports P+100..P+102 are all free now.
-fn free_port_block(salt: u16) -> u16 {
-    let seed = (std::process::id() as u16).wrapping_add(salt.wrapping_mul(7919));
-    for attempt in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 30_000);
-        let ports = (0..3).flat_map(|i| [base + i, base + 100 + i]);
-        let held: Vec<_> = ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no free block of ports found");
-}
 
 fn cluster_command(data_dir: &Path, port: u16, token: &str) -> Command {
     let mut cmd = Command::new(kvstore_bin());
@@ -86,7 +72,7 @@ fn assert_failed_loudly(out: &Output, reason: &str) {
 #[test]
 fn a_taken_client_port_stops_the_cluster_with_the_port_named() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port_block(1);
+    let port = free_port_block();
     let taken = port + 1;
     let _squatter = TcpListener::bind(("127.0.0.1", taken)).expect("hold the port");
     let out = run_to_end(cluster_command(&dir.path().join("data"), port, "t"));
@@ -96,7 +82,7 @@ fn a_taken_client_port_stops_the_cluster_with_the_port_named() {
 #[test]
 fn a_taken_peer_port_stops_the_cluster_with_the_port_named() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port_block(2);
+    let port = free_port_block();
     let taken = port + 102;
     let _squatter = TcpListener::bind(("127.0.0.1", taken)).expect("hold the port");
     let out = run_to_end(cluster_command(&dir.path().join("data"), port, "t"));
@@ -127,7 +113,7 @@ async fn create_cluster(data_dir: &Path, port: u16, token: &str) {
 async fn a_node_directory_of_another_cluster_stops_the_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
-    let port = free_port_block(3);
+    let port = free_port_block();
     create_cluster(&ours, port, "ours").await;
     create_cluster(&theirs, port, "theirs").await;
     std::fs::remove_dir_all(ours.join("node2")).expect("remove node2");

@@ -1,29 +1,14 @@
 //! `kvstore cluster`, the README's first command: it starts, says how to connect, stops cleanly
 //! on Ctrl-C (SIGINT), and resumes with all its data when run again.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::kvstore_bin;
+use e2e::{free_port_block, kvstore_bin};
 use net::client::KvClient;
 
 const BOUND: Duration = Duration::from_secs(60);
-
-/// A client port base P such that P..P+2 and the peer ports P+100..P+102 are all free now.
-fn free_port_block() -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(397)) % 30_000);
-        let ports = (0..3).flat_map(|i| [base + i, base + 100 + i]);
-        let held: Vec<_> = ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no free block of ports found");
-}
 
 fn start(data_dir: &Path, port: u16, stdout: &Path) -> Child {
     Command::new(kvstore_bin())
