@@ -11,6 +11,7 @@ use clap::Args;
 use crate::cli::ServersArg;
 use crate::client::{ClientConfig, ClientError, KvClient};
 use crate::error::CliError;
+use crate::server::parse_info;
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct TimeoutArg {
@@ -78,8 +79,16 @@ enum Seen {
 /// Why no server could take the request, if no server that answers knows a leader: none
 /// answered at all, or those that did know no leader (no quorum).
 async fn no_quorum(servers: &[String]) -> Option<String> {
-    let looks = servers.iter().map(|s| look_at(s.clone()));
-    let seen: Vec<(String, Seen)> = futures_join_all(looks).await;
+    let looks: Vec<_> = servers
+        .iter()
+        .map(|s| tokio::spawn(look_at(s.clone())))
+        .collect();
+    let mut seen: Vec<(String, Seen)> = Vec::with_capacity(looks.len());
+    for look in looks {
+        if let Ok(s) = look.await {
+            seen.push(s);
+        }
+    }
     if seen.iter().any(|(_, s)| matches!(s, Seen::Leader)) {
         return None;
     }
@@ -121,8 +130,6 @@ async fn no_quorum(servers: &[String]) -> Option<String> {
             "know"
         };
         why.push_str(&format!(", and {} {verb} no leader", leaderless.join(", ")));
-    }
-    if !leaderless.is_empty() {
         why.push_str(": a cluster serves once a majority of its voters are up and connected");
     }
     Some(why)
@@ -131,17 +138,15 @@ async fn no_quorum(servers: &[String]) -> Option<String> {
 /// Asks one server (once, briefly) for its INFO and reads whether it knows a leader.
 async fn look_at(addr: String) -> (String, Seen) {
     let cfg = ClientConfig {
-        connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
         max_attempts: 1,
-        backoff: Duration::ZERO,
         follow_leader: false,
+        ..Default::default()
     };
     let seen = match KvClient::with_config(vec![addr.clone()], cfg).info().await {
         Ok(info) => {
-            let leader = info
-                .lines()
-                .find_map(|l| l.strip_prefix("leader_id:"))
+            let leader = parse_info(&info)
+                .get("leader_id")
                 .and_then(|v| v.trim().parse::<u64>().ok());
             match leader {
                 Some(id) if id != 0 => Seen::Leader,
@@ -163,22 +168,6 @@ fn strip_addr(addr: &str, error: &str) -> String {
         .and_then(|rest| rest.strip_prefix(": "))
         .unwrap_or(error)
         .to_string()
-}
-
-/// Runs the futures concurrently and returns their outputs in order.
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

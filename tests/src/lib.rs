@@ -46,6 +46,18 @@ fn node_log_filter() -> String {
     std::env::var("E2E_KVSTORE_LOG").unwrap_or_else(|_| "warn,net=info".to_string())
 }
 
+/// Starts a port walk at a point of its span drawn from the process id, once per process, so
+/// that concurrent test binaries walk different stretches.
+fn start_from_pid(next: &std::sync::atomic::AtomicU32, span: u32) {
+    use std::sync::atomic::Ordering;
+    let _ = next.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+}
+
 /// A free loopback port for a node to listen on later, taken below the kernel's ephemeral range
 /// (32768 and up on Linux): a port bound to 0 and released would be handed out again as the
 /// source port of some outgoing connection (the tests open thousands) before the node binds it.
@@ -56,12 +68,7 @@ pub fn free_port() -> u16 {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    start_from_pid(&NEXT, SPAN);
     for _ in 0..SPAN {
         let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -79,12 +86,7 @@ pub fn free_port_block() -> u16 {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000 - 103;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    start_from_pid(&NEXT, SPAN);
     for _ in 0..200 {
         let base = (FIRST + NEXT.fetch_add(397, Ordering::SeqCst) % SPAN) as u16;
         let ports = (0..3).flat_map(|i| [base + i, base + 100 + i]);

@@ -69,24 +69,24 @@ fn assert_failed_loudly(out: &Output, reason: &str) {
     );
 }
 
-#[test]
-fn a_taken_client_port_stops_the_cluster_with_the_port_named() {
+/// Holds the port at `offset` from a free block's base while the cluster starts on that block.
+fn taken_port_stops_the_cluster(offset: u16) {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port_block();
-    let taken = port + 1;
+    let taken = port + offset;
     let _squatter = TcpListener::bind(("127.0.0.1", taken)).expect("hold the port");
     let out = run_to_end(cluster_command(&dir.path().join("data"), port, "t"));
     assert_failed_loudly(&out, &format!("127.0.0.1:{taken}"));
 }
 
 #[test]
+fn a_taken_client_port_stops_the_cluster_with_the_port_named() {
+    taken_port_stops_the_cluster(1);
+}
+
+#[test]
 fn a_taken_peer_port_stops_the_cluster_with_the_port_named() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port_block();
-    let taken = port + 102;
-    let _squatter = TcpListener::bind(("127.0.0.1", taken)).expect("hold the port");
-    let out = run_to_end(cluster_command(&dir.path().join("data"), port, "t"));
-    assert_failed_loudly(&out, &format!("127.0.0.1:{taken}"));
+    taken_port_stops_the_cluster(102);
 }
 
 /// Runs a cluster until it has taken a write, then stops it with Ctrl-C.
