@@ -90,6 +90,9 @@ pub struct RawNode {
     /// The followers a broadcast walks, kept between broadcasts (see `peer_indexes`).
     pub(crate) peer_scratch: Vec<crate::replication::PeerIndexes>,
     pub(crate) held_for_next_write: Vec<Held>,
+    /// The last append acknowledgement this follower sent (or holds until durable): its term,
+    /// the leader it went to and the index it acknowledged.
+    pub(crate) last_append_ack: Option<(Term, NodeId, Index)>,
     pub(crate) writes: VecDeque<OutstandingWrite>,
     pub(crate) next_write_seq: u64,
     /// The hard state as of the last write asked for.
@@ -158,6 +161,7 @@ impl RawNode {
             spares: Default::default(),
             peer_scratch: Vec::new(),
             held_for_next_write: Vec::new(),
+            last_append_ack: None,
             writes: VecDeque::new(),
             next_write_seq: 1,
             written_hard_state: hs,

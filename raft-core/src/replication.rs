@@ -372,6 +372,7 @@ impl RawNode {
                 .log
                 .find_conflict_by_term(prev_log_index.min(self.log.last_index()), prev_log_term)
                 .unwrap_or((snapshot.index, snapshot.term));
+            self.last_append_ack = None;
             self.send(
                 from,
                 MessageBody::AppendResponse {
@@ -383,6 +384,13 @@ impl RawNode {
             );
             return;
         }
+        if entries.is_empty() && self.repeats_last_append_ack(from, prev_log_index) {
+            // Commit news only, anchored at the match the leader holds: equal to our last
+            // acknowledgement, so the leader has it. Had it been lost, the leader's match would
+            // be lower, the anchor would differ, and we would answer.
+            self.log.commit_to(commit.min(prev_log_index));
+            return;
+        }
         let last_new = prev_log_index + entries.len() as u64;
         let emptied = self.log.append_after_match(entries);
         self.spares.keep_entries(emptied);
@@ -392,7 +400,16 @@ impl RawNode {
 
     /// Tells the leader `to` (once durable) that our log matches its own up to `index`.
     pub(crate) fn acknowledge_append(&mut self, to: NodeId, index: Index) {
+        self.last_append_ack = Some((self.term, to, index));
         self.send_when_durable(to, success_ack(index));
+    }
+
+    /// Whether acknowledging `index` to `leader` would repeat the last acknowledgement, in this
+    /// term. A member the configuration no longer lists always answers: its leader forgets
+    /// it only once it answers after being told that its removal committed.
+    fn repeats_last_append_ack(&self, leader: NodeId, index: Index) -> bool {
+        self.last_append_ack == Some((self.term, leader, index))
+            && self.log.membership().contains(self.id)
     }
 
     /// The first index at or below our commit index where the append (its `prev` entry or its

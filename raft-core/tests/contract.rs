@@ -9,7 +9,7 @@ use raft_core::{
 };
 
 mod common;
-use common::{msg, node, persist_all};
+use common::{drain, msg, node, persist_all};
 
 fn votes_granted(rd: &Ready) -> usize {
     rd.messages
@@ -591,4 +591,57 @@ mod arbitrary_input {
             }
         }
     }
+}
+
+/// The success acknowledgements among `readys`' messages, by index.
+fn append_acks(readys: &[Ready]) -> Vec<u64> {
+    readys
+        .iter()
+        .flat_map(|rd| &rd.messages)
+        .filter_map(|m| match m.body {
+            MessageBody::AppendResponse {
+                success: true,
+                index,
+                ..
+            } => Some(index),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn commit_news_that_would_repeat_the_last_acknowledgement_is_applied_unanswered() {
+    let mut n = node(2, &[1, 2, 3]);
+    let e = |i| Entry::new(1, i, EntryKind::Normal, Bytes::from_static(b"x"));
+    let append = |term: u64, prev: u64, entries: Vec<Entry>, commit: u64| {
+        let prev_log_term = if prev == 0 { 0 } else { 1 };
+        msg(
+            1,
+            2,
+            term,
+            MessageBody::AppendRequest {
+                prev_log_index: prev,
+                prev_log_term,
+                entries,
+                commit,
+            },
+        )
+    };
+    n.step(append(1, 0, vec![e(1), e(2)], 0));
+    assert_eq!(append_acks(&drain(&mut n)), vec![2]);
+    // The leader's commit news, anchored at the match it holds: applied, and not answered.
+    n.step(append(1, 2, vec![], 2));
+    let readys = drain(&mut n);
+    assert_eq!(append_acks(&readys), Vec::<u64>::new());
+    assert_eq!(n.commit_index(), 2);
+    let applied: usize = readys.iter().map(|rd| rd.committed.len()).sum();
+    assert_eq!(applied, 2);
+    // Anchored anywhere else (a probe), it is answered.
+    n.step(append(1, 1, vec![], 2));
+    assert_eq!(append_acks(&drain(&mut n)), vec![2]);
+    // So is the same append from the leader of a new term.
+    n.step(append(2, 2, vec![], 2));
+    assert_eq!(append_acks(&drain(&mut n)), vec![2]);
+    n.step(append(2, 2, vec![], 2));
+    assert_eq!(append_acks(&drain(&mut n)), Vec::<u64>::new());
 }
