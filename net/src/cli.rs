@@ -54,7 +54,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Run one node of a cluster.
     Serve(ServeArgs),
-    /// Run a local cluster in this process (client ports 7001.., peer ports 7101..).
+    /// Run a local cluster in this process (client ports 7001.., peer ports 7101.., admin
+    /// ports 7201.. for metrics and health).
     Cluster(ClusterArgs),
     #[command(flatten)]
     Data(DataCmd),
@@ -125,6 +126,10 @@ pub struct ServeArgs {
     /// Where clients connect (Redis protocol).
     #[arg(long)]
     pub client_addr: Option<String>,
+    /// Where to serve the HTTP admin endpoints: /metrics (Prometheus), /health, /ready
+    /// (HOST:PORT; none when not given).
+    #[arg(long)]
+    pub admin_addr: Option<String>,
     /// Every member's client address, 1=HOST:PORT,...: lets clients find the leader (optional).
     #[arg(long)]
     pub client_addrs: Option<String>,
@@ -175,7 +180,8 @@ pub struct ClusterArgs {
     /// Each node keeps its data in DIR/nodeN.
     #[arg(long, default_value = "./kvstore-data")]
     pub data_dir: PathBuf,
-    /// Client port of node 1; node N listens on PORT+N-1 for clients and PORT+100+N-1 for peers.
+    /// Client port of node 1; node N listens on PORT+N-1 for clients, PORT+100+N-1 for peers
+    /// and PORT+200+N-1 for its admin endpoints (/metrics, /health, /ready).
     #[arg(long, default_value_t = 7001)]
     pub port: u16,
     #[arg(long, default_value = "127.0.0.1")]
@@ -197,6 +203,7 @@ struct ServeSettings {
     peer_addr: Option<String>,
     join: Option<String>,
     client_addr: Option<String>,
+    admin_addr: Option<String>,
     client_addrs: Option<String>,
     data_dir: Option<PathBuf>,
     cluster_token: Option<String>,
@@ -240,6 +247,7 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             "join" => s.join = Some(value.to_string()),
             "client-addr" | "client_addr" => s.client_addr = Some(value.to_string()),
             "client-addrs" | "client_addrs" => s.client_addrs = Some(value.to_string()),
+            "admin-addr" | "admin_addr" => s.admin_addr = Some(value.to_string()),
             "data-dir" | "data_dir" => s.data_dir = Some(PathBuf::from(value)),
             "cluster-token" | "cluster_token" => s.cluster_token = Some(value.to_string()),
             "tick-ms" | "tick_ms" => s.tick_ms = Some(num(value)?),
@@ -331,6 +339,7 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
     let mut cfg = NodeConfig::new(id, peers, data_dir).with_cluster_token(token);
     cfg.incarnation = new_incarnation();
     cfg.join = join;
+    cfg.admin_addr = args.admin_addr.clone().or(file.admin_addr);
     if let Some(text) = args
         .client_addrs
         .as_deref()
@@ -546,7 +555,7 @@ mod tests {
         let path = dir.path().join("node.conf");
         std::fs::write(
             &path,
-            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\ncluster-token = prod\n",
+            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\ncluster-token = prod\nadmin-addr = h:7202\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -555,6 +564,7 @@ mod tests {
             peer_addr: None,
             join: Vec::new(),
             client_addr: Some("h:9999".into()),
+            admin_addr: None,
             client_addrs: None,
             data_dir: None,
             config: Some(path.clone()),
@@ -569,6 +579,7 @@ mod tests {
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
         assert_eq!(cfg.client_addrs.get(&1).map(String::as_str), Some("h:7001"));
         assert_eq!(cfg.cluster_token.as_deref(), Some("prod"));
+        assert_eq!(cfg.admin_addr.as_deref(), Some("h:7202"));
         assert_eq!(cfg.cluster_id, kv::bootstrap_cluster_id("prod", [1, 2]));
         assert_ne!(cfg.incarnation, 0);
         assert_eq!(cfg.client_addrs.get(&2).map(String::as_str), Some("h:7002"));

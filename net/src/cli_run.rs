@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::admin_http;
 use crate::cli::ClusterArgs;
 use crate::cli_read_mode::read_mode;
 use crate::error::{CliError, ConfigError, NodeError};
@@ -55,8 +56,9 @@ fn node_span(id: u64) -> tracing::Span {
     tracing::info_span!("node", id)
 }
 
-/// Binds the node's client port (which answers `-LOADING` until the node has started), then
-/// binds its peer port and opens its storage. Errors are for the user.
+/// Binds the node's client port (which answers `-LOADING` until the node has started) and its
+/// admin port if it has one, then binds its peer port and opens its storage. Errors are for
+/// the user.
 pub(crate) async fn start_node(
     cfg: NodeConfig,
     client_addr: String,
@@ -80,6 +82,19 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
             addr: client_addr.clone(),
             source,
         })?;
+    let admin = match &cfg.admin_addr {
+        Some(addr) => Some(
+            admin_http::bind(addr)
+                .await
+                .map_err(|source| CliError::AdminPort {
+                    id,
+                    addr: addr.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics = cfg.metrics.clone();
     let (started, started_node) = watch::channel(None);
     let (stop_clients, clients_shutdown) = watch::channel(false);
     let serving = server::serve_clients(
@@ -88,9 +103,13 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
         clients_shutdown,
         rand::thread_rng().gen(),
         tcp_port,
+        metrics.clone(),
     );
     let client_port = tokio::spawn(serving.in_current_span());
     let (stop, shutdown) = watch::channel(false);
+    if let Some(listener) = admin {
+        admin_http::spawn(listener, metrics.clone(), shutdown.clone());
+    }
     let (handle, run) = match node::start(cfg, net, shutdown).await {
         Ok(started) => started,
         Err(source) => {
@@ -99,6 +118,7 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
         }
     };
     let _ = started.send(Some(handle.clone()));
+    metrics.status.ready.set(1);
     tracing::info!(id, %client_addr, "ready: the client port serves requests");
     Ok(StartedNode {
         id,
@@ -223,6 +243,11 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
     let peers: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|i| (i, format!("{}:{}", args.host, peer_base + i as u16 - 1)))
         .collect();
+    let admin_base = args
+        .port
+        .checked_add(200)
+        .filter(|&p| last_port(p).is_some())
+        .ok_or_else(|| ConfigError::Invalid("--port too high".into()))?;
     let client_addrs: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|i| (i, format!("{}:{}", args.host, args.port + i as u16 - 1)))
         .collect();
@@ -233,6 +258,7 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
         cfg.seed = rand::thread_rng().gen();
         cfg.incarnation = crate::cli::new_incarnation();
         cfg.client_addrs = client_addrs.clone();
+        cfg.admin_addr = Some(format!("{}:{}", args.host, admin_base + id as u16 - 1));
         cfg.snapshots = crate::cli::snapshot_policy(&args.snapshots);
         cfg.read_mode = read_mode(
             args.reads.read_mode.as_deref(),
@@ -284,8 +310,11 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
     let client_ports: Vec<String> = (1..=args.nodes)
         .map(|i| (args.port + i as u16 - 1).to_string())
         .collect();
+    let admin_ports: Vec<String> = (1..=args.nodes)
+        .map(|i| (args.port + 200 + i as u16 - 1).to_string())
+        .collect();
     println!(
-        "kvstore: {} {} on {} (client {} {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  stop:    Ctrl-C",
+        "kvstore: {} {} on {} (client {} {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  metrics: http://{}:{}/metrics (health: /health; admin {}: {})\n  stop:    Ctrl-C",
         args.nodes,
         if args.nodes == 1 { "node" } else { "nodes" },
         args.host,
@@ -294,6 +323,10 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         args.data_dir.display(),
         args.port,
         client_ports.iter().map(|p| format!("{}:{p}", args.host)).collect::<Vec<_>>().join(","),
+        args.host,
+        admin_ports[0],
+        if args.nodes == 1 { "port" } else { "ports" },
+        admin_ports.join(", "),
     );
     let (stop_all, stop_signal) = shutdown_on_signals();
     let mut running = JoinSet::new();

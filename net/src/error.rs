@@ -323,6 +323,12 @@ pub enum CliError {
         addr: String,
         source: io::Error,
     },
+    /// Node `id` cannot listen for its admin endpoints (metrics, health) on `addr`.
+    AdminPort {
+        id: NodeId,
+        addr: String,
+        source: io::Error,
+    },
     Client(ClientError),
     /// `kvstore status`: no server answered.
     NoServerAnswered,
@@ -371,6 +377,10 @@ impl fmt::Display for CliError {
                     "node {id}: cannot listen for clients on {addr}: {source}"
                 )
             }
+            CliError::AdminPort { id, addr, source } => write!(
+                f,
+                "node {id}: cannot listen for the admin endpoints (metrics, health) on {addr}: {source}"
+            ),
             CliError::Client(e) => e.fmt(f),
             CliError::NoServerAnswered => write!(f, "no server answered"),
             CliError::NoQuorum { why, maybe_applied } => write!(
@@ -398,7 +408,9 @@ impl Error for CliError {
         match self {
             CliError::Config(e) => Some(e),
             CliError::Node { source, .. } => Some(source),
-            CliError::ClientPort { source, .. } => Some(source),
+            CliError::ClientPort { source, .. } | CliError::AdminPort { source, .. } => {
+                Some(source)
+            }
             CliError::Client(e) => Some(e),
             CliError::Task(e) => Some(e),
             CliError::ValueFile { source, .. } | CliError::Output(source) => Some(source),

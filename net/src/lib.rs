@@ -5,6 +5,7 @@
 //! client port ([`server`], [`resp`], operator commands in [`server_admin`]), the Rust client
 //! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
+pub mod admin_http;
 pub mod bench;
 pub mod cli;
 pub mod cli_admin;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod join;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod peer_header;
 pub mod peer_reachability;

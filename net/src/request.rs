@@ -174,6 +174,8 @@ pub struct NodeHandle {
     pub(crate) requests: mpsc::Sender<ClientRequest>,
     /// The deliberate bug `UnsafeSwitches::split_transactions` (always off in a product).
     pub(crate) split_transactions: bool,
+    /// The node's metrics, which the client port counts its commands into.
+    pub(crate) metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
 }
 
 impl NodeHandle {

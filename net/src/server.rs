@@ -17,6 +17,7 @@
 //! connection is closed (a bulk string over the limit is not one: it is skipped).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kv::SESSIONLESS_CLIENT;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::command_table;
+use crate::metrics::{NodeMetrics, Outcome};
 use crate::request::{NodeHandle, RequestError};
 use crate::resp::{Limits, ParseError, Reply, Request, RequestParser};
 use crate::server_admin;
@@ -49,8 +51,9 @@ pub async fn run_client_server<L: Listener>(
     shutdown: watch::Receiver<bool>,
     seed: u64,
 ) {
+    let metrics = node.metrics.clone();
     let (_started, node) = watch::channel(Some(node));
-    serve_clients(listener, node, shutdown, seed, 0).await
+    serve_clients(listener, node, shutdown, seed, 0, metrics).await
 }
 
 /// Accepts client connections until `shutdown` turns true, then returns once every connection
@@ -59,13 +62,14 @@ pub async fn run_client_server<L: Listener>(
 ///
 /// `node` is None until the node has started: meanwhile the connection commands (HELLO, CLIENT,
 /// INFO, ...) are answered, and every other `-LOADING`, as Redis answers while it loads.
-/// `tcp_port` is what INFO and CONFIG report.
+/// `tcp_port` is what INFO and CONFIG report; `metrics` counts the open connections.
 pub async fn serve_clients<L: Listener>(
     mut listener: L,
     node: watch::Receiver<Option<NodeHandle>>,
     mut shutdown: watch::Receiver<bool>,
     seed: u64,
     tcp_port: u16,
+    metrics: Arc<NodeMetrics>,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let port = ClientPort::new(tcp_port);
@@ -89,8 +93,11 @@ pub async fn serve_clients<L: Listener>(
                     let serving =
                         serve_connection(stream, conn, node.clone(), rng.gen(), shutdown.clone());
                     let open = open.clone();
+                    let metrics = metrics.clone();
+                    metrics.client_connections.add(1);
                     let serving = async move {
                         serving.await;
+                        metrics.client_connections.add(-1);
                         drop(open);
                     };
                     tokio::spawn(serving.in_current_span());
@@ -495,10 +502,29 @@ pub(crate) fn request_error(e: RequestError) -> Reply {
     Reply::error(e.to_string())
 }
 
+/// Runs one request for the node (see [`execute_unmeasured`]), counting it, its outcome and
+/// its latency into the node's metrics by command name (a `SEQ`-wrapped command by its own).
+pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply, bool) {
+    let started = std::time::Instant::now();
+    let name = match &req.args[..] {
+        [seq, _, _, inner, ..] if seq.eq_ignore_ascii_case(b"SEQ") => inner.clone(),
+        [name, ..] => name.clone(),
+        [] => Bytes::new(),
+    };
+    let (reply, close) = execute_unmeasured(req, node, request_id).await;
+    let outcome = match &reply {
+        Reply::Error(text) => Outcome::of_error(text),
+        _ => Outcome::Ok,
+    };
+    node.metrics
+        .client_command(&name, outcome, started.elapsed());
+    (reply, close)
+}
+
 /// Runs one request for the node: the data commands (dispatched to [`server_data::execute`],
 /// the hook for every data command), and the node's own. The flag says to close the
 /// connection after replying.
-pub async fn execute(req: Request, node: &NodeHandle, request_id: u64) -> (Reply, bool) {
+async fn execute_unmeasured(req: Request, node: &NodeHandle, request_id: u64) -> (Reply, bool) {
     let Some(name) = req.args.first() else {
         return (Reply::error("ERR empty command"), false);
     };

@@ -78,18 +78,18 @@ pub fn free_port() -> u16 {
     panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
-/// A base port P for `kvstore cluster --port P` with three nodes: the client ports P..P+2 and
-/// the peer ports P+100..P+102 are all free now, and below the ephemeral range (see
+/// A base port P for `kvstore cluster --port P` with three nodes: the client ports P..P+2, the
+/// peer ports P+100..P+102 and the admin ports P+200..P+202 are all free now, and below the ephemeral range (see
 /// [`free_port`]). Successive calls in one process walk on, so two tests rarely meet.
 pub fn free_port_block() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000 - 103;
+    const SPAN: u32 = 12_000 - 203;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     start_from_pid(&NEXT, SPAN);
     for _ in 0..200 {
         let base = (FIRST + NEXT.fetch_add(397, Ordering::SeqCst) % SPAN) as u16;
-        let ports = (0..3).flat_map(|i| [base + i, base + 100 + i]);
+        let ports = (0..3).flat_map(|i| [base + i, base + 100 + i, base + 200 + i]);
         let held: Vec<_> = ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
         if held.iter().all(Result::is_ok) {
             return base;
@@ -226,6 +226,11 @@ impl TestCluster {
             .spawn()
             .expect("spawning kvstore");
         node.child = Some(child);
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[&id].child.as_ref().map(std::process::Child::id)
     }
 
     /// Whether node `id`'s process is running (started and not killed or exited).

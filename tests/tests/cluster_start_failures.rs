@@ -1,6 +1,6 @@
-//! `kvstore cluster` fails loudly: when one node cannot start (a port taken, a data directory
-//! that belongs to another cluster) the command stops the other nodes and exits non-zero with
-//! that node's reason, without printing its "connect" banner first.
+//! `kvstore cluster` fails loudly: when one node cannot start (a port taken: client, peer or
+//! admin; a data directory that belongs to another cluster) the command stops the other nodes
+//! and exits non-zero with that node's reason, without printing its "connect" banner first.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -87,6 +87,11 @@ fn a_taken_client_port_stops_the_cluster_with_the_port_named() {
 #[test]
 fn a_taken_peer_port_stops_the_cluster_with_the_port_named() {
     taken_port_stops_the_cluster(102);
+}
+
+#[test]
+fn a_taken_admin_port_stops_the_cluster_with_the_port_named() {
+    taken_port_stops_the_cluster(201);
 }
 
 /// Runs a cluster until it has taken a write, then stops it with Ctrl-C.

@@ -59,6 +59,10 @@ pub struct NodeConfig {
     pub observer: Option<Arc<dyn NodeObserver>>,
     /// The time a leader stamps into the log (key expiry): Unix milliseconds.
     pub wall_clock: WallClock,
+    /// Where the HTTP admin listener (metrics, health) listens; none without one.
+    pub admin_addr: Option<String>,
+    /// This node's metrics (one set per node, also in a process running several).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
     #[cfg(feature = "test-switches")]
     pub unsafe_switches: UnsafeSwitches,
@@ -169,6 +173,7 @@ impl WallClock {
 impl NodeConfig {
     pub fn new(id: NodeId, peers: BTreeMap<NodeId, String>, data_dir: PathBuf) -> Self {
         let cluster_id = kv::bootstrap_cluster_id(DEFAULT_CLUSTER_TOKEN, peers.keys().copied());
+        let metrics = Arc::new(crate::metrics::NodeMetrics::new(data_dir.clone()));
         Self {
             id,
             cluster_id,
@@ -190,6 +195,8 @@ impl NodeConfig {
             snapshots: SnapshotPolicy::default(),
             observer: None,
             wall_clock: WallClock::system(),
+            admin_addr: None,
+            metrics,
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),
             #[cfg(feature = "test-switches")]

@@ -59,6 +59,8 @@ pub struct Group {
     pub(super) peer_gate: Option<Arc<PeerGate>>,
     /// In lease mode, the ticks the core is owed by the clock.
     tick_clock: Option<TickClock>,
+    /// When each peer was last heard from, for health and reachability.
+    pub(super) silence: super::group_metrics::PeerSilence,
 }
 
 impl Group {
@@ -90,6 +92,7 @@ impl Group {
             key_counts: Default::default(),
             peer_gate: None,
             tick_clock: None,
+            silence: Default::default(),
         }
         .with_tick_clock()
     }
@@ -131,9 +134,11 @@ impl Group {
             // they are parked again).
             self.resubmit_parked();
         }
+        self.publish_health();
     }
 
     pub fn step(&mut self, msg: Message) {
+        self.note_received(&msg);
         self.core.step(msg);
     }
 
@@ -170,6 +175,7 @@ impl Group {
                 return Err(NodeError::Storage(error));
             }
             StorageEvent::SnapshotBuilt(meta) => {
+                self.cfg.metrics.snapshots_taken.inc();
                 if let Some(observer) = &self.cfg.observer {
                     observer.snapshot_taken(self.cfg.id, meta.clone());
                 }
@@ -235,7 +241,13 @@ impl Group {
                 let key = (cmd.client_id, cmd.seq);
                 let payload = cmd.encode();
                 self.core.set_clock(self.cfg.wall_clock.now_ms());
-                match self.core.propose(payload.clone()) {
+                let proposal = self.core.propose(payload.clone());
+                self.cfg.metrics.proposal(match &proposal {
+                    Ok(_) => 0,
+                    Err(e) if self.requests.worth_parking(e) => 1,
+                    Err(_) => 2,
+                });
+                match proposal {
                     Ok(proposed) => {
                         let retry = (cmd.client_id != kv::SESSIONLESS_CLIENT)
                             .then(|| (payload, self.core.term()));
@@ -348,6 +360,7 @@ impl Group {
             self.send_messages(ready.messages);
             self.hand_to_apply(ready.committed);
             for rs in ready.read_states {
+                self.note_read_confirmed(&rs.ctx);
                 match self
                     .requests
                     .read_confirmed(&rs.ctx, rs.index, self.handed_to_apply)
@@ -361,6 +374,7 @@ impl Group {
 
     fn role_changed(&mut self, soft: raft_core::SoftState) {
         tracing::info!(id = self.cfg.id, term = soft.term, role = ?soft.role, leader = ?soft.leader, "role change");
+        self.note_role(soft.role, soft.leader);
         if let Some(observer) = &self.cfg.observer {
             observer.role_changed(self.cfg.id, soft.term, soft.role, soft.leader);
         }
@@ -404,12 +418,17 @@ impl Group {
                     self.members.learn_introduced(msg.to, addr);
                 }
             }
+            let kind = crate::metrics::message_kind(&msg);
             if let Some(queue) = self.members.queue(msg.to) {
                 let to = msg.to;
-                if queue.try_send(msg).is_err() {
+                let sent = queue.try_send(msg).is_ok();
+                self.note_sent(kind, sent);
+                if !sent {
                     // A slow or dead peer never blocks the node: drop, and stop streaming to it.
                     self.core.report_unreachable(to);
                 }
+            } else {
+                self.note_sent(kind, false);
             }
         }
     }

@@ -24,10 +24,16 @@ impl Group {
                 }
             }
             SnapshotEvent::Installed(meta) => {
+                self.cfg.metrics.snapshots_installed.inc();
                 self.install.handle_installed();
                 self.images.installed(meta.index);
             }
-            SnapshotEvent::Sent { to, ok } => self.core.report_snapshot(to, ok),
+            SnapshotEvent::Sent { to, ok } => {
+                if ok {
+                    self.cfg.metrics.snapshots_sent.inc();
+                }
+                self.core.report_snapshot(to, ok)
+            }
         }
         self.perform_snapshot_actions();
     }

@@ -10,6 +10,7 @@
 //! | [`store`] | process-level parts the group runs on: storage threads, serving snapshots |
 //! | [`run`] | the loop: select over inputs, feed the group, drain the core's `Ready`s |
 //! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
+//! | [`group_metrics`] | what the group publishes into the node's metrics: state, health, peers |
 //! | [`tick_clock`] | in lease mode, the core's ticks made up to the clock's count |
 //! | [`requests`] | client writes by `(client_id, seq)`, reads and their read context, parked requests |
 //! | [`images`] | snapshot images taken, compaction points |
@@ -23,6 +24,7 @@ pub mod admin;
 mod admin_waits;
 pub mod config;
 mod group;
+mod group_metrics;
 mod group_snapshots;
 pub mod identity;
 mod images;

@@ -200,6 +200,11 @@ impl Requests {
         );
     }
 
+    /// When the read of context `ctx` times out (its arrival plus the request timeout).
+    pub fn read_deadline(&self, ctx: &[u8]) -> Option<Instant> {
+        read_context::decode(ctx).and_then(|id| self.reads.get(&id).map(|r| r.deadline))
+    }
+
     /// The core confirmed the read of context `ctx` at `index`; entries up to `handed_out`
     /// are with the apply worker.
     pub fn read_confirmed(&mut self, ctx: &[u8], index: Index, handed_out: Index) -> ConfirmedRead {

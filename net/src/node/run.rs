@@ -71,6 +71,7 @@ pub async fn run(store: Store, mut group: Group, mut inputs: Inputs) -> Result<(
             }
         }
         group.drain_ready();
+        group.publish_status();
     };
     let id = group.cfg.id;
     group.stop();

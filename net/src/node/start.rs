@@ -120,6 +120,7 @@ pub async fn start<N: Net>(
         apply: storage.apply.requests,
     };
     let split_transactions = cfg.split_transactions();
+    let metrics_handle = cfg.metrics.clone();
     let mut group = Group::new(
         cfg,
         core,
@@ -144,6 +145,7 @@ pub async fn start<N: Net>(
         NodeHandle {
             requests: requests_tx,
             split_transactions,
+            metrics: metrics_handle,
         },
         run(store, group, inputs),
     ))
@@ -224,6 +226,7 @@ async fn open_node<N: Net>(
         incarnation = format_args!("{:#x}", cfg.incarnation),
         peer_addr = cfg.peers.get(&cfg.id).map_or("?", String::as_str),
         client_addr = cfg.client_addrs.get(&cfg.id).map_or("?", String::as_str),
+        admin_addr = cfg.admin_addr.as_deref().unwrap_or("none"),
         data_dir = %cfg.data_dir.display(),
         peers = ?cfg.peers,
         tick_ms = cfg.tick.as_millis() as u64,
@@ -304,11 +307,13 @@ async fn open_storage(
         cfg.data_dir.clone(),
         events.clone(),
         cfg.acknowledge_before_fsync(),
+        cfg.metrics.clone(),
     )
     .map_err(StorageError::Spawn)?;
     let reports = ApplyReports {
         events,
         snapshots: snapshot_events,
+        metrics: cfg.metrics.clone(),
     };
     let (apply, opened) = storage::spawn_apply_worker(
         &cfg.storage,

@@ -28,6 +28,7 @@ pub struct ApplyWorker {
 pub struct ApplyReports {
     pub events: mpsc::UnboundedSender<StorageEvent>,
     pub snapshots: mpsc::UnboundedSender<SnapshotEvent>,
+    pub metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
 }
 
 /// Opens `kv_data`, sends back what it found, then serves the node loop's requests in order.
@@ -80,6 +81,9 @@ pub fn spawn_apply_worker(
             staged: None,
             install_without_data: faults.install_without_data,
             local_expiry_clock: faults.local_expiry_clock,
+            metrics: reports.metrics,
+            snapshot_started: None,
+            receive_started: None,
         };
         w.serve(rx).await;
         if let Some(sm) = w.sm.as_mut() {
@@ -112,6 +116,10 @@ pub(super) struct ApplyState {
     pub(super) install_without_data: bool,
     /// The deliberate bug (`UnsafeSwitches::expiry_by_local_clock`).
     local_expiry_clock: Option<WallClock>,
+    pub(super) metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    /// When the image in progress was begun, and when the current receive job began.
+    snapshot_started: Option<std::time::Instant>,
+    pub(super) receive_started: Option<std::time::Instant>,
 }
 
 /// The deliberate bugs an apply worker may carry (the simulator's teeth tests; all off in a
@@ -199,8 +207,15 @@ impl ApplyState {
         let Some(sm) = self.sm.as_mut() else {
             return false;
         };
+        let (count, started) = (entries.len() as u64, std::time::Instant::now());
         if !apply_batch(sm, entries, &self.events) {
             return false;
+        }
+        if count > 0 {
+            self.metrics
+                .apply_latency
+                .observe_duration(started.elapsed());
+            self.metrics.apply_batch_entries.observe_count(count);
         }
         serve_reads(sm, reads, self.local_expiry_clock.as_ref());
         true
@@ -222,7 +237,10 @@ impl ApplyState {
         let applied = sm.applied_index();
         self.last_image = applied;
         match sm.start_snapshot(self.cluster_id, self.policy.chunk_bytes) {
-            Ok(meta) => tracing::debug!(index = meta.index, "snapshot started"),
+            Ok(meta) => {
+                self.snapshot_started = Some(std::time::Instant::now());
+                tracing::debug!(index = meta.index, "snapshot started")
+            }
             Err(e) => {
                 tracing::error!(error = %e, applied, "taking a snapshot failed; the log is not compacted")
             }
@@ -241,6 +259,11 @@ impl ApplyState {
         match sm.snapshot_step(self.policy.step_keys) {
             Ok(Some(meta)) => {
                 tracing::info!(index = meta.index, term = meta.term, "snapshot taken");
+                if let Some(started) = self.snapshot_started.take() {
+                    self.metrics
+                        .snapshot_take_duration
+                        .observe_duration(started.elapsed());
+                }
                 let _ = self.events.send(StorageEvent::SnapshotBuilt(meta));
             }
             Ok(None) => {}

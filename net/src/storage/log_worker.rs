@@ -28,6 +28,7 @@ pub fn spawn_log_worker(
     data_dir: PathBuf,
     events: mpsc::UnboundedSender<StorageEvent>,
     acknowledge_before_writing: bool,
+    metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
 ) -> std::io::Result<(LogWorker, LogOpened)> {
     let (writes, mut rx) = mpsc::unbounded_channel::<LogRequest>();
     let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -54,6 +55,7 @@ pub fn spawn_log_worker(
             events: &events,
             acknowledge_before_writing,
             disk: disk.as_ref(),
+            metrics: &metrics,
         };
         'serve: while let Some(first) = rx.recv().await {
             let mut requests = vec![first];
@@ -90,6 +92,7 @@ struct LogWriter<'a> {
     events: &'a mpsc::UnboundedSender<StorageEvent>,
     acknowledge_before_writing: bool,
     disk: Option<&'a SimulatedDisk>,
+    metrics: &'a crate::metrics::NodeMetrics,
 }
 
 impl LogWriter<'_> {
@@ -113,7 +116,15 @@ impl LogWriter<'_> {
         if let Some(latency) = self.disk.and_then(SimulatedDisk::write_latency) {
             tokio::time::sleep(latency).await;
         }
-        match self.storage.persist(&write) {
+        let started = std::time::Instant::now();
+        let written = self.storage.persist(&write);
+        self.metrics
+            .fsync_latency
+            .observe_duration(started.elapsed());
+        self.metrics
+            .fsync_batch_entries
+            .observe_count(write.entries.len() as u64);
+        match written {
             Ok(()) if self.acknowledge_before_writing => true,
             Ok(()) => self.events.send(StorageEvent::Persisted(write.id)).is_ok(),
             Err(e) => self.fail(StorageError::kv("writing the raft log")(e)),

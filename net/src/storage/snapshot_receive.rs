@@ -73,7 +73,10 @@ impl ApplyState {
         self.staged = None;
         self.receiving = None;
         match SnapshotReceiver::new(&self.data_dir, &self.env, at_least, self.cluster_id) {
-            Ok(b) => self.receiving = Some((job, Some(b))),
+            Ok(b) => {
+                self.receiving = Some((job, Some(b)));
+                self.receive_started = Some(std::time::Instant::now());
+            }
             Err(e) => self.receive_failed(job, TransferError::Stage(e)),
         }
     }
@@ -86,6 +89,9 @@ impl ApplyState {
         if *current != job {
             return;
         }
+        self.metrics
+            .snapshot_install_bytes
+            .inc_by(chunk.len() as u64);
         if let Err(e) = builder.push(chunk) {
             self.receiving = Some((job, None));
             self.receive_failed(job, TransferError::Stage(e));
@@ -106,6 +112,11 @@ impl ApplyState {
                 Ok(staged) => {
                     let snapshot = staged.meta();
                     self.staged = Some(staged);
+                    if let Some(started) = self.receive_started.take() {
+                        self.metrics
+                            .snapshot_install_duration
+                            .observe_duration(started.elapsed());
+                    }
                     let _ = self
                         .snapshot_events
                         .send(SnapshotEvent::Staged { job, snapshot });
