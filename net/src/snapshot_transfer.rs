@@ -177,6 +177,7 @@ pub async fn serve<S: Stream>(
 ) {
     let (tx, mut chunks) = mpsc::channel(SEND_WINDOW);
     let follower = request.from;
+    let (started, mut bytes) = (std::time::Instant::now(), 0u64);
     let ok = if serve
         .send(ServeRequest {
             request,
@@ -192,7 +193,10 @@ pub async fn serve<S: Stream>(
         loop {
             buf.clear();
             let (reply, last) = match chunks.recv().await {
-                Some(Ok(chunk)) => (Reply::Chunk(chunk), false),
+                Some(Ok(chunk)) => {
+                    bytes += chunk.len() as u64;
+                    (Reply::Chunk(chunk), false)
+                }
                 Some(Err(why)) => (Reply::Refused(why.to_string()), true),
                 None => (Reply::End, true),
             };
@@ -225,7 +229,12 @@ pub async fn serve<S: Stream>(
             }
         }
     };
-    let _ = events.send(SnapshotEvent::Sent { to: follower, ok });
+    let _ = events.send(SnapshotEvent::Sent {
+        to: follower,
+        ok,
+        bytes,
+        took: started.elapsed(),
+    });
 }
 
 /// A fetch the node loop started: what to fetch, from where, and as which receive job.

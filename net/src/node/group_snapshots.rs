@@ -28,9 +28,17 @@ impl Group {
                 self.install.handle_installed();
                 self.images.installed(meta.index);
             }
-            SnapshotEvent::Sent { to, ok } => {
+            SnapshotEvent::Sent {
+                to,
+                ok,
+                bytes,
+                took,
+            } => {
+                let m = &self.cfg.metrics;
+                m.snapshot_sent_bytes.inc_by(bytes);
                 if ok {
-                    self.cfg.metrics.snapshots_sent.inc();
+                    m.snapshots_sent.inc();
+                    m.snapshot_send_duration.observe_duration(took);
                 }
                 self.core.report_snapshot(to, ok)
             }

@@ -45,7 +45,13 @@ pub enum SnapshotEvent {
     /// An install finished: the state machine and the log are the snapshot.
     Installed(SnapshotMeta),
     /// A transfer of this node's image to `to` ended (the leader's side).
-    Sent { to: NodeId, ok: bool },
+    /// `bytes` of chunks went out in `took` (for the metrics).
+    Sent {
+        to: NodeId,
+        ok: bool,
+        bytes: u64,
+        took: std::time::Duration,
+    },
 }
 
 /// What the group must do next.
