@@ -183,7 +183,7 @@ pub struct CommandMetrics {
 }
 
 /// The kinds of peer message, for the per-kind counts.
-pub const MESSAGE_KINDS: [&str; 12] = [
+pub const MESSAGE_KINDS: [&str; 14] = [
     "pre_vote_request",
     "pre_vote_response",
     "vote_request",
@@ -195,6 +195,8 @@ pub const MESSAGE_KINDS: [&str; 12] = [
     "install_snapshot",
     "timeout_now",
     "propose",
+    "read_index_request",
+    "read_index_response",
     "other",
 ];
 
@@ -212,7 +214,9 @@ pub fn message_kind(msg: &Message) -> usize {
         MessageBody::InstallSnapshot { .. } => 8,
         MessageBody::TimeoutNow => 9,
         MessageBody::Propose { .. } => 10,
-        _ => 11,
+        MessageBody::ReadIndexRequest { .. } => 11,
+        MessageBody::ReadIndexResponse { .. } => 12,
+        _ => 13,
     }
 }
 
