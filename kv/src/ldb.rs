@@ -260,6 +260,15 @@ impl Ldb {
         self.check_failure()
     }
 
+    /// Compacts the keys from `from` to `to` (inclusive) through every level, after writing the
+    /// memtable to a table: deleted and overwritten data in that range is dropped, and tables
+    /// left holding nothing are deleted.
+    pub(crate) fn compact_range(&mut self, from: &[u8], to: &[u8]) -> Result<()> {
+        self.move_gc_horizon(0, MAX_CATCH_UP_PER_WRITE);
+        self.db.compact_range(from, to).map_err(|s| self.err(s))?;
+        self.check_failure()
+    }
+
     /// See the module docs: keeps the pinned snapshot's handle number at or above every sequence
     /// number the next `upcoming` operations will use.
     fn move_gc_horizon(&mut self, upcoming: u64, budget: u64) {

@@ -51,6 +51,9 @@ pub struct RaftStorage {
     snapshot: SnapshotMeta,
     /// Index of the last stored entry (`snapshot.index` when the log is empty).
     last_index: Index,
+    /// Entries deleted by compactions and installs whose disk space LevelDB has not been asked
+    /// to give back yet: an inclusive range, oldest first (see [`RaftStorage::reclaim_step`]).
+    unreclaimed: Option<(Index, Index)>,
 }
 
 impl RaftStorage {
@@ -66,6 +69,7 @@ impl RaftStorage {
             hard_state: HardState::default(),
             snapshot: SnapshotMeta::default(),
             last_index: 0,
+            unreclaimed: None,
         };
         if let Some(v) = s.db.get(KEY_HARD_STATE)? {
             s.hard_state = decode_hard_state(v).map_err(|e| s.corrupt(None, "hard state", e))?;
@@ -81,6 +85,12 @@ impl RaftStorage {
             None => s.snapshot.index,
         };
         s.purge_below_start()?;
+        // Whatever an earlier run deleted without giving the space back (a crash mid-way, or a
+        // version that never did) is returned now, before the node serves: usually nothing is
+        // left there and this costs a look at the table list.
+        if s.snapshot.index > 0 {
+            s.db.compact_range(&entry_key(0), &entry_key(s.snapshot.index))?;
+        }
         Ok(s)
     }
 
@@ -275,7 +285,9 @@ impl RaftStorage {
         batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
         self.db.write(batch, true)?;
         self.snapshot = start;
-        self.purge(old_first, 0)
+        self.purge(old_first, 0)?;
+        self.note_deleted(old_first, up_to);
+        Ok(())
     }
 
     /// Installs a snapshot's log part (the state machine's part is the caller's): in one synced
@@ -315,7 +327,9 @@ impl RaftStorage {
         self.last_index = meta.index;
         self.snapshot = meta;
         self.hard_state = hs;
-        self.purge(old_first, old_last)
+        self.purge(old_first, old_last)?;
+        self.note_deleted(old_first, old_last);
+        Ok(())
     }
 
     /// Deletes the entries from `from` up to the log start (or up to `to` if that is further:
@@ -351,6 +365,39 @@ impl RaftStorage {
             }
             None => Ok(()),
         }
+    }
+
+    fn note_deleted(&mut self, from: Index, to: Index) {
+        if from > to {
+            return;
+        }
+        self.unreclaimed = Some(match self.unreclaimed {
+            Some((lo, hi)) => (lo.min(from), hi.max(to)),
+            None => (from, to),
+        });
+    }
+
+    /// Entries deleted whose space has not been given back yet.
+    pub fn unreclaimed_entries(&self) -> u64 {
+        self.unreclaimed.map_or(0, |(lo, hi)| hi - lo + 1)
+    }
+
+    /// Gives back the disk space of up to `max_entries` of the oldest deleted entries, and
+    /// returns how many are left. Deleting an entry only writes a tombstone beside it; LevelDB
+    /// drops both when a compaction of that key range reaches the level holding the entry,
+    /// which with a log's ever-growing keys its background compactions may never do (a log
+    /// kept 111 MB of compacted entries). This compacts their key range through every level;
+    /// the cost grows with `max_entries` (docs/PERFORMANCE.md, "Giving the log's disk back"),
+    /// so a writer calls it in steps between its writes.
+    pub fn reclaim_step(&mut self, max_entries: u64) -> Result<u64> {
+        let Some((lo, hi)) = self.unreclaimed else {
+            return Ok(0);
+        };
+        let step_end = hi.min(lo.saturating_add(max_entries.max(1) - 1));
+        self.db
+            .compact_range(&entry_key(lo), &entry_key(step_end))?;
+        self.unreclaimed = (step_end < hi).then_some((step_end + 1, hi));
+        Ok(self.unreclaimed_entries())
     }
 
     /// Asks LevelDB to compact the whole database now, so that the space of entries dropped by

@@ -1,6 +1,7 @@
 //! The log worker: writes what the core asks to persist, merging the writes queued while one
 //! is being synced into one batch and one fsync (group commit); compactions and the log half
-//! of snapshot installs take their turn between them.
+//! of snapshot installs take their turn between them. When no write has come for a moment,
+//! the disk space of compacted entries is given back, one step at a time.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,13 @@ use super::{
     Worker,
 };
 use crate::error::StorageError;
+
+/// How long the log must have been idle before a reclaim step runs: a step can take a
+/// hundred milliseconds (docs/PERFORMANCE.md, "Giving the log's disk back"), which a write
+/// arriving meanwhile waits for, so it runs only when writes have paused.
+const RECLAIM_WHEN_IDLE_FOR: Duration = Duration::from_millis(200);
+/// Deleted entries whose space one step gives back.
+const RECLAIM_STEP_ENTRIES: u64 = 20_000;
 
 pub struct LogWorker {
     pub worker: Worker,
@@ -57,7 +65,21 @@ pub fn spawn_log_worker(
             disk: disk.as_ref(),
             metrics: &metrics,
         };
-        'serve: while let Some(first) = rx.recv().await {
+        'serve: loop {
+            let first = if log.storage.unreclaimed_entries() == 0 {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(RECLAIM_WHEN_IDLE_FOR, rx.recv()).await {
+                    Ok(request) => request,
+                    Err(_idle) => {
+                        if !log.reclaim_step() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { break };
             let mut requests = vec![first];
             while let Ok(more) = rx.try_recv() {
                 requests.push(more);
@@ -128,6 +150,22 @@ impl LogWriter<'_> {
             Ok(()) if self.acknowledge_before_writing => true,
             Ok(()) => self.events.send(StorageEvent::Persisted(write.id)).is_ok(),
             Err(e) => self.fail(StorageError::kv("writing the raft log")(e)),
+        }
+    }
+
+    /// Gives back the space of some compacted entries. False when the worker must stop.
+    fn reclaim_step(&mut self) -> bool {
+        let before = self.storage.unreclaimed_entries();
+        match self.storage.reclaim_step(RECLAIM_STEP_ENTRIES) {
+            Ok(left) => {
+                tracing::debug!(
+                    reclaimed = before - left,
+                    left,
+                    "gave back the raft log's space of compacted entries"
+                );
+                true
+            }
+            Err(e) => self.fail(StorageError::kv("giving back the raft log's disk space")(e)),
         }
     }
 
