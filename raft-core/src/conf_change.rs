@@ -141,6 +141,7 @@ impl RawNode {
             // Tell the followers the commit first; a voter of the new configuration then
             // campaigns when it stops hearing from us.
             self.broadcast_append();
+            self.change_reason = crate::ready::ChangeReason::RemovedFromConfiguration;
             self.become_follower(self.term, None);
         }
     }

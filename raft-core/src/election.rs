@@ -4,6 +4,7 @@ use crate::durability::Held;
 use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
+use crate::ready::ChangeReason;
 use crate::types::{Entry, EntryKind, NodeId, Role, Term};
 
 impl RawNode {
@@ -12,6 +13,10 @@ impl RawNode {
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_timeout {
+            self.change_reason = ChangeReason::ElectionTimeout {
+                leader: self.leader,
+                ticks: self.election_elapsed,
+            };
             self.start_campaign();
         }
     }
@@ -26,11 +31,14 @@ impl RawNode {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 if !self.quorum_recently_active() {
-                    tracing::warn!(
+                    tracing::debug!(
                         id = self.id,
                         term = self.term,
                         "check-quorum: a majority is unreachable, stepping down"
                     );
+                    self.change_reason = ChangeReason::QuorumLost {
+                        ticks: self.cfg.check_quorum_window(),
+                    };
                     self.become_follower(self.term, None);
                     return;
                 }
@@ -197,10 +205,21 @@ impl RawNode {
         self.votes.entry(from).or_insert(granted);
         match self.quorum().vote_result(&self.votes) {
             VoteResult::Pending => {}
-            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Lost => {
+                self.change_reason = ChangeReason::ElectionLost {
+                    pre_vote: self.role == Role::PreCandidate,
+                };
+                self.become_follower(self.term, None)
+            }
             VoteResult::Won => match self.role {
-                Role::PreCandidate => self.become_candidate(),
-                Role::Candidate => self.become_leader(),
+                Role::PreCandidate => {
+                    self.change_reason = ChangeReason::PreVoteWon;
+                    self.become_candidate()
+                }
+                Role::Candidate => {
+                    self.change_reason = ChangeReason::ElectionWon;
+                    self.become_leader()
+                }
                 Role::Follower | Role::Leader => {}
             },
         }
@@ -215,7 +234,7 @@ impl RawNode {
         self.reset_role_state();
         let next = self.log.last_index() + 1;
         self.sync_progress_with_membership(next);
-        tracing::info!(
+        tracing::debug!(
             id = self.id,
             term = self.term,
             last_index = next - 1,

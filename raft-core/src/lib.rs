@@ -153,7 +153,9 @@ pub use error::{CompactError, ConfigError, ProposeError};
 pub use membership::{ConfChangeEntry, MemberChange, Membership, MEMBERSHIP_FORMAT};
 pub use message::{Message, MessageBody};
 pub use node::{PeerProgress, Proposed, RawNode};
-pub use ready::{Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId};
+pub use ready::{
+    ChangeReason, Persist, ReadState, Ready, SnapshotToFetch, SnapshotWrite, SoftState, WriteId,
+};
 pub use rng::SeededRng;
 pub use safety::SafetyViolation;
 pub use types::{

@@ -17,7 +17,7 @@ use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::quorum::Quorum;
 use crate::read_index::ReadIndexTracker;
-use crate::ready::{ReadState, Ready, SnapshotToFetch, SoftState};
+use crate::ready::{ChangeReason, ReadState, Ready, SnapshotToFetch, SoftState};
 use crate::replication::proposal_bytes;
 use crate::rng::SeededRng;
 use crate::safety::SafetyViolation;
@@ -107,6 +107,8 @@ pub struct RawNode {
     pub(crate) broadcast_pending: bool,
     pub(crate) applied: Index,
     last_soft_state: SoftState,
+    /// Why role, term or leader last changed (set wherever one of them changes).
+    pub(crate) change_reason: ChangeReason,
     /// The snapshot this follower waits for its driver to fetch.
     pub(crate) pending_fetch: Option<PendingFetch>,
     /// A fetch request for the next `Ready`.
@@ -175,7 +177,9 @@ impl RawNode {
                 role: Role::Follower,
                 term: hs.term,
                 leader: None,
+                reason: ChangeReason::Started,
             },
+            change_reason: ChangeReason::Started,
             pending_fetch: None,
             fetch_request: None,
             safety_violation: None,
@@ -272,6 +276,7 @@ impl RawNode {
     pub fn campaign(&mut self) {
         let vouching = self.lease_mode() && self.in_leader_lease();
         if self.role != Role::Leader && !vouching {
+            self.change_reason = ChangeReason::CampaignRequested;
             self.start_campaign();
         }
         self.debug_assert_invariants();
@@ -312,7 +317,7 @@ impl RawNode {
         !self.msgs.is_empty()
             || !self.read_states.is_empty()
             || self.broadcast_pending
-            || self.soft_state() != self.last_soft_state
+            || !self.soft_state().same_view(&self.last_soft_state)
             || self.hard_state_changed()
             || self.log.has_unpersisted()
             || self.fetch_request.is_some()
@@ -337,7 +342,7 @@ impl RawNode {
         }
         let (snapshot_write, persist) = self.next_write();
         let soft = self.soft_state();
-        let soft_state = (soft != self.last_soft_state).then(|| {
+        let soft_state = (!soft.same_view(&self.last_soft_state)).then(|| {
             self.last_soft_state = soft;
             soft
         });
@@ -454,6 +459,7 @@ impl RawNode {
             role: self.role,
             term: self.term,
             leader: self.leader,
+            reason: self.change_reason,
         }
     }
     /// Term, vote and commit index as they are now (not necessarily durable yet).

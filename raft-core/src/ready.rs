@@ -99,6 +99,67 @@ pub struct SoftState {
     pub term: Term,
     /// The leader of `term`, if this node knows it.
     pub leader: Option<NodeId>,
+    /// Why role, term or leader last changed. When several changes happen between two
+    /// `Ready`s (a single voter wins its pre-vote and its vote at once), it is the last one's.
+    pub reason: ChangeReason,
+}
+
+impl SoftState {
+    /// Same role, term and leader: a change of `reason` alone is not reported.
+    pub(crate) fn same_view(&self, other: &SoftState) -> bool {
+        (self.role, self.term, self.leader) == (other.role, other.term, other.leader)
+    }
+}
+
+/// Why a node's role, term or leader changed ([`SoftState::reason`]): what an operator needs
+/// beside a role change to tell a dead leader from a transfer or a partition. Durations are in
+/// ticks, the core's unit of time; a driver multiplies them by its tick length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeReason {
+    /// The node started: a follower in its stored term, no leader known yet.
+    Started,
+    /// The election timeout ran out: no message from a leader for `ticks` ticks, so the node
+    /// campaigns (with a pre-vote first if configured).
+    ElectionTimeout {
+        /// The leader the node followed until then, if it knew one.
+        leader: Option<NodeId>,
+        /// Ticks since it last heard from a leader (or since its last campaign began).
+        ticks: u32,
+    },
+    /// The driver asked for an election ([`crate::RawNode::campaign`]).
+    CampaignRequested,
+    /// The leader `from` handed leadership over to this node, which campaigns at once.
+    TransferFrom {
+        /// The leader that handed over.
+        from: NodeId,
+    },
+    /// A majority granted the pre-vote, so the node starts the real election in a new term.
+    PreVoteWon,
+    /// A majority voted for this node: it leads the term.
+    ElectionWon,
+    /// A majority refused the pre-vote or the vote; the node follows again.
+    ElectionLost {
+        /// Whether it was the pre-vote that was lost.
+        pre_vote: bool,
+    },
+    /// Check-quorum: as leader, the node heard from no majority within `ticks` ticks and
+    /// stepped down.
+    QuorumLost {
+        /// The check-quorum window, in ticks.
+        ticks: u32,
+    },
+    /// `leader` showed that it leads the term (with an append, heartbeat or snapshot).
+    LeaderFound {
+        /// The leader.
+        leader: NodeId,
+    },
+    /// A message from `from` carried a higher term, which the node adopted.
+    HigherTerm {
+        /// The sender of the message (a candidate, or a node answering this one).
+        from: NodeId,
+    },
+    /// This leader was removed from the configuration and stepped down once that committed.
+    RemovedFromConfiguration,
 }
 
 /// Everything the core asks for since the last [`crate::RawNode::take_ready`].

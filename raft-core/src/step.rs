@@ -3,7 +3,7 @@
 
 use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
-use crate::ready::ReadState;
+use crate::ready::{ChangeReason, ReadState};
 use crate::safety::SafetyViolation;
 use crate::types::{NodeId, Role, Term};
 use crate::validate::validate_message;
@@ -88,8 +88,14 @@ impl RawNode {
             }
             MessageBody::AppendRequest { .. }
             | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, Some(m.from)),
-            _ => self.adopt_higher_term(m.term),
+            | MessageBody::InstallSnapshot { .. } => {
+                self.change_reason = ChangeReason::LeaderFound { leader: m.from };
+                self.become_follower(m.term, Some(m.from))
+            }
+            _ => {
+                self.change_reason = ChangeReason::HigherTerm { from: m.from };
+                self.adopt_higher_term(m.term)
+            }
         }
         true
     }
@@ -205,6 +211,9 @@ impl RawNode {
             });
             return;
         }
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.change_reason = ChangeReason::LeaderFound { leader: from };
+        }
         if self.role != Role::Follower {
             self.become_follower(self.term, Some(from));
         }
@@ -255,7 +264,7 @@ impl RawNode {
             self.vote = None;
         }
         if self.role == Role::Leader {
-            tracing::info!(id = self.id, term = self.term, "stepping down");
+            tracing::debug!(id = self.id, term = self.term, "stepping down");
         }
         self.role = Role::Follower;
         self.leader = leader;

@@ -106,12 +106,13 @@ impl RawNode {
         if self.role == Role::Leader || !self.is_voter() {
             return;
         }
-        tracing::info!(
+        tracing::debug!(
             id = self.id,
             term = self.term,
             from,
             "leadership handed over: campaigning"
         );
+        self.change_reason = crate::ready::ChangeReason::TransferFrom { from };
         self.campaign_in_new_term(true);
     }
 }

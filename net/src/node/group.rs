@@ -373,7 +373,7 @@ impl Group {
     }
 
     fn role_changed(&mut self, soft: raft_core::SoftState) {
-        tracing::info!(id = self.cfg.id, term = soft.term, role = ?soft.role, leader = ?soft.leader, "role change");
+        super::change_reason::log_change(&soft, self.cfg.tick);
         self.note_role(soft.role, soft.leader);
         if let Some(observer) = &self.cfg.observer {
             observer.role_changed(self.cfg.id, soft.term, soft.role, soft.leader);

@@ -22,6 +22,7 @@
 
 pub mod admin;
 mod admin_waits;
+mod change_reason;
 pub mod config;
 mod group;
 mod group_metrics;
