@@ -1,13 +1,15 @@
 //! `kvstore bench`: a closed-loop load generator. Each client sends one request, waits for the
 //! answer, and sends the next; clients are spread over the servers round-robin. It prints a
-//! progress bar on a terminal and one summary line in the format of the shared load generator.
+//! progress bar on stderr when it is a terminal (requests done, rate, time left) and one
+//! summary line on stdout in the format of the shared load generator.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{Rng, SeedableRng};
 
 use crate::cli::ServersArg;
@@ -77,42 +79,28 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Draws `done` of `total` on stderr every 250 ms until all are done.
-fn spawn_progress_bar(
-    done: Arc<AtomicU64>,
-    total: u64,
-    start: Instant,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let n = done.load(Ordering::Relaxed).min(total);
-            let width = 30;
-            let filled = (n * width / total.max(1)) as usize;
-            let rate = n as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            eprint!(
-                "\r[{}{}] {n}/{total} {rate:.0} ops/s ",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled)
-            );
-            if n >= total {
-                eprintln!();
-                return;
-            }
-        }
-    })
+/// A bar of requests done on stderr, with the rate and the time left; hidden when stderr is
+/// not a terminal, so that scripts and tests read no escape codes.
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:30} {human_pos}/{human_len} requests  {per_sec:.0}  {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 pub async fn bench(args: &BenchArgs) -> BenchReport {
     let claimed = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
+    let progress = progress_bar(args.ops);
     let start = Instant::now();
-    let progress = std::io::stderr()
-        .is_terminal()
-        .then(|| spawn_progress_bar(done.clone(), args.ops, start));
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
-            let (claimed, done, args) = (claimed.clone(), done.clone(), args.clone());
+            let (claimed, progress, args) = (claimed.clone(), progress.clone(), args.clone());
             tokio::spawn(async move {
                 // Clients stay on the node they start at (followers forward): the client-protocol
                 // work spreads over every node, which measured a lower tail than all on the leader.
@@ -148,7 +136,7 @@ pub async fn bench(args: &BenchArgs) -> BenchReport {
                     } else {
                         errors += 1;
                     }
-                    done.fetch_add(1, Ordering::Relaxed);
+                    progress.inc(1);
                 }
                 (latencies, errors)
             })
@@ -165,9 +153,7 @@ pub async fn bench(args: &BenchArgs) -> BenchReport {
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    if let Some(p) = progress {
-        let _ = p.await;
-    }
+    progress.finish_and_clear();
     all.sort_unstable();
     let pct = |q: f64| -> f64 {
         if all.is_empty() {
