@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use rand::{Rng, SeedableRng};
 
 use crate::cli::ServersArg;
@@ -87,9 +87,14 @@ fn progress_bar(total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{bar:30} {human_pos}/{human_len} requests  {per_sec:.0}  {eta} left",
+        "{bar:30} {human_pos}/{human_len} requests  {rate}  {eta} left",
     ) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} ops/s", state.per_sec());
+            },
+        ));
     }
     bar
 }

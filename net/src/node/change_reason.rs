@@ -39,28 +39,18 @@ pub fn describe(reason: ChangeReason, tick: Duration) -> String {
     }
 }
 
-/// Logs one INFO line for a role, term or leader change: "starting an election" when the node
-/// campaigns (a pre-vote or a vote), "role change" otherwise, with the reason, term and leader.
+/// Logs one INFO line for a role, term or leader change: "starting an election: REASON" when
+/// the node campaigns (a pre-vote or a vote), "role change: REASON" otherwise, with the term,
+/// the role and the leader it knows.
 pub fn log_change(soft: &SoftState, tick: Duration) {
     let reason = describe(soft.reason, tick);
     let leader = soft
         .leader
         .map_or_else(|| "none".to_string(), |l| l.to_string());
-    match soft.role {
-        Role::PreCandidate | Role::Candidate => tracing::info!(
-            term = soft.term,
-            role = ?soft.role,
-            leader = %leader,
-            reason = %reason,
-            "starting an election: {reason}"
-        ),
-        _ => tracing::info!(
-            term = soft.term,
-            role = ?soft.role,
-            leader = %leader,
-            reason = %reason,
-            "role change: {reason}"
-        ),
+    if matches!(soft.role, Role::PreCandidate | Role::Candidate) {
+        tracing::info!(term = soft.term, role = ?soft.role, leader = %leader, "starting an election: {reason}");
+    } else {
+        tracing::info!(term = soft.term, role = ?soft.role, leader = %leader, "role change: {reason}");
     }
 }
 

@@ -74,7 +74,10 @@ impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeConfig")
             .field("id", &self.id)
-            .field("cluster_id", &self.cluster_id)
+            .field(
+                "cluster_id",
+                &format_args!("{}", kv::ClusterIdText(self.cluster_id)),
+            )
             .field("cluster_token", &self.cluster_token)
             .field("incarnation", &self.incarnation)
             .field("peers", &self.peers)
