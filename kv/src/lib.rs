@@ -17,6 +17,7 @@
 //! nor `Sync`: create each on the thread that owns it (in production a storage thread fed by a
 //! channel, in the simulator inline).
 
+pub mod backup;
 mod codec;
 pub mod command;
 mod command_ops;

@@ -75,6 +75,12 @@ pub enum Cmd {
         #[command(flatten)]
         servers: ServersArg,
     },
+    /// Save a consistent image of a running cluster to a file (every write acknowledged before
+    /// it began is in it), or check one (--verify).
+    Backup(crate::cli_backup::BackupArgs),
+    /// Seed one node's data directory of a new cluster from a backup (run once per node, with
+    /// the same --peers), then start each with `kvstore serve --data-dir DIR`.
+    Restore(crate::cli_backup::RestoreArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -470,6 +476,8 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
         Cmd::TransferLeader { id, servers } => {
             crate::cli_admin::run_transfer_leader(id, servers).await
         }
+        Cmd::Backup(args) => return crate::cli_backup::backup(args).await,
+        Cmd::Restore(args) => return crate::cli_backup::restore(args),
     };
     done.map(|()| Outcome::Done)
 }

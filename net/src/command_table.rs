@@ -145,6 +145,7 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "EXEC",
     "HELLO",
     "INFO",
+    "KVSTORE.BACKUP",
     "LEADER",
     "MULTI",
     "PING",

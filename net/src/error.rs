@@ -350,6 +350,11 @@ pub enum CliError {
     },
     /// Standard output cannot be written (a closed pipe, a full disk).
     Output(io::Error),
+    /// `kvstore backup` or `restore` failed; `no_server` when no server could serve a backup.
+    Backup {
+        why: String,
+        no_server: bool,
+    },
 }
 
 impl CliError {
@@ -360,7 +365,10 @@ impl CliError {
         match self {
             CliError::Client(ClientError::Unavailable { .. })
             | CliError::NoServerAnswered
-            | CliError::NoQuorum { .. } => 3,
+            | CliError::NoQuorum { .. }
+            | CliError::Backup {
+                no_server: true, ..
+            } => 3,
             _ => 2,
         }
     }
@@ -383,6 +391,7 @@ impl fmt::Display for CliError {
             ),
             CliError::Client(e) => e.fmt(f),
             CliError::NoServerAnswered => write!(f, "no server answered"),
+            CliError::Backup { why, .. } => write!(f, "{why}"),
             CliError::NoQuorum { why, maybe_applied } => write!(
                 f,
                 "{why}{}",
@@ -417,7 +426,8 @@ impl Error for CliError {
             CliError::NoServerAnswered
             | CliError::NoQuorum { .. }
             | CliError::Bench(_)
-            | CliError::Usage(_) => None,
+            | CliError::Usage(_)
+            | CliError::Backup { .. } => None,
         }
     }
 }

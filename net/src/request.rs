@@ -5,10 +5,15 @@ use std::fmt;
 
 use bytes::Bytes;
 use kv::{Command, CommandResult};
-use raft_core::{Index, Membership, NodeId, Role, Term};
+use raft_core::{Index, Membership, NodeId, Role, SnapshotMeta, Term};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::ServeError;
 use crate::node::admin::{AdminReply, AdminRequest};
+use crate::snapshot_transfer::{FetchRequest, ServeRequest, SEND_WINDOW};
+
+/// Who an image is served to when it is for a backup, not a follower (0 is no node's id).
+pub const BACKUP_READER: NodeId = 0;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadOp {
@@ -16,6 +21,9 @@ pub enum ReadOp {
     Exists(Vec<Bytes>),
     /// Any other read ([`kv::Query`]).
     Query(kv::Query),
+    /// A snapshot image at or after the read point, for a backup: the newest image if it is
+    /// recent enough, else a new one (`storage::apply_worker`).
+    Image,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +32,8 @@ pub enum ReadResult {
     Count(i64),
     /// The answer to a [`ReadOp::Query`].
     Answer(kv::CommandResult),
+    /// The image that answers a [`ReadOp::Image`]; the node serves it, or a newer one.
+    Image(SnapshotMeta),
 }
 
 /// Why a request got no result. The two retryable kinds differ in what the client may assume.
@@ -172,6 +182,8 @@ impl ClientRequest {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) requests: mpsc::Sender<ClientRequest>,
+    /// Where the node's snapshot images are asked for (as by a follower's fetch).
+    pub(crate) images: mpsc::Sender<ServeRequest>,
     /// The deliberate bug `UnsafeSwitches::split_transactions` (always off in a product).
     pub(crate) split_transactions: bool,
     /// The node's metrics, which the client port counts its commands into.
@@ -215,6 +227,27 @@ impl NodeHandle {
                 "the node stopped before answering".into(),
             ))
         })
+    }
+
+    /// Streams the node's newest image, at or after `at_least` (from [`ReadOp::Image`]), in
+    /// chunks; at most a few chunks are read ahead of the receiver.
+    pub async fn image_chunks(
+        &self,
+        at_least: SnapshotMeta,
+    ) -> Result<mpsc::Receiver<Result<Bytes, ServeError>>, RequestError> {
+        let (chunks, rx) = mpsc::channel(SEND_WINDOW);
+        let request = ServeRequest {
+            request: FetchRequest {
+                from: BACKUP_READER,
+                at_least,
+            },
+            chunks,
+        };
+        self.images
+            .send(request)
+            .await
+            .map_err(|_| RequestError::TryAgain("the node is shutting down".into()))?;
+        Ok(rx)
     }
 
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {

@@ -31,6 +31,7 @@ use crate::metrics::{NodeMetrics, Outcome};
 use crate::request::{NodeHandle, RequestError};
 use crate::resp::{Limits, ParseError, Reply, Request, RequestParser};
 use crate::server_admin;
+use crate::server_backup;
 use crate::server_conn::{self, ClientPort, Connection};
 use crate::server_data;
 use crate::server_info::{self, InfoSource, MAX_CLIENTS};
@@ -161,6 +162,13 @@ impl<S: Stream> ConnectionTask<S> {
     async fn run(&mut self) {
         loop {
             let pipeline = self.parse_buffered();
+            if let Some(args) = self.sole_backup_request(&pipeline) {
+                let node = self.node.borrow().clone();
+                server_backup::serve(&mut self.stream, node.as_ref(), self.conn.protocol, &args)
+                    .await;
+                let _ = self.stream.flush().await;
+                return;
+            }
             if pipeline.requests.is_empty() && pipeline.protocol_error.is_none() {
                 if self.read_more().await {
                     continue;
@@ -179,6 +187,23 @@ impl<S: Stream> ConnectionTask<S> {
                 let _ = self.stream.flush().await;
                 return;
             }
+        }
+    }
+
+    /// The arguments of `KVSTORE.BACKUP` if it came alone: it takes the connection over
+    /// ([`server_backup`]). Elsewhere it is refused.
+    fn sole_backup_request(&mut self, pipeline: &Pipeline) -> Option<Vec<Bytes>> {
+        match &pipeline.requests[..] {
+            [Ok(req)]
+                if pipeline.protocol_error.is_none()
+                    && !self.conn.tx.is_open()
+                    && server_backup::is_backup(req) =>
+            {
+                self.conn.port().count_commands(1);
+                self.conn.note_command(&req.args);
+                Some(req.args[1..].to_vec())
+            }
+            _ => None,
         }
     }
 
@@ -561,6 +586,7 @@ async fn execute_unmeasured(req: Request, node: &NodeHandle, request_id: u64) ->
         "RAFT.TRANSFER-LEADER" => {
             server_admin::execute(server_admin::parse_transfer_command(args), node).await
         }
+        server_backup::BACKUP_COMMAND => Reply::error(server_backup::NOT_ALONE),
         _ => server_data::execute(&name, &req.args[0], args, node, session).await,
     };
     (reply, false)

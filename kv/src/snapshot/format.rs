@@ -57,7 +57,7 @@ pub struct DecodedChunk {
     pub body: ChunkBody,
 }
 
-pub(super) fn frame(kind: u8, seq: u64, body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, seq: u64, body: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(body.len() + FRAME_OVERHEAD);
     f.push(SNAPSHOT_VERSION);
     f.push(kind);
@@ -71,11 +71,11 @@ pub(super) fn frame(kind: u8, seq: u64, body: &[u8]) -> Vec<u8> {
 /// The part of a chunk the whole-stream checksum covers: all but the chunk's own CRC. Covering
 /// the chunk CRCs too would make the stream checksum blind to a chunk altered and resealed
 /// (CRC is linear: `crc(M || crc(M))` does not depend on `M`, whatever came before).
-pub(super) fn stream_covered(chunk: &[u8]) -> &[u8] {
+pub(crate) fn stream_covered(chunk: &[u8]) -> &[u8] {
     &chunk[..chunk.len().saturating_sub(4)]
 }
 
-pub(super) fn frame_len(head: &[u8]) -> Result<usize, DecodeError> {
+pub(crate) fn frame_len(head: &[u8]) -> Result<usize, DecodeError> {
     if head.len() < FRAME_HEAD {
         return Err(DecodeError::Truncated {
             needed: FRAME_HEAD,

@@ -110,11 +110,11 @@ const OLD_DIR: &str = "kv_data.old";
 pub const INSTALL_MARKER: &str = "KV_INSTALL";
 const MARKER_TMP: &str = "KV_INSTALL.tmp";
 
-const FRAME_HEAD: usize = 1 + 1 + 8 + 4;
+pub(crate) const FRAME_HEAD: usize = 1 + 1 + 8 + 4;
 const FRAME_OVERHEAD: usize = FRAME_HEAD + 4;
-const KIND_HEADER: u8 = 1;
-const KIND_RECORDS: u8 = 2;
-const KIND_TRAILER: u8 = 3;
+pub(crate) const KIND_HEADER: u8 = 1;
+pub(crate) const KIND_RECORDS: u8 = 2;
+pub(crate) const KIND_TRAILER: u8 = 3;
 const HEADER_LEN: usize = 24;
 const TRAILER_LEN: usize = 20;
 /// Smallest encoded record: two empty length-prefixed strings.

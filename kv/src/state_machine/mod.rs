@@ -51,10 +51,11 @@ use keyspace::Txn;
 pub(crate) use keyspace::{decode_clock, EXPIRY, HASHED};
 pub use keyspace::{scan_hash, KeyCounts, Record};
 pub(crate) use records::{
-    decode_applied, decode_member_addrs, decode_session, Session, KEY_APPLIED, KEY_CLOCK,
-    KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS, SESSION_PREFIX, USER,
+    decode_applied, decode_member_addrs, decode_session, encode_applied, encode_member_addrs,
+    Session, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS,
+    SESSION_PREFIX, USER,
 };
-use records::{encode_applied, encode_member_addrs, encode_session, session_key, user_key};
+use records::{encode_session, session_key, user_key};
 pub(crate) use watch::check_watch_row;
 pub use watch::WATCHED_ABSENT;
 

@@ -85,7 +85,7 @@ pub(crate) fn decode_session(v: Bytes) -> Result<Session, DecodeError> {
 }
 
 /// The value of the applied record.
-pub(super) fn encode_applied(
+pub(crate) fn encode_applied(
     applied_index: Index,
     applied_term: Term,
     membership: &Membership,

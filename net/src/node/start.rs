@@ -79,7 +79,7 @@ pub async fn start<N: Net>(
         gate.clone(),
         inbox_tx,
         SnapshotService {
-            serve: serve_tx,
+            serve: serve_tx.clone(),
             events: snapshot_events_tx.clone(),
             write_timeout: cfg.transport.write,
             members: members_rx,
@@ -144,6 +144,7 @@ pub async fn start<N: Net>(
     Ok((
         NodeHandle {
             requests: requests_tx,
+            images: serve_tx,
             split_transactions,
             metrics: metrics_handle,
         },

@@ -79,6 +79,7 @@ pub fn spawn_apply_worker(
             env,
             receiving: None,
             staged: None,
+            image_waits: Vec::new(),
             install_without_data: faults.install_without_data,
             local_expiry_clock: faults.local_expiry_clock,
             metrics: reports.metrics,
@@ -95,7 +96,8 @@ pub fn spawn_apply_worker(
     Ok((ApplyWorker { worker, requests }, opened_rx))
 }
 
-pub(super) type PendingReads = Vec<(ReadOp, oneshot::Sender<Result<ReadResult, RequestError>>)>;
+type ReadReply = oneshot::Sender<Result<ReadResult, RequestError>>;
+pub(super) type PendingReads = Vec<(ReadOp, ReadReply)>;
 
 /// The apply worker's state while it serves requests.
 pub(super) struct ApplyState {
@@ -112,6 +114,9 @@ pub(super) struct ApplyState {
     /// The receive job in progress, and its builder (`None` once it failed).
     pub(super) receiving: Option<(u64, Option<SnapshotReceiver>)>,
     pub(super) staged: Option<StagedSnapshot>,
+    /// Backups waiting for an image at or after their read point (the applied index when
+    /// their `ReadOp::Image` came).
+    image_waits: Vec<(Index, ReadReply)>,
     /// The deliberate bug (`UnsafeSwitches::install_without_data`).
     pub(super) install_without_data: bool,
     /// The deliberate bug (`UnsafeSwitches::expiry_by_local_clock`).
@@ -148,6 +153,7 @@ impl ApplyState {
                     Ok(r) => r,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         self.snapshot_step();
+                        self.answer_image_waits();
                         tokio::task::yield_now().await;
                         continue;
                     }
@@ -164,6 +170,7 @@ impl ApplyState {
             }
             self.maybe_take_snapshot();
             self.snapshot_step();
+            self.answer_image_waits();
         }
     }
 
@@ -217,6 +224,10 @@ impl ApplyState {
                 .observe_duration(started.elapsed());
             self.metrics.apply_batch_entries.observe_count(count);
         }
+        let applied = sm.applied_index();
+        for (_, reply) in reads.extract_if(.., |(op, _)| *op == ReadOp::Image) {
+            self.image_waits.push((applied, reply));
+        }
         serve_reads(sm, reads, self.local_expiry_clock.as_ref());
         true
     }
@@ -243,6 +254,43 @@ impl ApplyState {
             }
             Err(e) => {
                 tracing::error!(error = %e, applied, "taking a snapshot failed; the log is not compacted")
+            }
+        }
+    }
+
+    /// Answers the backups waiting for an image with the newest one once it is at or after
+    /// their read point; if some still wait and no image is being written, starts one at the
+    /// applied index (images are otherwise only taken every `policy.threshold` entries).
+    fn answer_image_waits(&mut self) {
+        if self.image_waits.is_empty() || self.building() {
+            return;
+        }
+        let Some(sm) = self.sm.as_mut() else { return };
+        let newest = sm.snapshot_reader().map(|r| r.meta()).ok();
+        let mut waiting = Vec::new();
+        for (floor, reply) in self.image_waits.drain(..) {
+            match &newest {
+                Some(image) if image.index >= floor => {
+                    let _ = reply.send(Ok(ReadResult::Image(image.clone())));
+                }
+                _ => waiting.push((floor, reply)),
+            }
+        }
+        self.image_waits = waiting;
+        if self.image_waits.is_empty() || sm.pending_install().is_some() {
+            // An install in progress brings an image of its own.
+            return;
+        }
+        match sm.start_snapshot(self.cluster_id, self.policy.chunk_bytes) {
+            Ok(meta) => {
+                self.last_image = meta.index;
+                tracing::info!(index = meta.index, "snapshot started for a backup");
+            }
+            Err(e) => {
+                let why = format!("taking a snapshot for the backup failed: {e}");
+                for (_, reply) in self.image_waits.drain(..) {
+                    let _ = reply.send(Err(RequestError::Failed(why.clone())));
+                }
             }
         }
     }
@@ -343,5 +391,9 @@ fn serve_read(sm: &mut KvStateMachine, op: ReadOp) -> kv::Result<ReadResult> {
             .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
             .map(ReadResult::Count),
         ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
+        // Taken out of the queue before reads are served (`answer_image_waits`).
+        ReadOp::Image => Err(kv::Error::InvalidRequest(
+            "an image is not read from the key space".into(),
+        )),
     }
 }
