@@ -102,6 +102,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     row("incrby", 3, &["write", "denyoom", "fast"], ONE_KEY, UPDATE, &["@write", "@string", "@fast"], "string", "Increments the integer value of a key by a number"),
     row("info", -1, &["loading", "stale"], NO_KEYS, &[], &["@slow", "@dangerous"], "server", "The server's information and statistics"),
     row("keys", 2, &["readonly"], NO_KEYS, &[], &["@keyspace", "@read", "@slow", "@dangerous"], "generic", "The keys that match a pattern"),
+    row("kvstore.backup", 1, &["admin", "noscript"], NO_KEYS, &[], &["@admin", "@slow", "@dangerous"], "server", "Streams a consistent image of the whole data set (kvstore backup); takes the connection over"),
     row("leader", 1, &["loading", "stale", "fast"], NO_KEYS, &[], &["@fast"], "server", "The Raft leader's client address, or nil while unknown"),
     row("mget", -2, &["readonly", "fast"], (1, -1, 1), READ, &["@read", "@string", "@fast"], "string", "The values of several keys"),
     row("mset", -3, &["write", "denyoom"], (1, -1, 2), OVERWRITE, &["@write", "@string", "@slow"], "string", "Sets several keys at once"),
