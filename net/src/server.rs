@@ -84,7 +84,7 @@ pub async fn serve_clients<L: Listener>(
                 Ok((mut stream, remote)) => {
                     if port.connected_clients() >= MAX_CLIENTS {
                         port.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(async move {
+                        L::spawn(async move {
                             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                         });
                         continue;
@@ -101,7 +101,7 @@ pub async fn serve_clients<L: Listener>(
                         metrics.client_connections.add(-1);
                         drop(open);
                     };
-                    tokio::spawn(serving.in_current_span());
+                    L::spawn(serving.in_current_span());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a client connection failed");

@@ -48,6 +48,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 pub trait Listener: Send + 'static {
     type Stream: Stream;
     fn accept(&mut self) -> BoxFuture<'_, io::Result<(Self::Stream, String)>>;
+
+    /// Starts a task of the node on this network's runtime: on tokio's scheduler by default.
+    /// The simulator's network makes them local tasks of the simulated host, because tokio's
+    /// scheduler drops its tasks, when a crash drops the host's runtime, in an order set by a
+    /// process-wide task counter (ARCHITECTURE.md, the simulator: tasks are local to their host).
+    fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        Self: Sized,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(task)
+    }
 }
 
 /// The network the node runs on.

@@ -20,6 +20,17 @@ impl Listener for TurmoilListener {
             Ok((stream, remote.to_string()))
         })
     }
+
+    /// A local task of the host's `LocalSet`, which a crash drops in the order the tasks were
+    /// started. tokio's scheduler would drop them in an order set by its process-wide task
+    /// counter, which simulations running at once on other threads advance too.
+    fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::task::spawn_local(task)
+    }
 }
 
 impl Net for TurmoilNet {

@@ -27,7 +27,7 @@ use crate::error::{NodeError, StorageError};
 use crate::peer_header::Sender;
 use crate::probe::{self, ProbeAnswer};
 use crate::storage::StorageMode;
-use crate::transport::Net;
+use crate::transport::{Listener, Net};
 
 /// How long an empty node told to bootstrap waits for its peers to answer the probe: long
 /// enough for nodes of a new cluster started together to come up, short enough not to matter.
@@ -110,17 +110,17 @@ pub(super) async fn check_bootstrap<N: Net>(
         incarnation: cfg.incarnation,
     };
     let deadline = Instant::now() + wait;
-    let mut asks = tokio::task::JoinSet::new();
+    let mut asks = Vec::new();
     for (&peer, addr) in cfg.peers.iter().filter(|(&p, _)| p != cfg.id) {
         let (net, addr, cluster_id) = (net.clone(), addr.clone(), cfg.cluster_id);
-        asks.spawn(async move {
+        asks.push(N::Listener::spawn(async move {
             let answer = ask_until(&net, &addr, cluster_id, me, deadline).await;
             (peer, addr, answer)
-        });
+        }));
     }
     let mut answers = Vec::new();
-    while let Some(done) = asks.join_next().await {
-        if let Ok(answer) = done {
+    for ask in asks {
+        if let Ok(answer) = ask.await {
             answers.push(answer);
         }
     }

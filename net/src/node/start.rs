@@ -434,7 +434,7 @@ fn spawn_peer_listener<L: Listener>(
                             inbox.clone(),
                             snapshots.clone(),
                         );
-                        tokio::spawn(inbound.in_current_span());
+                        L::spawn(inbound.in_current_span());
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a peer connection failed");
@@ -444,7 +444,7 @@ fn spawn_peer_listener<L: Listener>(
             }
         }
     };
-    tokio::spawn(listening.in_current_span())
+    L::spawn(listening.in_current_span())
 }
 
 /// Starts one outbound task with a bounded queue for a peer at an address; `unreachable` hears
@@ -472,7 +472,7 @@ fn peer_spawner<N: Net>(
             rx,
             unreachable.clone(),
         );
-        tokio::spawn(outbound.in_current_span());
+        N::Listener::spawn(outbound.in_current_span());
         tx
     })
 }
@@ -496,6 +496,6 @@ fn fetcher<N: Net>(
             apply.clone(),
             window.clone(),
         );
-        tokio::spawn(fetching.in_current_span())
+        N::Listener::spawn(fetching.in_current_span())
     })
 }

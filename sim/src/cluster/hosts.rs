@@ -226,7 +226,7 @@ async fn serve(cfg: NodeConfig) -> turmoil::Result {
             Err(e) => return Err(format!("node {id}: {e}").into()),
         }
     };
-    tokio::spawn(net::server::run_client_server(
+    tokio::task::spawn_local(net::server::run_client_server(
         clients, handle, shutdown, seed,
     ));
     run.await.map_err(|e| format!("node {id}: {e}"))?;
