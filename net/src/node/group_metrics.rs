@@ -2,7 +2,7 @@
 //! relaxed stores), and once per tick the health decision and the per-peer view (reachability,
 //! and on the leader each follower's match index). Nothing here feeds back into the node.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use raft_core::{Message, NodeId, Role};
 use tokio::time::Instant;
@@ -109,13 +109,7 @@ impl Group {
             silent_ms: &silent_ms,
             stale_after_ms: stale_after_ticks * tick_ms,
         });
-        let members: BTreeSet<NodeId> = membership
-            .voters
-            .iter()
-            .chain(&membership.outgoing)
-            .chain(&membership.learners)
-            .copied()
-            .collect();
+        let members = membership.members();
         // A leader hears from every member; anyone else only from its leader.
         let leading = self.core.role() == Role::Leader;
         let leader = self.core.leader();
