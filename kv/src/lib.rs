@@ -32,6 +32,7 @@ pub mod members;
 pub mod node;
 pub mod query;
 pub mod raft_storage;
+pub mod ranges;
 pub mod redis_int;
 pub mod snapshot;
 pub mod state_machine;
