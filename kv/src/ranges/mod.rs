@@ -414,7 +414,7 @@ impl RangeTable {
     }
 
     /// Merges a descriptor heard from anywhere: the newer of any two overlapping ones wins.
-    pub fn learn(&mut self, offered: RangeDescriptor) -> Result<Learned, Conflict> {
+    pub fn learn(&mut self, offered: RangeDescriptor) -> Result<Learned, Box<Conflict>> {
         let overlapping = self.overlapping(&offered);
         let same_id = self.get(offered.id).cloned();
         for known in overlapping.iter().chain(same_id.iter()) {
@@ -422,18 +422,18 @@ impl RangeTable {
                 return Ok(Learned::Known);
             }
             if known.epoch == offered.epoch {
-                return Err(Conflict {
+                return Err(Box::new(Conflict {
                     known: known.clone(),
                     offered,
-                });
+                }));
             }
         }
         if let Some(known) = same_id.as_ref().filter(|k| !k.overlaps(&offered)) {
             // A range keeps its start for life, so two descriptors of one id always overlap.
-            return Err(Conflict {
+            return Err(Box::new(Conflict {
                 known: known.clone(),
                 offered,
-            });
+            }));
         }
         if overlapping.iter().any(|known| known.epoch > offered.epoch) {
             return Ok(Learned::Stale);
