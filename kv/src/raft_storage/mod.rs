@@ -6,7 +6,10 @@
 //!   in force at it), `0x00 'l'` the
 //!   last index, so that a log whose tail disappeared is noticed rather than silently shortened,
 //!   `0x00 'p'` the first index of an unfinished compaction;
-//! * `0x01 | index: u64 BE` one entry: `version | kind | term | index | payload | crc32`.
+//! * `0x01 | index: u64 BE` one entry: `version | kind | term | index | payload | crc32`;
+//! * `0x02 | range id: u64 BE | ...` the same rows of a range other than the first, when the
+//!   keyspace is split among several Raft groups (`crate::ranges`). The first range's rows keep
+//!   the unprefixed keys, so a log written before ranges existed is the first range's log.
 //!
 //! Every [`Persist`] is one synced `WriteBatch`, so the hard state and the entries it carries are
 //! durable together or not at all. An entry records its own index and a CRC: a value moved to the
@@ -21,7 +24,9 @@
 //! log start. The iterator's snapshot would stop garbage collection, which `ldb`'s pinned
 //! snapshot keeps going.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 #[cfg(test)]
@@ -32,21 +37,29 @@ use rusty_leveldb::WriteBatch;
 use crate::env::SyncStats;
 use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
+use crate::ranges::{RangeId, FIRST_RANGE};
 
 mod records;
 pub use records::COMPACT_CHUNK;
 use records::{
     decode_entry, decode_hard_state, decode_log_start, decode_pair, encode_entry,
-    encode_hard_state, encode_log_start, encode_pair, entry_key, KEY_HARD_STATE, KEY_LAST_INDEX,
-    KEY_LOG_START, KEY_PURGE_FROM,
+    encode_hard_state, encode_log_start, encode_pair, LogKeys,
 };
+#[cfg(test)]
+use records::{entry_key, KEY_HARD_STATE, KEY_LAST_INDEX, KEY_LOG_START, KEY_PURGE_FROM};
 
 /// Subdirectory of the data directory that holds the log.
 pub const RAFT_LOGS_DIR: &str = "raft_logs";
 
-/// The durable Raft state of one node. One owner; every method takes `&mut self`.
+/// The durable Raft state of one range's group on this node. One owner; every method takes
+/// `&mut self`. The groups of one node share one database ([`RaftStorage::open_range`]), each
+/// under its own key prefix, so that one synced batch can carry all their writes
+/// ([`RaftStorage::persist_together`]).
 pub struct RaftStorage {
-    db: Ldb,
+    db: Rc<RefCell<Ldb>>,
+    path: PathBuf,
+    range: RangeId,
+    keys: LogKeys,
     hard_state: HardState,
     snapshot: SnapshotMeta,
     /// Index of the last stored entry (`snapshot.index` when the log is empty).
@@ -62,22 +75,36 @@ impl RaftStorage {
         Self::open_with(data_dir, &StorageEnv::Disk)
     }
 
+    /// Opens (creating if needed) `<data_dir>/raft_logs` and in it the first range's log.
     pub fn open_with(data_dir: &Path, env: &StorageEnv) -> Result<RaftStorage> {
         let db = Ldb::open(&data_dir.join(RAFT_LOGS_DIR), env)?;
+        let path = db.path().to_path_buf();
+        Self::load_range(Rc::new(RefCell::new(db)), path, FIRST_RANGE)
+    }
+
+    /// The log of another range in the same database (empty if it has none yet).
+    pub fn open_range(&self, range: RangeId) -> Result<RaftStorage> {
+        Self::load_range(self.db.clone(), self.path.clone(), range)
+    }
+
+    fn load_range(db: Rc<RefCell<Ldb>>, path: PathBuf, range: RangeId) -> Result<RaftStorage> {
         let mut s = RaftStorage {
             db,
+            path,
+            range,
+            keys: LogKeys::of(range),
             hard_state: HardState::default(),
             snapshot: SnapshotMeta::default(),
             last_index: 0,
             unreclaimed: None,
         };
-        if let Some(v) = s.db.get(KEY_HARD_STATE)? {
+        if let Some(v) = s.get(&s.keys.hard_state())? {
             s.hard_state = decode_hard_state(v).map_err(|e| s.corrupt(None, "hard state", e))?;
         }
-        if let Some(v) = s.db.get(KEY_LOG_START)? {
+        if let Some(v) = s.get(&s.keys.log_start())? {
             s.snapshot = decode_log_start(v).map_err(|e| s.corrupt(None, "log start", e))?;
         }
-        s.last_index = match s.db.get(KEY_LAST_INDEX)? {
+        s.last_index = match s.get(&s.keys.last_index())? {
             Some(v) => decode_pair(v)
                 .map_err(|e| s.corrupt(None, "last index", e))?
                 .0
@@ -89,21 +116,44 @@ impl RaftStorage {
         // version that never did) is returned now, before the node serves: usually nothing is
         // left there and this costs a look at the table list.
         if s.snapshot.index > 0 {
-            s.db.compact_range(&entry_key(0), &entry_key(s.snapshot.index))?;
+            let (from, to) = (s.keys.entry(0), s.keys.entry(s.snapshot.index));
+            s.db.borrow_mut().compact_range(&from, &to)?;
         }
         Ok(s)
     }
 
+    /// The range whose log this is.
+    pub fn range(&self) -> RangeId {
+        self.range
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        self.db.borrow_mut().get(key)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        self.db.borrow_mut().write(batch, sync)
+    }
+
     fn corrupt(&self, index: Option<Index>, what: &str, e: impl std::fmt::Display) -> Error {
         Error::Corruption {
-            path: self.db.path().to_path_buf(),
+            path: self.path.clone(),
             index,
-            detail: format!("{what}: {e}"),
+            detail: format!("{range}{what}: {e}", range = self.range_label()),
         }
     }
 
     pub fn path(&self) -> PathBuf {
-        self.db.path().to_path_buf()
+        self.path.clone()
+    }
+
+    /// Names the range in errors, except the first (a node with one range has only it).
+    fn range_label(&self) -> String {
+        if self.range == FIRST_RANGE {
+            String::new()
+        } else {
+            format!("range {}: ", self.range)
+        }
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -125,19 +175,68 @@ impl RaftStorage {
 
     /// Sync counters of the disk environment (`None` on a simulated one).
     pub fn sync_stats(&self) -> Option<Arc<SyncStats>> {
-        self.db.sync_stats()
+        self.db.borrow().sync_stats()
     }
 
     /// Stores one write of the core atomically and durably (one synced `WriteBatch`). If it
     /// carries entries, every stored entry from the first one's index on is replaced.
     pub fn persist(&mut self, p: &Persist) -> Result<()> {
         let mut batch = WriteBatch::default();
+        let staged = self.stage(p, &mut batch)?;
+        if batch.count() == 0 {
+            return Ok(());
+        }
+        self.write(batch, true)?;
+        self.commit(staged);
+        Ok(())
+    }
+
+    /// Stores one write for each of several ranges of one database in one synced `WriteBatch`
+    /// (group commit across groups: one fsync for all). Each write is checked as
+    /// [`RaftStorage::persist`] checks it; a range may appear once.
+    pub fn persist_together(writes: &mut [(&mut RaftStorage, &Persist)]) -> Result<()> {
+        let Some(db) = writes.first().map(|(log, _)| log.db.clone()) else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::default();
+        let mut staged = Vec::with_capacity(writes.len());
+        for (k, (log, p)) in writes.iter().enumerate() {
+            if !Rc::ptr_eq(&log.db, &db) {
+                return Err(Error::InvalidRequest(format!(
+                    "range {} keeps its log in another database than range {}",
+                    log.range, writes[0].0.range
+                )));
+            }
+            if writes[..k]
+                .iter()
+                .any(|(other, _)| other.range == log.range)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "two writes of range {} in one batch: merge them first",
+                    log.range
+                )));
+            }
+            staged.push(log.stage(p, &mut batch)?);
+        }
+        if batch.count() == 0 {
+            return Ok(());
+        }
+        db.borrow_mut().write(batch, true)?;
+        for ((log, _), s) in writes.iter_mut().zip(staged) {
+            log.commit(s);
+        }
+        Ok(())
+    }
+
+    /// Checks one write and adds its rows to `batch`; nothing changes until [`Self::commit`].
+    fn stage(&self, p: &Persist, batch: &mut WriteBatch) -> Result<Staged> {
         let mut new_last = self.last_index;
         if let Some(first) = p.overwrite_from() {
             if first <= self.snapshot.index || first > self.last_index + 1 {
                 return Err(Error::InvalidRequest(format!(
-                    "entries from index {first} cannot be stored in {}: the log holds {}..={}",
-                    self.db.path().display(),
+                    "entries from index {first} cannot be stored in {}: the {}log holds {}..={}",
+                    self.path.display(),
+                    self.range_label(),
                     self.first_index(),
                     self.last_index
                 )));
@@ -152,31 +251,33 @@ impl RaftStorage {
                 }
             }
             for i in first..=self.last_index {
-                batch.delete(&entry_key(i));
+                batch.delete(&self.keys.entry(i));
             }
             for e in &p.entries {
-                batch.put(&entry_key(e.index), &encode_entry(e));
+                batch.put(&self.keys.entry(e.index), &encode_entry(e));
             }
             new_last = first + p.entries.len() as u64 - 1;
-            batch.put(KEY_LAST_INDEX, &encode_pair(new_last, 0));
+            batch.put(&self.keys.last_index(), &encode_pair(new_last, 0));
         }
         if let Some(hs) = &p.hard_state {
-            batch.put(KEY_HARD_STATE, &encode_hard_state(hs));
+            batch.put(&self.keys.hard_state(), &encode_hard_state(hs));
         }
-        if batch.count() == 0 {
-            return Ok(());
-        }
-        self.db.write(batch, true)?;
-        self.last_index = new_last;
-        if let Some(hs) = p.hard_state {
+        Ok(Staged {
+            last_index: new_last,
+            hard_state: p.hard_state,
+        })
+    }
+
+    fn commit(&mut self, staged: Staged) {
+        self.last_index = staged.last_index;
+        if let Some(hs) = staged.hard_state {
             self.hard_state = hs;
         }
-        Ok(())
     }
 
     /// Reads one stored entry.
     pub fn entry(&mut self, index: Index) -> Result<Option<Entry>> {
-        let Some(v) = self.db.get(&entry_key(index))? else {
+        let Some(v) = self.get(&self.keys.entry(index))? else {
             return Ok(None);
         };
         let e = decode_entry(v).map_err(|e| self.corrupt(Some(index), "entry", e))?;
@@ -197,7 +298,7 @@ impl RaftStorage {
         let mut entries = Vec::new();
         let mut expected = self.snapshot.index + 1;
         while expected <= self.last_index {
-            let Some(v) = self.db.get(&entry_key(expected))? else {
+            let Some(v) = self.get(&self.keys.entry(expected))? else {
                 return Err(self.corrupt(
                     Some(expected),
                     "log",
@@ -232,9 +333,9 @@ impl RaftStorage {
             expected += 1;
         }
         let corrupt = |index: Index, detail: String| Error::Corruption {
-            path: self.db.path().to_path_buf(),
+            path: self.path.clone(),
             index: Some(index),
-            detail,
+            detail: format!("{}{detail}", self.range_label()),
         };
         if let Some(first) = entries.first() {
             if first.term < self.snapshot.term {
@@ -267,8 +368,9 @@ impl RaftStorage {
         }
         if up_to > self.last_index {
             return Err(Error::InvalidRequest(format!(
-                "cannot compact {} up to {up_to}: the log ends at {}",
-                self.db.path().display(),
+                "cannot compact {} up to {up_to}: the {}log ends at {}",
+                self.path.display(),
+                self.range_label(),
                 self.last_index
             )));
         }
@@ -281,9 +383,9 @@ impl RaftStorage {
         let old_first = self.first_index();
         let start = SnapshotMeta::new(up_to, term, membership.clone());
         let mut batch = WriteBatch::default();
-        batch.put(KEY_LOG_START, &encode_log_start(&start));
-        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, 0));
-        self.db.write(batch, true)?;
+        batch.put(&self.keys.log_start(), &encode_log_start(&start));
+        batch.put(&self.keys.purge_from(), &encode_pair(old_first, 0));
+        self.write(batch, true)?;
         self.snapshot = start;
         self.purge(old_first, 0)?;
         self.note_deleted(old_first, up_to);
@@ -305,10 +407,11 @@ impl RaftStorage {
         }
         if meta.index <= self.snapshot.index {
             return Err(Error::InvalidRequest(format!(
-                "cannot install snapshot {}/{} in {}: the log already starts after {}/{}",
+                "cannot install snapshot {}/{} in {}: the {}log already starts after {}/{}",
                 meta.index,
                 meta.term,
-                self.db.path().display(),
+                self.path.display(),
+                self.range_label(),
                 self.snapshot.index,
                 self.snapshot.term
             )));
@@ -319,11 +422,11 @@ impl RaftStorage {
             ..self.hard_state
         };
         let mut batch = WriteBatch::default();
-        batch.put(KEY_LOG_START, &encode_log_start(&meta));
-        batch.put(KEY_LAST_INDEX, &encode_pair(meta.index, 0));
-        batch.put(KEY_HARD_STATE, &encode_hard_state(&hs));
-        batch.put(KEY_PURGE_FROM, &encode_pair(old_first, old_last));
-        self.db.write(batch, true)?;
+        batch.put(&self.keys.log_start(), &encode_log_start(&meta));
+        batch.put(&self.keys.last_index(), &encode_pair(meta.index, 0));
+        batch.put(&self.keys.hard_state(), &encode_hard_state(&hs));
+        batch.put(&self.keys.purge_from(), &encode_pair(old_first, old_last));
+        self.write(batch, true)?;
         self.last_index = meta.index;
         self.snapshot = meta;
         self.hard_state = hs;
@@ -337,8 +440,8 @@ impl RaftStorage {
     fn purge(&mut self, from: Index, to: Index) -> Result<()> {
         self.delete_range(from, self.snapshot.index.max(to))?;
         let mut batch = WriteBatch::default();
-        batch.delete(KEY_PURGE_FROM);
-        self.db.write(batch, false)
+        batch.delete(&self.keys.purge_from());
+        self.write(batch, false)
     }
 
     fn delete_range(&mut self, from: Index, to: Index) -> Result<()> {
@@ -347,9 +450,9 @@ impl RaftStorage {
             let hi = to.min(lo.saturating_add(COMPACT_CHUNK - 1));
             let mut batch = WriteBatch::default();
             for i in lo..=hi {
-                batch.delete(&entry_key(i));
+                batch.delete(&self.keys.entry(i));
             }
-            self.db.write(batch, false)?;
+            self.write(batch, false)?;
             lo = hi + 1;
         }
         Ok(())
@@ -357,7 +460,7 @@ impl RaftStorage {
 
     /// Finishes a compaction that a crash interrupted.
     fn purge_below_start(&mut self) -> Result<()> {
-        match self.db.get(KEY_PURGE_FROM)? {
+        match self.get(&self.keys.purge_from())? {
             Some(v) => {
                 let (from, to) =
                     decode_pair(v).map_err(|e| self.corrupt(None, "compaction marker", e))?;
@@ -394,8 +497,8 @@ impl RaftStorage {
             return Ok(0);
         };
         let step_end = hi.min(lo.saturating_add(max_entries.max(1) - 1));
-        self.db
-            .compact_range(&entry_key(lo), &entry_key(step_end))?;
+        let (from, to) = (self.keys.entry(lo), self.keys.entry(step_end));
+        self.db.borrow_mut().compact_range(&from, &to)?;
         self.unreclaimed = (step_end < hi).then_some((step_end + 1, hi));
         Ok(self.unreclaimed_entries())
     }
@@ -403,33 +506,41 @@ impl RaftStorage {
     /// Asks LevelDB to compact the whole database now, so that the space of entries dropped by
     /// [`RaftStorage::compact`] is returned at once rather than by background compactions.
     pub fn reclaim_space(&mut self) -> Result<()> {
-        self.db.compact_all()
+        self.db.borrow_mut().compact_all()
     }
 
     /// Forces LevelDB's buffers to disk (writes here are synced already; used before close).
     pub fn flush(&mut self) -> Result<()> {
-        self.db.flush()
+        self.db.borrow_mut().flush()
     }
 
     #[cfg(test)]
     pub(crate) fn raw_get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.db.get(key)
+        self.get(key)
     }
 
     #[cfg(test)]
     pub(crate) fn raw_put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let mut b = WriteBatch::default();
         b.put(key, value);
-        self.db.write(b, true)
+        self.write(b, true)
     }
 
     #[cfg(test)]
     pub(crate) fn raw_delete(&mut self, key: &[u8]) -> Result<()> {
         let mut b = WriteBatch::default();
         b.delete(key);
-        self.db.write(b, true)
+        self.write(b, true)
     }
+}
+
+/// A write checked and added to a batch, to take effect in memory once the batch is durable.
+struct Staged {
+    last_index: Index,
+    hard_state: Option<HardState>,
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ranges;

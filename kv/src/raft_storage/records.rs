@@ -6,6 +6,7 @@ use raft_core::{Entry, EntryKind, HardState, Index, Membership, SnapshotMeta};
 
 use crate::codec::{self, Reader};
 use crate::error::DecodeError;
+use crate::ranges::{RangeId, FIRST_RANGE};
 
 const META: u8 = 0x00;
 const ENTRY: u8 = 0x01;
@@ -23,11 +24,62 @@ pub const COMPACT_CHUNK: u64 = 1024;
 /// Bound on a stored payload; larger lengths can only come from damage.
 const MAX_PAYLOAD: usize = 256 << 20;
 
+/// The first byte of every row of a range other than the first: `0x02 | range id: u64 BE`, then
+/// the row's key as the first range has it. The first range's rows have no prefix, so a data
+/// directory written before ranges existed is the first range's log as it is.
+const GROUP: u8 = 0x02;
+
 pub(super) fn entry_key(index: Index) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = ENTRY;
     k[1..].copy_from_slice(&index.to_be_bytes());
     k
+}
+
+/// The keys of one range's rows in the shared log database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LogKeys {
+    prefix: Vec<u8>,
+}
+
+impl LogKeys {
+    pub(super) fn of(range: RangeId) -> Self {
+        let prefix = if range == FIRST_RANGE {
+            Vec::new()
+        } else {
+            let mut p = vec![GROUP];
+            p.extend_from_slice(&range.to_be_bytes());
+            p
+        };
+        Self { prefix }
+    }
+
+    fn with(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    pub(super) fn entry(&self, index: Index) -> Vec<u8> {
+        self.with(&entry_key(index))
+    }
+
+    pub(super) fn hard_state(&self) -> Vec<u8> {
+        self.with(KEY_HARD_STATE)
+    }
+
+    pub(super) fn log_start(&self) -> Vec<u8> {
+        self.with(KEY_LOG_START)
+    }
+
+    pub(super) fn last_index(&self) -> Vec<u8> {
+        self.with(KEY_LAST_INDEX)
+    }
+
+    pub(super) fn purge_from(&self) -> Vec<u8> {
+        self.with(KEY_PURGE_FROM)
+    }
 }
 
 pub(super) fn encode_entry(e: &Entry) -> Vec<u8> {

@@ -113,7 +113,7 @@ fn interrupted_compaction_is_finished_on_open() {
         let mut b = WriteBatch::default();
         b.put(KEY_LOG_START, &encode_pair(6, 1));
         b.put(KEY_PURGE_FROM, &encode_pair(1, 0));
-        s.db.write(b, true).unwrap();
+        s.db.borrow_mut().write(b, true).unwrap();
     }
     let mut s = RaftStorage::open(dir.path()).unwrap();
     for i in 1..=6 {
@@ -286,8 +286,10 @@ fn last_index_survives_a_compaction_and_power_cuts() {
         }
         env.power_on();
         let mut s = RaftStorage::open_with(dir, &senv).unwrap();
-        let through_iterator = s.db.iterator_get(KEY_LAST_INDEX);
-        if through_iterator.is_some() && s.db.get(KEY_LAST_INDEX).unwrap() != through_iterator {
+        let through_iterator = s.db.borrow_mut().iterator_get(KEY_LAST_INDEX);
+        if through_iterator.is_some()
+            && s.db.borrow_mut().get(KEY_LAST_INDEX).unwrap() != through_iterator
+        {
             lookup_misses.push(up_to);
         }
         assert_eq!(
@@ -348,7 +350,7 @@ fn a_log_start_written_before_configurations_were_recorded_still_opens() {
         // The old record: a bare index/term pair.
         let mut batch = WriteBatch::default();
         batch.put(KEY_LOG_START, &encode_pair(2, 1));
-        s.db.write(batch, true).unwrap();
+        s.db.borrow_mut().write(batch, true).unwrap();
     }
     let s = RaftStorage::open(dir.path()).unwrap();
     assert_eq!(s.snapshot(), SnapshotMeta::new(2, 1, Default::default()));
