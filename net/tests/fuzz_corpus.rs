@@ -180,6 +180,12 @@ fn kv_command_corpus() {
     assert!(runs > 5 * MUTATIONS_PER_SEED);
 }
 
+#[test]
+fn range_table_corpus() {
+    let runs = run_target("range_table", kv::fuzzing::range_table);
+    assert!(runs > 5 * MUTATIONS_PER_SEED);
+}
+
 // ---- the seed corpus, made with the real encoders ----
 
 fn msg(body: MessageBody) -> Message {
@@ -491,6 +497,33 @@ fn kv_command_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+fn range_table_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use kv::ranges::{RangeDescriptor, RangeTable, Split};
+    let mut table = RangeTable::first();
+    let mut splits = Vec::new();
+    for (at, new_range) in [("m", 2), ("f", 3), ("t", 4), ("m\0", 5)] {
+        let owner = table.owner(at.as_bytes()).expect("tiles").clone();
+        let split = Split {
+            range: owner.id,
+            epoch: owner.epoch,
+            at: Bytes::from(at),
+            new_range,
+        };
+        table.apply_split(&split).expect("a valid split");
+        splits.push(split);
+    }
+    let bounded = table.get(3).expect("range 3").clone();
+    vec![
+        ("table-first", RangeTable::first().encode()),
+        ("table-five-ranges", table.encode()),
+        ("table-empty", RangeTable::default().encode()),
+        ("descriptor-whole", RangeDescriptor::whole(1).encode()),
+        ("descriptor-bounded", bounded.encode()),
+        ("split-first", splits[0].encode()),
+        ("split-binary-key", splits[3].encode()),
+    ]
+}
+
 /// Writes the seed corpus. Run by hand after a format change; review the diff before committing.
 #[test]
 #[ignore]
@@ -499,6 +532,7 @@ fn regenerate_seed_corpus() {
         ("peer_frame", peer_frame_seeds()),
         ("resp_request", resp_request_seeds()),
         ("kv_command", kv_command_seeds()),
+        ("range_table", range_table_seeds()),
     ] {
         let dir = corpus_dir(target);
         fs::create_dir_all(&dir).unwrap();
