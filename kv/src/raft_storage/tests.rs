@@ -1,7 +1,7 @@
 use super::*;
 use raft_core::{EntryKind, WriteId};
 
-fn ent(term: Term, index: Index, payload: &str) -> Entry {
+pub(super) fn ent(term: Term, index: Index, payload: &str) -> Entry {
     Entry::new(
         term,
         index,
@@ -10,7 +10,7 @@ fn ent(term: Term, index: Index, payload: &str) -> Entry {
     )
 }
 
-fn persist(hs: Option<HardState>, entries: Vec<Entry>) -> Persist {
+pub(super) fn persist(hs: Option<HardState>, entries: Vec<Entry>) -> Persist {
     Persist {
         id: WriteId { seq: 0, term: 0 },
         hard_state: hs,

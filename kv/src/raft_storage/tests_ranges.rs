@@ -1,25 +1,8 @@
 //! Several ranges' logs in one database: apart in every respect, written together in one sync.
 
 use super::records::{entry_key, LogKeys, KEY_HARD_STATE, KEY_LOG_START};
+use super::tests::{ent, persist};
 use super::*;
-use raft_core::{EntryKind, WriteId};
-
-fn ent(term: Term, index: Index, payload: &str) -> Entry {
-    Entry::new(
-        term,
-        index,
-        EntryKind::Normal,
-        Bytes::from(payload.to_owned()),
-    )
-}
-
-fn persist(hs: Option<HardState>, entries: Vec<Entry>) -> Persist {
-    Persist {
-        id: WriteId { seq: 0, term: 0 },
-        hard_state: hs,
-        entries,
-    }
-}
 
 fn hs(term: Term, commit: Index) -> HardState {
     HardState {
