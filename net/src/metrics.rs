@@ -275,6 +275,10 @@ pub fn role_code(role: Role) -> i64 {
 /// Proposal outcomes at the core.
 pub const PROPOSAL_OUTCOMES: [&str; 3] = ["accepted", "parked", "refused"];
 
+/// Why an inbound peer connection was refused: its TLS handshake failed, or its certificate
+/// does not name the member it claims to be (`transport::Refusal`).
+pub const PEER_REFUSALS: [&str; 2] = ["tls_handshake", "certificate_identity"];
+
 /// Every metric of one node.
 #[derive(Debug)]
 pub struct NodeMetrics {
@@ -301,6 +305,8 @@ pub struct NodeMetrics {
     pub snapshot_sent_bytes: Count,
     pub snapshot_send_duration: Histogram,
     pub client_connections: Level,
+    /// Inbound peer connections refused, by [`PEER_REFUSALS`] (mutual TLS between peers).
+    pub peer_connections_refused: [Count; 2],
     /// Where the node's databases are, for their sizes on disk.
     pub data_dir: PathBuf,
 }
@@ -334,6 +340,7 @@ impl NodeMetrics {
             snapshot_sent_bytes: Count::default(),
             snapshot_send_duration: Histogram::latency(),
             client_connections: Level::default(),
+            peer_connections_refused: Default::default(),
             data_dir,
         }
     }

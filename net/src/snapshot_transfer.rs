@@ -278,17 +278,21 @@ async fn fetch_into<N: Net>(
     apply: &mpsc::UnboundedSender<ApplyRequest>,
     window: Arc<Semaphore>,
 ) -> Result<u64, TransferError> {
-    let mut stream =
-        match tokio::time::timeout(timeouts.connect, net.connect(job.addr.clone())).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(TransferError::Connect {
-                    addr: job.addr.clone(),
-                    source,
-                })
-            }
-            Err(_) => return Err(TransferError::TimedOut("connecting to the sender")),
-        };
+    let mut stream = match tokio::time::timeout(
+        timeouts.connect,
+        net.connect_member(job.addr.clone(), job.from),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            return Err(TransferError::Connect {
+                addr: job.addr.clone(),
+                source,
+            })
+        }
+        Err(_) => return Err(TransferError::TimedOut("connecting to the sender")),
+    };
     let mut buf = BytesMut::new();
     encode_request(cluster_id, incarnation, &job.request, &mut buf);
     let write = async {

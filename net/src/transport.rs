@@ -35,6 +35,9 @@ use crate::node::identity::PeerGate;
 use crate::peer_header::{self, HeaderError, Sender, HEADER_LEN as FRAME_HEADER_LEN};
 pub use crate::peer_header::{MESSAGE_MAGIC as FRAME_MAGIC, VERSION as FRAME_VERSION};
 use crate::peer_reachability::PeerReachability;
+pub use peer_identity::{PeerIdentity, PeerRefusals, Refusal};
+
+mod peer_identity;
 /// Frames above this size are refused before their body is read.
 pub const MAX_FRAME_LEN: usize = 128 << 20;
 
@@ -61,6 +64,25 @@ pub trait Listener: Send + 'static {
     {
         tokio::spawn(task)
     }
+
+    /// Makes an accepted connection ready for frames, inside the connection's own task (never
+    /// in the accept loop, where one stalled client would hold up every other): a TLS network
+    /// does its handshake here and returns who the certificate says the peer is; `None` when
+    /// the connection is refused (already reported). Plain networks, the simulator's among
+    /// them, authenticate nobody.
+    fn establish(
+        stream: Self::Stream,
+        remote: String,
+    ) -> BoxFuture<'static, Option<(Self::Stream, PeerIdentity)>>
+    where
+        Self: Sized,
+    {
+        let _ = remote;
+        Box::pin(std::future::ready(Some((
+            stream,
+            PeerIdentity::Unauthenticated,
+        ))))
+    }
 }
 
 /// The network the node runs on.
@@ -68,7 +90,19 @@ pub trait Net: Clone + Send + Sync + 'static {
     type Stream: Stream;
     type Listener: Listener<Stream = Self::Stream>;
     fn bind(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Listener>>;
+    /// Connects to whichever node listens at `addr` (a TLS network: any member of the cluster).
     fn connect(&self, addr: String) -> BoxFuture<'static, io::Result<Self::Stream>>;
+
+    /// Connects to member `member` at `addr`: a TLS network checks the server's certificate
+    /// names that member.
+    fn connect_member(
+        &self,
+        addr: String,
+        member: NodeId,
+    ) -> BoxFuture<'static, io::Result<Self::Stream>> {
+        let _ = member;
+        self.connect(addr)
+    }
 }
 
 /// Real TCP through tokio.
@@ -272,7 +306,12 @@ pub async fn run_outbound<N: Net>(
     // A message that arrived after the peer closed the connection: the first on the next one.
     let mut carried: Option<Message> = None;
     loop {
-        let stream = match tokio::time::timeout(timeouts.connect, net.connect(addr.clone())).await {
+        let stream = match tokio::time::timeout(
+            timeouts.connect,
+            net.connect_member(addr.clone(), to),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 reach.failed(Instant::now(), &e.to_string());
@@ -491,94 +530,56 @@ pub struct SnapshotService {
 
 /// Reads frames from one inbound peer connection into `inbox` until it closes or misbehaves.
 /// A connection whose first frame asks for a snapshot is handed to `snapshots` instead, and
-/// one whose first frame is a bootstrap probe is answered and closed. Frames from a sender the
-/// `gate` does not admit (another incarnation of a pinned peer) close the connection.
+/// one whose first frame is a bootstrap probe or a join request is answered and closed. Every
+/// member id a frame claims must be one the connection's certificate names (`identity`; any,
+/// without TLS), and frames from a sender the `gate` does not admit (another incarnation of a
+/// pinned peer) close the connection.
 pub async fn run_inbound<S: Stream>(
     mut stream: S,
     remote: String,
+    identity: PeerIdentity,
     gate: std::sync::Arc<PeerGate>,
     idle_read: Duration,
     inbox: mpsc::Sender<Message>,
     snapshots: SnapshotService,
 ) {
-    use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN};
     let cluster_id = gate.cluster_id();
-    let mut first = true;
-    // The sender this connection was admitted for: later frames from it skip the gate.
+    // The first frame is read alone: a join, probe or snapshot request hands the stream on,
+    // and nothing after it may sit in this task's buffer.
+    let Some(first) = frame_or_close(read_first_frame(&mut stream, idle_read).await, &remote)
+    else {
+        return;
+    };
+    let peer = InboundPeer {
+        remote,
+        identity,
+        gate,
+    };
+    let Some((mut stream, first)) = serve_request(stream, first, &peer, idle_read, snapshots).await
+    else {
+        return;
+    };
+    // The sender this connection was admitted for: later frames from it skip the checks.
     let mut admitted: Option<Sender> = None;
     let mut frames = FrameReader::default();
+    let mut next = Some(first);
     loop {
-        // The first frame is read alone: a join, probe or snapshot request hands the stream on,
-        // and nothing after it may sit in this task's buffer.
-        let read = if first {
-            read_first_frame(&mut stream, idle_read).await
-        } else {
-            frames.next(&mut stream, idle_read).await
+        let body = match next.take() {
+            Some(body) => body,
+            None => match frame_or_close(frames.next(&mut stream, idle_read).await, &peer.remote) {
+                Some(body) => body,
+                None => return,
+            },
         };
-        let body = match read {
-            Ok(body) => body,
-            Err(FrameReadError::Closed) => return,
-            Err(FrameReadError::Idle) => {
-                tracing::debug!(%remote, "idle peer connection closed");
-                return;
-            }
-            Err(FrameReadError::Refused(e)) => {
-                tracing::warn!(%remote, error = %e, "closing peer connection");
-                return;
-            }
-        };
-        let len = body.len();
-        if first && crate::join::is_request(&body) {
-            let answer = crate::join::JoinAnswer {
-                cluster_id,
-                members: snapshots.members.borrow().clone(),
-            };
-            if let Ok(asker) = crate::join::decode_request(&body) {
-                tracing::info!(%remote, asker, "answering a join request");
-            }
-            crate::join::serve(stream, answer, snapshots.write_timeout).await;
-            return;
-        }
-        if std::mem::take(&mut first) {
-            if len == crate::probe::REQUEST_LEN
-                && peer_header::has_magic(peer_header::PROBE_MAGIC, &body)
-            {
-                match crate::probe::decode_request(body) {
-                    Ok((_, asker)) => {
-                        let answer = gate.probe_answer(asker.node_id);
-                        crate::probe::answer(stream, answer, idle_read, asker.node_id).await;
-                    }
-                    Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
-                }
-                return;
-            }
-            if len == REQUEST_LEN && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &body) {
-                match decode_request(cluster_id, body) {
-                    Ok((sender, request)) if gate.admit(sender, &remote) => {
-                        serve(
-                            stream,
-                            request,
-                            snapshots.serve,
-                            snapshots.events,
-                            snapshots.write_timeout,
-                        )
-                        .await
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
-                }
-                return;
-            }
-        }
         if peer_header::has_magic(peer_header::HELLO_MAGIC, &body) {
             match decode_hello(cluster_id, &body) {
-                Ok((sender, addr)) if gate.admit(sender, &remote) => {
-                    gate.note_introduced(sender.node_id, addr);
+                Ok((sender, addr)) if peer.admits(sender) => {
+                    peer.gate.note_introduced(sender.node_id, addr);
                     admitted = Some(sender);
                 }
                 Ok(_) => return,
                 Err(e) => {
-                    tracing::warn!(%remote, error = %e, "closing peer connection");
+                    tracing::warn!(remote = %peer.remote, error = %e, "closing peer connection");
                     return;
                 }
             }
@@ -587,7 +588,7 @@ pub async fn run_inbound<S: Stream>(
         match decode_frame(cluster_id, body) {
             Ok((sender, msg)) => {
                 if admitted != Some(sender) {
-                    if !gate.admit(sender, &remote) {
+                    if !peer.admits(sender) {
                         return;
                     }
                     admitted = Some(sender);
@@ -597,200 +598,103 @@ pub async fn run_inbound<S: Stream>(
                 }
             }
             Err(e) => {
-                tracing::warn!(%remote, error = %e, "closing peer connection");
+                tracing::warn!(remote = %peer.remote, error = %e, "closing peer connection");
                 return;
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use raft_core::MessageBody;
+/// The far end of an inbound connection, and what decides whom it may speak for.
+struct InboundPeer {
+    remote: String,
+    identity: PeerIdentity,
+    gate: std::sync::Arc<PeerGate>,
+}
 
-    fn msg() -> Message {
-        Message {
-            from: 1,
-            to: 2,
-            term: 3,
-            body: MessageBody::Heartbeat {
-                commit: 4,
-                read_round: 5,
-            },
-        }
-    }
-
-    #[test]
-    fn frames_round_trip_and_name_the_wrong_cluster() {
-        let mut buf = BytesMut::new();
-        encode_frame(42, 9, &msg(), &mut buf);
-        let len = buf.get_u32() as usize;
-        assert_eq!(len, buf.len());
-        let body = buf.freeze();
-        let sender = Sender {
-            node_id: 1,
-            incarnation: 9,
-        };
-        assert_eq!(decode_frame(42, body.clone()), Ok((sender, msg())));
-        // A header naming another node than the message is refused.
-        let mut forged = body.to_vec();
-        forged[13 + 7] = 2;
-        assert_eq!(
-            decode_frame(42, Bytes::from(forged)),
-            Err(FrameError::NotFromSender {
-                header: 2,
-                message: 1
-            })
-        );
-        assert_eq!(
-            decode_frame(43, body),
-            Err(FrameError::WrongCluster {
-                ours: 43,
-                theirs: 42
-            })
-        );
-    }
-
-    #[test]
-    fn hostile_frames_are_refused() {
-        assert!(matches!(
-            check_frame_len(u32::MAX as usize),
-            Err(FrameError::TooLarge { .. })
-        ));
-        assert!(matches!(check_frame_len(3), Err(FrameError::TooShort(3))));
-        let mut garbage = BytesMut::new();
-        garbage.put_u32(0xdead_beef);
-        garbage.put_slice(&[0u8; 40]);
-        assert_eq!(
-            decode_frame(1, garbage.freeze()),
-            Err(FrameError::BadMagic(0xdead_beef))
-        );
-        crate::fuzzing::peer_frame(&[
-            0, 0, 0, 13, 0x4B, 0x56, 0x52, 0x46, 1, 0, 0, 0, 0, 0, 0, 0, 7,
-        ]);
-    }
-
-    #[test]
-    fn a_hello_carries_its_sender_and_address_and_hostile_ones_are_errors() {
-        let me = Sender {
-            node_id: 3,
-            incarnation: 9,
-        };
-        let mut out = BytesMut::new();
-        encode_hello(7, me, "10.0.0.3:7100", &mut out);
-        let body = &out[4..];
-        assert_eq!(
-            out.len() - 4,
-            u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize
-        );
-        assert_eq!(
-            decode_hello(7, body).unwrap(),
-            (me, "10.0.0.3:7100".to_string())
-        );
-        assert!(decode_hello(8, body).is_err(), "another cluster");
-        for cut in 0..body.len() {
-            assert!(
-                decode_hello(7, &body[..cut]).is_err(),
-                "prefix of {cut} bytes"
-            );
-        }
-        let mut long = body.to_vec();
-        long.push(b'x');
-        assert!(decode_hello(7, &long).is_err(), "trailing bytes");
-        let mut not_utf8 = body.to_vec();
-        let last = not_utf8.len() - 1;
-        not_utf8[last] = 0xff;
-        assert!(decode_hello(7, &not_utf8).is_err());
-        let mut too_long = BytesMut::new();
-        encode_hello(7, me, &"a".repeat(300), &mut too_long);
-        assert_eq!(decode_hello(7, &too_long[4..]).unwrap().1, "", "left out");
-    }
-
-    #[tokio::test]
-    async fn frames_split_across_reads_or_packed_into_one_come_out_whole() {
-        let mut wire = BytesMut::new();
-        let messages: Vec<Message> = (0..50)
-            .map(|i| Message {
-                to: 2 + i % 3,
-                ..msg()
-            })
-            .collect();
-        for m in &messages {
-            encode_frame(42, 9, m, &mut wire);
-        }
-        // A pipe of 7 bytes: every frame arrives in pieces.
-        let (mut writer, mut reader) = tokio::io::duplex(7);
-        let sent = wire.clone();
-        tokio::spawn(async move { writer.write_all(&sent).await });
-        let mut frames = FrameReader::default();
-        for m in &messages {
-            let body = frames
-                .next(&mut reader, Duration::from_secs(5))
-                .await
-                .unwrap();
-            assert_eq!(decode_frame(42, body).unwrap().1, *m);
-        }
-        assert!(matches!(
-            frames.next(&mut reader, Duration::from_secs(5)).await,
-            Err(FrameReadError::Closed)
-        ));
-        // All in one read, then a length over the limit: refused before its body is read.
-        let (mut writer, mut reader) = tokio::io::duplex(1 << 16);
-        wire.put_u32(u32::MAX);
-        writer.write_all(&wire).await.unwrap();
-        let mut frames = FrameReader::default();
-        for m in &messages {
-            let body = frames.next(&mut reader, Duration::from_secs(5)).await;
-            assert_eq!(decode_frame(42, body.unwrap()).unwrap().1, *m);
-        }
-        assert!(matches!(
-            frames.next(&mut reader, Duration::from_secs(5)).await,
-            Err(FrameReadError::Refused(FrameError::TooLarge { .. }))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_message_after_the_peer_closed_an_idle_connection_is_sent_on_a_new_one() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (queue, rx) = mpsc::channel(16);
-        let (unreachable, _unreachable_rx) = mpsc::unbounded_channel();
-        let me = Sender {
-            node_id: 1,
-            incarnation: 5,
-        };
-        tokio::spawn(run_outbound(
-            TokioNet,
-            2,
-            addr,
-            (7, me, "127.0.0.1:1".into()),
-            TransportTimeouts::default(),
-            rx,
-            unreachable,
-        ));
-        // The first connection brings its hello; then the peer closes it, as it does idle ones.
-        let (mut first, _) = listener.accept().await.unwrap();
-        let mut hello = vec![0u8; 4 + FRAME_HEADER_LEN + 2 + "127.0.0.1:1".len()];
-        first.read_exact(&mut hello).await.unwrap();
-        drop(first);
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        queue.send(msg()).await.unwrap();
-        // The message comes on a second connection, after its hello.
-        let (mut second, _) =
-            tokio::time::timeout(std::time::Duration::from_secs(5), listener.accept())
-                .await
-                .expect("the message was written to the closed connection and lost")
-                .unwrap();
-        let mut again = vec![0u8; hello.len()];
-        second.read_exact(&mut again).await.unwrap();
-        assert_eq!(again, hello);
-        let mut len = [0u8; 4];
-        second.read_exact(&mut len).await.unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        second.read_exact(&mut body).await.unwrap();
-        let (sender, got) = decode_frame(7, Bytes::from(body)).unwrap();
-        assert_eq!((sender, got), (me, msg()));
+impl InboundPeer {
+    /// Whether `sender` may be acted on: the certificate names it, and the gate admits its
+    /// incarnation.
+    fn admits(&self, sender: Sender) -> bool {
+        self.identity.admits(sender.node_id, &self.remote) && self.gate.admit(sender, &self.remote)
     }
 }
+
+/// A frame body, or `None` when the connection is done (closed, idle, or refused: logged).
+fn frame_or_close(read: Result<Bytes, FrameReadError>, remote: &str) -> Option<Bytes> {
+    match read {
+        Ok(body) => Some(body),
+        Err(FrameReadError::Closed) => None,
+        Err(FrameReadError::Idle) => {
+            tracing::debug!(%remote, "idle peer connection closed");
+            None
+        }
+        Err(FrameReadError::Refused(e)) => {
+            tracing::warn!(%remote, error = %e, "closing peer connection");
+            None
+        }
+    }
+}
+
+/// Serves a connection whose first frame is a request (a join request, a bootstrap probe, a
+/// snapshot request) and returns `None`; else gives the stream and the frame back, for the
+/// message loop.
+async fn serve_request<S: Stream>(
+    stream: S,
+    first: Bytes,
+    peer: &InboundPeer,
+    idle_read: Duration,
+    snapshots: SnapshotService,
+) -> Option<(S, Bytes)> {
+    use crate::snapshot_transfer::{decode_request, serve, REQUEST_LEN};
+    let (remote, gate) = (&peer.remote, &peer.gate);
+    let len = first.len();
+    if crate::join::is_request(&first) {
+        match crate::join::decode_request(&first) {
+            Ok(asker) if peer.identity.admits(asker, remote) => {
+                tracing::info!(%remote, asker, "answering a join request");
+                let answer = crate::join::JoinAnswer {
+                    cluster_id: gate.cluster_id(),
+                    members: snapshots.members.borrow().clone(),
+                };
+                crate::join::serve(stream, answer, snapshots.write_timeout).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+        }
+        return None;
+    }
+    if len == crate::probe::REQUEST_LEN && peer_header::has_magic(peer_header::PROBE_MAGIC, &first)
+    {
+        match crate::probe::decode_request(first) {
+            Ok((_, asker)) if peer.identity.admits(asker.node_id, remote) => {
+                let answer = gate.probe_answer(asker.node_id);
+                crate::probe::answer(stream, answer, idle_read, asker.node_id).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+        }
+        return None;
+    }
+    if len == REQUEST_LEN && peer_header::has_magic(peer_header::SNAPSHOT_MAGIC, &first) {
+        match decode_request(gate.cluster_id(), first) {
+            Ok((sender, request)) if peer.admits(sender) => {
+                serve(
+                    stream,
+                    request,
+                    snapshots.serve,
+                    snapshots.events,
+                    snapshots.write_timeout,
+                )
+                .await
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%remote, error = %e, "closing peer connection"),
+        }
+        return None;
+    }
+    Some((stream, first))
+}
+
+#[cfg(test)]
+mod tests;

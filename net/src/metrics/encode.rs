@@ -11,7 +11,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{Count, Histogram, NodeMetrics, Outcome, MESSAGE_KINDS, PROPOSAL_OUTCOMES};
+use super::{
+    Count, Histogram, NodeMetrics, Outcome, MESSAGE_KINDS, PEER_REFUSALS, PROPOSAL_OUTCOMES,
+};
 use crate::command_table::COMMANDS;
 
 /// The text a scrape of `/metrics` answers; every name starts `kvstore_`.
@@ -280,6 +282,16 @@ fn encode_peers(e: &mut DescriptorEncoder, m: &NodeMetrics) -> Fmt {
             .map(|(k, c): (&&str, &Count)| (vec![("type", *k)], c.get()));
         counters(e, name, help, rows)?;
     }
+    let refused = PEER_REFUSALS
+        .iter()
+        .zip(m.peer_connections_refused.iter())
+        .map(|(reason, c)| (vec![("reason", *reason)], c.get()));
+    counters(
+        e,
+        "peer_connections_refused",
+        "Inbound peer connections refused: TLS handshake failed, or the certificate does not name the member claimed",
+        refused,
+    )?;
     let peers = m.status.peers.lock().map(|p| p.clone()).unwrap_or_default();
     let ids: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
     {

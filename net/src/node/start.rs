@@ -407,8 +407,9 @@ fn restart_core(
     RawNode::restart(core_cfg, restart).map_err(NodeError::Core)
 }
 
-/// Accepts peer connections until `shutdown`: each reads Raft messages into `inbox` (from the
-/// peers `gate` admits), serves a snapshot, or answers a bootstrap probe, as its first frame
+/// Accepts peer connections until `shutdown`: each, once established (a TLS handshake, in its
+/// own task), reads Raft messages into `inbox` (from the peers its certificate names and
+/// `gate` admits), serves a snapshot, or answers a bootstrap probe, as its first frame
 /// asks.
 fn spawn_peer_listener<L: Listener>(
     mut listener: L,
@@ -426,14 +427,20 @@ fn spawn_peer_listener<L: Listener>(
                 _ = shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        let inbound = transport::run_inbound(
-                            stream,
-                            remote,
-                            gate.clone(),
-                            idle,
-                            inbox.clone(),
-                            snapshots.clone(),
-                        );
+                        let (gate, inbox, snapshots) =
+                            (gate.clone(), inbox.clone(), snapshots.clone());
+                        let inbound = async move {
+                            // A TLS handshake, in this connection's task.
+                            let Some((stream, identity)) =
+                                L::establish(stream, remote.clone()).await
+                            else {
+                                return;
+                            };
+                            transport::run_inbound(
+                                stream, remote, identity, gate, idle, inbox, snapshots,
+                            )
+                            .await
+                        };
                         L::spawn(inbound.in_current_span());
                     }
                     Err(e) => {
