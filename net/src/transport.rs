@@ -71,12 +71,10 @@ pub trait Listener: Send + 'static {
     /// the connection is refused (already reported). Plain networks, the simulator's among
     /// them, authenticate nobody.
     fn establish(
+        &self,
         stream: Self::Stream,
         remote: String,
-    ) -> BoxFuture<'static, Option<(Self::Stream, PeerIdentity)>>
-    where
-        Self: Sized,
-    {
+    ) -> BoxFuture<'static, Option<(Self::Stream, PeerIdentity)>> {
         let _ = remote;
         Box::pin(std::future::ready(Some((
             stream,

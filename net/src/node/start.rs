@@ -429,11 +429,10 @@ fn spawn_peer_listener<L: Listener>(
                     Ok((stream, remote)) => {
                         let (gate, inbox, snapshots) =
                             (gate.clone(), inbox.clone(), snapshots.clone());
+                        // A TLS handshake: awaited in this connection's task.
+                        let establishing = listener.establish(stream, remote.clone());
                         let inbound = async move {
-                            // A TLS handshake, in this connection's task.
-                            let Some((stream, identity)) =
-                                L::establish(stream, remote.clone()).await
-                            else {
+                            let Some((stream, identity)) = establishing.await else {
                                 return;
                             };
                             transport::run_inbound(
