@@ -109,10 +109,10 @@ pub async fn bench(args: &BenchArgs) -> BenchReport {
             tokio::spawn(async move {
                 // Clients stay on the node they start at (followers forward): the client-protocol
                 // work spreads over every node, which measured a lower tail than all on the leader.
-                let cfg = ClientConfig {
+                let cfg = args.servers.client_config(ClientConfig {
                     follow_leader: false,
                     ..ClientConfig::default()
-                };
+                });
                 let mut client =
                     KvClient::with_config(args.servers.servers.clone(), cfg).starting_at(i);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);

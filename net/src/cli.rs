@@ -10,6 +10,7 @@ use rand::Rng;
 use crate::cli_admin::MemberCmd;
 use crate::cli_data::{DataCmd, Outcome};
 use crate::cli_read_mode::{read_mode, ReadModeArgs};
+use crate::client::{ClientConfig, KvClient};
 use crate::error::{CliError, ConfigError};
 use crate::node::{self, NodeConfig};
 
@@ -53,7 +54,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run one node of a cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local cluster in this process (client ports 7001.., peer ports 7101.., admin
     /// ports 7201.. for metrics and health).
     Cluster(ClusterArgs),
@@ -81,6 +82,9 @@ pub enum Cmd {
     /// Seed one node's data directory of a new cluster from a backup (run once per node, with
     /// the same --peers), then start each with `kvstore serve --data-dir DIR`.
     Restore(crate::cli_backup::RestoreArgs),
+    /// Print the argon2id hash of a password, for a users file (`user NAME on #HASH ...`). The
+    /// password is read from the terminal without echo, or as one line of standard input.
+    HashPassword,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -93,6 +97,26 @@ pub struct ServersArg {
         value_parser = parse_server_addr
     )]
     pub servers: Vec<String>,
+    #[command(flatten)]
+    pub login: crate::cli_auth::LoginArgs,
+}
+
+impl ServersArg {
+    /// `base` with this command's login.
+    pub fn client_config(&self, base: ClientConfig) -> ClientConfig {
+        ClientConfig {
+            credentials: self.login.credentials(),
+            ..base
+        }
+    }
+
+    /// A client for these servers, logging in as the command line says.
+    pub fn client(&self) -> KvClient {
+        KvClient::with_config(
+            self.servers.clone(),
+            self.client_config(ClientConfig::default()),
+        )
+    }
 }
 
 /// A server's client address, HOST:PORT, checked before anything is sent (a bare port was
@@ -159,6 +183,15 @@ pub struct ServeArgs {
     /// Milliseconds before a client request without an outcome is answered TIMEOUT.
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// Clients must log in (AUTH) with this password, as the `default` user, who may then run
+    /// everything. Also `requirepass` in --config, or the KVSTORE_REQUIREPASS environment
+    /// variable; prefer those (argv is visible to every user of the machine).
+    #[arg(long)]
+    pub requirepass: Option<String>,
+    /// Clients must log in as one of the users this file defines, each with its rights (`user
+    /// NAME on #HASH ~PATTERN +@read +@write +@admin`; see `kvstore hash-password`).
+    #[arg(long)]
+    pub users_file: Option<PathBuf>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -195,6 +228,10 @@ pub struct ClusterArgs {
     /// Names the cluster (see `kvstore serve --help`) [default: kvstore]
     #[arg(long)]
     pub cluster_token: Option<String>,
+    /// Every node's clients must log in with this password (AUTH PASSWORD; redis-cli -a).
+    /// Also the KVSTORE_REQUIREPASS environment variable, which keeps it out of argv.
+    #[arg(long)]
+    pub requirepass: Option<String>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -220,6 +257,8 @@ struct ServeSettings {
     snapshot_tail: Option<u64>,
     read_mode: Option<String>,
     max_clock_drift: Option<f64>,
+    requirepass: Option<String>,
+    users_file: Option<PathBuf>,
 }
 
 fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
@@ -267,6 +306,8 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             "snapshot-threshold" | "snapshot_threshold" => s.snapshot_threshold = Some(num(value)?),
             "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
             "read-mode" | "read_mode" => s.read_mode = Some(value.to_string()),
+            "requirepass" => s.requirepass = Some(value.to_string()),
+            "users-file" | "users_file" => s.users_file = Some(PathBuf::from(value)),
             "max-clock-drift" | "max_clock_drift" => {
                 s.max_clock_drift = Some(
                     value
@@ -390,6 +431,10 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         args.reads.max_clock_drift.or(file.max_clock_drift),
         &cfg,
     )?;
+    cfg.client_auth = crate::cli_auth::client_authority(
+        args.requirepass.clone().or(file.requirepass),
+        args.users_file.clone().or(file.users_file),
+    )?;
     cfg.seed = rand::thread_rng().gen();
     Ok((cfg, client_addr))
 }
@@ -470,7 +515,7 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
             crate::cli_run::run_node(cfg, client_addr, shutdown).await
         }
         Cmd::Cluster(args) => crate::cli_run::run_cluster(args).await,
-        Cmd::Status { servers } => crate::cli_admin::status(servers.servers).await,
+        Cmd::Status { servers } => crate::cli_admin::status(&servers).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Member(cmd) => crate::cli_admin::run_member(cmd).await,
         Cmd::TransferLeader { id, servers } => {
@@ -478,6 +523,7 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
         }
         Cmd::Backup(args) => return crate::cli_backup::backup(args).await,
         Cmd::Restore(args) => return crate::cli_backup::restore(args),
+        Cmd::HashPassword => crate::cli_auth::hash_password(),
     };
     done.map(|()| Outcome::Done)
 }
@@ -580,6 +626,8 @@ mod tests {
             tick_ms: None,
             election_ticks: None,
             request_timeout_ms: None,
+            requirepass: None,
+            users_file: None,
             snapshots: SnapshotArgs::default(),
             reads: ReadModeArgs::default(),
         };

@@ -101,7 +101,8 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
         let started = Instant::now();
         let bar = progress_bar(None);
         bar.set_message(format!("from {addr}"));
-        let attempt = fetch(addr, &partial, idle, &bar).await;
+        let login = args.servers.login.credentials();
+        let attempt = fetch(addr, login.as_ref(), &partial, idle, &bar).await;
         bar.finish_and_clear();
         match attempt {
             Ok(summary) => {
@@ -145,6 +146,7 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
 /// Streams a backup from `addr` into `partial`, checked chunk by chunk; synced once complete.
 async fn fetch(
     addr: &str,
+    login: Option<&crate::client::Credentials>,
     partial: &Path,
     idle: Duration,
     bar: &ProgressBar,
@@ -155,6 +157,11 @@ async fn fetch(
         Ok(Err(e)) => return Err(Attempt::Refused(format!("cannot connect: {e}"))),
         Err(_) => return Err(Attempt::Refused(timed("connecting"))),
     };
+    if let Some(login) = login {
+        crate::cli_auth::log_in(&mut stream, login, idle)
+            .await
+            .map_err(|e| Attempt::Refused(format!("the login failed: {e}")))?;
+    }
     let mut request = BytesMut::new();
     encode_request(&[BACKUP_COMMAND.as_bytes()], &mut request);
     if let Err(e) = stream.write_all(&request).await {

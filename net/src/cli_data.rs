@@ -11,7 +11,6 @@ use clap::{Args, Subcommand};
 
 use crate::cli::ServersArg;
 use crate::cli_reach::{within, TimeoutArg};
-use crate::client::KvClient;
 use crate::error::CliError;
 
 /// What every data command's `--help` ends with; the README says the same.
@@ -119,7 +118,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = KvClient::new(servers.servers.clone());
+            let mut client = servers.client();
             let value = within(&servers, timeout, false, client.get(&bytes_of(&key))).await?;
             let shown = match (&value, output.pretty) {
                 (Some(v), false) => v.to_vec(),
@@ -140,7 +139,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
                 (None, Some(path)) => read_value_file(path)?,
                 (None, None) => return Err(CliError::Usage("give VALUE or --value-file")),
             };
-            let mut client = KvClient::new(args.servers.servers.clone());
+            let mut client = args.servers.client();
             let key = bytes_of(&args.key);
             within(&args.servers, args.timeout, true, client.set(&key, &value)).await?;
             if args.output.pretty {
@@ -154,7 +153,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = KvClient::new(servers.servers.clone());
+            let mut client = servers.client();
             let existed = within(&servers, timeout, true, client.del(&bytes_of(&key))).await?;
             print_pretty_integer(output, i64::from(existed))?;
             Ok(yes_or_no(existed))
@@ -166,7 +165,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = KvClient::new(servers.servers.clone());
+            let mut client = servers.client();
             let value =
                 within(&servers, timeout, true, client.incr_by(&bytes_of(&key), by)).await?;
             if output.pretty {
@@ -187,7 +186,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
         } => {
             let expected = expected.as_deref().map(bytes_of);
             let (key, new) = (bytes_of(&key), bytes_of(&new));
-            let mut client = KvClient::new(servers.servers.clone());
+            let mut client = servers.client();
             let swapped = within(
                 &servers,
                 timeout,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::ServersArg;
-use crate::client::{ClientConfig, ClientError, KvClient};
+use crate::client::{ClientConfig, ClientError, Credentials, KvClient};
 use crate::error::CliError;
 use crate::server::parse_info;
 
@@ -54,7 +54,7 @@ pub(crate) async fn within<T>(
             ..
         }
     );
-    match no_quorum(&servers.servers).await {
+    match no_quorum(&servers.servers, servers.login.credentials()).await {
         Some(why) => Err(CliError::NoQuorum { why, maybe_applied }),
         None => Err(unavailable.into()),
     }
@@ -78,10 +78,10 @@ enum Seen {
 
 /// Why no server could take the request, if no server that answers knows a leader: none
 /// answered at all, or those that did know no leader (no quorum).
-async fn no_quorum(servers: &[String]) -> Option<String> {
+async fn no_quorum(servers: &[String], login: Option<Credentials>) -> Option<String> {
     let looks: Vec<_> = servers
         .iter()
-        .map(|s| tokio::spawn(look_at(s.clone())))
+        .map(|s| tokio::spawn(look_at(s.clone(), login.clone())))
         .collect();
     let mut seen: Vec<(String, Seen)> = Vec::with_capacity(looks.len());
     for look in looks {
@@ -136,11 +136,12 @@ async fn no_quorum(servers: &[String]) -> Option<String> {
 }
 
 /// Asks one server (once, briefly) for its INFO and reads whether it knows a leader.
-async fn look_at(addr: String) -> (String, Seen) {
+async fn look_at(addr: String, credentials: Option<Credentials>) -> (String, Seen) {
     let cfg = ClientConfig {
         request_timeout: Duration::from_secs(2),
         max_attempts: 1,
         follow_leader: false,
+        credentials,
         ..Default::default()
     };
     let seen = match KvClient::with_config(vec![addr.clone()], cfg).info().await {
@@ -191,7 +192,9 @@ mod tests {
                 l.local_addr().expect("addr").to_string()
             })
             .collect();
-        let why = no_quorum(&addrs).await.expect("no server knows a leader");
+        let why = no_quorum(&addrs, None)
+            .await
+            .expect("no server knows a leader");
         assert!(
             why.starts_with("no server answered: 3 of 3 servers unreachable ("),
             "{why}"

@@ -104,6 +104,7 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
         rand::thread_rng().gen(),
         tcp_port,
         metrics.clone(),
+        cfg.client_auth.clone(),
     );
     let client_port = tokio::spawn(serving.in_current_span());
     let (stop, shutdown) = watch::channel(false);
@@ -251,6 +252,7 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
     let client_addrs: BTreeMap<u64, String> = (1..=args.nodes)
         .map(|i| (i, format!("{}:{}", args.host, args.port + i as u16 - 1)))
         .collect();
+    let client_auth = crate::cli_auth::client_authority(args.requirepass.clone(), None)?;
     let mut configs = Vec::new();
     for id in 1..=args.nodes {
         let mut cfg = NodeConfig::new(id, peers.clone(), args.data_dir.join(format!("node{id}")))
@@ -259,6 +261,7 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
         cfg.incarnation = crate::cli::new_incarnation();
         cfg.client_addrs = client_addrs.clone();
         cfg.admin_addr = Some(format!("{}:{}", args.host, admin_base + id as u16 - 1));
+        cfg.client_auth = client_auth.clone();
         cfg.snapshots = crate::cli::snapshot_policy(&args.snapshots);
         cfg.read_mode = read_mode(
             args.reads.read_mode.as_deref(),
@@ -306,6 +309,9 @@ async fn start_cluster(configs: Vec<(NodeConfig, String)>) -> Result<Vec<Started
 
 pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
     let configs = cluster_configs(&args)?;
+    let password_required = configs
+        .first()
+        .is_some_and(|(c, _)| c.client_auth.is_some());
     let nodes = start_cluster(configs).await?;
     let client_ports: Vec<String> = (1..=args.nodes)
         .map(|i| (args.port + i as u16 - 1).to_string())
@@ -328,6 +334,12 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         if args.nodes == 1 { "port" } else { "ports" },
         admin_ports.join(", "),
     );
+    if password_required {
+        println!(
+            "  clients must log in (the password is not shown here):\n    redis-cli -p {} --askpass   (or REDISCLI_AUTH=PASSWORD redis-cli -p {})\n    KVSTORE_PASSWORD=PASSWORD kvstore get greeting",
+            args.port, args.port
+        );
+    }
     let (stop_all, stop_signal) = shutdown_on_signals();
     let mut running = JoinSet::new();
     for node in nodes {

@@ -86,6 +86,31 @@ pub struct ClientConfig {
     /// there: one hop less per request. Off, requests stay on the node the client picked
     /// (followers forward), which spreads the client-protocol work over every node.
     pub follow_leader: bool,
+    /// Log in on every new connection (`AUTH`) when the servers require it.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name (None: the default user) and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password: configurations end up in logs.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an error is a refused login: retrying, here or on another server, cannot help.
+fn is_login_refusal(error: &str) -> bool {
+    ["WRONGPASS", "NOAUTH", "NOPERM"]
+        .iter()
+        .any(|code| error.starts_with(code))
 }
 
 impl Default for ClientConfig {
@@ -96,6 +121,7 @@ impl Default for ClientConfig {
             max_attempts: 20,
             backoff: Duration::from_millis(100),
             follow_leader: true,
+            credentials: None,
         }
     }
 }
@@ -339,6 +365,7 @@ impl<N: Net> KvClient<N> {
                 }
                 Ok(Reply::Error(e)) => return Err(ClientError::Server(e)),
                 Ok(reply) => return Ok(reply),
+                Err((e, _)) if is_login_refusal(&e) => return Err(ClientError::Server(e)),
                 Err((e, sent)) => {
                     if e.ends_with(TIMED_OUT) {
                         self.timed_out_attempts += 1;
@@ -385,6 +412,7 @@ impl<N: Net> KvClient<N> {
             };
             let replies = match sent {
                 Ok(replies) => replies,
+                Err((e, _)) if is_login_refusal(&e) => return Err(ClientError::Server(e)),
                 Err((e, sent)) => {
                     if e.ends_with(TIMED_OUT) {
                         self.timed_out_attempts += 1;
@@ -503,7 +531,28 @@ impl<N: Net> KvClient<N> {
             buf: BytesMut::with_capacity(4096),
             parser: ReplyParser::new(Limits::default()),
         });
-        Ok(())
+        self.log_in().await
+    }
+
+    /// Sends `AUTH` on the new connection if the client has credentials. A refusal is
+    /// returned as the server's error text, which [`is_login_refusal`] recognises.
+    async fn log_in(&mut self) -> Result<(), String> {
+        let Some(credentials) = self.cfg.credentials.clone() else {
+            return Ok(());
+        };
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &credentials.user {
+            args.push(user.as_bytes());
+        }
+        args.push(credentials.password.as_bytes());
+        let refused = match self.exchange(&args).await {
+            Ok(Reply::Simple(_)) => return Ok(()),
+            Ok(Reply::Error(e)) => e,
+            Ok(other) => format!("AUTH answered {other:?}"),
+            Err((e, _)) => e,
+        };
+        self.conn = None;
+        Err(refused)
     }
 
     /// Sends one request on the open connection and reads its reply.

@@ -6,9 +6,11 @@
 //! ([`client`]), the command line ([`cli`]) and the errors of all of them ([`error`]).
 
 pub mod admin_http;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod cli_admin;
+pub mod cli_auth;
 mod cli_backup;
 pub mod cli_data;
 mod cli_reach;

@@ -54,7 +54,7 @@ pub async fn run_client_server<L: Listener>(
 ) {
     let metrics = node.metrics.clone();
     let (_started, node) = watch::channel(Some(node));
-    serve_clients(listener, node, shutdown, seed, 0, metrics).await
+    serve_clients(listener, node, shutdown, seed, 0, metrics, None).await
 }
 
 /// Accepts client connections until `shutdown` turns true, then returns once every connection
@@ -63,7 +63,8 @@ pub async fn run_client_server<L: Listener>(
 ///
 /// `node` is None until the node has started: meanwhile the connection commands (HELLO, CLIENT,
 /// INFO, ...) are answered, and every other `-LOADING`, as Redis answers while it loads.
-/// `tcp_port` is what INFO and CONFIG report; `metrics` counts the open connections.
+/// `tcp_port` is what INFO and CONFIG report; `metrics` counts the open connections; with
+/// `authority`, clients must log in ([`crate::auth`]).
 pub async fn serve_clients<L: Listener>(
     mut listener: L,
     node: watch::Receiver<Option<NodeHandle>>,
@@ -71,9 +72,10 @@ pub async fn serve_clients<L: Listener>(
     seed: u64,
     tcp_port: u16,
     metrics: Arc<NodeMetrics>,
+    authority: Option<Arc<crate::auth::Authority>>,
 ) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let port = ClientPort::new(tcp_port);
+    let port = ClientPort::with_authority(tcp_port, authority);
     // Each connection holds a sender; the channel closes when the last one ends.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -197,7 +199,8 @@ impl<S: Stream> ConnectionTask<S> {
             [Ok(req)]
                 if pipeline.protocol_error.is_none()
                     && !self.conn.tx.is_open()
-                    && server_backup::is_backup(req) =>
+                    && server_backup::is_backup(req)
+                    && self.conn.auth.refusal(&req.args).is_none() =>
             {
                 self.conn.port().count_commands(1);
                 self.conn.note_command(&req.args);
@@ -256,7 +259,7 @@ impl<S: Stream> ConnectionTask<S> {
                 Run::Connection(req) => self.answer_connection_command(req, node.as_ref()).await,
                 Run::Node(run) => self.answer_node_run(run, node.as_ref()).await,
             };
-            if quit {
+            if quit || self.conn.auth.must_close() {
                 return true;
             }
         }
@@ -265,6 +268,12 @@ impl<S: Stream> ConnectionTask<S> {
 
     async fn answer_connection_command(&mut self, req: Request, node: Option<&NodeHandle>) -> bool {
         self.conn.note_command(&req.args);
+        if let Some(refused) = self.conn.auth.refusal(&req.args) {
+            // Refused while MULTI queues: EXEC then discards the transaction, as in Redis.
+            self.conn.tx.refuse();
+            refused.encode_for(self.conn.protocol, &mut self.outbuf);
+            return false;
+        }
         let request_id = self.ids.gen::<u64>() | 1;
         let (reply, close) = connection_command(&mut self.conn, &req, node, request_id).await;
         reply.encode_for(self.conn.protocol, &mut self.outbuf);
@@ -284,9 +293,19 @@ impl<S: Stream> ConnectionTask<S> {
             return false;
         };
         let ids = &mut self.ids;
+        let auth = &self.conn.auth;
         let replies = join_in_order(
             run.into_iter()
-                .map(|req| execute(req, node, ids.gen::<u64>() | 1))
+                .map(|req| {
+                    let refused = auth.refusal(&req.args);
+                    let request_id = ids.gen::<u64>() | 1;
+                    async move {
+                        match refused {
+                            Some(refused) => (refused, false),
+                            None => execute(req, node, request_id).await,
+                        }
+                    }
+                })
                 .collect(),
         )
         .await;
@@ -362,7 +381,7 @@ async fn hello(conn: &mut Connection, args: &[Bytes], node: Option<&NodeHandle>)
         },
         None => "replica",
     };
-    server_conn::hello(conn, args, role)
+    server_conn::hello(conn, args, role).await
 }
 
 /// A command that needs neither the log nor a read index: it reads or changes only the
@@ -385,7 +404,7 @@ pub(crate) async fn local_command(
             Some(node) => leader(args, node).await,
             None => Reply::error(LOADING),
         },
-        "AUTH" => server_conn::auth(args),
+        "AUTH" => server_conn::auth(conn, args).await,
         "CLIENT" => server_conn::client(conn, args),
         "SELECT" => server_conn::select(args),
         "COMMAND" => command_table::command(args),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::time::{Duration, Instant};
 
+use crate::auth::{Authority, ConnectionAuth};
 use crate::resp::{Protocol, Reply};
 use crate::server::upper;
 
@@ -33,6 +34,8 @@ pub struct ClientPort {
     pub net_output_bytes: AtomicU64,
     open: Mutex<BTreeMap<u64, Arc<Mutex<ClientInfo>>>>,
     ops: Mutex<OpsSamples>,
+    /// The users, when authentication is on.
+    authority: Option<Arc<Authority>>,
 }
 
 /// What CLIENT LIST shows of a connection.
@@ -50,6 +53,8 @@ pub struct ClientInfo {
     pub last_command: String,
     pub no_evict: bool,
     pub no_touch: bool,
+    /// The user logged in.
+    pub user: String,
 }
 
 /// Samples of the command counter, one per 100 ms at most, for `instantaneous_ops_per_sec`.
@@ -63,6 +68,11 @@ const OPS_SAMPLES: usize = 16;
 
 impl ClientPort {
     pub fn new(tcp_port: u16) -> Arc<Self> {
+        Self::with_authority(tcp_port, None)
+    }
+
+    /// A port whose clients must log in when `authority` is given.
+    pub fn with_authority(tcp_port: u16, authority: Option<Arc<Authority>>) -> Arc<Self> {
         Arc::new(Self {
             next_id: AtomicU64::new(1),
             started: Instant::now(),
@@ -74,6 +84,7 @@ impl ClientPort {
             net_output_bytes: AtomicU64::new(0),
             open: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(OpsSamples::default()),
+            authority,
         })
     }
 
@@ -82,6 +93,7 @@ impl ClientPort {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.connections_received.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
+        let auth = ConnectionAuth::new(self.authority.clone(), addr.clone());
         let info = Arc::new(Mutex::new(ClientInfo {
             id,
             addr,
@@ -94,6 +106,7 @@ impl ClientPort {
             last_command: "NULL".into(),
             no_evict: false,
             no_touch: false,
+            user: auth.user_name().to_string(),
         }));
         lock(&self.open).insert(id, info.clone());
         Connection {
@@ -102,6 +115,7 @@ impl ClientPort {
             info,
             port: self.clone(),
             tx: Default::default(),
+            auth,
         }
     }
 
@@ -178,6 +192,8 @@ pub struct Connection {
     port: Arc<ClientPort>,
     /// MULTI's queue and the WATCHed keys.
     pub tx: crate::server_multi::Transaction,
+    /// Who it is logged in as, and what that user may run.
+    pub auth: ConnectionAuth,
 }
 
 impl Drop for Connection {
@@ -262,7 +278,7 @@ const BAD_NAME: &str = "ERR Client names cannot contain spaces, newlines or spec
 
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`. `role` is HELLO's
 /// `role` field: `master` on the leader.
-pub fn hello(conn: &mut Connection, args: &[Bytes], role: &str) -> Reply {
+pub async fn hello(conn: &mut Connection, args: &[Bytes], role: &str) -> Reply {
     let mut protocol = conn.protocol;
     let mut name = None;
     if let Some(version) = args.first() {
@@ -285,7 +301,7 @@ pub fn hello(conn: &mut Connection, args: &[Bytes], role: &str) -> Reply {
             };
             match (upper(option).as_str(), &rest[1..]) {
                 ("AUTH", [user, password, ..]) => {
-                    if let Err(refused) = authenticate(user, password) {
+                    if let Err(refused) = login(conn, Some(user), password).await {
                         return refused;
                     }
                     rest = &rest[3..];
@@ -300,6 +316,9 @@ pub fn hello(conn: &mut Connection, args: &[Bytes], role: &str) -> Reply {
                 _ => return option_error(),
             }
         }
+    }
+    if let Some(refused) = conn.auth.hello_refusal() {
+        return refused;
     }
     if let Some(name) = name {
         conn.update(|i| i.name = name);
@@ -316,32 +335,23 @@ pub fn hello(conn: &mut Connection, args: &[Bytes], role: &str) -> Reply {
     ])
 }
 
-/// No password is configured: the default user may log in with any password, as in Redis
-/// without `requirepass`; any other user does not exist.
-fn authenticate(user: &[u8], _password: &[u8]) -> Result<(), Reply> {
-    if user == b"default" {
-        Ok(())
-    } else {
-        Err(Reply::error(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
-    }
+/// Logs the connection in ([`ConnectionAuth::login`]; user None: `default`).
+async fn login(conn: &mut Connection, user: Option<&[u8]>, password: &[u8]) -> Result<(), Reply> {
+    conn.auth.login(user, password).await?;
+    let user = conn.auth.user_name().to_string();
+    conn.update(|i| i.user = user);
+    Ok(())
 }
 
 /// `AUTH [username] password`.
-pub fn auth(args: &[Bytes]) -> Reply {
-    match args {
-        [_password] => Reply::error(
-            "ERR AUTH <password> called without any password configured for the default user. \
-             Are you sure your configuration is correct?",
-        ),
-        [user, password] => match authenticate(user, password) {
-            Ok(()) => Reply::ok(),
-            Err(refused) => refused,
-        },
-        [] => crate::server::arity_error("AUTH"),
-        _ => syntax_error(),
-    }
+pub async fn auth(conn: &mut Connection, args: &[Bytes]) -> Reply {
+    let logged_in = match args {
+        [password] => login(conn, None, password).await,
+        [user, password] => login(conn, Some(user), password).await,
+        [] => return crate::server::arity_error("AUTH"),
+        _ => return syntax_error(),
+    };
+    logged_in.map_or_else(|refused| refused, |()| Reply::ok())
 }
 
 /// `SELECT index`: only database 0 exists.
@@ -363,10 +373,13 @@ pub fn select(args: &[Bytes]) -> Reply {
 pub fn reset(conn: &mut Connection) -> Reply {
     conn.set_protocol(Protocol::Resp2);
     conn.tx.reset();
+    conn.auth.reset();
+    let user = conn.auth.user_name().to_string();
     conn.update(|i| {
         i.name = Bytes::new();
         i.no_evict = false;
         i.no_touch = false;
+        i.user = user;
     });
     Reply::Simple("RESET".into())
 }
@@ -522,13 +535,14 @@ fn client_line(c: &ClientInfo, now: Instant) -> String {
     format!(
         "id={} addr={} laddr= fd=-1 name={} age={} idle={} flags={flags} db=0 sub=0 psub=0 \
          ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
-         omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+         omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
         c.id,
         c.addr,
         text(&c.name),
         now.duration_since(c.connected).as_secs(),
         now.duration_since(c.last_active).as_secs(),
         c.last_command,
+        c.user,
         c.protocol.version(),
         text(&c.lib_name),
         text(&c.lib_ver),

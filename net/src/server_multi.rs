@@ -91,6 +91,13 @@ impl Transaction {
         self.queued.is_some()
     }
 
+    /// A command was refused while queuing (a permission): EXEC discards the transaction.
+    pub fn refuse(&mut self) {
+        if self.is_open() {
+            self.failed = true;
+        }
+    }
+
     /// Forgets everything (RESET, a closed connection).
     pub fn reset(&mut self) {
         *self = Transaction::default();

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub wall_clock: WallClock,
     /// Where the HTTP admin listener (metrics, health) listens; none without one.
     pub admin_addr: Option<String>,
+    /// The client port's users when clients must log in (`--requirepass`, `--users-file`).
+    pub client_auth: Option<Arc<crate::auth::Authority>>,
     /// This node's metrics (one set per node, also in a process running several).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
@@ -199,6 +201,7 @@ impl NodeConfig {
             observer: None,
             wall_clock: WallClock::system(),
             admin_addr: None,
+            client_auth: None,
             metrics,
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),

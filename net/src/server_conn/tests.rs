@@ -15,7 +15,7 @@ fn error_text(reply: Reply) -> String {
 async fn hello_switches_the_protocol_and_answers_redis_map() {
     let port = ClientPort::new(6379);
     let mut conn = port.connect("127.0.0.1:1".into());
-    let reply = hello(&mut conn, &args(&["3", "SETNAME", "app"]), "master");
+    let reply = hello(&mut conn, &args(&["3", "SETNAME", "app"]), "master").await;
     assert_eq!(conn.protocol, Protocol::Resp3);
     let Reply::Map(pairs) = reply else {
         panic!("{reply:?}")
@@ -36,32 +36,28 @@ async fn hello_switches_the_protocol_and_answers_redis_map() {
     );
     // Errors leave the protocol as it was.
     assert_eq!(
-        error_text(hello(&mut conn, &args(&["4"]), "master")),
+        error_text(hello(&mut conn, &args(&["4"]), "master").await),
         "NOPROTO unsupported protocol version"
     );
     assert_eq!(
-        error_text(hello(&mut conn, &args(&["x"]), "master")),
+        error_text(hello(&mut conn, &args(&["x"]), "master").await),
         "ERR Protocol version is not an integer or out of range"
     );
     assert_eq!(
-        error_text(hello(&mut conn, &args(&["2", "foo"]), "master")),
+        error_text(hello(&mut conn, &args(&["2", "foo"]), "master").await),
         "ERR Syntax error in HELLO option 'foo'"
     );
     assert_eq!(
-        error_text(hello(&mut conn, &args(&["2", "setname"]), "master")),
+        error_text(hello(&mut conn, &args(&["2", "setname"]), "master").await),
         "ERR Syntax error in HELLO option 'setname'"
     );
     assert_eq!(
-        error_text(hello(
-            &mut conn,
-            &args(&["2", "AUTH", "bob", "pw"]),
-            "master"
-        )),
+        error_text(hello(&mut conn, &args(&["2", "AUTH", "bob", "pw"]), "master").await),
         "WRONGPASS invalid username-password pair or user is disabled."
     );
     assert_eq!(conn.protocol, Protocol::Resp3);
     assert!(matches!(
-        hello(&mut conn, &args(&["2", "AUTH", "default", "any"]), "master"),
+        hello(&mut conn, &args(&["2", "AUTH", "default", "any"]), "master").await,
         Reply::Map(_)
     ));
     assert_eq!(conn.protocol, Protocol::Resp2);
@@ -123,8 +119,8 @@ fn client_names_are_validated_stored_and_listed() {
     assert_eq!(client(&mut a, &args(&["GETNAME"])), Reply::Nil);
 }
 
-#[test]
-fn select_auth_and_reset_answer_as_redis_without_a_password() {
+#[tokio::test]
+async fn select_auth_and_reset_answer_as_redis_without_a_password() {
     assert_eq!(select(&args(&["0"])), Reply::ok());
     assert_eq!(
         error_text(select(&args(&["1"]))),
@@ -134,13 +130,18 @@ fn select_auth_and_reset_answer_as_redis_without_a_password() {
         error_text(select(&args(&["x"]))),
         "ERR value is not an integer or out of range"
     );
-    assert!(error_text(auth(&args(&["pw"]))).starts_with(
-        "ERR AUTH <password> called without any password configured for the default user."
-    ));
-    assert_eq!(auth(&args(&["default", "pw"])), Reply::ok());
     let port = ClientPort::new(0);
     let mut conn = port.connect("x".into());
-    hello(&mut conn, &args(&["3", "SETNAME", "n"]), "master");
+    assert!(
+        error_text(auth(&mut conn, &args(&["pw"])).await).starts_with(
+            "ERR AUTH <password> called without any password configured for the default user."
+        )
+    );
+    assert_eq!(
+        auth(&mut conn, &args(&["default", "pw"])).await,
+        Reply::ok()
+    );
+    hello(&mut conn, &args(&["3", "SETNAME", "n"]), "master").await;
     assert_eq!(reset(&mut conn), Reply::Simple("RESET".into()));
     assert_eq!(conn.protocol, Protocol::Resp2);
     assert_eq!(client(&mut conn, &args(&["GETNAME"])), Reply::Nil);

@@ -105,6 +105,7 @@ fn client_config(max_attempts: u32) -> ClientConfig {
         max_attempts,
         backoff: Duration::from_millis(100),
         follow_leader: true,
+        credentials: None,
     }
 }
 

@@ -136,6 +136,7 @@ fn operator_config() -> ClientConfig {
         max_attempts: 5,
         backoff: Duration::from_millis(100),
         follow_leader: true,
+        credentials: None,
     }
 }
 
