@@ -252,7 +252,34 @@ def stage_restart(addrs):
     print("verified", flush=True)
 
 
+def stage_auth(addrs):
+    """A cluster started with --requirepass (the password in KVSTORE_TEST_PASSWORD): redis-py
+    logs in with password= (HELLO 3 AUTH default PASSWORD) and works; without a password, or
+    with a wrong one, it is refused."""
+    import os
+
+    from redis.exceptions import AuthenticationError
+
+    password = os.environ["KVSTORE_TEST_PASSWORD"]
+    host, port = addrs[0].rsplit(":", 1)
+    r = redis.Redis(host=host, port=int(port), password=password)
+    uses_resp3(r)
+    check_equal(r.set("py:auth", "yes"), True, "SET after logging in")
+    check_equal(r.get("py:auth"), b"yes", "GET after logging in")
+    for wrong in (None, password + "x"):
+        try:
+            redis.Redis(host=host, port=int(port), password=wrong).get("py:auth")
+        except (AuthenticationError, ResponseError) as e:
+            text = str(e)
+            # redis-py drops the error code: NOAUTH's text, or WRONGPASS's.
+            if "authenticat" not in text.lower() and "invalid username-password" not in text:
+                raise AssertionError(f"password {wrong!r}: refused with {text!r}")
+        else:
+            raise AssertionError(f"password {wrong!r}: GET was not refused")
+
+
 STAGES = {
+    "auth": stage_auth,
     "basic": stage_basic,
     "transaction": stage_transaction,
     "ttl": stage_ttl,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use net::client::{ClientConfig, KvClient};
+use net::client::{ClientConfig, Credentials, KvClient};
 use net::server::parse_info;
 
 pub mod redis_oracle;
@@ -114,6 +114,9 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, TestNode>,
     /// Appended to every node's `kvstore serve` command line.
     pub extra_args: Vec<String>,
+    /// How the harness's own clients (and `kvstore` commands) log in, for a cluster started
+    /// with `--requirepass` or `--users-file`.
+    pub login: Option<Credentials>,
 }
 
 impl TestCluster {
@@ -151,6 +154,7 @@ impl TestCluster {
             peers,
             nodes,
             extra_args: Vec::new(),
+            login: None,
         }
     }
 
@@ -275,11 +279,16 @@ impl TestCluster {
     /// Runs `kvstore ARGS... --servers <every node>` (the command line a user types) and
     /// returns its exit status, stdout and stderr.
     pub fn kvstore(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(kvstore_bin())
-            .args(args)
-            .args(["--servers", &self.servers().join(",")])
-            .output()
-            .expect("running kvstore");
+        let mut cmd = Command::new(kvstore_bin());
+        cmd.args(args)
+            .args(["--servers", &self.servers().join(",")]);
+        if let Some(login) = &self.login {
+            cmd.env("KVSTORE_PASSWORD", &login.password);
+            if let Some(user) = &login.user {
+                cmd.args(["--user", user]);
+            }
+        }
+        let out = cmd.output().expect("running kvstore");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -310,13 +319,18 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> KvClient {
-        KvClient::new(self.servers())
+        let cfg = ClientConfig {
+            credentials: self.login.clone(),
+            ..Default::default()
+        };
+        KvClient::with_config(self.servers(), cfg)
     }
 
     /// A client that talks to node `id` only (reads are served from its own state machine).
     pub fn client_of(&self, id: u64) -> KvClient {
         let cfg = ClientConfig {
             follow_leader: false,
+            credentials: self.login.clone(),
             ..Default::default()
         };
         KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg)
@@ -333,6 +347,7 @@ impl TestCluster {
             max_attempts: 1,
             request_timeout: Duration::from_secs(2),
             follow_leader: false,
+            credentials: self.login.clone(),
             ..Default::default()
         };
         let mut c = KvClient::with_config(vec![self.nodes[&id].client_addr.clone()], cfg);
