@@ -9,7 +9,7 @@ use clap::Subcommand;
 use raft_core::NodeId;
 
 use crate::cli::ServersArg;
-use crate::client::{ClientConfig, KvClient};
+use crate::client::{ClientConfig, ClientError, KvClient};
 use crate::error::{CliError, ConfigError};
 use crate::node::admin::{MemberList, MemberRole, LEARNER_READY_LAG};
 use crate::server::parse_info;
@@ -200,6 +200,7 @@ pub async fn status(servers_arg: &ServersArg) -> Result<(), CliError> {
     ];
     println!("{}", ROW(&header.map(String::from)));
     let mut configuration: Option<(bool, BTreeMap<String, String>)> = None;
+    let mut refusal: Option<String> = None;
     for addr in servers {
         let mut c = KvClient::with_config(
             vec![addr.clone()],
@@ -238,11 +239,19 @@ pub async fn status(servers_arg: &ServersArg) -> Result<(), CliError> {
                     configuration = Some((leads, f));
                 }
             }
+            Err(ClientError::Server(reply)) => {
+                println!("{addr:<22} refused ({reply})");
+                refusal = Some(reply);
+            }
             Err(e) => println!("{addr:<22} down ({e})"),
         }
     }
     let Some((_, info)) = configuration else {
-        return Err(CliError::NoServerAnswered);
+        // Servers that answered with a refusal did answer: say why they refused.
+        return Err(match refusal {
+            Some(reply) => CliError::Client(ClientError::Server(reply)),
+            None => CliError::NoServerAnswered,
+        });
     };
     println!("{}", configuration_line(&info));
     Ok(())

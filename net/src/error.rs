@@ -389,7 +389,16 @@ impl fmt::Display for CliError {
                 f,
                 "node {id}: cannot listen for the admin endpoints (metrics, health) on {addr}: {source}"
             ),
-            CliError::Client(e) => e.fmt(f),
+            CliError::Client(e) => {
+                e.fmt(f)?;
+                match e {
+                    ClientError::Server(reply) => match login_hint(reply) {
+                        Some(hint) => write!(f, " ({hint})"),
+                        None => Ok(()),
+                    },
+                    _ => Ok(()),
+                }
+            }
             CliError::NoServerAnswered => write!(f, "no server answered"),
             CliError::Backup { why, .. } => write!(f, "{why}"),
             CliError::NoQuorum { why, maybe_applied } => write!(
@@ -409,6 +418,20 @@ impl fmt::Display for CliError {
             }
             CliError::Output(e) => write!(f, "cannot write to standard output: {e}"),
         }
+    }
+}
+
+/// What to do about a server's refusal to let this client in, if that is what `reply` is.
+pub fn login_hint(reply: &str) -> Option<&'static str> {
+    if reply.starts_with("NOAUTH") {
+        Some(
+            "the cluster requires a password: give --password (or set KVSTORE_PASSWORD), \
+             and --user for a user other than default",
+        )
+    } else if reply.starts_with("WRONGPASS") {
+        Some("the user and password given (--user, --password or KVSTORE_PASSWORD) were refused")
+    } else {
+        None
     }
 }
 
@@ -447,6 +470,20 @@ impl From<ClientError> for CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_login_says_how_to_log_in_and_other_refusals_stay_as_they_are() {
+        let shown = |reply: &str| CliError::Client(ClientError::Server(reply.into())).to_string();
+        let noauth = shown("NOAUTH Authentication required.");
+        assert!(
+            noauth.contains("NOAUTH") && noauth.contains("KVSTORE_PASSWORD"),
+            "{noauth}"
+        );
+        let wrong = shown("WRONGPASS invalid username-password pair or user is disabled.");
+        assert!(wrong.contains("were refused"), "{wrong}");
+        let other = shown("WRONGTYPE Operation against a key holding the wrong kind of value");
+        assert!(!other.contains("password"), "{other}");
+    }
 
     #[test]
     fn errors_name_the_failure_and_keep_the_cause() {
