@@ -39,4 +39,5 @@ pub mod server_multi;
 pub mod server_parse;
 pub mod snapshot_transfer;
 pub mod storage;
+pub mod tls;
 pub mod transport;
