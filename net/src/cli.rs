@@ -51,6 +51,8 @@ pub struct Cli {
     pub log_format: crate::logging::LogFormat,
 }
 
+// Parsed once per process: the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run one node of a cluster.
@@ -196,6 +198,8 @@ pub struct ServeArgs {
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
     pub reads: ReadModeArgs,
+    #[command(flatten)]
+    pub peer_tls: crate::cli_peer_tls::PeerTlsArgs,
 }
 
 /// When nodes take snapshots and compact their logs.
@@ -259,6 +263,7 @@ struct ServeSettings {
     max_clock_drift: Option<f64>,
     requirepass: Option<String>,
     users_file: Option<PathBuf>,
+    peer_tls: crate::cli_peer_tls::PeerTlsSettings,
 }
 
 fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
@@ -315,7 +320,11 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
                         .map_err(|_| at_line(format!("`{key}` needs a ratio, got `{value}`")))?,
                 )
             }
-            other => return Err(at_line(format!("unknown setting `{other}`"))),
+            other => {
+                if !s.peer_tls.set(other, value).map_err(at_line)? {
+                    return Err(at_line(format!("unknown setting `{other}`")));
+                }
+            }
         }
     }
     Ok(s)
@@ -436,6 +445,7 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
         args.users_file.clone().or(file.users_file),
     )?;
     cfg.seed = rand::thread_rng().gen();
+    crate::cli_peer_tls::apply(&args.peer_tls, file.peer_tls, &mut cfg)?;
     Ok((cfg, client_addr))
 }
 
@@ -630,6 +640,7 @@ mod tests {
             users_file: None,
             snapshots: SnapshotArgs::default(),
             reads: ReadModeArgs::default(),
+            peer_tls: Default::default(),
         };
         let (cfg, client) = serve_config(&args).unwrap();
         assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));

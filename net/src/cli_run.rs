@@ -24,12 +24,16 @@ use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
 use crate::request::NodeHandle;
 use crate::server;
+use crate::tls::{PeerTlsNet, Reloadable, ServerTlsFiles};
 use crate::transport::{Net, TokioNet};
+
+/// What runs a started node until it stops.
+type NodeRun = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
 
 /// A node whose ports are bound and whose storage is open, not yet running.
 pub(crate) struct StartedNode {
     id: u64,
-    run: Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>,
+    run: NodeRun,
     stopping: Stopping,
 }
 
@@ -70,6 +74,18 @@ pub(crate) async fn start_node(
 async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<StartedNode, CliError> {
     let net = TokioNet;
     let id = cfg.id;
+    // Certificates first: a wrong file is the error, before any port is bound.
+    let peer_tls = match &cfg.peer_tls {
+        Some(files) => Some(
+            PeerTlsNet::load(files, cfg.metrics.clone()).map_err(|source| CliError::Tls {
+                id,
+                what: "peer TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)",
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let admin_access = admin_access(&cfg)?;
     let tcp_port = client_addr
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
@@ -109,10 +125,18 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
     let client_port = tokio::spawn(serving.in_current_span());
     let (stop, shutdown) = watch::channel(false);
     if let Some(listener) = admin {
-        admin_http::spawn(listener, metrics.clone(), shutdown.clone());
+        admin_http::spawn(listener, metrics.clone(), admin_access, shutdown.clone());
     }
-    let (handle, run) = match node::start(cfg, net, shutdown).await {
-        Ok(started) => started,
+    let opened = match peer_tls {
+        None => node::start(cfg, net, shutdown)
+            .await
+            .map(|(handle, run)| (handle, Box::pin(run) as NodeRun)),
+        Some(peer_net) => node::start(cfg, peer_net, shutdown)
+            .await
+            .map(|(handle, run)| (handle, Box::pin(run) as NodeRun)),
+    };
+    let (handle, run) = match opened {
+        Ok(opened) => opened,
         Err(source) => {
             let _ = stop_clients.send(true);
             return Err(CliError::Node { id, source });
@@ -123,7 +147,7 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
     tracing::info!(id, %client_addr, "ready: the client port serves requests");
     Ok(StartedNode {
         id,
-        run: Box::pin(run),
+        run,
         stopping: Stopping {
             id,
             node: handle,
@@ -131,6 +155,29 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
             client_port,
             stop,
         },
+    })
+}
+
+/// Who may read node's admin endpoints: HTTPS with its peer certificate if asked (reloaded on
+/// SIGHUP), and the bearer token for /metrics.
+fn admin_access(cfg: &NodeConfig) -> Result<admin_http::AdminAccess, CliError> {
+    let tls = match (&cfg.peer_tls, cfg.admin_tls) {
+        (Some(files), true) => {
+            let server = ServerTlsFiles::new(files.cert.clone(), files.key.clone());
+            let config = Reloadable::load("admin port certificate", move || server.load())
+                .map_err(|source| CliError::Tls {
+                    id: cfg.id,
+                    what: "admin TLS (--admin-tls, with the peer certificate)",
+                    source,
+                })?;
+            config.reload_on_sighup();
+            Some(config)
+        }
+        _ => None,
+    };
+    Ok(admin_http::AdminAccess {
+        tls,
+        token: cfg.admin_token.clone(),
     })
 }
 

@@ -323,6 +323,12 @@ pub enum CliError {
         addr: String,
         source: io::Error,
     },
+    /// Node `id`'s TLS files (peer port, admin port) cannot be used.
+    Tls {
+        id: NodeId,
+        what: &'static str,
+        source: crate::tls::TlsError,
+    },
     /// Node `id` cannot listen for its admin endpoints (metrics, health) on `addr`.
     AdminPort {
         id: NodeId,
@@ -385,6 +391,7 @@ impl fmt::Display for CliError {
                     "node {id}: cannot listen for clients on {addr}: {source}"
                 )
             }
+            CliError::Tls { id, what, source } => write!(f, "node {id}: {what}: {source}"),
             CliError::AdminPort { id, addr, source } => write!(
                 f,
                 "node {id}: cannot listen for the admin endpoints (metrics, health) on {addr}: {source}"
@@ -444,6 +451,7 @@ impl Error for CliError {
                 Some(source)
             }
             CliError::Client(e) => Some(e),
+            CliError::Tls { source, .. } => Some(source),
             CliError::Task(e) => Some(e),
             CliError::ValueFile { source, .. } | CliError::Output(source) => Some(source),
             CliError::NoServerAnswered

@@ -13,6 +13,7 @@ pub mod cli_admin;
 pub mod cli_auth;
 mod cli_backup;
 pub mod cli_data;
+pub mod cli_peer_tls;
 mod cli_reach;
 pub mod cli_read_mode;
 mod cli_run;

@@ -63,6 +63,12 @@ pub struct NodeConfig {
     pub admin_addr: Option<String>,
     /// The client port's users when clients must log in (`--requirepass`, `--users-file`).
     pub client_auth: Option<Arc<crate::auth::Authority>>,
+    /// Mutual TLS between peers (`--peer-tls-*`); none: plain TCP.
+    pub peer_tls: Option<crate::tls::PeerTlsFiles>,
+    /// Serve the admin endpoints over HTTPS with the peer certificate.
+    pub admin_tls: bool,
+    /// The bearer token `/metrics` needs, if any.
+    pub admin_token: Option<crate::admin_http::AdminToken>,
     /// This node's metrics (one set per node, also in a process running several).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// Deliberately broken behaviour, for the simulator to show that it catches each.
@@ -202,6 +208,9 @@ impl NodeConfig {
             wall_clock: WallClock::system(),
             admin_addr: None,
             client_auth: None,
+            peer_tls: None,
+            admin_tls: false,
+            admin_token: None,
             metrics,
             #[cfg(feature = "test-switches")]
             unsafe_switches: UnsafeSwitches::default(),

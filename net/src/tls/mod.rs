@@ -40,6 +40,7 @@
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod peer;
 pub mod pem;
 pub mod reload;
 pub mod stream;
@@ -50,6 +51,7 @@ mod tests;
 pub use config::{ClientTlsFiles, ServerTlsFiles};
 pub use error::{PemKind, TlsError};
 pub use generate::{node_dns_name, CertAuthority, PemPair};
+pub use peer::{PeerTlsFiles, PeerTlsNet};
 pub use pem::{
     certificate_dns_names, check_signed_by, load_ca_bundle, load_identity, load_root_store,
     Identity,

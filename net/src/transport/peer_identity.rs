@@ -15,10 +15,7 @@ use raft_core::NodeId;
 
 use crate::metrics::NodeMetrics;
 
-/// The DNS name a member's certificate carries for member id `id`.
-pub fn member_dns_name(id: NodeId) -> String {
-    format!("node-{id}.kvstore.internal")
-}
+use crate::tls::node_dns_name as member_dns_name;
 
 /// What an inbound peer connection's certificate says about it.
 #[derive(Clone, Debug)]
