@@ -10,6 +10,7 @@ use rand::Rng;
 use crate::cli_admin::MemberCmd;
 use crate::cli_data::{DataCmd, Outcome};
 use crate::cli_read_mode::{read_mode, ReadModeArgs};
+use crate::cli_tls::ClientPorts;
 use crate::client::{ClientConfig, KvClient};
 use crate::error::{CliError, ConfigError};
 use crate::node::{self, NodeConfig};
@@ -87,6 +88,8 @@ pub enum Cmd {
     /// Print the argon2id hash of a password, for a users file (`user NAME on #HASH ...`). The
     /// password is read from the terminal without echo, or as one line of standard input.
     HashPassword,
+    /// Make a CA and a certificate for each node (TLS on the client and peer ports).
+    Certs(crate::cli_tls::CertsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +104,8 @@ pub struct ServersArg {
     pub servers: Vec<String>,
     #[command(flatten)]
     pub login: crate::cli_auth::LoginArgs,
+    #[command(flatten)]
+    pub tls: crate::cli_tls::ClientTlsArgs,
 }
 
 impl ServersArg {
@@ -112,12 +117,24 @@ impl ServersArg {
         }
     }
 
-    /// A client for these servers, logging in as the command line says.
-    pub fn client(&self) -> KvClient {
-        KvClient::with_config(
-            self.servers.clone(),
-            self.client_config(ClientConfig::default()),
-        )
+    /// A client of these servers, over TLS if the flags ask for it, logging in as they say.
+    pub fn client(&self, cfg: ClientConfig) -> Result<KvClient<crate::tls::MaybeTlsNet>, CliError> {
+        self.client_for(self.servers.clone(), cfg)
+    }
+
+    /// A client of `servers` with these flags' TLS settings and login.
+    pub fn client_for(
+        &self,
+        servers: Vec<String>,
+        cfg: ClientConfig,
+    ) -> Result<KvClient<crate::tls::MaybeTlsNet>, CliError> {
+        let client_id = rand::thread_rng().gen::<u64>() | 1;
+        Ok(KvClient::over(
+            self.tls.net()?,
+            servers,
+            self.client_config(cfg),
+            client_id,
+        ))
     }
 }
 
@@ -195,6 +212,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub users_file: Option<PathBuf>,
     #[command(flatten)]
+    pub tls: crate::cli_tls::ServeTlsArgs,
+    #[command(flatten)]
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
     pub reads: ReadModeArgs,
@@ -236,6 +255,11 @@ pub struct ClusterArgs {
     /// Also the KVSTORE_REQUIREPASS environment variable, which keeps it out of argv.
     #[arg(long)]
     pub requirepass: Option<String>,
+    /// TLS on every client port and mutual TLS between the nodes, with a CA and node
+    /// certificates made in DATA_DIR/tls on the first start (ca.pem, nodeN.pem, nodeN-key.pem)
+    /// and reused after.
+    #[arg(long)]
+    pub tls: bool,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -264,6 +288,7 @@ struct ServeSettings {
     requirepass: Option<String>,
     users_file: Option<PathBuf>,
     peer_tls: crate::cli_peer_tls::PeerTlsSettings,
+    tls: crate::cli_tls::ServeTlsArgs,
 }
 
 fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
@@ -320,6 +345,7 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
                         .map_err(|_| at_line(format!("`{key}` needs a ratio, got `{value}`")))?,
                 )
             }
+            other if s.tls.set_from_file(other, value) => {}
             other => {
                 if !s.peer_tls.set(other, value).map_err(at_line)? {
                     return Err(at_line(format!("unknown setting `{other}`")));
@@ -363,7 +389,7 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     Ok(peers)
 }
 
-fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
+fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, ClientPorts), ConfigError> {
     let file = match &args.config {
         Some(p) => read_config_file(p)?,
         None => ServeSettings::default(),
@@ -446,7 +472,8 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, String), ConfigError> {
     )?;
     cfg.seed = rand::thread_rng().gen();
     crate::cli_peer_tls::apply(&args.peer_tls, file.peer_tls, &mut cfg)?;
-    Ok((cfg, client_addr))
+    let ports = args.tls.clone().or(file.tls).client_ports(client_addr)?;
+    Ok((cfg, ports))
 }
 
 /// The incarnation a new data directory records: random, so that a wiped directory never comes
@@ -520,12 +547,12 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
     let done = match cli.command {
         Cmd::Data(cmd) => return crate::cli_data::run(cmd).await,
         Cmd::Serve(args) => {
-            let (cfg, client_addr) = serve_config(&args)?;
+            let (cfg, ports) = serve_config(&args)?;
             let (_stop, shutdown) = crate::cli_run::shutdown_on_signals();
-            crate::cli_run::run_node(cfg, client_addr, shutdown).await
+            crate::cli_run::run_node(cfg, ports, shutdown).await
         }
         Cmd::Cluster(args) => crate::cli_run::run_cluster(args).await,
-        Cmd::Status { servers } => crate::cli_admin::status(&servers).await,
+        Cmd::Status { servers } => crate::cli_admin::status(servers).await,
         Cmd::Bench(args) => crate::bench::run(args).await,
         Cmd::Member(cmd) => crate::cli_admin::run_member(cmd).await,
         Cmd::TransferLeader { id, servers } => {
@@ -534,6 +561,7 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
         Cmd::Backup(args) => return crate::cli_backup::backup(args).await,
         Cmd::Restore(args) => return crate::cli_backup::restore(args),
         Cmd::HashPassword => crate::cli_auth::hash_password(),
+        Cmd::Certs(args) => crate::cli_tls::run_certs(args),
     };
     done.map(|()| Outcome::Done)
 }
@@ -619,7 +647,7 @@ mod tests {
         let path = dir.path().join("node.conf");
         std::fs::write(
             &path,
-            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\ncluster-token = prod\nadmin-addr = h:7202\n",
+            "# node 2\nid = 2\npeers = \"1=h:1,2=h:2\"\nclient-addr = h:7002\nclient-addrs = 1=h:7001,2=h:7002\ndata-dir = /tmp/x\ncluster-token = prod\nadmin-addr = h:7202\ntls-cert = /c.pem\ntls-key = /k.pem\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -638,12 +666,16 @@ mod tests {
             request_timeout_ms: None,
             requirepass: None,
             users_file: None,
+            tls: Default::default(),
             snapshots: SnapshotArgs::default(),
             reads: ReadModeArgs::default(),
             peer_tls: Default::default(),
         };
         let (cfg, client) = serve_config(&args).unwrap();
-        assert_eq!((cfg.id, client.as_str()), (2, "h:9999"));
+        assert_eq!((cfg.id, client.addr.as_str()), (2, "h:9999"));
+        assert_eq!(client.tls_addr(), Some("h:9999"));
+        let tls = client.tls.expect("the file's TLS settings");
+        assert_eq!(tls.files.cert, PathBuf::from("/c.pem"));
         assert_eq!(cfg.client_addrs.get(&1).map(String::as_str), Some("h:7001"));
         assert_eq!(cfg.cluster_token.as_deref(), Some("prod"));
         assert_eq!(cfg.admin_addr.as_deref(), Some("h:7202"));

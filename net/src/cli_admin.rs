@@ -14,6 +14,7 @@ use crate::error::{CliError, ConfigError};
 use crate::node::admin::{MemberList, MemberRole, LEARNER_READY_LAG};
 use crate::server::parse_info;
 use crate::server_admin::is_host_port;
+use crate::tls::MaybeTlsNet;
 
 #[derive(Subcommand, Debug)]
 pub enum MemberCmd {
@@ -80,20 +81,17 @@ fn check_id(id: NodeId) -> Result<(), CliError> {
 
 /// A client for an operator command: it retries for longer than a data request, since a
 /// change may wait for an election or for a change in flight to finish.
-fn admin_client(servers: &ServersArg) -> KvClient {
-    KvClient::with_config(
-        servers.servers.clone(),
-        servers.client_config(ClientConfig {
-            max_attempts: 50,
-            ..Default::default()
-        }),
-    )
+fn admin_client(servers: &ServersArg) -> Result<KvClient<MaybeTlsNet>, CliError> {
+    servers.client(ClientConfig {
+        max_attempts: 50,
+        ..Default::default()
+    })
 }
 
 pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
     match cmd {
         MemberCmd::List { servers } => {
-            let list = admin_client(&servers).member_list().await?;
+            let list = admin_client(&servers)?.member_list().await?;
             let reachable = probe_all(&list).await;
             print!("{}", format_member_list(&list, &reachable));
         }
@@ -106,7 +104,7 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
             check_id(id)?;
             check_addr("--peer-addr", &peer_addr)?;
             check_addr("--client-addr", &client_addr)?;
-            admin_client(&servers)
+            admin_client(&servers)?
                 .member_add(id, &peer_addr, &client_addr)
                 .await?;
             println!(
@@ -115,12 +113,12 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
         }
         MemberCmd::Promote { id, servers } => {
             check_id(id)?;
-            admin_client(&servers).member_promote(id).await?;
+            admin_client(&servers)?.member_promote(id).await?;
             println!("node {id} is a voter");
         }
         MemberCmd::Remove { id, servers } => {
             check_id(id)?;
-            let mut client = admin_client(&servers);
+            let mut client = admin_client(&servers)?;
             hand_off_if_leading(&mut client, id).await;
             client.member_remove(id).await?;
             println!("node {id} removed");
@@ -134,7 +132,7 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
             check_id(id)?;
             check_addr("--peer-addr", &peer_addr)?;
             check_addr("--client-addr", &client_addr)?;
-            admin_client(&servers)
+            admin_client(&servers)?
                 .member_update(id, &peer_addr, &client_addr)
                 .await?;
             println!("node {id} now at {peer_addr} (peers), {client_addr} (clients)");
@@ -147,7 +145,7 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
 /// by a change steps down once the change commits, and the others then wait an election
 /// timeout before one of them campaigns: clients would wait that long. After a transfer they
 /// wait for a transfer only. A failed hand-off is reported and the removal goes on.
-async fn hand_off_if_leading(client: &mut KvClient, id: NodeId) {
+async fn hand_off_if_leading(client: &mut KvClient<MaybeTlsNet>, id: NodeId) {
     let Ok(list) = client.member_list().await else {
         return;
     };
@@ -170,14 +168,14 @@ async fn hand_off_if_leading(client: &mut KvClient, id: NodeId) {
 
 pub async fn run_transfer_leader(id: NodeId, servers: ServersArg) -> Result<(), CliError> {
     check_id(id)?;
-    admin_client(&servers).transfer_leader(id).await?;
+    admin_client(&servers)?.transfer_leader(id).await?;
     println!("node {id} leads");
     Ok(())
 }
 
 /// `kvstore status`: one row per server asked, then the configuration as the leader (or else
 /// the first server that answered) has it.
-pub async fn status(servers_arg: &ServersArg) -> Result<(), CliError> {
+pub async fn status(servers_arg: ServersArg) -> Result<(), CliError> {
     let servers = &servers_arg.servers;
     const ROW: fn(&[String]) -> String = |c| {
         format!(
@@ -202,16 +200,16 @@ pub async fn status(servers_arg: &ServersArg) -> Result<(), CliError> {
     let mut configuration: Option<(bool, BTreeMap<String, String>)> = None;
     let mut refusal: Option<String> = None;
     for addr in servers {
-        let mut c = KvClient::with_config(
+        let mut c = servers_arg.client_for(
             vec![addr.clone()],
-            servers_arg.client_config(ClientConfig {
+            ClientConfig {
                 max_attempts: 1,
                 request_timeout: Duration::from_secs(2),
                 // Each row is about the server asked, not the leader.
                 follow_leader: false,
                 ..Default::default()
-            }),
-        );
+            },
+        )?;
         match c.info().await {
             Ok(text) if parse_info(&text).get("loading").is_some_and(|l| l == "1") => {
                 println!("{addr:<22} starting (not serving yet)")

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::cli::ServersArg;
 use crate::cli_reach::{within, TimeoutArg};
+use crate::client::ClientConfig;
 use crate::error::CliError;
 
 /// What every data command's `--help` ends with; the README says the same.
@@ -118,7 +119,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = servers.client();
+            let mut client = servers.client(ClientConfig::default())?;
             let value = within(&servers, timeout, false, client.get(&bytes_of(&key))).await?;
             let shown = match (&value, output.pretty) {
                 (Some(v), false) => v.to_vec(),
@@ -139,7 +140,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
                 (None, Some(path)) => read_value_file(path)?,
                 (None, None) => return Err(CliError::Usage("give VALUE or --value-file")),
             };
-            let mut client = args.servers.client();
+            let mut client = args.servers.client(ClientConfig::default())?;
             let key = bytes_of(&args.key);
             within(&args.servers, args.timeout, true, client.set(&key, &value)).await?;
             if args.output.pretty {
@@ -153,7 +154,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = servers.client();
+            let mut client = servers.client(ClientConfig::default())?;
             let existed = within(&servers, timeout, true, client.del(&bytes_of(&key))).await?;
             print_pretty_integer(output, i64::from(existed))?;
             Ok(yes_or_no(existed))
@@ -165,7 +166,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
             servers,
             timeout,
         } => {
-            let mut client = servers.client();
+            let mut client = servers.client(ClientConfig::default())?;
             let value =
                 within(&servers, timeout, true, client.incr_by(&bytes_of(&key), by)).await?;
             if output.pretty {
@@ -186,7 +187,7 @@ pub async fn run(cmd: DataCmd) -> Result<Outcome, CliError> {
         } => {
             let expected = expected.as_deref().map(bytes_of);
             let (key, new) = (bytes_of(&key), bytes_of(&new));
-            let mut client = servers.client();
+            let mut client = servers.client(ClientConfig::default())?;
             let swapped = within(
                 &servers,
                 timeout,

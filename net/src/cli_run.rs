@@ -19,13 +19,13 @@ use tracing::Instrument;
 use crate::admin_http;
 use crate::cli::ClusterArgs;
 use crate::cli_read_mode::read_mode;
+use crate::cli_tls::{ClientPortTls, ClientPorts};
 use crate::error::{CliError, ConfigError, NodeError};
 use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
 use crate::request::NodeHandle;
-use crate::server;
 use crate::tls::{PeerTlsNet, Reloadable, ServerTlsFiles};
-use crate::transport::{Net, TokioNet};
+use crate::transport::TokioNet;
 
 /// What runs a started node until it stops.
 type NodeRun = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
@@ -65,13 +65,13 @@ fn node_span(id: u64) -> tracing::Span {
 /// the user.
 pub(crate) async fn start_node(
     cfg: NodeConfig,
-    client_addr: String,
+    ports: ClientPorts,
 ) -> Result<StartedNode, CliError> {
     let span = node_span(cfg.id);
-    start_node_in_span(cfg, client_addr).instrument(span).await
+    start_node_in_span(cfg, ports).instrument(span).await
 }
 
-async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<StartedNode, CliError> {
+async fn start_node_in_span(cfg: NodeConfig, ports: ClientPorts) -> Result<StartedNode, CliError> {
     let net = TokioNet;
     let id = cfg.id;
     // Certificates first: a wrong file is the error, before any port is bound.
@@ -86,18 +86,7 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
         None => None,
     };
     let admin_access = admin_access(&cfg)?;
-    let tcp_port = client_addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0);
-    let clients = net
-        .bind(client_addr.clone())
-        .await
-        .map_err(|source| CliError::ClientPort {
-            id,
-            addr: client_addr.clone(),
-            source,
-        })?;
+    let clients = ports.bind(id).await?;
     let admin = match &cfg.admin_addr {
         Some(addr) => Some(
             admin_http::bind(addr)
@@ -113,12 +102,9 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
     let metrics = cfg.metrics.clone();
     let (started, started_node) = watch::channel(None);
     let (stop_clients, clients_shutdown) = watch::channel(false);
-    let serving = server::serve_clients(
-        clients,
+    let serving = clients.serve(
         started_node,
         clients_shutdown,
-        rand::thread_rng().gen(),
-        tcp_port,
         metrics.clone(),
         cfg.client_auth.clone(),
     );
@@ -144,7 +130,13 @@ async fn start_node_in_span(cfg: NodeConfig, client_addr: String) -> Result<Star
     };
     let _ = started.send(Some(handle.clone()));
     metrics.status.ready.set(1);
-    tracing::info!(id, %client_addr, "ready: the client port serves requests");
+    match ports.tls_addr() {
+        Some(tls_addr) => tracing::info!(id, client_addr = %ports.addr, %tls_addr,
+            "ready: the client port serves requests"),
+        None => {
+            tracing::info!(id, client_addr = %ports.addr, "ready: the client port serves requests")
+        }
+    }
     Ok(StartedNode {
         id,
         run,
@@ -209,10 +201,10 @@ impl StartedNode {
 /// Runs one node until `stop_signal` turns true, then stops it gracefully.
 pub(crate) async fn run_node(
     cfg: NodeConfig,
-    client_addr: String,
+    ports: ClientPorts,
     stop_signal: watch::Receiver<bool>,
 ) -> Result<(), CliError> {
-    start_node(cfg, client_addr).await?.run(stop_signal).await
+    start_node(cfg, ports).await?.run(stop_signal).await
 }
 
 /// Waits for the stop signal; then, if the node leads, hands the leadership to the most
@@ -278,7 +270,7 @@ pub(crate) fn shutdown_on_signals() -> (Arc<watch::Sender<bool>>, watch::Receive
 }
 
 /// The configuration of each node of a local cluster, with its client address.
-fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliError> {
+fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, ClientPorts)>, CliError> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err(ConfigError::Invalid("--nodes must be between 1 and 9".into()).into());
     }
@@ -315,7 +307,24 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
             args.reads.max_clock_drift,
             &cfg,
         )?;
-        configs.push((cfg, client_addrs[&id].clone()));
+        let mut ports = ClientPorts::plain(client_addrs[&id].clone());
+        if args.tls {
+            let dir = cluster_tls_dir(args);
+            ports.tls = Some(ClientPortTls {
+                files: ServerTlsFiles::new(
+                    dir.join(format!("node{id}.pem")),
+                    dir.join(format!("node{id}-key.pem")),
+                ),
+                addr: None,
+            });
+            // The same files on the peer ports: each certificate names its member.
+            cfg.peer_tls = Some(crate::tls::PeerTlsFiles {
+                cert: dir.join(format!("node{id}.pem")),
+                key: dir.join(format!("node{id}-key.pem")),
+                ca: dir.join("ca.pem"),
+            });
+        }
+        configs.push((cfg, ports));
     }
     Ok(configs)
 }
@@ -323,10 +332,12 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, String)>, CliE
 /// Starts every node of the cluster at once (an empty node told to bootstrap waits for its
 /// peers to answer). The first failure stops the rest: the nodes still starting are dropped,
 /// the started ones stopped.
-async fn start_cluster(configs: Vec<(NodeConfig, String)>) -> Result<Vec<StartedNode>, CliError> {
+async fn start_cluster(
+    configs: Vec<(NodeConfig, ClientPorts)>,
+) -> Result<Vec<StartedNode>, CliError> {
     let mut starting = JoinSet::new();
-    for (cfg, client_addr) in configs {
-        starting.spawn(start_node(cfg, client_addr));
+    for (cfg, ports) in configs {
+        starting.spawn(start_node(cfg, ports));
     }
     let mut started = Vec::new();
     let mut failure = None;
@@ -354,7 +365,15 @@ async fn start_cluster(configs: Vec<(NodeConfig, String)>) -> Result<Vec<Started
     Err(failure)
 }
 
+/// Where `kvstore cluster --tls` keeps its CA and certificates.
+fn cluster_tls_dir(args: &ClusterArgs) -> std::path::PathBuf {
+    args.data_dir.join("tls")
+}
+
 pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
+    if args.tls {
+        crate::cli_tls::cluster_certificates(&cluster_tls_dir(&args), args.nodes, &args.host)?;
+    }
     let configs = cluster_configs(&args)?;
     let password_required = configs
         .first()
@@ -385,6 +404,17 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         println!(
             "  clients must log in (the password is not shown here):\n    redis-cli -p {} --askpass   (or REDISCLI_AUTH=PASSWORD redis-cli -p {})\n    KVSTORE_PASSWORD=PASSWORD kvstore get greeting",
             args.port, args.port
+        );
+    }
+    if args.tls {
+        let ca = cluster_tls_dir(&args).join("ca.pem");
+        println!(
+            "  TLS:     client and peer ports speak TLS only (peers: mutual TLS): redis-cli -p {} --tls --cacert {}\n           kvstore get KEY --cacert {} --servers {}:{}",
+            args.port,
+            ca.display(),
+            ca.display(),
+            args.host,
+            args.port,
         );
     }
     let (stop_all, stop_signal) = shutdown_on_signals();

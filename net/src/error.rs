@@ -361,6 +361,11 @@ pub enum CliError {
         why: String,
         no_server: bool,
     },
+    /// TLS cannot be set up: `what` could not be done, `source` says which file is wrong.
+    TlsSetup {
+        what: String,
+        source: crate::tls::TlsError,
+    },
 }
 
 impl CliError {
@@ -408,6 +413,7 @@ impl fmt::Display for CliError {
             }
             CliError::NoServerAnswered => write!(f, "no server answered"),
             CliError::Backup { why, .. } => write!(f, "{why}"),
+            CliError::TlsSetup { what, source } => write!(f, "{what}: {source}"),
             CliError::NoQuorum { why, maybe_applied } => write!(
                 f,
                 "{why}{}",
@@ -446,12 +452,13 @@ impl Error for CliError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             CliError::Config(e) => Some(e),
+            CliError::Tls { source, .. } => Some(source),
             CliError::Node { source, .. } => Some(source),
             CliError::ClientPort { source, .. } | CliError::AdminPort { source, .. } => {
                 Some(source)
             }
             CliError::Client(e) => Some(e),
-            CliError::Tls { source, .. } => Some(source),
+            CliError::TlsSetup { source, .. } => Some(source),
             CliError::Task(e) => Some(e),
             CliError::ValueFile { source, .. } | CliError::Output(source) => Some(source),
             CliError::NoServerAnswered

@@ -17,6 +17,7 @@ pub mod cli_peer_tls;
 mod cli_reach;
 pub mod cli_read_mode;
 mod cli_run;
+pub mod cli_tls;
 pub mod client;
 pub mod command_table;
 pub mod error;

@@ -65,6 +65,16 @@ impl CertAuthority {
         Ok(CertAuthority { cert, key })
     }
 
+    /// A CA made earlier, from its certificate and key (PEM), to sign more certificates.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen_error)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem).map_err(rcgen_error)?;
+        // Signing the same name and key again gives an issuer equal to the original for
+        // every certificate it signs.
+        let cert = params.self_signed(&key).map_err(rcgen_error)?;
+        Ok(CertAuthority { cert, key })
+    }
+
     /// The CA's certificate and key, PEM.
     pub fn pem(&self) -> PemPair {
         PemPair {

@@ -25,6 +25,8 @@
 //! - **Generation** ([`generate`]): [`CertAuthority`] makes a CA and node certificates named
 //!   [`node_dns_name`] (`node-N.kvstore.internal`) plus `localhost`, `127.0.0.1` and the host,
 //!   usable for server and client authentication.
+//! - **Plain or TLS** ([`maybe`]): [`MaybeTlsNet`], one `Net` type for either, as a command
+//!   line chooses.
 //!
 //! Example, a server port:
 //! ```no_run
@@ -40,6 +42,7 @@
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod maybe;
 pub mod peer;
 pub mod pem;
 pub mod reload;
@@ -51,6 +54,7 @@ mod tests;
 pub use config::{ClientTlsFiles, ServerTlsFiles};
 pub use error::{PemKind, TlsError};
 pub use generate::{node_dns_name, CertAuthority, PemPair};
+pub use maybe::{MaybeTlsListener, MaybeTlsNet, MaybeTlsStream};
 pub use peer::{PeerTlsFiles, PeerTlsNet};
 pub use pem::{
     certificate_dns_names, check_signed_by, load_ca_bundle, load_identity, load_root_store,
