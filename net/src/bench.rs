@@ -71,7 +71,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if !(0.0..=1.0).contains(&args.read_ratio) {
         return Err(CliError::Bench("--read-ratio must be between 0 and 1"));
     }
-    let report = bench(&args).await;
+    // Over TLS if the flags ask for it: a wrong --cacert is an error before any request.
+    let net = args.servers.tls.net()?;
+    let report = bench(&args, net).await;
     println!("clients={} {report}", args.clients);
     if report.ok == 0 {
         return Err(CliError::Bench("no request succeeded"));
@@ -99,13 +101,14 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
-pub async fn bench(args: &BenchArgs) -> BenchReport {
+pub async fn bench(args: &BenchArgs, net: crate::tls::MaybeTlsNet) -> BenchReport {
     let claimed = Arc::new(AtomicU64::new(0));
     let progress = progress_bar(args.ops);
     let start = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|i| {
             let (claimed, progress, args) = (claimed.clone(), progress.clone(), args.clone());
+            let net = net.clone();
             tokio::spawn(async move {
                 // Clients stay on the node they start at (followers forward): the client-protocol
                 // work spreads over every node, which measured a lower tail than all on the leader.
@@ -113,8 +116,9 @@ pub async fn bench(args: &BenchArgs) -> BenchReport {
                     follow_leader: false,
                     ..ClientConfig::default()
                 });
-                let mut client =
-                    KvClient::with_config(args.servers.servers.clone(), cfg).starting_at(i);
+                let client_id = rand::Rng::gen::<u64>(&mut rand::thread_rng()) | 1;
+                let mut client = KvClient::over(net, args.servers.servers.clone(), cfg, client_id)
+                    .starting_at(i);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
                 let value = vec![b'v'; args.value_size];
                 let mut latencies = Vec::new();

@@ -143,6 +143,15 @@ fn a_tls_cluster_serves_redis_cli_redis_py_and_the_kvstore_commands() {
         status.status.success(),
         "kvstore status over TLS: {status:?}"
     );
+    let bench = Command::new(kvstore_bin())
+        .args(["bench", "--servers", &servers, "--cacert", &ca_text])
+        .args(["--clients", "4", "--ops", "200"])
+        .output()
+        .expect("kvstore bench runs");
+    assert!(
+        bench.status.success() && stdout(&bench).contains("ok=200"),
+        "kvstore bench over TLS: {bench:?}"
+    );
     // A CA that did not sign the servers' certificates: refused.
     let other = cluster.dir.path().join("other");
     make_certs(&other, 1);
