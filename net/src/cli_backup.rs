@@ -94,6 +94,14 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
     let Some(out) = args.out else {
         return Err(CliError::Usage("give --out FILE, or --verify FILE"));
     };
+    let tls = &args.servers.tls;
+    if tls.tls || tls.cacert.is_some() || tls.cert.is_some() {
+        // Said plainly rather than ignored: a plain connection to a TLS port only fails later.
+        return Err(CliError::Usage(
+            "kvstore backup does not speak TLS yet: take it from a plain client port \
+             (kvstore serve --tls-client-addr serves TLS beside a plain --client-addr)",
+        ));
+    }
     let partial = partial_path(&out);
     let idle = Duration::from_secs(args.timeout_seconds.max(1));
     let mut refusals = Vec::new();

@@ -433,3 +433,23 @@ fn the_local_cluster_with_tls_makes_its_certificates_once() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn kvstore_backup_refuses_the_tls_flags_it_cannot_honour_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(kvstore_bin())
+        .args([
+            "backup",
+            "--servers",
+            "127.0.0.1:1",
+            "--cacert",
+            "ca.pem",
+            "--out",
+        ])
+        .arg(dir.path().join("b.kvbak"))
+        .output()
+        .expect("kvstore backup runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not speak TLS yet"), "{err}");
+}
