@@ -36,6 +36,22 @@ pub(super) fn entry_key(index: Index) -> [u8; 9] {
     k
 }
 
+/// The longest entry key: a range prefix (`GROUP | range id`) and `ENTRY | index`.
+const ENTRY_KEY_MAX: usize = 9 + 9;
+
+/// One entry's key, built without allocating.
+pub(super) struct EntryKey {
+    bytes: [u8; ENTRY_KEY_MAX],
+    len: usize,
+}
+
+impl std::ops::Deref for EntryKey {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// The keys of one range's rows in the shared log database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LogKeys {
@@ -61,8 +77,15 @@ impl LogKeys {
         k
     }
 
-    pub(super) fn entry(&self, index: Index) -> Vec<u8> {
-        self.with(&entry_key(index))
+    /// On the stack: one is built per entry written, read or deleted.
+    pub(super) fn entry(&self, index: Index) -> EntryKey {
+        let mut key = EntryKey {
+            bytes: [0; ENTRY_KEY_MAX],
+            len: self.prefix.len() + 9,
+        };
+        key.bytes[..self.prefix.len()].copy_from_slice(&self.prefix);
+        key.bytes[self.prefix.len()..key.len].copy_from_slice(&entry_key(index));
+        key
     }
 
     pub(super) fn hard_state(&self) -> Vec<u8> {

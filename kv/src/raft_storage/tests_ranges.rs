@@ -21,12 +21,12 @@ fn write_of(r: RangeId, n: u64) -> Persist {
 #[test]
 fn the_first_ranges_rows_keep_the_keys_a_log_had_before_ranges() {
     let first = LogKeys::of(FIRST_RANGE);
-    assert_eq!(first.entry(5), entry_key(5).to_vec());
+    assert_eq!(first.entry(5).to_vec(), entry_key(5).to_vec());
     assert_eq!(first.hard_state(), KEY_HARD_STATE.to_vec());
     assert_eq!(first.log_start(), KEY_LOG_START.to_vec());
     let mut expected = vec![0x02, 0, 0, 0, 0, 0, 0, 0, 7];
     expected.extend_from_slice(&entry_key(5));
-    assert_eq!(LogKeys::of(7).entry(5), expected);
+    assert_eq!(LogKeys::of(7).entry(5).to_vec(), expected);
 }
 
 #[test]
