@@ -28,6 +28,8 @@ use crate::cli_data::Outcome;
 use crate::error::{CliError, ConfigError};
 use crate::resp::{encode_request, Limits, Reply, ReplyParser};
 use crate::server_backup::BACKUP_COMMAND;
+use crate::tls::MaybeTlsNet;
+use crate::transport::Net;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
@@ -94,14 +96,8 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
     let Some(out) = args.out else {
         return Err(CliError::Usage("give --out FILE, or --verify FILE"));
     };
-    let tls = &args.servers.tls;
-    if tls.tls || tls.cacert.is_some() || tls.cert.is_some() {
-        // Said plainly rather than ignored: a plain connection to a TLS port only fails later.
-        return Err(CliError::Usage(
-            "kvstore backup does not speak TLS yet: take it from a plain client port \
-             (kvstore serve --tls-client-addr serves TLS beside a plain --client-addr)",
-        ));
-    }
+    // Plain TCP or TLS as the flags say; a bad --cacert fails here, before any server is tried.
+    let net = args.servers.tls.net()?;
     let partial = partial_path(&out);
     let idle = Duration::from_secs(args.timeout_seconds.max(1));
     let mut refusals = Vec::new();
@@ -110,7 +106,7 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
         let bar = progress_bar(None);
         bar.set_message(format!("from {addr}"));
         let login = args.servers.login.credentials();
-        let attempt = fetch(addr, login.as_ref(), &partial, idle, &bar).await;
+        let attempt = fetch(&net, addr, login.as_ref(), &partial, idle, &bar).await;
         bar.finish_and_clear();
         match attempt {
             Ok(summary) => {
@@ -153,6 +149,7 @@ pub async fn backup(args: BackupArgs) -> Result<Outcome, CliError> {
 
 /// Streams a backup from `addr` into `partial`, checked chunk by chunk; synced once complete.
 async fn fetch(
+    net: &MaybeTlsNet,
     addr: &str,
     login: Option<&crate::client::Credentials>,
     partial: &Path,
@@ -160,7 +157,8 @@ async fn fetch(
     bar: &ProgressBar,
 ) -> Result<BackupSummary, Attempt> {
     let timed = |what: &str| format!("no progress for {} s {what}", idle.as_secs());
-    let mut stream = match tokio::time::timeout(idle, tokio::net::TcpStream::connect(addr)).await {
+    // A TLS connect includes the handshake, so a wrong CA is reported as a refusal here.
+    let mut stream = match tokio::time::timeout(idle, net.connect(addr.to_owned())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(Attempt::Refused(format!("cannot connect: {e}"))),
         Err(_) => return Err(Attempt::Refused(timed("connecting"))),

@@ -24,7 +24,7 @@ use crate::error::{CliError, ConfigError, NodeError};
 use crate::node::admin::{AdminReply, AdminRequest};
 use crate::node::{self, NodeConfig};
 use crate::request::NodeHandle;
-use crate::tls::{PeerTlsNet, Reloadable, ServerTlsFiles};
+use crate::tls::{check_names_member, PeerTlsNet, Reloadable, ServerTlsFiles, TlsError};
 use crate::transport::TokioNet;
 
 /// What runs a started node until it stops.
@@ -76,13 +76,15 @@ async fn start_node_in_span(cfg: NodeConfig, ports: ClientPorts) -> Result<Start
     let id = cfg.id;
     // Certificates first: a wrong file is the error, before any port is bound.
     let peer_tls = match &cfg.peer_tls {
-        Some(files) => Some(
-            PeerTlsNet::load(files, cfg.metrics.clone()).map_err(|source| CliError::Tls {
+        Some(files) => {
+            let refused = |source: TlsError| CliError::Tls {
                 id,
                 what: "peer TLS (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)",
                 source,
-            })?,
-        ),
+            };
+            check_names_member(files, id).map_err(refused)?;
+            Some(PeerTlsNet::load(files, cfg.metrics.clone()).map_err(refused)?)
+        }
         None => None,
     };
     let admin_access = admin_access(&cfg)?;
@@ -370,6 +372,69 @@ fn cluster_tls_dir(args: &ClusterArgs) -> std::path::PathBuf {
     args.data_dir.join("tls")
 }
 
+/// What `kvstore cluster` prints once its nodes serve: where they are, and the commands that
+/// reach them as started (with TLS and a password, the commands that work say so).
+fn print_cluster_banner(args: &ClusterArgs, password_required: bool) {
+    let plural = |one: &'static str, many: &'static str| if args.nodes == 1 { one } else { many };
+    let client_ports: Vec<String> = (1..=args.nodes)
+        .map(|i| (args.port + i as u16 - 1).to_string())
+        .collect();
+    let admin_ports: Vec<String> = (1..=args.nodes)
+        .map(|i| (args.port + 200 + i as u16 - 1).to_string())
+        .collect();
+    let servers = client_ports
+        .iter()
+        .map(|p| format!("{}:{p}", args.host))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ca = args.tls.then(|| cluster_tls_dir(args).join("ca.pem"));
+    let tls_flags = ca
+        .as_ref()
+        .map(|ca| format!(" --tls --cacert {}", ca.display()))
+        .unwrap_or_default();
+    let kvstore_tls = ca
+        .as_ref()
+        .map(|ca| format!(" --cacert {}", ca.display()))
+        .unwrap_or_default();
+    let ask = if password_required { " --askpass" } else { "" };
+    let env = if password_required {
+        "KVSTORE_PASSWORD=PASSWORD "
+    } else {
+        ""
+    };
+    println!(
+        "kvstore: {} {} on {} (client {} {}), data in {}",
+        args.nodes,
+        plural("node", "nodes"),
+        args.host,
+        plural("port", "ports"),
+        client_ports.join(", "),
+        args.data_dir.display(),
+    );
+    println!("  connect: redis-cli -p {}{tls_flags}{ask}", args.port);
+    println!("  status:  {env}kvstore status --servers {servers}{kvstore_tls}");
+    println!(
+        "  metrics: http://{}:{}/metrics (health: /health; admin {}: {})",
+        args.host,
+        admin_ports[0],
+        plural("port", "ports"),
+        admin_ports.join(", "),
+    );
+    if password_required {
+        println!(
+            "  login:   clients must log in (the password is not shown here): redis-cli \
+             --askpass, or REDISCLI_AUTH=PASSWORD; kvstore commands read KVSTORE_PASSWORD"
+        );
+    }
+    if args.tls {
+        println!(
+            "  TLS:     client and peer ports speak TLS only (peers: mutual TLS); the CA is {}",
+            cluster_tls_dir(args).join("ca.pem").display()
+        );
+    }
+    println!("  stop:    Ctrl-C");
+}
+
 pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
     if args.tls {
         crate::cli_tls::cluster_certificates(&cluster_tls_dir(&args), args.nodes, &args.host)?;
@@ -379,44 +444,7 @@ pub(crate) async fn run_cluster(args: ClusterArgs) -> Result<(), CliError> {
         .first()
         .is_some_and(|(c, _)| c.client_auth.is_some());
     let nodes = start_cluster(configs).await?;
-    let client_ports: Vec<String> = (1..=args.nodes)
-        .map(|i| (args.port + i as u16 - 1).to_string())
-        .collect();
-    let admin_ports: Vec<String> = (1..=args.nodes)
-        .map(|i| (args.port + 200 + i as u16 - 1).to_string())
-        .collect();
-    println!(
-        "kvstore: {} {} on {} (client {} {}), data in {}\n  connect: redis-cli -p {}\n  status:  kvstore status --servers {}\n  metrics: http://{}:{}/metrics (health: /health; admin {}: {})\n  stop:    Ctrl-C",
-        args.nodes,
-        if args.nodes == 1 { "node" } else { "nodes" },
-        args.host,
-        if args.nodes == 1 { "port" } else { "ports" },
-        client_ports.join(", "),
-        args.data_dir.display(),
-        args.port,
-        client_ports.iter().map(|p| format!("{}:{p}", args.host)).collect::<Vec<_>>().join(","),
-        args.host,
-        admin_ports[0],
-        if args.nodes == 1 { "port" } else { "ports" },
-        admin_ports.join(", "),
-    );
-    if password_required {
-        println!(
-            "  clients must log in (the password is not shown here):\n    redis-cli -p {} --askpass   (or REDISCLI_AUTH=PASSWORD redis-cli -p {})\n    KVSTORE_PASSWORD=PASSWORD kvstore get greeting",
-            args.port, args.port
-        );
-    }
-    if args.tls {
-        let ca = cluster_tls_dir(&args).join("ca.pem");
-        println!(
-            "  TLS:     client and peer ports speak TLS only (peers: mutual TLS): redis-cli -p {} --tls --cacert {}\n           kvstore get KEY --cacert {} --servers {}:{}",
-            args.port,
-            ca.display(),
-            ca.display(),
-            args.host,
-            args.port,
-        );
-    }
+    print_cluster_banner(&args, password_required);
     let (stop_all, stop_signal) = shutdown_on_signals();
     let mut running = JoinSet::new();
     for node in nodes {

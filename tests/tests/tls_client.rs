@@ -435,21 +435,46 @@ fn the_local_cluster_with_tls_makes_its_certificates_once() {
 }
 
 #[test]
-fn kvstore_backup_refuses_the_tls_flags_it_cannot_honour_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(kvstore_bin())
-        .args([
-            "backup",
-            "--servers",
-            "127.0.0.1:1",
-            "--cacert",
-            "ca.pem",
-            "--out",
-        ])
-        .arg(dir.path().join("b.kvbak"))
+fn kvstore_backup_over_tls_is_complete_and_a_wrong_ca_is_refused() {
+    let (cluster, certs) = tls_cluster(1, &[]);
+    let ca = certs.join("ca.pem");
+    let addr = cluster.servers()[0].clone();
+    let set = redis_cli_tls(&addr, &ca, &[], &["set", "kept", "over-tls"]);
+    assert_eq!(stdout(&set), "OK", "{set:?}");
+    let backup = |ca: &Path, out: &Path| {
+        Command::new(kvstore_bin())
+            .args(["backup", "--servers", &addr, "--timeout", "10", "--cacert"])
+            .arg(ca)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("kvstore backup runs")
+    };
+    let file = cluster.dir.path().join("tls.kvbak");
+    let taken = backup(&ca, &file);
+    assert!(taken.status.success(), "backup over TLS: {taken:?}");
+    let verified = Command::new(kvstore_bin())
+        .args(["backup", "--verify"])
+        .arg(&file)
         .output()
-        .expect("kvstore backup runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("does not speak TLS yet"), "{err}");
+        .expect("kvstore backup --verify runs");
+    assert!(
+        verified.status.success() && stdout(&verified).contains("  2 keys"),
+        "the image should hold `ready` and `kept`: {verified:?}"
+    );
+    // A CA that did not sign the server's certificate: refused, and nothing is left behind.
+    let other = cluster.dir.path().join("other");
+    make_certs(&other, 1);
+    let refused_file = cluster.dir.path().join("refused.kvbak");
+    let refused = backup(&other.join("ca.pem"), &refused_file);
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success(),
+        "a wrong CA was accepted: {refused:?}"
+    );
+    assert!(err.contains(&addr), "{err}");
+    assert!(
+        !refused_file.exists(),
+        "a refused backup left {refused_file:?}"
+    );
 }

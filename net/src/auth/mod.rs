@@ -44,6 +44,10 @@ const NO_PASSWORD_CONFIGURED: &str = "ERR AUTH <password> called without any pas
 #[derive(Debug)]
 pub struct Authority {
     users: Users,
+    /// A slow hash of the users file, checked (and its verdict ignored) when a login names a
+    /// user that does not exist or is off: such a login then takes as long as a wrong
+    /// password, so the time of an answer does not tell which user names exist.
+    decoy: Option<Secret>,
 }
 
 impl Authority {
@@ -56,9 +60,17 @@ impl Authority {
             passwords: vec![Secret::from_plain(password)],
             rights: Rights::all(),
         };
-        Authority {
-            users: Users::from([("default".to_string(), Arc::new(default))]),
-        }
+        Authority::new(Users::from([("default".to_string(), Arc::new(default))]))
+    }
+
+    /// The users given, with a decoy hash taken from them.
+    pub(crate) fn new(users: Users) -> Self {
+        let decoy = users
+            .values()
+            .flat_map(|u| u.passwords.iter())
+            .find(|s| s.is_slow())
+            .cloned();
+        Authority { users, decoy }
     }
 
     /// `--users-file PATH`, read and checked now: an error names the line and what is wrong.
@@ -86,7 +98,7 @@ impl Authority {
                 path.display()
             )));
         }
-        Ok(Authority { users })
+        Ok(Authority::new(users))
     }
 
     /// The user a new connection is logged in as: `default`, if it is on and needs no
@@ -178,7 +190,10 @@ impl ConnectionAuth {
         let found = authority.users.get(&name).filter(|u| u.enabled).cloned();
         let accepted = match &found {
             Some(u) => password_matches(u, password).await,
-            None => false,
+            None => {
+                spend_a_check(authority.decoy.clone(), password).await;
+                false
+            }
         };
         if accepted {
             self.user = found;
@@ -212,6 +227,15 @@ async fn password_matches(user: &User, password: &[u8]) -> bool {
     tokio::task::spawn_blocking(move || secrets.iter().any(|s| s.matches(&password)))
         .await
         .unwrap_or(false)
+}
+
+/// Checks `password` against `decoy` and forgets the verdict: the time a real check takes.
+async fn spend_a_check(decoy: Option<Secret>, password: &[u8]) {
+    let Some(decoy) = decoy else {
+        return;
+    };
+    let password = password.to_vec();
+    let _ = tokio::task::spawn_blocking(move || decoy.matches(&password)).await;
 }
 
 #[cfg(test)]

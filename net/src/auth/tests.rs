@@ -72,7 +72,7 @@ async fn requirepass_gates_every_command_until_auth() {
 async fn a_default_user_with_nopass_needs_no_login_but_keeps_its_limits() {
     let users =
         users_file::parse("user default on nopass ~pub:* +@read\nuser off-one off nopass").unwrap();
-    let authority = Arc::new(Authority { users });
+    let authority = Arc::new(Authority::new(users));
     let mut conn = ConnectionAuth::new(Some(authority), "peer".into());
     assert!(conn.refusal(&req("GET pub:1")).is_none());
     assert_eq!(
@@ -86,5 +86,22 @@ async fn a_default_user_with_nopass_needs_no_login_but_keeps_its_limits() {
     assert!(
         conn.login(Some(b"off-one"), b"").await.is_err(),
         "a user that is off cannot log in"
+    );
+}
+
+#[tokio::test]
+async fn a_login_as_an_unknown_user_pays_for_a_real_hash_check() {
+    let hash = password::hash(b"right").unwrap();
+    let users = users_file::parse(&format!("user app on #{hash} ~* +@all")).unwrap();
+    let authority = Arc::new(Authority::new(users));
+    // The decoy is a slow (argon2id) hash, as the real users' are: an unknown name costs the
+    // same work as a wrong password, so answer times do not tell which names exist.
+    assert!(authority.decoy.as_ref().is_some_and(Secret::is_slow));
+    let mut conn = ConnectionAuth::new(Some(authority.clone()), "peer".into());
+    assert!(conn.login(Some(b"nobody"), b"right").await.is_err());
+    assert!(conn.login(Some(b"app"), b"right").await.is_ok());
+    assert!(
+        Authority::requirepass(b"pw").decoy.is_none(),
+        "requirepass is a fast digest: nothing to imitate"
     );
 }

@@ -67,6 +67,13 @@ pub enum TlsError {
         ca: PathBuf,
         detail: String,
     },
+    /// A node's peer certificate does not name the member the node is (its peers would refuse
+    /// every frame from it).
+    NotThisMember {
+        cert: PathBuf,
+        expected: String,
+        names: Vec<String>,
+    },
     /// rustls refused the configuration built from otherwise valid files.
     Config { detail: String },
 }
@@ -132,6 +139,22 @@ impl fmt::Display for TlsError {
                 "certificate {} is not signed by the CA in {} ({detail})",
                 cert.display(),
                 ca.display()
+            ),
+            TlsError::NotThisMember {
+                cert,
+                expected,
+                names,
+            } => write!(
+                f,
+                "certificate {} does not name this node ({expected}); it names {}: the peers \
+                 would refuse this node (is it another node's certificate? `kvstore certs` \
+                 makes node N's as nodeN.pem)",
+                cert.display(),
+                if names.is_empty() {
+                    "no DNS name".to_string()
+                } else {
+                    names.join(", ")
+                }
             ),
             TlsError::Config { detail } => write!(f, "TLS configuration refused: {detail}"),
         }

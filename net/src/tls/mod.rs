@@ -55,7 +55,7 @@ pub use config::{ClientTlsFiles, ServerTlsFiles};
 pub use error::{PemKind, TlsError};
 pub use generate::{node_dns_name, CertAuthority, PemPair};
 pub use maybe::{MaybeTlsListener, MaybeTlsNet, MaybeTlsStream};
-pub use peer::{PeerTlsFiles, PeerTlsNet};
+pub use peer::{check_names_member, PeerTlsFiles, PeerTlsNet};
 pub use pem::{
     certificate_dns_names, check_signed_by, load_ca_bundle, load_identity, load_root_store,
     Identity,

@@ -178,6 +178,24 @@ impl Listener for PeerTlsListener {
 
 /// A client configuration presenting this node's certificate and accepting any server whose
 /// certificate the CA signed and that names some member.
+/// Checks that the node's own certificate (the first of `files.cert`) names member `id`
+/// (`node-N.kvstore.internal`), as its peers will require of every frame it sends: a node
+/// started with another member's certificate fails at start with this, not later with every
+/// peer refusing it.
+pub fn check_names_member(files: &PeerTlsFiles, id: NodeId) -> Result<(), TlsError> {
+    let chain = super::pem::load_certificates(&files.cert, super::PemKind::CertificateChain)?;
+    let names = chain.first().map(certificate_dns_names).unwrap_or_default();
+    let expected = node_dns_name(id);
+    if names.iter().any(|n| n.eq_ignore_ascii_case(&expected)) {
+        return Ok(());
+    }
+    Err(TlsError::NotThisMember {
+        cert: files.cert.clone(),
+        expected,
+        names,
+    })
+}
+
 fn any_member_config(files: &PeerTlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = Arc::new(load_root_store(&files.ca)?);
     let identity = load_identity(&files.cert, &files.key)?;

@@ -161,3 +161,18 @@ fn member_names_parse_strictly() {
         assert_eq!(member_of_name(not_a_member), None, "{not_a_member}");
     }
 }
+
+#[test]
+fn a_node_started_with_another_members_certificate_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertAuthority::generate("cluster").unwrap();
+    let node2 = files(dir.path(), &ca, "2", None);
+    assert!(check_names_member(&node2, 2).is_ok());
+    let e = check_names_member(&node2, 3).unwrap_err();
+    let said = e.to_string();
+    assert!(said.contains("node-3.kvstore.internal"), "{said}");
+    assert!(said.contains("node-2.kvstore.internal"), "{said}");
+    let nameless = files(dir.path(), &ca, "plain", Some(&["localhost"]));
+    let said = check_names_member(&nameless, 1).unwrap_err().to_string();
+    assert!(said.contains("it names localhost"), "{said}");
+}
