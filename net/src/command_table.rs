@@ -160,6 +160,25 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "WATCH",
 ];
 
+impl CommandSpec {
+    /// The keys of the request `args` (the command's name first), where this table says they
+    /// are.
+    pub fn keys<'a>(&self, args: &'a [Bytes]) -> impl Iterator<Item = &'a Bytes> {
+        let len = args.len() as i64;
+        let (first, step) = (self.first_key, self.step.max(1));
+        let last = if self.last_key < 0 {
+            len + self.last_key
+        } else {
+            self.last_key.min(len - 1)
+        };
+        // A command without keys has first 0: no positions.
+        let positions = (first.max(1)..=last).filter(move |_| first > 0);
+        positions
+            .step_by(step as usize)
+            .filter_map(move |i| args.get(i as usize))
+    }
+}
+
 pub fn lookup(name: &[u8]) -> Option<&'static CommandSpec> {
     COMMANDS
         .iter()

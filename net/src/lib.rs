@@ -31,6 +31,7 @@ pub mod peer_reachability;
 pub mod probe;
 pub mod request;
 pub mod resp;
+pub mod routing;
 pub mod server;
 pub mod server_admin;
 pub mod server_backup;

@@ -62,8 +62,8 @@ impl Refusal {
     }
 }
 
-/// Commands that read or change every key, whatever their arguments.
-const WHOLE_KEYSPACE: [&str; 5] = ["KEYS", "SCAN", "DBSIZE", "FLUSHALL", "FLUSHDB"];
+/// The commands that read or write every key (a user limited to some keys may not run them).
+pub(crate) const WHOLE_KEYSPACE: [&str; 5] = ["KEYS", "SCAN", "DBSIZE", "FLUSHALL", "FLUSHDB"];
 
 /// The class of a request (`args[0]` is its name), and the command that decides it (the inner
 /// one of `SEQ client seq command ...`) with its arguments.
@@ -166,7 +166,7 @@ impl Rights {
         let Some(spec) = command_table::lookup(name) else {
             return Ok(());
         };
-        if keys_of(spec, command).all(|k| self.may_touch(k)) {
+        if spec.keys(command).all(|k| self.may_touch(k)) {
             Ok(())
         } else {
             Err(Refusal::Key)
@@ -178,22 +178,6 @@ fn is_watch(command: &[Bytes]) -> bool {
     command
         .first()
         .is_some_and(|n| n.eq_ignore_ascii_case(b"WATCH"))
-}
-
-/// The keys of a request, where the command table says they are.
-fn keys_of<'a>(spec: &CommandSpec, args: &'a [Bytes]) -> impl Iterator<Item = &'a Bytes> {
-    let len = args.len() as i64;
-    let (first, step) = (spec.first_key, spec.step.max(1));
-    let last = if spec.last_key < 0 {
-        len + spec.last_key
-    } else {
-        spec.last_key.min(len - 1)
-    };
-    // A command without keys has first 0: no positions.
-    let positions = (first.max(1)..=last).filter(move |_| first > 0);
-    positions
-        .step_by(step as usize)
-        .filter_map(move |i| args.get(i as usize))
 }
 
 /// The name Redis reports in a refusal: lower case, `command|subcommand` for CLIENT and CONFIG.
