@@ -152,6 +152,7 @@ impl KvStateMachine {
     /// durable first, so that once the image is finished the log may be compacted up to it.
     /// Returns the snapshot the image will be.
     pub fn start_snapshot(&mut self, cluster_id: u64, chunk_bytes: usize) -> Result<SnapshotMeta> {
+        self.check_whole_directory("build a snapshot image")?;
         if let Some(m) = self.pending_install() {
             return Err(Error::InvalidRequest(format!(
                 "cannot build a snapshot while the install of {}/{} is unfinished",

@@ -48,6 +48,7 @@ impl KvStateMachine {
         staged: StagedSnapshot,
         hook: &mut dyn FnMut(InstallStep),
     ) -> Result<KvStateMachine> {
+        self.check_whole_directory("install a snapshot")?;
         if staged.data_dir != self.data_dir() {
             return Err(Error::InvalidRequest(format!(
                 "snapshot staged in {} cannot be installed in {}",

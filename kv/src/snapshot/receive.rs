@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
 use crate::state_machine::{
     decode_applied, decode_clock, decode_member_addrs, decode_session, KeyCounts, Record, EXPIRY,
-    HASHED, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS,
-    SESSION_PREFIX, USER,
+    HASHED, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_DESCRIPTOR, KEY_LAYOUT, KEY_MEMBERS,
+    LAYOUT_RECORDS, SESSION_PREFIX, USER,
 };
 
 /// Receives a snapshot's chunks in order into `<data-dir>/kv_data.incoming`. See the module docs.
@@ -266,6 +266,13 @@ impl SnapshotReceiver {
                 Ok(())
             } else {
                 Err(self.bad(format!("watch row {:02x?} does not decode", k.as_ref())))
+            };
+        }
+        if k.as_ref() == KEY_DESCRIPTOR {
+            return match crate::ranges::RangeDescriptor::decode(v) {
+                Ok(d) if d.id == crate::ranges::FIRST_RANGE => Ok(()),
+                Ok(d) => Err(self.bad(format!("the image describes range {}", d.id))),
+                Err(e) => Err(self.bad(format!("range descriptor: {e}"))),
             };
         }
         if k.as_ref() == KEY_MEMBERS {

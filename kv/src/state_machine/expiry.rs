@@ -6,8 +6,8 @@
 
 use rusty_leveldb::WriteBatch;
 
-use super::keyspace::{expiry_row, Txn, EXPIRY, HASHED};
-use super::records::USER;
+use super::keyspace::Txn;
+use super::row_keys::{EXPIRY, USER};
 use super::KvStateMachine;
 use crate::command::Op;
 use crate::error::Result;
@@ -23,19 +23,17 @@ impl KvStateMachine {
     pub(super) fn advance_clock(&mut self, t: &mut Txn, stamp: u64) -> Result<()> {
         t.clock = t.clock.max(stamp);
         let now = t.clock;
+        let keys = self.keys.clone();
         let due = |k: &[u8]| {
-            k.first() == Some(&EXPIRY) && k.len() >= 9 && {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&k[1..9]);
-                u64::from_be_bytes(a) <= now
-            }
+            keys.index_entry(EXPIRY, k)
+                .is_some_and(|(deadline, _)| deadline <= now)
         };
-        let rows = self.rows_from(t, &[EXPIRY], SWEEP_PER_STAMP, due)?;
+        let rows = self.rows_from(t, &self.keys.expiry_prefix(), SWEEP_PER_STAMP, due)?;
         for (row, _) in rows {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&row[1..9]);
-            let deadline = u64::from_be_bytes(a);
-            let key = row[9..].to_vec();
+            let Some((deadline, key)) = keys.index_entry(EXPIRY, &row) else {
+                continue;
+            };
+            let key = key.to_vec();
             match self.stored_meta(t, &key)? {
                 Some(m) if m.expires_at == deadline => {
                     self.unstore(t, &key)?;
@@ -43,7 +41,7 @@ impl KvStateMachine {
                 // An index row the key no longer matches (it cannot happen while every write
                 // keeps the index exact, but a stale row must not stay forever).
                 _ => {
-                    t.rows.insert(expiry_row(deadline, &key), None);
+                    t.rows.insert(keys.expiry(deadline, &key), None);
                 }
             }
         }
@@ -76,12 +74,20 @@ impl KvStateMachine {
         self.image_in_progress = None;
         // From the first deletion on, the database no longer holds what the cache says.
         self.key_meta.clear();
-        for tag in [USER, EXPIRY, HASHED] {
-            let mut from = vec![tag];
+        // The range's own user rows (its bounds), then its index rows (its prefix).
+        let (user_from, user_end) = self.owned_user_rows(vec![USER]);
+        let (expiry, hashed) = (self.keys.expiry_prefix(), self.keys.hashed_prefix());
+        let walks = [
+            (user_from, user_end),
+            (expiry.clone(), Some(after_prefix(&expiry))),
+            (hashed.clone(), Some(after_prefix(&hashed))),
+        ];
+        for (start, end) in walks {
+            let mut from = start;
             loop {
                 let mut rows = Vec::new();
                 self.ldb().scan_from(&from, |k, _| {
-                    if k.first() != Some(&tag) || rows.len() == FLUSH_CHUNK_ROWS {
+                    if end.as_deref().is_some_and(|e| k >= e) || rows.len() == FLUSH_CHUNK_ROWS {
                         return Ok(false);
                     }
                     rows.push(k.to_vec());
@@ -99,8 +105,11 @@ impl KvStateMachine {
                 crash_point::after_batch()?;
             }
         }
-        t.rows
-            .retain(|row, _| !matches!(row.first(), Some(&(USER | EXPIRY | HASHED))));
+        // The overlay holds only this range's rows (a command naming another range's key is
+        // refused before it runs).
+        t.rows.retain(|row, _| {
+            row.first() != Some(&USER) && !row.starts_with(&expiry) && !row.starts_with(&hashed)
+        });
         t.forget_read_ahead();
         t.counts = Default::default();
         self.note_flushed(t);
@@ -115,6 +124,15 @@ impl KvStateMachine {
             _ => false,
         }
     }
+}
+
+/// The first row after every row starting with `prefix` (whose last byte is below 0xff).
+fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 /// Tests stop a flush after some batches, as a crash would.

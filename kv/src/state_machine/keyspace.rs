@@ -2,8 +2,9 @@
 //!
 //! A user key's row (`0x01 | key`) holds a [`Record`]: the value, the version (the log index
 //! that last wrote it: `WATCH` compares versions) and the expiry deadline in log time. Two index
-//! rows (empty values) go with it: `0x02 | deadline | key` for every key with a deadline, so the
-//! sweep finds expired keys in deadline order, and `0x03 | hash(key) | key` for every key, so
+//! rows (empty values) of the key's range go with it (`row_keys.rs`): `0x02 | deadline | key`
+//! for every key with a deadline, so the sweep finds expired keys in deadline order, and
+//! `0x03 | hash(key) | key` for every key, so
 //! `SCAN` walks the keys in hash order with a cursor that is a plain integer (what Redis
 //! clients expect) and stays valid however the key space changes. The counts of keys and of
 //! keys with a deadline (`DBSIZE`, `INFO keyspace`) and the log time are metadata rows.
@@ -17,13 +18,11 @@ use bytes::Bytes;
 use raft_core::Index;
 
 use super::key_meta::KeyMeta;
-use super::records::{KEY_CLOCK, KEY_COUNTS, USER};
+use super::row_keys::{user_row, StateKeys};
 use super::KvStateMachine;
 use crate::codec;
 use crate::error::{DecodeError, Result};
 
-pub(crate) const EXPIRY: u8 = 0x02;
-pub(crate) const HASHED: u8 = 0x03;
 const RECORD_STRING: u8 = 1;
 
 /// A key's stored value and what goes with it.
@@ -152,24 +151,9 @@ pub fn scan_hash(key: &[u8]) -> u64 {
     h.max(1)
 }
 
-pub(crate) fn user_row(key: &[u8]) -> Vec<u8> {
-    prefixed(USER, &[], key)
-}
-
-pub(crate) fn expiry_row(deadline: u64, key: &[u8]) -> Vec<u8> {
-    prefixed(EXPIRY, &deadline.to_be_bytes(), key)
-}
-
-pub(crate) fn hashed_row(key: &[u8]) -> Vec<u8> {
-    prefixed(HASHED, &scan_hash(key).to_be_bytes(), key)
-}
-
-fn prefixed(tag: u8, middle: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + middle.len() + key.len());
-    k.push(tag);
-    k.extend_from_slice(middle);
-    k.extend_from_slice(key);
-    k
+/// The scan index row of `key` in the range whose keys are `keys`.
+pub(crate) fn hashed_row(keys: &StateKeys, key: &[u8]) -> Vec<u8> {
+    keys.hashed(scan_hash(key), key)
 }
 
 /// One apply batch's view: the rows it changed, the entry being applied and the log time.
@@ -210,10 +194,10 @@ impl Txn {
     /// The metadata rows this batch must write besides its user rows.
     pub(crate) fn finish(&mut self, sm: &KvStateMachine) {
         if self.counts != sm.counts {
-            self.put(KEY_COUNTS.to_vec(), self.counts.encode());
+            self.put(sm.keys.counts(), self.counts.encode());
         }
         if self.clock != sm.clock_ms {
-            self.put(KEY_CLOCK.to_vec(), encode_clock(self.clock));
+            self.put(sm.keys.clock(), encode_clock(self.clock));
         }
     }
 }
@@ -222,7 +206,7 @@ impl KvStateMachine {
     fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
         match t.rows.get(row).or_else(|| t.prefetched.get(row)) {
             Some(v) => Ok(v.clone()),
-            None => self.db.get(row),
+            None => self.db().get(row),
         }
     }
 
@@ -243,7 +227,7 @@ impl KvStateMachine {
             return Ok(());
         }
         let rows: Vec<Vec<u8>> = rows.into_iter().collect();
-        let found = self.db.get_sorted(&rows)?;
+        let found = self.db().get_sorted(&rows)?;
         t.prefetched = rows.into_iter().zip(found).collect();
         Ok(())
     }
@@ -283,7 +267,7 @@ impl KvStateMachine {
         }
         let found = match t.prefetched.get(&row) {
             Some(v) => v.clone(),
-            None => self.db.get(&row)?,
+            None => self.db().get(&row)?,
         };
         let meta = self.decode_stored(key, found)?.as_ref().map(KeyMeta::of);
         self.key_meta.put(key, meta);
@@ -307,17 +291,17 @@ impl KvStateMachine {
         match &old {
             None => {
                 t.counts.keys += 1;
-                t.put(hashed_row(key), Vec::new());
+                t.put(hashed_row(&self.keys, key), Vec::new());
             }
             Some(old) if old.expires_at != 0 => {
                 t.counts.volatile -= 1;
-                t.delete(expiry_row(old.expires_at, key));
+                t.delete(self.keys.expiry(old.expires_at, key));
             }
             Some(_) => {}
         }
         if expires_at != 0 {
             t.counts.volatile += 1;
-            t.put(expiry_row(expires_at, key), Vec::new());
+            t.put(self.keys.expiry(expires_at, key), Vec::new());
         }
         let record = Record {
             version: t.index,
@@ -335,10 +319,10 @@ impl KvStateMachine {
             return Ok(None);
         };
         t.counts.keys -= 1;
-        t.delete(hashed_row(key));
+        t.delete(hashed_row(&self.keys, key));
         if old.expires_at != 0 {
             t.counts.volatile -= 1;
-            t.delete(expiry_row(old.expires_at, key));
+            t.delete(self.keys.expiry(old.expires_at, key));
         }
         t.delete(user_row(key));
         self.note_removed(t, key, old.version)?;
@@ -361,7 +345,7 @@ impl KvStateMachine {
         // Deletions in the overlay can hide at most that many stored rows.
         let want = limit.saturating_add(pending.len());
         let mut merged: BTreeMap<Vec<u8>, Bytes> = BTreeMap::new();
-        self.db.scan_from(start, |k, v| {
+        self.db().scan_from(start, |k, v| {
             if !keep(k) || merged.len() >= want {
                 return Ok(false);
             }

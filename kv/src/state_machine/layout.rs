@@ -6,14 +6,19 @@ use bytes::Bytes;
 use rusty_leveldb::WriteBatch;
 
 use super::keyspace::{decode_clock, hashed_row, KeyCounts, Record};
-use super::records::{KEY_CLOCK, KEY_COUNTS, KEY_LAYOUT, LAYOUT_RECORDS, USER};
+use super::records::LAYOUT_RECORDS;
+use super::row_keys::USER;
 use super::KvStateMachine;
 use crate::error::Result;
 
 impl KvStateMachine {
     pub(super) fn load_keyspace(&mut self) -> Result<()> {
-        match self.db.get(KEY_LAYOUT)? {
-            None => self.convert_raw_values()?,
+        let layout = self.db().get(&self.keys.layout())?;
+        match layout {
+            // Only a directory of the first range can predate the layout row; another range
+            // writes it when it is created.
+            None if self.keys.is_first() => self.convert_raw_values()?,
+            None => return Err(self.corrupt(None, "the range has no layout row".into())),
             Some(v) if v.as_ref() == [LAYOUT_RECORDS] => {}
             Some(v) => {
                 return Err(self.corrupt(
@@ -25,11 +30,13 @@ impl KvStateMachine {
                 ))
             }
         }
-        if let Some(v) = self.db.get(KEY_COUNTS)? {
+        let counts = self.db().get(&self.keys.counts())?;
+        if let Some(v) = counts {
             self.counts = KeyCounts::decode(&v)
                 .map_err(|e| self.corrupt(None, format!("key counts: {e}")))?;
         }
-        if let Some(v) = self.db.get(KEY_CLOCK)? {
+        let clock = self.db().get(&self.keys.clock())?;
+        if let Some(v) = clock {
             self.clock_ms =
                 decode_clock(&v).map_err(|e| self.corrupt(None, format!("log time: {e}")))?;
         }
@@ -40,8 +47,9 @@ impl KvStateMachine {
     /// adds its scan index row, counts the keys and marks the layout.
     fn convert_raw_values(&mut self) -> Result<()> {
         let mut raw: Vec<(Vec<u8>, Bytes)> = Vec::new();
-        self.db.scan_from(&[USER], |k, v| {
-            if k.first() != Some(&USER) {
+        let (from, end) = self.owned_user_rows(vec![USER]);
+        self.db().scan_from(&from, |k, v| {
+            if end.as_deref().is_some_and(|e| k >= e) {
                 return Ok(false);
             }
             raw.push((k.to_vec(), v));
@@ -59,11 +67,11 @@ impl KvStateMachine {
                 value,
             };
             batch.put(&row, &record.encode());
-            batch.put(&hashed_row(&row[1..]), &[]);
+            batch.put(&hashed_row(&self.keys, &row[1..]), &[]);
         }
-        batch.put(KEY_COUNTS, &counts.encode());
-        batch.put(KEY_LAYOUT, &[LAYOUT_RECORDS]);
-        self.db.write(batch, true)?;
+        batch.put(&self.keys.counts(), &counts.encode());
+        batch.put(&self.keys.layout(), &[LAYOUT_RECORDS]);
+        self.db().write(batch, true)?;
         Ok(())
     }
 }

@@ -22,8 +22,10 @@
 //! The key layout and the metadata encodings are in `records.rs`; what each command does, and
 //! the session table's bookkeeping, in `commands.rs`.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,6 +37,7 @@ use crate::env::SyncStats;
 use crate::error::{Error, Result};
 use crate::ldb::{Ldb, StorageEnv};
 use crate::members::MemberTable;
+use crate::ranges::{RangeDescriptor, RangeId, FIRST_RANGE};
 
 mod commands;
 mod expiry;
@@ -43,19 +46,25 @@ mod keyspace;
 mod layout;
 mod ops;
 mod queries;
+mod range_rows;
 mod records;
+mod row_keys;
 mod watch;
 
 pub use expiry::{FLUSH_CHUNK_ROWS, SWEEP_PER_STAMP};
+pub(crate) use keyspace::decode_clock;
 use keyspace::Txn;
-pub(crate) use keyspace::{decode_clock, EXPIRY, HASHED};
 pub use keyspace::{scan_hash, KeyCounts, Record};
+use records::encode_session;
 pub(crate) use records::{
     decode_applied, decode_member_addrs, decode_session, encode_applied, encode_member_addrs,
-    Session, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_LAYOUT, KEY_MEMBERS, LAYOUT_RECORDS,
+    Session, LAYOUT_RECORDS,
+};
+use row_keys::{user_row, StateKeys};
+pub(crate) use row_keys::{
+    EXPIRY, HASHED, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_DESCRIPTOR, KEY_LAYOUT, KEY_MEMBERS,
     SESSION_PREFIX, USER,
 };
-use records::{encode_session, session_key, user_key};
 pub(crate) use watch::check_watch_row;
 pub use watch::WATCHED_ABSENT;
 
@@ -72,9 +81,17 @@ pub const SESSIONLESS_CLIENT: u64 = 0;
 /// What [`KvStateMachine::apply`] returns per applied entry: `None` for a Raft no-op entry.
 pub type Applied = Vec<(Index, Option<CommandResult>)>;
 
-/// The replicated key-value map. One owner; every method takes `&mut self`.
+/// The replicated key-value map of one range. One owner; every method takes `&mut self`. The
+/// ranges of one node share one database ([`KvStateMachine::open_range`]): user rows are keyed
+/// by the user key alone, every other row by the range (`row_keys.rs`).
 pub struct KvStateMachine {
-    db: Ldb,
+    db: Rc<RefCell<Ldb>>,
+    /// The database's directory, for messages (kept apart so that naming it never borrows it).
+    path: PathBuf,
+    /// The keys of this range's rows.
+    keys: StateKeys,
+    /// The keys this range owns, as of the applied index.
+    range: RangeDescriptor,
     applied_index: Index,
     applied_term: Term,
     durable_applied_index: Index,
@@ -118,8 +135,59 @@ impl KvStateMachine {
     ) -> Result<KvStateMachine> {
         let pending_install = crate::snapshot::recover(data_dir, env)?;
         let db = Ldb::open(&data_dir.join(KV_DATA_DIR), env)?;
-        let mut sm = KvStateMachine {
+        let path = db.path().to_path_buf();
+        let mut sm = Self::unloaded(
+            Rc::new(RefCell::new(db)),
+            path,
+            RangeDescriptor::whole(FIRST_RANGE),
+            data_dir,
+            env,
+            max_sessions,
+        );
+        sm.pending_install = pending_install;
+        sm.load()?;
+        Ok(sm)
+    }
+
+    /// The state machine of another range in the same database: its rows as stored, or, if it
+    /// has none yet, a new range owning `descriptor`'s keys (its descriptor and layout rows are
+    /// written at once, synced). A range that has rows keeps its stored descriptor, which may be
+    /// newer than `descriptor`; it must have the same id. The first range is the one
+    /// [`KvStateMachine::open_with`] opens, and it alone has snapshots of the whole directory
+    /// (`crate::snapshot`), which refuse while another range shares the database.
+    pub fn open_range(&self, descriptor: RangeDescriptor) -> Result<KvStateMachine> {
+        if descriptor.id == FIRST_RANGE {
+            return Err(Error::InvalidRequest(format!(
+                "{}: the first range is opened with the data directory, not as another range",
+                self.path.display()
+            )));
+        }
+        let mut sm = Self::unloaded(
+            self.db.clone(),
+            self.path.clone(),
+            descriptor,
+            &self.data_dir,
+            &self.env,
+            self.max_sessions,
+        );
+        sm.create_range_rows()?;
+        sm.load()?;
+        Ok(sm)
+    }
+
+    fn unloaded(
+        db: Rc<RefCell<Ldb>>,
+        path: PathBuf,
+        range: RangeDescriptor,
+        data_dir: &Path,
+        env: &StorageEnv,
+        max_sessions: usize,
+    ) -> KvStateMachine {
+        KvStateMachine {
             db,
+            path,
+            keys: StateKeys::of(range.id),
+            range,
             applied_index: 0,
             applied_term: 0,
             durable_applied_index: 0,
@@ -131,23 +199,46 @@ impl KvStateMachine {
             poisoned: None,
             data_dir: data_dir.to_path_buf(),
             env: env.clone(),
-            pending_install,
+            pending_install: None,
             image_in_progress: None,
             clock_ms: 0,
             counts: KeyCounts::default(),
             removed: watch::RemovedVersions::default(),
             key_meta: key_meta::KeyMetaCache::new(),
-        };
-        sm.load_applied()?;
-        sm.load_members()?;
-        sm.load_sessions()?;
-        sm.load_keyspace()?;
-        sm.load_watch_rows()?;
-        Ok(sm)
+        }
+    }
+
+    fn load(&mut self) -> Result<()> {
+        self.load_descriptor()?;
+        self.load_applied()?;
+        self.load_members()?;
+        self.load_sessions()?;
+        self.load_keyspace()?;
+        self.load_watch_rows()
+    }
+
+    /// The database this range's rows are in (shared with the node's other ranges).
+    pub(crate) fn db(&self) -> RefMut<'_, Ldb> {
+        self.db.borrow_mut()
+    }
+
+    /// Whether another range's state machine shares this one's database at the moment.
+    pub(crate) fn shares_database(&self) -> bool {
+        Rc::strong_count(&self.db) > 1
+    }
+
+    /// The range, its bounds and epoch as of the applied index.
+    pub fn descriptor(&self) -> &RangeDescriptor {
+        &self.range
+    }
+
+    pub fn range_id(&self) -> RangeId {
+        self.range.id
     }
 
     fn load_applied(&mut self) -> Result<()> {
-        if let Some(v) = self.db.get(KEY_APPLIED)? {
+        let applied = self.db().get(&self.keys.applied())?;
+        if let Some(v) = applied {
             let (i, t, membership) = decode_applied(&v)
                 .map_err(|e| self.corrupt(None, format!("applied index: {e}")))?;
             self.applied_index = i;
@@ -175,7 +266,8 @@ impl KvStateMachine {
     }
 
     fn load_members(&mut self) -> Result<()> {
-        if let Some(v) = self.db.get(KEY_MEMBERS)? {
+        let stored = self.db().get(&self.keys.members())?;
+        if let Some(v) = stored {
             let addrs = decode_member_addrs(&v)
                 .map_err(|e| self.corrupt(None, format!("member table: {e}")))?;
             self.members.addrs = addrs;
@@ -186,17 +278,16 @@ impl KvStateMachine {
     fn load_sessions(&mut self) -> Result<()> {
         let mut loaded = Vec::new();
         let mut bad = None;
-        self.db.scan_from(SESSION_PREFIX, |k, v| {
-            if !k.starts_with(SESSION_PREFIX) {
+        let prefix = self.keys.session_prefix();
+        let keys = &self.keys;
+        self.db.borrow_mut().scan_from(&prefix, |k, v| {
+            if !k.starts_with(&prefix) {
                 return Ok(false);
             }
-            if k.len() != 10 {
+            let Some(client) = keys.client_of_session(k) else {
                 bad = Some(format!("malformed session key {k:02x?}"));
                 return Ok(false);
-            }
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&k[2..]);
-            let client = u64::from_be_bytes(a);
+            };
             match decode_session(v) {
                 Ok(s) => loaded.push((client, s)),
                 Err(e) => {
@@ -222,8 +313,13 @@ impl KvStateMachine {
     }
 
     fn corrupt(&self, index: Option<Index>, detail: String) -> Error {
+        let detail = if self.keys.is_first() {
+            detail
+        } else {
+            format!("range {}: {detail}", self.range.id)
+        };
         Error::Corruption {
-            path: self.db.path().to_path_buf(),
+            path: self.path.clone(),
             index,
             detail,
         }
@@ -232,7 +328,7 @@ impl KvStateMachine {
     pub(crate) fn check_poison(&self) -> Result<()> {
         match &self.poisoned {
             Some(p) => Err(Error::Io {
-                path: self.db.path().to_path_buf(),
+                path: self.path.clone(),
                 detail: format!("state machine unusable after an earlier failure, reopen it: {p}"),
             }),
             None => Ok(()),
@@ -240,7 +336,7 @@ impl KvStateMachine {
     }
 
     pub fn path(&self) -> PathBuf {
-        self.db.path().to_path_buf()
+        self.path.clone()
     }
 
     /// The data directory this state machine lives in.
@@ -256,8 +352,8 @@ impl KvStateMachine {
         self.max_sessions
     }
 
-    pub(crate) fn ldb(&mut self) -> &mut Ldb {
-        &mut self.db
+    pub(crate) fn ldb(&mut self) -> RefMut<'_, Ldb> {
+        self.db()
     }
 
     /// A snapshot install that reached the state machine but is not yet known to have reached the
@@ -324,14 +420,17 @@ impl KvStateMachine {
         if self.applied_index != 0 {
             return Err(Error::InvalidRequest(format!(
                 "{}: cannot seed the member table at applied index {}",
-                self.db.path().display(),
+                self.path.display(),
                 self.applied_index
             )));
         }
         let mut batch = WriteBatch::default();
-        batch.put(KEY_APPLIED, &encode_applied(0, 0, &table.membership));
-        batch.put(KEY_MEMBERS, &encode_member_addrs(&table.addrs));
-        self.db.write(batch, true)?;
+        batch.put(
+            &self.keys.applied(),
+            &encode_applied(0, 0, &table.membership),
+        );
+        batch.put(&self.keys.members(), &encode_member_addrs(&table.addrs));
+        self.db().write(batch, true)?;
         self.members = table;
         Ok(())
     }
@@ -346,13 +445,13 @@ impl KvStateMachine {
     }
 
     pub fn sync_stats(&self) -> Option<Arc<SyncStats>> {
-        self.db.sync_stats()
+        self.db().sync_stats()
     }
 
     /// Makes everything applied so far durable.
     pub fn sync(&mut self) -> Result<Index> {
         self.check_poison()?;
-        self.db.flush()?;
+        self.db().flush()?;
         self.durable_applied_index = self.applied_index;
         Ok(self.applied_index)
     }
@@ -366,7 +465,7 @@ impl KvStateMachine {
             return Err(Error::InvalidRequest(format!(
                 "{}: the install of snapshot {}/{} is unfinished: install it in the Raft log \
                  and call finish_install before applying entries",
-                self.db.path().display(),
+                self.path.display(),
                 m.index,
                 m.term
             )));
@@ -381,7 +480,7 @@ impl KvStateMachine {
                 return Err(Error::InvalidRequest(format!(
                     "cannot apply entry {} to {}: expected index {want} (applied index {})",
                     e.index,
-                    self.db.path().display(),
+                    self.path.display(),
                     self.applied_index
                 )));
             }
@@ -476,34 +575,35 @@ impl KvStateMachine {
         }
         for c in &dirty {
             match self.sessions.get(c) {
-                Some(s) => batch.put(&session_key(*c), &encode_session(s)),
-                None => batch.delete(&session_key(*c)),
+                Some(s) => batch.put(&self.keys.session(*c), &encode_session(s)),
+                None => batch.delete(&self.keys.session(*c)),
             }
         }
         let recorded = members.as_ref().unwrap_or(&self.members);
         batch.put(
-            KEY_APPLIED,
+            &self.keys.applied(),
             &encode_applied(last_index, last_term, &recorded.membership),
         );
         if let Some(t) = &members {
-            batch.put(KEY_MEMBERS, &encode_member_addrs(&t.addrs));
+            batch.put(&self.keys.members(), &encode_member_addrs(&t.addrs));
         }
         if self.image_in_progress.is_some() {
             let written = t
                 .rows
                 .keys()
                 .cloned()
-                .chain(dirty.iter().map(|c| session_key(*c).to_vec()))
-                .chain(std::iter::once(KEY_APPLIED.to_vec()))
-                .chain(members.as_ref().map(|_| KEY_MEMBERS.to_vec()));
-            self.keep_images_before_overwriting(written)?;
+                .chain(dirty.iter().map(|c| self.keys.session(*c)))
+                .chain(std::iter::once(self.keys.applied()))
+                .chain(members.as_ref().map(|_| self.keys.members()))
+                .collect::<Vec<_>>();
+            self.keep_images_before_overwriting(written.into_iter())?;
         }
-        self.db.write(batch, self.sync_writes)?;
+        self.db().write(batch, self.sync_writes)?;
         self.applied_index = last_index;
         self.applied_term = last_term;
         self.clock_ms = t.clock;
         self.counts = t.counts;
-        self.removed.note_written(&t.rows);
+        self.removed.note_written(&self.keys, &t.rows);
         self.key_meta
             .write_through(t.rows.range(vec![USER]..vec![USER + 1]));
         if let Some(t) = members {
@@ -534,22 +634,29 @@ impl KvStateMachine {
         self.counts
     }
 
-    /// Up to `limit` user keys starting with `prefix`, in key order.
+    /// Up to `limit` user keys of this range starting with `prefix`, in key order.
     pub fn scan_prefix(&mut self, prefix: &[u8], limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
-        let start = user_key(prefix);
-        self.scan(&start, limit, |k| k.starts_with(&start))
+        let wanted = user_row(prefix);
+        let (from, end) = self.owned_user_rows(wanted.clone());
+        self.scan(&from, limit, |k| {
+            k.starts_with(&wanted) && end.as_deref().is_none_or(|e| k < e)
+        })
     }
 
-    /// Up to `limit` user keys in `[start, end)` (`end = None`: to the last key), in key order.
+    /// Up to `limit` user keys of this range in `[start, end)` (`end = None`: to the last key),
+    /// in key order.
     pub fn scan_range(
         &mut self,
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        let end = end.map(user_key);
-        self.scan(&user_key(start), limit, |k| {
-            k.first() == Some(&USER) && end.as_deref().is_none_or(|e| k < e)
+        let wanted_end = end.map(user_row);
+        let (from, owned_end) = self.owned_user_rows(user_row(start));
+        self.scan(&from, limit, |k| {
+            k.first() == Some(&USER)
+                && wanted_end.as_deref().is_none_or(|e| k < e)
+                && owned_end.as_deref().is_none_or(|e| k < e)
         })
     }
 
@@ -564,8 +671,8 @@ impl KvStateMachine {
         if limit == 0 {
             return Ok(out);
         }
-        let path = self.db.path().to_path_buf();
-        self.db.scan_from(start, |k, v| {
+        let path = self.path.clone();
+        self.db().scan_from(start, |k, v| {
             if !keep(k) {
                 return Ok(false);
             }
@@ -583,12 +690,12 @@ impl KvStateMachine {
     /// Compacts the whole database, dropping deleted and overwritten data.
     pub fn compact(&mut self) -> Result<()> {
         self.check_poison()?;
-        self.db.compact_all()
+        self.db().compact_all()
     }
 
     #[cfg(test)]
     pub(crate) fn raw_get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.db.get(key)
+        self.db().get(key)
     }
 }
 
@@ -603,3 +710,9 @@ mod tests_redis;
 
 #[cfg(test)]
 mod tests_watch;
+
+#[cfg(test)]
+mod tests_layout;
+
+#[cfg(test)]
+mod tests_ranges;

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 
-use super::keyspace::{scan_hash, Txn, HASHED};
-use super::records::USER;
+use super::keyspace::{scan_hash, Txn};
+use super::row_keys::{HASHED, USER};
 use super::KvStateMachine;
 use crate::command::CommandResult;
 use crate::error::Result;
@@ -109,14 +109,11 @@ impl KvStateMachine {
         count: u64,
     ) -> Result<CommandResult> {
         let count = count.clamp(1, MAX_SCAN_COUNT) as usize;
-        let mut start = vec![HASHED];
-        start.extend_from_slice(&cursor.max(1).to_be_bytes());
-        let in_index = |k: &[u8]| k.first() == Some(&HASHED) && k.len() >= 9;
-        let hash_of = |k: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&k[1..9]);
-            u64::from_be_bytes(a)
-        };
+        let start = self.keys.hashed(cursor.max(1), &[]);
+        let keys = self.keys.clone();
+        let in_index = |k: &[u8]| keys.index_entry(HASHED, k).is_some();
+        // Only rows `in_index` kept are asked about.
+        let hash_of = |k: &[u8]| keys.index_entry(HASHED, k).map_or(0, |(hash, _)| hash);
         let mut want = count + 1;
         let rows = loop {
             let rows = self.rows_from(t, &start, want, in_index)?;
@@ -132,32 +129,37 @@ impl KvStateMachine {
         } else {
             (&rows[..], 0)
         };
-        let mut keys = Vec::new();
+        let mut found = Vec::new();
         for (row, _) in taken {
-            let key = &row[9..];
-            debug_assert_eq!(scan_hash(key), hash_of(row));
+            let Some((hash, key)) = keys.index_entry(HASHED, row) else {
+                continue;
+            };
+            debug_assert_eq!(scan_hash(key), hash);
             if pattern.is_some_and(|p| !glob::matches(p, key)) {
                 continue;
             }
             if self.live(t, key)?.is_some() {
-                keys.push(CommandResult::Bulk(Bytes::copy_from_slice(key)));
+                found.push(CommandResult::Bulk(Bytes::copy_from_slice(key)));
             }
         }
         Ok(CommandResult::Array(vec![
             CommandResult::Bulk(Bytes::from(next.to_string())),
-            CommandResult::Array(keys),
+            CommandResult::Array(found),
         ]))
     }
 
-    /// Every live key matching `pattern`, in key order, walking from its literal prefix.
+    /// Every live key of this range matching `pattern`, in key order, walking from its literal
+    /// prefix.
     fn keys_matching(&mut self, t: &Txn, pattern: &[u8]) -> Result<CommandResult> {
-        let mut start = vec![USER];
-        start.extend_from_slice(glob::literal_prefix(pattern));
-        let prefix = start.clone();
+        let mut prefix = vec![USER];
+        prefix.extend_from_slice(glob::literal_prefix(pattern));
+        let (start, end) = self.owned_user_rows(prefix.clone());
         let mut out = Vec::new();
         let mut from = start;
         loop {
-            let rows = self.rows_from(t, &from, 4096, |k| k.starts_with(&prefix))?;
+            let rows = self.rows_from(t, &from, 4096, |k| {
+                k.starts_with(&prefix) && end.as_deref().is_none_or(|e| k < e)
+            })?;
             let Some((last, _)) = rows.last() else {
                 break;
             };

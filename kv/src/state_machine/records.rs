@@ -1,12 +1,8 @@
-//! How the state machine lays out its keys and encodes its metadata values.
-//!
-//! Keys: `0x00 ...` metadata, `0x01 | user key` user data. Every user key gets the `0x01`
-//! prefix, whatever its bytes, so no user key can overwrite metadata. The metadata are the
-//! applied record (`0x00 'a'`: applied index and term, and the configuration in force at the
-//! applied index), the members' addresses (`0x00 'm'`: a [`crate::members::MemberContext`]
-//! encoding of every member's addresses, which with the applied configuration make the
-//! [`crate::members::MemberTable`]) and one session row per client (`0x00 's' | client id,
-//! big-endian`).
+//! How the state machine encodes its metadata values (the keys are in `row_keys.rs`): the
+//! applied record (applied index and term, and the configuration in force at the applied
+//! index), the members' addresses (a [`crate::members::MemberContext`] encoding of every
+//! member's addresses, which with the applied configuration make the
+//! [`crate::members::MemberTable`]) and one session per client.
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -18,36 +14,12 @@ use crate::command::{CommandResult, MAX_COMMAND_LEN};
 use crate::error::DecodeError;
 use crate::members::{MemberAddrs, MemberContext};
 
-const META: u8 = 0x00;
-pub(crate) const USER: u8 = 0x01;
-pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
-pub(crate) const KEY_MEMBERS: &[u8] = &[META, b'm'];
-pub(crate) const SESSION_PREFIX: &[u8] = &[META, b's'];
-/// The user-row layout version (`keyspace.rs`); absent in a data directory of the first layout
-/// (raw values), which opening converts.
-pub(crate) const KEY_LAYOUT: &[u8] = &[META, b'L'];
-pub(crate) const KEY_COUNTS: &[u8] = &[META, b'c'];
-pub(crate) const KEY_CLOCK: &[u8] = &[META, b't'];
 /// Value records with version and deadline, and the expiry and scan index rows.
 pub(crate) const LAYOUT_RECORDS: u8 = 2;
 const FORMAT_VERSION: u8 = 1;
 /// The applied record's format since it carries the configuration; version 1 records (index
 /// and term only) are still read, with no configuration.
 const APPLIED_VERSION: u8 = 2;
-
-pub(super) fn user_key(key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.len() + 1);
-    k.push(USER);
-    k.extend_from_slice(key);
-    k
-}
-
-pub(super) fn session_key(client: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[..2].copy_from_slice(SESSION_PREFIX);
-    k[2..].copy_from_slice(&client.to_be_bytes());
-    k
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Session {

@@ -2,7 +2,7 @@
 //! database holds, and a state machine with it must decide exactly as one that reads every key.
 
 use super::key_meta::KeyMetaCache;
-use super::keyspace::user_row;
+use super::row_keys::user_row;
 use super::tests_redis::{b, set_px, Sm};
 use super::*;
 use crate::command::{Command, Deadline, ExpireCondition, Op, SetCondition};

@@ -388,7 +388,7 @@ fn a_data_directory_of_raw_values_is_converted_when_opened() {
             crate::ldb::Ldb::open(&dir.path().join(KV_DATA_DIR), &crate::ldb::StorageEnv::Disk)
                 .unwrap();
         let mut batch = WriteBatch::default();
-        batch.put(&user_key(b"old"), b"raw value");
+        batch.put(&user_row(b"old"), b"raw value");
         db.write(batch, true).unwrap();
     }
     let mut sm = KvStateMachine::open(dir.path()).unwrap();

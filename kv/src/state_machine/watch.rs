@@ -13,6 +13,8 @@
 //!   past: a record written and gone at once);
 //! - or a `FLUSHALL` ran after `R` (`0x00 'f'`: the index of the last one).
 //!
+//! Each range has its own rows (`row_keys.rs`), as it has its own keys.
+//!
 //! So no touch is missed, and the memory is bounded (at most 4096 small rows). The price is
 //! a spurious abort: when another key of the same bucket was written and then removed between
 //! the WATCH and the EXEC (one chance in 4096 per such key), or when a FLUSHALL ran in
@@ -26,6 +28,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::keyspace::{scan_hash, Txn};
+use super::row_keys::{StateKeys, KEY_FLUSHED, WATCH_PREFIX};
 use super::KvStateMachine;
 use crate::codec;
 use crate::error::{DecodeError, Result};
@@ -38,18 +41,8 @@ pub const WATCHED_ABSENT: u64 = 1 << 63;
 /// odds against a spurious abort per key removed during a transaction.
 const BUCKETS: usize = 4096;
 
-/// The metadata rows: one per bucket of removed keys, and the last FLUSHALL's index.
-const REMOVED_PREFIX: &[u8] = &[0x00, b'w'];
-const KEY_FLUSHED: &[u8] = &[0x00, b'f'];
-
-fn bucket_of(key: &[u8]) -> usize {
-    (scan_hash(key) % BUCKETS as u64) as usize
-}
-
-fn bucket_row(bucket: usize) -> Vec<u8> {
-    let mut row = REMOVED_PREFIX.to_vec();
-    row.extend_from_slice(&(bucket as u16).to_be_bytes());
-    row
+fn bucket_of(key: &[u8]) -> u16 {
+    (scan_hash(key) % BUCKETS as u64) as u16
 }
 
 /// What the rows hold as of the applied index, kept in memory (32 KiB) so that a removal, and
@@ -71,41 +64,43 @@ impl Default for RemovedVersions {
 
 impl RemovedVersions {
     /// Takes in the rows an apply batch wrote.
-    pub(crate) fn note_written(&mut self, rows: &BTreeMap<Vec<u8>, Option<Bytes>>) {
+    pub(crate) fn note_written(
+        &mut self,
+        keys: &StateKeys,
+        rows: &BTreeMap<Vec<u8>, Option<Bytes>>,
+    ) {
+        let prefix = keys.watch_prefix();
+        let flushed = keys.flushed();
         let ours = rows
-            .range(REMOVED_PREFIX.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(REMOVED_PREFIX))
-            .chain(rows.get_key_value(KEY_FLUSHED));
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .chain(rows.get_key_value(&flushed));
         for (row, value) in ours {
             if let Some(index) = value.as_deref().and_then(|v| decode_index(v).ok()) {
-                self.set(row, index);
+                self.set(keys, row, index);
             }
         }
     }
 
-    fn set(&mut self, row: &[u8], index: u64) {
-        if row == KEY_FLUSHED {
+    fn set(&mut self, keys: &StateKeys, row: &[u8], index: u64) {
+        if keys.local(row) == Some(KEY_FLUSHED) {
             self.flushed = index;
-        } else if let Some(slot) = bucket_in_row(row).and_then(|b| self.buckets.get_mut(b)) {
+        } else if let Some(slot) = keys
+            .bucket_of_watch_row(row)
+            .and_then(|b| self.buckets.get_mut(usize::from(b)))
+        {
             *slot = index;
         }
     }
 
-    fn get(&self, row: &[u8]) -> u64 {
-        if row == KEY_FLUSHED {
-            return self.flushed;
-        }
-        bucket_in_row(row)
-            .and_then(|b| self.buckets.get(b).copied())
-            .unwrap_or(0)
+    fn bucket(&self, bucket: u16) -> u64 {
+        self.buckets.get(usize::from(bucket)).copied().unwrap_or(0)
     }
 }
 
-fn bucket_in_row(row: &[u8]) -> Option<usize> {
-    match row.strip_prefix(REMOVED_PREFIX)? {
-        [hi, lo] => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
-        _ => None,
-    }
+/// The index in a row this process wrote (so it decodes); a deletion reads as 0.
+fn own_index(v: &Option<Bytes>) -> u64 {
+    v.as_deref().and_then(|v| decode_index(v).ok()).unwrap_or(0)
 }
 
 fn encode_index(index: u64) -> Bytes {
@@ -123,10 +118,11 @@ fn decode_index(v: &[u8]) -> std::result::Result<u64, DecodeError> {
     Ok(u64::from_le_bytes(a))
 }
 
-/// For a snapshot's receiver: `None` if `k` is not one of these rows, else whether `v` decodes.
+/// For a snapshot's receiver (of the first range's image): `None` if `k` is not one of these
+/// rows, else whether `v` decodes.
 pub(crate) fn check_watch_row(k: &[u8], v: &[u8]) -> Option<bool> {
     let ours =
-        k == KEY_FLUSHED || (k.len() == REMOVED_PREFIX.len() + 2 && k.starts_with(REMOVED_PREFIX));
+        k == KEY_FLUSHED || (k.len() == WATCH_PREFIX.len() + 2 && k.starts_with(WATCH_PREFIX));
     ours.then(|| decode_index(v).is_ok())
 }
 
@@ -154,16 +150,16 @@ impl KvStateMachine {
         if self.stored_meta(t, key)?.is_some_and(|m| m.version > since) {
             return Ok(false);
         }
-        Ok(self.index_row(t, &bucket_row(bucket_of(key))) <= since
-            && self.index_row(t, KEY_FLUSHED) <= since)
+        Ok(self.bucket_index(t, bucket_of(key)) <= since && self.flushed_index(t) <= since)
     }
 
     /// Notes that a record of `key` written at `version` is gone (deleted, swept, replaced by
     /// nothing): see the module docs.
     pub(crate) fn note_removed(&mut self, t: &mut Txn, key: &[u8], version: u64) -> Result<()> {
-        let row = bucket_row(bucket_of(key));
-        if version > self.index_row(t, &row) {
-            t.rows.insert(row, Some(encode_index(version)));
+        let bucket = bucket_of(key);
+        if version > self.bucket_index(t, bucket) {
+            t.rows
+                .insert(self.keys.watch_bucket(bucket), Some(encode_index(version)));
         }
         Ok(())
     }
@@ -171,35 +167,44 @@ impl KvStateMachine {
     /// Notes a FLUSHALL at the batch's index.
     pub(super) fn note_flushed(&mut self, t: &mut Txn) {
         t.rows
-            .insert(KEY_FLUSHED.to_vec(), Some(encode_index(t.index)));
+            .insert(self.keys.flushed(), Some(encode_index(t.index)));
     }
 
-    /// A row's index as this batch sees it: its own writes, else what is applied.
-    fn index_row(&self, t: &Txn, row: &[u8]) -> u64 {
-        match t.rows.get(row) {
-            // Written by this batch, so it decodes.
-            Some(v) => v.as_deref().and_then(|v| decode_index(v).ok()).unwrap_or(0),
-            None => self.removed.get(row),
+    /// A bucket's index as this batch sees it: its own writes, else what is applied.
+    fn bucket_index(&self, t: &Txn, bucket: u16) -> u64 {
+        match t.rows.get(&self.keys.watch_bucket(bucket)) {
+            Some(v) => own_index(v),
+            None => self.removed.bucket(bucket),
+        }
+    }
+
+    /// The last FLUSHALL's index as this batch sees it.
+    fn flushed_index(&self, t: &Txn) -> u64 {
+        match t.rows.get(&self.keys.flushed()) {
+            Some(v) => own_index(v),
+            None => self.removed.flushed,
         }
     }
 
     /// Reads the rows into memory when the state machine opens.
     pub(super) fn load_watch_rows(&mut self) -> Result<()> {
         let mut rows = Vec::new();
-        self.db.scan_from(REMOVED_PREFIX, |k, v| {
-            if !k.starts_with(REMOVED_PREFIX) {
+        let prefix = self.keys.watch_prefix();
+        self.db().scan_from(&prefix, |k, v| {
+            if !k.starts_with(&prefix) {
                 return Ok(false);
             }
             rows.push((k.to_vec(), v));
             Ok(true)
         })?;
-        if let Some(v) = self.db.get(KEY_FLUSHED)? {
-            rows.push((KEY_FLUSHED.to_vec(), v));
+        let flushed = self.db().get(&self.keys.flushed())?;
+        if let Some(v) = flushed {
+            rows.push((self.keys.flushed(), v));
         }
         for (row, v) in rows {
             let index = decode_index(&v)
                 .map_err(|e| self.corrupt(None, format!("watch row {row:02x?}: {e}")))?;
-            self.removed.set(&row, index);
+            self.removed.set(&self.keys, &row, index);
         }
         Ok(())
     }
