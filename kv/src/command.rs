@@ -387,6 +387,13 @@ pub enum CommandResult {
     Status(String),
     /// A transaction that was not applied because a watched key changed (EXEC's null array).
     Aborted,
+    /// Not applied: a key the command names is not inside the bounds of the range that applied
+    /// it (`crate::ranges`). The range's id and epoch at that point let the client layer learn
+    /// the newer descriptors and send the command to the key's owner.
+    NotOwned {
+        range: crate::ranges::RangeId,
+        epoch: u64,
+    },
 }
 
 const RES_OK: u8 = 1;
@@ -401,6 +408,9 @@ const RES_BULK: u8 = 9;
 const RES_ARRAY: u8 = 10;
 const RES_STATUS: u8 = 11;
 const RES_ABORTED: u8 = 12;
+/// Added with key ranges: a tag older versions never wrote, so every older encoding (a session's
+/// cached result on disk) still decodes as it did.
+const RES_NOT_OWNED: u8 = 13;
 /// Arrays nest at most this deep (EXEC of SCAN: three levels).
 const MAX_RESULT_DEPTH: usize = 4;
 
@@ -419,6 +429,7 @@ impl CommandResult {
             CommandResult::Error(m) | CommandResult::Status(m) => 5 + m.len(),
             CommandResult::Bulk(b) => 5 + b.len(),
             CommandResult::Array(items) => 5 + items.iter().map(Self::encoded_len).sum::<usize>(),
+            CommandResult::NotOwned { .. } => 17,
             _ => 9,
         }
     }
@@ -464,6 +475,11 @@ impl CommandResult {
                 codec::put_bytes(body, m.as_bytes());
             }
             CommandResult::Aborted => body.push(RES_ABORTED),
+            CommandResult::NotOwned { range, epoch } => {
+                body.push(RES_NOT_OWNED);
+                codec::put_u64(body, *range);
+                codec::put_u64(body, *epoch);
+            }
         }
     }
 
@@ -513,6 +529,10 @@ impl CommandResult {
             RES_ARRAY => return Err(DecodeError::Invalid("result arrays nested too deep")),
             RES_STATUS => CommandResult::Status(text(r, "status")?),
             RES_ABORTED => CommandResult::Aborted,
+            RES_NOT_OWNED => CommandResult::NotOwned {
+                range: r.u64()?,
+                epoch: r.u64()?,
+            },
             tag => {
                 return Err(DecodeError::UnknownTag {
                     what: "result",

@@ -77,5 +77,8 @@ pub fn command_reply(result: CommandResult) -> Reply {
         CommandResult::Array(items) => Reply::Array(items.into_iter().map(command_reply).collect()),
         CommandResult::Status(s) => Reply::Simple(s),
         CommandResult::Aborted => Reply::NilArray,
+        CommandResult::NotOwned { range, epoch } => Reply::error(format!(
+            "TRYAGAIN the key moved out of range {range} (epoch {epoch})"
+        )),
     }
 }

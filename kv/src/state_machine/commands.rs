@@ -32,6 +32,9 @@ impl KvStateMachine {
         };
         t.index = e.index;
         if cmd.client_id == SESSIONLESS_CLIENT {
+            if let Some(refused) = self.refusal(&cmd.op) {
+                return Ok(refused);
+            }
             return self.execute(&cmd.op, t);
         }
         if let Some(s) = self.sessions.get(&cmd.client_id) {
@@ -43,6 +46,12 @@ impl KvStateMachine {
                     last_seq: s.last_seq,
                 });
             }
+        }
+        // After the session check: a retry of a command applied before the range gave its key
+        // away gets its first result, where a refusal would send it to run again elsewhere. A
+        // refusal is not kept in the session: nothing was applied.
+        if let Some(refused) = self.refusal(&cmd.op) {
+            return Ok(refused);
         }
         let mut result = self.execute(&cmd.op, t)?;
         if result.encoded_len() > MAX_COMMAND_LEN {

@@ -79,15 +79,15 @@ impl KvStateMachine {
         let (expiry, hashed) = (self.keys.expiry_prefix(), self.keys.hashed_prefix());
         let walks = [
             (user_from, user_end),
-            (expiry.clone(), Some(after_prefix(&expiry))),
-            (hashed.clone(), Some(after_prefix(&hashed))),
+            (expiry.clone(), after_prefix(&expiry)),
+            (hashed.clone(), after_prefix(&hashed)),
         ];
         for (start, end) in walks {
             let mut from = start;
             loop {
                 let mut rows = Vec::new();
                 self.ldb().scan_from(&from, |k, _| {
-                    if end.as_deref().is_some_and(|e| k >= e) || rows.len() == FLUSH_CHUNK_ROWS {
+                    if k >= end.as_slice() || rows.len() == FLUSH_CHUNK_ROWS {
                         return Ok(false);
                     }
                     rows.push(k.to_vec());

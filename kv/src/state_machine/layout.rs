@@ -49,7 +49,7 @@ impl KvStateMachine {
         let mut raw: Vec<(Vec<u8>, Bytes)> = Vec::new();
         let (from, end) = self.owned_user_rows(vec![USER]);
         self.db().scan_from(&from, |k, v| {
-            if end.as_deref().is_some_and(|e| k >= e) {
+            if k >= end.as_slice() {
                 return Ok(false);
             }
             raw.push((k.to_vec(), v));

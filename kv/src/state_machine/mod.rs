@@ -617,8 +617,13 @@ impl KvStateMachine {
 
     /// The value of a user key at the applied index and log time (a key past its deadline is
     /// absent); a read error is an error, never "absent".
+    /// A key this range does not own is refused ([`Error::InvalidRequest`]): its row may be
+    /// another range's.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>> {
         self.check_poison()?;
+        self.range
+            .check_owns([key])
+            .map_err(|refused| Error::InvalidRequest(refused.to_string()))?;
         let t = Txn::new(self);
         Ok(self.live(&t, key)?.map(|r| r.value))
     }
@@ -639,7 +644,7 @@ impl KvStateMachine {
         let wanted = user_row(prefix);
         let (from, end) = self.owned_user_rows(wanted.clone());
         self.scan(&from, limit, |k| {
-            k.starts_with(&wanted) && end.as_deref().is_none_or(|e| k < e)
+            k.starts_with(&wanted) && k < end.as_slice()
         })
     }
 
@@ -656,7 +661,7 @@ impl KvStateMachine {
         self.scan(&from, limit, |k| {
             k.first() == Some(&USER)
                 && wanted_end.as_deref().is_none_or(|e| k < e)
-                && owned_end.as_deref().is_none_or(|e| k < e)
+                && k < owned_end.as_slice()
         })
     }
 

@@ -13,9 +13,13 @@ use crate::glob;
 use crate::query::{Query, TtlForm, MAX_KEYS_REPLY, MAX_SCAN_COUNT};
 
 impl KvStateMachine {
-    /// Answers `q` at the applied index and log time.
+    /// Answers `q` at the applied index and log time; a key this range does not own is
+    /// refused ([`CommandResult::NotOwned`]), as at apply.
     pub fn query_now(&mut self, q: &Query) -> Result<CommandResult> {
         self.check_poison()?;
+        if let Some(refused) = self.query_refusal(q) {
+            return Ok(refused);
+        }
         let t = Txn::new(self);
         self.query(q, &t)
     }
@@ -158,7 +162,7 @@ impl KvStateMachine {
         let mut from = start;
         loop {
             let rows = self.rows_from(t, &from, 4096, |k| {
-                k.starts_with(&prefix) && end.as_deref().is_none_or(|e| k < e)
+                k.starts_with(&prefix) && k < end.as_slice()
             })?;
             let Some((last, _)) = rows.last() else {
                 break;

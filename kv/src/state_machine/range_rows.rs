@@ -1,4 +1,5 @@
-//! The range a state machine serves: its descriptor row and the user rows it owns.
+//! The range a state machine serves: its descriptor row, the user rows it owns, and the check
+//! that refuses, at apply, a command naming a key outside its bounds.
 //!
 //! The descriptor is state like the applied record: a metadata row (`row_keys.rs`) changed only
 //! in an apply batch, the same on every replica at the same index. The first range has no row
@@ -11,7 +12,9 @@ use rusty_leveldb::WriteBatch;
 use super::records::{encode_applied, LAYOUT_RECORDS};
 use super::row_keys::{user_row, USER};
 use super::KvStateMachine;
+use crate::command::{CommandResult, Op};
 use crate::error::Result;
+use crate::query::Query;
 use crate::ranges::RangeDescriptor;
 
 impl KvStateMachine {
@@ -93,13 +96,75 @@ impl KvStateMachine {
     }
 
     /// Where a walk of this range's user rows from `start_row` (a user row) begins, and the row
-    /// it must stop before (`None`: the end of the user rows).
-    pub(super) fn owned_user_rows(&self, start_row: Vec<u8>) -> (Vec<u8>, Option<Vec<u8>>) {
+    /// it must stop before.
+    pub(super) fn owned_user_rows(&self, start_row: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         let first = user_row(&self.range.start);
         let end = match &self.range.end {
-            Some(end) => Some(user_row(end)),
-            None => Some(vec![USER + 1]),
+            Some(end) => user_row(end),
+            None => vec![USER + 1],
         };
         (start_row.max(first), end)
+    }
+
+    /// The refusal of a command naming a key this range does not own at its place in the log;
+    /// `None` if every key is the range's. Every replica holds the same descriptor at the same
+    /// index, so every replica refuses alike.
+    pub(super) fn refusal(&self, op: &Op) -> Option<CommandResult> {
+        let mut keys = Vec::new();
+        named_keys(op, &mut keys);
+        self.refusal_of(keys)
+    }
+
+    /// [`KvStateMachine::refusal`] for a read.
+    pub(super) fn query_refusal(&self, q: &Query) -> Option<CommandResult> {
+        let mut keys = Vec::new();
+        query_keys(q, &mut keys);
+        self.refusal_of(keys)
+    }
+
+    fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {
+        let refused = self.range.check_owns(keys).err()?;
+        Some(CommandResult::NotOwned {
+            range: refused.range,
+            epoch: refused.epoch,
+        })
+    }
+}
+
+/// Every key `op` reads or writes (patterns are not keys: KEYS and SCAN walk the range's own).
+fn named_keys<'a>(op: &'a Op, keys: &mut Vec<&'a [u8]>) {
+    match op {
+        Op::Set { key, .. }
+        | Op::SetWith { key, .. }
+        | Op::Append { key, .. }
+        | Op::Delete { key }
+        | Op::Incr { key, .. }
+        | Op::GetDel { key }
+        | Op::Expire { key, .. }
+        | Op::Cas { key, .. } => keys.push(key),
+        Op::DeleteMany { keys: ks } => keys.extend(ks.iter().map(|k| k.as_ref())),
+        Op::MSet { pairs, .. } => keys.extend(pairs.iter().map(|(k, _)| k.as_ref())),
+        Op::Rename { from, to, .. } => keys.extend([from.as_ref(), to.as_ref()]),
+        Op::Multi { watches, ops } => {
+            keys.extend(watches.iter().map(|(k, _)| k.as_ref()));
+            for op in ops {
+                named_keys(op, keys);
+            }
+        }
+        Op::Query(q) => query_keys(q, keys),
+        Op::Noop | Op::FlushAll => {}
+    }
+}
+
+fn query_keys<'a>(q: &'a Query, keys: &mut Vec<&'a [u8]>) {
+    match q {
+        Query::Get { key }
+        | Query::Ttl { key, .. }
+        | Query::StrLen { key }
+        | Query::Type { key } => keys.push(key),
+        Query::MGet { keys: ks } | Query::Exists { keys: ks } | Query::Versions { keys: ks } => {
+            keys.extend(ks.iter().map(|k| k.as_ref()))
+        }
+        Query::Keys { .. } | Query::Scan { .. } | Query::DbSize => {}
     }
 }

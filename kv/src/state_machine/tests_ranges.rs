@@ -1,7 +1,7 @@
 //! Several ranges in one database: each sees, counts, scans, sweeps and flushes only its own
-//! keys.
+//! keys, and refuses at apply a command naming a key outside its bounds.
 
-use super::tests_layout::{all_rows, clock, command, set};
+use super::tests_layout::{all_rows, clock, command, set, Rows};
 use super::*;
 use crate::command::{Deadline, Op};
 use crate::query::Query;
@@ -314,4 +314,171 @@ fn whole_directory_snapshots_refuse_while_ranges_share_the_database() {
     assert!(second.build_snapshot(0, 4096).is_err());
     drop(second);
     assert!(first.build_snapshot(0, 4096).is_ok(), "alone again");
+}
+
+#[test]
+fn a_command_naming_a_key_outside_the_range_is_refused_and_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut left, mut right) = open_split(dir.path());
+    assert_eq!(left.run(set("a", "1", Deadline::None)), CommandResult::Ok);
+    assert_eq!(right.run(set("x", "1", Deadline::None)), CommandResult::Ok);
+    let refused = CommandResult::NotOwned {
+        range: FIRST_RANGE,
+        epoch: 2,
+    };
+    let foreign = [
+        set("y", "2", Deadline::None),
+        Op::MSet {
+            pairs: vec![(b("a"), b("2")), (b("y"), b("2"))],
+            if_none_exist: false,
+        },
+        Op::Rename {
+            from: b("a"),
+            to: b("y"),
+            if_absent: false,
+        },
+        Op::DeleteMany {
+            keys: vec![b("a"), b("x")],
+        },
+        Op::Incr { key: b("x"), by: 1 },
+        Op::Cas {
+            key: b("x"),
+            expected: Some(b("1")),
+            new: None,
+        },
+        Op::Multi {
+            watches: vec![(b("x"), 0)],
+            ops: vec![set("a", "2", Deadline::None)],
+        },
+        Op::Multi {
+            watches: vec![],
+            ops: vec![
+                set("a", "2", Deadline::None),
+                Op::Query(Query::Get { key: b("x") }),
+            ],
+        },
+        Op::Query(Query::Exists {
+            keys: vec![b("a"), b("z")],
+        }),
+    ];
+    for (seq, op) in foreign.into_iter().enumerate() {
+        let shown = format!("{op:?}");
+        assert_eq!(left.run_as(7, seq as u64 + 1, op), refused, "{shown}");
+    }
+    assert_eq!(left.sm.session_clients(), Vec::<u64>::new(), "nothing kept");
+    assert_eq!(left.sm.get(b"a").unwrap(), Some(b("1")));
+    assert_eq!(left.sm.key_counts(), count(1, 0));
+    assert_eq!(right.sm.key_counts(), count(1, 0));
+    assert_eq!(right.sm.get(b"x").unwrap(), Some(b("1")));
+    assert_eq!(right.sm.get(b"y").unwrap(), None);
+    assert!(all_rows(&mut left.sm)
+        .iter()
+        .all(|(r, _)| r.first() != Some(&USER) || r[1..] == b"a"[..] || r[1..] == b"x"[..]));
+    // The other way round, with the other range's id.
+    assert_eq!(
+        right.run(set("a", "3", Deadline::None)),
+        CommandResult::NotOwned { range: 2, epoch: 2 }
+    );
+    // Reads are refused alike; walks of the range's own keys are not.
+    assert_eq!(left.ask(Query::Get { key: b("x") }), refused);
+    assert_eq!(
+        left.ask(Query::MGet {
+            keys: vec![b("a"), b("x")]
+        }),
+        refused
+    );
+    assert!(left.sm.get(b"x").is_err());
+    assert_eq!(left.keys(), keys(&["a"]));
+    assert_eq!(
+        left.ask(Query::Scan {
+            cursor: 0,
+            pattern: Some(b("x*")),
+            count: 10
+        }),
+        CommandResult::Array(vec![
+            CommandResult::Bulk(b("0")),
+            CommandResult::Array(vec![])
+        ])
+    );
+}
+
+/// Client 7 sets `x` while the first range owns every key; the range then shrinks to
+/// `[.., m)`, and the same command comes again (a retry), then new ones.
+fn replica(dir: &Path) -> (Vec<Option<CommandResult>>, Rows) {
+    let mut sm = KvStateMachine::open(dir).unwrap();
+    let mut results = results_of(
+        sm.apply(&[command(1, 7, 1, set("x", "1", Deadline::None))])
+            .unwrap(),
+    );
+    sm.record_descriptor(left_bounds()).unwrap();
+    results.extend(results_of(
+        sm.apply(&[
+            command(2, 7, 1, set("x", "1", Deadline::None)),
+            command(3, 7, 2, set("x", "2", Deadline::None)),
+            command(4, 7, 3, set("a", "2", Deadline::None)),
+            command(
+                5,
+                8,
+                1,
+                Op::Rename {
+                    from: b("a"),
+                    to: b("z"),
+                    if_absent: false,
+                },
+            ),
+        ])
+        .unwrap(),
+    ));
+    (results, all_rows(&mut sm))
+}
+
+fn results_of(applied: Applied) -> Vec<Option<CommandResult>> {
+    applied.into_iter().map(|(_, r)| r).collect()
+}
+
+#[test]
+fn replicas_refuse_alike_and_a_retry_of_a_command_applied_before_gets_its_first_result() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (results, rows) = replica(one.path());
+    let refused = Some(CommandResult::NotOwned {
+        range: FIRST_RANGE,
+        epoch: 2,
+    });
+    assert_eq!(
+        results,
+        vec![
+            Some(CommandResult::Ok),
+            Some(CommandResult::Ok),
+            refused.clone(),
+            Some(CommandResult::Ok),
+            refused
+        ]
+    );
+    assert_eq!(replica(two.path()), (results, rows));
+}
+
+#[test]
+fn a_refusal_encodes_and_older_results_decode_as_before() {
+    let refusal = CommandResult::NotOwned {
+        range: 9,
+        epoch: u64::MAX,
+    };
+    assert_eq!(CommandResult::decode(&refusal.encode()).unwrap(), refusal);
+    let nested = CommandResult::Array(vec![CommandResult::Ok, refusal.clone()]);
+    assert_eq!(CommandResult::decode(&nested.encode()).unwrap(), nested);
+    // What an older version cached: the session rows of the fixture decode to what they held.
+    let held: Vec<CommandResult> = super::tests_layout::rows_before_ranges()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(SESSION_PREFIX))
+        .map(|(_, v)| decode_session(Bytes::from(v)).unwrap().result)
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            CommandResult::Ok,
+            CommandResult::Deleted { existed: true },
+            CommandResult::Value(4),
+            CommandResult::Ok
+        ]
+    );
 }
