@@ -110,6 +110,9 @@ impl KvStateMachine {
     /// `None` if every key is the range's. Every replica holds the same descriptor at the same
     /// index, so every replica refuses alike.
     pub(super) fn refusal(&self, op: &Op) -> Option<CommandResult> {
+        if self.owns_every_key() {
+            return None;
+        }
         let mut keys = Vec::new();
         named_keys(op, &mut keys);
         self.refusal_of(keys)
@@ -117,9 +120,18 @@ impl KvStateMachine {
 
     /// [`KvStateMachine::refusal`] for a read.
     pub(super) fn query_refusal(&self, q: &Query) -> Option<CommandResult> {
+        if self.owns_every_key() {
+            return None;
+        }
         let mut keys = Vec::new();
         query_keys(q, &mut keys);
         self.refusal_of(keys)
+    }
+
+    /// A range owning every key (that of a cluster that never split) refuses nothing: the
+    /// commands' keys need not be listed.
+    fn owns_every_key(&self) -> bool {
+        self.range.start.is_empty() && self.range.end.is_none()
     }
 
     fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {
