@@ -48,4 +48,6 @@ pub use node::{restart_state_from, NodeStorage};
 pub use query::{Query, TtlForm};
 pub use raft_storage::RaftStorage;
 pub use snapshot::{SnapshotReader, SnapshotReceiver, StagedSnapshot};
-pub use state_machine::{KvStateMachine, DEFAULT_MAX_SESSIONS, SESSIONLESS_CLIENT};
+pub use state_machine::{
+    KvStateMachine, RangeImage, DEFAULT_MAX_SESSIONS, RANGE_INSTALL_BATCH_ROWS, SESSIONLESS_CLIENT,
+};

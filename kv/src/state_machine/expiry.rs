@@ -149,7 +149,7 @@ pub(super) mod crash_point {
         BATCHES_LEFT.with(|b| b.set(Some(batches)));
     }
 
-    pub(super) fn after_batch() -> crate::error::Result<()> {
+    pub(crate) fn after_batch() -> crate::error::Result<()> {
         BATCHES_LEFT.with(|b| match b.get() {
             Some(0) => {
                 b.set(None);

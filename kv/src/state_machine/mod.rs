@@ -46,6 +46,7 @@ mod keyspace;
 mod layout;
 mod ops;
 mod queries;
+mod range_image;
 mod range_rows;
 mod records;
 mod row_keys;
@@ -55,6 +56,7 @@ pub use expiry::{FLUSH_CHUNK_ROWS, SWEEP_PER_STAMP};
 pub(crate) use keyspace::decode_clock;
 use keyspace::Txn;
 pub use keyspace::{scan_hash, KeyCounts, Record};
+pub use range_image::{RangeImage, RANGE_INSTALL_BATCH_ROWS};
 use records::encode_session;
 pub(crate) use records::{
     decode_applied, decode_member_addrs, decode_session, encode_applied, encode_member_addrs,
@@ -209,6 +211,7 @@ impl KvStateMachine {
     }
 
     fn load(&mut self) -> Result<()> {
+        self.finish_range_install(range_image::RANGE_INSTALL_BATCH_ROWS)?;
         self.load_descriptor()?;
         self.load_applied()?;
         self.load_members()?;
@@ -721,3 +724,6 @@ mod tests_layout;
 
 #[cfg(test)]
 mod tests_ranges;
+
+#[cfg(test)]
+mod tests_range_image;

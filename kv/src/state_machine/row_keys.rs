@@ -25,6 +25,9 @@ pub(crate) const EXPIRY: u8 = 0x02;
 pub(crate) const HASHED: u8 = 0x03;
 /// The first byte of every non-user row of a range other than the first.
 pub(crate) const RANGE: u8 = 0x04;
+/// The first byte of a range's snapshot install in progress: `0x05 | range id: u64 BE`, then
+/// `0x00` the install marker or `0x01 | row` a staged row of the image (`range_image.rs`).
+const STAGING: u8 = 0x05;
 
 pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
 pub(crate) const KEY_MEMBERS: &[u8] = &[META, b'm'];
@@ -68,6 +71,59 @@ impl StateKeys {
             p
         };
         Self { prefix }
+    }
+
+    /// The key intervals `[from, to)` that hold this range's own rows (every row but the
+    /// user rows), in key order.
+    pub(crate) fn own_slices(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if self.is_first() {
+            return vec![(vec![META], vec![USER]), (vec![EXPIRY], vec![RANGE])];
+        }
+        vec![(self.prefix.clone(), next_id_prefix(RANGE, &self.prefix))]
+    }
+
+    fn staging_prefix(&self) -> Vec<u8> {
+        let mut p = vec![STAGING];
+        p.extend_from_slice(&self.id_bytes());
+        p
+    }
+
+    fn id_bytes(&self) -> [u8; 8] {
+        match self.prefix.get(1..) {
+            Some(id) if !id.is_empty() => id.try_into().unwrap_or_default(),
+            _ => FIRST_RANGE.to_be_bytes(),
+        }
+    }
+
+    /// The row marking a committed install of this range's image (`range_image.rs`).
+    pub(crate) fn install_marker(&self) -> Vec<u8> {
+        let mut k = self.staging_prefix();
+        k.push(0x00);
+        k
+    }
+
+    /// Where the image row `row` waits while the install is staged.
+    pub(crate) fn staged(&self, row: &[u8]) -> Vec<u8> {
+        let mut k = self.staging_prefix();
+        k.push(0x01);
+        k.extend_from_slice(row);
+        k
+    }
+
+    /// The interval of staged rows.
+    pub(crate) fn staged_slice(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut from = self.staging_prefix();
+        from.push(0x01);
+        let mut to = self.staging_prefix();
+        to.push(0x02);
+        (from, to)
+    }
+
+    /// The image row a staged row stands for.
+    pub(crate) fn unstaged<'a>(&self, staged: &'a [u8]) -> Option<&'a [u8]> {
+        staged
+            .strip_prefix(self.staging_prefix().as_slice())?
+            .strip_prefix(&[0x01])
     }
 
     pub(crate) fn is_first(&self) -> bool {
@@ -174,6 +230,22 @@ impl StateKeys {
         let (order, key) = rest.split_at(INDEX_ORDER_LEN);
         let order: [u8; INDEX_ORDER_LEN] = order.try_into().ok()?;
         Some((u64::from_be_bytes(order), key))
+    }
+}
+
+/// The prefix after `tag | id` (`tag | id + 1`, or `tag + 1` after the last id).
+fn next_id_prefix(tag: u8, prefix: &[u8]) -> Vec<u8> {
+    let id = prefix
+        .get(1..)
+        .and_then(|id| <[u8; 8]>::try_from(id).ok())
+        .map(u64::from_be_bytes);
+    match id.and_then(|id| id.checked_add(1)) {
+        Some(next) => {
+            let mut p = vec![tag];
+            p.extend_from_slice(&next.to_be_bytes());
+            p
+        }
+        None => vec![tag + 1],
     }
 }
 
