@@ -170,6 +170,7 @@ mod tests {
         );
         command(&c.encode());
         command(&CommandResult::Value(-3).encode());
+        command(&CommandResult::NotOwned { range: 2, epoch: 3 }.encode());
         command(b"");
         command(&[1; 9]);
         command(&[0xff; 40]);

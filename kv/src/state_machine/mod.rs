@@ -19,8 +19,11 @@
 //! the applied index, so that it is exactly the table at the applied index and snapshot images
 //! carry it like any other row.
 //!
-//! The key layout and the metadata encodings are in `records.rs`; what each command does, and
-//! the session table's bookkeeping, in `commands.rs`.
+//! Several ranges share one database ([`KvStateMachine::open_range`]): the key layout, the
+//! first range's rows as before ranges and every other range's behind its prefix, is in
+//! `row_keys.rs`; the descriptor and the ownership check in `range_rows.rs`; a range's image
+//! and its install in `range_image.rs`. The metadata encodings are in `records.rs`; what each
+//! command does, and the session table's bookkeeping, in `commands.rs`.
 
 use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};

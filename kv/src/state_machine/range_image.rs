@@ -114,6 +114,7 @@ impl KvStateMachine {
             return bad(format!("this is range {}", self.range.id));
         }
         let mut previous: Option<&[u8]> = None;
+        let own_slices = self.keys.own_slices();
         let applied = self.keys.applied();
         let mut saw_applied = false;
         for (k, v) in &image.rows {
@@ -121,11 +122,7 @@ impl KvStateMachine {
                 return bad(format!("rows out of order at {k:02x?}"));
             }
             previous = Some(k);
-            let own = self
-                .keys
-                .own_slices()
-                .iter()
-                .any(|(from, to)| k >= from && k < to);
+            let own = own_slices.iter().any(|(from, to)| k >= from && k < to);
             let user = k.first() == Some(&USER) && image.descriptor.contains(&k[1..]);
             if !own && !user {
                 return bad(format!(
