@@ -175,6 +175,9 @@ impl KvStateMachine {
             &self.env,
             self.max_sessions,
         );
+        // An install interrupted after deleting the range's rows finishes before the range
+        // could be taken for a new one.
+        sm.finish_range_install(range_image::RANGE_INSTALL_BATCH_ROWS)?;
         sm.create_range_rows()?;
         sm.load()?;
         Ok(sm)
