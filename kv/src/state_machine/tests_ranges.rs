@@ -482,3 +482,16 @@ fn a_refusal_encodes_and_older_results_decode_as_before() {
         ]
     );
 }
+
+#[test]
+fn a_damaged_descriptor_row_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let sm = KvStateMachine::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_DESCRIPTOR, b"\x01garbage");
+        sm.db().write(batch, true).unwrap();
+    }
+    let err = KvStateMachine::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("range descriptor"), "{err}");
+}
