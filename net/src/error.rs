@@ -235,6 +235,8 @@ pub enum ServeError {
     },
     Read(kv::Error),
     Spawn(io::Error),
+    /// The request names a range this node does not host.
+    NotHosted(kv::ranges::RangeId),
 }
 
 impl fmt::Display for ServeError {
@@ -249,6 +251,7 @@ impl fmt::Display for ServeError {
             ),
             ServeError::Read(e) => write!(f, "reading the image failed: {e}"),
             ServeError::Spawn(e) => write!(f, "cannot start a snapshot reader: {e}"),
+            ServeError::NotHosted(range) => write!(f, "this node does not host range {range}"),
         }
     }
 }
@@ -258,7 +261,7 @@ impl Error for ServeError {
         match self {
             ServeError::NoImage(e) | ServeError::Read(e) => Some(e),
             ServeError::Spawn(e) => Some(e),
-            ServeError::Busy | ServeError::TooOld { .. } => None,
+            ServeError::Busy | ServeError::TooOld { .. } | ServeError::NotHosted(_) => None,
         }
     }
 }

@@ -16,19 +16,21 @@
 use bytes::{Bytes, BytesMut};
 use raft_core::codec;
 
+use crate::peer_header;
 use crate::resp::{encode_request, Limits, ParseError, Request, RequestParser};
 use crate::transport::{
-    check_frame_len, decode_frame, encode_frame, FrameError, FRAME_MAGIC, FRAME_VERSION,
-    MAX_FRAME_LEN,
+    check_frame_len, decode_frame, encode_frame, FrameError, RangeMessage, FRAME_MAGIC,
+    FRAME_VERSION, MAX_FRAME_LEN,
 };
+use kv::ranges::FIRST_RANGE;
 
 pub use kv::fuzzing::command as kv_command;
 
 /// The cluster id [`peer_frame`] decodes frames for; seed frames of the corpus carry it.
 pub const CLUSTER_ID: u64 = 0x6b76_7374_6f72_6531;
 
-/// Bytes of a frame body before the Raft message: magic, version, cluster id, sender id and
-/// incarnation.
+/// Bytes of a frame body's header: magic, version, cluster id, sender id and incarnation (the
+/// range id varint and the Raft message follow).
 const HEADER_LEN: usize = crate::peer_header::HEADER_LEN;
 /// The smallest encoded item a count in the codec can announce (an entry with no payload).
 const MAX_MIN_ITEM_LEN: u64 = 8 + 8 + 1 + 4;
@@ -43,8 +45,9 @@ const MAX_MIN_ITEM_LEN: u64 = 8 + 8 + 1 + 4;
 ///   is read or allocated, one shorter than the header as too short, and nothing else is refused;
 /// * a decoded frame re-encodes to exactly its input bytes (the encoding is canonical);
 /// * every refusal names what is wrong with the input: the magic, version or cluster id it
-///   carries, the codec's own error for the message behind a good header, or a message from
-///   another node than the header's sender;
+///   carries, the range id's own error for a malformed one behind a good header (read from at
+///   most ten bytes), the codec's own error for the message behind a good range id, or a
+///   message from another node than the header's sender;
 /// * a frame refused only for its cluster id decodes for that cluster;
 /// * a bare message decodes only if it re-encodes to exactly the input, whose length
 ///   [`codec::encoded_len`] predicts; every codec error is consistent with the input.
@@ -83,12 +86,22 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
     let body = Bytes::copy_from_slice(&frame[4..]);
     let result = decode_frame(cluster, body.clone());
     match &result {
-        Ok((sender, msg)) => {
+        Ok((sender, RangeMessage { range, msg })) => {
             assert_eq!(sender.node_id, msg.from);
+            assert_ne!(*range, 0);
             let mut out = BytesMut::new();
-            encode_frame(cluster, sender.incarnation, msg, &mut out);
+            encode_frame(cluster, sender.incarnation, *range, msg, &mut out);
             assert_eq!(&out[..], frame, "frame of {msg:?} re-encodes differently");
-            assert_eq!(HEADER_LEN + codec::encoded_len(msg), body.len());
+            let range_len = peer_header::range_id_len(*range);
+            assert!(range_len <= peer_header::MAX_RANGE_ID_LEN);
+            assert_eq!(HEADER_LEN + range_len + codec::encoded_len(msg), body.len());
+        }
+        Err(FrameError::RangeId(e)) => {
+            assert_eq!(&body[..5], &frame_prefix()[..]);
+            assert_eq!(&body[5..13], &cluster.to_be_bytes());
+            let mut rest = &body[HEADER_LEN..];
+            assert_eq!(peer_header::take_range_id(&mut rest).as_ref(), Err(e));
+            assert!(body.len() - HEADER_LEN - rest.len() <= peer_header::MAX_RANGE_ID_LEN);
         }
         Err(FrameError::Hello(why)) => panic!("a message frame read as a hello: {why}"),
         Err(FrameError::BadMagic(m)) => {
@@ -115,14 +128,14 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
         Err(FrameError::Message(e)) => {
             assert_eq!(&body[..5], &frame_prefix()[..]);
             assert_eq!(&body[5..13], &cluster.to_be_bytes());
-            assert_eq!(codec::decode(body.slice(HEADER_LEN..)).as_ref(), Err(e));
+            assert_eq!(codec::decode(after_range_id(&body)).as_ref(), Err(e));
         }
         Err(FrameError::NotFromSender { header, message }) => {
             assert_eq!(&body[..5], &frame_prefix()[..]);
             assert_eq!(&body[5..13], &cluster.to_be_bytes());
             assert_eq!(&body[13..21], &header.to_be_bytes());
             assert_ne!(header, message);
-            let inner = codec::decode(body.slice(HEADER_LEN..));
+            let inner = codec::decode(after_range_id(&body));
             assert_eq!(inner.map(|m| m.from).ok(), Some(*message));
         }
         Err(e @ (FrameError::TooLarge { .. } | FrameError::TooShort(_))) => {
@@ -130,6 +143,17 @@ fn check_frame(cluster: u64, frame: &[u8]) -> Result<(), FrameError> {
         }
     }
     result.map(drop)
+}
+
+/// The Raft message of a frame body whose header and range id are good.
+fn after_range_id(body: &Bytes) -> Bytes {
+    let mut rest = body.slice(HEADER_LEN..);
+    let range = peer_header::take_range_id(&mut rest);
+    assert!(
+        range.is_ok(),
+        "a frame refused past its range id has a good one: {range:?}"
+    );
+    rest
 }
 
 fn frame_prefix() -> [u8; 5] {
@@ -148,10 +172,12 @@ fn check_message(data: &[u8]) {
                 input,
                 "{msg:?} re-encodes differently"
             );
-            // And it travels in a frame.
-            let mut frame = BytesMut::new();
-            encode_frame(CLUSTER_ID, 1, &msg, &mut frame);
-            assert!(check_frame(CLUSTER_ID, &frame).is_ok());
+            // And it travels in a frame, of the first range or of any other.
+            for range in [FIRST_RANGE, 1 << 20, u64::MAX] {
+                let mut frame = BytesMut::new();
+                encode_frame(CLUSTER_ID, 1, range, &msg, &mut frame);
+                assert!(check_frame(CLUSTER_ID, &frame).is_ok());
+            }
         }
         Err(e) => match e {
             codec::DecodeError::Truncated { needed, remaining } => {
@@ -359,7 +385,8 @@ mod tests {
                 read_round: 5,
             },
         };
-        encode_frame(CLUSTER_ID, 7, &msg, &mut frame);
+        encode_frame(CLUSTER_ID, 7, FIRST_RANGE, &msg, &mut frame);
+        encode_frame(CLUSTER_ID, 7, 300, &msg, &mut frame);
         peer_frame(&frame);
         peer_frame(&frame[4..]);
         peer_frame(&[0xff; 8]);

@@ -307,6 +307,9 @@ pub struct NodeMetrics {
     pub client_connections: Level,
     /// Inbound peer connections refused, by [`PEER_REFUSALS`] (mutual TLS between peers).
     pub peer_connections_refused: [Count; 2],
+    /// Raft messages from peers for a range this node does not host, dropped (a node that
+    /// missed a split sees the new range's messages before it hosts it).
+    pub peer_messages_unhosted_range: Count,
     /// Where the node's databases are, for their sizes on disk.
     pub data_dir: PathBuf,
 }
@@ -341,6 +344,7 @@ impl NodeMetrics {
             snapshot_send_duration: Histogram::latency(),
             client_connections: Level::default(),
             peer_connections_refused: Default::default(),
+            peer_messages_unhosted_range: Count::default(),
             data_dir,
         }
     }

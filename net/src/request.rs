@@ -239,6 +239,8 @@ impl NodeHandle {
         let request = ServeRequest {
             request: FetchRequest {
                 from: BACKUP_READER,
+                // A node's image is its first range's until the store holds many groups.
+                range: kv::ranges::FIRST_RANGE,
                 at_least,
             },
             chunks,

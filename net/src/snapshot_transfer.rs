@@ -6,8 +6,9 @@
 //! queued on the message connection.
 //!
 //! **Wire.** The follower opens a connection and sends one request frame,
-//! `u32 length | peer header (magic "KVSN", cluster id, follower id and incarnation) | follower id (u64) | index (u64) | term (u64)`:
-//! "your snapshot image, at or after index/term". The sender answers with reply frames
+//! `u32 length | peer header (magic "KVSN", cluster id, follower id and incarnation) | follower id (u64) | range id (u64) | index (u64) | term (u64)`:
+//! "your snapshot image of this range, at or after index/term" (a node that does not host the
+//! range refuses). The sender answers with reply frames
 //! `u32 length | kind (u8) | payload`: `CHUNK` (one chunk of the image, as `kv::snapshot` cuts
 //! and checksums it), then `END`; or `REFUSED` with a reason (no image that recent, a damaged
 //! image file). Every length is checked against its limit before anything is allocated.
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kv::ranges::RangeId;
 use raft_core::{NodeId, SnapshotMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -41,8 +43,8 @@ use crate::peer_header::{self, Sender, HEADER_LEN};
 use crate::storage::ApplyRequest;
 use crate::transport::{Net, Stream, TransportTimeouts};
 
-/// The request frame's body: the peer header, then follower id, index, term.
-pub const REQUEST_LEN: usize = HEADER_LEN + 8 + 8 + 8;
+/// The request frame's body: the peer header, then follower id, range id, index, term.
+pub const REQUEST_LEN: usize = HEADER_LEN + 8 + 8 + 8 + 8;
 /// Chunks a follower may have in flight to its state machine thread.
 pub const RECEIVE_WINDOW: usize = 4;
 /// Chunks the sender reads ahead of the connection.
@@ -61,6 +63,8 @@ const MAX_REASON: usize = 512;
 pub struct FetchRequest {
     /// The follower asking (the sender reports the transfer's outcome for it to its core).
     pub from: NodeId,
+    /// The range (Raft group) whose image it asks for.
+    pub range: RangeId,
     /// The snapshot its core asked for; the sender may serve a later one.
     pub at_least: SnapshotMeta,
 }
@@ -82,6 +86,7 @@ pub fn encode_request(cluster_id: u64, incarnation: u64, req: &FetchRequest, out
     };
     peer_header::put_header(SNAPSHOT_MAGIC, cluster_id, sender, out);
     out.put_u64(req.from);
+    out.put_u64(req.range);
     out.put_u64(req.at_least.index);
     out.put_u64(req.at_least.term);
 }
@@ -107,9 +112,16 @@ pub fn decode_request(
             sender.node_id
         )));
     }
+    let range = body.get_u64();
+    if range == 0 {
+        return Err(TransferError::BadFrame(
+            "snapshot request for range 0, which names no range".into(),
+        ));
+    }
     let (index, term) = (body.get_u64(), body.get_u64());
     let request = FetchRequest {
         from,
+        range,
         at_least: SnapshotMeta::new(index, term, Default::default()),
     };
     Ok((sender, request))
@@ -176,7 +188,7 @@ pub async fn serve<S: Stream>(
     write_timeout: Duration,
 ) {
     let (tx, mut chunks) = mpsc::channel(SEND_WINDOW);
-    let follower = request.from;
+    let (follower, range) = (request.from, request.range);
     let (started, mut bytes) = (std::time::Instant::now(), 0u64);
     let ok = if serve
         .send(ServeRequest {
@@ -230,6 +242,7 @@ pub async fn serve<S: Stream>(
         }
     };
     let _ = events.send(SnapshotEvent::Sent {
+        range,
         to: follower,
         ok,
         bytes,
@@ -376,6 +389,7 @@ mod tests {
     fn requests_and_replies_round_trip() {
         let req = FetchRequest {
             from: 3,
+            range: 5,
             at_least: SnapshotMeta::new(900, 4, Default::default()),
         };
         let mut buf = BytesMut::new();
@@ -394,6 +408,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sent by node 3"));
+        let mut range_zero = body.to_vec();
+        range_zero[HEADER_LEN + 15] = 0;
+        assert!(decode_request(77, Bytes::from(range_zero))
+            .unwrap_err()
+            .to_string()
+            .contains("range 0"));
         assert!(decode_request(78, body.clone())
             .unwrap_err()
             .to_string()

@@ -1,7 +1,9 @@
 //! Peer transport: length-delimited frames over any stream-oriented network.
 //!
 //! A frame is `u32 length | magic "KVRF" | version | cluster id (u64) | sender id (u64) |
-//! sender incarnation (u64) | raft-core message` (`peer_header`). Every frame carries the
+//! sender incarnation (u64) | range id (varint) | raft-core message` (`peer_header`). The range
+//! id names the Raft group the message is for: one connection between two nodes carries every
+//! group's messages, and the receiver routes each to its group (`node::store`). Every frame carries the
 //! cluster id, so a node of another cluster (a misconfigured peer list) is refused on its first
 //! frame rather than after it has corrupted anything; and the sender's incarnation, so that a
 //! node whose data directory was wiped is refused by peers that knew its earlier life
@@ -32,14 +34,23 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::node::identity::PeerGate;
-use crate::peer_header::{self, HeaderError, Sender, HEADER_LEN as FRAME_HEADER_LEN};
+use crate::peer_header::{self, HeaderError, RangeIdError, Sender, HEADER_LEN as FRAME_HEADER_LEN};
 pub use crate::peer_header::{MESSAGE_MAGIC as FRAME_MAGIC, VERSION as FRAME_VERSION};
 use crate::peer_reachability::PeerReachability;
+use kv::ranges::RangeId;
 pub use peer_identity::{PeerIdentity, PeerRefusals, Refusal};
 
 mod peer_identity;
 /// Frames above this size are refused before their body is read.
 pub const MAX_FRAME_LEN: usize = 128 << 20;
+
+/// A Raft message and the range (Raft group) it belongs to: what a peer's outbound queue and
+/// the node's inbox carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeMessage {
+    pub range: RangeId,
+    pub msg: Message,
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -146,6 +157,8 @@ pub enum FrameError {
         ours: u64,
         theirs: u64,
     },
+    /// The range id after the header is malformed.
+    RangeId(RangeIdError),
     Message(DecodeError),
     /// The header names one node, the message inside another.
     NotFromSender {
@@ -168,6 +181,7 @@ impl fmt::Display for FrameError {
             &FrameError::WrongCluster { ours, theirs } => {
                 HeaderError::WrongCluster { ours, theirs }.fmt(f)
             }
+            FrameError::RangeId(e) => write!(f, "malformed peer frame: {e}"),
             FrameError::Message(e) => write!(f, "undecodable raft message: {e}"),
             FrameError::NotFromSender { header, message } => write!(
                 f,
@@ -191,10 +205,16 @@ impl From<HeaderError> for FrameError {
 
 impl std::error::Error for FrameError {}
 
-/// Appends one whole frame (length prefix included) for `msg`, sent by incarnation
-/// `incarnation` of `msg.from`.
-pub fn encode_frame(cluster_id: u64, incarnation: u64, msg: &Message, out: &mut BytesMut) {
-    let body_len = FRAME_HEADER_LEN + codec::encoded_len(msg);
+/// Appends one whole frame (length prefix included) for `msg` of range `range`, sent by
+/// incarnation `incarnation` of `msg.from`.
+pub fn encode_frame(
+    cluster_id: u64,
+    incarnation: u64,
+    range: RangeId,
+    msg: &Message,
+    out: &mut BytesMut,
+) {
+    let body_len = FRAME_HEADER_LEN + peer_header::range_id_len(range) + codec::encoded_len(msg);
     out.reserve(4 + body_len);
     out.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
     let sender = Sender {
@@ -202,6 +222,7 @@ pub fn encode_frame(cluster_id: u64, incarnation: u64, msg: &Message, out: &mut 
         incarnation,
     };
     peer_header::put_header(FRAME_MAGIC, cluster_id, sender, out);
+    peer_header::put_range_id(range, out);
     codec::encode(msg, out);
 }
 
@@ -249,11 +270,15 @@ pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Decodes a frame body (everything after the length prefix): who sent it, and the message,
-/// which must be from that node.
-pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<(Sender, Message), FrameError> {
+/// Decodes a frame body (everything after the length prefix): who sent it, and the message
+/// with its range; the message must be from the sender.
+pub fn decode_frame(
+    cluster_id: u64,
+    mut body: Bytes,
+) -> Result<(Sender, RangeMessage), FrameError> {
     check_frame_len(body.len())?;
     let sender = peer_header::take_header(FRAME_MAGIC, cluster_id, &mut body)?;
+    let range = peer_header::take_range_id(&mut body).map_err(FrameError::RangeId)?;
     let msg = codec::decode(body).map_err(FrameError::Message)?;
     if msg.from != sender.node_id {
         return Err(FrameError::NotFromSender {
@@ -261,7 +286,7 @@ pub fn decode_frame(cluster_id: u64, mut body: Bytes) -> Result<(Sender, Message
             message: msg.from,
         });
     }
-    Ok((sender, msg))
+    Ok((sender, RangeMessage { range, msg }))
 }
 
 /// Timeouts of the peer transport.
@@ -295,14 +320,14 @@ pub async fn run_outbound<N: Net>(
     addr: String,
     (cluster_id, me, advertised): (u64, Sender, String),
     timeouts: TransportTimeouts,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<RangeMessage>,
     unreachable: mpsc::UnboundedSender<NodeId>,
 ) {
     let mut backoff = timeouts.backoff_min;
     let mut reach = PeerReachability::new(to, &addr);
     let mut buf = BytesMut::new();
     // A message that arrived after the peer closed the connection: the first on the next one.
-    let mut carried: Option<Message> = None;
+    let mut carried: Option<RangeMessage> = None;
     loop {
         let stream = match tokio::time::timeout(
             timeouts.connect,
@@ -357,11 +382,11 @@ pub async fn run_outbound<N: Net>(
                 },
             };
             buf.clear();
-            encode_frame(cluster_id, incarnation, &first, &mut buf);
+            encode_frame(cluster_id, incarnation, first.range, &first.msg, &mut buf);
             // Whatever else is queued goes out in the same write.
             while buf.len() < (1 << 20) {
                 match queue.try_recv() {
-                    Ok(m) => encode_frame(cluster_id, incarnation, &m, &mut buf),
+                    Ok(m) => encode_frame(cluster_id, incarnation, m.range, &m.msg, &mut buf),
                     Err(_) => break,
                 }
             }
@@ -387,9 +412,9 @@ pub async fn run_outbound<N: Net>(
 }
 
 enum Next {
-    Message(Message),
+    Message(RangeMessage),
     /// The peer closed the connection (it closes idle ones) before this message came.
-    Closed(Message),
+    Closed(RangeMessage),
     QueueClosed,
 }
 
@@ -397,7 +422,10 @@ enum Next {
 /// peer never writes on it, so a read that returns means it is gone: found only by the next
 /// write, the message written would be lost, and between followers that is a vote request
 /// right after their leader died.
-async fn next_or_closed<S: Stream>(queue: &mut mpsc::Receiver<Message>, stream: &mut S) -> Next {
+async fn next_or_closed<S: Stream>(
+    queue: &mut mpsc::Receiver<RangeMessage>,
+    stream: &mut S,
+) -> Next {
     let mut probe = [0u8; 1];
     tokio::select! {
         // A queued message first: under load the socket is then not polled at all.
@@ -412,7 +440,7 @@ async fn next_or_closed<S: Stream>(queue: &mut mpsc::Receiver<Message>, stream: 
 
 /// Drops queued messages for `wait` (the peer is down); false once the node has gone away.
 async fn discard_while_down(
-    queue: &mut mpsc::Receiver<Message>,
+    queue: &mut mpsc::Receiver<RangeMessage>,
     unreachable: &mpsc::UnboundedSender<NodeId>,
     to: NodeId,
     wait: Duration,
@@ -538,7 +566,7 @@ pub async fn run_inbound<S: Stream>(
     identity: PeerIdentity,
     gate: std::sync::Arc<PeerGate>,
     idle_read: Duration,
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<RangeMessage>,
     snapshots: SnapshotService,
 ) {
     let cluster_id = gate.cluster_id();

@@ -198,8 +198,12 @@ fn msg(body: MessageBody) -> Message {
 }
 
 fn frame(cluster: u64, m: &Message) -> Vec<u8> {
+    frame_of_range(cluster, kv::ranges::FIRST_RANGE, m)
+}
+
+fn frame_of_range(cluster: u64, range: u64, m: &Message) -> Vec<u8> {
     let mut out = BytesMut::new();
-    encode_frame(cluster, 0x1_0000_0001, m, &mut out);
+    encode_frame(cluster, 0x1_0000_0001, range, m, &mut out);
     out.to_vec()
 }
 
@@ -251,6 +255,15 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         f.extend_from_slice(m);
         f
     };
+    // A frame of this version, its range id given as raw bytes.
+    let with_range_bytes = |range: &[u8], m: &[u8]| {
+        let len = HEADER + (range.len() + m.len()) as u32;
+        let mut f = header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, len);
+        f.extend_from_slice(range);
+        f.extend_from_slice(m);
+        f
+    };
+    let heartbeat_bytes = codec::encode_to_bytes(&heartbeat).to_vec();
     let good = frame(CLUSTER_ID, &append);
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 3);
@@ -264,10 +277,7 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
     .to_vec();
     let n = hostile_count.len();
     hostile_count[n - 4..].copy_from_slice(&u32::MAX.to_be_bytes());
-    let hostile_count_frame = with_message(
-        header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, HEADER + n as u32),
-        &hostile_count,
-    );
+    let hostile_count_frame = with_range_bytes(&[1], &hostile_count);
     let mut unknown_type = codec::encode_to_bytes(&heartbeat).to_vec();
     unknown_type[1] = 99;
     let mut trailing = codec::encode_to_bytes(&vote).to_vec();
@@ -348,13 +358,43 @@ fn peer_frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("frame-wrong-cluster", frame(CLUSTER_ID + 1, &heartbeat)),
+        (
+            "frame-other-range",
+            frame_of_range(CLUSTER_ID, 2, &heartbeat),
+        ),
+        (
+            "frame-range-id-max",
+            frame_of_range(CLUSTER_ID, u64::MAX, &vote),
+        ),
+        (
+            "frame-range-id-zero",
+            with_range_bytes(&[0], &heartbeat_bytes),
+        ),
+        (
+            "frame-range-id-not-shortest",
+            with_range_bytes(&[0x81, 0x00], &heartbeat_bytes),
+        ),
+        (
+            "frame-range-id-endless",
+            with_range_bytes(&[0xff; 12], &heartbeat_bytes),
+        ),
+        (
+            // The previous version's frame: no range id.
+            "frame-old-version",
+            with_message(
+                header(
+                    FRAME_MAGIC,
+                    FRAME_VERSION - 1,
+                    CLUSTER_ID,
+                    HEADER + heartbeat_bytes.len() as u32,
+                ),
+                &heartbeat_bytes,
+            ),
+        ),
         ("frame-not-from-its-sender", not_from_sender),
         (
             "frame-unknown-message-type",
-            with_message(
-                header(FRAME_MAGIC, FRAME_VERSION, CLUSTER_ID, HEADER + 42),
-                &unknown_type,
-            ),
+            with_range_bytes(&[1], &unknown_type),
         ),
         ("frame-entry-count-4g", hostile_count_frame),
         (

@@ -73,7 +73,7 @@ async fn hostile_bytes_on_both_ports_leave_the_cluster_serving() {
         .is_empty());
     let mut foreign = bytes::BytesMut::new();
     let msg = raft_message();
-    net::transport::encode_frame(0xbad_c1a5, 1, &msg, &mut foreign);
+    net::transport::encode_frame(0xbad_c1a5, 1, kv::ranges::FIRST_RANGE, &msg, &mut foreign);
     assert!(exchange(&peer_addr, &foreign).await.is_empty());
 
     // A bootstrap probe is answered (node 1 never heard of a node 9), and one of the wrong

@@ -150,7 +150,8 @@ async fn speak_as(mut stream: TlsStream<TcpStream>, cluster_id: u64, claimed: Se
             read_round: 0,
         },
     };
-    net::transport::encode_frame(cluster_id, claimed.incarnation, &heartbeat, &mut out);
+    let first = kv::ranges::FIRST_RANGE;
+    net::transport::encode_frame(cluster_id, claimed.incarnation, first, &heartbeat, &mut out);
     let _ = stream.write_all(&out).await;
     let _ = stream.flush().await;
     let mut buf = [0u8; 64];

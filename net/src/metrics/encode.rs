@@ -292,6 +292,12 @@ fn encode_peers(e: &mut DescriptorEncoder, m: &NodeMetrics) -> Fmt {
         "Inbound peer connections refused: TLS handshake failed, or the certificate does not name the member claimed",
         refused,
     )?;
+    counter(
+        e,
+        "peer_messages_unhosted_range",
+        "Raft messages from peers for a range this node does not host, dropped",
+        m.peer_messages_unhosted_range.get(),
+    )?;
     let peers = m.status.peers.lock().map(|p| p.clone()).unwrap_or_default();
     let ids: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
     {

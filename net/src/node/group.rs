@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use kv::ranges::RangeId;
 use raft_core::{Index, Message, NodeId, RawNode, SnapshotMeta, Term};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ use crate::error::NodeError;
 use crate::request::{ClientRequest, NodeInfo, RequestError};
 use crate::snapshot_transfer::FetchJob;
 use crate::storage::{ApplyRequest, LogRequest, StorageEvent};
+use crate::transport::RangeMessage;
 
 /// Starts the task that fetches a snapshot (it needs the network, which the group does not know).
 pub type Fetcher = Box<dyn Fn(FetchJob) -> JoinHandle<()> + Send + Sync>;
@@ -32,6 +34,8 @@ pub struct StorageQueues {
 }
 
 pub struct Group {
+    /// The range whose Raft group this is: its messages are tagged with it.
+    pub(super) range: RangeId,
     pub(super) cfg: NodeConfig,
     pub(super) core: RawNode,
     pub(super) queues: StorageQueues,
@@ -64,17 +68,20 @@ pub struct Group {
 }
 
 impl Group {
+    /// The group of range `range`; `(applied_index, image)` is what its state machine found on
+    /// disk: the index it applied up to and its newest snapshot image.
     pub fn new(
+        range: RangeId,
         cfg: NodeConfig,
         core: RawNode,
         queues: StorageQueues,
         members: Members,
         fetcher: Fetcher,
-        applied_index: Index,
-        image: SnapshotMeta,
+        (applied_index, image): (Index, SnapshotMeta),
     ) -> Self {
         let images = Images::new(cfg.snapshots, image.index, core.snapshot().index);
         Self {
+            range,
             term_seen: core.term(),
             cfg,
             core,
@@ -421,7 +428,8 @@ impl Group {
             let kind = crate::metrics::message_kind(&msg);
             if let Some(queue) = self.members.queue(msg.to) {
                 let to = msg.to;
-                let sent = queue.try_send(msg).is_ok();
+                let range = self.range;
+                let sent = queue.try_send(RangeMessage { range, msg }).is_ok();
                 self.note_sent(kind, sent);
                 if !sent {
                     // A slow or dead peer never blocks the node: drop, and stop streaming to it.

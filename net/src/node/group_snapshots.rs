@@ -33,6 +33,7 @@ impl Group {
                 ok,
                 bytes,
                 took,
+                range: _,
             } => {
                 let m = &self.cfg.metrics;
                 m.snapshot_sent_bytes.inc_by(bytes);
@@ -95,6 +96,7 @@ impl Group {
             addr,
             request: FetchRequest {
                 from: self.cfg.id,
+                range: self.range,
                 at_least: asked.snapshot,
             },
         });

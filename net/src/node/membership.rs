@@ -28,13 +28,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kv::{MemberAddrs, MemberContext, MemberTable};
-use raft_core::{ConfChangeEntry, Entry, EntryKind, Index, Membership, Message, NodeId};
+use raft_core::{ConfChangeEntry, Entry, EntryKind, Index, Membership, NodeId};
 use tokio::sync::{mpsc, watch};
 
 use super::config::NodeConfig;
 use crate::error::NodeError;
 use crate::join::{self, JoinAnswer};
-use crate::transport::Net;
+use crate::transport::{Net, RangeMessage};
 
 /// How long a node started with `--join` keeps asking before it gives up: the entry adding it
 /// may still be on its way to the member it asks.
@@ -43,7 +43,7 @@ const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 const JOIN_RETRY: Duration = Duration::from_millis(200);
 
 /// Starts the outbound task of one peer at one address, returning its queue.
-pub type PeerSpawner = Box<dyn Fn(NodeId, String) -> mpsc::Sender<Message> + Send + Sync>;
+pub type PeerSpawner = Box<dyn Fn(NodeId, String) -> mpsc::Sender<RangeMessage> + Send + Sync>;
 
 /// What a client of a removed node is told.
 pub const REMOVED: &str =
@@ -51,7 +51,7 @@ pub const REMOVED: &str =
 
 struct Outbound {
     addr: String,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<RangeMessage>,
 }
 
 pub struct Members {
@@ -238,7 +238,7 @@ impl Members {
     /// The core sends to peers outside the configuration too: a removed member until it holds
     /// the entry that removed it, a removed node's vote requests answered. Such a queue lasts
     /// until the next change of the configuration or the book.
-    pub fn queue(&mut self, to: NodeId) -> Option<&mpsc::Sender<Message>> {
+    pub fn queue(&mut self, to: NodeId) -> Option<&mpsc::Sender<RangeMessage>> {
         if !self.outbound.contains_key(&to) && to != self.me {
             let addr = self.peer_addr(to)?;
             let queue = (self.spawn)(to, addr.clone());

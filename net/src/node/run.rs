@@ -1,9 +1,8 @@
 //! The node loop: one task selects over the tick timer, storage completions, snapshot news,
-//! peer messages, client requests and transport failures, feeds each to the group (draining
-//! whatever else is already queued, so that one `Ready` covers many inputs), then lets the
-//! group act on the core's `Ready`s.
+//! peer messages, client requests and transport failures, feeds each to the store (which hands
+//! it to the group it is for; draining whatever else is already queued, so that one `Ready`
+//! covers many inputs), then lets the groups act on their cores' `Ready`s.
 
-use raft_core::{Message, NodeId};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -14,6 +13,8 @@ use crate::error::NodeError;
 use crate::request::ClientRequest;
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::StorageEvent;
+use crate::transport::RangeMessage;
+use raft_core::NodeId;
 
 /// How many queued inputs of one kind are fed to the core before it is drained.
 const MAX_BATCH: usize = 1024;
@@ -22,45 +23,46 @@ const MAX_BATCH: usize = 1024;
 pub struct Inputs {
     pub events: mpsc::UnboundedReceiver<StorageEvent>,
     pub snapshot_events: mpsc::UnboundedReceiver<SnapshotEvent>,
-    pub inbox: mpsc::Receiver<Message>,
+    pub inbox: mpsc::Receiver<RangeMessage>,
     pub requests: mpsc::Receiver<ClientRequest>,
     pub unreachable: mpsc::UnboundedReceiver<NodeId>,
     pub serve: mpsc::Receiver<ServeRequest>,
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Runs the group until shutdown or a storage failure, then stops it and the store.
-pub async fn run(store: Store, mut group: Group, mut inputs: Inputs) -> Result<(), NodeError> {
-    let mut ticker = tokio::time::interval(group.cfg.tick);
+/// Runs the store's groups until shutdown or a storage failure, then stops the store.
+pub async fn run(mut store: Store, mut inputs: Inputs) -> Result<(), NodeError> {
+    let mut ticker = tokio::time::interval(store.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         #[cfg(feature = "test-switches")]
-        while group.cfg.pause.is_paused() {
+        while store.pause.is_paused() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // Biased, rare inputs first: a flood of one kind must not starve ticks or storage.
         tokio::select! {
             biased;
             _ = inputs.shutdown.changed() => break Ok(()),
-            _ = ticker.tick() => group.tick(Instant::now()),
+            _ = ticker.tick() => store.tick(Instant::now()),
             Some(ev) = inputs.events.recv() => {
-                if let Err(e) = on_storage_events(&mut group, ev, &mut inputs.events) {
+                if let Err(e) = on_storage_events(store.first_group(), ev, &mut inputs.events) {
                     break Err(e);
                 }
             }
-            Some(ev) = inputs.snapshot_events.recv() => group.on_snapshot_event(ev),
-            Some(peer) = inputs.unreachable.recv() => group.report_unreachable(peer),
+            Some(ev) = inputs.snapshot_events.recv() => store.on_snapshot_event(ev),
+            Some(peer) = inputs.unreachable.recv() => store.report_unreachable(peer),
             Some(req) = inputs.serve.recv() => store.serve_snapshot(req),
             Some(msg) = inputs.inbox.recv() => {
-                group.step(msg);
+                store.deliver(msg);
                 for _ in 0..MAX_BATCH {
                     match inputs.inbox.try_recv() {
-                        Ok(m) => group.step(m),
+                        Ok(m) => store.deliver(m),
                         Err(_) => break,
                     }
                 }
             }
             Some(req) = inputs.requests.recv() => {
+                let group = store.first_group();
                 group.on_request(req);
                 for _ in 0..MAX_BATCH {
                     match inputs.requests.try_recv() {
@@ -70,11 +72,9 @@ pub async fn run(store: Store, mut group: Group, mut inputs: Inputs) -> Result<(
                 }
             }
         }
-        group.drain_ready();
-        group.publish_status();
+        store.drain_ready();
     };
-    let id = group.cfg.id;
-    group.stop();
+    let id = store.id();
     // The inputs stay open until the storage threads are done, so that they finish what is
     // queued rather than stop at their first report.
     store.stop().await;

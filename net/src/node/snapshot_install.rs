@@ -44,9 +44,10 @@ pub enum SnapshotEvent {
     FetchFailed { job: u64, error: TransferError },
     /// An install finished: the state machine and the log are the snapshot.
     Installed(SnapshotMeta),
-    /// A transfer of this node's image to `to` ended (the leader's side).
+    /// A transfer of range `range`'s image to `to` ended (the leader's side).
     /// `bytes` of chunks went out in `took` (for the metrics).
     Sent {
+        range: kv::ranges::RangeId,
         to: NodeId,
         ok: bool,
         bytes: u64,

@@ -14,8 +14,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv::ranges::FIRST_RANGE;
 use kv::MemberTable;
-use raft_core::{Config, EntryKind, Index, Message, NodeId, RawNode, RestartState, SnapshotMeta};
+use raft_core::{Config, EntryKind, Index, NodeId, RawNode, RestartState, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::Instrument;
 
@@ -33,7 +34,7 @@ use crate::snapshot_transfer;
 use crate::storage::{
     self, ApplyReports, ApplyRequest, ApplyWorker, LogRequest, LogWorker, StorageEvent,
 };
-use crate::transport::{self, Listener, Net, SnapshotService};
+use crate::transport::{self, Listener, Net, RangeMessage, SnapshotService};
 
 /// Opens storage, binds the peer port and connects the peers. Returns the handle clients use
 /// and the future that runs the node until `shutdown` turns true (or storage fails).
@@ -71,7 +72,7 @@ pub async fn start<N: Net>(
     // Join requests are answered from the first moment; until the group runs, with nothing.
     let (members_tx, members_rx) = watch::channel(MemberTable::default());
     let (snapshot_events_tx, snapshot_events) = mpsc::unbounded_channel();
-    let (inbox_tx, inbox) = mpsc::channel::<Message>(8192);
+    let (inbox_tx, inbox) = mpsc::channel::<RangeMessage>(8192);
     let (serve_tx, serve) = mpsc::channel(64);
     let listening = spawn_peer_listener(
         listener,
@@ -110,11 +111,9 @@ pub async fn start<N: Net>(
 
     let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
 
-    let store = Store::new(
-        &cfg,
-        vec![storage.log.worker, storage.apply.worker],
-        Arc::new(Semaphore::new(cfg.peers.len().max(2))),
-    );
+    let workers = vec![storage.log.worker, storage.apply.worker];
+    let serving = Arc::new(Semaphore::new(cfg.peers.len().max(2)));
+    let store_cfg = cfg.clone();
     let queues = StorageQueues {
         log: storage.log.writes,
         apply: storage.apply.requests,
@@ -122,15 +121,16 @@ pub async fn start<N: Net>(
     let split_transactions = cfg.split_transactions();
     let metrics_handle = cfg.metrics.clone();
     let mut group = Group::new(
+        FIRST_RANGE,
         cfg,
         core,
         queues,
         members,
         fetcher,
-        storage.applied_index,
-        storage.image,
+        (storage.applied_index, storage.image),
     );
     group.peer_gate = Some(gate);
+    let store = Store::new(&store_cfg, workers, serving, group);
     let (requests_tx, requests) = mpsc::channel(65536);
     let inputs = Inputs {
         events,
@@ -148,7 +148,7 @@ pub async fn start<N: Net>(
             split_transactions,
             metrics: metrics_handle,
         },
-        run(store, group, inputs),
+        run(store, inputs),
     ))
 }
 
@@ -415,7 +415,7 @@ fn spawn_peer_listener<L: Listener>(
     mut listener: L,
     cfg: &NodeConfig,
     gate: Arc<PeerGate>,
-    inbox: mpsc::Sender<Message>,
+    inbox: mpsc::Sender<RangeMessage>,
     snapshots: SnapshotService,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {

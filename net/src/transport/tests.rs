@@ -16,7 +16,7 @@ fn msg() -> Message {
 #[test]
 fn frames_round_trip_and_name_the_wrong_cluster() {
     let mut buf = BytesMut::new();
-    encode_frame(42, 9, &msg(), &mut buf);
+    encode_frame(42, 9, 2, &msg(), &mut buf);
     let len = buf.get_u32() as usize;
     assert_eq!(len, buf.len());
     let body = buf.freeze();
@@ -24,7 +24,11 @@ fn frames_round_trip_and_name_the_wrong_cluster() {
         node_id: 1,
         incarnation: 9,
     };
-    assert_eq!(decode_frame(42, body.clone()), Ok((sender, msg())));
+    let tagged = RangeMessage {
+        range: 2,
+        msg: msg(),
+    };
+    assert_eq!(decode_frame(42, body.clone()), Ok((sender, tagged)));
     // A header naming another node than the message is refused.
     let mut forged = body.to_vec();
     forged[13 + 7] = 2;
@@ -42,6 +46,40 @@ fn frames_round_trip_and_name_the_wrong_cluster() {
             theirs: 42
         })
     );
+}
+
+#[test]
+fn a_frame_names_its_range_and_the_first_range_costs_one_byte() {
+    let mut first = BytesMut::new();
+    encode_frame(42, 9, kv::ranges::FIRST_RANGE, &msg(), &mut first);
+    assert_eq!(
+        first.len(),
+        4 + FRAME_HEADER_LEN + 1 + codec::encoded_len(&msg())
+    );
+    let mut far = BytesMut::new();
+    encode_frame(42, 9, u64::MAX, &msg(), &mut far);
+    assert_eq!(far.len(), first.len() + 9);
+    let (_, got) = decode_frame(42, far.freeze().slice(4..)).unwrap();
+    assert_eq!((got.range, got.msg), (u64::MAX, msg()));
+    // A malformed range id is refused with what is wrong, and never read as a message.
+    let body = first.freeze().slice(4..);
+    let mut zero = body.to_vec();
+    zero[FRAME_HEADER_LEN] = 0;
+    let refused = decode_frame(42, Bytes::from(zero)).unwrap_err();
+    assert_eq!(refused, FrameError::RangeId(RangeIdError::Zero));
+    assert!(refused.to_string().contains("range id 0"), "{refused}");
+    let cut = body.slice(..FRAME_HEADER_LEN);
+    assert_eq!(
+        decode_frame(42, cut),
+        Err(FrameError::RangeId(RangeIdError::Truncated))
+    );
+    // A frame of the previous version (no range id) is refused by its version, which says
+    // the peer is older.
+    let mut old = body.to_vec();
+    old[4] = FRAME_VERSION - 1;
+    let refused = decode_frame(42, Bytes::from(old)).unwrap_err();
+    assert_eq!(refused, FrameError::UnknownVersion(FRAME_VERSION - 1));
+    assert!(refused.to_string().contains("older"), "{refused}");
 }
 
 #[test]
@@ -109,7 +147,7 @@ async fn frames_split_across_reads_or_packed_into_one_come_out_whole() {
         })
         .collect();
     for m in &messages {
-        encode_frame(42, 9, m, &mut wire);
+        encode_frame(42, 9, 1, m, &mut wire);
     }
     // A pipe of 7 bytes: every frame arrives in pieces.
     let (mut writer, mut reader) = tokio::io::duplex(7);
@@ -121,7 +159,7 @@ async fn frames_split_across_reads_or_packed_into_one_come_out_whole() {
             .next(&mut reader, Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(decode_frame(42, body).unwrap().1, *m);
+        assert_eq!(decode_frame(42, body).unwrap().1.msg, *m);
     }
     assert!(matches!(
         frames.next(&mut reader, Duration::from_secs(5)).await,
@@ -134,7 +172,7 @@ async fn frames_split_across_reads_or_packed_into_one_come_out_whole() {
     let mut frames = FrameReader::default();
     for m in &messages {
         let body = frames.next(&mut reader, Duration::from_secs(5)).await;
-        assert_eq!(decode_frame(42, body.unwrap()).unwrap().1, *m);
+        assert_eq!(decode_frame(42, body.unwrap()).unwrap().1.msg, *m);
     }
     assert!(matches!(
         frames.next(&mut reader, Duration::from_secs(5)).await,
@@ -168,7 +206,11 @@ async fn a_message_after_the_peer_closed_an_idle_connection_is_sent_on_a_new_one
     first.read_exact(&mut hello).await.unwrap();
     drop(first);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    queue.send(msg()).await.unwrap();
+    let tagged = RangeMessage {
+        range: 7_000,
+        msg: msg(),
+    };
+    queue.send(tagged.clone()).await.unwrap();
     // The message comes on a second connection, after its hello.
     let (mut second, _) =
         tokio::time::timeout(std::time::Duration::from_secs(5), listener.accept())
@@ -183,5 +225,5 @@ async fn a_message_after_the_peer_closed_an_idle_connection_is_sent_on_a_new_one
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
     second.read_exact(&mut body).await.unwrap();
     let (sender, got) = decode_frame(7, Bytes::from(body)).unwrap();
-    assert_eq!((sender, got), (me, msg()));
+    assert_eq!((sender, got), (me, tagged));
 }
