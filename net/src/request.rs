@@ -4,9 +4,11 @@
 use std::fmt;
 
 use bytes::Bytes;
+use kv::ranges::{RangeId, RangeTable, FIRST_RANGE};
 use kv::{Command, CommandResult};
 use raft_core::{Index, Membership, NodeId, Role, SnapshotMeta, Term};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServeError;
 use crate::node::admin::{AdminReply, AdminRequest};
@@ -141,6 +143,12 @@ pub enum ClientRequest {
     },
 }
 
+/// A client request and the range whose group is to serve it.
+pub struct RoutedRequest {
+    pub range: RangeId,
+    pub req: ClientRequest,
+}
+
 impl ClientRequest {
     /// Answers TRYAGAIN: for a request that never reached the log.
     pub(crate) fn refuse(self, why: &str) {
@@ -181,7 +189,10 @@ impl ClientRequest {
 /// A cheap, cloneable way to ask the node loop.
 #[derive(Clone)]
 pub struct NodeHandle {
-    pub(crate) requests: mpsc::Sender<ClientRequest>,
+    pub(crate) requests: mpsc::Sender<RoutedRequest>,
+    /// The ranges this node hosts, as its replicas last applied them (published by the store
+    /// after every change): where the client port looks up a key's range.
+    pub(crate) ranges: watch::Receiver<Arc<RangeTable>>,
     /// Where the node's snapshot images are asked for (as by a follower's fetch).
     pub(crate) images: mpsc::Sender<ServeRequest>,
     /// The deliberate bug `UnsafeSwitches::split_transactions` (always off in a product).
@@ -252,9 +263,23 @@ impl NodeHandle {
         Ok(rx)
     }
 
+    /// The ranges this node hosts, as last applied here.
+    pub fn ranges(&self) -> Arc<RangeTable> {
+        self.ranges.borrow().clone()
+    }
+
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {
+        self.send_to(FIRST_RANGE, req).await
+    }
+
+    /// Queues `req` for the group of `range` (refused there if this node does not host it).
+    pub(crate) async fn send_to(
+        &self,
+        range: RangeId,
+        req: ClientRequest,
+    ) -> Result<(), RequestError> {
         self.requests
-            .send(req)
+            .send(RoutedRequest { range, req })
             .await
             .map_err(|_| RequestError::TryAgain("the node is shutting down".into()))
     }

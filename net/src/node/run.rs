@@ -10,7 +10,7 @@ use super::group::Group;
 use super::snapshot_install::SnapshotEvent;
 use super::store::Store;
 use crate::error::NodeError;
-use crate::request::ClientRequest;
+use crate::request::RoutedRequest;
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::StorageEvent;
 use crate::transport::RangeMessage;
@@ -24,7 +24,7 @@ pub struct Inputs {
     pub events: mpsc::UnboundedReceiver<StorageEvent>,
     pub snapshot_events: mpsc::UnboundedReceiver<SnapshotEvent>,
     pub inbox: mpsc::Receiver<RangeMessage>,
-    pub requests: mpsc::Receiver<ClientRequest>,
+    pub requests: mpsc::Receiver<RoutedRequest>,
     pub unreachable: mpsc::UnboundedReceiver<NodeId>,
     pub serve: mpsc::Receiver<ServeRequest>,
     pub shutdown: watch::Receiver<bool>,
@@ -62,11 +62,10 @@ pub async fn run(mut store: Store, mut inputs: Inputs) -> Result<(), NodeError> 
                 }
             }
             Some(req) = inputs.requests.recv() => {
-                let group = store.first_group();
-                group.on_request(req);
+                store.on_request(req);
                 for _ in 0..MAX_BATCH {
                     match inputs.requests.try_recv() {
-                        Ok(r) => group.on_request(r),
+                        Ok(r) => store.on_request(r),
                         Err(_) => break,
                     }
                 }

@@ -130,7 +130,9 @@ pub async fn start<N: Net>(
         (storage.applied_index, storage.image),
     );
     group.peer_gate = Some(gate);
-    let store = Store::new(&store_cfg, workers, serving, group);
+    let (ranges_tx, ranges) =
+        tokio::sync::watch::channel(std::sync::Arc::new(kv::ranges::RangeTable::first()));
+    let store = Store::new(&store_cfg, workers, serving, group, ranges_tx);
     let (requests_tx, requests) = mpsc::channel(65536);
     let inputs = Inputs {
         events,
@@ -144,6 +146,7 @@ pub async fn start<N: Net>(
     Ok((
         NodeHandle {
             requests: requests_tx,
+            ranges,
             images: serve_tx,
             split_transactions,
             metrics: metrics_handle,

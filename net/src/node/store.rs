@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv::ranges::{RangeId, FIRST_RANGE};
+use kv::ranges::{RangeId, RangeTable, FIRST_RANGE};
 use raft_core::NodeId;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::config::NodeConfig;
@@ -21,6 +21,7 @@ use super::group::Group;
 use super::snapshot_install::SnapshotEvent;
 use crate::error::ServeError;
 use crate::metrics::NodeMetrics;
+use crate::request::RoutedRequest;
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::{self, StorageMode, Worker};
 use crate::transport::RangeMessage;
@@ -40,6 +41,8 @@ pub struct Store {
     groups: BTreeMap<RangeId, Group>,
     unhosted: UnhostedRanges,
     metrics: Arc<NodeMetrics>,
+    /// Where the hosted ranges are published for the client port's routing.
+    ranges: watch::Sender<Arc<RangeTable>>,
 }
 
 impl Store {
@@ -49,9 +52,10 @@ impl Store {
         workers: Vec<Worker>,
         serving: Arc<Semaphore>,
         first: Group,
+        ranges: watch::Sender<Arc<RangeTable>>,
     ) -> Self {
         debug_assert_eq!(first.range, FIRST_RANGE);
-        Self {
+        let store = Self {
             id: cfg.id,
             tick: cfg.tick,
             #[cfg(feature = "test-switches")]
@@ -63,7 +67,10 @@ impl Store {
             groups: BTreeMap::from([(FIRST_RANGE, first)]),
             unhosted: UnhostedRanges::default(),
             metrics: cfg.metrics.clone(),
-        }
+            ranges,
+        };
+        store.publish_ranges(RangeTable::first());
+        store
     }
 
     pub fn id(&self) -> NodeId {
@@ -95,6 +102,24 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Hands a client request to the group of its range; a range this node does not host (the
+    /// client port's table was stale, or the range is not created here yet) is refused with
+    /// TRYAGAIN, and the client port looks its key up again.
+    pub fn on_request(&mut self, routed: RoutedRequest) {
+        match self.groups.get_mut(&routed.range) {
+            Some(group) => group.on_request(routed.req),
+            None => routed.req.refuse(&format!(
+                "range {} is not hosted on this node",
+                routed.range
+            )),
+        }
+    }
+
+    /// Publishes the ranges this node hosts (as applied here) to the client port's routing.
+    pub fn publish_ranges(&self, table: RangeTable) {
+        self.ranges.send_replace(Arc::new(table));
     }
 
     pub fn tick(&mut self, now: Instant) {
