@@ -8,6 +8,7 @@ use kv::ranges::{RangeId, RangeTable, FIRST_RANGE};
 use kv::{Command, CommandResult};
 use raft_core::{Index, Membership, NodeId, Role, SnapshotMeta, Term};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServeError;
@@ -203,8 +204,18 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, RequestError> {
+        self.write_in(FIRST_RANGE, cmd).await
+    }
+
+    /// A write through the log of `range`'s group.
+    pub async fn write_in(
+        &self,
+        range: RangeId,
+        cmd: Command,
+    ) -> Result<CommandResult, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ClientRequest::Write { cmd, reply }).await?;
+        self.send_to(range, ClientRequest::Write { cmd, reply })
+            .await?;
         rx.await.unwrap_or_else(|_| {
             Err(RequestError::Timeout(
                 "the node stopped before answering".into(),
@@ -213,8 +224,14 @@ impl NodeHandle {
     }
 
     pub async fn read(&self, op: ReadOp) -> Result<ReadResult, RequestError> {
+        self.read_in(FIRST_RANGE, op).await
+    }
+
+    /// A read at a read index of `range`'s group.
+    pub async fn read_in(&self, range: RangeId, op: ReadOp) -> Result<ReadResult, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ClientRequest::Read { op, reply }).await?;
+        self.send_to(range, ClientRequest::Read { op, reply })
+            .await?;
         rx.await.unwrap_or_else(|_| {
             Err(RequestError::TryAgain(
                 "the node stopped before answering".into(),
@@ -223,8 +240,13 @@ impl NodeHandle {
     }
 
     pub async fn info(&self) -> Result<NodeInfo, RequestError> {
+        self.info_of(FIRST_RANGE).await
+    }
+
+    /// The view of this node's replica of `range` (its leader, term, keys, ...).
+    pub async fn info_of(&self, range: RangeId) -> Result<NodeInfo, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.send(ClientRequest::Info { reply }).await?;
+        self.send_to(range, ClientRequest::Info { reply }).await?;
         rx.await
             .map_err(|_| RequestError::Failed("the node stopped".into()))
     }
@@ -266,6 +288,21 @@ impl NodeHandle {
     /// The ranges this node hosts, as last applied here.
     pub fn ranges(&self) -> Arc<RangeTable> {
         self.ranges.borrow().clone()
+    }
+
+    /// Whether this node hosts a single range: the client port then routes nothing.
+    pub fn hosts_one_range(&self) -> bool {
+        self.ranges.borrow().len() <= 1
+    }
+
+    /// Waits until the hosted ranges change after `seen` (or `patience` passes), and returns
+    /// the table then: after a refusal for a range that moved, the split that moved it is
+    /// usually about to apply here.
+    pub async fn ranges_after(&self, seen: &RangeTable, patience: Duration) -> Arc<RangeTable> {
+        let mut ranges = self.ranges.clone();
+        let _ = tokio::time::timeout(patience, ranges.wait_for(|now| now.as_ref() != seen)).await;
+        let now = ranges.borrow().clone();
+        now
     }
 
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {

@@ -24,8 +24,16 @@ use crate::command_table;
 use crate::resp::Reply;
 use crate::server::upper;
 
+pub mod cursor;
+pub mod every_range;
+pub mod retry;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cursor;
+#[cfg(test)]
+mod tests_joins;
 
 /// The refusal of a request whose keys lie in several ranges; the `CROSSSLOT` code is Redis
 /// Cluster's, so that clients treat it as they treat keys of several slots.

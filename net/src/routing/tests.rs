@@ -4,13 +4,13 @@
 use super::*;
 use kv::ranges::{RangeDescriptor, Split, FIRST_RANGE};
 
-fn req(text: &str) -> Vec<Bytes> {
+pub(super) fn req(text: &str) -> Vec<Bytes> {
     text.split(' ')
         .map(|s| Bytes::copy_from_slice(s.as_bytes()))
         .collect()
 }
 
-fn three_ranges() -> RangeTable {
+pub(super) fn three_ranges() -> RangeTable {
     let mut table = RangeTable::first();
     for (range, at, new_range) in [(FIRST_RANGE, "g", 2), (2, "p", 3)] {
         let epoch = table.get(range).unwrap().epoch;
