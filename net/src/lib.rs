@@ -40,6 +40,7 @@ pub mod server_data;
 pub mod server_info;
 pub mod server_multi;
 pub mod server_parse;
+mod server_routed;
 pub mod snapshot_transfer;
 pub mod storage;
 pub mod tls;

@@ -290,9 +290,14 @@ impl NodeHandle {
         self.ranges.borrow().clone()
     }
 
-    /// Whether this node hosts a single range: the client port then routes nothing.
+    /// Whether this node hosts the first range alone, owning every key (a cluster that never
+    /// split): the client port then routes nothing.
     pub fn hosts_one_range(&self) -> bool {
-        self.ranges.borrow().len() <= 1
+        let table = self.ranges.borrow();
+        table.len() == 1
+            && table
+                .get(FIRST_RANGE)
+                .is_some_and(|r| r.start.is_empty() && r.end.is_none())
     }
 
     /// Waits until the hosted ranges change after `seen` (or `patience` passes), and returns

@@ -504,7 +504,7 @@ fn runs_in_pipeline_order(batch: Vec<Incoming>, mut queuing: bool) -> Vec<Run> {
 /// Runs the futures concurrently, polling them in index order, so that each queues its request
 /// at the node (its first await) in pipeline order; the node's queue is FIFO and fair, so writes
 /// pipelined on one connection enter the log in the order they were sent.
-async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
         futures.into_iter().map(|f| Some(Box::pin(f))).collect();
     let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();

@@ -1,6 +1,7 @@
 //! The data commands of the client port ([`crate::server_parse`] says which and their syntax),
 //! run against the node: a read at a read index, a write through the log inside the caller's
-//! session (the connection's sessionless one, or that of `SEQ client-id seq ...`).
+//! session (the connection's sessionless one, or that of `SEQ client-id seq ...`). On a node
+//! hosting several ranges, each goes where its keys live ([`crate::server_routed`]).
 
 use bytes::Bytes;
 use kv::{Command, CommandResult};
@@ -24,7 +25,14 @@ pub async fn execute(
     match parse(name, args) {
         None => Reply::error(unknown_command(sent_name, args)),
         Some(Err(e)) => Reply::error(e),
-        Some(Ok(parsed)) => run(parsed, node, session).await,
+        // One range: nothing to route (and no request to copy).
+        Some(Ok(parsed)) if node.hosts_one_range() => run(parsed, node, session).await,
+        Some(Ok(parsed)) => {
+            let mut request = Vec::with_capacity(1 + args.len());
+            request.push(Bytes::copy_from_slice(sent_name));
+            request.extend_from_slice(args);
+            crate::server_routed::execute(name, &request, parsed, node, session).await
+        }
     }
 }
 

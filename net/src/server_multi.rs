@@ -83,6 +83,9 @@ pub struct Transaction {
     failed: bool,
     /// Watched keys and the versions they had.
     watched: Vec<(Bytes, u64)>,
+    /// The requests queued for the log entry, name first: where their keys live decides the
+    /// range that runs the transaction on a node hosting several.
+    requests: Vec<Vec<Bytes>>,
 }
 
 impl Transaction {
@@ -111,7 +114,14 @@ impl Transaction {
         };
         // Redis refuses at once only an unknown command or a wrong number of arguments; any
         // other error is the command's answer at EXEC.
-        let item = match parse(name, args) {
+        let parsed = parse(name, args);
+        if let Some(Ok(_)) = parsed {
+            let mut request = Vec::with_capacity(1 + args.len());
+            request.push(Bytes::copy_from_slice(sent_name));
+            request.extend_from_slice(args);
+            self.requests.push(request);
+        }
+        let item = match parsed {
             Some(Ok(Parsed::Read(q, shape))) => Queued::Run(Op::Query(q), shape),
             Some(Ok(Parsed::Write(op, shape))) => Queued::Run(op, shape),
             Some(Err(e)) if e.starts_with("ERR wrong number of arguments") => {
@@ -164,6 +174,7 @@ impl Transaction {
             ("MULTI", 0) if self.is_open() => Reply::error("ERR MULTI calls can not be nested"),
             ("MULTI", 0) => {
                 self.queued = Some(Vec::new());
+                self.requests.clear();
                 self.failed = false;
                 Reply::ok()
             }
@@ -188,10 +199,17 @@ impl Transaction {
     }
 
     async fn watch(&mut self, keys: &[Bytes], node: &NodeHandle) -> Reply {
+        let range = match crate::server_routed::range_of_watch(keys, node).await {
+            Ok(range) => range,
+            Err(refused) => return refused,
+        };
         let versions = node
-            .read(ReadOp::Query(Query::Versions {
-                keys: keys.to_vec(),
-            }))
+            .read_in(
+                range,
+                ReadOp::Query(Query::Versions {
+                    keys: keys.to_vec(),
+                }),
+            )
             .await;
         match versions {
             Ok(ReadResult::Answer(CommandResult::Array(vs))) if vs.len() == keys.len() => {
@@ -220,6 +238,7 @@ impl Transaction {
         };
         let failed = std::mem::take(&mut self.failed);
         let watches = std::mem::take(&mut self.watched);
+        let requests = std::mem::take(&mut self.requests);
         if failed {
             return Reply::error("EXECABORT Transaction discarded because of previous errors.");
         }
@@ -241,8 +260,18 @@ impl Transaction {
             }
             let result = if node.split_transactions {
                 run_one_by_one(node, (client_id, seq), op).await
-            } else {
+            } else if node.hosts_one_range() {
                 node.write(Command::new(client_id, seq, op)).await
+            } else {
+                let watched: Vec<Bytes> = match &op {
+                    Op::Multi { watches, .. } => watches.iter().map(|(k, _)| k.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                let command = Command::new(client_id, seq, op);
+                match crate::server_routed::exec(&requests, &watched, command, node).await {
+                    Ok(result) => Ok(result),
+                    Err(refused) => return refused,
+                }
             };
             match result {
                 Ok(CommandResult::Array(results)) if results.len() == shapes.len() => results,

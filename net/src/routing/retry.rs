@@ -45,9 +45,12 @@ pub fn after(attempt: usize, outcome: Attempt) -> Step {
     }
 }
 
-/// Whether a request error is the store's refusal of a range it does not host.
-pub fn is_not_hosted(error: &RequestError) -> bool {
-    matches!(error, RequestError::TryAgain(why) if why.contains(NOT_HOSTED))
+/// The reason, if a request error is the store's refusal of a range it does not host.
+pub fn not_hosted(error: &RequestError) -> Option<&str> {
+    match error {
+        RequestError::TryAgain(why) if why.contains(NOT_HOSTED) => Some(why),
+        _ => None,
+    }
 }
 
 /// The refusal of a command whose key the range no longer owns, as the client sees it.

@@ -30,13 +30,16 @@ fn a_moved_request_is_routed_again_once_then_answered_tryagain() {
 #[test]
 fn only_the_refusal_of_an_unhosted_range_counts_as_moved() {
     let unhosted = RequestError::TryAgain("range 4 is not hosted on this node".into());
-    assert!(retry::is_not_hosted(&unhosted));
+    assert_eq!(
+        retry::not_hosted(&unhosted),
+        Some("range 4 is not hosted on this node")
+    );
     for other in [
         RequestError::TryAgain("not the leader".into()),
         RequestError::Timeout("range 4 is not hosted on this node".into()),
         RequestError::Failed("disk".into()),
     ] {
-        assert!(!retry::is_not_hosted(&other), "{other:?}");
+        assert_eq!(retry::not_hosted(&other), None, "{other:?}");
     }
 }
 

@@ -1,0 +1,325 @@
+//! The client port's routing over a node hosting two ranges, `[.., m)` (range 2) and `[m, ..)`
+//! (range 3): a stand-in for the node that applies each request in the state machine of the
+//! range it was sent to, as a group would (with its ownership check: a request sent to the
+//! wrong range is refused `NotOwned`), without Raft.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kv::ranges::{RangeDescriptor, RangeId, RangeTable};
+use kv::{Command, CommandResult, KvStateMachine, Op};
+use raft_core::{Entry, EntryKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::request::{ClientRequest, NodeHandle, ReadOp, ReadResult, RoutedRequest};
+use crate::resp::Reply;
+use crate::routing::CROSS_RANGE;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn range(id: RangeId, start: &str, end: Option<&str>) -> RangeDescriptor {
+    RangeDescriptor {
+        id,
+        start: b(start),
+        end: end.map(b),
+        epoch: 1,
+    }
+}
+
+/// The ranges the stand-in hosts, split at `at`.
+fn split_at(at: &str) -> Vec<RangeDescriptor> {
+    vec![range(2, "", Some(at)), range(3, at, None)]
+}
+
+fn table_of(ranges: &[RangeDescriptor]) -> RangeTable {
+    let mut table = RangeTable::default();
+    for r in ranges {
+        table.learn(r.clone()).expect("disjoint ranges");
+    }
+    table
+}
+
+/// A node handle whose requests the stand-in answers from the ranges `hosted`, with `published`
+/// as the table the client port routes by; the sender changes that table.
+struct StandIn {
+    node: NodeHandle,
+    table: watch::Sender<Arc<RangeTable>>,
+    _dir: tempfile::TempDir,
+}
+
+fn stand_in(hosted: Vec<RangeDescriptor>, published: RangeTable) -> StandIn {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().to_path_buf();
+    let (requests, mut inbox) = mpsc::channel::<RoutedRequest>(64);
+    std::thread::spawn(move || {
+        let first = KvStateMachine::open(&path).expect("open");
+        let mut groups: BTreeMap<RangeId, (KvStateMachine, u64)> = hosted
+            .into_iter()
+            .map(|d| (d.id, (first.open_range(d).expect("open a range"), 0)))
+            .collect();
+        while let Some(RoutedRequest { range, req }) = inbox.blocking_recv() {
+            let Some((sm, index)) = groups.get_mut(&range) else {
+                req.refuse(&format!("range {range} is not hosted on this node"));
+                continue;
+            };
+            match req {
+                ClientRequest::Write { cmd, reply } => {
+                    *index += 1;
+                    let entry = Entry::new(1, *index, EntryKind::Normal, cmd.encode());
+                    let result = sm.apply(&[entry]).expect("apply")[0].1.clone();
+                    let _ = reply.send(Ok(result.unwrap_or(CommandResult::Ok)));
+                }
+                ClientRequest::Read { op, reply } => {
+                    let ReadOp::Query(query) = op else {
+                        continue;
+                    };
+                    let result = sm.query_now(&query).expect("query");
+                    let _ = reply.send(Ok(ReadResult::Answer(result)));
+                }
+                ClientRequest::Info { .. } | ClientRequest::Admin { .. } => {}
+            }
+        }
+    });
+    let (table, ranges) = watch::channel(Arc::new(published));
+    let (images, _) = mpsc::channel(1);
+    let node = NodeHandle {
+        requests,
+        ranges,
+        images,
+        split_transactions: false,
+        metrics: Arc::new(crate::metrics::NodeMetrics::new(dir.path().to_path_buf())),
+    };
+    StandIn {
+        node,
+        table,
+        _dir: dir,
+    }
+}
+
+fn two_ranges() -> StandIn {
+    stand_in(split_at("m"), table_of(&split_at("m")))
+}
+
+async fn run(node: &NodeHandle, text: &str) -> Reply {
+    let args: Vec<Bytes> = text.split(' ').map(b).collect();
+    let name = crate::server::upper(&args[0]);
+    crate::server_data::execute(
+        &name,
+        &args[0],
+        &args[1..],
+        node,
+        (kv::SESSIONLESS_CLIENT, next_id()),
+    )
+    .await
+}
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(2, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn bulks(keys: &[&str]) -> Reply {
+    Reply::Array(keys.iter().map(|k| Reply::Bulk(b(k))).collect())
+}
+
+#[tokio::test]
+async fn each_key_is_written_and_read_in_the_range_that_owns_it() {
+    let s = two_ranges();
+    assert_eq!(run(&s.node, "SET apple 1").await, Reply::ok());
+    assert_eq!(run(&s.node, "SET zebra 2").await, Reply::ok());
+    assert_eq!(run(&s.node, "GET apple").await, Reply::Bulk(b("1")));
+    assert_eq!(run(&s.node, "GET zebra").await, Reply::Bulk(b("2")));
+    // Each range holds its own key only.
+    assert_eq!(run(&s.node, "KEYS *").await, bulks(&["apple", "zebra"]));
+}
+
+#[tokio::test]
+async fn reads_over_both_ranges_are_joined_and_writes_over_both_refused() {
+    let s = two_ranges();
+    run(&s.node, "SET a 1").await;
+    run(&s.node, "SET z 26").await;
+    assert_eq!(
+        run(&s.node, "MGET z nothere a").await,
+        Reply::Array(vec![Reply::Bulk(b("26")), Reply::Nil, Reply::Bulk(b("1"))])
+    );
+    assert_eq!(run(&s.node, "EXISTS a z a q").await, Reply::Integer(3));
+    assert_eq!(
+        run(&s.node, "MSET a 2 z 3").await,
+        Reply::error(CROSS_RANGE)
+    );
+    assert_eq!(run(&s.node, "DEL a z").await, Reply::error(CROSS_RANGE));
+    assert_eq!(run(&s.node, "MSET a 2 b 3").await, Reply::ok());
+    assert_eq!(
+        run(&s.node, "GET z").await,
+        Reply::Bulk(b("26")),
+        "untouched"
+    );
+}
+
+#[tokio::test]
+async fn whole_keyspace_commands_ask_every_range() {
+    let s = two_ranges();
+    for key in ["b", "a", "y", "n", "c"] {
+        run(&s.node, &format!("SET {key} v")).await;
+    }
+    assert_eq!(run(&s.node, "DBSIZE").await, Reply::Integer(5));
+    assert_eq!(
+        run(&s.node, "KEYS *").await,
+        bulks(&["a", "b", "c", "n", "y"])
+    );
+    assert_eq!(run(&s.node, "FLUSHALL").await, Reply::ok());
+    assert_eq!(run(&s.node, "DBSIZE").await, Reply::Integer(0));
+}
+
+/// Walks SCAN from 0 to 0, returning every key seen and the cursors.
+async fn scan_all(node: &NodeHandle, count: u32) -> (Vec<Bytes>, Vec<u64>) {
+    let (mut cursor, mut keys, mut cursors) = (0u64, Vec::new(), Vec::new());
+    for _ in 0..1000 {
+        let reply = run(node, &format!("SCAN {cursor} COUNT {count}")).await;
+        let Reply::Array(page) = reply else {
+            panic!("SCAN answers an array: {reply:?}");
+        };
+        let [Reply::Bulk(next), Reply::Array(found)] = &page[..] else {
+            panic!("SCAN answers a cursor and keys: {page:?}");
+        };
+        for key in found {
+            let Reply::Bulk(key) = key else {
+                panic!("a key: {key:?}");
+            };
+            keys.push(key.clone());
+        }
+        cursor = std::str::from_utf8(next).unwrap().parse().unwrap();
+        if cursor == 0 {
+            return (keys, cursors);
+        }
+        cursors.push(cursor);
+    }
+    panic!("SCAN did not end");
+}
+
+#[tokio::test]
+async fn scan_walks_both_ranges_in_key_order_and_returns_every_key() {
+    let s = two_ranges();
+    let mut all: Vec<Bytes> = Vec::new();
+    for i in 0..40 {
+        let key = format!("{}{i}", if i % 2 == 0 { "a" } else { "q" });
+        run(&s.node, &format!("SET {key} v")).await;
+        all.push(b(&key));
+    }
+    let (mut seen, cursors) = scan_all(&s.node, 3).await;
+    let ranges: Vec<RangeId> = cursors
+        .iter()
+        .map(|&c| {
+            crate::routing::cursor::decode(c)
+                .expect("a routed cursor")
+                .range
+        })
+        .collect();
+    assert!(ranges.windows(2).all(|w| w[0] <= w[1]), "{ranges:?}");
+    assert_eq!((ranges.first(), ranges.last()), (Some(&2), Some(&3)));
+    // The keys of range 2 come before range 3's.
+    let first_of_right = seen.iter().position(|k| k[0] == b'q').unwrap();
+    assert!(seen[first_of_right..].iter().all(|k| k[0] == b'q'));
+    seen.sort();
+    seen.dedup();
+    all.sort();
+    assert_eq!(seen, all);
+}
+
+#[tokio::test]
+async fn a_request_refused_for_a_moved_key_is_routed_again_once_the_table_changes() {
+    // The client port still thinks range 2 ends at "t"; the ranges split at "m".
+    let s = stand_in(split_at("m"), table_of(&split_at("t")));
+    let table = s.table.clone();
+    let publish = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        table.send_replace(Arc::new(table_of(&split_at("m"))));
+    });
+    assert_eq!(run(&s.node, "SET p 1").await, Reply::ok());
+    publish.await.unwrap();
+    assert_eq!(run(&s.node, "GET p").await, Reply::Bulk(b("1")));
+}
+
+#[tokio::test]
+async fn a_request_still_refused_after_routing_again_is_answered_tryagain() {
+    let s = stand_in(split_at("m"), table_of(&split_at("t")));
+    let reply = run(&s.node, "SET p 1").await;
+    assert_eq!(
+        reply,
+        Reply::error("TRYAGAIN the key moved out of range 2 (epoch 1)")
+    );
+    // A range the table names but this node does not host: refused by name.
+    let s = stand_in(
+        split_at("m"),
+        table_of(&[range(2, "", Some("m")), range(4, "m", None)]),
+    );
+    let Reply::Error(text) = run(&s.node, "GET zebra").await else {
+        panic!("refused");
+    };
+    assert_eq!(text, "TRYAGAIN range 4 is not hosted on this node");
+    // A gap in the table: no range known for the key.
+    let s = stand_in(split_at("m"), table_of(&[range(2, "", Some("m"))]));
+    let Reply::Error(text) = run(&s.node, "GET zebra").await else {
+        panic!("refused");
+    };
+    assert!(
+        text.starts_with("TRYAGAIN no range known here owns key"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_runs_in_the_range_owning_its_keys_or_is_refused() {
+    let s = two_ranges();
+    let set = |k: &str| Op::Set {
+        key: b(k),
+        value: b("v"),
+    };
+    let multi = |keys: &[&str]| Op::Multi {
+        watches: Vec::new(),
+        ops: keys.iter().map(|k| set(k)).collect(),
+    };
+    let requests = |keys: &[&str]| -> Vec<Vec<Bytes>> {
+        keys.iter().map(|k| vec![b("SET"), b(k), b("v")]).collect()
+    };
+    let command = |op| Command::new(kv::SESSIONLESS_CLIENT, next_id(), op);
+    let one_range = super::exec(
+        &requests(&["x", "y"]),
+        &[],
+        command(multi(&["x", "y"])),
+        &s.node,
+    )
+    .await
+    .expect("one range");
+    assert_eq!(
+        one_range,
+        CommandResult::Array(vec![CommandResult::Ok, CommandResult::Ok])
+    );
+    let refused = super::exec(
+        &requests(&["a", "y"]),
+        &[],
+        command(multi(&["a", "y"])),
+        &s.node,
+    )
+    .await;
+    assert_eq!(refused, Err(Reply::error(CROSS_RANGE)));
+    let watched_elsewhere = super::exec(
+        &requests(&["x"]),
+        &[b("a")],
+        command(multi(&["x"])),
+        &s.node,
+    )
+    .await;
+    assert_eq!(watched_elsewhere, Err(Reply::error(CROSS_RANGE)));
+    assert_eq!(
+        super::range_of_watch(&[b("x"), b("y")], &s.node).await,
+        Ok(3)
+    );
+    assert_eq!(
+        super::range_of_watch(&[b("a"), b("y")], &s.node).await,
+        Err(Reply::error(CROSS_RANGE))
+    );
+}
