@@ -79,6 +79,15 @@ pub enum Cmd {
         #[command(flatten)]
         servers: ServersArg,
     },
+    /// List the key ranges a node hosts, one line per range: id, bounds (start included, end
+    /// excluded), epoch, leader, keys.
+    Ranges {
+        #[command(flatten)]
+        servers: ServersArg,
+    },
+    /// Split the key range owning KEY at KEY: KEY starts a new range (its own Raft group).
+    /// Prints both halves. Writes over keys of both halves are then refused (CROSSSLOT).
+    Split(crate::cli_ranges::SplitArgs),
     /// Save a consistent image of a running cluster to a file (every write acknowledged before
     /// it began is in it), or check one (--verify).
     Backup(crate::cli_backup::BackupArgs),
@@ -558,6 +567,8 @@ pub async fn main(cli: Cli) -> Result<Outcome, CliError> {
         Cmd::TransferLeader { id, servers } => {
             crate::cli_admin::run_transfer_leader(id, servers).await
         }
+        Cmd::Ranges { servers } => crate::cli_ranges::run_ranges(servers).await,
+        Cmd::Split(args) => crate::cli_ranges::run_split(args).await,
         Cmd::Backup(args) => return crate::cli_backup::backup(args).await,
         Cmd::Restore(args) => return crate::cli_backup::restore(args),
         Cmd::HashPassword => crate::cli_auth::hash_password(),

@@ -14,6 +14,7 @@ use raft_core::NodeId;
 use crate::node::admin::MemberList;
 use crate::resp::{encode_request, Limits, Reply, ReplyParser};
 use crate::server_admin::parse_member_list;
+use crate::server_ranges::{parse_range_list, RangeStatus};
 use crate::transport::{Net, TokioNet};
 
 /// How many servers a client keeps at most (leader addresses it learns are added).
@@ -303,6 +304,22 @@ impl<N: Net> KvClient<N> {
             client_addr.as_bytes(),
         ];
         self.admin(&args).await
+    }
+
+    /// The ranges the answering node hosts, in key order.
+    pub async fn ranges(&mut self) -> Result<Vec<RangeStatus>, ClientError> {
+        let reply = self.call(&[b"RAFT.RANGES"], false).await?;
+        parse_range_list(&reply).map_err(ClientError::Protocol)
+    }
+
+    /// Splits the range owning `key` at it, and returns the two halves. A retry after an
+    /// unknown outcome is harmless: a split at a key that already starts a range answers the
+    /// ranges meeting there.
+    pub async fn split(&mut self, key: &[u8]) -> Result<[RangeStatus; 2], ClientError> {
+        let reply = self.call(&[b"RAFT.SPLIT", key], false).await?;
+        let halves = parse_range_list(&reply).map_err(ClientError::Protocol)?;
+        <[RangeStatus; 2]>::try_from(halves)
+            .map_err(|h| ClientError::Protocol(format!("a split answered {} ranges", h.len())))
     }
 
     /// Makes voter `to` the leader; returns once it leads.

@@ -117,6 +117,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     row("pttl", 2, &["readonly", "fast"], ONE_KEY, READ, &["@keyspace", "@read", "@fast"], "generic", "A key's time to live in milliseconds"),
     row("quit", -1, STARTUP, NO_KEYS, &[], &["@fast", "@connection"], "connection", "Closes the connection"),
     row("raft.member", -2, &["admin"], NO_KEYS, &[], &["@admin", "@slow", "@dangerous"], "server", "Lists, adds, promotes or removes the cluster's members"),
+    row("raft.ranges", -1, &["admin"], NO_KEYS, &[], &["@admin", "@slow"], "server", "Lists the key ranges this node hosts"),
+    row("raft.split", 2, &["admin"], NO_KEYS, &[], &["@admin", "@slow", "@dangerous"], "server", "Splits the key range owning a key at that key"),
     row("raft.transfer-leader", -1, &["admin"], NO_KEYS, &[], &["@admin", "@slow", "@dangerous"], "server", "Moves the Raft leadership to another voter"),
     row("rename", 3, &["write"], (1, 2, 1), UPDATE, &["@keyspace", "@write", "@slow"], "generic", "Renames a key, overwriting the destination"),
     row("renamenx", 3, &["write", "fast"], (1, 2, 1), UPDATE, &["@keyspace", "@write", "@fast"], "generic", "Renames a key only if the new name does not exist"),
@@ -152,6 +154,8 @@ pub const SERVER_COMMANDS: &[&str] = &[
     "PING",
     "QUIT",
     "RAFT.MEMBER",
+    "RAFT.RANGES",
+    "RAFT.SPLIT",
     "RAFT.TRANSFER-LEADER",
     "RESET",
     "SELECT",
@@ -385,6 +389,8 @@ mod tests {
             ]),
             Reply::Array(vec![
                 Reply::bulk("raft.member"),
+                Reply::bulk("raft.ranges"),
+                Reply::bulk("raft.split"),
                 Reply::bulk("raft.transfer-leader")
             ])
         );

@@ -3,7 +3,8 @@
 //!
 //! Commands: the data commands ([`crate::server_data`]), PING, ECHO, LEADER (the leader's
 //! client address, or nil if unknown), the operator's `RAFT.MEMBER ...` and
-//! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]); the connection commands HELLO, AUTH,
+//! `RAFT.TRANSFER-LEADER` ([`crate::server_admin`]), `RAFT.RANGES` and `RAFT.SPLIT`
+//! ([`crate::server_ranges`]); the connection commands HELLO, AUTH,
 //! CLIENT, SELECT, RESET, QUIT ([`crate::server_conn`]), INFO and CONFIG
 //! ([`crate::server_info`]) and COMMAND ([`crate::command_table`], which lists them all).
 //! `CAS key expected new` sets `key` to `new` only if it holds `expected`; `CAS key new` only
@@ -36,6 +37,7 @@ use crate::server_conn::{self, ClientPort, Connection};
 use crate::server_data;
 use crate::server_info::{self, InfoSource, MAX_CLIENTS};
 use crate::server_multi;
+use crate::server_ranges;
 use crate::transport::{Listener, Stream};
 
 /// Requests parsed from one read are executed concurrently and answered in order.
@@ -605,6 +607,8 @@ async fn execute_unmeasured(req: Request, node: &NodeHandle, request_id: u64) ->
         "RAFT.TRANSFER-LEADER" => {
             server_admin::execute(server_admin::parse_transfer_command(args), node).await
         }
+        "RAFT.RANGES" => server_ranges::ranges_command(args, node).await,
+        "RAFT.SPLIT" => server_ranges::split_command(args, node, request_id).await,
         server_backup::BACKUP_COMMAND => Reply::error(server_backup::NOT_ALONE),
         _ => server_data::execute(&name, &req.args[0], args, node, session).await,
     };

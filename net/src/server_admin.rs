@@ -145,7 +145,7 @@ pub async fn execute(parsed: Result<AdminRequest, Reply>, node: &NodeHandle) -> 
     }
 }
 
-fn bulk(text: &str) -> Reply {
+pub(crate) fn bulk(text: &str) -> Reply {
     Reply::Bulk(Bytes::from(text.to_string()))
 }
 
@@ -187,7 +187,7 @@ pub fn member_list_reply(list: &MemberList) -> Reply {
 }
 
 /// Reads a flat field/value list.
-fn pairs(reply: &Reply) -> Result<Vec<(String, &Reply)>, String> {
+pub(crate) fn pairs(reply: &Reply) -> Result<Vec<(String, &Reply)>, String> {
     let Reply::Array(items) = reply else {
         return Err(format!("expected a list of fields, got {reply:?}"));
     };
@@ -200,7 +200,7 @@ fn pairs(reply: &Reply) -> Result<Vec<(String, &Reply)>, String> {
         .collect()
 }
 
-fn number(v: &Reply) -> Result<Option<u64>, String> {
+pub(crate) fn number(v: &Reply) -> Result<Option<u64>, String> {
     match v {
         Reply::Integer(n) => u64::try_from(*n)
             .map(Some)
@@ -210,7 +210,7 @@ fn number(v: &Reply) -> Result<Option<u64>, String> {
     }
 }
 
-fn text(v: &Reply) -> Result<String, String> {
+pub(crate) fn text(v: &Reply) -> Result<String, String> {
     match v {
         Reply::Bulk(b) => Ok(String::from_utf8_lossy(b).into_owned()),
         other => Err(format!("expected text, got {other:?}")),

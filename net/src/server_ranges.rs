@@ -1,0 +1,201 @@
+//! The operator's range commands on the client port:
+//!
+//! | command | does |
+//! | --- | --- |
+//! | `RAFT.RANGES` | the ranges this node hosts, in key order: id, start, end, epoch, leader, keys |
+//! | `RAFT.RANGES HELP` | this list |
+//! | `RAFT.SPLIT key` | splits the range owning `key` there: `key` starts the new right half |
+//!
+//! Each range is a flat field/value list (`id`, `start`, `end`, `epoch`, `leader`, `keys`):
+//! `end` nil for the last range, `leader` nil while this node knows none, `keys` as this node's
+//! replica counts them. RAFT.SPLIT answers the two halves (`id`, `start`, `end`, `epoch`); a
+//! split at a key that already starts a range answers the two ranges meeting there, so that a
+//! retry is harmless.
+
+use bytes::Bytes;
+use kv::ranges::{RangeDescriptor, RangeId};
+use raft_core::NodeId;
+
+use crate::request::NodeHandle;
+use crate::resp::Reply;
+use crate::server::arity_error;
+use crate::server_admin::{bulk, number, pairs};
+
+const RANGES_HELP: &[&str] = &[
+    "RAFT.RANGES [HELP]",
+    "    The ranges this node hosts, in key order: id, start, end, epoch, leader, keys.",
+    "RAFT.SPLIT <key>",
+    "    Split the range owning <key> at it: <key> starts a new range. Answers both halves.",
+];
+
+/// One range as `RAFT.RANGES` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeStatus {
+    pub id: RangeId,
+    pub start: Bytes,
+    /// None: to the end of the keyspace.
+    pub end: Option<Bytes>,
+    pub epoch: u64,
+    /// None while this node knows no leader of the range (or for a split's halves).
+    pub leader: Option<NodeId>,
+    /// None where not asked (a split's halves) or the group did not answer.
+    pub keys: Option<u64>,
+}
+
+impl RangeStatus {
+    pub fn of(descriptor: &RangeDescriptor) -> Self {
+        Self {
+            id: descriptor.id,
+            start: descriptor.start.clone(),
+            end: descriptor.end.clone(),
+            epoch: descriptor.epoch,
+            leader: None,
+            keys: None,
+        }
+    }
+}
+
+/// `RAFT.RANGES [HELP]`.
+pub async fn ranges_command(args: &[Bytes], node: &NodeHandle) -> Reply {
+    match args {
+        [] => {}
+        [help] if help.eq_ignore_ascii_case(b"HELP") => {
+            return Reply::Array(
+                RANGES_HELP
+                    .iter()
+                    .map(|l| Reply::Simple((*l).to_string()))
+                    .collect(),
+            )
+        }
+        [other, ..] => {
+            return Reply::error(format!(
+                "ERR unknown subcommand '{}'. Try RAFT.RANGES HELP.",
+                String::from_utf8_lossy(other)
+            ))
+        }
+    }
+    let table = node.ranges();
+    let mut entries = Vec::with_capacity(table.len());
+    for descriptor in table.ranges() {
+        let mut status = RangeStatus::of(descriptor);
+        if let Ok(info) = node.info_of(descriptor.id).await {
+            status.leader = info.leader;
+            status.keys = Some(info.keys);
+        }
+        entries.push(range_reply(&status));
+    }
+    Reply::Array(entries)
+}
+
+/// `RAFT.SPLIT key`.
+pub async fn split_command(args: &[Bytes], node: &NodeHandle, request_id: u64) -> Reply {
+    match args {
+        [key] if !key.is_empty() => split(key.clone(), node, request_id).await,
+        [_] => Reply::error("ERR the empty key starts the keyspace: no range splits there"),
+        _ => arity_error("raft.split"),
+    }
+}
+
+async fn split(_key: Bytes, _node: &NodeHandle, _request_id: u64) -> Reply {
+    Reply::error("ERR splitting needs the split command in the log (not merged yet)")
+}
+
+/// The two halves a split answers.
+pub fn halves_reply(left: &RangeDescriptor, right: &RangeDescriptor) -> Reply {
+    Reply::Array(vec![
+        range_reply(&RangeStatus::of(left)),
+        range_reply(&RangeStatus::of(right)),
+    ])
+}
+
+fn number_or_nil(n: Option<u64>) -> Reply {
+    n.map_or(Reply::Nil, |n| Reply::Integer(n as i64))
+}
+
+pub fn range_reply(status: &RangeStatus) -> Reply {
+    Reply::Array(vec![
+        bulk("id"),
+        Reply::Integer(status.id as i64),
+        bulk("start"),
+        Reply::Bulk(status.start.clone()),
+        bulk("end"),
+        status.end.clone().map_or(Reply::Nil, Reply::Bulk),
+        bulk("epoch"),
+        Reply::Integer(status.epoch as i64),
+        bulk("leader"),
+        number_or_nil(status.leader),
+        bulk("keys"),
+        number_or_nil(status.keys),
+    ])
+}
+
+/// The inverse of [`range_reply`] over a list of ranges, for clients; unknown fields are
+/// skipped.
+pub fn parse_range_list(reply: &Reply) -> Result<Vec<RangeStatus>, String> {
+    let Reply::Array(entries) = reply else {
+        return Err(format!("expected a list of ranges, got {reply:?}"));
+    };
+    entries.iter().map(parse_range).collect()
+}
+
+fn parse_range(reply: &Reply) -> Result<RangeStatus, String> {
+    let mut status = RangeStatus {
+        id: 0,
+        start: Bytes::new(),
+        end: None,
+        epoch: 0,
+        leader: None,
+        keys: None,
+    };
+    for (field, value) in pairs(reply)? {
+        match field.as_str() {
+            "id" => status.id = number(value)?.ok_or("a range without an id")?,
+            "start" => status.start = key_or_nil(value)?.unwrap_or_default(),
+            "end" => status.end = key_or_nil(value)?,
+            "epoch" => status.epoch = number(value)?.unwrap_or(0),
+            "leader" => status.leader = number(value)?,
+            "keys" => status.keys = number(value)?,
+            _ => {}
+        }
+    }
+    Ok(status)
+}
+
+fn key_or_nil(value: &Reply) -> Result<Option<Bytes>, String> {
+    match value {
+        Reply::Bulk(key) => Ok(Some(key.clone())),
+        Reply::Nil => Ok(None),
+        other => Err(format!("expected a key, got {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_list_reads_back_as_it_was_written() {
+        let ranges = vec![
+            RangeStatus {
+                id: 1,
+                start: Bytes::new(),
+                end: Some(Bytes::from_static(b"m\x00")),
+                epoch: 3,
+                leader: Some(2),
+                keys: Some(10),
+            },
+            RangeStatus {
+                id: 7,
+                start: Bytes::from_static(b"m\x00"),
+                end: None,
+                epoch: 3,
+                leader: None,
+                keys: None,
+            },
+        ];
+        let reply = Reply::Array(ranges.iter().map(range_reply).collect());
+        assert_eq!(parse_range_list(&reply), Ok(ranges));
+        assert!(parse_range_list(&Reply::Integer(1)).is_err());
+        assert!(parse_range_list(&Reply::Array(vec![Reply::Array(vec![bulk("epoch")])])).is_err());
+    }
+}
