@@ -6,12 +6,13 @@ use bytes::Bytes;
 
 use crate::codec::{self, Reader};
 use crate::command::{
-    Deadline, ExpireCondition, Op, SetCondition, MAX_KEY_LEN, MAX_VALUE_LEN, OP_APPEND,
-    OP_DELETE_MANY, OP_EXPIRE, OP_FLUSHALL, OP_GETDEL, OP_MSET, OP_MULTI, OP_QUERY, OP_RENAME,
-    OP_SET_WITH,
+    Deadline, ExpireCondition, Op, SetCondition, MAX_KEY_LEN, MAX_VALUE_LEN, OP_ALLOCATE_RANGE_ID,
+    OP_APPEND, OP_DELETE_MANY, OP_EXPIRE, OP_FLUSHALL, OP_GETDEL, OP_MSET, OP_MULTI, OP_QUERY,
+    OP_RENAME, OP_SET_WITH, OP_SPLIT,
 };
 use crate::error::DecodeError;
 use crate::query::{self, put_keys, Query};
+use crate::ranges::{RangeDescriptor, Split};
 
 pub(crate) fn write_op(op: &Op, b: &mut Vec<u8>) {
     match op {
@@ -90,6 +91,14 @@ pub(crate) fn write_op(op: &Op, b: &mut Vec<u8>) {
         Op::Query(q) => {
             b.push(OP_QUERY);
             q.write_to(b);
+        }
+        Op::AllocateRangeId => b.push(OP_ALLOCATE_RANGE_ID),
+        Op::Split(split) => {
+            b.push(OP_SPLIT);
+            codec::put_u64(b, split.range);
+            codec::put_u64(b, split.epoch);
+            codec::put_bytes(b, &split.at);
+            codec::put_u64(b, split.new_range);
         }
         Op::Set { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::Incr { .. } | Op::Noop => {
             unreachable!("written by command.rs")
@@ -174,7 +183,43 @@ pub(crate) fn read_op(tag: u8, r: &mut Reader, nested_ok: bool) -> Result<Op, De
         }
         OP_MULTI => return Err(DecodeError::Invalid("a transaction inside a transaction")),
         OP_QUERY => Op::Query(Query::read_from(r)?),
+        // Not inside a transaction: its ownership check runs before its ops, so a split among
+        // them would let the later ones write keys the range just gave away.
+        OP_ALLOCATE_RANGE_ID | OP_SPLIT if !nested_ok => {
+            return Err(DecodeError::Invalid(
+                "a range operation inside a transaction",
+            ))
+        }
+        OP_ALLOCATE_RANGE_ID => Op::AllocateRangeId,
+        OP_SPLIT => Op::Split(Split {
+            range: r.u64()?,
+            epoch: r.u64()?,
+            at: key(r)?,
+            new_range: r.u64()?,
+        }),
         tag => return Err(DecodeError::UnknownTag { what: "op", tag }),
+    })
+}
+
+/// A descriptor inside a result, field by field (no frame of its own: the result's covers it).
+pub(crate) fn put_descriptor(b: &mut Vec<u8>, d: &RangeDescriptor) {
+    codec::put_u64(b, d.id);
+    codec::put_bytes(b, &d.start);
+    codec::put_opt_bytes(b, d.end.as_deref());
+    codec::put_u64(b, d.epoch);
+}
+
+/// The size [`put_descriptor`] writes.
+pub(crate) fn descriptor_len(d: &RangeDescriptor) -> usize {
+    8 + 4 + d.start.len() + 1 + d.end.as_ref().map_or(0, |e| 4 + e.len()) + 8
+}
+
+pub(crate) fn read_descriptor(r: &mut Reader) -> Result<RangeDescriptor, DecodeError> {
+    Ok(RangeDescriptor {
+        id: r.u64()?,
+        start: r.bytes("range start", MAX_KEY_LEN)?,
+        end: r.opt_bytes("range end", MAX_KEY_LEN)?,
+        epoch: r.u64()?,
     })
 }
 
