@@ -86,7 +86,9 @@ pub fn command_reply(result: CommandResult) -> Reply {
         CommandResult::Status(s) => Reply::Simple(s),
         CommandResult::Aborted => Reply::NilArray,
         CommandResult::NotOwned { range, epoch } => Reply::error(format!(
-            "TRYAGAIN the key moved out of range {range} (epoch {epoch})"
+            "TRYAGAIN {}",
+            crate::routing::retry::moved_out(range, epoch)
         )),
+        CommandResult::Split { left, right } => crate::server_ranges::halves_reply(&left, &right),
     }
 }

@@ -13,13 +13,15 @@
 //! retry is harmless.
 
 use bytes::Bytes;
-use kv::ranges::{RangeDescriptor, RangeId};
+use kv::ranges::{show_key, RangeDescriptor, RangeId, Split, FIRST_RANGE};
+use kv::{Command, CommandResult, Op, SESSIONLESS_CLIENT};
 use raft_core::NodeId;
 
 use crate::request::NodeHandle;
 use crate::resp::Reply;
-use crate::server::arity_error;
+use crate::server::{arity_error, request_error};
 use crate::server_admin::{bulk, number, pairs};
+use crate::server_data::command_reply;
 
 const RANGES_HELP: &[&str] = &[
     "RAFT.RANGES [HELP]",
@@ -96,8 +98,49 @@ pub async fn split_command(args: &[Bytes], node: &NodeHandle, request_id: u64) -
     }
 }
 
-async fn split(_key: Bytes, _node: &NodeHandle, _request_id: u64) -> Reply {
-    Reply::error("ERR splitting needs the split command in the log (not merged yet)")
+/// Allocates the new range's id in the first range, then proposes the split to the range
+/// owning `key` at the epoch this node last applied (refused at apply if it changed since).
+async fn split(key: Bytes, node: &NodeHandle, request_id: u64) -> Reply {
+    let table = node.ranges();
+    let Some(owner) = table.owner(&key).cloned() else {
+        return Reply::error(format!(
+            "TRYAGAIN no range known here owns key {}",
+            show_key(&key)
+        ));
+    };
+    if owner.start == key {
+        // Already a boundary (a retried split): the ranges meeting there.
+        return match table.ranges().find(|r| r.end.as_ref() == Some(&key)) {
+            Some(left) => halves_reply(left, &owner),
+            None => Reply::error(format!(
+                "TRYAGAIN the range before key {} is not known here yet",
+                show_key(&key)
+            )),
+        };
+    }
+    let allocate = Command::new(SESSIONLESS_CLIENT, request_id, Op::AllocateRangeId);
+    let new_range = match node.write_in(FIRST_RANGE, allocate).await {
+        Ok(CommandResult::Value(id)) if id > 0 => id as RangeId,
+        Ok(other) => return command_reply(other),
+        Err(e) => return request_error(e),
+    };
+    let split = Split {
+        range: owner.id,
+        epoch: owner.epoch,
+        at: key,
+        new_range,
+    };
+    // A second request id of this request: the pair names one write cluster-wide.
+    let propose = Command::new(
+        SESSIONLESS_CLIENT,
+        request_id.wrapping_add(2),
+        Op::Split(split),
+    );
+    match node.write_in(owner.id, propose).await {
+        Ok(CommandResult::Split { left, right }) => halves_reply(&left, &right),
+        Ok(other) => command_reply(other),
+        Err(e) => request_error(e),
+    }
 }
 
 /// The two halves a split answers.

@@ -53,37 +53,10 @@ struct StandIn {
 fn stand_in(hosted: Vec<RangeDescriptor>, published: RangeTable) -> StandIn {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().to_path_buf();
-    let (requests, mut inbox) = mpsc::channel::<RoutedRequest>(64);
-    std::thread::spawn(move || {
-        let first = KvStateMachine::open(&path).expect("open");
-        let mut groups: BTreeMap<RangeId, (KvStateMachine, u64)> = hosted
-            .into_iter()
-            .map(|d| (d.id, (first.open_range(d).expect("open a range"), 0)))
-            .collect();
-        while let Some(RoutedRequest { range, req }) = inbox.blocking_recv() {
-            let Some((sm, index)) = groups.get_mut(&range) else {
-                req.refuse(&format!("range {range} is not hosted on this node"));
-                continue;
-            };
-            match req {
-                ClientRequest::Write { cmd, reply } => {
-                    *index += 1;
-                    let entry = Entry::new(1, *index, EntryKind::Normal, cmd.encode());
-                    let result = sm.apply(&[entry]).expect("apply")[0].1.clone();
-                    let _ = reply.send(Ok(result.unwrap_or(CommandResult::Ok)));
-                }
-                ClientRequest::Read { op, reply } => {
-                    let ReadOp::Query(query) = op else {
-                        continue;
-                    };
-                    let result = sm.query_now(&query).expect("query");
-                    let _ = reply.send(Ok(ReadResult::Answer(result)));
-                }
-                ClientRequest::Info { .. } | ClientRequest::Admin { .. } => {}
-            }
-        }
-    });
+    let (requests, inbox) = mpsc::channel::<RoutedRequest>(64);
     let (table, ranges) = watch::channel(Arc::new(published));
+    let publish = table.clone();
+    std::thread::spawn(move || serve(&path, hosted, inbox, publish));
     let (images, _) = mpsc::channel(1);
     let node = NodeHandle {
         requests,
@@ -96,6 +69,69 @@ fn stand_in(hosted: Vec<RangeDescriptor>, published: RangeTable) -> StandIn {
         node,
         table,
         _dir: dir,
+    }
+}
+
+/// The stand-in's loop: each request applied in (or read from) the state machine of its
+/// range. A split creates the new range's state machine and publishes every hosted range, as
+/// the store does, before it is answered.
+fn serve(
+    path: &std::path::Path,
+    hosted: Vec<RangeDescriptor>,
+    mut inbox: mpsc::Receiver<RoutedRequest>,
+    publish: watch::Sender<Arc<RangeTable>>,
+) {
+    let first = KvStateMachine::open(path).expect("open");
+    let mut groups: BTreeMap<RangeId, (KvStateMachine, u64)> = BTreeMap::new();
+    for d in hosted {
+        let sm = first.open_range(d).expect("open a range");
+        let index = sm.applied_index();
+        groups.insert(sm.range_id(), (sm, index));
+    }
+    let mut first = Some(first);
+    if groups.is_empty() {
+        // The first range itself, owning every key.
+        let sm = first.take().expect("the first range");
+        groups.insert(sm.range_id(), (sm, 0));
+    }
+    while let Some(RoutedRequest { range, req }) = inbox.blocking_recv() {
+        let Some((sm, index)) = groups.get_mut(&range) else {
+            req.refuse(&format!("range {range} is not hosted on this node"));
+            continue;
+        };
+        match req {
+            ClientRequest::Write { cmd, reply } => {
+                *index += 1;
+                let entry = Entry::new(1, *index, EntryKind::Normal, cmd.encode());
+                let result = sm.apply(&[entry]).expect("apply")[0].1.clone();
+                let created = sm.created_ranges().to_vec();
+                let base: &KvStateMachine = first.as_ref().unwrap_or(sm);
+                let children: Vec<KvStateMachine> = created
+                    .into_iter()
+                    .map(|d| base.open_range(d).expect("open the new range"))
+                    .collect();
+                if !children.is_empty() {
+                    for child in children {
+                        let child_index = child.applied_index();
+                        groups.insert(child.range_id(), (child, child_index));
+                    }
+                    let hosted: Vec<RangeDescriptor> = groups
+                        .values()
+                        .map(|(sm, _)| sm.descriptor().clone())
+                        .collect();
+                    publish.send_replace(Arc::new(table_of(&hosted)));
+                }
+                let _ = reply.send(Ok(result.unwrap_or(CommandResult::Ok)));
+            }
+            ClientRequest::Read { op, reply } => {
+                let ReadOp::Query(query) = op else {
+                    continue;
+                };
+                let result = sm.query_now(&query).expect("query");
+                let _ = reply.send(Ok(ReadResult::Answer(result)));
+            }
+            ClientRequest::Info { .. } | ClientRequest::Admin { .. } => {}
+        }
     }
 }
 
@@ -322,4 +358,50 @@ async fn a_transaction_runs_in_the_range_owning_its_keys_or_is_refused() {
         super::range_of_watch(&[b("a"), b("y")], &s.node).await,
         Err(Reply::error(CROSS_RANGE))
     );
+}
+
+/// The split's halves as RAFT.SPLIT answers them.
+fn halves(reply: &Reply) -> Vec<crate::server_ranges::RangeStatus> {
+    crate::server_ranges::parse_range_list(reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+#[tokio::test]
+async fn raft_split_splits_the_owning_range_and_requests_then_go_to_both_halves() {
+    let s = stand_in(Vec::new(), RangeTable::first());
+    for key in ["a", "b", "x", "y", "z"] {
+        run(&s.node, &format!("SET {key} {key}")).await;
+    }
+    let reply = crate::server_ranges::split_command(&[b("m")], &s.node, next_id()).await;
+    let [left, right] = &halves(&reply)[..] else {
+        panic!("two halves: {reply:?}");
+    };
+    assert_eq!(
+        (left.id, &left.start[..], left.end.as_deref()),
+        (1, &b""[..], Some(&b"m"[..]))
+    );
+    assert_ne!(right.id, 1);
+    assert_eq!((&right.start[..], right.end.as_deref()), (&b"m"[..], None));
+    let whole = RangeDescriptor::whole(1).epoch;
+    assert_eq!((left.epoch, right.epoch), (whole + 1, whole + 1));
+    assert!(!s.node.hosts_one_range());
+
+    // Routed now: each half serves its own keys; a write over both is refused.
+    assert_eq!(run(&s.node, "GET z").await, Reply::Bulk(b("z")));
+    assert_eq!(run(&s.node, "GET a").await, Reply::Bulk(b("a")));
+    assert_eq!(
+        run(&s.node, "MSET a 1 z 2").await,
+        Reply::error(CROSS_RANGE)
+    );
+    assert_eq!(run(&s.node, "MSET x 1 z 2").await, Reply::ok());
+    assert_eq!(run(&s.node, "DBSIZE").await, Reply::Integer(5));
+    let (mut seen, _) = scan_all(&s.node, 2).await;
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["a", "b", "x", "y", "z"].map(b));
+
+    // Asking again answers the ranges meeting at the key; a key inside a half splits it.
+    let again = crate::server_ranges::split_command(&[b("m")], &s.node, next_id()).await;
+    assert_eq!(halves(&again), halves(&reply));
+    let bad = crate::server_ranges::split_command(&[b("")], &s.node, next_id()).await;
+    assert!(matches!(bad, Reply::Error(_)), "{bad:?}");
 }
