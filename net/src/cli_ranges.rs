@@ -18,18 +18,26 @@ pub struct SplitArgs {
     pub servers: ServersArg,
 }
 
-/// One line per range: its id first, then its bounds (start included, end excluded; keys
-/// printed as quoted, escaped text), epoch, leader and keys.
-pub fn format_range_line(range: &RangeStatus) -> String {
+/// A range's id, bounds (start included, end excluded; keys printed as quoted, escaped text)
+/// and epoch.
+pub fn format_range_bounds(range: &RangeStatus) -> String {
     let end = range.end.as_deref().map_or("none".to_string(), show_key);
-    let leader = range.leader.map_or("none".to_string(), |l| l.to_string());
-    let keys = range.keys.map_or("?".to_string(), |k| k.to_string());
     format!(
-        "{} start={} end={} epoch={} leader={} keys={}",
+        "{} start={} end={} epoch={}",
         range.id,
         show_key(&range.start),
         end,
-        range.epoch,
+        range.epoch
+    )
+}
+
+/// One line per range: its id first, then its bounds, epoch, leader and keys.
+pub fn format_range_line(range: &RangeStatus) -> String {
+    let leader = range.leader.map_or("none".to_string(), |l| l.to_string());
+    let keys = range.keys.map_or("?".to_string(), |k| k.to_string());
+    format!(
+        "{} leader={} keys={}",
+        format_range_bounds(range),
         leader,
         keys
     )
@@ -49,8 +57,8 @@ pub async fn run_split(args: SplitArgs) -> Result<(), CliError> {
         ..Default::default()
     })?;
     let [left, right] = client.split(args.key.as_bytes()).await?;
-    println!("{}", format_range_line(&left));
-    println!("{}", format_range_line(&right));
+    println!("{}", format_range_bounds(&left));
+    println!("{}", format_range_bounds(&right));
     Ok(())
 }
 
@@ -84,6 +92,10 @@ mod tests {
         assert_eq!(
             format_range_line(&first),
             r#"1 start="" end="m\n" epoch=2 leader=none keys=?"#
+        );
+        assert_eq!(
+            format_range_bounds(&first),
+            r#"1 start="" end="m\n" epoch=2"#
         );
     }
 }
