@@ -447,7 +447,8 @@ async fn leader(args: &[Bytes], node: &NodeHandle) -> Reply {
 async fn info(conn: &Connection, args: &[Bytes], node: Option<&NodeHandle>) -> Reply {
     let info = match node {
         Some(node) => match node.info().await {
-            Ok(info) => Some(info),
+            Ok(info) if node.hosts_one_range() => Some(info),
+            Ok(info) => Some(crate::server_routed::with_every_ranges_keys(info, node).await),
             Err(e) => return request_error(e),
         },
         None => None,

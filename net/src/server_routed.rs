@@ -11,7 +11,7 @@ use bytes::Bytes;
 use kv::ranges::{show_key, RangeId, RangeTable, FIRST_RANGE};
 use kv::{Command, CommandResult, Query};
 
-use crate::request::{NodeHandle, ReadOp, ReadResult};
+use crate::request::{NodeHandle, NodeInfo, ReadOp, ReadResult};
 use crate::resp::Reply;
 use crate::routing::cursor::{self, NextCursor};
 use crate::routing::every_range::{every_range_join, join_every_range};
@@ -299,6 +299,25 @@ pub(crate) async fn exec(
             }
         }
     }
+}
+
+/// `info` (the first range's replica, as `NodeHandle::info` answers) with the key counts of every hosted range summed, so
+/// that INFO's keyspace line counts the whole keyspace as DBSIZE does. A range that does not
+/// answer counts nothing.
+pub(crate) async fn with_every_ranges_keys(mut info: NodeInfo, node: &NodeHandle) -> NodeInfo {
+    let table = node.ranges();
+    let others: Vec<RangeId> = table
+        .ranges()
+        .map(|r| r.id)
+        .filter(|&id| id != FIRST_RANGE)
+        .collect();
+    for range in others {
+        if let Ok(other) = node.info_of(range).await {
+            info.keys = info.keys.saturating_add(other.keys);
+            info.expires = info.expires.saturating_add(other.expires);
+        }
+    }
+    info
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use kv::{Command, CommandResult, KvStateMachine, Op};
 use raft_core::{Entry, EntryKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::request::{ClientRequest, NodeHandle, ReadOp, ReadResult, RoutedRequest};
+use crate::request::{
+    ClientRequest, NodeHandle, NodeInfo, ReadModeInfo, ReadOp, ReadResult, RoutedRequest,
+};
 use crate::resp::Reply;
 use crate::routing::CROSS_RANGE;
 
@@ -130,8 +132,37 @@ fn serve(
                 let result = sm.query_now(&query).expect("query");
                 let _ = reply.send(Ok(ReadResult::Answer(result)));
             }
-            ClientRequest::Info { .. } | ClientRequest::Admin { .. } => {}
+            ClientRequest::Info { reply } => {
+                let _ = reply.send(info_of(range, sm));
+            }
+            ClientRequest::Admin { .. } => {}
         }
+    }
+}
+
+/// What a group's INFO would say of its replica: node 1 leads range `range` at term `range`.
+fn info_of(range: RangeId, sm: &KvStateMachine) -> NodeInfo {
+    let counts = sm.key_counts();
+    NodeInfo {
+        id: 1,
+        cluster_id: 9,
+        incarnation: 1,
+        refused_incarnation_frames: 0,
+        role: raft_core::Role::Leader,
+        term: range,
+        leader: Some(1),
+        commit_index: sm.applied_index(),
+        applied_index: sm.applied_index(),
+        last_index: sm.applied_index(),
+        last_snapshot_index: 0,
+        log_start_index: 0,
+        snapshot_count: 0,
+        snapshots_installed: 0,
+        keys: counts.keys,
+        expires: counts.volatile,
+        leader_client_addr: None,
+        membership: Default::default(),
+        read_mode: ReadModeInfo::of(raft_core::ReadMode::ReadIndex),
     }
 }
 
@@ -404,4 +435,31 @@ async fn raft_split_splits_the_owning_range_and_requests_then_go_to_both_halves(
     assert_eq!(halves(&again), halves(&reply));
     let bad = crate::server_ranges::split_command(&[b("")], &s.node, next_id()).await;
     assert!(matches!(bad, Reply::Error(_)), "{bad:?}");
+}
+
+#[tokio::test]
+async fn raft_ranges_lists_every_hosted_range_and_info_counts_every_key() {
+    let s = stand_in(Vec::new(), RangeTable::first());
+    for key in ["a", "b", "x"] {
+        run(&s.node, &format!("SET {key} v")).await;
+    }
+    run(&s.node, "SET y v PX 100000").await;
+    let split = crate::server_ranges::split_command(&[b("m")], &s.node, next_id()).await;
+    let right = halves(&split)[1].id;
+    let listed = crate::server_ranges::ranges_command(&[], &s.node).await;
+    let summary: Vec<_> = halves(&listed)
+        .iter()
+        .map(|r| (r.id, r.start.clone(), r.end.clone(), r.leader, r.keys))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, b(""), Some(b("m")), Some(1), Some(2)),
+            (right, b("m"), None, Some(1), Some(2)),
+        ]
+    );
+    let first = s.node.info().await.expect("the first range's info");
+    assert_eq!((first.keys, first.expires), (2, 0));
+    let whole = super::with_every_ranges_keys(first, &s.node).await;
+    assert_eq!((whole.keys, whole.expires), (4, 1));
 }
