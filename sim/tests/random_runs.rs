@@ -63,6 +63,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
     let mut undecided = Vec::new();
     let mut known = 0;
     let mut with_leases = 0;
+    let (mut with_splits, mut splits_done, mut most_ranges) = (0, 0, 0);
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let cfg = RunConfig::from_seed(seed);
@@ -107,6 +108,11 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
                             println!("  operator: {line}");
                         }
                     }
+                    if let Some(splits) = &report.splits {
+                        for line in &splits.done {
+                            println!("  splitter: {line}");
+                        }
+                    }
                     for crash in &report.crashes_mid_joint {
                         println!("  crash mid-joint: {crash:?}");
                     }
@@ -114,6 +120,11 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
                 if let Some(operator) = &report.operator {
                     with_plans += 1;
                     member_steps += operator.done.len();
+                }
+                if let Some(splits) = &report.splits {
+                    with_splits += 1;
+                    splits_done += splits.done.len();
+                    most_ranges = most_ranges.max(splits.ranges);
                 }
                 mid_joint += report.crashes_mid_joint.len();
                 leaders_mid_joint += report.crashes_mid_joint.iter().filter(|c| c.leader).count();
@@ -136,7 +147,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
         }
     }
     println!(
-        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); lease reads in {with_leases} seeds; linearizability undecided (checker budget) in {} seeds {undecided:?}",
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); lease reads in {with_leases} seeds; splits in {with_splits} seeds ({splits_done} splits, up to {most_ranges} ranges); linearizability undecided (checker budget) in {} seeds {undecided:?}",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         install_crashes.total(),

@@ -8,6 +8,7 @@ use raft_core::ReadMode;
 use rand::Rng;
 
 use super::membership::MemberPlan;
+use super::splits::SplitPlan;
 use crate::faults::{FaultAction, FaultKinds};
 use crate::rng;
 
@@ -54,6 +55,10 @@ pub struct RunConfig {
     /// How leaders confirm reads: by their lease in a third of the seeds, with the drift bound
     /// [`LEASE_MAX_CLOCK_DRIFT`], which covers the clock-skew fault; ReadIndex in the others.
     pub read_mode: ReadMode,
+    /// An operator splitting the keyspace into ranges while the run goes (`splits.rs`): drawn
+    /// in a share of the seeds that neither change the members nor take snapshots, or a
+    /// test's scenario.
+    pub splits: Option<SplitPlan>,
 }
 
 /// The clock-skew fault gives each node a tick from 0.8x to 1.25x the nominal one, so one
@@ -108,7 +113,20 @@ impl RunConfig {
             membership: super::random_plan::draw(seed, nodes),
             reinstall_keeps_incarnation: false,
             read_mode: draw_read_mode(seed),
+            splits: None,
         }
+        .with_drawn_splits()
+    }
+}
+
+impl RunConfig {
+    fn with_drawn_splits(mut self) -> Self {
+        self.splits = super::splits::draw(
+            self.seed,
+            self.membership.is_some(),
+            self.snapshots.threshold > 0,
+        );
+        self
     }
 }
 

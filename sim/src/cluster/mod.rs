@@ -10,6 +10,7 @@
 //! * `fault_loop.rs`: stepping the simulation and making the fault actions between steps;
 //! * `membership.rs`: spare nodes that join once added, and the operator changing the members;
 //! * `random_plan.rs`: the operator plans a share of the seeds draw;
+//! * `splits.rs`: the operator splitting the keyspace into ranges in a share of the seeds;
 //! * `triggers.rs`: the power cuts that snapshot events set off;
 //! * `verdict.rs`: judging the end of a run ([`RunReport`], [`Failure`]) and the trace file.
 
@@ -33,6 +34,7 @@ mod hosts;
 mod membership;
 mod random_plan;
 mod redis_ops;
+mod splits;
 mod triggers;
 mod verdict;
 
@@ -40,6 +42,7 @@ pub use config::{
     describe_read_mode, describe_snapshots, snapshots_off, RunConfig, LEASE_MAX_CLOCK_DRIFT,
 };
 pub use membership::{MemberOp, MemberPlan, OperatorReport};
+pub use splits::{SplitPlan, SplitReport};
 pub use verdict::{Failure, FailureKind, InstallCrashes, RunReport};
 
 const PEER_PORT: u16 = 7100;
@@ -101,6 +104,10 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
     if let (Some(plan), Some(state)) = (&cfg.membership, &operator) {
         membership::start_operator(&mut tasks, plan, state, &servers, deadline, cfg.seed);
     }
+    let splits = cfg
+        .splits
+        .as_ref()
+        .map(|plan| splits::start_splitter(&mut tasks, plan, &servers, deadline, cfg.seed));
     tasks.start(&mut sim);
     fault_loop::run(
         &mut sim,
@@ -114,7 +121,10 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
     let liveness = liveness.borrow().clone();
     let history = history.borrow().clone();
     let operator = operator.map(|o| o.borrow().report.clone());
-    let liveness = liveness.and_then(|()| verdict::operator_done(operator.as_ref()));
+    let splits = splits.map(|s| s.borrow().clone());
+    let liveness = liveness
+        .and_then(|()| verdict::operator_done(operator.as_ref()))
+        .and_then(|()| splits::splits_done(splits.as_ref()));
     let mut report = verdict::judge(
         cfg,
         sim.elapsed(),
@@ -125,6 +135,7 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
         trace,
     )?;
     report.operator = operator;
+    report.splits = splits;
     Ok(report)
 }
 

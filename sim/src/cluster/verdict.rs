@@ -62,6 +62,8 @@ pub struct RunReport {
     pub first_snapshot_crashes: u64,
     /// What the operator of a membership plan did (none without a plan).
     pub operator: Option<OperatorReport>,
+    /// What the splitter of a split plan did (none without a plan).
+    pub splits: Option<super::splits::SplitReport>,
     /// Every election won: (simulated ns, node, term), in order.
     pub leaders: Vec<(u64, NodeId, Term)>,
     /// Crashes (and lost disks) while the configuration was joint.
@@ -205,6 +207,7 @@ pub(super) fn judge(
         install_crashes: triggers.install_crashes(),
         first_snapshot_crashes: triggers.first_snapshot_crashes(),
         operator: None,
+        splits: None,
         leaders: observer.leaders(),
         crashes_mid_joint: observer.crashes_mid_joint(),
     })

@@ -1,0 +1,66 @@
+//! Split scenarios: seeded whole-cluster runs in which an operator splits the keyspace into
+//! ranges (`RAFT.SPLIT`) while the workload goes on, checked like any seed (invariants,
+//! liveness, per-key linearizability across the splits) and for having done what they name:
+//! every split answered, every node hosting the same ranges at the end.
+
+use std::time::Duration;
+
+use sim::cluster::{run, snapshots_off, RunConfig, RunReport, SplitPlan};
+use sim::faults::FaultKinds;
+
+/// Splits at every point the random plans draw from, a few hundred milliseconds apart: the
+/// hot keys, the cold ones and the volatile ones end up in different ranges.
+fn every_split() -> SplitPlan {
+    let keys = ["k1", "w", "k3", "e2", "t", "w7", "k", "w3", "w12"];
+    SplitPlan {
+        start: Duration::from_millis(500),
+        splits: keys
+            .iter()
+            .map(|k| (Duration::from_millis(300), k.as_bytes().to_vec()))
+            .collect(),
+    }
+}
+
+fn scenario(seed: u64, kinds: FaultKinds) -> RunConfig {
+    let mut cfg = RunConfig::from_seed(seed);
+    cfg.kinds = kinds;
+    cfg.snapshots = snapshots_off();
+    cfg.membership = None;
+    cfg.splits = Some(every_split());
+    cfg
+}
+
+fn pass(cfg: &RunConfig) -> RunReport {
+    let report = run(cfg).unwrap_or_else(|f| panic!("{f}"));
+    let splits = report.splits.clone().unwrap_or_default();
+    println!(
+        "seed {}: {} nodes, faults {}: {} ops ({} ok), {} splits, {} ranges",
+        report.seed,
+        report.nodes,
+        report.kinds,
+        report.ops,
+        report.ok,
+        splits.done.len(),
+        splits.ranges
+    );
+    for line in report.faults.iter().chain(&splits.done) {
+        println!("  {line}");
+    }
+    assert!(report.ok > 10, "the run did almost nothing: {report:?}");
+    let planned = cfg.splits.as_ref().map_or(0, |p| p.splits.len());
+    assert_eq!(splits.done.len(), planned, "{splits:?}");
+    assert_eq!(splits.ranges, planned + 1, "{splits:?}");
+    report
+}
+
+#[test]
+fn splits_under_a_reliable_network_keep_every_key_linearizable() {
+    pass(&scenario(11, FaultKinds::none()));
+}
+
+#[test]
+fn splits_under_every_fault_keep_every_key_linearizable() {
+    for seed in [21, 22] {
+        pass(&scenario(seed, FaultKinds::all()));
+    }
+}
