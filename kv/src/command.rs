@@ -104,6 +104,12 @@ pub enum Op {
     },
     /// A read inside a transaction.
     Query(Query),
+    /// Takes the next unused range id from the first range's counter (answered as
+    /// [`CommandResult::Value`]); any other range refuses it.
+    AllocateRangeId,
+    /// Splits the range it names ([`crate::ranges::Split`]), answered with
+    /// [`CommandResult::Split`] or refused with [`CommandResult::Error`].
+    Split(crate::ranges::Split),
 }
 
 /// When a `SET` writes.
@@ -200,7 +206,8 @@ impl Op {
                 }
             }
             Op::Query(q) => q.visit_keys(keys),
-            Op::Noop | Op::FlushAll => {}
+            // The split key names no row to read or write: it is a bound.
+            Op::Noop | Op::FlushAll | Op::AllocateRangeId | Op::Split(_) => {}
         }
     }
 }
@@ -225,6 +232,8 @@ pub(crate) const OP_RENAME: u8 = 12;
 pub(crate) const OP_FLUSHALL: u8 = 13;
 pub(crate) const OP_MULTI: u8 = 14;
 pub(crate) const OP_QUERY: u8 = 15;
+pub(crate) const OP_ALLOCATE_RANGE_ID: u8 = 16;
+pub(crate) const OP_SPLIT: u8 = 17;
 
 impl Command {
     pub fn new(client_id: u64, seq: u64, op: Op) -> Self {
@@ -394,6 +403,12 @@ pub enum CommandResult {
         range: crate::ranges::RangeId,
         epoch: u64,
     },
+    /// A split applied: the parent's new bounds (`left`, same id) and the new range's
+    /// (`right`).
+    Split {
+        left: crate::ranges::RangeDescriptor,
+        right: crate::ranges::RangeDescriptor,
+    },
 }
 
 const RES_OK: u8 = 1;
@@ -411,6 +426,8 @@ const RES_ABORTED: u8 = 12;
 /// Added with key ranges: a tag older versions never wrote, so every older encoding (a session's
 /// cached result on disk) still decodes as it did.
 const RES_NOT_OWNED: u8 = 13;
+/// Added with the split command, likewise.
+const RES_SPLIT: u8 = 14;
 /// Arrays nest at most this deep (EXEC of SCAN: three levels).
 const MAX_RESULT_DEPTH: usize = 4;
 
@@ -430,6 +447,10 @@ impl CommandResult {
             CommandResult::Bulk(b) => 5 + b.len(),
             CommandResult::Array(items) => 5 + items.iter().map(Self::encoded_len).sum::<usize>(),
             CommandResult::NotOwned { .. } => 17,
+            CommandResult::Split { left, right } => {
+                1 + crate::command_ops::descriptor_len(left)
+                    + crate::command_ops::descriptor_len(right)
+            }
             _ => 9,
         }
     }
@@ -479,6 +500,11 @@ impl CommandResult {
                 body.push(RES_NOT_OWNED);
                 codec::put_u64(body, *range);
                 codec::put_u64(body, *epoch);
+            }
+            CommandResult::Split { left, right } => {
+                body.push(RES_SPLIT);
+                crate::command_ops::put_descriptor(body, left);
+                crate::command_ops::put_descriptor(body, right);
             }
         }
     }
@@ -532,6 +558,10 @@ impl CommandResult {
             RES_NOT_OWNED => CommandResult::NotOwned {
                 range: r.u64()?,
                 epoch: r.u64()?,
+            },
+            RES_SPLIT => CommandResult::Split {
+                left: crate::command_ops::read_descriptor(r)?,
+                right: crate::command_ops::read_descriptor(r)?,
             },
             tag => {
                 return Err(DecodeError::UnknownTag {

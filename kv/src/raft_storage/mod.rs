@@ -356,6 +356,47 @@ impl RaftStorage {
         })
     }
 
+    /// Gives the log of a range created by a split its start, if it has no state yet: the log
+    /// start becomes `meta` (the new range's initial index and term, the parent's
+    /// configuration), the log is empty after it, and the hard state is `meta.term` with no
+    /// vote and `meta.index` committed, in one synced batch. Every replica of the parent
+    /// writes the same, so the new group starts as followers of one term in one configuration,
+    /// which can elect a leader. A log that has any state (an earlier call, or a snapshot or
+    /// entries from the new group's leader) is left as it is: the node calls this for every
+    /// range at every start.
+    pub fn start_split_range(&mut self, meta: SnapshotMeta) -> Result<()> {
+        let untouched = self.hard_state == HardState::default()
+            && self.snapshot == SnapshotMeta::default()
+            && self.last_index == 0;
+        if !untouched {
+            return Ok(());
+        }
+        if self.range == FIRST_RANGE || meta.index == 0 || meta.term == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "{}: a split range's log starts at a snapshot point of a range other than the \
+                 first, not at {}/{} of range {}",
+                self.path.display(),
+                meta.index,
+                meta.term,
+                self.range
+            )));
+        }
+        let hs = HardState {
+            term: meta.term,
+            vote: None,
+            commit: meta.index,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(&self.keys.log_start(), &encode_log_start(&meta));
+        batch.put(&self.keys.last_index(), &encode_pair(meta.index, 0));
+        batch.put(&self.keys.hard_state(), &encode_hard_state(&hs));
+        self.write(batch, true)?;
+        self.last_index = meta.index;
+        self.snapshot = meta;
+        self.hard_state = hs;
+        Ok(())
+    }
+
     /// Drops the log up to and including `up_to`, which must be stored; `membership` is the
     /// configuration in force at `up_to` (the core's `snapshot()` after its own compaction).
     /// The new log start is made durable first, then the entries are deleted in chunks of
@@ -544,3 +585,5 @@ struct Staged {
 mod tests;
 #[cfg(test)]
 mod tests_ranges;
+#[cfg(test)]
+mod tests_split;

@@ -165,6 +165,9 @@ pub(crate) struct Txn {
     pub(crate) counts: KeyCounts,
     /// Stored rows read ahead for the whole batch ([`KvStateMachine::prefetch`]).
     prefetched: BTreeMap<Vec<u8>, Option<Bytes>>,
+    /// The member table as the batch's configuration changes left it so far (`None`: none
+    /// yet): what a split in the same batch gives its new range.
+    pub(crate) members: Option<crate::members::MemberTable>,
 }
 
 impl Txn {
@@ -175,6 +178,7 @@ impl Txn {
             clock: sm.clock_ms,
             counts: sm.counts,
             prefetched: BTreeMap::new(),
+            members: None,
         }
     }
 
@@ -183,11 +187,11 @@ impl Txn {
         self.prefetched.clear();
     }
 
-    fn put(&mut self, row: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, row: Vec<u8>, value: Vec<u8>) {
         self.rows.insert(row, Some(Bytes::from(value)));
     }
 
-    fn delete(&mut self, row: Vec<u8>) {
+    pub(crate) fn delete(&mut self, row: Vec<u8>) {
         self.rows.insert(row, None);
     }
 
@@ -203,7 +207,7 @@ impl Txn {
 }
 
 impl KvStateMachine {
-    fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
+    pub(crate) fn row(&mut self, t: &Txn, row: &[u8]) -> Result<Option<Bytes>> {
         match t.rows.get(row).or_else(|| t.prefetched.get(row)) {
             Some(v) => Ok(v.clone()),
             None => self.db().get(row),

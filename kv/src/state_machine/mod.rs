@@ -53,6 +53,8 @@ mod range_image;
 mod range_rows;
 mod records;
 mod row_keys;
+mod split;
+mod stored_ranges;
 mod watch;
 
 pub use expiry::{FLUSH_CHUNK_ROWS, SWEEP_PER_STAMP};
@@ -70,6 +72,7 @@ pub(crate) use row_keys::{
     EXPIRY, HASHED, KEY_APPLIED, KEY_CLOCK, KEY_COUNTS, KEY_DESCRIPTOR, KEY_LAYOUT, KEY_MEMBERS,
     SESSION_PREFIX, USER,
 };
+pub use split::{RANGE_INITIAL_INDEX, RANGE_INITIAL_TERM};
 pub(crate) use watch::check_watch_row;
 pub use watch::WATCHED_ABSENT;
 
@@ -125,6 +128,8 @@ pub struct KvStateMachine {
     removed: watch::RemovedVersions,
     /// The version and deadline of recently used keys, as the database holds them (`key_meta.rs`).
     key_meta: key_meta::KeyMetaCache,
+    /// The ranges the last call to `apply` created by splitting this one (`split.rs`).
+    created_ranges: Vec<RangeDescriptor>,
 }
 
 impl KvStateMachine {
@@ -213,6 +218,7 @@ impl KvStateMachine {
             counts: KeyCounts::default(),
             removed: watch::RemovedVersions::default(),
             key_meta: key_meta::KeyMetaCache::new(),
+            created_ranges: Vec::new(),
         }
     }
 
@@ -469,6 +475,7 @@ impl KvStateMachine {
     /// (a replay after restart); the rest must continue it without a gap. Returns the result of
     /// each applied entry. All of it is one `WriteBatch`.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Applied> {
+        self.created_ranges.clear();
         self.check_poison()?;
         if let Some(m) = &self.pending_install {
             return Err(Error::InvalidRequest(format!(
@@ -503,6 +510,7 @@ impl KvStateMachine {
             Err(e) => {
                 // Sessions in memory may already reflect entries that did not reach the disk.
                 self.poisoned = Some(e.to_string());
+                self.created_ranges.clear();
                 Err(e)
             }
         }
@@ -544,7 +552,6 @@ impl KvStateMachine {
         self.prefetch(&mut t, keys.into_iter())?;
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
-        let mut members: Option<MemberTable> = None;
         for (e, decoded) in fresh.iter().zip(&commands) {
             let r = match e.kind {
                 EntryKind::Normal => match decoded {
@@ -563,7 +570,7 @@ impl KvStateMachine {
                     let change = ConfChangeEntry::decode(&e.payload).map_err(|err| {
                         self.corrupt(Some(e.index), format!("configuration change: {err}"))
                     })?;
-                    let table = members.get_or_insert_with(|| self.members.clone());
+                    let table = t.members.get_or_insert_with(|| self.members.clone());
                     // An undecodable context still applies the configuration; the addresses
                     // stay as they were (every replica decides alike).
                     let _ = table.apply_conf_change(change.membership, &change.context);
@@ -575,6 +582,7 @@ impl KvStateMachine {
             results.push((e.index, r));
         }
         t.finish(self);
+        let members = t.members.take();
         let mut batch = WriteBatch::default();
         for (k, v) in &t.rows {
             match v {
@@ -733,3 +741,6 @@ mod tests_ranges;
 
 #[cfg(test)]
 mod tests_range_image;
+
+#[cfg(test)]
+mod tests_split;

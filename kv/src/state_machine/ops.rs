@@ -79,6 +79,8 @@ impl KvStateMachine {
             Op::Multi { watches, ops } => self.multi(t, watches, ops)?,
             Op::Query(q) => self.query(q, t)?,
             Op::Noop => CommandResult::Ok,
+            Op::AllocateRangeId => self.allocate_range_id(t)?,
+            Op::Split(split) => self.split(t, split)?,
         })
     }
 

@@ -27,7 +27,7 @@ pub(crate) const HASHED: u8 = 0x03;
 pub(crate) const RANGE: u8 = 0x04;
 /// The first byte of a range's snapshot install in progress: `0x05 | range id: u64 BE`, then
 /// `0x00` the install marker or `0x01 | row` a staged row of the image (`range_image.rs`).
-const STAGING: u8 = 0x05;
+pub(crate) const STAGING: u8 = 0x05;
 
 pub(crate) const KEY_APPLIED: &[u8] = &[META, b'a'];
 pub(crate) const KEY_MEMBERS: &[u8] = &[META, b'm'];
@@ -40,6 +40,8 @@ pub(crate) const KEY_CLOCK: &[u8] = &[META, b't'];
 pub(crate) const WATCH_PREFIX: &[u8] = &[META, b'w'];
 pub(crate) const KEY_FLUSHED: &[u8] = &[META, b'f'];
 pub(crate) const KEY_DESCRIPTOR: &[u8] = &[META, b'r'];
+/// The next range id to hand out (`split.rs`); the first range's alone.
+pub(crate) const KEY_NEXT_RANGE_ID: &[u8] = &[META, b'n'];
 
 /// A session row's key after its prefix: the client id.
 const CLIENT_LEN: usize = 8;
@@ -168,6 +170,23 @@ impl StateKeys {
 
     pub(crate) fn descriptor(&self) -> Vec<u8> {
         self.with(&[KEY_DESCRIPTOR])
+    }
+
+    pub(crate) fn next_range_id(&self) -> Vec<u8> {
+        self.with(&[KEY_NEXT_RANGE_ID])
+    }
+
+    /// The row of this range that stands where `row` stands among `other`'s rows (`None` if
+    /// `row` is not one of `other`'s): a split copies and moves rows to the new range so.
+    pub(crate) fn rebased(&self, other: &StateKeys, row: &[u8]) -> Option<Vec<u8>> {
+        Some(self.with(&[other.local(row)?]))
+    }
+
+    /// The range whose rows behind `tag | range id` ([`RANGE`]: its own rows, [`STAGING`]:
+    /// its install) `row` is one of; `None` for any other row.
+    pub(crate) fn range_of_row(tag: u8, row: &[u8]) -> Option<RangeId> {
+        let id = row.strip_prefix(&[tag])?.get(..8)?;
+        Some(u64::from_be_bytes(id.try_into().ok()?))
     }
 
     pub(crate) fn flushed(&self) -> Vec<u8> {
