@@ -80,5 +80,6 @@ pub fn command_reply(result: CommandResult) -> Reply {
         CommandResult::NotOwned { range, epoch } => Reply::error(format!(
             "TRYAGAIN the key moved out of range {range} (epoch {epoch})"
         )),
+        CommandResult::Split { .. } => Reply::ok(),
     }
 }
