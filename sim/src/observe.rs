@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use kv::ranges::{RangeId, FIRST_RANGE};
 use net::node::NodeObserver;
 use raft_core::{ConfChangeEntry, Entry, EntryKind, NodeId, Role, SnapshotMeta, Term};
 use raft_harness::InvariantChecker;
@@ -37,6 +38,10 @@ struct State {
     last_conf: Option<(u64, bool)>,
     /// Crashes that came while a joint configuration was committed and not yet left.
     crashes_mid_joint: Vec<CrashMidJoint>,
+    /// The same invariants for each range split off the first one: every range is a Raft log
+    /// of its own, with its own terms and indexes. (Everything else above is the first
+    /// range's: the members change and snapshots are taken there alone.)
+    split_ranges: BTreeMap<RangeId, InvariantChecker>,
 }
 
 /// A node that crashed (or lost its disk) while the configuration was joint.
@@ -242,19 +247,58 @@ impl Observer {
     }
 }
 
+impl Observer {
+    /// A role change in a range split off the first: election safety within that range.
+    fn split_range_role(st: &mut State, node: NodeId, range: RangeId, term: Term, role: Role) {
+        st.events += 1;
+        let mut event = vec![b'R', role_code(role)];
+        event.extend(range.to_be_bytes());
+        event.extend(node.to_be_bytes());
+        event.extend(term.to_be_bytes());
+        st.trace.add(&event);
+        if role == Role::Leader {
+            st.elections += 1;
+            let checker = st.split_ranges.entry(range).or_default();
+            if let Err(v) = checker.leader_elected(node, term) {
+                st.violations.push(v);
+            }
+        }
+    }
+
+    /// Entries applied in a range split off the first: state machine safety within that range.
+    fn split_range_committed(st: &mut State, node: NodeId, range: RangeId, entries: &[Entry]) {
+        st.events += 1;
+        for e in entries {
+            let mut event = vec![b'C'];
+            event.extend(range.to_be_bytes());
+            event.extend(node.to_be_bytes());
+            event.extend(e.index.to_be_bytes());
+            event.extend(e.term.to_be_bytes());
+            st.trace.add(&event);
+            let checker = st.split_ranges.entry(range).or_default();
+            if let Err(v) = checker.applied(node, e) {
+                st.violations.push(v);
+            }
+        }
+    }
+}
+
 impl NodeObserver for Observer {
-    fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>) {
+    fn role_changed(
+        &self,
+        node: NodeId,
+        range: RangeId,
+        term: Term,
+        role: Role,
+        leader: Option<NodeId>,
+    ) {
         let mut st = self.state();
+        if range != FIRST_RANGE {
+            return Self::split_range_role(&mut st, node, range, term, role);
+        }
         st.events += 1;
         st.roles.insert(node, (term, role, leader));
-        let role_code = match role {
-            Role::Follower => 0u8,
-            Role::PreCandidate => 1,
-            Role::Candidate => 2,
-            Role::Leader => 3,
-            _ => 255,
-        };
-        let mut event = vec![b'r', role_code];
+        let mut event = vec![b'r', role_code(role)];
         event.extend(node.to_be_bytes());
         event.extend(term.to_be_bytes());
         event.extend(leader.unwrap_or(0).to_be_bytes());
@@ -269,8 +313,11 @@ impl NodeObserver for Observer {
         }
     }
 
-    fn committed(&self, node: NodeId, entries: &[Entry]) {
+    fn committed(&self, node: NodeId, range: RangeId, entries: &[Entry]) {
         let mut st = self.state();
+        if range != FIRST_RANGE {
+            return Self::split_range_committed(&mut st, node, range, entries);
+        }
         st.events += 1;
         for e in entries {
             let mut event = vec![b'c'];
@@ -289,12 +336,28 @@ impl NodeObserver for Observer {
         }
     }
 
-    fn snapshot_installed(&self, node: NodeId, snapshot: SnapshotMeta) {
-        self.snapshot_event(node, SnapshotEvent::Installing, snapshot);
+    // Snapshots are taken and installed while the first range is the only one (images pause
+    // once a node hosts several), so only the first range's are watched.
+    fn snapshot_installed(&self, node: NodeId, range: RangeId, snapshot: SnapshotMeta) {
+        if range == FIRST_RANGE {
+            self.snapshot_event(node, SnapshotEvent::Installing, snapshot);
+        }
     }
 
-    fn snapshot_taken(&self, node: NodeId, snapshot: SnapshotMeta) {
-        self.snapshot_event(node, SnapshotEvent::Taken, snapshot);
+    fn snapshot_taken(&self, node: NodeId, range: RangeId, snapshot: SnapshotMeta) {
+        if range == FIRST_RANGE {
+            self.snapshot_event(node, SnapshotEvent::Taken, snapshot);
+        }
+    }
+}
+
+fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Follower => 0,
+        Role::PreCandidate => 1,
+        Role::Candidate => 2,
+        Role::Leader => 3,
+        _ => 255,
     }
 }
 

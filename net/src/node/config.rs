@@ -9,6 +9,7 @@ use std::time::Duration;
 use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
 
 use kv::identity::DEFAULT_CLUSTER_TOKEN;
+use kv::ranges::RangeId;
 
 use crate::storage::{SnapshotPolicy, StorageMode};
 use crate::transport::TransportTimeouts;
@@ -110,15 +111,24 @@ impl std::fmt::Debug for NodeConfig {
 }
 
 /// Hooks for whoever watches a node from outside: the simulator's invariant checks and trace.
+/// Each event names the range whose group it comes from: every group is a Raft log of its own.
 pub trait NodeObserver: Send + Sync {
-    /// The node's role, term or leader changed.
-    fn role_changed(&self, node: NodeId, term: Term, role: Role, leader: Option<NodeId>);
-    /// These committed entries go to the state machine now, in log order.
-    fn committed(&self, node: NodeId, entries: &[Entry]);
-    /// The state machine is being replaced by a snapshot received from another node.
-    fn snapshot_installed(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
-    /// The state machine took a snapshot image of everything applied up to `snapshot.index`.
-    fn snapshot_taken(&self, _node: NodeId, _snapshot: SnapshotMeta) {}
+    /// The role, term or leader of the node's group of `range` changed.
+    fn role_changed(
+        &self,
+        node: NodeId,
+        range: RangeId,
+        term: Term,
+        role: Role,
+        leader: Option<NodeId>,
+    );
+    /// These committed entries of `range` go to its state machine now, in log order.
+    fn committed(&self, node: NodeId, range: RangeId, entries: &[Entry]);
+    /// The range's state machine is being replaced by a snapshot received from another node.
+    fn snapshot_installed(&self, _node: NodeId, _range: RangeId, _snapshot: SnapshotMeta) {}
+    /// The range's state machine took a snapshot image of everything applied up to
+    /// `snapshot.index`.
+    fn snapshot_taken(&self, _node: NodeId, _range: RangeId, _snapshot: SnapshotMeta) {}
 }
 
 /// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).

@@ -195,7 +195,7 @@ impl Group {
             StorageEvent::SnapshotBuilt(meta) => {
                 self.cfg.metrics.snapshots_taken.inc();
                 if let Some(observer) = &self.cfg.observer {
-                    observer.snapshot_taken(self.cfg.id, meta.clone());
+                    observer.snapshot_taken(self.cfg.id, self.range, meta.clone());
                 }
                 self.images.taken(meta.index);
                 self.maybe_compact();
@@ -394,7 +394,7 @@ impl Group {
         super::change_reason::log_change(&soft, self.cfg.tick);
         self.note_role(soft.role, soft.leader);
         if let Some(observer) = &self.cfg.observer {
-            observer.role_changed(self.cfg.id, soft.term, soft.role, soft.leader);
+            observer.role_changed(self.cfg.id, self.range, soft.term, soft.role, soft.leader);
         }
         if soft.term != self.term_seen {
             self.term_seen = soft.term;
@@ -457,7 +457,7 @@ impl Group {
             return;
         };
         if let Some(observer) = &self.cfg.observer {
-            observer.committed(self.cfg.id, &committed);
+            observer.committed(self.cfg.id, self.range, &committed);
         }
         self.admin.committed(&committed);
         let _ = self.queues.apply.send(ApplyRequest::Entries(committed));

@@ -111,7 +111,7 @@ impl Group {
         self.requests.snapshot_installed();
         let snapshot = write.snapshot;
         if let Some(observer) = &self.cfg.observer {
-            observer.snapshot_installed(self.cfg.id, snapshot.clone());
+            observer.snapshot_installed(self.cfg.id, self.range, snapshot.clone());
         }
         let (state_tx, state_rx) = oneshot::channel();
         let (log_tx, log_rx) = oneshot::channel();
