@@ -237,6 +237,11 @@ pub enum ServeError {
     Spawn(io::Error),
     /// The request names a range this node does not host.
     NotHosted(kv::ranges::RangeId),
+    /// The node hosts several ranges: it serves no image until per-range images exist.
+    ImagesPaused {
+        range: kv::ranges::RangeId,
+        hosted: usize,
+    },
 }
 
 impl fmt::Display for ServeError {
@@ -252,6 +257,11 @@ impl fmt::Display for ServeError {
             ServeError::Read(e) => write!(f, "reading the image failed: {e}"),
             ServeError::Spawn(e) => write!(f, "cannot start a snapshot reader: {e}"),
             ServeError::NotHosted(range) => write!(f, "this node does not host range {range}"),
+            ServeError::ImagesPaused { range, hosted } => write!(
+                f,
+                "no snapshot image of range {range}: this node hosts {hosted} ranges and serves \
+                 no image until per-range images exist"
+            ),
         }
     }
 }
@@ -261,7 +271,10 @@ impl Error for ServeError {
         match self {
             ServeError::NoImage(e) | ServeError::Read(e) => Some(e),
             ServeError::Spawn(e) => Some(e),
-            ServeError::Busy | ServeError::TooOld { .. } | ServeError::NotHosted(_) => None,
+            ServeError::Busy
+            | ServeError::TooOld { .. }
+            | ServeError::NotHosted(_)
+            | ServeError::ImagesPaused { .. } => None,
         }
     }
 }

@@ -310,6 +310,9 @@ pub struct NodeMetrics {
     /// Raft messages from peers for a range this node does not host, dropped (a node that
     /// missed a split sees the new range's messages before it hosts it).
     pub peer_messages_unhosted_range: Count,
+    /// The ranges (Raft groups) this node hosts, and those of them it leads.
+    pub ranges_hosted: Level,
+    pub ranges_led: Level,
     /// Where the node's databases are, for their sizes on disk.
     pub data_dir: PathBuf,
 }
@@ -345,6 +348,8 @@ impl NodeMetrics {
             client_connections: Level::default(),
             peer_connections_refused: Default::default(),
             peer_messages_unhosted_range: Count::default(),
+            ranges_hosted: Level::default(),
+            ranges_led: Level::default(),
             data_dir,
         }
     }

@@ -314,6 +314,12 @@ impl NodeHandle {
         self.send_to(FIRST_RANGE, req).await
     }
 
+    /// [`NodeHandle::send_to`] for tests that address a range directly (`net/tests/splits.rs`).
+    #[doc(hidden)]
+    pub async fn request_to(&self, range: RangeId, req: ClientRequest) -> Result<(), RequestError> {
+        self.send_to(range, req).await
+    }
+
     /// Queues `req` for the group of `range` (refused there if this node does not host it).
     pub(crate) async fn send_to(
         &self,

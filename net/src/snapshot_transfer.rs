@@ -268,7 +268,7 @@ pub async fn fetch<N: Net>(
     cluster_id: u64,
     incarnation: u64,
     timeouts: TransportTimeouts,
-    apply: mpsc::UnboundedSender<ApplyRequest>,
+    apply: crate::storage::RangeQueue<ApplyRequest>,
     window: Arc<Semaphore>,
 ) {
     let id = job.job;
@@ -288,7 +288,7 @@ async fn fetch_into<N: Net>(
     job: &FetchJob,
     (cluster_id, incarnation): (u64, u64),
     timeouts: TransportTimeouts,
-    apply: &mpsc::UnboundedSender<ApplyRequest>,
+    apply: &crate::storage::RangeQueue<ApplyRequest>,
     window: Arc<Semaphore>,
 ) -> Result<u64, TransferError> {
     let mut stream = match tokio::time::timeout(

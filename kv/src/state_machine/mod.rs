@@ -741,3 +741,6 @@ mod tests_ranges;
 
 #[cfg(test)]
 mod tests_range_image;
+
+#[cfg(test)]
+mod tests_split;

@@ -298,6 +298,18 @@ fn encode_peers(e: &mut DescriptorEncoder, m: &NodeMetrics) -> Fmt {
         "Raft messages from peers for a range this node does not host, dropped",
         m.peer_messages_unhosted_range.get(),
     )?;
+    gauge(
+        e,
+        "ranges_hosted",
+        "Ranges (Raft groups) this node hosts",
+        m.ranges_hosted.get(),
+    )?;
+    gauge(
+        e,
+        "ranges_led",
+        "Ranges whose Raft group this node leads",
+        m.ranges_led.get(),
+    )?;
     let peers = m.status.peers.lock().map(|p| p.clone()).unwrap_or_default();
     let ids: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
     {

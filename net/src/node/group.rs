@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use kv::ranges::RangeId;
 use raft_core::{Index, Message, NodeId, RawNode, SnapshotMeta, Term};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -21,7 +20,7 @@ use super::tick_clock::TickClock;
 use crate::error::NodeError;
 use crate::request::{ClientRequest, NodeInfo, RequestError};
 use crate::snapshot_transfer::FetchJob;
-use crate::storage::{ApplyRequest, LogRequest, StorageEvent};
+use crate::storage::{ApplyRequest, LogRequest, RangeQueue, StorageEvent};
 use crate::transport::RangeMessage;
 
 /// Starts the task that fetches a snapshot (it needs the network, which the group does not know).
@@ -29,8 +28,18 @@ pub type Fetcher = Box<dyn Fn(FetchJob) -> JoinHandle<()> + Send + Sync>;
 
 /// The group's queues to the storage threads.
 pub struct StorageQueues {
-    pub log: mpsc::UnboundedSender<LogRequest>,
-    pub apply: mpsc::UnboundedSender<ApplyRequest>,
+    pub log: RangeQueue<LogRequest>,
+    pub apply: RangeQueue<ApplyRequest>,
+}
+
+impl StorageQueues {
+    /// The same storage threads' queues for `range`.
+    pub fn for_range(&self, range: RangeId) -> Self {
+        Self {
+            log: RangeQueue::for_range(&self.log, range),
+            apply: self.apply.for_range(range),
+        }
+    }
 }
 
 pub struct Group {
@@ -177,6 +186,8 @@ impl Group {
                 self.maybe_compact();
                 self.admin.applied(self.applied_index);
             }
+            // The store handles range creation; it never hands these to a group.
+            StorageEvent::RangeCreated { .. } | StorageEvent::RangeLogOpened { .. } => {}
             StorageEvent::Failed(error) => {
                 tracing::error!(id = self.cfg.id, %error, "storage failed; stopping the node");
                 return Err(NodeError::Storage(error));

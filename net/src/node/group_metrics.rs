@@ -81,6 +81,10 @@ impl Group {
 
     /// Publishes the Raft state: once per loop turn.
     pub(super) fn publish_status(&self) {
+        // The node's status gauges describe the first range's group until they are per range.
+        if self.range != kv::ranges::FIRST_RANGE {
+            return;
+        }
         let s = &self.cfg.metrics.status;
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         s.role.set(metrics::role_code(self.core.role()));
@@ -126,6 +130,9 @@ impl Group {
                 match_index: self.core.peer_progress(id).map(|p| p.match_index),
             })
             .collect();
+        if self.range != kv::ranges::FIRST_RANGE {
+            return;
+        }
         let status = &self.cfg.metrics.status;
         if let Ok(mut h) = status.health.lock() {
             *h = health;

@@ -10,6 +10,7 @@
 //! | [`store`] | process-level parts the group runs on: storage threads, serving snapshots |
 //! | [`run`] | the loop: select over inputs, feed the group, drain the core's `Ready`s |
 //! | [`group`] | one Raft group: feeds the core, acts on its `Ready`s |
+//! | [`group_builder`] | one group from what storage found: at start, and for a split's new range |
 //! | [`group_metrics`] | what the group publishes into the node's metrics: state, health, peers |
 //! | [`tick_clock`] | in lease mode, the core's ticks made up to the clock's count |
 //! | [`requests`] | client writes by `(client_id, seq)`, reads and their read context, parked requests |
@@ -25,6 +26,7 @@ mod admin_waits;
 mod change_reason;
 pub mod config;
 mod group;
+mod group_builder;
 mod group_metrics;
 mod group_snapshots;
 pub mod identity;

@@ -6,13 +6,13 @@
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::group::Group;
 use super::snapshot_install::SnapshotEvent;
 use super::store::Store;
 use crate::error::NodeError;
 use crate::request::RoutedRequest;
 use crate::snapshot_transfer::ServeRequest;
-use crate::storage::StorageEvent;
+use crate::storage::{EventReceiver, StorageEvent};
+use kv::ranges::RangeId;
 use crate::transport::RangeMessage;
 use raft_core::NodeId;
 
@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 1024;
 
 /// Everything the loop listens to.
 pub struct Inputs {
-    pub events: mpsc::UnboundedReceiver<StorageEvent>,
+    pub events: EventReceiver,
     pub snapshot_events: mpsc::UnboundedReceiver<SnapshotEvent>,
     pub inbox: mpsc::Receiver<RangeMessage>,
     pub requests: mpsc::Receiver<RoutedRequest>,
@@ -45,7 +45,7 @@ pub async fn run(mut store: Store, mut inputs: Inputs) -> Result<(), NodeError> 
             _ = inputs.shutdown.changed() => break Ok(()),
             _ = ticker.tick() => store.tick(Instant::now()),
             Some(ev) = inputs.events.recv() => {
-                if let Err(e) = on_storage_events(store.first_group(), ev, &mut inputs.events) {
+                if let Err(e) = on_storage_events(&mut store, ev, &mut inputs.events) {
                     break Err(e);
                 }
             }
@@ -82,16 +82,17 @@ pub async fn run(mut store: Store, mut inputs: Inputs) -> Result<(), NodeError> 
     result
 }
 
-/// Feeds `first` and what else is queued (up to [`MAX_BATCH`]) to the group.
+/// Feeds `first` and what else is queued (up to [`MAX_BATCH`]) to the store, which hands each
+/// to its range's group.
 fn on_storage_events(
-    group: &mut Group,
-    first: StorageEvent,
-    events: &mut mpsc::UnboundedReceiver<StorageEvent>,
+    store: &mut Store,
+    (range, first): (RangeId, StorageEvent),
+    events: &mut EventReceiver,
 ) -> Result<(), NodeError> {
-    group.on_storage_event(first)?;
+    store.on_storage_event(range, first)?;
     for _ in 0..MAX_BATCH {
         match events.try_recv() {
-            Ok(ev) => group.on_storage_event(ev)?,
+            Ok((range, ev)) => store.on_storage_event(range, ev)?,
             Err(_) => break,
         }
     }

@@ -14,16 +14,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv::ranges::FIRST_RANGE;
+use kv::ranges::{RangeDescriptor, FIRST_RANGE};
 use kv::MemberTable;
-use raft_core::{Config, EntryKind, Index, NodeId, RawNode, RestartState, SnapshotMeta};
+use raft_core::{Index, NodeId, RestartState, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::Instrument;
 
 use super::config::NodeConfig;
 use super::group::{Fetcher, Group, StorageQueues};
+use super::group_builder::{GroupBuilder, GroupStart, Origin};
 use super::identity::{self, PeerGate, BOOTSTRAP_PROBE_WAIT};
-use super::membership::{self, Members, PeerSpawner};
+use super::membership::{self, PeerSpawner};
 use super::run::{run, Inputs};
 use super::snapshot_install::SnapshotEvent;
 use super::store::Store;
@@ -32,7 +33,8 @@ use crate::peer_header::Sender;
 use crate::request::NodeHandle;
 use crate::snapshot_transfer;
 use crate::storage::{
-    self, ApplyReports, ApplyRequest, ApplyWorker, LogRequest, LogWorker, StorageEvent,
+    self, ApplyReports, ApplyRequest, ApplyWorker, EventSender, LogRequest, LogWorker,
+    RangeOnDisk, RangeQueue,
 };
 use crate::transport::{self, Listener, Net, RangeMessage, SnapshotService};
 
@@ -87,52 +89,51 @@ pub async fn start<N: Net>(
         },
         shutdown.clone(),
     );
-    let book = GroupMembers {
-        joined,
-        spawn: peer_spawner(&net, &cfg, unreachable_tx),
-        published: members_tx,
+    let opening = open_node(&cfg, &net, &opened, joined, events_tx, snapshot_events_tx);
+    let built = match opening.await {
+        Ok((storage, logged, origin)) => {
+            let builder = GroupBuilder {
+                cfg: cfg.clone(),
+                gate: gate.clone(),
+                spawn_peers: peer_spawners(&net, &cfg, unreachable_tx),
+                fetcher: fetchers(&net, &cfg),
+                queues: StorageQueues {
+                    log: storage.log.writes.clone(),
+                    apply: storage.apply.requests.clone(),
+                },
+                log_path: storage.log_path.clone(),
+                state_path: storage.state_path.clone(),
+            };
+            let first = GroupStart {
+                range: FIRST_RANGE,
+                logged,
+                origin,
+                members: storage.members.clone(),
+                applied_index: storage.applied_index,
+                image: storage.image.clone(),
+                published: members_tx,
+            };
+            build_groups(&cfg, &gate, &builder, first, &storage)
+                .await
+                .map(|groups| (storage, builder, groups))
+        }
+        Err(e) => Err(e),
     };
-    let opening = open_node(
-        &cfg,
-        &net,
-        &opened,
-        &gate,
-        book,
-        events_tx,
-        snapshot_events_tx,
-    );
-    let (storage, core, members) = match opening.await {
-        Ok(opened) => opened,
+    let (storage, builder, groups) = match built {
+        Ok(built) => built,
         Err(e) => {
             listening.abort();
             return Err(e);
         }
     };
 
-    let fetcher = fetcher(&net, &cfg, storage.apply.requests.clone());
-
     let workers = vec![storage.log.worker, storage.apply.worker];
     let serving = Arc::new(Semaphore::new(cfg.peers.len().max(2)));
-    let store_cfg = cfg.clone();
-    let queues = StorageQueues {
-        log: storage.log.writes,
-        apply: storage.apply.requests,
-    };
     let split_transactions = cfg.split_transactions();
     let metrics_handle = cfg.metrics.clone();
-    let mut group = Group::new(
-        FIRST_RANGE,
-        cfg,
-        core,
-        queues,
-        members,
-        fetcher,
-        (storage.applied_index, storage.image),
-    );
-    group.peer_gate = Some(gate);
     let (ranges_tx, ranges) =
         tokio::sync::watch::channel(std::sync::Arc::new(kv::ranges::RangeTable::first()));
-    let store = Store::new(&store_cfg, workers, serving, group, ranges_tx);
+    let store = Store::new(&cfg, workers, serving, groups, ranges_tx, builder);
     let (requests_tx, requests) = mpsc::channel(65536);
     let inputs = Inputs {
         events,
@@ -153,6 +154,73 @@ pub async fn start<N: Net>(
         },
         run(store, inputs),
     ))
+}
+
+/// Every group the data directory holds: the first range's, then each range a split created
+/// here (in id order), each from its own log, which the log worker opens.
+async fn build_groups(
+    cfg: &NodeConfig,
+    gate: &PeerGate,
+    builder: &GroupBuilder,
+    first: GroupStart,
+    storage: &OpenedStorage,
+) -> Result<Vec<(Group, RangeDescriptor)>, NodeError> {
+    let first = builder.build(first)?;
+    let applied_index = storage.applied_index;
+    gate.set_has_data(first.core.term() > 0 || first.core.last_index() > 0 || applied_index > 0);
+    tracing::info!(
+        version = crate::cli::VERSION,
+        id = cfg.id,
+        cluster = %kv::ClusterIdText(cfg.cluster_id),
+        incarnation = format_args!("{:#x}", cfg.incarnation),
+        peer_addr = cfg.peers.get(&cfg.id).map_or("?", String::as_str),
+        client_addr = cfg.client_addrs.get(&cfg.id).map_or("?", String::as_str),
+        admin_addr = cfg.admin_addr.as_deref().unwrap_or("none"),
+        data_dir = %cfg.data_dir.display(),
+        peers = ?cfg.peers,
+        tick_ms = cfg.tick.as_millis() as u64,
+        election_ticks = cfg.election_ticks,
+        heartbeat_ticks = cfg.heartbeat_ticks,
+        read_mode = ?cfg.read_mode,
+        request_timeout_ms = cfg.request_timeout.as_millis() as u64,
+        term = first.core.term(),
+        last_index = first.core.last_index(),
+        applied_index,
+        ranges = storage.other_ranges.len() + 1,
+        "node starting"
+    );
+    let mut groups = vec![(first, storage.descriptor.clone())];
+    for state in &storage.other_ranges {
+        let range = state.descriptor.id;
+        let (reply, opened) = oneshot::channel();
+        let _ = builder
+            .queues
+            .log
+            .for_range(range)
+            .send(LogRequest::OpenRange {
+                state: state.clone(),
+                reply: Some(reply),
+            });
+        let logged = opened.await.map_err(|_| StorageError::WorkerStopped)??;
+        let group = builder.build(GroupStart {
+            range,
+            logged,
+            origin: Origin::DataDir,
+            members: state.members.clone(),
+            applied_index: state.applied_index,
+            image: SnapshotMeta::default(),
+            published: watch::channel(MemberTable::default()).0,
+        })?;
+        tracing::info!(
+            id = cfg.id,
+            range,
+            term = group.core.term(),
+            applied_index = state.applied_index,
+            "range opened"
+        );
+        groups.push((group, state.descriptor.clone()));
+    }
+    Ok(groups)
 }
 
 /// The node's identity (recorded, or new), and for an empty directory started with `--join`,
@@ -182,80 +250,25 @@ async fn identify<N: Net>(
     Ok((opened, joined))
 }
 
-/// What the address book is made of besides what storage finds.
-struct GroupMembers {
-    /// What the cluster told a joining node.
-    joined: Option<MemberTable>,
-    spawn: PeerSpawner,
-    /// Where the configuration in force is published for join requests.
-    published: watch::Sender<MemberTable>,
-}
-
-/// Everything between the listener and the group: an empty directory's bootstrap probe and
-/// identity, then storage, the member table, the core and the address book (its outbound peers
-/// following the core's configuration).
+/// An empty directory's bootstrap probe and identity, then storage and the member table: what
+/// the first range's group is built from.
 async fn open_node<N: Net>(
     cfg: &NodeConfig,
     net: &N,
     opened: &identity::Opened,
-    gate: &PeerGate,
-    book: GroupMembers,
-    events: mpsc::UnboundedSender<StorageEvent>,
+    joined: Option<MemberTable>,
+    events: EventSender,
     snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
-) -> Result<(OpenedStorage, RawNode, Members), NodeError> {
+) -> Result<(OpenedStorage, RestartState, Origin), NodeError> {
     if opened.is_new {
         if cfg.peers.len() > 1 {
             identity::check_bootstrap(net, cfg, BOOTSTRAP_PROBE_WAIT).await?;
         }
         identity::record(cfg, &opened.identity)?;
     }
-    let (mut storage, restart) = open_storage(cfg, events, snapshot_events).await?;
-    let origin = seed_members(cfg, &mut storage, &restart, book.joined).await?;
-    let mut members = Members::new(
-        cfg.id,
-        storage.members.clone(),
-        storage.applied_index,
-        membership::command_line_book(cfg),
-        book.spawn,
-        book.published,
-    );
-    members.note_appended(&restart.entries);
-    let core = restart_core(cfg, restart, origin, &storage.members)?;
-    members.maybe_follow(core.membership());
-    gate.set_has_data(core.term() > 0 || core.last_index() > 0 || storage.applied_index > 0);
-    tracing::info!(
-        version = crate::cli::VERSION,
-        id = cfg.id,
-        cluster = %kv::ClusterIdText(cfg.cluster_id),
-        incarnation = format_args!("{:#x}", cfg.incarnation),
-        peer_addr = cfg.peers.get(&cfg.id).map_or("?", String::as_str),
-        client_addr = cfg.client_addrs.get(&cfg.id).map_or("?", String::as_str),
-        admin_addr = cfg.admin_addr.as_deref().unwrap_or("none"),
-        data_dir = %cfg.data_dir.display(),
-        peers = ?cfg.peers,
-        tick_ms = cfg.tick.as_millis() as u64,
-        election_ticks = cfg.election_ticks,
-        heartbeat_ticks = cfg.heartbeat_ticks,
-        read_mode = ?cfg.read_mode,
-        request_timeout_ms = cfg.request_timeout.as_millis() as u64,
-        term = core.term(),
-        last_index = core.last_index(),
-        applied_index = storage.applied_index,
-        "node starting"
-    );
-    Ok((storage, core, members))
-}
-
-/// Where the node's configuration comes from at this start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    /// A new cluster: the founding members (`--peers`) are the initial voters.
-    Bootstrap,
-    /// A node added to a running cluster, on an empty data directory: no configuration until
-    /// the leader's snapshot or log brings one.
-    Joining,
-    /// The data directory's: the log start's configuration and the log, else the applied table.
-    DataDir,
+    let (mut storage, logged) = open_storage(cfg, events, snapshot_events).await?;
+    let origin = seed_members(cfg, &mut storage, &logged, joined).await?;
+    Ok((storage, logged, origin))
 }
 
 /// Seeds the member table of a state machine that has applied nothing and has none: the
@@ -286,8 +299,7 @@ async fn seed_members(
     Ok(origin)
 }
 
-/// The storage threads, and what they found on disk (besides the state to restart the core
-/// from).
+/// The storage threads, and what they found on disk (besides the first range's log).
 struct OpenedStorage {
     log: LogWorker,
     apply: ApplyWorker,
@@ -296,6 +308,11 @@ struct OpenedStorage {
     image: SnapshotMeta,
     /// The state machine's member table.
     members: MemberTable,
+    /// The first range's descriptor, and every other range the database holds.
+    descriptor: RangeDescriptor,
+    other_ranges: Vec<RangeOnDisk>,
+    log_path: std::path::PathBuf,
+    state_path: std::path::PathBuf,
 }
 
 /// Starts the log and apply workers and waits for what they found. A crash that interrupted a
@@ -303,7 +320,7 @@ struct OpenedStorage {
 /// machine's.
 async fn open_storage(
     cfg: &NodeConfig,
-    events: mpsc::UnboundedSender<StorageEvent>,
+    events: EventSender,
     snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
 ) -> Result<(OpenedStorage, RestartState), StorageError> {
     let (log, loaded) = storage::spawn_log_worker(
@@ -356,58 +373,18 @@ async fn open_storage(
         let _ = apply.requests.send(ApplyRequest::FinishInstall { reply });
         applied_index = done.await.map_err(gone)??;
     }
-    let restart = kv::restart_state_from(logged, &log_path, applied_index, &state.path)
-        .map_err(StorageError::kv("reading the state to restart from"))?;
     let opened = OpenedStorage {
         log,
         apply,
         applied_index,
         image: state.image,
         members: state.members,
+        descriptor: state.descriptor,
+        other_ranges: state.other_ranges,
+        log_path,
+        state_path: state.path,
     };
-    Ok((opened, restart))
-}
-
-/// The core, from the configuration and what storage found. A restart's configuration is the
-/// log start's and the log's; where neither holds one (nothing compacted, no conf change yet)
-/// it is the applied table's, which is then the configuration at the log start too.
-fn restart_core(
-    cfg: &NodeConfig,
-    mut restart: RestartState,
-    origin: Origin,
-    table: &MemberTable,
-) -> Result<RawNode, NodeError> {
-    let voters = match origin {
-        Origin::Bootstrap => cfg.peers.keys().copied().collect(),
-        Origin::Joining => Vec::new(),
-        Origin::DataDir if table.membership.is_empty() => cfg.peers.keys().copied().collect(),
-        Origin::DataDir => {
-            let log_has_conf = restart
-                .entries
-                .iter()
-                .any(|e| e.kind == EntryKind::ConfChange);
-            if restart.snapshot.membership.is_empty() && !log_has_conf {
-                restart.snapshot.membership = table.membership.clone();
-            }
-            Vec::new()
-        }
-    };
-    let mut core_cfg = Config::new(cfg.id, voters);
-    core_cfg.election_ticks = cfg.election_ticks;
-    core_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
-    core_cfg.read_mode = cfg.read_mode;
-    core_cfg.seed = cfg.seed;
-    // Clients reach any node; their writes are recognised by (client id, seq) when they commit,
-    // and time out and retry, so a forwarded proposal that is lost costs only a retry.
-    core_cfg.forward_to_leader = true;
-    // Key expiry decides from time carried in the log (kv's state machine).
-    core_cfg.clock_stamps = true;
-    #[cfg(feature = "test-switches")]
-    {
-        core_cfg.bugs = cfg.unsafe_switches.raft;
-        core_cfg.clock_stamps = !cfg.unsafe_switches.no_clock_stamps;
-    }
-    RawNode::restart(core_cfg, restart).map_err(NodeError::Core)
+    Ok((opened, logged))
 }
 
 /// Accepts peer connections until `shutdown`: each, once established (a TLS handshake, in its
@@ -456,6 +433,17 @@ fn spawn_peer_listener<L: Listener>(
     L::spawn(listening.in_current_span())
 }
 
+/// Makes a group's peer spawner: each starts one outbound task with a bounded queue for a peer
+/// at an address (each group its own); `unreachable` hears of peers that cannot be reached.
+fn peer_spawners<N: Net>(
+    net: &N,
+    cfg: &NodeConfig,
+    unreachable: mpsc::UnboundedSender<NodeId>,
+) -> Box<dyn Fn() -> PeerSpawner + Send + Sync> {
+    let (net, cfg) = (net.clone(), cfg.clone());
+    Box::new(move || peer_spawner(&net, &cfg, unreachable.clone()))
+}
+
 /// Starts one outbound task with a bounded queue for a peer at an address; `unreachable` hears
 /// of peers that cannot be reached.
 fn peer_spawner<N: Net>(
@@ -486,15 +474,26 @@ fn peer_spawner<N: Net>(
     })
 }
 
-/// Starts fetch tasks: they need the network, which the group does not know.
-fn fetcher<N: Net>(
+/// Makes a group's fetcher, which starts fetch tasks: they need the network, which the group
+/// does not know. The receive window is the node's, shared by its groups.
+fn fetchers<N: Net>(
     net: &N,
     cfg: &NodeConfig,
-    apply: mpsc::UnboundedSender<ApplyRequest>,
-) -> Fetcher {
+) -> Box<dyn Fn(RangeQueue<ApplyRequest>) -> Fetcher + Send + Sync> {
     let (net, cluster_id, timeouts) = (net.clone(), cfg.cluster_id, cfg.transport);
     let incarnation = cfg.incarnation;
     let window = Arc::new(Semaphore::new(snapshot_transfer::RECEIVE_WINDOW));
+    Box::new(move |apply| fetcher(&net, (cluster_id, incarnation), timeouts, apply, &window))
+}
+
+fn fetcher<N: Net>(
+    net: &N,
+    (cluster_id, incarnation): (u64, u64),
+    timeouts: crate::transport::TransportTimeouts,
+    apply: RangeQueue<ApplyRequest>,
+    window: &Arc<Semaphore>,
+) -> Fetcher {
+    let (net, window) = (net.clone(), window.clone());
     Box::new(move |job| {
         let fetching = snapshot_transfer::fetch(
             net.clone(),

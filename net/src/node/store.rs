@@ -3,27 +3,32 @@
 //! routing of peer messages to the group of their range.
 //!
 //! Groups sit in a `BTreeMap` so that every pass over them (ticks, draining `Ready`s) goes in
-//! range order, the same on every run. Today a node hosts the first range alone; the storage
-//! threads and the client port serve it (`first_group`), and a split will add groups here.
+//! range order, the same on every run. A node starts with the first range and each range its
+//! data directory holds; a split applied here adds the new range's group
+//! ([`Store::on_storage_event`]): the apply worker opens the child's state machine and reports
+//! it, the log worker opens the child's log and reports it, and the store builds the group as
+//! start builds every group. The node loop never waits on a storage thread for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv::ranges::{RangeId, RangeTable, FIRST_RANGE};
-use raft_core::NodeId;
+use kv::ranges::{RangeDescriptor, RangeId, RangeTable, FIRST_RANGE};
+use kv::MemberTable;
+use raft_core::{NodeId, SnapshotMeta};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::config::NodeConfig;
 use super::group::Group;
+use super::group_builder::{GroupBuilder, GroupStart, Origin};
 use super::snapshot_install::SnapshotEvent;
-use crate::error::ServeError;
+use crate::error::{NodeError, ServeError};
 use crate::metrics::NodeMetrics;
 use crate::request::RoutedRequest;
 use crate::snapshot_transfer::ServeRequest;
-use crate::storage::{self, StorageMode, Worker};
+use crate::storage::{self, LogRequest, RangeOnDisk, StorageEvent, StorageMode, Worker};
 use crate::transport::RangeMessage;
 
 pub struct Store {
@@ -37,8 +42,12 @@ pub struct Store {
     /// Transfers this node may serve at once; a request beyond them is refused (the follower
     /// asks again later), so that no peer can make it open readers without bound.
     serving: Arc<Semaphore>,
-    /// Always holds [`FIRST_RANGE`] (the storage threads' group).
+    /// Always holds [`FIRST_RANGE`].
     groups: BTreeMap<RangeId, Group>,
+    /// Each hosted range's descriptor as applied here (and the first range's from the start).
+    descriptors: BTreeMap<RangeId, RangeDescriptor>,
+    /// Builds the groups that splits create here.
+    builder: GroupBuilder,
     unhosted: UnhostedRanges,
     metrics: Arc<NodeMetrics>,
     /// Where the hosted ranges are published for the client port's routing.
@@ -46,16 +55,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store hosting `first`, the first range's group.
+    /// A store hosting `groups` (the first range's among them), with their descriptors.
     pub fn new(
         cfg: &NodeConfig,
         workers: Vec<Worker>,
         serving: Arc<Semaphore>,
-        first: Group,
+        groups: Vec<(Group, RangeDescriptor)>,
         ranges: watch::Sender<Arc<RangeTable>>,
+        builder: GroupBuilder,
     ) -> Self {
-        debug_assert_eq!(first.range, FIRST_RANGE);
-        let store = Self {
+        let mut store = Self {
             id: cfg.id,
             tick: cfg.tick,
             #[cfg(feature = "test-switches")]
@@ -64,12 +73,19 @@ impl Store {
             data_dir: cfg.data_dir.clone(),
             workers,
             serving,
-            groups: BTreeMap::from([(FIRST_RANGE, first)]),
+            groups: BTreeMap::new(),
+            descriptors: BTreeMap::new(),
+            builder,
             unhosted: UnhostedRanges::default(),
             metrics: cfg.metrics.clone(),
             ranges,
         };
-        store.publish_ranges(RangeTable::first());
+        for (group, descriptor) in groups {
+            store.descriptors.insert(group.range, descriptor);
+            store.groups.insert(group.range, group);
+        }
+        debug_assert!(store.groups.contains_key(&FIRST_RANGE));
+        store.publish_ranges();
         store
     }
 
@@ -77,11 +93,98 @@ impl Store {
         self.id
     }
 
-    /// The group the storage threads and the client port serve.
-    pub fn first_group(&mut self) -> &mut Group {
-        self.groups
-            .get_mut(&FIRST_RANGE)
-            .expect("the store hosts the first range from its start to its stop")
+    /// Hands a storage event to the group of its range, or, for a split's new range, opens
+    /// its log or builds its group. An event for a range not hosted here is dropped (its
+    /// group stopped, or it was never built).
+    pub fn on_storage_event(
+        &mut self,
+        range: RangeId,
+        event: StorageEvent,
+    ) -> Result<(), NodeError> {
+        match event {
+            StorageEvent::RangeCreated { parent, child } => {
+                self.range_created(parent, child);
+                Ok(())
+            }
+            StorageEvent::RangeLogOpened { state, restart } => self.range_log_opened(state, *restart),
+            StorageEvent::Failed(error) => {
+                tracing::error!(id = self.id, range, %error, "storage failed; stopping the node");
+                Err(NodeError::Storage(error))
+            }
+            event => match self.groups.get_mut(&range) {
+                Some(group) => group.on_storage_event(event),
+                None => {
+                    tracing::debug!(id = self.id, range, ?event, "storage event for a range not hosted");
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// A split applied here shrank `parent` and created `child`: the child's log is opened
+    /// (and given its start) by the log worker, which answers with `RangeLogOpened`.
+    fn range_created(&mut self, parent: RangeDescriptor, child: RangeOnDisk) {
+        tracing::info!(
+            id = self.id,
+            parent = parent.id,
+            child = child.descriptor.id,
+            at = %kv::ranges::show_key(&child.descriptor.start),
+            "a split created a range; opening its log"
+        );
+        if let Some(known) = self.descriptors.get_mut(&parent.id) {
+            *known = parent;
+            self.publish_ranges();
+        }
+        if self.groups.contains_key(&child.descriptor.id) {
+            return;
+        }
+        let _ = self
+            .builder
+            .queues
+            .log
+            .for_range(child.descriptor.id)
+            .send(LogRequest::OpenRange {
+                state: child,
+                reply: None,
+            });
+    }
+
+    /// A split's new range has its log: its group is built, as start builds every group.
+    fn range_log_opened(
+        &mut self,
+        state: RangeOnDisk,
+        logged: raft_core::RestartState,
+    ) -> Result<(), NodeError> {
+        let range = state.descriptor.id;
+        if self.groups.contains_key(&range) {
+            return Ok(());
+        }
+        let group = self.builder.build(GroupStart {
+            range,
+            logged,
+            origin: Origin::DataDir,
+            members: state.members.clone(),
+            applied_index: state.applied_index,
+            image: SnapshotMeta::default(),
+            published: watch::channel(MemberTable::default()).0,
+        })?;
+        tracing::info!(
+            id = self.id,
+            range,
+            term = group.core.term(),
+            "hosting a range created by a split"
+        );
+        self.groups.insert(range, group);
+        self.descriptors.insert(range, state.descriptor);
+        if self.groups.len() == 2 {
+            tracing::warn!(
+                id = self.id,
+                "this node hosts several ranges: snapshot images, installs and log compaction \
+                 are paused until per-range images exist"
+            );
+        }
+        self.publish_ranges();
+        Ok(())
     }
 
     /// Hands a peer's message to the group of its range. A message for a range this node does
@@ -118,7 +221,15 @@ impl Store {
     }
 
     /// Publishes the ranges this node hosts (as applied here) to the client port's routing.
-    pub fn publish_ranges(&self, table: RangeTable) {
+    fn publish_ranges(&self) {
+        let mut table = RangeTable::default();
+        for descriptor in self.descriptors.values() {
+            if let Err(conflict) = table.learn(descriptor.clone()) {
+                // Descriptors applied here never overlap; if they did, the newer wins.
+                tracing::error!(id = self.id, ?conflict, "hosted ranges overlap");
+            }
+        }
+        self.metrics.ranges_hosted.set(self.groups.len() as i64);
         self.ranges.send_replace(Arc::new(table));
     }
 
@@ -136,7 +247,7 @@ impl Store {
     }
 
     /// A transfer this node served ended: its range's group hears of it; every other event
-    /// comes from the storage threads, whose group is the first range's.
+    /// is about a snapshot install, which only the first range has.
     pub fn on_snapshot_event(&mut self, event: SnapshotEvent) {
         let range = match &event {
             SnapshotEvent::Sent { range, .. } => *range,
@@ -149,10 +260,13 @@ impl Store {
 
     /// Lets every group act on its core's `Ready`s and publish its state.
     pub fn drain_ready(&mut self) {
+        let mut led = 0;
         for group in self.groups.values_mut() {
             group.drain_ready();
             group.publish_status();
+            led += i64::from(group.core.role() == raft_core::Role::Leader);
         }
+        self.metrics.ranges_led.set(led);
     }
 
     /// A peer asks for the snapshot image of one of our ranges: a reader streams it to the
@@ -161,6 +275,14 @@ impl Store {
         let range = req.request.range;
         if !self.groups.contains_key(&range) {
             let _ = req.chunks.try_send(Err(ServeError::NotHosted(range)));
+            return;
+        }
+        if self.groups.len() > 1 {
+            // The image is of the whole directory, and kv refuses it while ranges share it.
+            let _ = req.chunks.try_send(Err(ServeError::ImagesPaused {
+                range,
+                hosted: self.groups.len(),
+            }));
             return;
         }
         let Ok(permit) = self.serving.clone().try_acquire_owned() else {

@@ -5,15 +5,17 @@
 
 use crate::node::WallClock;
 use kv::CommandResult;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use kv::ranges::{RangeId, FIRST_RANGE};
 use kv::{Command, KvStateMachine, SnapshotReceiver, StagedSnapshot, StorageEnv};
 use raft_core::{Entry, EntryKind, Index};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    spawn_worker, ApplyRequest, SnapshotPolicy, StateOnDisk, StateOpened, StorageEvent,
-    StorageMode, Worker,
+    spawn_worker, ApplyRequest, EventSender, RangeOnDisk, RangeQueue, SnapshotPolicy,
+    StateOnDisk, StateOpened, StorageEvent, StorageMode, Worker,
 };
 use crate::error::StorageError;
 use crate::node::snapshot_install::SnapshotEvent;
@@ -21,12 +23,13 @@ use crate::request::{ReadOp, ReadResult, RequestError};
 
 pub struct ApplyWorker {
     pub worker: Worker,
-    pub requests: mpsc::UnboundedSender<ApplyRequest>,
+    /// The first range's queue ([`RangeQueue::for_range`] gives the others').
+    pub requests: RangeQueue<ApplyRequest>,
 }
 
 /// Where the apply worker reports.
 pub struct ApplyReports {
-    pub events: mpsc::UnboundedSender<StorageEvent>,
+    pub events: EventSender,
     pub snapshots: mpsc::UnboundedSender<SnapshotEvent>,
     pub metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
 }
@@ -41,13 +44,14 @@ pub fn spawn_apply_worker(
     faults: ApplyFaults,
     bootstrap: raft_core::Membership,
 ) -> std::io::Result<(ApplyWorker, StateOpened)> {
-    let (requests, rx) = mpsc::unbounded_channel::<ApplyRequest>();
+    let (requests, rx) = mpsc::unbounded_channel::<(RangeId, ApplyRequest)>();
     let (opened_tx, opened_rx) = oneshot::channel();
     let env = mode.env();
     let worker = spawn_worker(mode, "kv-apply", move || async move {
-        let (sm, image) = match KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
-        {
-            Ok(mut sm) => {
+        let opened = KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
+            .and_then(|sm| open_other_ranges(&sm).map(|others| (sm, others)));
+        let (sm, others, image) = match opened {
+            Ok((mut sm, others)) => {
                 // As stored: empty in a directory that was never seeded (see `node::start`).
                 let members = sm.members().clone();
                 // Until it applies a configuration, the state machine is in the bootstrap one
@@ -60,8 +64,10 @@ pub fn spawn_apply_worker(
                     pending_install: sm.pending_install(),
                     image: image.clone(),
                     members,
+                    descriptor: sm.descriptor().clone(),
+                    other_ranges: others.values().map(range_on_disk).collect(),
                 }));
-                (sm, image)
+                (sm, others, image)
             }
             Err(e) => {
                 let _ = opened_tx.send(Err(StorageError::kv("opening the state machine")(e)));
@@ -71,6 +77,8 @@ pub fn spawn_apply_worker(
         let mut w = ApplyState {
             last_image: image.index,
             sm: Some(sm),
+            others,
+            images_paused_logged: false,
             events: reports.events,
             snapshot_events: reports.snapshots,
             cluster_id,
@@ -93,7 +101,27 @@ pub fn spawn_apply_worker(
             }
         }
     })?;
+    let requests = RangeQueue::new(FIRST_RANGE, requests);
     Ok((ApplyWorker { worker, requests }, opened_rx))
+}
+
+/// Opens the state machine of every range the database holds besides the first.
+fn open_other_ranges(first: &KvStateMachine) -> kv::Result<BTreeMap<RangeId, KvStateMachine>> {
+    let mut others = BTreeMap::new();
+    for descriptor in first.stored_ranges()? {
+        if descriptor.id != FIRST_RANGE {
+            others.insert(descriptor.id, first.open_range(descriptor)?);
+        }
+    }
+    Ok(others)
+}
+
+fn range_on_disk(sm: &KvStateMachine) -> RangeOnDisk {
+    RangeOnDisk {
+        descriptor: sm.descriptor().clone(),
+        applied_index: sm.applied_index(),
+        members: sm.members().clone(),
+    }
 }
 
 type ReadReply = oneshot::Sender<Result<ReadResult, RequestError>>;
@@ -101,9 +129,15 @@ pub(super) type PendingReads = Vec<(ReadOp, ReadReply)>;
 
 /// The apply worker's state while it serves requests.
 pub(super) struct ApplyState {
-    /// `None` only after an install failed half-way (the worker then stops).
+    /// The first range's state machine. `None` only after an install failed half-way (the
+    /// worker then stops). Kept apart from the others: it alone has whole-directory images
+    /// and installs, which replace it.
     pub(super) sm: Option<KvStateMachine>,
-    pub(super) events: mpsc::UnboundedSender<StorageEvent>,
+    /// Every other hosted range's state machine, over the same database.
+    others: BTreeMap<RangeId, KvStateMachine>,
+    /// Whether the pause of images (several ranges) was logged.
+    images_paused_logged: bool,
+    pub(super) events: EventSender,
     pub(super) snapshot_events: mpsc::UnboundedSender<SnapshotEvent>,
     pub(super) cluster_id: u64,
     policy: SnapshotPolicy,
@@ -139,14 +173,26 @@ pub struct ApplyFaults {
 
 impl ApplyState {
     pub(super) fn fail(&self, error: StorageError) -> bool {
-        let _ = self.events.send(StorageEvent::Failed(error));
+        let _ = self.events.send((FIRST_RANGE, StorageEvent::Failed(error)));
         false
+    }
+
+    /// Why no image is taken or installed now: the whole-directory image holds every range
+    /// of the shared database, and a node hosting several waits for per-range images.
+    pub(super) fn images_paused(&self) -> Option<String> {
+        (!self.others.is_empty()).then(|| {
+            format!(
+                "this node hosts {} ranges; snapshot images and installs are paused until \
+                 per-range images exist",
+                self.others.len() + 1
+            )
+        })
     }
 
     /// Serves requests until the queue closes or the worker must stop. While an image is being
     /// written, a step runs whenever the queue is empty (as well as after every batch), so that
     /// it also progresses on an idle node.
-    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<ApplyRequest>) {
+    async fn serve(&mut self, mut rx: mpsc::UnboundedReceiver<(RangeId, ApplyRequest)>) {
         loop {
             let first = if self.building() {
                 match rx.try_recv() {
@@ -178,26 +224,34 @@ impl ApplyState {
     /// batch, and reads after them. False when the worker must stop.
     async fn serve_batch(
         &mut self,
-        first: ApplyRequest,
-        rx: &mut mpsc::UnboundedReceiver<ApplyRequest>,
+        first: (RangeId, ApplyRequest),
+        rx: &mut mpsc::UnboundedReceiver<(RangeId, ApplyRequest)>,
     ) -> bool {
+        let mut range = first.0;
         let mut next = Some(first);
         let mut entries: Vec<Entry> = Vec::new();
         let mut reads = Vec::new();
-        while let Some(req) = next.take() {
+        while let Some((for_range, req)) = next.take() {
+            if for_range != range {
+                // One range's batch at a time; each range's order is kept.
+                if !self.apply_and_serve(range, &mut entries, &mut reads) {
+                    return false;
+                }
+                range = for_range;
+            }
             match req {
                 ApplyRequest::Entries(es) if reads.is_empty() => entries.extend(es),
                 ApplyRequest::Entries(es) => {
                     // A read waits for entries queued before it only; these came after.
-                    if !self.apply_and_serve(&mut entries, &mut reads) {
+                    if !self.apply_and_serve(range, &mut entries, &mut reads) {
                         return false;
                     }
                     entries.extend(es);
                 }
                 ApplyRequest::Read { op, reply } => reads.push((op, reply)),
                 other => {
-                    if !self.apply_and_serve(&mut entries, &mut reads)
-                        || !self.handle_snapshot_request(other).await
+                    if !self.apply_and_serve(range, &mut entries, &mut reads)
+                        || !self.handle_range_request(range, other).await
                     {
                         return false;
                     }
@@ -207,17 +261,63 @@ impl ApplyState {
                 next = rx.try_recv().ok();
             }
         }
-        self.apply_and_serve(&mut entries, &mut reads)
+        self.apply_and_serve(range, &mut entries, &mut reads)
     }
 
-    fn apply_and_serve(&mut self, entries: &mut Vec<Entry>, reads: &mut PendingReads) -> bool {
+    /// A request other than entries and reads: the first range's snapshot work; another
+    /// range has none yet (its images wait for per-range images), and says so.
+    async fn handle_range_request(&mut self, range: RangeId, request: ApplyRequest) -> bool {
+        if range == FIRST_RANGE {
+            return self.handle_snapshot_request(request).await;
+        }
+        let why = format!("range {range} has no snapshot images yet");
+        match request {
+            ApplyRequest::Install {
+                state_installed, ..
+            } => {
+                let _ = state_installed.send(false);
+            }
+            ApplyRequest::FinishInstall { reply } => {
+                let _ = reply.send(Err(StorageError::kv(why.clone())(
+                    kv::Error::InvalidRequest(why),
+                )));
+            }
+            ApplyRequest::SeedMembers { reply, .. } => {
+                let _ = reply.send(Ok(()));
+            }
+            ApplyRequest::BeginReceive { job, .. } => {
+                let _ = self.snapshot_events.send(SnapshotEvent::FetchFailed {
+                    job,
+                    error: crate::error::TransferError::Stage(kv::Error::InvalidRequest(why)),
+                });
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn apply_and_serve(
+        &mut self,
+        range: RangeId,
+        entries: &mut Vec<Entry>,
+        reads: &mut PendingReads,
+    ) -> bool {
+        if range != FIRST_RANGE {
+            return self.apply_and_serve_other(range, entries, reads);
+        }
         let Some(sm) = self.sm.as_mut() else {
             return false;
         };
         let (count, started) = (entries.len() as u64, std::time::Instant::now());
-        if !apply_batch(sm, entries, &self.events) {
+        let Some(created) = apply_batch(sm, range, entries, &self.events) else {
+            return false;
+        };
+        if !self.open_created(created) {
             return false;
         }
+        let Some(sm) = self.sm.as_mut() else {
+            return false;
+        };
         if count > 0 {
             self.metrics
                 .apply_latency
@@ -232,16 +332,86 @@ impl ApplyState {
         true
     }
 
+    /// Applies entries of a range other than the first and serves its reads (no images).
+    fn apply_and_serve_other(
+        &mut self,
+        range: RangeId,
+        entries: &mut Vec<Entry>,
+        reads: &mut PendingReads,
+    ) -> bool {
+        let Some(sm) = self.others.get_mut(&range) else {
+            // The node never queues work for a range whose state machine is not open here.
+            if !entries.is_empty() {
+                return self.fail(StorageError::kv(format!("applying entries of range {range}"))(
+                    kv::Error::InvalidRequest(format!("range {range} is not open on this node")),
+                ));
+            }
+            for (_, reply) in reads.drain(..) {
+                let why = format!("range {range} is not hosted on this node");
+                let _ = reply.send(Err(RequestError::TryAgain(why)));
+            }
+            return true;
+        };
+        let Some(created) = apply_batch(sm, range, entries, &self.events) else {
+            return false;
+        };
+        let refused = "a range other than the first has no snapshot images yet";
+        for (_, reply) in reads.extract_if(.., |(op, _)| *op == ReadOp::Image) {
+            let _ = reply.send(Err(RequestError::Failed(refused.into())));
+        }
+        serve_reads(sm, reads, self.local_expiry_clock.as_ref());
+        self.open_created(created)
+    }
+
+    /// Opens the state machine of each range a split just created and reports it, after the
+    /// parent's `Applied` (already sent): the store builds the child's group from it.
+    fn open_created(&mut self, created: Created) -> bool {
+        let Created { parent, children } = created;
+        for child in children {
+            let Some(first) = self.sm.as_ref() else {
+                return false;
+            };
+            let id = child.id;
+            let sm = match first.open_range(child) {
+                Ok(sm) => sm,
+                Err(e) => {
+                    return self.fail(StorageError::kv(format!(
+                        "opening range {id}, created by a split of range {}",
+                        parent.id
+                    ))(e))
+                }
+            };
+            let child = range_on_disk(&sm);
+            self.others.insert(id, sm);
+            let event = StorageEvent::RangeCreated {
+                parent: parent.clone(),
+                child,
+            };
+            if self.events.send((parent.id, event)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Starts a snapshot image if `policy.threshold` entries were applied since the last one
     /// began. It is written in steps between batches ([`ApplyState::snapshot_step`]), so
     /// applies and reads wait for one step at most. A failure is logged and retried after
     /// another threshold of entries, since the log is then simply not compacted.
     fn maybe_take_snapshot(&mut self) {
-        let Some(sm) = self.sm.as_mut() else { return };
         let threshold = self.policy.threshold;
-        if threshold == 0 || sm.applied_index() < self.last_image.saturating_add(threshold) {
+        let applied = self.sm.as_ref().map_or(0, KvStateMachine::applied_index);
+        if threshold == 0 || applied < self.last_image.saturating_add(threshold) {
             return;
         }
+        if let Some(why) = self.images_paused() {
+            if !self.images_paused_logged {
+                self.images_paused_logged = true;
+                tracing::warn!("no snapshot image is taken and the log is not compacted: {why}");
+            }
+            return;
+        }
+        let Some(sm) = self.sm.as_mut() else { return };
         if sm.pending_install().is_some() || sm.snapshot_in_progress().is_some() {
             return;
         }
@@ -263,6 +433,12 @@ impl ApplyState {
     /// applied index (images are otherwise only taken every `policy.threshold` entries).
     fn answer_image_waits(&mut self) {
         if self.image_waits.is_empty() || self.building() {
+            return;
+        }
+        if let Some(why) = self.images_paused() {
+            for (_, reply) in self.image_waits.drain(..) {
+                let _ = reply.send(Err(RequestError::Failed(format!("no image: {why}"))));
+            }
             return;
         }
         let Some(sm) = self.sm.as_mut() else { return };
@@ -312,7 +488,9 @@ impl ApplyState {
                         .snapshot_take_duration
                         .observe_duration(started.elapsed());
                 }
-                let _ = self.events.send(StorageEvent::SnapshotBuilt(meta));
+                let _ = self
+                    .events
+                    .send((FIRST_RANGE, StorageEvent::SnapshotBuilt(meta)));
             }
             Ok(None) => {}
             Err(e) => {
@@ -322,17 +500,29 @@ impl ApplyState {
     }
 }
 
+/// The ranges one apply batch created, and its range's descriptor after it.
+struct Created {
+    parent: kv::ranges::RangeDescriptor,
+    children: Vec<kv::ranges::RangeDescriptor>,
+}
+
+/// Applies a batch of `range` and reports it; `None` when the worker must stop.
 fn apply_batch(
     sm: &mut KvStateMachine,
+    range: RangeId,
     entries: &mut Vec<Entry>,
-    events: &mpsc::UnboundedSender<StorageEvent>,
-) -> bool {
+    events: &EventSender,
+) -> Option<Created> {
+    let nothing = Created {
+        parent: sm.descriptor().clone(),
+        children: Vec::new(),
+    };
     if entries.is_empty() {
-        return true;
+        return Some(nothing);
     }
     let batch = std::mem::take(entries);
     let Some(applied_index) = batch.last().map(|e| e.index) else {
-        return true;
+        return Some(nothing);
     };
     let changes_members = batch.iter().any(|e| e.kind == EntryKind::ConfChange);
     match sm.apply(&batch) {
@@ -347,20 +537,26 @@ fn apply_batch(
                     }
                 }
             }
-            events
-                .send(StorageEvent::Applied {
-                    applied_index,
-                    results,
-                    members: changes_members.then(|| sm.members().clone()),
-                    keys: sm.key_counts(),
-                })
-                .is_ok()
+            let applied = StorageEvent::Applied {
+                applied_index,
+                results,
+                members: changes_members.then(|| sm.members().clone()),
+                keys: sm.key_counts(),
+            };
+            events.send((range, applied)).ok()?;
+            Some(Created {
+                parent: sm.descriptor().clone(),
+                children: sm.created_ranges().to_vec(),
+            })
         }
         Err(e) => {
-            let _ = events.send(StorageEvent::Failed(StorageError::kv(format!(
-                "applying entries up to {applied_index}"
-            ))(e)));
-            false
+            let _ = events.send((
+                range,
+                StorageEvent::Failed(StorageError::kv(format!(
+                    "applying entries of range {range} up to {applied_index}"
+                ))(e)),
+            ));
+            None
         }
     }
 }

@@ -23,6 +23,8 @@ pub use apply_worker::{spawn_apply_worker, ApplyFaults, ApplyReports, ApplyWorke
 pub use log_worker::{spawn_log_worker, LogWorker};
 pub use snapshot_reader::spawn_snapshot_reader;
 
+use kv::ranges::{RangeDescriptor, RangeId};
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,10 +33,55 @@ use std::time::Duration;
 use bytes::Bytes;
 use kv::{CommandResult, MemberTable, StorageEnv};
 use raft_core::{Entry, Index, Persist, RestartState, SnapshotMeta, WriteId};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::error::{StorageError, TransferError};
 use crate::request::{ReadOp, ReadResult, RequestError};
+
+/// Where the storage threads report: each event names the range it is about.
+pub type EventSender = mpsc::UnboundedSender<(RangeId, StorageEvent)>;
+/// Where the node loop hears the storage threads.
+pub type EventReceiver = mpsc::UnboundedReceiver<(RangeId, StorageEvent)>;
+
+/// One range's queue to a storage thread: the thread serves every range the node hosts on one
+/// queue (so that one fsync covers the writes of all of them), and each request carries the
+/// range it is for.
+pub struct RangeQueue<T> {
+    range: RangeId,
+    tx: mpsc::UnboundedSender<(RangeId, T)>,
+}
+
+impl<T> Clone for RangeQueue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            range: self.range,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T> RangeQueue<T> {
+    pub fn new(range: RangeId, tx: mpsc::UnboundedSender<(RangeId, T)>) -> Self {
+        Self { range, tx }
+    }
+
+    pub fn range(&self) -> RangeId {
+        self.range
+    }
+
+    /// Queues `request` for this range; gives it back if the thread has stopped.
+    pub fn send(&self, request: T) -> Result<(), T> {
+        self.tx.send((self.range, request)).map_err(|e| e.0 .1)
+    }
+
+    /// The same thread's queue for another range.
+    pub fn for_range(&self, range: RangeId) -> Self {
+        Self {
+            range,
+            tx: self.tx.clone(),
+        }
+    }
+}
 
 /// What the storage threads report to the node loop (snapshot fetches and installs have a
 /// channel of their own).
@@ -57,6 +104,42 @@ pub enum StorageEvent {
     /// The state machine wrote a new snapshot image (durable, with everything applied up to
     /// it): the log may be compacted up to it.
     SnapshotBuilt(SnapshotMeta),
+    /// A split applied by this range created `child` (reported after the `Applied` of the
+    /// batch that holds the split, once the child's state machine is open): the store asks the
+    /// log worker to give the child's log its start, then builds the child's group. `parent`
+    /// is this range's descriptor after the batch (the left half).
+    RangeCreated {
+        parent: RangeDescriptor,
+        child: RangeOnDisk,
+    },
+    /// The log of a range created by a split (named by the event) is open: its group can be
+    /// built from `restart`, with `state` as its state machine found itself.
+    RangeLogOpened {
+        state: RangeOnDisk,
+        restart: Box<RestartState>,
+    },
+}
+
+/// A range's state machine as the apply worker holds it, other than the first (whose
+/// [`StateOnDisk`] says more: images, installs).
+#[derive(Clone, Debug)]
+pub struct RangeOnDisk {
+    pub descriptor: RangeDescriptor,
+    pub applied_index: Index,
+    /// The configuration in force at `applied_index`, with the members' addresses.
+    pub members: MemberTable,
+}
+
+impl RangeOnDisk {
+    /// Where a range created by a split starts its log: the snapshot point every replica's
+    /// state machine starts it at, with the configuration it was created in.
+    pub fn log_start(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: kv::state_machine::RANGE_INITIAL_INDEX,
+            term: kv::state_machine::RANGE_INITIAL_TERM,
+            membership: self.members.membership.clone(),
+        }
+    }
 }
 
 /// What the node loop asks of the apply worker, in order.
@@ -125,6 +208,14 @@ pub enum LogRequest {
     FinishPendingInstall {
         snapshot: SnapshotMeta,
         reply: oneshot::Sender<Result<RestartState, StorageError>>,
+    },
+    /// Open the log of a range other than the first (the request's range), giving it `start`
+    /// if it has no state yet (`RaftStorage::start_split_range`: idempotent), and load it.
+    /// At start the answer comes on `reply`; for a split at run time, with no reply, it comes
+    /// as [`StorageEvent::RangeLogOpened`] (the node loop never waits on a storage thread).
+    OpenRange {
+        state: RangeOnDisk,
+        reply: Option<oneshot::Sender<Result<RestartState, StorageError>>>,
     },
 }
 
@@ -238,6 +329,10 @@ pub struct StateOnDisk {
     pub image: SnapshotMeta,
     /// The member table as of `applied_index` (empty: never seeded, nothing learned).
     pub members: MemberTable,
+    /// The first range's descriptor as stored.
+    pub descriptor: RangeDescriptor,
+    /// Every other range the database holds, in id order (each one's state machine is open).
+    pub other_ranges: Vec<RangeOnDisk>,
 }
 
 /// A storage thread or task; joining it waits until it has flushed and closed its database.

@@ -3,6 +3,7 @@
 //! to the group's snapshot channel ([`SnapshotEvent`]).
 
 use bytes::Bytes;
+use kv::ranges::FIRST_RANGE;
 use kv::SnapshotReceiver;
 use raft_core::{Entry, SnapshotMeta};
 use tokio::sync::oneshot;
@@ -72,6 +73,10 @@ impl ApplyState {
     fn begin_receive(&mut self, job: u64, at_least: SnapshotMeta) {
         self.staged = None;
         self.receiving = None;
+        if let Some(why) = self.images_paused() {
+            let refused = kv::Error::InvalidRequest(format!("cannot receive a snapshot: {why}"));
+            return self.receive_failed(job, TransferError::Stage(refused));
+        }
         match SnapshotReceiver::new(&self.data_dir, &self.env, at_least, self.cluster_id) {
             Ok(b) => {
                 self.receiving = Some((job, Some(b)));
@@ -168,12 +173,15 @@ impl ApplyState {
             term = snapshot.term,
             "snapshot installed"
         );
-        let _ = self.events.send(StorageEvent::Applied {
-            applied_index: snapshot.index,
-            results: Vec::new(),
-            members: Some(sm.members().clone()),
-            keys: sm.key_counts(),
-        });
+        let _ = self.events.send((
+            FIRST_RANGE,
+            StorageEvent::Applied {
+                applied_index: snapshot.index,
+                results: Vec::new(),
+                members: Some(sm.members().clone()),
+                keys: sm.key_counts(),
+            },
+        ));
         self.snapshot_events
             .send(SnapshotEvent::Installed(snapshot))
             .is_ok()
