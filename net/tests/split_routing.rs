@@ -95,7 +95,6 @@ async fn scan_all(client: &mut KvClient, count: &str) -> Vec<Bytes> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the store to create a split's new group (branch store-groups)"]
 async fn after_a_split_every_command_goes_to_the_range_owning_its_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (servers, stop) = cluster(dir.path()).await;
