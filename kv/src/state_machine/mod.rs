@@ -130,6 +130,9 @@ pub struct KvStateMachine {
     key_meta: key_meta::KeyMetaCache,
     /// The ranges the last call to `apply` created by splitting this one (`split.rs`).
     created_ranges: Vec<RangeDescriptor>,
+    /// The deliberate bug: apply commands whatever their keys' range (the simulator's teeth).
+    #[cfg(feature = "deliberate-bugs")]
+    ignores_ownership: bool,
 }
 
 impl KvStateMachine {
@@ -219,6 +222,8 @@ impl KvStateMachine {
             removed: watch::RemovedVersions::default(),
             key_meta: key_meta::KeyMetaCache::new(),
             created_ranges: Vec::new(),
+            #[cfg(feature = "deliberate-bugs")]
+            ignores_ownership: false,
         }
     }
 

@@ -131,7 +131,19 @@ impl KvStateMachine {
     /// A range owning every key (that of a cluster that never split) refuses nothing: the
     /// commands' keys need not be listed.
     fn owns_every_key(&self) -> bool {
+        #[cfg(feature = "deliberate-bugs")]
+        if self.ignores_ownership {
+            return true;
+        }
         self.range.start.is_empty() && self.range.end.is_none()
+    }
+
+    /// Switches on the deliberate bug of applying commands for keys outside the range (a
+    /// range that no longer owns a key still applies what is routed to it), for the
+    /// simulator's teeth test.
+    #[cfg(feature = "deliberate-bugs")]
+    pub fn ignore_ownership(&mut self, on: bool) {
+        self.ignores_ownership = on;
     }
 
     fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {
