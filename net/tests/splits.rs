@@ -262,6 +262,19 @@ async fn a_split_creates_a_range_on_every_node_that_serves_its_keys_and_survives
         CommandResult::NotOwned { range, .. } => assert_eq!(range, FIRST_RANGE),
         other => panic!("range 1 took a key past the split: {other:?}"),
     }
+    // No image while the node hosts two ranges: the request is refused, naming the range.
+    let mut chunks = cluster
+        .node(1)
+        .image_chunks(raft_core::SnapshotMeta::default())
+        .await
+        .expect("queued");
+    match chunks.recv().await {
+        Some(Err(refused)) => assert!(
+            refused.to_string().contains("no snapshot image of range 1"),
+            "{refused}"
+        ),
+        other => panic!("an image was served with two ranges hosted: {other:?}"),
+    }
     for id in 1..=3 {
         let hosted = cluster.nodes[&id].metrics.ranges_hosted.get();
         assert_eq!(hosted, 2, "node {id} counts both ranges hosted");
