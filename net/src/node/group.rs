@@ -74,6 +74,9 @@ pub struct Group {
     tick_clock: Option<TickClock>,
     /// When each peer was last heard from, for health and reachability.
     pub(super) silence: super::group_metrics::PeerSilence,
+    /// Set by the store while the node hosts several ranges: a lagging follower could then
+    /// get no snapshot, so the log keeps every entry (even past an image taken before).
+    pub(super) compaction_paused: bool,
 }
 
 impl Group {
@@ -109,6 +112,7 @@ impl Group {
             peer_gate: None,
             tick_clock: None,
             silence: Default::default(),
+            compaction_paused: false,
         }
         .with_tick_clock()
     }
@@ -225,6 +229,9 @@ impl Group {
     /// Compacts the core and the log up to the newest image the applied index has passed by the
     /// policy's tail.
     fn maybe_compact(&mut self) {
+        if self.compaction_paused {
+            return;
+        }
         let Some(up_to) = self.images.compaction_point(self.core.applied_index()) else {
             return;
         };

@@ -86,6 +86,8 @@ impl GroupBuilder {
         members.maybe_follow(core.membership());
         let queues = self.queues.for_range(start.range);
         let fetcher = (self.fetcher)(queues.apply.clone());
+        // Every report names the group's range (`NodeObserver`): the simulator checks each
+        // range's log on its own.
         let mut group = Group::new(
             start.range,
             cfg.clone(),

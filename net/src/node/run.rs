@@ -12,8 +12,8 @@ use crate::error::NodeError;
 use crate::request::RoutedRequest;
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::{EventReceiver, StorageEvent};
-use kv::ranges::RangeId;
 use crate::transport::RangeMessage;
+use kv::ranges::RangeId;
 use raft_core::NodeId;
 
 /// How many queued inputs of one kind are fed to the core before it is drained.

@@ -33,8 +33,8 @@ use crate::peer_header::Sender;
 use crate::request::NodeHandle;
 use crate::snapshot_transfer;
 use crate::storage::{
-    self, ApplyReports, ApplyRequest, ApplyWorker, EventSender, LogRequest, LogWorker,
-    RangeOnDisk, RangeQueue,
+    self, ApplyReports, ApplyRequest, ApplyWorker, EventSender, LogRequest, LogWorker, RangeOnDisk,
+    RangeQueue,
 };
 use crate::transport::{self, Listener, Net, RangeMessage, SnapshotService};
 

@@ -106,7 +106,9 @@ impl Store {
                 self.range_created(parent, child);
                 Ok(())
             }
-            StorageEvent::RangeLogOpened { state, restart } => self.range_log_opened(state, *restart),
+            StorageEvent::RangeLogOpened { state, restart } => {
+                self.range_log_opened(state, *restart)
+            }
             StorageEvent::Failed(error) => {
                 tracing::error!(id = self.id, range, %error, "storage failed; stopping the node");
                 Err(NodeError::Storage(error))
@@ -114,7 +116,12 @@ impl Store {
             event => match self.groups.get_mut(&range) {
                 Some(group) => group.on_storage_event(event),
                 None => {
-                    tracing::debug!(id = self.id, range, ?event, "storage event for a range not hosted");
+                    tracing::debug!(
+                        id = self.id,
+                        range,
+                        ?event,
+                        "storage event for a range not hosted"
+                    );
                     Ok(())
                 }
             },
@@ -138,15 +145,15 @@ impl Store {
         if self.groups.contains_key(&child.descriptor.id) {
             return;
         }
-        let _ = self
-            .builder
-            .queues
-            .log
-            .for_range(child.descriptor.id)
-            .send(LogRequest::OpenRange {
-                state: child,
-                reply: None,
-            });
+        let _ =
+            self.builder
+                .queues
+                .log
+                .for_range(child.descriptor.id)
+                .send(LogRequest::OpenRange {
+                    state: child,
+                    reply: None,
+                });
     }
 
     /// A split's new range has its log: its group is built, as start builds every group.
@@ -221,7 +228,7 @@ impl Store {
     }
 
     /// Publishes the ranges this node hosts (as applied here) to the client port's routing.
-    fn publish_ranges(&self) {
+    fn publish_ranges(&mut self) {
         let mut table = RangeTable::default();
         for descriptor in self.descriptors.values() {
             if let Err(conflict) = table.learn(descriptor.clone()) {
@@ -230,6 +237,10 @@ impl Store {
             }
         }
         self.metrics.ranges_hosted.set(self.groups.len() as i64);
+        let several = self.groups.len() > 1;
+        for group in self.groups.values_mut() {
+            group.compaction_paused = several;
+        }
         self.ranges.send_replace(Arc::new(table));
     }
 
@@ -317,6 +328,9 @@ impl Store {
         for group in self.groups.into_values() {
             group.stop();
         }
+        // The builder holds the storage queues too: they close, and the threads end, only
+        // once it is gone.
+        drop(self.builder);
         for worker in self.workers {
             worker.join().await;
         }

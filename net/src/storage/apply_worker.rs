@@ -14,8 +14,8 @@ use raft_core::{Entry, EntryKind, Index};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    spawn_worker, ApplyRequest, EventSender, RangeOnDisk, RangeQueue, SnapshotPolicy,
-    StateOnDisk, StateOpened, StorageEvent, StorageMode, Worker,
+    spawn_worker, ApplyRequest, EventSender, RangeOnDisk, RangeQueue, SnapshotPolicy, StateOnDisk,
+    StateOpened, StorageEvent, StorageMode, Worker,
 };
 use crate::error::StorageError;
 use crate::node::snapshot_install::SnapshotEvent;
@@ -342,9 +342,11 @@ impl ApplyState {
         let Some(sm) = self.others.get_mut(&range) else {
             // The node never queues work for a range whose state machine is not open here.
             if !entries.is_empty() {
-                return self.fail(StorageError::kv(format!("applying entries of range {range}"))(
-                    kv::Error::InvalidRequest(format!("range {range} is not open on this node")),
-                ));
+                return self.fail(StorageError::kv(format!(
+                    "applying entries of range {range}"
+                ))(kv::Error::InvalidRequest(format!(
+                    "range {range} is not open on this node"
+                ))));
             }
             for (_, reply) in reads.drain(..) {
                 let why = format!("range {range} is not hosted on this node");

@@ -150,7 +150,10 @@ impl LogWriter<'_> {
         let mut merged: Vec<(RangeId, Persist)> = Vec::new();
         for (range, queued) in writes {
             if !self.logs.contains_key(&range) {
-                tracing::warn!(range, "dropping raft log writes for a range whose log is not open");
+                tracing::warn!(
+                    range,
+                    "dropping raft log writes for a range whose log is not open"
+                );
                 continue;
             }
             merged.extend(merge_writes(queued).map(|w| (range, w)));
@@ -189,7 +192,9 @@ impl LogWriter<'_> {
         self.metrics
             .fsync_latency
             .observe_duration(started.elapsed());
-        self.metrics.fsync_batch_entries.observe_count(entries as u64);
+        self.metrics
+            .fsync_batch_entries
+            .observe_count(entries as u64);
         match written {
             Ok(()) if self.acknowledge_before_writing => true,
             Ok(()) => done
@@ -211,7 +216,9 @@ impl LogWriter<'_> {
                 Ok(loaded)
             }),
         };
-        opened.map_err(StorageError::kv(format!("opening the raft log of range {range}")))
+        opened.map_err(StorageError::kv(format!(
+            "opening the raft log of range {range}"
+        )))
     }
 
     /// Gives back the space of some compacted entries. False when the worker must stop.
@@ -249,7 +256,10 @@ impl LogWriter<'_> {
         if range != FIRST_RANGE {
             // Compaction and installs wait for per-range images (docs/ARCHITECTURE.md): the
             // node sends none for other ranges.
-            tracing::warn!(range, "ignoring a log request other than a write for range {range}");
+            tracing::warn!(
+                range,
+                "ignoring a log request other than a write for range {range}"
+            );
             return true;
         }
         match request {
