@@ -147,6 +147,9 @@ pub struct UnsafeSwitches {
     pub split_transactions: bool,
     /// Leaders stamp no time into the log: the log's time stands still and no key expires.
     pub no_clock_stamps: bool,
+    /// Ranges apply commands for keys outside their bounds (a range that split away a key
+    /// still applies what a stale table routed to it).
+    pub ignore_range_ownership: bool,
     /// Broken Raft rules inside the core.
     pub raft: raft_core::bugs::Bugs,
 }
@@ -246,6 +249,13 @@ impl NodeConfig {
     pub(super) fn install_without_data(&self) -> bool {
         #[cfg(feature = "test-switches")]
         return self.unsafe_switches.install_without_data;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    pub(super) fn ignore_range_ownership(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.ignore_range_ownership;
         #[cfg(not(feature = "test-switches"))]
         false
     }

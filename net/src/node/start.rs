@@ -345,6 +345,7 @@ async fn open_storage(
         storage::ApplyFaults {
             install_without_data: cfg.install_without_data(),
             local_expiry_clock: cfg.local_expiry_clock(),
+            ignore_range_ownership: cfg.ignore_range_ownership(),
         },
         // A joining node's configuration comes from the cluster, never from its command line.
         if cfg.join.is_empty() {

@@ -49,7 +49,8 @@ pub fn spawn_apply_worker(
     let env = mode.env();
     let worker = spawn_worker(mode, "kv-apply", move || async move {
         let opened = KvStateMachine::open_with(&data_dir, &env, kv::DEFAULT_MAX_SESSIONS)
-            .and_then(|sm| open_other_ranges(&sm).map(|others| (sm, others)));
+            .map(|sm| faults.carried_by(sm))
+            .and_then(|sm| open_other_ranges(&sm, &faults).map(|others| (sm, others)));
         let (sm, others, image) = match opened {
             Ok((mut sm, others)) => {
                 // As stored: empty in a directory that was never seeded (see `node::start`).
@@ -89,7 +90,8 @@ pub fn spawn_apply_worker(
             staged: None,
             image_waits: Vec::new(),
             install_without_data: faults.install_without_data,
-            local_expiry_clock: faults.local_expiry_clock,
+            local_expiry_clock: faults.local_expiry_clock.clone(),
+            faults,
             metrics: reports.metrics,
             snapshot_started: None,
             receive_started: None,
@@ -106,11 +108,15 @@ pub fn spawn_apply_worker(
 }
 
 /// Opens the state machine of every range the database holds besides the first.
-fn open_other_ranges(first: &KvStateMachine) -> kv::Result<BTreeMap<RangeId, KvStateMachine>> {
+fn open_other_ranges(
+    first: &KvStateMachine,
+    faults: &ApplyFaults,
+) -> kv::Result<BTreeMap<RangeId, KvStateMachine>> {
     let mut others = BTreeMap::new();
     for descriptor in first.stored_ranges()? {
         if descriptor.id != FIRST_RANGE {
-            others.insert(descriptor.id, first.open_range(descriptor)?);
+            let sm = faults.carried_by(first.open_range(descriptor)?);
+            others.insert(sm.range_id(), sm);
         }
     }
     Ok(others)
@@ -153,6 +159,8 @@ pub(super) struct ApplyState {
     image_waits: Vec<(Index, ReadReply)>,
     /// The deliberate bug (`UnsafeSwitches::install_without_data`).
     pub(super) install_without_data: bool,
+    /// The deliberate bugs every state machine opened here carries.
+    faults: ApplyFaults,
     /// The deliberate bug (`UnsafeSwitches::expiry_by_local_clock`).
     local_expiry_clock: Option<WallClock>,
     pub(super) metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
@@ -169,6 +177,21 @@ pub struct ApplyFaults {
     pub install_without_data: bool,
     /// Judge expiry on reads by this clock instead of the log's time.
     pub local_expiry_clock: Option<WallClock>,
+    /// Apply commands whatever their keys' range (`UnsafeSwitches::ignore_range_ownership`).
+    pub ignore_range_ownership: bool,
+}
+
+impl ApplyFaults {
+    /// Gives a state machine just opened the deliberate bugs it is to carry.
+    fn carried_by(&self, sm: KvStateMachine) -> KvStateMachine {
+        #[cfg(feature = "test-switches")]
+        let sm = {
+            let mut sm = sm;
+            sm.ignore_ownership(self.ignore_range_ownership);
+            sm
+        };
+        sm
+    }
 }
 
 impl ApplyState {
@@ -375,7 +398,7 @@ impl ApplyState {
             };
             let id = child.id;
             let sm = match first.open_range(child) {
-                Ok(sm) => sm,
+                Ok(sm) => self.faults.carried_by(sm),
                 Err(e) => {
                     return self.fail(StorageError::kv(format!(
                         "opening range {id}, created by a split of range {}",

@@ -258,7 +258,10 @@ fn agree(views: &[Vec<RangeStatus>], expected: usize) -> Result<(), String> {
             .windows(2)
             .all(|w| w[0].end.as_ref() == Some(&w[1].start));
     if !tiles {
-        return Err(format!("the ranges do not tile the keyspace: {:?}", bounds(first)));
+        return Err(format!(
+            "the ranges do not tile the keyspace: {:?}",
+            bounds(first)
+        ));
     }
     Ok(())
 }
