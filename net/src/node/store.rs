@@ -26,7 +26,8 @@ use super::group_builder::{GroupBuilder, GroupStart, Origin};
 use super::snapshot_install::SnapshotEvent;
 use crate::error::{NodeError, ServeError};
 use crate::metrics::NodeMetrics;
-use crate::request::RoutedRequest;
+use super::admin::AdminRequest;
+use crate::request::{ClientRequest, RequestError, RoutedRequest};
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::{self, LogRequest, RangeOnDisk, StorageEvent, StorageMode, Worker};
 use crate::transport::RangeMessage;
@@ -218,6 +219,9 @@ impl Store {
     /// client port's table was stale, or the range is not created here yet) is refused with
     /// TRYAGAIN, and the client port looks its key up again.
     pub fn on_request(&mut self, routed: RoutedRequest) {
+        if self.groups.len() > 1 && changes_members(&routed.req) {
+            return refuse_member_change(routed.req, self.groups.len());
+        }
         match self.groups.get_mut(&routed.range) {
             Some(group) => group.on_request(routed.req),
             None => routed.req.refuse(&format!(
@@ -334,6 +338,31 @@ impl Store {
         for worker in self.workers {
             worker.join().await;
         }
+    }
+}
+
+/// Whether the request changes the members or their addresses. Each range's group has its own
+/// configuration, and a change reaches only the first range's; until changes reach every
+/// range's group, they are refused once the keyspace is split.
+fn changes_members(req: &ClientRequest) -> bool {
+    matches!(
+        req,
+        ClientRequest::Admin {
+            req: AdminRequest::AddLearner { .. }
+                | AdminRequest::Promote { .. }
+                | AdminRequest::Remove { .. }
+                | AdminRequest::UpdateAddrs { .. },
+            ..
+        }
+    )
+}
+
+fn refuse_member_change(req: ClientRequest, ranges: usize) {
+    if let ClientRequest::Admin { reply, .. } = req {
+        let _ = reply.send(Err(RequestError::Failed(format!(
+            "membership changes are not supported yet once the keyspace is split into ranges \
+             (this node hosts {ranges}): a change would reach the first range's group only"
+        ))));
     }
 }
 
