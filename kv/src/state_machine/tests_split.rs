@@ -385,3 +385,14 @@ fn a_power_cut_around_a_split_leaves_no_half_without_the_other() {
     }
     assert_eq!(outcomes, vec!["before", "after", "after"]);
 }
+
+/// The whole-directory image would carry the new range's rows as the first range's; it is
+/// refused once the first range has split, even while the new range is not open.
+#[test]
+fn a_first_range_that_has_split_takes_no_whole_directory_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    drop(split_populated(&mut left));
+    let err = left.build_snapshot(1, 4096).unwrap_err().to_string();
+    assert!(err.contains("whole-directory snapshot"), "{err}");
+}
