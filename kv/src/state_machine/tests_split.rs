@@ -396,3 +396,60 @@ fn a_first_range_that_has_split_takes_no_whole_directory_snapshot() {
     let err = left.build_snapshot(1, 4096).unwrap_err().to_string();
     assert!(err.contains("whole-directory snapshot"), "{err}");
 }
+
+#[test]
+fn damaged_or_missing_descriptor_rows_are_reported_by_stored_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    drop(split_populated(&mut left));
+    let child_descriptor = row_keys::StateKeys::of(2).descriptor();
+    let write = |sm: &mut KvStateMachine, value: Option<&[u8]>| {
+        let mut batch = WriteBatch::default();
+        match value {
+            Some(v) => batch.put(&child_descriptor, v),
+            None => batch.delete(&child_descriptor),
+        }
+        sm.ldb().write(batch, true).unwrap();
+    };
+    write(&mut left, Some(b"garbage"));
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("descriptor row of range 2"), "{err}");
+    write(&mut left, Some(&RangeDescriptor::whole(3).encode()));
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("describes range 3"), "{err}");
+    write(&mut left, None);
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("no descriptor"), "{err}");
+}
+
+/// A crash at any point of an install of the new range's image: the range is listed (from
+/// the staged image once the install has committed and its own rows are being replaced).
+#[test]
+fn a_range_whose_install_was_interrupted_is_still_listed() {
+    let (left_bounds, right_bounds) = halves();
+    let mut crashes = 0;
+    for crash_after in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = {
+            let mut left = populated(dir.path());
+            let mut right = split_populated(&mut left);
+            let image = right.range_image().unwrap();
+            run(&mut right, 5, 20, set("p", "later", Deadline::None));
+            super::expiry::crash_point::fail_after(crash_after);
+            let outcome = right.install_range_image_in(&image, 2);
+            super::expiry::crash_point::fail_after(usize::MAX);
+            outcome
+        };
+        let left = KvStateMachine::open(dir.path()).unwrap();
+        assert_eq!(
+            left.stored_ranges().unwrap(),
+            vec![left_bounds.clone(), right_bounds.clone()],
+            "crash after {crash_after} batches"
+        );
+        if outcome.is_ok() {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes > 10, "{crashes}");
+}
