@@ -453,3 +453,48 @@ fn a_range_whose_install_was_interrupted_is_still_listed() {
     }
     assert!(crashes > 10, "{crashes}");
 }
+
+/// One apply batch holding a configuration change, a write of a key past the split key, the
+/// split and a later write of that key: the child gets the batch's own index rows and the
+/// configuration as of the split, and the later write is refused.
+#[test]
+fn a_split_sees_what_earlier_entries_of_its_batch_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    let four = raft_core::Membership::with_voters([1, 2, 3, 4]);
+    let conf = raft_core::ConfChangeEntry {
+        membership: four.clone(),
+        context: crate::members::MemberContext::default().encode(),
+    };
+    let at = left.applied_index();
+    let (l, r) = halves();
+    let batch = vec![
+        Entry::new(2, at + 1, EntryKind::ConfChange, conf.encode()),
+        command(at + 2, 5, 30, set("w", "w", Deadline::In(500))),
+        command(
+            at + 3,
+            5,
+            31,
+            split_at(&RangeDescriptor::whole(FIRST_RANGE), "m", 2),
+        ),
+        command(at + 4, 5, 32, set("w", "again", Deadline::None)),
+    ];
+    let results = left.apply(&batch).unwrap();
+    assert_eq!(results[1].1, Some(CommandResult::Ok));
+    assert!(matches!(results[2].1, Some(CommandResult::Split { .. })));
+    assert_eq!(
+        results[3].1,
+        Some(CommandResult::NotOwned {
+            range: l.id,
+            epoch: l.epoch
+        })
+    );
+    let mut right = left.open_range(r).unwrap();
+    assert_eq!(right.applied_membership(), &four);
+    assert_eq!(right.key_counts(), counts(5, 3));
+    assert_eq!(left.key_counts(), counts(2, 1));
+    assert_eq!(scanned(&mut right), names(&["n", "w", "x", "y", "z"]));
+    tick(&mut right, 2_000);
+    assert_eq!(right.get(b"w").unwrap(), None, "expired through the child");
+    assert_eq!(right.raw_get(&user_row(b"w")).unwrap(), None, "and swept");
+}
