@@ -49,5 +49,6 @@ pub use query::{Query, TtlForm};
 pub use raft_storage::RaftStorage;
 pub use snapshot::{SnapshotReader, SnapshotReceiver, StagedSnapshot};
 pub use state_machine::{
-    KvStateMachine, RangeImage, DEFAULT_MAX_SESSIONS, RANGE_INSTALL_BATCH_ROWS, SESSIONLESS_CLIENT,
+    KvStateMachine, RangeImage, DEFAULT_MAX_SESSIONS, RANGE_INITIAL_INDEX, RANGE_INITIAL_TERM,
+    RANGE_INSTALL_BATCH_ROWS, SESSIONLESS_CLIENT,
 };

@@ -22,7 +22,8 @@
 //! Several ranges share one database ([`KvStateMachine::open_range`]): the key layout, the
 //! first range's rows as before ranges and every other range's behind its prefix, is in
 //! `row_keys.rs`; the descriptor and the ownership check in `range_rows.rs`; a range's image
-//! and its install in `range_image.rs`. The metadata encodings are in `records.rs`; what each
+//! and its install in `range_image.rs`; range ids and the split command in `split.rs`, and
+//! the listing of a database's ranges in `stored_ranges.rs`. The metadata encodings are in `records.rs`; what each
 //! command does, and the session table's bookkeeping, in `commands.rs`.
 
 use std::cell::{RefCell, RefMut};

@@ -84,7 +84,10 @@ impl KvStateMachine {
     /// Snapshots image and replace the whole database (`crate::snapshot`): only the first range
     /// may take them, and only while no other range shares the database.
     pub(crate) fn check_whole_directory(&self, what: &str) -> Result<()> {
-        if !self.keys.is_first() || self.shares_database() {
+        // A first range that has split holds its children's rows in the directory even while
+        // no child is open.
+        let split = self.range.end.is_some();
+        if !self.keys.is_first() || self.shares_database() || split {
             return Err(crate::error::Error::InvalidRequest(format!(
                 "{}: cannot {what} of range {}: the whole-directory snapshot is for the first \
                  range alone, with no other range in its database",

@@ -385,3 +385,116 @@ fn a_power_cut_around_a_split_leaves_no_half_without_the_other() {
     }
     assert_eq!(outcomes, vec!["before", "after", "after"]);
 }
+
+/// The whole-directory image would carry the new range's rows as the first range's; it is
+/// refused once the first range has split, even while the new range is not open.
+#[test]
+fn a_first_range_that_has_split_takes_no_whole_directory_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    drop(split_populated(&mut left));
+    let err = left.build_snapshot(1, 4096).unwrap_err().to_string();
+    assert!(err.contains("whole-directory snapshot"), "{err}");
+}
+
+#[test]
+fn damaged_or_missing_descriptor_rows_are_reported_by_stored_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    drop(split_populated(&mut left));
+    let child_descriptor = row_keys::StateKeys::of(2).descriptor();
+    let write = |sm: &mut KvStateMachine, value: Option<&[u8]>| {
+        let mut batch = WriteBatch::default();
+        match value {
+            Some(v) => batch.put(&child_descriptor, v),
+            None => batch.delete(&child_descriptor),
+        }
+        sm.ldb().write(batch, true).unwrap();
+    };
+    write(&mut left, Some(b"garbage"));
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("descriptor row of range 2"), "{err}");
+    write(&mut left, Some(&RangeDescriptor::whole(3).encode()));
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("describes range 3"), "{err}");
+    write(&mut left, None);
+    let err = left.stored_ranges().unwrap_err().to_string();
+    assert!(err.contains("no descriptor"), "{err}");
+}
+
+/// A crash at any point of an install of the new range's image: the range is listed (from
+/// the staged image once the install has committed and its own rows are being replaced).
+#[test]
+fn a_range_whose_install_was_interrupted_is_still_listed() {
+    let (left_bounds, right_bounds) = halves();
+    let mut crashes = 0;
+    for crash_after in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let outcome = {
+            let mut left = populated(dir.path());
+            let mut right = split_populated(&mut left);
+            let image = right.range_image().unwrap();
+            run(&mut right, 5, 20, set("p", "later", Deadline::None));
+            super::expiry::crash_point::fail_after(crash_after);
+            let outcome = right.install_range_image_in(&image, 2);
+            super::expiry::crash_point::fail_after(usize::MAX);
+            outcome
+        };
+        let left = KvStateMachine::open(dir.path()).unwrap();
+        assert_eq!(
+            left.stored_ranges().unwrap(),
+            vec![left_bounds.clone(), right_bounds.clone()],
+            "crash after {crash_after} batches"
+        );
+        if outcome.is_ok() {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes > 10, "{crashes}");
+}
+
+/// One apply batch holding a configuration change, a write of a key past the split key, the
+/// split and a later write of that key: the child gets the batch's own index rows and the
+/// configuration as of the split, and the later write is refused.
+#[test]
+fn a_split_sees_what_earlier_entries_of_its_batch_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut left = populated(dir.path());
+    let four = raft_core::Membership::with_voters([1, 2, 3, 4]);
+    let conf = raft_core::ConfChangeEntry {
+        membership: four.clone(),
+        context: crate::members::MemberContext::default().encode(),
+    };
+    let at = left.applied_index();
+    let (l, r) = halves();
+    let batch = vec![
+        Entry::new(2, at + 1, EntryKind::ConfChange, conf.encode()),
+        command(at + 2, 5, 30, set("w", "w", Deadline::In(500))),
+        command(
+            at + 3,
+            5,
+            31,
+            split_at(&RangeDescriptor::whole(FIRST_RANGE), "m", 2),
+        ),
+        command(at + 4, 5, 32, set("w", "again", Deadline::None)),
+    ];
+    let results = left.apply(&batch).unwrap();
+    assert_eq!(results[1].1, Some(CommandResult::Ok));
+    assert!(matches!(results[2].1, Some(CommandResult::Split { .. })));
+    assert_eq!(
+        results[3].1,
+        Some(CommandResult::NotOwned {
+            range: l.id,
+            epoch: l.epoch
+        })
+    );
+    let mut right = left.open_range(r).unwrap();
+    assert_eq!(right.applied_membership(), &four);
+    assert_eq!(right.key_counts(), counts(5, 3));
+    assert_eq!(left.key_counts(), counts(2, 1));
+    assert_eq!(scanned(&mut right), names(&["n", "w", "x", "y", "z"]));
+    tick(&mut right, 2_000);
+    assert_eq!(right.get(b"w").unwrap(), None, "expired through the child");
+    assert_eq!(right.raw_get(&user_row(b"w")).unwrap(), None, "and swept");
+}
