@@ -20,13 +20,13 @@ use raft_core::{NodeId, SnapshotMeta};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::admin::AdminRequest;
 use super::config::NodeConfig;
 use super::group::Group;
 use super::group_builder::{GroupBuilder, GroupStart, Origin};
 use super::snapshot_install::SnapshotEvent;
 use crate::error::{NodeError, ServeError};
 use crate::metrics::NodeMetrics;
-use super::admin::AdminRequest;
 use crate::request::{ClientRequest, RequestError, RoutedRequest};
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::{self, LogRequest, RangeOnDisk, StorageEvent, StorageMode, Worker};

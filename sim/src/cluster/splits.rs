@@ -217,16 +217,19 @@ impl Splitter {
     }
 
     fn rng_index(&self, len: usize) -> usize {
-        rng::index(&mut *self.rng.borrow_mut(), len.max(1))
+        rng::index(&mut self.rng.borrow_mut(), len.max(1))
     }
 }
+
+/// A range as the nodes are compared on: id, start, end, epoch.
+type Bounds = (u64, Vec<u8>, Option<Vec<u8>>, u64);
 
 /// Whether every node's ranges are the same `expected` ones, tiling the keyspace in key order.
 fn agree(views: &[Vec<RangeStatus>], expected: usize) -> Result<(), String> {
     let Some(first) = views.first() else {
         return Err("no node answered".into());
     };
-    let bounds = |ranges: &[RangeStatus]| -> Vec<(u64, Vec<u8>, Option<Vec<u8>>, u64)> {
+    let bounds = |ranges: &[RangeStatus]| -> Vec<Bounds> {
         ranges
             .iter()
             .map(|r| {
