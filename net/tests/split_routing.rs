@@ -192,3 +192,45 @@ async fn after_a_split_every_command_goes_to_the_range_owning_its_keys() {
     assert_eq!(distinct, expected);
     let _ = stop.send(true);
 }
+
+/// Leaders spread over the nodes: after three splits, each new range's leadership goes to its
+/// preferred voter (`range id mod 3` in id order: ranges 2, 3 and 4 to nodes 3, 1 and 2), so
+/// every node leads a range that takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_splits_every_node_leads_a_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (servers, stop) = cluster(dir.path()).await;
+    let mut c = client(servers.clone());
+    for at in ["d", "h", "m"] {
+        c.split(at.as_bytes()).await.expect("split");
+    }
+    let expected = BTreeMap::from([(2, 3), (3, 1), (4, 2)]);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let mut asked = client(vec![servers[0].clone()]);
+    loop {
+        let ranges = asked.ranges().await.expect("RAFT.RANGES");
+        let leaders: BTreeMap<u64, u64> = ranges
+            .iter()
+            .filter(|r| r.id != 1)
+            .filter_map(|r| r.leader.map(|l| (r.id, l)))
+            .collect();
+        if leaders == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leaders never spread: {leaders:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for key in ["b", "f", "k", "z"] {
+        let reply = c
+            .call(&[b"SET", key.as_bytes(), b"v"], true)
+            .await
+            .expect("SET");
+        assert_eq!(reply, Reply::Simple("OK".into()), "SET {key}");
+        let reply = c.call(&[b"GET", key.as_bytes()], false).await.expect("GET");
+        assert_eq!(reply, bulk("v"), "GET {key}");
+    }
+    let _ = stop.send(true);
+}

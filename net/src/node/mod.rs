@@ -31,6 +31,7 @@ mod group_metrics;
 mod group_snapshots;
 pub mod identity;
 mod images;
+mod leader_spread;
 pub mod membership;
 mod requests;
 mod run;

@@ -24,6 +24,7 @@ use super::admin::AdminRequest;
 use super::config::NodeConfig;
 use super::group::Group;
 use super::group_builder::{GroupBuilder, GroupStart, Origin};
+use super::leader_spread::LeaderSpreading;
 use super::snapshot_install::SnapshotEvent;
 use crate::error::{NodeError, ServeError};
 use crate::metrics::NodeMetrics;
@@ -53,6 +54,8 @@ pub struct Store {
     metrics: Arc<NodeMetrics>,
     /// Where the hosted ranges are published for the client port's routing.
     ranges: watch::Sender<Arc<RangeTable>>,
+    /// Hands each range's leadership to its preferred voter (`leader_spread.rs`).
+    spreading: LeaderSpreading,
 }
 
 impl Store {
@@ -80,6 +83,7 @@ impl Store {
             unhosted: UnhostedRanges::default(),
             metrics: cfg.metrics.clone(),
             ranges,
+            spreading: LeaderSpreading::default(),
         };
         for (group, descriptor) in groups {
             store.descriptors.insert(group.range, descriptor);
@@ -252,6 +256,7 @@ impl Store {
         for group in self.groups.values_mut() {
             group.tick(now);
         }
+        self.spreading.on_tick(&mut self.groups);
     }
 
     /// A peer's connection failed: every group that sends to it is told.
