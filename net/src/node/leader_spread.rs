@@ -113,6 +113,10 @@ mod tests {
         );
         let mut joint = Membership::with_voters([1, 2, 4]);
         joint.outgoing = [1, 2, 3].into();
-        assert_eq!(preferred_leader(2, &joint), None, "nothing moves while joint");
+        assert_eq!(
+            preferred_leader(2, &joint),
+            None,
+            "nothing moves while joint"
+        );
     }
 }
