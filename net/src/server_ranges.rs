@@ -13,7 +13,7 @@
 //! retry is harmless.
 
 use bytes::Bytes;
-use kv::ranges::{show_key, RangeDescriptor, RangeId, Split, FIRST_RANGE};
+use kv::ranges::{show_key, RangeDescriptor, RangeId, RangeTable, Split, FIRST_RANGE};
 use kv::{Command, CommandResult, Op, SESSIONLESS_CLIENT};
 use raft_core::NodeId;
 
@@ -92,16 +92,42 @@ pub async fn ranges_command(args: &[Bytes], node: &NodeHandle) -> Reply {
 /// `RAFT.SPLIT key`.
 pub async fn split_command(args: &[Bytes], node: &NodeHandle, request_id: u64) -> Reply {
     match args {
-        [key] if !key.is_empty() => split(key.clone(), node, request_id).await,
+        [key] if !key.is_empty() => split_until_current(key.clone(), node, request_id).await,
         [_] => Reply::error("ERR the empty key starts the keyspace: no range splits there"),
         _ => arity_error("raft.split"),
     }
 }
 
+/// How many times a split refused at apply is proposed again once this node's table changed.
+const SPLIT_ATTEMPTS: usize = 3;
+
+/// [`split`], again while it is refused at apply and this node's range table changes meanwhile:
+/// a node that had not yet applied an earlier split (a client splitting twice in a row through
+/// two nodes) proposes at an epoch the range has left, and is refused; once it has applied the
+/// earlier split its table is current and the split goes through. Refusals that a newer table
+/// does not explain (the key is not inside the range) are answered at once.
+async fn split_until_current(key: Bytes, node: &NodeHandle, request_id: u64) -> Reply {
+    let mut attempt = 1;
+    loop {
+        let table = node.ranges();
+        let reply = split(key.clone(), &table, node, request_id).await;
+        if attempt == SPLIT_ATTEMPTS || !matches!(reply, Reply::Error(_)) {
+            return reply;
+        }
+        let newer = node
+            .ranges_after(&table, crate::routing::retry::TABLE_PATIENCE)
+            .await;
+        if *newer == *table {
+            return reply;
+        }
+        attempt += 1;
+    }
+}
+
 /// Allocates the new range's id in the first range, then proposes the split to the range
-/// owning `key` at the epoch this node last applied (refused at apply if it changed since).
-async fn split(key: Bytes, node: &NodeHandle, request_id: u64) -> Reply {
-    let table = node.ranges();
+/// owning `key` at the epoch `table` (this node's, as last applied) gives it; refused at apply
+/// if the range changed since.
+async fn split(key: Bytes, table: &RangeTable, node: &NodeHandle, request_id: u64) -> Reply {
     let Some(owner) = table.owner(&key).cloned() else {
         return Reply::error(format!(
             "TRYAGAIN no range known here owns key {}",
