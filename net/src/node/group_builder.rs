@@ -15,7 +15,7 @@ use super::group::{Fetcher, Group, StorageQueues};
 use super::identity::PeerGate;
 use super::membership::{self, Members, PeerSpawner};
 use crate::error::{NodeError, StorageError};
-use crate::storage::{ApplyRequest, RangeQueue};
+use crate::storage::{ApplyRequest, RangeOnDisk, RangeQueue};
 
 /// Where the node's configuration comes from at this start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,22 @@ pub(super) struct GroupStart {
     /// Where the group publishes its configuration for join requests (the first range's
     /// answers them; another range's goes nowhere).
     pub published: watch::Sender<MemberTable>,
+}
+
+impl GroupStart {
+    /// A range other than the first, as its state machine and its log were found: no image
+    /// (ranges split off the first take none yet), and nobody to publish its configuration to.
+    pub(super) fn split_range(state: &RangeOnDisk, logged: RestartState) -> Self {
+        Self {
+            range: state.descriptor.id,
+            logged,
+            origin: Origin::DataDir,
+            members: state.members.clone(),
+            applied_index: state.applied_index,
+            image: SnapshotMeta::default(),
+            published: watch::channel(MemberTable::default()).0,
+        }
+    }
 }
 
 /// Builds the node's groups; the store keeps it to build the groups splits create.

@@ -202,15 +202,7 @@ async fn build_groups(
                 reply: Some(reply),
             });
         let logged = opened.await.map_err(|_| StorageError::WorkerStopped)??;
-        let group = builder.build(GroupStart {
-            range,
-            logged,
-            origin: Origin::DataDir,
-            members: state.members.clone(),
-            applied_index: state.applied_index,
-            image: SnapshotMeta::default(),
-            published: watch::channel(MemberTable::default()).0,
-        })?;
+        let group = builder.build(GroupStart::split_range(state, logged))?;
         tracing::info!(
             id = cfg.id,
             range,

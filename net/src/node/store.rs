@@ -15,15 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv::ranges::{RangeDescriptor, RangeId, RangeTable, FIRST_RANGE};
-use kv::MemberTable;
-use raft_core::{NodeId, SnapshotMeta};
+use raft_core::NodeId;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::admin::AdminRequest;
 use super::config::NodeConfig;
 use super::group::Group;
-use super::group_builder::{GroupBuilder, GroupStart, Origin};
+use super::group_builder::{GroupBuilder, GroupStart};
 use super::leader_spread::LeaderSpreading;
 use super::snapshot_install::SnapshotEvent;
 use crate::error::{NodeError, ServeError};
@@ -171,15 +170,9 @@ impl Store {
         if self.groups.contains_key(&range) {
             return Ok(());
         }
-        let group = self.builder.build(GroupStart {
-            range,
-            logged,
-            origin: Origin::DataDir,
-            members: state.members.clone(),
-            applied_index: state.applied_index,
-            image: SnapshotMeta::default(),
-            published: watch::channel(MemberTable::default()).0,
-        })?;
+        let group = self
+            .builder
+            .build(GroupStart::split_range(&state, logged))?;
         tracing::info!(
             id = self.id,
             range,

@@ -42,16 +42,7 @@ pub fn join_every_range(join: EveryRangeJoin, replies: Vec<Reply>) -> Reply {
             }
             Reply::Array(keys)
         }
-        EveryRangeJoin::Sum => {
-            let mut total = 0i64;
-            for reply in &replies {
-                match reply {
-                    Reply::Integer(n) => total = total.saturating_add(*n),
-                    other => return unexpected(other),
-                }
-            }
-            Reply::Integer(total)
-        }
+        EveryRangeJoin::Sum => super::sum_of_counts(&replies, unexpected),
         EveryRangeJoin::AllOk => match replies.iter().find(|r| **r != Reply::ok()) {
             Some(other) => unexpected(other),
             None => Reply::ok(),

@@ -178,16 +178,7 @@ pub fn join_replies(join: Join, parts: &[Part], replies: Vec<Reply>) -> Reply {
         return error.clone();
     }
     match join {
-        Join::SumOfCounts => {
-            let mut total = 0i64;
-            for reply in &replies {
-                match reply {
-                    Reply::Integer(n) => total = total.saturating_add(*n),
-                    other => return unexpected(other),
-                }
-            }
-            Reply::Integer(total)
-        }
+        Join::SumOfCounts => sum_of_counts(&replies, unexpected),
         Join::ValuesInKeyOrder => {
             let keys = parts.iter().map(|p| p.key_positions.len()).sum();
             let mut values = vec![Reply::Nil; keys];
@@ -215,4 +206,17 @@ fn unexpected(reply: &Reply) -> Reply {
     Reply::error(format!(
         "ERR a range answered a part of the request with {reply:?}"
     ))
+}
+
+/// The sum of integer replies (EXISTS over parts, DBSIZE over ranges); `unexpected` names the
+/// first reply that is not an integer.
+fn sum_of_counts(replies: &[Reply], unexpected: fn(&Reply) -> Reply) -> Reply {
+    let mut total = 0i64;
+    for reply in replies {
+        match reply {
+            Reply::Integer(n) => total = total.saturating_add(*n),
+            other => return unexpected(other),
+        }
+    }
+    Reply::Integer(total)
 }

@@ -335,7 +335,7 @@ impl ApplyState {
         let Some(created) = apply_batch(sm, range, entries, &self.events) else {
             return false;
         };
-        if !self.open_created(created) {
+        if !self.open_created(range, created) {
             return false;
         }
         let Some(sm) = self.sm.as_mut() else {
@@ -385,13 +385,19 @@ impl ApplyState {
             let _ = reply.send(Err(RequestError::Failed(refused.into())));
         }
         serve_reads(sm, reads, self.local_expiry_clock.as_ref());
-        self.open_created(created)
+        self.open_created(range, created)
     }
 
     /// Opens the state machine of each range a split just created and reports it, after the
     /// parent's `Applied` (already sent): the store builds the child's group from it.
-    fn open_created(&mut self, created: Created) -> bool {
-        let Created { parent, children } = created;
+    fn open_created(&mut self, range: RangeId, children: Created) -> bool {
+        if children.is_empty() {
+            return true;
+        }
+        let parent = match (range, self.sm.as_ref(), self.others.get(&range)) {
+            (FIRST_RANGE, Some(sm), _) | (_, _, Some(sm)) => sm.descriptor().clone(),
+            _ => return false,
+        };
         for child in children {
             let Some(first) = self.sm.as_ref() else {
                 return false;
@@ -525,11 +531,8 @@ impl ApplyState {
     }
 }
 
-/// The ranges one apply batch created, and its range's descriptor after it.
-struct Created {
-    parent: kv::ranges::RangeDescriptor,
-    children: Vec<kv::ranges::RangeDescriptor>,
-}
+/// The ranges one apply batch created by splitting its range (usually none).
+type Created = Vec<kv::ranges::RangeDescriptor>;
 
 /// Applies a batch of `range` and reports it; `None` when the worker must stop.
 fn apply_batch(
@@ -538,16 +541,9 @@ fn apply_batch(
     entries: &mut Vec<Entry>,
     events: &EventSender,
 ) -> Option<Created> {
-    let nothing = Created {
-        parent: sm.descriptor().clone(),
-        children: Vec::new(),
-    };
-    if entries.is_empty() {
-        return Some(nothing);
-    }
     let batch = std::mem::take(entries);
     let Some(applied_index) = batch.last().map(|e| e.index) else {
-        return Some(nothing);
+        return Some(Created::new());
     };
     let changes_members = batch.iter().any(|e| e.kind == EntryKind::ConfChange);
     match sm.apply(&batch) {
@@ -569,10 +565,7 @@ fn apply_batch(
                 keys: sm.key_counts(),
             };
             events.send((range, applied)).ok()?;
-            Some(Created {
-                parent: sm.descriptor().clone(),
-                children: sm.created_ranges().to_vec(),
-            })
+            Some(sm.created_ranges().to_vec())
         }
         Err(e) => {
             let _ = events.send((
