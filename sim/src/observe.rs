@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kv::ranges::{RangeId, FIRST_RANGE};
 use net::node::NodeObserver;
-use raft_core::{ConfChangeEntry, Entry, EntryKind, NodeId, Role, SnapshotMeta, Term};
+use raft_core::{ConfChangeEntry, Entry, EntryKind, Index, NodeId, Role, SnapshotMeta, Term};
 use raft_harness::InvariantChecker;
 
 /// A broken invariant, with what showed it.
@@ -42,6 +42,10 @@ struct State {
     /// of its own, with its own terms and indexes. (Everything else above is the first
     /// range's: the members change and snapshots are taken there alone.)
     split_ranges: BTreeMap<RangeId, InvariantChecker>,
+    /// The first digest of the result any replica applied each entry to, and that replica:
+    /// every replica must apply an entry to the same result (a replica that applies a range's
+    /// entries in another order, or judges them by state the others lack, shows here).
+    outcomes: BTreeMap<(RangeId, Index), (u64, NodeId)>,
 }
 
 /// A node that crashed (or lost its disk) while the configuration was joint.
@@ -334,6 +338,26 @@ impl NodeObserver for Observer {
             let applied = st.applied.entry(node).or_insert(0);
             *applied = (*applied).max(e.index);
         }
+    }
+
+    fn applied(&self, node: NodeId, range: RangeId, outcomes: &[(Index, u64)]) {
+        let mut st = self.state();
+        for &(index, digest) in outcomes {
+            let (first, by) = *st.outcomes.entry((range, index)).or_insert((digest, node));
+            if first != digest {
+                st.violations.push(InvariantViolation {
+                    rule: "replica agreement",
+                    detail: format!(
+                        "range {range}, entry {index}: node {node} applied it to another \
+                         result than node {by} did"
+                    ),
+                });
+            }
+        }
+    }
+
+    fn wants_outcomes(&self) -> bool {
+        true
     }
 
     // Snapshots are taken and installed while the first range is the only one (images pause

@@ -134,6 +134,9 @@ pub struct KvStateMachine {
     /// The deliberate bug: apply commands whatever their keys' range (the simulator's teeth).
     #[cfg(feature = "deliberate-bugs")]
     ignores_ownership: bool,
+    /// The deliberate bug: a split applied before the entries its batch holds ahead of it.
+    #[cfg(feature = "deliberate-bugs")]
+    splits_first: bool,
 }
 
 impl KvStateMachine {
@@ -225,6 +228,8 @@ impl KvStateMachine {
             created_ranges: Vec::new(),
             #[cfg(feature = "deliberate-bugs")]
             ignores_ownership: false,
+            #[cfg(feature = "deliberate-bugs")]
+            splits_first: false,
         }
     }
 
@@ -558,7 +563,8 @@ impl KvStateMachine {
         self.prefetch(&mut t, keys.into_iter())?;
         let mut dirty: BTreeSet<u64> = BTreeSet::new();
         let mut results = Vec::with_capacity(fresh.len());
-        for (e, decoded) in fresh.iter().zip(&commands) {
+        for k in self.apply_order(&commands) {
+            let (e, decoded) = (fresh[k], &commands[k]);
             let r = match e.kind {
                 EntryKind::Normal => match decoded {
                     Some(decoded) => Some(self.apply_entry(e, decoded, &mut t, &mut dirty)?),
@@ -587,6 +593,8 @@ impl KvStateMachine {
             };
             results.push((e.index, r));
         }
+        #[cfg(feature = "deliberate-bugs")]
+        results.sort_by_key(|(index, _)| *index);
         t.finish(self);
         let members = t.members.take();
         let mut batch = WriteBatch::default();

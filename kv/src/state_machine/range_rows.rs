@@ -12,10 +12,13 @@ use rusty_leveldb::WriteBatch;
 use super::records::{encode_applied, LAYOUT_RECORDS};
 use super::row_keys::{user_row, USER};
 use super::KvStateMachine;
-use crate::command::{CommandResult, Op};
+use crate::command::{Command, CommandResult, Op};
 use crate::error::Result;
 use crate::query::Query;
 use crate::ranges::RangeDescriptor;
+
+/// A batch entry's command as decoded for apply (an undecodable one is refused alike everywhere).
+pub(super) type DecodedCommand = std::result::Result<Command, crate::DecodeError>;
 
 impl KvStateMachine {
     /// Takes the stored descriptor, if there is one.
@@ -147,6 +150,26 @@ impl KvStateMachine {
     #[cfg(feature = "deliberate-bugs")]
     pub fn ignore_ownership(&mut self, on: bool) {
         self.ignores_ownership = on;
+    }
+
+    /// Switches on the deliberate bug of applying a split ahead of the entries before it in
+    /// the same batch (a replica that applies a split out of the log's order), for the
+    /// simulator's teeth test.
+    #[cfg(feature = "deliberate-bugs")]
+    pub fn apply_splits_first(&mut self, on: bool) {
+        self.splits_first = on;
+    }
+
+    /// The order in which a batch's decoded commands are applied: the log's.
+    pub(super) fn apply_order(&self, commands: &[Option<DecodedCommand>]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..commands.len()).collect();
+        #[cfg(feature = "deliberate-bugs")]
+        if self.splits_first {
+            order.sort_by_key(
+                |k| !matches!(&commands[*k], Some(Ok(c)) if matches!(c.op, Op::Split(_))),
+            );
+        }
+        order
     }
 
     fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Entry, NodeId, Role, SnapshotMeta, Term};
+use raft_core::{Entry, Index, NodeId, Role, SnapshotMeta, Term};
 
 use kv::identity::DEFAULT_CLUSTER_TOKEN;
 use kv::ranges::RangeId;
@@ -129,6 +129,14 @@ pub trait NodeObserver: Send + Sync {
     /// The range's state machine took a snapshot image of everything applied up to
     /// `snapshot.index`.
     fn snapshot_taken(&self, _node: NodeId, _range: RangeId, _snapshot: SnapshotMeta) {}
+    /// The range's state machine applied these entries to these results (a digest of each
+    /// command's encoded result, by entry index; entries without a command are left out):
+    /// every replica must get the same result at the same index.
+    fn applied(&self, _node: NodeId, _range: RangeId, _outcomes: &[(Index, u64)]) {}
+    /// Whether [`NodeObserver::applied`] is wanted: digests cost a hash per entry.
+    fn wants_outcomes(&self) -> bool {
+        false
+    }
 }
 
 /// Known-unsafe behaviour, switched on only by tests (feature `test-switches`).
@@ -150,6 +158,9 @@ pub struct UnsafeSwitches {
     /// Ranges apply commands for keys outside their bounds (a range that split away a key
     /// still applies what a stale table routed to it).
     pub ignore_range_ownership: bool,
+    /// This node (only) applies a split ahead of the entries its apply batch holds before it:
+    /// a replica applying a split out of the log's order.
+    pub split_out_of_order_on: Option<NodeId>,
     /// Broken Raft rules inside the core.
     pub raft: raft_core::bugs::Bugs,
 }
@@ -249,6 +260,13 @@ impl NodeConfig {
     pub(super) fn install_without_data(&self) -> bool {
         #[cfg(feature = "test-switches")]
         return self.unsafe_switches.install_without_data;
+        #[cfg(not(feature = "test-switches"))]
+        false
+    }
+
+    pub(super) fn apply_splits_first(&self) -> bool {
+        #[cfg(feature = "test-switches")]
+        return self.unsafe_switches.split_out_of_order_on == Some(self.id);
         #[cfg(not(feature = "test-switches"))]
         false
     }

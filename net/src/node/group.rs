@@ -175,7 +175,11 @@ impl Group {
                 results,
                 members,
                 keys,
+                outcomes,
             } => {
+                if let (Some(observer), false) = (&self.cfg.observer, outcomes.is_empty()) {
+                    observer.applied(self.cfg.id, self.range, &outcomes);
+                }
                 self.volatile_keys = keys.volatile;
                 self.key_counts = keys;
                 if let Some(table) = members {

@@ -327,6 +327,7 @@ async fn open_storage(
         events,
         snapshots: snapshot_events,
         metrics: cfg.metrics.clone(),
+        outcomes: cfg.observer.as_ref().is_some_and(|o| o.wants_outcomes()),
     };
     let (apply, opened) = storage::spawn_apply_worker(
         &cfg.storage,
@@ -338,6 +339,7 @@ async fn open_storage(
             install_without_data: cfg.install_without_data(),
             local_expiry_clock: cfg.local_expiry_clock(),
             ignore_range_ownership: cfg.ignore_range_ownership(),
+            splits_first: cfg.apply_splits_first(),
         },
         // A joining node's configuration comes from the cluster, never from its command line.
         if cfg.join.is_empty() {

@@ -32,6 +32,8 @@ pub struct ApplyReports {
     pub events: EventSender,
     pub snapshots: mpsc::UnboundedSender<SnapshotEvent>,
     pub metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    /// Report a digest of every applied entry's result (`StorageEvent::Applied::outcomes`).
+    pub outcomes: bool,
 }
 
 /// Opens `kv_data`, sends back what it found, then serves the node loop's requests in order.
@@ -93,6 +95,7 @@ pub fn spawn_apply_worker(
             local_expiry_clock: faults.local_expiry_clock.clone(),
             faults,
             metrics: reports.metrics,
+            outcomes: reports.outcomes,
             snapshot_started: None,
             receive_started: None,
         };
@@ -164,6 +167,8 @@ pub(super) struct ApplyState {
     /// The deliberate bug (`UnsafeSwitches::expiry_by_local_clock`).
     local_expiry_clock: Option<WallClock>,
     pub(super) metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    /// Whether applies report their results' digests (an observer checks replicas agree).
+    outcomes: bool,
     /// When the image in progress was begun, and when the current receive job began.
     snapshot_started: Option<std::time::Instant>,
     pub(super) receive_started: Option<std::time::Instant>,
@@ -179,6 +184,9 @@ pub struct ApplyFaults {
     pub local_expiry_clock: Option<WallClock>,
     /// Apply commands whatever their keys' range (`UnsafeSwitches::ignore_range_ownership`).
     pub ignore_range_ownership: bool,
+    /// Apply a split ahead of the entries its batch holds before it
+    /// (`UnsafeSwitches::split_out_of_order_on`).
+    pub splits_first: bool,
 }
 
 impl ApplyFaults {
@@ -188,6 +196,7 @@ impl ApplyFaults {
         let sm = {
             let mut sm = sm;
             sm.ignore_ownership(self.ignore_range_ownership);
+            sm.apply_splits_first(self.splits_first);
             sm
         };
         sm
@@ -332,7 +341,7 @@ impl ApplyState {
             return false;
         };
         let (count, started) = (entries.len() as u64, std::time::Instant::now());
-        let Some(created) = apply_batch(sm, range, entries, &self.events) else {
+        let Some(created) = apply_batch(sm, range, entries, (&self.events, self.outcomes)) else {
             return false;
         };
         if !self.open_created(range, created) {
@@ -377,7 +386,7 @@ impl ApplyState {
             }
             return true;
         };
-        let Some(created) = apply_batch(sm, range, entries, &self.events) else {
+        let Some(created) = apply_batch(sm, range, entries, (&self.events, self.outcomes)) else {
             return false;
         };
         let refused = "a range other than the first has no snapshot images yet";
@@ -539,7 +548,7 @@ fn apply_batch(
     sm: &mut KvStateMachine,
     range: RangeId,
     entries: &mut Vec<Entry>,
-    events: &EventSender,
+    (events, report_outcomes): (&EventSender, bool),
 ) -> Option<Created> {
     let batch = std::mem::take(entries);
     let Some(applied_index) = batch.last().map(|e| e.index) else {
@@ -550,6 +559,11 @@ fn apply_batch(
         Ok(applied) => {
             let first = batch[0].index;
             let mut results = Vec::with_capacity(applied.len());
+            let outcomes = if report_outcomes {
+                outcome_digests(&applied)
+            } else {
+                Vec::new()
+            };
             for (index, result) in applied {
                 let entry = index.checked_sub(first).and_then(|k| batch.get(k as usize));
                 if let (Some(result), Some(entry)) = (result, entry) {
@@ -563,6 +577,7 @@ fn apply_batch(
                 results,
                 members: changes_members.then(|| sm.members().clone()),
                 keys: sm.key_counts(),
+                outcomes,
             };
             events.send((range, applied)).ok()?;
             Some(sm.created_ranges().to_vec())
@@ -577,6 +592,19 @@ fn apply_batch(
             None
         }
     }
+}
+
+/// Each applied command's result, digested (FNV-1a over its encoding), by entry index.
+fn outcome_digests(applied: &[(Index, Option<CommandResult>)]) -> Vec<(Index, u64)> {
+    let digest = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    applied
+        .iter()
+        .filter_map(|(index, result)| Some((*index, digest(&result.as_ref()?.encode()))))
+        .collect()
 }
 
 fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads, clock: Option<&WallClock>) {

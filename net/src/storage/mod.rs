@@ -98,6 +98,9 @@ pub enum StorageEvent {
         /// The key counts at `applied_index` (DBSIZE, INFO keyspace; expiry needs time to
         /// pass in the log while keys with a deadline exist).
         keys: kv::state_machine::KeyCounts,
+        /// A digest of each applied command's result, by index; empty unless asked for
+        /// (`ApplyReports::outcomes`).
+        outcomes: Vec<(Index, u64)>,
     },
     /// A storage error: the node cannot go on safely and stops.
     Failed(StorageError),

@@ -180,6 +180,7 @@ impl ApplyState {
                 results: Vec::new(),
                 members: Some(sm.members().clone()),
                 keys: sm.key_counts(),
+                outcomes: Vec::new(),
             },
         ));
         self.snapshot_events
