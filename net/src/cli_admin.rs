@@ -104,16 +104,18 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
             check_id(id)?;
             check_addr("--peer-addr", &peer_addr)?;
             check_addr("--client-addr", &client_addr)?;
-            admin_client(&servers)?
-                .member_add(id, &peer_addr, &client_addr)
-                .await?;
+            let mut client = admin_client(&servers)?;
+            client.member_add(id, &peer_addr, &client_addr).await?;
+            wait_for_ranges(&mut client).await;
             println!(
                 "node {id} added as a learner; start it with `kvstore serve --id {id} --peer-addr {peer_addr} --client-addr {client_addr} --join ...`, then promote it"
             );
         }
         MemberCmd::Promote { id, servers } => {
             check_id(id)?;
-            admin_client(&servers)?.member_promote(id).await?;
+            let mut client = admin_client(&servers)?;
+            client.member_promote(id).await?;
+            wait_for_ranges(&mut client).await;
             println!("node {id} is a voter");
         }
         MemberCmd::Remove { id, servers } => {
@@ -121,6 +123,7 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
             let mut client = admin_client(&servers)?;
             hand_off_if_leading(&mut client, id).await;
             client.member_remove(id).await?;
+            wait_for_ranges(&mut client).await;
             println!("node {id} removed");
         }
         MemberCmd::Update {
@@ -132,13 +135,53 @@ pub async fn run_member(cmd: MemberCmd) -> Result<(), CliError> {
             check_id(id)?;
             check_addr("--peer-addr", &peer_addr)?;
             check_addr("--client-addr", &client_addr)?;
-            admin_client(&servers)?
-                .member_update(id, &peer_addr, &client_addr)
-                .await?;
+            let mut client = admin_client(&servers)?;
+            client.member_update(id, &peer_addr, &client_addr).await?;
+            wait_for_ranges(&mut client).await;
             println!("node {id} now at {peer_addr} (peers), {client_addr} (clients)");
         }
     }
     Ok(())
+}
+
+/// How long a `kvstore member` command waits for every range to follow its change.
+const RANGES_FOLLOW_WAIT: Duration = Duration::from_secs(60);
+
+/// Once the first range has made a change: on a split keyspace, waits until every range's
+/// configuration has followed it (a promoted learner must first catch up with each range),
+/// saying which ranges it waits for. Past [`RANGES_FOLLOW_WAIT`] it says which are still
+/// behind and returns: they go on following by themselves.
+async fn wait_for_ranges(client: &mut KvClient<MaybeTlsNet>) {
+    let deadline = tokio::time::Instant::now() + RANGES_FOLLOW_WAIT;
+    let mut told = false;
+    loop {
+        let behind = match client.member_list().await {
+            Ok(list) if list.ranges_behind.is_empty() => return,
+            Ok(list) => Some(list.ranges_behind),
+            Err(_) => None,
+        };
+        let names = behind.as_deref().map(range_names).unwrap_or_default();
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "ranges {names} have not followed the change within {} s; they follow it by                  themselves (`kvstore member list` names the ranges still behind)",
+                RANGES_FOLLOW_WAIT.as_secs()
+            );
+            return;
+        }
+        if !told && behind.is_some() {
+            eprintln!("the first range made the change; waiting for ranges {names} to follow");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn range_names(ranges: &[u64]) -> String {
+    ranges
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// If node `id` leads, makes the most caught-up other voter the leader first. A leader removed
@@ -343,6 +386,14 @@ pub fn format_member_list(list: &MemberList, reachable: &[bool]) -> String {
     if list.joint {
         out.push_str("joint configuration: a change of the voters is in progress\n");
     }
+    if !list.ranges_behind.is_empty() {
+        out.push_str(&format!(
+            "ranges still following the last change (their configuration differs from the \
+             first range's on node {}): {}\n",
+            list.answered_by,
+            range_names(&list.ranges_behind)
+        ));
+    }
     if list.members.iter().all(|m| m.match_index.is_none()) {
         out.push_str(&format!(
             "(answered by node {}, not the leader: no match index or lag)\n",
@@ -451,8 +502,13 @@ mod tests {
                     lag: Some(30),
                 },
             ],
+            ranges_behind: vec![3, 7],
         };
         let table = format_member_list(&list, &[true, false]);
+        assert!(
+            table.contains("ranges still following the last change") && table.contains(": 3, 7\n"),
+            "{table}"
+        );
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[1].contains("voter (leader)") && lines[1].ends_with("yes"));
         assert!(lines[2].contains("learner") && lines[2].contains("30"));

@@ -16,8 +16,13 @@
 //! already so waits for it to be applied and answers `+OK`, so a retry is harmless.
 //!
 //! `LIST` answers a flat list of field/value pairs (`answered_by`, `leader`, `joint`,
-//! `members`), `members` being one such list per member (`id`, `peer_addr`, `client_addr`,
-//! `role`, `match_index`, `lag`; the last two nil except on the leader).
+//! `members`, `ranges_behind`), `members` being one such list per member (`id`, `peer_addr`,
+//! `client_addr`, `role`, `match_index`, `lag`; the last two nil except on the leader), and
+//! `ranges_behind` the ranges whose configuration, on the answering node, has not followed the
+//! first range's yet (empty on an unsplit keyspace).
+//!
+//! Once the keyspace is split, a change is made to the first range, and every other range
+//! follows it by itself (`node/member_follow.rs`).
 
 use bytes::Bytes;
 use raft_core::NodeId;
@@ -183,6 +188,13 @@ pub fn member_list_reply(list: &MemberList) -> Reply {
         bulk(if list.joint { "yes" } else { "no" }),
         bulk("members"),
         Reply::Array(members),
+        bulk("ranges_behind"),
+        Reply::Array(
+            list.ranges_behind
+                .iter()
+                .map(|&r| Reply::Integer(r as i64))
+                .collect(),
+        ),
     ])
 }
 
@@ -224,6 +236,7 @@ pub fn parse_member_list(reply: &Reply) -> Result<MemberList, String> {
         leader: None,
         joint: false,
         members: Vec::new(),
+        ranges_behind: Vec::new(),
     };
     for (field, value) in pairs(reply)? {
         match field.as_str() {
@@ -236,6 +249,15 @@ pub fn parse_member_list(reply: &Reply) -> Result<MemberList, String> {
                 };
                 for m in members {
                     list.members.push(parse_member(m)?);
+                }
+            }
+            "ranges_behind" => {
+                let Reply::Array(ranges) = value else {
+                    return Err(format!("expected a list of ranges, got {value:?}"));
+                };
+                for r in ranges {
+                    list.ranges_behind
+                        .push(number(r)?.ok_or("a range without an id")?);
                 }
             }
             _ => {}
@@ -395,6 +417,7 @@ mod tests {
                     lag: None,
                 },
             ],
+            ranges_behind: vec![2, 5],
         };
         assert_eq!(parse_member_list(&member_list_reply(&list)), Ok(list));
         assert!(parse_member_list(&Reply::Integer(1)).is_err());

@@ -161,15 +161,28 @@ impl KvStateMachine {
     }
 
     /// The order in which a batch's decoded commands are applied: the log's.
-    pub(super) fn apply_order(&self, commands: &[Option<DecodedCommand>]) -> Vec<usize> {
+    #[cfg(not(feature = "deliberate-bugs"))]
+    pub(super) fn apply_order(
+        &self,
+        commands: &[Option<DecodedCommand>],
+    ) -> std::ops::Range<usize> {
+        0..commands.len()
+    }
+
+    /// The order in which a batch's decoded commands are applied: the log's, unless the
+    /// deliberate bug of applying splits first is on.
+    #[cfg(feature = "deliberate-bugs")]
+    pub(super) fn apply_order(
+        &self,
+        commands: &[Option<DecodedCommand>],
+    ) -> std::vec::IntoIter<usize> {
         let mut order: Vec<usize> = (0..commands.len()).collect();
-        #[cfg(feature = "deliberate-bugs")]
         if self.splits_first {
             order.sort_by_key(
                 |k| !matches!(&commands[*k], Some(Ok(c)) if matches!(c.op, Op::Split(_))),
             );
         }
-        order
+        order.into_iter()
     }
 
     fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {

@@ -61,6 +61,9 @@ pub struct MemberList {
     pub leader: Option<NodeId>,
     pub joint: bool,
     pub members: Vec<MemberStatus>,
+    /// Once the keyspace is split: the ranges whose configuration the answering node still
+    /// sees differ from the first range's (they follow it by themselves, `member_follow.rs`).
+    pub ranges_behind: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -410,6 +413,7 @@ impl Group {
             leader: self.core.leader(),
             joint: membership.is_joint(),
             members,
+            ranges_behind: self.ranges_behind.clone(),
         }
     }
 

@@ -77,6 +77,9 @@ pub struct Group {
     /// Set by the store while the node hosts several ranges: a lagging follower could then
     /// get no snapshot, so the log keeps every entry (even past an image taken before).
     pub(super) compaction_paused: bool,
+    /// On the first range's group: the other ranges whose configuration this node still sees
+    /// differ from this one's (`member_follow.rs`), for `member list`.
+    pub(super) ranges_behind: Vec<RangeId>,
 }
 
 impl Group {
@@ -113,6 +116,7 @@ impl Group {
             tick_clock: None,
             silence: Default::default(),
             compaction_paused: false,
+            ranges_behind: Vec::new(),
         }
         .with_tick_clock()
     }

@@ -277,6 +277,11 @@ impl Members {
         !in_force.is_empty() && !in_force.contains(self.me)
     }
 
+    /// Member `id`'s addresses, if known.
+    pub fn addrs(&self, id: NodeId) -> Option<&MemberAddrs> {
+        self.book.get(&id).map(|(_, a)| a)
+    }
+
     /// Every known address (for `member list` and status).
     pub fn addresses(&self) -> BTreeMap<NodeId, MemberAddrs> {
         self.book

@@ -19,6 +19,7 @@
 //! | [`snapshot_install`] | fetch, stage, offer, install or discard: a state machine without IO |
 //! | [`group_snapshots`] | the group carrying out the install state machine's actions |
 //! | [`admin`] | operator requests: list and change the members, move the leadership |
+//! | [`member_follow`] | on a split keyspace, every range's configuration following the first range's |
 //! | [`admin_waits`] | operator requests waiting for their entry to apply, or for a new leader |
 
 pub mod admin;
@@ -32,6 +33,7 @@ mod group_snapshots;
 pub mod identity;
 mod images;
 mod leader_spread;
+mod member_follow;
 pub mod membership;
 mod requests;
 mod run;

@@ -24,10 +24,11 @@ use super::config::NodeConfig;
 use super::group::Group;
 use super::group_builder::{GroupBuilder, GroupStart};
 use super::leader_spread::LeaderSpreading;
+use super::member_follow::{self, MemberFollowing};
 use super::snapshot_install::SnapshotEvent;
 use crate::error::{NodeError, ServeError};
 use crate::metrics::NodeMetrics;
-use crate::request::{ClientRequest, RequestError, RoutedRequest};
+use crate::request::{ClientRequest, RoutedRequest};
 use crate::snapshot_transfer::ServeRequest;
 use crate::storage::{self, LogRequest, RangeOnDisk, StorageEvent, StorageMode, Worker};
 use crate::transport::RangeMessage;
@@ -55,6 +56,8 @@ pub struct Store {
     ranges: watch::Sender<Arc<RangeTable>>,
     /// Hands each range's leadership to its preferred voter (`leader_spread.rs`).
     spreading: LeaderSpreading,
+    /// Makes every range's configuration follow the first range's (`member_follow.rs`).
+    following: MemberFollowing,
 }
 
 impl Store {
@@ -83,6 +86,7 @@ impl Store {
             metrics: cfg.metrics.clone(),
             ranges,
             spreading: LeaderSpreading::default(),
+            following: MemberFollowing::default(),
         };
         for (group, descriptor) in groups {
             store.descriptors.insert(group.range, descriptor);
@@ -216,8 +220,12 @@ impl Store {
     /// client port's table was stale, or the range is not created here yet) is refused with
     /// TRYAGAIN, and the client port looks its key up again.
     pub fn on_request(&mut self, routed: RoutedRequest) {
-        if self.groups.len() > 1 && changes_members(&routed.req) {
-            return refuse_member_change(routed.req, self.groups.len());
+        if let ClientRequest::Admin {
+            req: AdminRequest::ListMembers,
+            ..
+        } = &routed.req
+        {
+            member_follow::note_ranges_behind(&mut self.groups);
         }
         match self.groups.get_mut(&routed.range) {
             Some(group) => group.on_request(routed.req),
@@ -250,6 +258,7 @@ impl Store {
             group.tick(now);
         }
         self.spreading.on_tick(&mut self.groups);
+        self.following.on_tick(&mut self.groups);
     }
 
     /// A peer's connection failed: every group that sends to it is told.
@@ -336,31 +345,6 @@ impl Store {
         for worker in self.workers {
             worker.join().await;
         }
-    }
-}
-
-/// Whether the request changes the members or their addresses. Each range's group has its own
-/// configuration, and a change reaches only the first range's; until changes reach every
-/// range's group, they are refused once the keyspace is split.
-fn changes_members(req: &ClientRequest) -> bool {
-    matches!(
-        req,
-        ClientRequest::Admin {
-            req: AdminRequest::AddLearner { .. }
-                | AdminRequest::Promote { .. }
-                | AdminRequest::Remove { .. }
-                | AdminRequest::UpdateAddrs { .. },
-            ..
-        }
-    )
-}
-
-fn refuse_member_change(req: ClientRequest, ranges: usize) {
-    if let ClientRequest::Admin { reply, .. } = req {
-        let _ = reply.send(Err(RequestError::Failed(format!(
-            "membership changes are not supported yet once the keyspace is split into ranges \
-             (this node hosts {ranges}): a change would reach the first range's group only"
-        ))));
     }
 }
 

@@ -204,6 +204,7 @@ impl Operator {
                         leader: None,
                         joint: false,
                         members: Vec::new(),
+                        ranges_behind: Vec::new(),
                     });
                 let member = list.members.iter().find(|m| m.id == *id);
                 if let Some(m) = member {
