@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use sim::cluster::{run, snapshots_off, RunConfig, RunReport, SplitPlan};
-use sim::faults::FaultKinds;
+use net::node::admin::MemberRole;
+use sim::cluster::{run, snapshots_off, MemberOp, MemberPlan, RunConfig, RunReport, SplitPlan};
+use sim::faults::{FaultAction, FaultKinds};
 
 /// Splits at every point the random plans draw from, a few hundred milliseconds apart: the
 /// hot keys, the cold ones and the volatile ones end up in different ranges.
@@ -97,4 +98,62 @@ fn teeth_a_split_applied_out_of_log_order_on_one_replica_is_caught() {
         }
     }
     panic!("a split applied out of log order on one replica was not caught in 40 seeds");
+}
+
+/// Splits while the cluster grows from three voters to five, then two founders crash: the two
+/// new members serve every range only if every range's configuration followed the first
+/// range's (each range adds them, promotes them once caught up with its own log), and the
+/// operator, as `kvstore member` does, waits for every range after each change.
+#[test]
+fn splits_while_the_cluster_grows_to_five_then_survives_losing_two_founders() {
+    let mut cfg = scenario(31, degraded_but_connected());
+    cfg.nodes = 3;
+    cfg.workload = Duration::from_secs(20);
+    cfg.membership = Some(MemberPlan {
+        start: Duration::from_secs(1),
+        spares: 2,
+        steps: vec![
+            MemberOp::AddLearner(4),
+            MemberOp::AddLearner(5),
+            MemberOp::AwaitCaughtUp(4),
+            MemberOp::AwaitCaughtUp(5),
+            MemberOp::Promote(4),
+            MemberOp::Promote(5),
+            MemberOp::Fault(FaultAction::Crash(vec![1, 2])),
+            MemberOp::ExpectServing(Duration::from_secs(15)),
+        ],
+        faults_on_spares: false,
+    });
+    let report = pass(&cfg);
+    let operator = report.operator.expect("the run had a plan");
+    for line in &operator.done {
+        println!("  operator: {line}");
+    }
+    let members = operator
+        .final_members
+        .expect("the operator listed the members");
+    assert!(
+        members.ranges_behind.is_empty(),
+        "ranges still behind at the end: {members:?}"
+    );
+    let voters: Vec<u64> = members
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Voter)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4, 5]);
+}
+
+/// Faults that leave every node up and every link connected: with two of five voters down, any
+/// node lost besides would stop the cluster.
+fn degraded_but_connected() -> FaultKinds {
+    FaultKinds {
+        pauses: true,
+        clock_skew: true,
+        latency: true,
+        flaky_links: true,
+        slow_disk: true,
+        ..FaultKinds::none()
+    }
 }

@@ -121,11 +121,7 @@ impl RunConfig {
 
 impl RunConfig {
     fn with_drawn_splits(mut self) -> Self {
-        self.splits = super::splits::draw(
-            self.seed,
-            self.membership.is_some(),
-            self.snapshots.threshold > 0,
-        );
+        self.splits = super::splits::draw(self.seed, self.snapshots.threshold > 0);
         self
     }
 }

@@ -193,7 +193,7 @@ impl Operator {
             MemberOp::AddLearner(id) => {
                 self.retry(Request::AddLearner(*id)).await?;
                 self.state.borrow_mut().admitted.insert(*id);
-                Ok(())
+                self.await_ranges_following().await
             }
             MemberOp::AwaitCaughtUp(id) => loop {
                 let list = self
@@ -223,8 +223,14 @@ impl Operator {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             },
-            MemberOp::Promote(id) => self.retry(Request::Promote(*id)).await.map(drop),
-            MemberOp::Remove(id) => self.retry(Request::Remove(*id)).await.map(drop),
+            MemberOp::Promote(id) => {
+                self.retry(Request::Promote(*id)).await?;
+                self.await_ranges_following().await
+            }
+            MemberOp::Remove(id) => {
+                self.retry(Request::Remove(*id)).await?;
+                self.await_ranges_following().await
+            }
             MemberOp::TransferLeader(to) => {
                 self.retry(Request::TransferLeader(*to)).await.map(drop)
             }
@@ -267,6 +273,24 @@ impl Operator {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// On a split keyspace: waits, as `kvstore member` does, until the node answering the
+    /// member list sees every range's configuration follow the first range's.
+    async fn await_ranges_following(&mut self) -> Result<(), String> {
+        loop {
+            let list = self.retry(Request::List).await?;
+            let behind = list.map(|l| l.ranges_behind).unwrap_or_default();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if now() >= self.deadline {
+                return Err(format!(
+                    "ranges {behind:?} never followed the first range's configuration"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -104,10 +104,10 @@ fn run_and_judge(cfg: &RunConfig, trace: &mut Vec<String>) -> Result<RunReport, 
     if let (Some(plan), Some(state)) = (&cfg.membership, &operator) {
         membership::start_operator(&mut tasks, plan, state, &servers, deadline, cfg.seed);
     }
-    let splits = cfg
-        .splits
-        .as_ref()
-        .map(|plan| splits::start_splitter(&mut tasks, plan, &servers, deadline, cfg.seed));
+    let splits = cfg.splits.as_ref().map(|plan| {
+        let seed_and_operator = (cfg.seed, operator.clone());
+        splits::start_splitter(&mut tasks, plan, &servers, deadline, seed_and_operator)
+    });
     tasks.start(&mut sim);
     fault_loop::run(
         &mut sim,

@@ -9,9 +9,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use net::client::{ClientConfig, KvClient};
+use net::node::admin::MemberRole;
 use net::server_ranges::RangeStatus;
 use rand::Rng;
 
+use super::membership::SharedOperator;
 use super::now;
 use crate::net::TurmoilNet;
 use crate::rng;
@@ -46,13 +48,14 @@ pub struct SplitReport {
 
 pub(super) type SharedSplits = Rc<RefCell<SplitReport>>;
 
-/// The plan seed `seed` runs, if any. Splits are drawn only in runs that neither change the
-/// members (a change reaches the first range's group alone) nor take snapshots (a node behind a
-/// compacted log needs a range's image, and images pause while several ranges exist). From a
-/// generator of its own, so that the rest of the seed is what it was before splits existed.
-pub(super) fn draw(seed: u64, changes_members: bool, takes_snapshots: bool) -> Option<SplitPlan> {
+/// The plan seed `seed` runs, if any. Splits are drawn only in runs that take no snapshots (a
+/// node behind a compacted log needs a range's image, and images pause while several ranges
+/// exist); runs that change the members split too (every range follows the first range's
+/// configuration). From a generator of its own, so that the rest of the seed is what it was
+/// before splits existed.
+pub(super) fn draw(seed: u64, takes_snapshots: bool) -> Option<SplitPlan> {
     let mut rng = rng::seeded(seed ^ 0x5911_7A7E_0DD5_EED5);
-    if !rng.gen_bool(SHARE) || changes_members || takes_snapshots {
+    if !rng.gen_bool(SHARE) || takes_snapshots {
         return None;
     }
     let mut points: Vec<&str> = SPLIT_POINTS.to_vec();
@@ -93,11 +96,12 @@ pub(super) fn start_splitter(
     plan: &SplitPlan,
     servers: &[String],
     deadline: u64,
-    seed: u64,
+    (seed, operator): (u64, Option<SharedOperator>),
 ) -> SharedSplits {
     let report = SharedSplits::default();
     let splitter = Splitter {
         servers: servers.to_vec(),
+        operator,
         rng: RefCell::new(rng::seeded(seed ^ 0x0DD5_EED5_5911_7A7E)),
         report: report.clone(),
         deadline,
@@ -126,6 +130,9 @@ fn splitter_config(follow_leader: bool) -> ClientConfig {
 
 struct Splitter {
     servers: Vec<String>,
+    /// The operator changing the members in the same run, if any: the nodes compared at the
+    /// end are the members it leaves.
+    operator: Option<SharedOperator>,
     /// The splitter is one task: its generator is borrowed one draw at a time.
     rng: RefCell<rng::SimRng>,
     report: SharedSplits,
@@ -138,8 +145,40 @@ impl Splitter {
             tokio::time::sleep(*pause).await;
             self.split(key).await?;
         }
-        self.await_same_ranges_everywhere(plan.splits.len() + 1)
+        let Some(members) = self.final_members().await else {
+            // The operator's plan failed, and the run with it.
+            return Ok(());
+        };
+        self.await_same_ranges_everywhere(&members, plan.splits.len() + 1)
             .await
+    }
+
+    /// The client addresses of the nodes that must host every range at the end: every node,
+    /// or, with an operator changing the members, the members once its plan is done (`None`
+    /// if the plan failed).
+    async fn final_members(&self) -> Option<Vec<String>> {
+        let Some(operator) = &self.operator else {
+            return Some(self.servers.clone());
+        };
+        loop {
+            let report = operator.borrow().report.clone();
+            if report.error.is_some() {
+                return None;
+            }
+            if let Some(list) = report.final_members {
+                let members = list
+                    .members
+                    .iter()
+                    .filter(|m| m.role != MemberRole::None)
+                    .filter_map(|m| self.servers.get((m.id as usize).checked_sub(1)?).cloned())
+                    .collect();
+                return Some(members);
+            }
+            if now() >= self.deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Asks for the split until it is answered (a retry of a split that took effect answers the
@@ -177,10 +216,14 @@ impl Splitter {
 
     /// Waits until every node, asked alone, hosts `expected` ranges that tile the keyspace, the
     /// same on every node.
-    async fn await_same_ranges_everywhere(&self, expected: usize) -> Result<(), String> {
+    async fn await_same_ranges_everywhere(
+        &self,
+        nodes: &[String],
+        expected: usize,
+    ) -> Result<(), String> {
         let mut last = String::new();
         while now() < self.deadline {
-            match self.every_node_s_ranges().await {
+            match self.every_node_s_ranges(nodes).await {
                 Ok(views) => match agree(&views, expected) {
                     Ok(()) => {
                         self.report.borrow_mut().ranges = expected;
@@ -197,9 +240,9 @@ impl Splitter {
         ))
     }
 
-    async fn every_node_s_ranges(&self) -> Result<Vec<Vec<RangeStatus>>, String> {
+    async fn every_node_s_ranges(&self, nodes: &[String]) -> Result<Vec<Vec<RangeStatus>>, String> {
         let mut views = Vec::new();
-        for server in &self.servers {
+        for server in nodes {
             let id = self.rng_u64() | 1;
             let mut client =
                 KvClient::over(TurmoilNet, vec![server.clone()], splitter_config(false), id);
