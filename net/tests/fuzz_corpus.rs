@@ -476,9 +476,32 @@ fn kv_command_seeds() -> Vec<(&'static str, Vec<u8>)> {
     huge_key.extend_from_slice(&u32::MAX.to_le_bytes());
     let mut unknown_op = vec![0u8; 16];
     unknown_op.push(77);
+    let (left, right) = kv::ranges::RangeDescriptor::whole(1)
+        .split_at(b"user:m", 2)
+        .expect("a valid split");
     vec![
         ("set", set.clone()),
         ("delete", cmd(Op::Delete { key: b(b"k") })),
+        ("allocate-range-id", cmd(Op::AllocateRangeId)),
+        (
+            "split",
+            cmd(Op::Split(kv::ranges::Split {
+                range: 1,
+                epoch: 1,
+                at: b(b"user:m"),
+                new_range: 2,
+            })),
+        ),
+        (
+            "result-split",
+            CommandResult::Split { left, right }.encode().to_vec(),
+        ),
+        (
+            "result-not-owned",
+            CommandResult::NotOwned { range: 3, epoch: 7 }
+                .encode()
+                .to_vec(),
+        ),
         (
             "cas-absent-to-value",
             cmd(Op::Cas {
