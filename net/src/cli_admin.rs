@@ -224,8 +224,8 @@ pub async fn status(servers_arg: ServersArg) -> Result<(), CliError> {
     let servers = &servers_arg.servers;
     const ROW: fn(&[String]) -> String = |c| {
         format!(
-            "{:<22} {:>4} {:<12} {:<15} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
+            "{:<22} {:>4} {:<12} {:<15} {:>6} {:>7} {:>12} {:>12} {:>12} {:>6} {:>9} {:>6} {:>5}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
         )
     };
     let header = [
@@ -240,6 +240,8 @@ pub async fn status(servers_arg: ServersArg) -> Result<(), CliError> {
         "snapshot",
         "taken",
         "installed",
+        "ranges",
+        "leads",
     ];
     println!("{}", ROW(&header.map(String::from)));
     let mut configuration: Option<(bool, BTreeMap<String, String>)> = None;
@@ -276,6 +278,7 @@ pub async fn status(servers_arg: ServersArg) -> Result<(), CliError> {
                 ];
                 let mut row = vec![addr.clone()];
                 row.extend(fields.iter().map(|k| get(k)));
+                row.extend(hosted_and_led(&mut c, &get("node_id")).await);
                 println!("{}", ROW(&row));
                 let leads = get("role") == "leader";
                 if configuration.as_ref().is_none_or(|(led, _)| !led && leads) {
@@ -298,6 +301,19 @@ pub async fn status(servers_arg: ServersArg) -> Result<(), CliError> {
     };
     println!("{}", configuration_line(&info));
     Ok(())
+}
+
+/// How many ranges the server hosts and how many of them it leads (from `RAFT.RANGES`; the
+/// other columns of `status` describe the first range's group), or `?` if it does not say.
+async fn hosted_and_led(client: &mut KvClient<MaybeTlsNet>, node_id: &str) -> [String; 2] {
+    let Ok(ranges) = client.ranges().await else {
+        return ["?".into(), "?".into()];
+    };
+    let led = ranges
+        .iter()
+        .filter(|r| r.leader.is_some_and(|l| l.to_string() == node_id))
+        .count();
+    [ranges.len().to_string(), led.to_string()]
 }
 
 /// `configuration (node 1): voters 1,2,3; learners 4; joint no` from INFO's fields.

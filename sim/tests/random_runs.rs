@@ -64,6 +64,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
     let mut known = 0;
     let mut with_leases = 0;
     let (mut with_splits, mut splits_done, mut most_ranges) = (0, 0, 0);
+    let mut splits_with_plans = 0;
     let started = std::time::Instant::now();
     for &seed in &seeds {
         let cfg = RunConfig::from_seed(seed);
@@ -123,6 +124,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
                 }
                 if let Some(splits) = &report.splits {
                     with_splits += 1;
+                    splits_with_plans += usize::from(report.operator.is_some());
                     splits_done += splits.done.len();
                     most_ranges = most_ranges.max(splits.ranges);
                 }
@@ -147,7 +149,7 @@ fn random_fault_runs_stay_linearizable_and_keep_every_invariant() {
         }
     }
     println!(
-        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); lease reads in {with_leases} seeds; splits in {with_splits} seeds ({splits_done} splits, up to {most_ranges} ranges); linearizability undecided (checker budget) in {} seeds {undecided:?}",
+        "{} seeds: {ops} operations ({ok} ok, {unknown} unknown), {elections} elections, {simulated:.0}s simulated in {:.1}s; snapshots on in {with_snapshots} seeds: {taken} taken, {installed} installed, {} power cuts at installs ({} before, {} inside, {} after); membership changed in {with_plans} seeds ({member_steps} operator steps), {mid_joint} crashes while joint ({leaders_mid_joint} of the leader); lease reads in {with_leases} seeds; splits in {with_splits} seeds ({splits_with_plans} of them changing the members; {splits_done} splits, up to {most_ranges} ranges); linearizability undecided (checker budget) in {} seeds {undecided:?}",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         install_crashes.total(),

@@ -41,6 +41,26 @@ async fn a_split_cluster_takes_a_new_member_into_every_range_and_serves_without_
     cluster.wait_for_leader(BOUND).await;
     kvstore_ok(&cluster, &["split", "g"]);
     kvstore_ok(&cluster, &["split", "p"]);
+    // `kvstore status`: every node hosts the three ranges, and each range has one leader.
+    let status = kvstore_ok(&cluster, &["status"]);
+    let rows: Vec<Vec<&str>> = status
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with("127.0.0.1"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{status}");
+    assert!(rows.iter().all(|r| r[r.len() - 2] == "3"), "{status}");
+    e2e::eventually(BOUND, "every range led by one node", || async {
+        let status = cluster.kvstore(&["status"]).1;
+        let leads: u64 = status
+            .lines()
+            .filter(|l| l.starts_with("127.0.0.1"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        leads == 3
+    })
+    .await;
     let founders: Vec<String> = (1..=3)
         .map(|id| cluster.nodes[&id].client_addr.clone())
         .collect();
