@@ -24,9 +24,39 @@ pub enum ReadOp {
     Exists(Vec<Bytes>),
     /// Any other read ([`kv::Query`]).
     Query(kv::Query),
+    /// A query over the whole range (SCAN, KEYS, DBSIZE), asked by a client port whose range
+    /// table has the range at `epoch`. A range that split since would answer for its left half
+    /// only, which the client port would take for the whole of it, missing the keys that
+    /// moved: it answers `NotOwned` instead ([`ReadOp::for_range_at`]), and the port routes
+    /// again once its table has the split. Checked when the read is served, against the state
+    /// the read sees, since the table is published after the split applies.
+    WholeRange {
+        query: kv::Query,
+        epoch: u64,
+    },
     /// A snapshot image at or after the read point, for a backup: the newest image if it is
     /// recent enough, else a new one (`storage::apply_worker`).
     Image,
+}
+
+impl ReadOp {
+    /// The read a range with descriptor `range` serves for this one, or `None` for a
+    /// [`ReadOp::WholeRange`] asked at another epoch, which is answered [`not_owned`].
+    pub fn for_range_at(self, range: &kv::ranges::RangeDescriptor) -> Option<ReadOp> {
+        match self {
+            ReadOp::WholeRange { epoch, .. } if epoch != range.epoch => None,
+            ReadOp::WholeRange { query, .. } => Some(ReadOp::Query(query)),
+            other => Some(other),
+        }
+    }
+}
+
+/// The answer to a read a range refuses: the port routes again on it.
+pub fn not_owned(range: &kv::ranges::RangeDescriptor) -> ReadResult {
+    ReadResult::Answer(kv::CommandResult::NotOwned {
+        range: range.id,
+        epoch: range.epoch,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! hosting several ranges, each goes where its keys live ([`crate::server_routed`]).
 
 use bytes::Bytes;
-use kv::{Command, CommandResult};
+use kv::ranges::FIRST_RANGE;
+use kv::{Command, CommandResult, Query};
 
 use crate::request::{NodeHandle, ReadOp, ReadResult};
 use crate::resp::Reply;
@@ -25,14 +26,52 @@ pub async fn execute(
     match parse(name, args) {
         None => Reply::error(unknown_command(sent_name, args)),
         Some(Err(e)) => Reply::error(e),
-        // One range: nothing to route (and no request to copy).
-        Some(Ok(parsed)) if node.hosts_one_range() => run(parsed, node, session).await,
+        // One range: nothing to route (and no request to copy), unless the range split since
+        // the table was published (seen by a read over the whole range).
+        Some(Ok(parsed)) if node.hosts_one_range() => {
+            match run_whole_range(parsed, node, session).await {
+                Ok(reply) => reply,
+                Err(parsed) => {
+                    let mut request = Vec::with_capacity(1 + args.len());
+                    request.push(Bytes::copy_from_slice(sent_name));
+                    request.extend_from_slice(args);
+                    crate::server_routed::execute(name, &request, parsed, node, session).await
+                }
+            }
+        }
         Some(Ok(parsed)) => {
             let mut request = Vec::with_capacity(1 + args.len());
             request.push(Bytes::copy_from_slice(sent_name));
             request.extend_from_slice(args);
             crate::server_routed::execute(name, &request, parsed, node, session).await
         }
+    }
+}
+
+/// Runs a parsed command on a node hosting one range that owns every key. A read over the
+/// whole keyspace (SCAN, KEYS, DBSIZE) is asked at the range's epoch as published: if the
+/// range has split since (its left half alone would answer), the command is given back to be
+/// routed over the ranges once the table has them.
+async fn run_whole_range(
+    parsed: Parsed,
+    node: &NodeHandle,
+    session: (u64, u64),
+) -> Result<Reply, Parsed> {
+    let Parsed::Read(query @ (Query::Scan { .. } | Query::Keys { .. } | Query::DbSize), shape) =
+        parsed
+    else {
+        return Ok(run(parsed, node, session).await);
+    };
+    let epoch = node.ranges().get(FIRST_RANGE).map_or(0, |d| d.epoch);
+    let op = ReadOp::WholeRange {
+        query: query.clone(),
+        epoch,
+    };
+    match node.read(op).await {
+        Ok(ReadResult::Answer(CommandResult::NotOwned { .. })) => Err(Parsed::Read(query, shape)),
+        Ok(ReadResult::Answer(r)) => Ok(shaped(r, shape)),
+        Ok(_) => Ok(Reply::error("ERR internal error: unexpected read result")),
+        Err(e) => Ok(request_error(e)),
     }
 }
 

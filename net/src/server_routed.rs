@@ -80,7 +80,7 @@ async fn attempt_once(
         }
         Route::EveryRange(ranges) => match parsed {
             Parsed::Read(Query::Scan { .. }, _) => scan(parsed, table, node).await,
-            _ => every_range(name, parsed, &ranges, node, session).await,
+            _ => every_range(name, parsed, (table, &ranges), node, session).await,
         },
     }
 }
@@ -94,16 +94,37 @@ pub(crate) async fn run_in(
     range: RangeId,
     parsed: Parsed,
     node: &NodeHandle,
+    session: (u64, u64),
+) -> Attempt {
+    run_in_at(range, None, parsed, node, session).await
+}
+
+/// As [`run_in`]; a read over the whole range is answered only while the range is at `epoch`
+/// (the table's), so that a range that split since is not taken for its old bounds
+/// ([`ReadOp::WholeRange`]).
+async fn run_in_at(
+    range: RangeId,
+    epoch: Option<u64>,
+    parsed: Parsed,
+    node: &NodeHandle,
     (client_id, seq): (u64, u64),
 ) -> Attempt {
     let (result, shape) = match parsed {
-        Parsed::Read(query, shape) => match node.read_in(range, ReadOp::Query(query)).await {
-            Ok(ReadResult::Answer(result)) => (Ok(result), shape),
-            Ok(_) => {
-                return Attempt::Done(Reply::error("ERR internal error: unexpected read result"))
+        Parsed::Read(query, shape) => {
+            let op = match epoch {
+                Some(epoch) => ReadOp::WholeRange { query, epoch },
+                None => ReadOp::Query(query),
+            };
+            match node.read_in(range, op).await {
+                Ok(ReadResult::Answer(result)) => (Ok(result), shape),
+                Ok(_) => {
+                    return Attempt::Done(Reply::error(
+                        "ERR internal error: unexpected read result",
+                    ))
+                }
+                Err(e) => (Err(e), shape),
             }
-            Err(e) => (Err(e), shape),
-        },
+        }
         Parsed::Write(op, shape) => {
             if let Some(too_large) = op.size_error() {
                 return Attempt::Done(Reply::error(too_large));
@@ -128,7 +149,7 @@ pub(crate) async fn run_in(
 async fn every_range(
     name: &str,
     parsed: &Parsed,
-    ranges: &[RangeId],
+    (table, ranges): (&RangeTable, &[RangeId]),
     node: &NodeHandle,
     session: (u64, u64),
 ) -> Attempt {
@@ -139,7 +160,10 @@ async fn every_range(
     };
     let sends = ranges
         .iter()
-        .map(|&range| run_in(range, parsed.clone(), node, session))
+        .map(|&range| {
+            let epoch = table.get(range).map(|d| d.epoch);
+            run_in_at(range, epoch, parsed.clone(), node, session)
+        })
         .collect();
     let mut replies = Vec::with_capacity(ranges.len());
     for outcome in join_in_order(sends).await {
@@ -179,7 +203,9 @@ async fn scan(parsed: &Parsed, table: &RangeTable, node: &NodeHandle) -> Attempt
             },
             *shape,
         );
-        let reply = match run_in(at.range, page, node, (kv::SESSIONLESS_CLIENT, 0)).await {
+        let epoch = table.get(at.range).map(|d| d.epoch);
+        let session = (kv::SESSIONLESS_CLIENT, 0);
+        let reply = match run_in_at(at.range, epoch, page, node, session).await {
             Attempt::Done(reply) => reply,
             moved => return moved,
         };

@@ -609,6 +609,10 @@ fn outcome_digests(applied: &[(Index, Option<CommandResult>)]) -> Vec<(Index, u6
 
 fn serve_reads(sm: &mut KvStateMachine, reads: &mut PendingReads, clock: Option<&WallClock>) {
     for (op, reply) in reads.drain(..) {
+        let Some(op) = op.for_range_at(sm.descriptor()) else {
+            let _ = reply.send(Ok(crate::request::not_owned(sm.descriptor())));
+            continue;
+        };
         let result = match (op, clock) {
             (ReadOp::Get(key), Some(clock)) => sm
                 .query_at_clock(&kv::Query::Get { key }, clock.now_ms())
@@ -633,6 +637,8 @@ fn serve_read(sm: &mut KvStateMachine, op: ReadOp) -> kv::Result<ReadResult> {
             .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
             .map(ReadResult::Count),
         ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
+        // Checked and unwrapped by `serve_reads`.
+        ReadOp::WholeRange { query, .. } => sm.query_now(&query).map(ReadResult::Answer),
         // Taken out of the queue before reads are served (`answer_image_waits`).
         ReadOp::Image => Err(kv::Error::InvalidRequest(
             "an image is not read from the key space".into(),

@@ -114,6 +114,17 @@ impl fmt::Display for Failure {
             c.sticky_clients.len(),
             c.keys
         )?;
+        if let Some(plan) = &c.splits {
+            let keys: Vec<String> = plan
+                .splits
+                .iter()
+                .map(|(_, k)| format!("{:?}", String::from_utf8_lossy(k)))
+                .collect();
+            writeln!(f, "splits planned at {}", keys.join(", "))?;
+        }
+        if let Some(plan) = &c.membership {
+            writeln!(f, "membership plan: {:?}", plan.steps)?;
+        }
         match &self.kind {
             FailureKind::Invariant(v) => writeln!(f, "invariant broken: {}: {}", v.rule, v.detail)?,
             FailureKind::Linearizability(text) => writeln!(f, "not linearizable:\n{text}")?,
