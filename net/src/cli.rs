@@ -227,6 +227,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub reads: ReadModeArgs,
     #[command(flatten)]
+    pub ranges: crate::cli_ranges::RangeArgs,
+    #[command(flatten)]
     pub peer_tls: crate::cli_peer_tls::PeerTlsArgs,
 }
 
@@ -273,6 +275,8 @@ pub struct ClusterArgs {
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
     pub reads: ReadModeArgs,
+    #[command(flatten)]
+    pub ranges: crate::cli_ranges::RangeArgs,
 }
 
 /// Settings of one node, from a file and flags.
@@ -292,6 +296,7 @@ struct ServeSettings {
     request_timeout_ms: Option<u64>,
     snapshot_threshold: Option<u64>,
     snapshot_tail: Option<u64>,
+    range_max_keys: Option<u64>,
     read_mode: Option<String>,
     max_clock_drift: Option<f64>,
     requirepass: Option<String>,
@@ -343,6 +348,7 @@ fn read_config_file(path: &Path) -> Result<ServeSettings, ConfigError> {
             }
             "request-timeout-ms" | "request_timeout_ms" => s.request_timeout_ms = Some(num(value)?),
             "snapshot-threshold" | "snapshot_threshold" => s.snapshot_threshold = Some(num(value)?),
+            "range-max-keys" | "range_max_keys" => s.range_max_keys = Some(num(value)?),
             "snapshot-tail" | "snapshot_tail" => s.snapshot_tail = Some(num(value)?),
             "read-mode" | "read_mode" => s.read_mode = Some(value.to_string()),
             "requirepass" => s.requirepass = Some(value.to_string()),
@@ -467,6 +473,11 @@ fn serve_config(args: &ServeArgs) -> Result<(NodeConfig, ClientPorts), ConfigErr
         snapshot_tail: args.snapshots.snapshot_tail.or(file.snapshot_tail),
     };
     cfg.snapshots = snapshot_policy(&snapshots);
+    cfg.range_max_keys = args
+        .ranges
+        .range_max_keys
+        .or(file.range_max_keys)
+        .unwrap_or(0);
     cfg.read_mode = read_mode(
         args.reads
             .read_mode
@@ -680,6 +691,7 @@ mod tests {
             tls: Default::default(),
             snapshots: SnapshotArgs::default(),
             reads: ReadModeArgs::default(),
+            ranges: Default::default(),
             peer_tls: Default::default(),
         };
         let (cfg, client) = serve_config(&args).unwrap();

@@ -9,6 +9,16 @@ use crate::client::ClientConfig;
 use crate::error::CliError;
 use crate::server_ranges::RangeStatus;
 
+/// When ranges split by themselves.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RangeArgs {
+    /// Split a range in two at its middle key once it holds more than this many keys (checked
+    /// every 2 s by the range's leader). Off by default: a node hosting several ranges takes
+    /// no snapshots and does not compact its log yet (docs/OPERATIONS.md)
+    #[arg(long, value_name = "N")]
+    pub range_max_keys: Option<u64>,
+}
+
 #[derive(Args, Debug)]
 pub struct SplitArgs {
     /// The first key of the new range: the range owning it is split there, and keeps the keys

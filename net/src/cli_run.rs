@@ -112,6 +112,8 @@ async fn start_node_in_span(cfg: NodeConfig, ports: ClientPorts) -> Result<Start
     );
     let client_port = tokio::spawn(serving.in_current_span());
     let (stop, shutdown) = watch::channel(false);
+    let auto_split = crate::auto_split::AutoSplit::of(&cfg);
+    let auto_split_shutdown = shutdown.clone();
     if let Some(listener) = admin {
         admin_http::spawn(listener, metrics.clone(), admin_access, shutdown.clone());
     }
@@ -131,6 +133,15 @@ async fn start_node_in_span(cfg: NodeConfig, ports: ClientPorts) -> Result<Start
         }
     };
     let _ = started.send(Some(handle.clone()));
+    if let Some(policy) = auto_split {
+        let splitting = crate::auto_split::run(
+            handle.clone(),
+            policy,
+            rand::thread_rng().gen(),
+            auto_split_shutdown,
+        );
+        tokio::spawn(splitting.in_current_span());
+    }
     metrics.status.ready.set(1);
     match ports.tls_addr() {
         Some(tls_addr) => tracing::info!(id, client_addr = %ports.addr, %tls_addr,
@@ -304,6 +315,7 @@ fn cluster_configs(args: &ClusterArgs) -> Result<Vec<(NodeConfig, ClientPorts)>,
         cfg.admin_addr = Some(format!("{}:{}", args.host, admin_base + id as u16 - 1));
         cfg.client_auth = client_auth.clone();
         cfg.snapshots = crate::cli::snapshot_policy(&args.snapshots);
+        cfg.range_max_keys = args.ranges.range_max_keys.unwrap_or(0);
         cfg.read_mode = read_mode(
             args.reads.read_mode.as_deref(),
             args.reads.max_clock_drift,

@@ -7,6 +7,7 @@
 
 pub mod admin_http;
 pub mod auth;
+pub mod auto_split;
 pub mod bench;
 pub mod cli;
 pub mod cli_admin;

@@ -34,6 +34,9 @@ pub enum ReadOp {
         query: kv::Query,
         epoch: u64,
     },
+    /// Where the range would split by size: its middle key, answered as a
+    /// [`ReadResult::Value`] (none below two keys). For the automatic splits (`auto_split.rs`).
+    SplitPoint,
     /// A snapshot image at or after the read point, for a backup: the newest image if it is
     /// recent enough, else a new one (`storage::apply_worker`).
     Image,
@@ -338,6 +341,15 @@ impl NodeHandle {
         let _ = tokio::time::timeout(patience, ranges.wait_for(|now| now.as_ref() != seen)).await;
         let now = ranges.borrow().clone();
         now
+    }
+
+    /// Waits until this node's table has `range` at `epoch` or later, or no longer has it (or
+    /// `patience` passes): a range's leader refused a request at `epoch`, a split this node
+    /// has committed but not applied yet.
+    pub async fn ranges_at_epoch(&self, range: RangeId, epoch: u64, patience: Duration) {
+        let mut ranges = self.ranges.clone();
+        let caught_up = |t: &Arc<RangeTable>| t.get(range).is_none_or(|d| d.epoch >= epoch);
+        let _ = tokio::time::timeout(patience, ranges.wait_for(caught_up)).await;
     }
 
     async fn send(&self, req: ClientRequest) -> Result<(), RequestError> {

@@ -23,55 +23,71 @@ pub async fn execute(
     node: &NodeHandle,
     session: (u64, u64),
 ) -> Reply {
+    let routed = |parsed| async move {
+        let mut request = Vec::with_capacity(1 + args.len());
+        request.push(Bytes::copy_from_slice(sent_name));
+        request.extend_from_slice(args);
+        crate::server_routed::execute(name, &request, parsed, node, session).await
+    };
     match parse(name, args) {
         None => Reply::error(unknown_command(sent_name, args)),
         Some(Err(e)) => Reply::error(e),
         // One range: nothing to route (and no request to copy), unless the range split since
-        // the table was published (seen by a read over the whole range).
+        // the table was published: the command is then routed over the ranges, parsed again
+        // (a refused command applied nothing).
         Some(Ok(parsed)) if node.hosts_one_range() => {
-            match run_whole_range(parsed, node, session).await {
-                Ok(reply) => reply,
-                Err(parsed) => {
-                    let mut request = Vec::with_capacity(1 + args.len());
-                    request.push(Bytes::copy_from_slice(sent_name));
-                    request.extend_from_slice(args);
-                    crate::server_routed::execute(name, &request, parsed, node, session).await
-                }
+            match run_in_one_range(parsed, node, session).await {
+                Some(reply) => reply,
+                None => match parse(name, args) {
+                    Some(Ok(parsed)) => routed(parsed).await,
+                    _ => Reply::error("ERR internal error: a command did not parse twice"),
+                },
             }
         }
-        Some(Ok(parsed)) => {
-            let mut request = Vec::with_capacity(1 + args.len());
-            request.push(Bytes::copy_from_slice(sent_name));
-            request.extend_from_slice(args);
-            crate::server_routed::execute(name, &request, parsed, node, session).await
-        }
+        Some(Ok(parsed)) => routed(parsed).await,
     }
 }
 
-/// Runs a parsed command on a node hosting one range that owns every key. A read over the
-/// whole keyspace (SCAN, KEYS, DBSIZE) is asked at the range's epoch as published: if the
-/// range has split since (its left half alone would answer), the command is given back to be
-/// routed over the ranges once the table has them.
-async fn run_whole_range(
+/// Runs a parsed command on a node whose table has one range owning every key; `None` if the
+/// range refused it because it split since (a key that moved out, or a read over the whole
+/// range asked at the epoch before the split: its left half alone would answer, so SCAN, KEYS
+/// and DBSIZE carry the epoch, `ReadOp::WholeRange`).
+async fn run_in_one_range(
     parsed: Parsed,
     node: &NodeHandle,
-    session: (u64, u64),
-) -> Result<Reply, Parsed> {
-    let Parsed::Read(query @ (Query::Scan { .. } | Query::Keys { .. } | Query::DbSize), shape) =
-        parsed
-    else {
-        return Ok(run(parsed, node, session).await);
+    (client_id, seq): (u64, u64),
+) -> Option<Reply> {
+    let (result, shape) = match parsed {
+        Parsed::Read(query, shape) => {
+            let op = match query {
+                Query::Scan { .. } | Query::Keys { .. } | Query::DbSize => {
+                    let epoch = node.ranges().get(FIRST_RANGE).map_or(0, |d| d.epoch);
+                    ReadOp::WholeRange { query, epoch }
+                }
+                query => ReadOp::Query(query),
+            };
+            match node.read(op).await {
+                Ok(ReadResult::Answer(r)) => (Ok(r), shape),
+                Ok(_) => return Some(Reply::error("ERR internal error: unexpected read result")),
+                Err(e) => (Err(e), shape),
+            }
+        }
+        Parsed::Write(op, shape) => {
+            if let Some(too_large) = op.size_error() {
+                return Some(Reply::error(too_large));
+            }
+            let result = node.write(Command::new(client_id, seq, op)).await;
+            (result, shape)
+        }
     };
-    let epoch = node.ranges().get(FIRST_RANGE).map_or(0, |d| d.epoch);
-    let op = ReadOp::WholeRange {
-        query: query.clone(),
-        epoch,
-    };
-    match node.read(op).await {
-        Ok(ReadResult::Answer(CommandResult::NotOwned { .. })) => Err(Parsed::Read(query, shape)),
-        Ok(ReadResult::Answer(r)) => Ok(shaped(r, shape)),
-        Ok(_) => Ok(Reply::error("ERR internal error: unexpected read result")),
-        Err(e) => Ok(request_error(e)),
+    match result {
+        Ok(CommandResult::NotOwned { range, epoch }) => {
+            node.ranges_at_epoch(range, epoch, crate::routing::retry::CATCH_UP_PATIENCE)
+                .await;
+            None
+        }
+        Ok(result) => Some(shaped(result, shape)),
+        Err(e) => Some(request_error(e)),
     }
 }
 

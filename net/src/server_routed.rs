@@ -135,6 +135,10 @@ async fn run_in_at(
     };
     match result {
         Ok(CommandResult::NotOwned { range, epoch }) => {
+            // The range is at `epoch` where it was asked (its leader, for a write): this node
+            // applies the split that moved the key soon, and routes by it then.
+            node.ranges_at_epoch(range, epoch, retry::CATCH_UP_PATIENCE)
+                .await;
             Attempt::Moved(retry::moved_out(range, epoch))
         }
         Ok(result) => Attempt::Done(shaped(result, shape)),

@@ -7,6 +7,7 @@
 //! directory of one range is written as before ranges existed; another range's row is written
 //! when it is created.
 
+use bytes::Bytes;
 use rusty_leveldb::WriteBatch;
 
 use super::records::{encode_applied, LAYOUT_RECORDS};
@@ -183,6 +184,32 @@ impl KvStateMachine {
             );
         }
         order.into_iter()
+    }
+
+    /// Where an automatic split cuts this range: its middle key (half of its keys come before
+    /// it), or None while it holds fewer than two keys. Reads the keys from the range's start
+    /// to the middle, so it costs a scan of half the range: asked once per split.
+    pub fn split_point(&mut self) -> Result<Option<Bytes>> {
+        self.check_poison()?;
+        let keys = self.counts.keys;
+        if keys < 2 {
+            return Ok(None);
+        }
+        let (from, end) = self.owned_user_rows(vec![USER]);
+        let (mut before, mut middle) = (0u64, None);
+        self.db().scan_from(&from, |k, _| {
+            if k >= end.as_slice() {
+                return Ok(false);
+            }
+            if before == keys / 2 {
+                middle = Some(Bytes::copy_from_slice(&k[1..]));
+                return Ok(false);
+            }
+            before += 1;
+            Ok(true)
+        })?;
+        // The range's first key cannot start a new range (the left half would be empty).
+        Ok(middle.filter(|k| k.as_ref() > self.range.start.as_ref()))
     }
 
     fn refusal_of(&self, keys: Vec<&[u8]>) -> Option<CommandResult> {

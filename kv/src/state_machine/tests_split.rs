@@ -498,3 +498,43 @@ fn a_split_sees_what_earlier_entries_of_its_batch_wrote() {
     assert_eq!(right.get(b"w").unwrap(), None, "expired through the child");
     assert_eq!(right.raw_get(&user_row(b"w")).unwrap(), None, "and swept");
 }
+
+#[test]
+fn the_split_point_is_the_middle_key_of_the_range_and_none_below_two_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = KvStateMachine::open(dir.path()).unwrap();
+    assert_eq!(sm.split_point().unwrap(), None, "no key");
+    assert_eq!(
+        run(&mut sm, 5, 1, set("k", "v", Deadline::None)),
+        CommandResult::Ok
+    );
+    assert_eq!(sm.split_point().unwrap(), None, "one key");
+    for (seq, key) in ["a", "c", "e", "g"].into_iter().enumerate() {
+        run(&mut sm, 5, seq as u64 + 2, set(key, "v", Deadline::None));
+    }
+    // a c e g k: two keys before the middle one.
+    assert_eq!(sm.split_point().unwrap(), Some(b("e")));
+    // The right half after a split at "f": f.. holds g and k, whose middle is k.
+    let (left, _) = RangeDescriptor::whole(FIRST_RANGE)
+        .split_at(b"f", 2)
+        .unwrap();
+    let whole = RangeDescriptor::whole(FIRST_RANGE);
+    assert_eq!(
+        run(&mut sm, 5, 10, split_at(&whole, "f", 2)),
+        CommandResult::Split {
+            left: left.clone(),
+            right: RangeDescriptor::whole(FIRST_RANGE)
+                .split_at(b"f", 2)
+                .unwrap()
+                .1
+        }
+    );
+    let child = sm.created_ranges()[0].clone();
+    let mut right = sm.open_range(child).unwrap();
+    assert_eq!(right.split_point().unwrap(), Some(b("k")));
+    assert_eq!(
+        sm.split_point().unwrap(),
+        Some(b("c")),
+        "a c e: the left half's middle"
+    );
+}

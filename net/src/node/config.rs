@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub storage: StorageMode,
     /// When to take snapshots and compact the log.
     pub snapshots: SnapshotPolicy,
+    /// A range whose leader is this node splits in two once it holds more keys than this
+    /// (`--range-max-keys`; 0: ranges split only when asked, `kvstore split`).
+    pub range_max_keys: u64,
     /// Told of role changes and committed entries (the simulator's checks and trace).
     pub observer: Option<Arc<dyn NodeObserver>>,
     /// The time a leader stamps into the log (key expiry): Unix milliseconds.
@@ -228,6 +231,7 @@ impl NodeConfig {
             client_addrs: BTreeMap::new(),
             storage: StorageMode::Disk,
             snapshots: SnapshotPolicy::default(),
+            range_max_keys: 0,
             observer: None,
             wall_clock: WallClock::system(),
             admin_addr: None,

@@ -14,7 +14,7 @@
 //! moves its leader, and the spreading would undo that); and nothing moves while a node hosts the
 //! first range alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kv::ranges::{RangeId, FIRST_RANGE};
 use raft_core::{Membership, NodeId, Role};
@@ -25,13 +25,30 @@ use super::group::Group;
 pub(super) const RETRY_ELECTION_TIMEOUTS: u64 = 10;
 
 /// The voter a range's leadership belongs with, if any (none for the first range, or while the
-/// configuration is joint).
-pub(super) fn preferred_leader(range: RangeId, membership: &Membership) -> Option<NodeId> {
-    if range == FIRST_RANGE || membership.is_joint() || membership.voters.is_empty() {
+/// configuration is joint): among the range's voters that are voters of the first range too
+/// (`cluster_voters`), so that while a range follows a change of the members
+/// (`member_follow.rs`) its leadership never goes to a voter on its way out, which would hand
+/// it back before its removal (seed 546 of the simulator: the two kept passing ranges 3 and 7
+/// back and forth and the removal never came).
+pub(super) fn preferred_leader(
+    range: RangeId,
+    membership: &Membership,
+    cluster_voters: &BTreeSet<NodeId>,
+) -> Option<NodeId> {
+    if range == FIRST_RANGE || membership.is_joint() {
         return None;
     }
-    let position = (range % membership.voters.len() as u64) as usize;
-    membership.voters.iter().nth(position).copied()
+    let staying: Vec<NodeId> = membership
+        .voters
+        .iter()
+        .copied()
+        .filter(|id| cluster_voters.contains(id))
+        .collect();
+    if staying.is_empty() {
+        return None;
+    }
+    let position = (range % staying.len() as u64) as usize;
+    staying.get(position).copied()
 }
 
 /// When each range last tried a transfer, in ticks of this node.
@@ -49,13 +66,19 @@ impl LeaderSpreading {
         if groups.len() < 2 {
             return;
         }
+        let Some(cluster_voters) = groups
+            .get(&FIRST_RANGE)
+            .map(|first| first.core.membership().voters.clone())
+        else {
+            return;
+        };
         for (&range, group) in groups.iter_mut() {
             let retry_after = RETRY_ELECTION_TIMEOUTS * u64::from(group.cfg.election_ticks);
             let tried_lately = self
                 .last_try
                 .get(&range)
                 .is_some_and(|&at| self.ticks < at + retry_after);
-            if !tried_lately && group.hand_to_preferred_leader() {
+            if !tried_lately && group.hand_to_preferred_leader(&cluster_voters) {
                 self.last_try.insert(range, self.ticks);
             }
         }
@@ -67,11 +90,11 @@ impl LeaderSpreading {
 impl Group {
     /// If this node leads a range that belongs with another voter holding the whole log, starts
     /// handing the leadership to it. Whether a transfer began.
-    pub(super) fn hand_to_preferred_leader(&mut self) -> bool {
+    pub(super) fn hand_to_preferred_leader(&mut self, cluster_voters: &BTreeSet<NodeId>) -> bool {
         if self.core.role() != Role::Leader {
             return false;
         }
-        let Some(to) = preferred_leader(self.range, self.core.membership()) else {
+        let Some(to) = preferred_leader(self.range, self.core.membership(), cluster_voters) else {
             return false;
         };
         let caught_up = self
@@ -106,7 +129,10 @@ mod tests {
     #[test]
     fn consecutive_ranges_take_turns_over_the_voters_and_the_first_range_stays_put() {
         let three = Membership::with_voters([1, 2, 3]);
-        let preferred: Vec<_> = (1..=7).map(|r| preferred_leader(r, &three)).collect();
+        let cluster = BTreeSet::from([1, 2, 3]);
+        let preferred: Vec<_> = (1..=7)
+            .map(|r| preferred_leader(r, &three, &cluster))
+            .collect();
         assert_eq!(
             preferred,
             [None, Some(3), Some(1), Some(2), Some(3), Some(1), Some(2)]
@@ -114,9 +140,25 @@ mod tests {
         let mut joint = Membership::with_voters([1, 2, 4]);
         joint.outgoing = [1, 2, 3].into();
         assert_eq!(
-            preferred_leader(2, &joint),
+            preferred_leader(2, &joint, &cluster),
             None,
             "nothing moves while joint"
+        );
+    }
+
+    #[test]
+    fn a_voter_the_first_range_no_longer_has_is_never_preferred() {
+        // Node 5 was removed from the first range; range 3 still has it as a voter.
+        let range = Membership::with_voters([1, 2, 3, 5]);
+        let cluster = BTreeSet::from([1, 2, 3]);
+        for r in 2..=12 {
+            let preferred = preferred_leader(r, &range, &cluster);
+            assert!(matches!(preferred, Some(1..=3)), "range {r}: {preferred:?}");
+        }
+        assert_eq!(
+            preferred_leader(3, &range, &BTreeSet::from([1, 2, 3, 5])),
+            Some(5),
+            "the same range with node 5 staying"
         );
     }
 }

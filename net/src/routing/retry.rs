@@ -1,7 +1,11 @@
 //! The rule for a request refused because its range moved: the node's table was older than the
 //! range's log (a split applied in the group, not yet published), or the range is not hosted
 //! here (yet). The client port waits briefly for the table to change, routes again and tries
-//! once more; a second refusal reaches the client as TRYAGAIN, which it retries itself.
+//! again, up to [`ROUTING_ATTEMPTS`] tries; the last refusal reaches the client as TRYAGAIN,
+//! which it retries itself. Several tries, because a follower's table changes only once it has
+//! applied the split the leader already refused by, and a split's right half appears only once
+//! its log is open: with two tries `redis-benchmark` (which stops at the first error) met a
+//! TRYAGAIN while ranges split under its load.
 //!
 //! Retrying is safe for writes: a refusal for ownership applies nothing and is not kept in the
 //! session, and a request for a range not hosted never reached a log, so the same session and
@@ -13,10 +17,15 @@ use crate::request::RequestError;
 use crate::resp::Reply;
 
 /// How many times a request is routed before the client is told to try again.
-pub const ROUTING_ATTEMPTS: usize = 2;
+pub const ROUTING_ATTEMPTS: usize = 4;
 
 /// How long the client port waits for the node's table to change before routing again.
 pub const TABLE_PATIENCE: Duration = Duration::from_millis(250);
+
+/// How long the client port waits for this node to apply the split a range's leader refused a
+/// request by (`NodeHandle::ranges_at_epoch`): a follower applies what its leader applied a
+/// little later, longer under load.
+pub const CATCH_UP_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the store answers for a range it does not host (`node/store.rs`).
 const NOT_HOSTED: &str = "is not hosted on this node";

@@ -637,6 +637,7 @@ fn serve_read(sm: &mut KvStateMachine, op: ReadOp) -> kv::Result<ReadResult> {
             .try_fold(0i64, |n, k| sm.get(k).map(|v| n + i64::from(v.is_some())))
             .map(ReadResult::Count),
         ReadOp::Query(q) => sm.query_now(&q).map(ReadResult::Answer),
+        ReadOp::SplitPoint => sm.split_point().map(ReadResult::Value),
         // Checked and unwrapped by `serve_reads`.
         ReadOp::WholeRange { query, .. } => sm.query_now(&query).map(ReadResult::Answer),
         // Taken out of the queue before reads are served (`answer_image_waits`).
